@@ -1,0 +1,366 @@
+//! The configuration file: one TOML document, parsed once into typed structs.
+//!
+//! Every section is a serde struct with `deny_unknown_fields`, so a misspelt key is an error
+//! that names the key. Each section owned by a module is defined in that module (for example
+//! [`crate::identity::IdentityConfig`]) and validated by its own `validate()`; [`Config::load`]
+//! parses, validates every section, and resolves relative paths against the config file's
+//! directory. Option names carry their units (`_ms`, `_secs`, `_bytes`).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax error, unknown key or wrong type; the message names the key and line.
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A value parsed but is not acceptable.
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+impl ConfigError {
+    /// Shorthand for [`ConfigError::Invalid`].
+    pub fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+use crate::identity::IdentityConfig;
+use crate::journal::JournalConfig;
+use crate::netvec::NetworkConfig;
+use crate::rules::RulesConfig;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The gateway process: node name, listeners, threads, shutdown.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The EHR the gateway forwards to.
+    pub upstream: UpstreamConfig,
+    /// The local journal.
+    #[serde(default)]
+    pub journal: JournalConfig,
+    /// JWT verification.
+    pub identity: IdentityConfig,
+    /// Route rules.
+    #[serde(default)]
+    pub rules: RulesConfig,
+    /// Trusted proxies, device and request IDs.
+    #[serde(default)]
+    pub network: NetworkConfig,
+    /// The gateway's own operational log (never contains PHI).
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// This gateway's name in every record (`node`) and in archive keys. Letters, digits, `-`,
+    /// `_`, `.`; default: the host name.
+    #[serde(default = "default_node")]
+    pub node: String,
+    /// Addresses the proxy listens on (plain HTTP/1.1 and h2c).
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    /// Worker threads of the proxy service.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// After SIGTERM, keep accepting for this long (lets a load balancer notice).
+    #[serde(default = "default_grace_period_secs")]
+    pub grace_period_secs: u64,
+    /// After the grace period, wait at most this long for in-flight requests.
+    #[serde(default = "default_graceful_shutdown_timeout_secs")]
+    pub graceful_shutdown_timeout_secs: u64,
+    /// Where pingora writes its PID (used by zero-downtime upgrades).
+    #[serde(default = "default_pid_file")]
+    pub pid_file: PathBuf,
+    /// Unix socket for handing listeners to a new binary on upgrade.
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: PathBuf,
+}
+
+fn default_node() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    if is_safe_token(&host) {
+        host
+    } else {
+        "auditgate".into()
+    }
+}
+fn default_listen() -> Vec<String> {
+    vec!["127.0.0.1:8080".into()]
+}
+fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+fn default_grace_period_secs() -> u64 {
+    5
+}
+fn default_graceful_shutdown_timeout_secs() -> u64 {
+    15
+}
+fn default_pid_file() -> PathBuf {
+    PathBuf::from("/tmp/auditgate.pid")
+}
+fn default_upgrade_sock() -> PathBuf {
+    PathBuf::from("/tmp/auditgate_upgrade.sock")
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            node: default_node(),
+            listen: default_listen(),
+            threads: default_threads(),
+            grace_period_secs: default_grace_period_secs(),
+            graceful_shutdown_timeout_secs: default_graceful_shutdown_timeout_secs(),
+            pid_file: default_pid_file(),
+            upgrade_sock: default_upgrade_sock(),
+        }
+    }
+}
+
+/// A node name or similar identifier: 1 to 64 of letters, digits, `-`, `_`, `.`.
+pub fn is_safe_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// `[upstream]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Base URL of the EHR, `http://host:port` (TLS upstreams come later). A path prefix is not
+    /// allowed: the request path is forwarded unchanged.
+    pub url: String,
+    /// TCP connect timeout.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Longest wait for the upstream between reads (response head or body bytes).
+    #[serde(default = "default_read_timeout_ms")]
+    pub read_timeout_ms: u64,
+    /// Longest wait for a write to the upstream.
+    #[serde(default = "default_write_timeout_ms")]
+    pub write_timeout_ms: u64,
+    /// Idle pooled upstream connections are closed after this.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    2_000
+}
+fn default_read_timeout_ms() -> u64 {
+    60_000
+}
+fn default_write_timeout_ms() -> u64 {
+    60_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    60_000
+}
+
+/// The upstream's address, parsed from [`UpstreamConfig::url`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTarget {
+    /// `host:port` to connect to.
+    pub authority: String,
+    /// The Host header value to send when the client's is replaced (kept as the client sent it).
+    pub host: String,
+}
+
+impl UpstreamConfig {
+    /// Parse and check the URL.
+    pub fn target(&self) -> Result<UpstreamTarget, ConfigError> {
+        let uri: http::Uri = self
+            .url
+            .parse()
+            .map_err(|e| ConfigError::invalid("upstream.url", format!("not a URL: {e}")))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some(other) => {
+                return Err(ConfigError::invalid(
+                    "upstream.url",
+                    format!("scheme `{other}` is not supported yet; use http://"),
+                ))
+            }
+            None => {
+                return Err(ConfigError::invalid(
+                    "upstream.url",
+                    "must start with http://",
+                ))
+            }
+        }
+        let host = uri
+            .host()
+            .ok_or_else(|| ConfigError::invalid("upstream.url", "has no host"))?
+            .to_string();
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(ConfigError::invalid(
+                "upstream.url",
+                "must not have a path or query: request paths are forwarded unchanged",
+            ));
+        }
+        let port = uri.port_u16().unwrap_or(80);
+        let authority = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        Ok(UpstreamTarget { authority, host })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.target()?;
+        for (key, v) in [
+            ("upstream.connect_timeout_ms", self.connect_timeout_ms),
+            ("upstream.read_timeout_ms", self.read_timeout_ms),
+            ("upstream.write_timeout_ms", self.write_timeout_ms),
+            ("upstream.idle_timeout_ms", self.idle_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::invalid(key, "must be above 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line (for log shippers).
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `json` or `text`.
+    #[serde(default = "default_log_format")]
+    pub format: LogFormat,
+    /// Level filter in `RUST_LOG` syntax; the `RUST_LOG` environment variable overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+fn default_log_format() -> LogFormat {
+    LogFormat::Json
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: default_log_format(),
+            level: default_log_level(),
+        }
+    }
+}
+
+impl Config {
+    /// Read, parse and validate a config file; relative paths are resolved against its
+    /// directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Config::parse(&text, path)?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        config.resolve_paths(&base);
+        Ok(config)
+    }
+
+    /// Parse and validate TOML text (`origin` names it in errors).
+    pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check every section.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !is_safe_token(&self.server.node) {
+            return Err(ConfigError::invalid(
+                "server.node",
+                "must be 1 to 64 letters, digits, '-', '_' or '.'",
+            ));
+        }
+        if self.server.listen.is_empty() {
+            return Err(ConfigError::invalid(
+                "server.listen",
+                "needs at least one address",
+            ));
+        }
+        for addr in &self.server.listen {
+            addr.parse::<std::net::SocketAddr>().map_err(|_| {
+                ConfigError::invalid(
+                    "server.listen",
+                    format!("`{addr}` is not an IP:port address"),
+                )
+            })?;
+        }
+        if self.server.threads == 0 {
+            return Err(ConfigError::invalid("server.threads", "must be at least 1"));
+        }
+        self.upstream.validate()?;
+        self.journal.validate()?;
+        self.identity.validate()?;
+        self.rules.validate()?;
+        self.network.validate()?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| ConfigError::invalid("log.level", e.to_string()))?;
+        Ok(())
+    }
+
+    /// Make relative paths absolute against `base` (the config file's directory).
+    fn resolve_paths(&mut self, base: &Path) {
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut self.journal.dir);
+        for f in &mut self.rules.files {
+            abs(f);
+        }
+    }
+
+    /// The directory relative paths in the file were resolved against.
+    pub fn base_dir(path: &Path) -> PathBuf {
+        path.parent().map(Path::to_path_buf).unwrap_or_default()
+    }
+}

@@ -1,0 +1,993 @@
+//! The local journal: an append-only, fsync'd, SHA-256 hash-chained log of audit records.
+//!
+//! This module owns the journal directory of one gateway node. It guarantees:
+//!
+//! * **Durable on return.** [`Journal::append`] resolves `Ok` only after the record's bytes
+//!   were written and `fdatasync` returned success. The caller may then release data.
+//! * **One chain.** Records carry consecutive `seq` numbers from 1 and each `prev` is the RFC
+//!   6962 leaf hash of the record before it, across segment boundaries.
+//! * **Fail closed.** Any write or sync error poisons the journal: every pending and later
+//!   append fails with [`JournalError::Failed`] until the process restarts and recovery has run.
+//!   An fsync is never retried (after a failed fsync the kernel may have dropped the dirty
+//!   pages, so a second "success" would be a lie).
+//!
+//! # Group commit
+//!
+//! One writer thread owns the open segment. Appenders serialise their [`Event`] (in parallel,
+//! on their own threads), send it through a bounded queue, and wait on a oneshot channel. The
+//! writer takes every waiting record (up to `batch_max_records`), stamps the chain header
+//! (`seq`, `prev`, `ts`), writes the whole batch with one `write`, calls `fdatasync` once, and
+//! only then wakes every waiter with its [`Receipt`]. A full queue is refused at once with
+//! [`JournalError::Backlog`] (the proxy answers 503) rather than growing memory without bound.
+//!
+//! # On-disk format
+//!
+//! ```text
+//! DIR/
+//!   LOCK                                  advisory lock: one writer process per directory
+//!   seg-00000000000000000001-00000000000000004096.jsonl   sealed segment (first-last seq)
+//!   seg-00000000000000004097.open.jsonl   the open segment (at most one), only grows
+//!   quarantine/                           bytes dropped by recovery, kept for inspection
+//!
+//! segment := line*
+//! line    := JSON object, '\n'              (see crate::record for the fields)
+//!            {"v":1,"node":"gw-1","seq":4097,"prev":"<64 hex>","ts":"2026-...Z",...event}
+//! leaf    := SHA-256(0x00 || line without '\n')
+//! prev    := hex(leaf of record seq-1), or 64 zeros for seq 1
+//! ```
+//!
+//! A segment is sealed when it reaches `segment_max_bytes` or `segment_max_age_secs`:
+//! `fsync` the file, rename it to its sealed name (which carries its first and last seq, so a
+//! removed or truncated segment is visible), `fsync` the directory, then create the next open
+//! segment and `fsync` the directory again.
+//!
+//! # Recovery
+//!
+//! On open, the last sealed segment gives the chain head; the open segment is read line by
+//! line, and the longest prefix of complete lines that parse and chain correctly is kept.
+//! Whatever follows (a torn write from a crash, or unsynced pages that came back as garbage) was
+//! never acknowledged: it is copied to `quarantine/` (fsync'd), the segment is truncated to the
+//! good prefix, and the [`RecoveryReport`] says how many bytes and lines were dropped. A sealed
+//! segment is never modified by recovery.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::config::ConfigError;
+use crate::record::{self, ChainHeader, Event, LeafHash, GENESIS_PREV, RECORD_VERSION};
+
+/// `[journal]`: where and how records are made durable.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalConfig {
+    /// The journal directory of this node (created if missing). Relative paths resolve against
+    /// the config file's directory.
+    #[serde(default = "default_dir")]
+    pub dir: PathBuf,
+    /// Seal the open segment when it reaches this size.
+    #[serde(default = "default_segment_max_bytes")]
+    pub segment_max_bytes: u64,
+    /// Seal the open segment when its first record is this old (and it holds any record).
+    #[serde(default = "default_segment_max_age_secs")]
+    pub segment_max_age_secs: u64,
+    /// At most this many records are committed by one fdatasync.
+    #[serde(default = "default_batch_max_records")]
+    pub batch_max_records: usize,
+    /// At most this many records may wait for the writer; more are refused (503) at once.
+    #[serde(default = "default_queue_max_records")]
+    pub queue_max_records: usize,
+}
+
+fn default_dir() -> PathBuf {
+    PathBuf::from("journal")
+}
+fn default_segment_max_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_segment_max_age_secs() -> u64 {
+    3600
+}
+fn default_batch_max_records() -> usize {
+    4096
+}
+fn default_queue_max_records() -> usize {
+    65_536
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            dir: default_dir(),
+            segment_max_bytes: default_segment_max_bytes(),
+            segment_max_age_secs: default_segment_max_age_secs(),
+            batch_max_records: default_batch_max_records(),
+            queue_max_records: default_queue_max_records(),
+        }
+    }
+}
+
+impl JournalConfig {
+    /// Check the values are usable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.segment_max_bytes < 4096 {
+            return Err(ConfigError::invalid(
+                "journal.segment_max_bytes",
+                format!("{} is below the minimum of 4096", self.segment_max_bytes),
+            ));
+        }
+        if self.segment_max_age_secs == 0 {
+            return Err(ConfigError::invalid(
+                "journal.segment_max_age_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.batch_max_records == 0 {
+            return Err(ConfigError::invalid(
+                "journal.batch_max_records",
+                "must be at least 1",
+            ));
+        }
+        if self.queue_max_records == 0 {
+            return Err(ConfigError::invalid(
+                "journal.queue_max_records",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why the journal could not take a record or could not open.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// An I/O error on a journal file while opening or recovering.
+    #[error("journal I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another process holds the journal directory's lock.
+    #[error("journal directory {0} is locked by another process")]
+    Locked(PathBuf),
+    /// Recovery found a problem it must not repair by itself.
+    #[error("journal corrupt: {0}")]
+    Corrupt(String),
+    /// The queue to the writer holds `queue_max_records` records already.
+    #[error("journal backlog is full ({limit} records waiting)")]
+    Backlog { limit: usize },
+    /// A write or sync failed earlier; the journal takes nothing until restart.
+    #[error("journal failed and refuses records until restart: {reason}")]
+    Failed { reason: String },
+    /// The writer thread is gone (shutdown).
+    #[error("journal is closed")]
+    Closed,
+}
+
+impl JournalError {
+    /// A fixed label for metrics and the 503 body.
+    pub fn category(&self) -> &'static str {
+        match self {
+            JournalError::Io { .. } => "io",
+            JournalError::Locked(_) => "locked",
+            JournalError::Corrupt(_) => "corrupt",
+            JournalError::Backlog { .. } => "backlog",
+            JournalError::Failed { .. } => "failed",
+            JournalError::Closed => "closed",
+        }
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
+    move |source| JournalError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Proof that a record is durable: its sequence number and leaf hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    pub seq: u64,
+    pub leaf: LeafHash,
+}
+
+/// What recovery found and did when the journal was opened.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RecoveryReport {
+    /// The sequence number of the last durable record (0 for an empty journal).
+    pub head_seq: u64,
+    /// Bytes removed from the end of the open segment (moved to `quarantine/`).
+    pub dropped_bytes: u64,
+    /// How many of those bytes formed complete lines that did not parse or chain.
+    pub dropped_lines: u64,
+    /// Where the dropped bytes were kept, if any.
+    pub quarantine_file: Option<PathBuf>,
+    /// The number of sealed segments found.
+    pub sealed_segments: usize,
+}
+
+/// Counters the writer keeps; read by metrics and `/readyz`.
+#[derive(Debug, Default)]
+pub struct JournalStats {
+    pub records_written: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub batches: AtomicU64,
+    pub head_seq: AtomicU64,
+    pub segments_sealed: AtomicU64,
+    pub failed: AtomicBool,
+}
+
+struct Pending {
+    event_json: Vec<u8>,
+    reply: oneshot::Sender<Result<Receipt, JournalError>>,
+}
+
+/// A handle to the journal; cheap to clone, shared by every request.
+#[derive(Clone)]
+pub struct Journal {
+    queue: SyncSender<Pending>,
+    queue_limit: usize,
+    stats: Arc<JournalStats>,
+    failure: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+/// The names of a journal directory's files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SegmentName {
+    /// `seg-FIRST-LAST.jsonl`
+    Sealed { first: u64, last: u64 },
+    /// `seg-FIRST.open.jsonl`
+    Open { first: u64 },
+}
+
+impl SegmentName {
+    /// Parse a file name; `None` for files that are not segments.
+    pub fn parse(name: &str) -> Option<SegmentName> {
+        let rest = name.strip_prefix("seg-")?;
+        if let Some(first) = rest.strip_suffix(".open.jsonl") {
+            return Some(SegmentName::Open {
+                first: parse_seq(first)?,
+            });
+        }
+        let body = rest.strip_suffix(".jsonl")?;
+        let (first, last) = body.split_once('-')?;
+        Some(SegmentName::Sealed {
+            first: parse_seq(first)?,
+            last: parse_seq(last)?,
+        })
+    }
+
+    /// The file name.
+    pub fn file_name(&self) -> String {
+        match self {
+            SegmentName::Sealed { first, last } => format!("seg-{first:020}-{last:020}.jsonl"),
+            SegmentName::Open { first } => format!("seg-{first:020}.open.jsonl"),
+        }
+    }
+
+    /// The first sequence number the segment holds.
+    pub fn first(&self) -> u64 {
+        match self {
+            SegmentName::Sealed { first, .. } | SegmentName::Open { first } => *first,
+        }
+    }
+}
+
+fn parse_seq(digits: &str) -> Option<u64> {
+    if digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()) {
+        digits.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// The segments of a journal directory, sealed ones in order, then the open one.
+pub fn list_segments(dir: &Path) -> Result<Vec<(SegmentName, PathBuf)>, JournalError> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        if let Some(name) = entry.file_name().to_str().and_then(SegmentName::parse) {
+            found.push((name, entry.path()));
+        }
+    }
+    // Sealed before open when they start at the same seq (cannot happen in a healthy journal,
+    // but keeps the order total).
+    found.sort_by_key(|(name, _)| (name.first(), matches!(name, SegmentName::Open { .. })));
+    Ok(found)
+}
+
+/// Format a UTC time as RFC 3339 with microseconds, e.g. `2026-11-26T06:00:00.000001Z`.
+pub fn format_ts(t: SystemTime) -> String {
+    let dt = time::OffsetDateTime::from(t);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        dt.year(),
+        dt.month() as u8,
+        dt.day(),
+        dt.hour(),
+        dt.minute(),
+        dt.second(),
+        dt.microsecond()
+    )
+}
+
+/// The minimal view of a line that the chain needs.
+#[derive(Deserialize)]
+struct LineHead {
+    seq: u64,
+    prev: String,
+}
+
+/// The chain position after a record: its seq and leaf hash.
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    seq: u64,
+    leaf: LeafHash,
+}
+
+fn genesis() -> Head {
+    Head {
+        seq: 0,
+        leaf: [0u8; 32],
+    }
+}
+
+/// Read the last complete line of a sealed segment.
+fn last_line_of(path: &Path) -> Result<Option<Vec<u8>>, JournalError> {
+    let mut file = File::open(path).map_err(io_err(path))?;
+    let len = file.metadata().map_err(io_err(path))?.len();
+    // Lines are small; read a growing window from the end until a full line is inside it.
+    let mut window = 64 * 1024u64;
+    loop {
+        let start = len.saturating_sub(window);
+        file.seek(SeekFrom::Start(start)).map_err(io_err(path))?;
+        let mut buf = Vec::with_capacity((len - start) as usize);
+        file.read_to_end(&mut buf).map_err(io_err(path))?;
+        let body = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        if let Some(pos) = body.iter().rposition(|&b| b == b'\n') {
+            return Ok(Some(body[pos + 1..].to_vec()));
+        }
+        if start == 0 {
+            return Ok(if body.is_empty() {
+                None
+            } else {
+                Some(body.to_vec())
+            });
+        }
+        window *= 4;
+    }
+}
+
+fn head_of_line(line: &[u8], context: &str) -> Result<Head, JournalError> {
+    let head: LineHead = serde_json::from_slice(line).map_err(|e| {
+        JournalError::Corrupt(format!("{context}: last record does not parse: {e}"))
+    })?;
+    Ok(Head {
+        seq: head.seq,
+        leaf: record::leaf_hash(line),
+    })
+}
+
+fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// The writer's state: the open segment and the chain head.
+struct Writer {
+    dir: PathBuf,
+    node: String,
+    cfg: JournalConfig,
+    file: File,
+    path: PathBuf,
+    first_seq: u64,
+    len: u64,
+    opened_at: Instant,
+    head: Head,
+    prev_hex: String,
+    stats: Arc<JournalStats>,
+    failure: Arc<std::sync::Mutex<Option<String>>>,
+    // Held for the writer's life: the directory lock.
+    _lock: File,
+}
+
+impl Journal {
+    /// Open (or create) the journal directory, run recovery, and start the writer thread.
+    pub fn open(
+        dir: &Path,
+        node: &str,
+        cfg: &JournalConfig,
+    ) -> Result<(Journal, RecoveryReport), JournalError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(JournalError::Locked(dir.into())),
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
+        }
+
+        let segments = list_segments(dir)?;
+        let mut report = RecoveryReport::default();
+        let mut head = genesis();
+        let mut open_segment = None;
+        for (name, path) in &segments {
+            match name {
+                SegmentName::Sealed { first, last } => {
+                    if open_segment.is_some() {
+                        return Err(JournalError::Corrupt(format!(
+                            "sealed segment {} follows the open segment",
+                            path.display()
+                        )));
+                    }
+                    if *first != head.seq + 1 {
+                        return Err(JournalError::Corrupt(format!(
+                            "sealed segment {} starts at seq {first}, expected {}",
+                            path.display(),
+                            head.seq + 1
+                        )));
+                    }
+                    report.sealed_segments += 1;
+                    head = Head {
+                        seq: *last,
+                        leaf: [0u8; 32],
+                    };
+                    // Only the last sealed segment's final leaf matters; computed below.
+                }
+                SegmentName::Open { first } => {
+                    if open_segment.is_some() {
+                        return Err(JournalError::Corrupt("two open segments".into()));
+                    }
+                    if *first != head.seq + 1 {
+                        return Err(JournalError::Corrupt(format!(
+                            "open segment {} starts at seq {first}, expected {}",
+                            path.display(),
+                            head.seq + 1
+                        )));
+                    }
+                    open_segment = Some((*first, path.clone()));
+                }
+            }
+        }
+        if let Some((SegmentName::Sealed { last, .. }, path)) = segments
+            .iter()
+            .rfind(|(name, _)| matches!(name, SegmentName::Sealed { .. }))
+        {
+            let line = last_line_of(path)?.ok_or_else(|| {
+                JournalError::Corrupt(format!("sealed segment {} is empty", path.display()))
+            })?;
+            head = head_of_line(&line, &path.display().to_string())?;
+            if head.seq != *last {
+                return Err(JournalError::Corrupt(format!(
+                    "sealed segment {} ends at seq {}, its name says {last}",
+                    path.display(),
+                    head.seq
+                )));
+            }
+        }
+
+        let (first_seq, path) = match open_segment {
+            Some(found) => found,
+            None => {
+                // Crash point: a seal renamed the last open segment but died before creating the
+                // next one (or this is a new journal). Creating it now is all that is missing.
+                let first = head.seq + 1;
+                let path = dir.join(SegmentName::Open { first }.file_name());
+                File::create(&path).map_err(io_err(&path))?;
+                sync_dir(dir)?;
+                (first, path)
+            }
+        };
+        let (head, kept_len) = recover_open_segment(dir, &path, head, &mut report)?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        report.head_seq = head.seq;
+
+        let stats = Arc::new(JournalStats::default());
+        stats.head_seq.store(head.seq, Ordering::Relaxed);
+        let failure = Arc::new(std::sync::Mutex::new(None));
+        let writer = Writer {
+            dir: dir.to_path_buf(),
+            node: node.to_string(),
+            cfg: cfg.clone(),
+            file,
+            path,
+            first_seq,
+            len: kept_len,
+            opened_at: Instant::now(),
+            prev_hex: hex::encode(head.leaf),
+            head,
+            stats: stats.clone(),
+            failure: failure.clone(),
+            _lock: lock,
+        };
+        let (queue, rx) = mpsc::sync_channel(cfg.queue_max_records);
+        thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(io_err(dir))?;
+        Ok((
+            Journal {
+                queue,
+                queue_limit: cfg.queue_max_records,
+                stats,
+                failure,
+            },
+            report,
+        ))
+    }
+
+    /// Append one record and wait until it is durable.
+    ///
+    /// Returns only after the record was written and fdatasync'd, or with an error; on error
+    /// the caller must not release data that the record was meant to cover.
+    pub async fn append(&self, event: &Event) -> Result<Receipt, JournalError> {
+        let rx = self.submit(event.to_json())?;
+        rx.await.unwrap_or(Err(JournalError::Closed))
+    }
+
+    /// Blocking form of [`Journal::append`], for threads outside an async runtime.
+    pub fn append_blocking(&self, event: &Event) -> Result<Receipt, JournalError> {
+        let rx = self.submit(event.to_json())?;
+        rx.blocking_recv().unwrap_or(Err(JournalError::Closed))
+    }
+
+    fn submit(
+        &self,
+        event_json: Vec<u8>,
+    ) -> Result<oneshot::Receiver<Result<Receipt, JournalError>>, JournalError> {
+        if let Some(reason) = self.failure.lock().expect("failure lock").clone() {
+            return Err(JournalError::Failed { reason });
+        }
+        let (reply, rx) = oneshot::channel();
+        match self.queue.try_send(Pending { event_json, reply }) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => Err(JournalError::Backlog {
+                limit: self.queue_limit,
+            }),
+            Err(TrySendError::Disconnected(_)) => Err(JournalError::Closed),
+        }
+    }
+
+    /// The writer's counters.
+    pub fn stats(&self) -> &JournalStats {
+        &self.stats
+    }
+
+    /// Why the journal refuses records, if it does.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().expect("failure lock").clone()
+    }
+}
+
+/// Keep the longest valid prefix of the open segment; move the rest to quarantine.
+fn recover_open_segment(
+    dir: &Path,
+    path: &Path,
+    mut head: Head,
+    report: &mut RecoveryReport,
+) -> Result<(Head, u64), JournalError> {
+    let bytes = fs::read(path).map_err(io_err(path))?;
+    let mut good_len = 0usize;
+    let mut rest = &bytes[..];
+    while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+        let line = &rest[..pos];
+        let Ok(parsed) = serde_json::from_slice::<LineHead>(line) else {
+            break;
+        };
+        let expected_prev = hex::encode(head.leaf);
+        if parsed.seq != head.seq + 1 || parsed.prev != expected_prev {
+            break;
+        }
+        head = Head {
+            seq: parsed.seq,
+            leaf: record::leaf_hash(line),
+        };
+        good_len += pos + 1;
+        rest = &rest[pos + 1..];
+    }
+    let dropped = &bytes[good_len..];
+    if !dropped.is_empty() {
+        report.dropped_bytes = dropped.len() as u64;
+        report.dropped_lines = dropped.iter().filter(|&&b| b == b'\n').count() as u64;
+        let qdir = dir.join("quarantine");
+        fs::create_dir_all(&qdir).map_err(io_err(&qdir))?;
+        let stamp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros();
+        let qpath = qdir.join(format!(
+            "{}.tail-{stamp}",
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("segment")
+        ));
+        // Crash point: the quarantine copy is made durable before the segment is truncated, so
+        // a crash here leaves both (recovery runs again and makes a second copy: harmless).
+        let mut q = File::create(&qpath).map_err(io_err(&qpath))?;
+        q.write_all(dropped).map_err(io_err(&qpath))?;
+        q.sync_all().map_err(io_err(&qpath))?;
+        sync_dir(&qdir)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        file.set_len(good_len as u64).map_err(io_err(path))?;
+        file.sync_all().map_err(io_err(path))?;
+        report.quarantine_file = Some(qpath);
+        tracing::warn!(
+            dropped_bytes = report.dropped_bytes,
+            dropped_lines = report.dropped_lines,
+            "journal recovery dropped an unacknowledged tail of the open segment"
+        );
+    }
+    Ok((head, good_len as u64))
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Pending>) {
+        let mut batch: Vec<Pending> = Vec::with_capacity(self.cfg.batch_max_records);
+        let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+        let tick = Duration::from_millis(500);
+        loop {
+            match rx.recv_timeout(tick) {
+                Ok(first) => batch.push(first),
+                Err(RecvTimeoutError::Timeout) => {
+                    self.seal_if_due();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while batch.len() < self.cfg.batch_max_records {
+                match rx.try_recv() {
+                    Ok(more) => batch.push(more),
+                    Err(_) => break,
+                }
+            }
+            self.commit(&mut batch, &mut buf);
+            self.seal_if_due();
+        }
+        // Every handle is gone: seal nothing (the open segment stays open and is recovered on
+        // the next start), just make sure the last batch is on disk (it already is).
+    }
+
+    fn failed_reason(&self) -> Option<String> {
+        self.failure.lock().expect("failure lock").clone()
+    }
+
+    fn fail(&self, reason: String) {
+        tracing::error!(reason = %reason, "journal failed: refusing all records until restart");
+        self.stats.failed.store(true, Ordering::SeqCst);
+        *self.failure.lock().expect("failure lock") = Some(reason);
+    }
+
+    /// Write, sync, and acknowledge one batch.
+    fn commit(&mut self, batch: &mut Vec<Pending>, buf: &mut Vec<u8>) {
+        if let Some(reason) = self.failed_reason() {
+            for p in batch.drain(..) {
+                let _ = p.reply.send(Err(JournalError::Failed {
+                    reason: reason.clone(),
+                }));
+            }
+            return;
+        }
+        buf.clear();
+        let mut head = self.head;
+        let mut prev_hex = std::mem::take(&mut self.prev_hex);
+        let mut receipts = Vec::with_capacity(batch.len());
+        let ts = format_ts(SystemTime::now());
+        for pending in batch.iter() {
+            let start = buf.len();
+            let header = ChainHeader {
+                v: RECORD_VERSION,
+                node: self.node.clone(),
+                seq: head.seq + 1,
+                prev: prev_hex,
+                ts: ts.clone(),
+            };
+            record::splice_line(buf, &header, &pending.event_json);
+            let leaf = record::leaf_hash(&buf[start..]);
+            buf.push(b'\n');
+            head = Head {
+                seq: header.seq,
+                leaf,
+            };
+            prev_hex = hex::encode(leaf);
+            receipts.push(Receipt {
+                seq: head.seq,
+                leaf,
+            });
+        }
+        // Crash point: before the write returns, nothing of this batch is acknowledged; a partial
+        // write is a torn tail that recovery moves to quarantine.
+        let result = self.file.write_all(buf).and_then(|()| {
+            // Crash point: written but not synced; the records may or may not survive a power
+            // loss. Nobody has been told they are durable, so either way nothing acknowledged
+            // is lost.
+            self.file.sync_data()
+        });
+        match result {
+            Ok(()) => {
+                // Durable: the batch is on disk. Only now are waiters woken.
+                self.len += buf.len() as u64;
+                self.head = head;
+                self.prev_hex = prev_hex;
+                self.stats
+                    .records_written
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                self.stats
+                    .bytes_written
+                    .fetch_add(buf.len() as u64, Ordering::Relaxed);
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                self.stats.head_seq.store(head.seq, Ordering::Relaxed);
+                for (p, receipt) in batch.drain(..).zip(receipts) {
+                    let _ = p.reply.send(Ok(receipt));
+                }
+            }
+            Err(e) => {
+                // The batch is not acknowledged. Try to cut the file back to the last durable
+                // length so the segment ends on a good record; if that fails too, recovery at the
+                // next start does it. Never retry the sync.
+                self.prev_hex = hex::encode(self.head.leaf);
+                let rollback = self
+                    .file
+                    .set_len(self.len)
+                    .and_then(|()| self.file.sync_all());
+                let reason = match rollback {
+                    Ok(()) => format!("write or fdatasync failed: {e}"),
+                    Err(e2) => format!("write or fdatasync failed: {e}; rollback failed: {e2}"),
+                };
+                self.fail(reason.clone());
+                for p in batch.drain(..) {
+                    let _ = p.reply.send(Err(JournalError::Failed {
+                        reason: reason.clone(),
+                    }));
+                }
+            }
+        }
+    }
+
+    fn seal_if_due(&mut self) {
+        if self.failed_reason().is_some() || self.len == 0 {
+            return;
+        }
+        let too_big = self.len >= self.cfg.segment_max_bytes;
+        let too_old =
+            self.opened_at.elapsed() >= Duration::from_secs(self.cfg.segment_max_age_secs);
+        if !(too_big || too_old) {
+            return;
+        }
+        if let Err(e) = self.seal() {
+            self.fail(format!("sealing a segment failed: {e}"));
+        }
+    }
+
+    /// Seal the open segment and open the next one.
+    fn seal(&mut self) -> Result<(), JournalError> {
+        self.file.sync_all().map_err(io_err(&self.path))?;
+        let sealed = self.dir.join(
+            SegmentName::Sealed {
+                first: self.first_seq,
+                last: self.head.seq,
+            }
+            .file_name(),
+        );
+        // Crash point: before the rename the segment is a complete open segment; recovery keeps
+        // using it as the open one.
+        fs::rename(&self.path, &sealed).map_err(io_err(&sealed))?;
+        // Crash point: renamed but the directory not synced: after power loss either name may be
+        // found, both are valid states for recovery.
+        sync_dir(&self.dir)?;
+        let first = self.head.seq + 1;
+        let next = self.dir.join(SegmentName::Open { first }.file_name());
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&next)
+            .map_err(io_err(&next))?;
+        // Crash point: the new open file may not exist after power loss; recovery creates it.
+        sync_dir(&self.dir)?;
+        self.file = file;
+        self.path = next;
+        self.first_seq = first;
+        self.len = 0;
+        self.opened_at = Instant::now();
+        self.stats.segments_sealed.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(first_seq = self.first_seq, "journal segment sealed");
+        Ok(())
+    }
+}
+
+/// The previous-hash value of the first record of a journal (re-exported for readers).
+pub const FIRST_PREV: &str = GENESIS_PREV;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::*;
+
+    pub(crate) fn event(n: usize) -> Event {
+        Event {
+            phase: Phase::Outcome,
+            request_id: format!("req-{n}"),
+            intent_seq: None,
+            who: Who::Unauthenticated {
+                reason: "missing_token".into(),
+            },
+            action: Action::R,
+            interaction: InteractionKind::Read,
+            rule: "test".into(),
+            resource_type: None,
+            resource_id: None,
+            method: "GET".into(),
+            path: "/fhir/metadata".into(),
+            query: None,
+            patients: vec![],
+            attribution: Attribution::None,
+            net: NetworkVector::default(),
+            outcome: None,
+            clock: ClockState::default(),
+        }
+    }
+
+    fn small_cfg() -> JournalConfig {
+        JournalConfig {
+            segment_max_bytes: 4096,
+            ..JournalConfig::default()
+        }
+    }
+
+    fn read_all(dir: &Path) -> Vec<Record> {
+        let mut out = Vec::new();
+        for (_, path) in list_segments(dir).unwrap() {
+            for line in fs::read_to_string(path).unwrap().lines() {
+                out.push(serde_json::from_str(line).unwrap());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn appends_chain_and_survive_reopen_and_seal() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let (j, report) = Journal::open(tmp.path(), "n1", &small_cfg()).unwrap();
+            assert_eq!(report.head_seq, 0);
+            for i in 0..50 {
+                let r = j.append_blocking(&event(i)).unwrap();
+                assert_eq!(r.seq, i as u64 + 1);
+            }
+        }
+        // The writer thread may still hold the lock for a moment after the handle is dropped.
+        let (j, report) = loop {
+            match Journal::open(tmp.path(), "n1", &small_cfg()) {
+                Err(JournalError::Locked(_)) => thread::sleep(Duration::from_millis(10)),
+                other => break other.unwrap(),
+            }
+        };
+        assert_eq!(report.head_seq, 50);
+        assert!(
+            report.sealed_segments >= 1,
+            "4 KiB segments must have sealed"
+        );
+        assert_eq!(j.append_blocking(&event(50)).unwrap().seq, 51);
+        let records = read_all(tmp.path());
+        assert_eq!(records.len(), 51);
+        let mut prev = GENESIS_PREV.to_string();
+        for (i, line) in records.iter().enumerate() {
+            assert_eq!(line.header.seq, i as u64 + 1);
+            assert_eq!(line.header.prev, prev);
+            let bytes = serde_json::to_vec(line).unwrap();
+            prev = hex::encode(leaf_hash(&bytes));
+        }
+    }
+
+    #[test]
+    fn recovery_quarantines_a_torn_tail_and_continues_the_chain() {
+        let tmp = tempfile::tempdir().unwrap();
+        let open_path;
+        {
+            let (j, _) = Journal::open(tmp.path(), "n1", &JournalConfig::default()).unwrap();
+            for i in 0..3 {
+                j.append_blocking(&event(i)).unwrap();
+            }
+            open_path = list_segments(tmp.path()).unwrap().pop().unwrap().1;
+        }
+        let mut f = OpenOptions::new().append(true).open(&open_path).unwrap();
+        f.write_all(b"{\"v\":1,\"node\":\"n1\",\"seq\":4,\"pr")
+            .unwrap();
+        drop(f);
+        let (j, report) = loop {
+            match Journal::open(tmp.path(), "n1", &JournalConfig::default()) {
+                Err(JournalError::Locked(_)) => thread::sleep(Duration::from_millis(10)),
+                other => break other.unwrap(),
+            }
+        };
+        assert_eq!(report.head_seq, 3);
+        assert_eq!(report.dropped_bytes, 30);
+        assert_eq!(report.dropped_lines, 0);
+        let q = report.quarantine_file.unwrap();
+        assert_eq!(
+            fs::read(q).unwrap(),
+            b"{\"v\":1,\"node\":\"n1\",\"seq\":4,\"pr"
+        );
+        assert_eq!(j.append_blocking(&event(9)).unwrap().seq, 4);
+        assert_eq!(read_all(tmp.path()).len(), 4);
+    }
+
+    #[test]
+    fn a_second_writer_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_j, _) = Journal::open(tmp.path(), "n1", &JournalConfig::default()).unwrap();
+        assert!(matches!(
+            Journal::open(tmp.path(), "n1", &JournalConfig::default()),
+            Err(JournalError::Locked(_))
+        ));
+    }
+
+    #[test]
+    fn many_concurrent_appenders_get_distinct_durable_receipts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(tmp.path(), "n1", &JournalConfig::default()).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let seqs = rt.block_on(async {
+            let mut tasks = Vec::new();
+            for t in 0..64 {
+                let j = j.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut seqs = Vec::new();
+                    for i in 0..20 {
+                        seqs.push(j.append(&event(t * 100 + i)).await.unwrap().seq);
+                    }
+                    seqs
+                }));
+            }
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await.unwrap());
+            }
+            all
+        });
+        let mut sorted = seqs.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted, (1..=1280).collect::<Vec<u64>>());
+        assert!(
+            j.stats().batches.load(Ordering::Relaxed) < 1280,
+            "group commit batched"
+        );
+    }
+
+    #[test]
+    fn segment_names_round_trip() {
+        for name in [
+            SegmentName::Open { first: 1 },
+            SegmentName::Sealed { first: 5, last: 9 },
+        ] {
+            assert_eq!(SegmentName::parse(&name.file_name()), Some(name));
+        }
+        assert_eq!(SegmentName::parse("seg-1.open.jsonl"), None);
+        assert_eq!(SegmentName::parse("LOCK"), None);
+    }
+}

@@ -1,0 +1,29 @@
+//! auditgate: a reverse proxy that makes any EHR API auditable.
+//!
+//! Every request that reaches the gateway produces a record in a local, fsync'd, SHA-256
+//! hash-chained journal before any byte of patient data is released (and, for changes, before
+//! the EHR sees the request). The crate is organised as a thin pingora phase map ([`proxy`])
+//! over plain modules that own the logic:
+//!
+//! * [`config`]: the one TOML file, parsed once into typed, validated structs;
+//! * [`identity`]: JWT verification and the actor;
+//! * [`rules`]: safe path normalisation and route rules into action, interaction and patients;
+//! * [`netvec`]: client IP through trusted proxies, device ID, user agent;
+//! * [`record`]: the journal line format and its hashes;
+//! * [`journal`]: group commit, segments, recovery;
+//! * [`verify`]: re-checking a journal directory;
+//! * [`clock`]: the kernel's NTP state;
+//! * [`server`]: start-up order; [`cli`] and [`demo`]: the command line.
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod identity;
+pub mod journal;
+pub mod netvec;
+pub mod proxy;
+pub mod record;
+pub mod rules;
+pub mod server;
+pub mod verify;

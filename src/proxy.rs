@@ -1,0 +1,601 @@
+//! The pingora phase map: where each audit step happens in a request's life.
+//!
+//! This module is deliberately thin; the logic lives in [`crate::identity`],
+//! [`crate::rules`], [`crate::netvec`] and [`crate::journal`]. What it owns is the *order*,
+//! because the order is the guarantee:
+//!
+//! | phase | what happens | if the journal fails |
+//! | --- | --- | --- |
+//! | `request_filter` | request ID, network vector, JWT, rules. A refused request (401, 400, 403) gets its outcome record, then its answer. A change (POST, PUT, PATCH, DELETE) gets an **intent** record, fsync'd, before anything is forwarded. | 503, nothing forwarded |
+//! | `request_body_filter` | POST `_search` form bodies are copied (bounded) for query attribution; the body still streams. | - |
+//! | `upstream_request_filter` | `X-Forwarded-For` and the request ID are added; nothing else changes. | - |
+//! | `response_filter` | the upstream's status and headers are known but **not yet sent**: the **outcome** record is appended and awaited here. | `Err(503)`: the upstream's head and body are dropped, the client gets a 503 |
+//! | `fail_to_proxy` | upstream unreachable or timed out: an outcome record with the error, then the error answer. | 503 |
+//! | `logging` | a request that ended before any outcome record (client went away) gets one now. | counted, logged |
+//!
+//! Pingora sends the response head only after `response_filter` returns and body chunks only
+//! after the head, so an outcome record that is durable when `response_filter` returns is
+//! durable before the first byte of patient data leaves the gateway.
+//!
+//! Nothing in this module logs a path, query, user, patient or token: pingora's own error log
+//! line is fed [`ProxyHttp::request_summary`], which is overridden to the request ID only.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::clock;
+use crate::config::UpstreamConfig;
+use crate::identity::{AuthFailure, Identity};
+use crate::journal::{Journal, JournalError};
+use crate::netvec::NetPolicy;
+use crate::record::{
+    Action, Attribution, Event, GatewayId, InteractionKind, NetworkVector, Outcome, Phase, Who,
+};
+use crate::rules::{Classification, RuleSet};
+
+/// Everything a request needs, shared by all requests.
+pub struct Gateway {
+    pub identity: Arc<Identity>,
+    pub rules: Arc<RuleSet>,
+    pub net: NetPolicy,
+    pub journal: Journal,
+    pub node: String,
+    /// Listener address → name recorded in `gateway.listener`.
+    pub listeners: Vec<(SocketAddr, String)>,
+    pub upstream: UpstreamConfig,
+    /// `host:port` of the upstream.
+    pub upstream_authority: String,
+}
+
+/// Per-request state carried across phases.
+#[derive(Default)]
+pub struct RequestCtx {
+    /// The record under construction: who, what, from where. Set in `request_filter`.
+    event: Option<Event>,
+    /// The seq of this request's intent record.
+    intent_seq: Option<u64>,
+    /// Set once the outcome record is durable.
+    outcome_written: bool,
+    /// Why the gateway refused to release a response (journal failure), for `fail_to_proxy`.
+    refusal: Option<&'static str>,
+    /// A copy of a POST `_search` form body, for query attribution.
+    form_body: Option<Vec<u8>>,
+    /// Limit for `form_body`.
+    form_body_limit: usize,
+    /// Whether a form body went over the limit.
+    form_body_truncated: bool,
+    /// The rules' answer, kept when the form body must still be attributed.
+    classification: Option<Classification>,
+    upstream_started: Option<Instant>,
+}
+
+/// Methods that change data: they get an intent record before forwarding.
+fn is_change(method: &str) -> bool {
+    matches!(method, "POST" | "PUT" | "PATCH" | "DELETE")
+}
+
+fn peer_ip(session: &Session) -> IpAddr {
+    match session.client_addr() {
+        Some(PingoraAddr::Inet(addr)) => addr.ip(),
+        _ => IpAddr::from([0, 0, 0, 0]),
+    }
+}
+
+/// The body of every answer the gateway itself writes: a short JSON object with fixed codes.
+fn error_body(status: u16, error: &str, detail: &str, request_id: &str) -> Bytes {
+    let body = serde_json::json!({
+        "status": status,
+        "error": error,
+        "detail": detail,
+        "request_id": request_id,
+    });
+    Bytes::from(serde_json::to_vec(&body).expect("json serialises"))
+}
+
+async fn write_answer(
+    session: &mut Session,
+    status: u16,
+    extra: &[(&'static str, String)],
+    body: Bytes,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header("cache-control", "no-store")?;
+    for (k, v) in extra {
+        resp.insert_header(*k, v.as_str())?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+impl Gateway {
+    fn listener_name(&self, session: &Session) -> String {
+        if let Some(PingoraAddr::Inet(local)) = session.server_addr() {
+            for (addr, name) in &self.listeners {
+                if addr.port() == local.port()
+                    && (addr.ip().is_unspecified() || addr.ip() == local.ip())
+                {
+                    return name.clone();
+                }
+            }
+        }
+        "unknown".into()
+    }
+
+    /// Append an outcome record for `event` with `status`; marks the ctx.
+    async fn journal_outcome(
+        &self,
+        ctx: &mut RequestCtx,
+        status: u16,
+        error: Option<&str>,
+        bytes_out: Option<u64>,
+    ) -> std::result::Result<(), JournalError> {
+        let Some(mut event) = ctx.event.clone() else {
+            return Ok(());
+        };
+        event.phase = Phase::Outcome;
+        event.intent_seq = ctx.intent_seq;
+        event.clock = clock::read();
+        event.outcome = Some(Outcome {
+            status,
+            code: Outcome::code_for_status(status),
+            error: error.map(str::to_string),
+            bytes_out,
+            upstream_ms: ctx.upstream_started.map(|t| t.elapsed().as_millis() as u64),
+        });
+        self.journal.append(&event).await?;
+        ctx.outcome_written = true;
+        Ok(())
+    }
+
+    /// Journal and send an answer the gateway makes itself (401, 400, 403). If the journal
+    /// cannot take the record, the answer becomes a 503.
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        status: u16,
+        error: &'static str,
+        detail: &str,
+        extra: &[(&'static str, String)],
+    ) -> Result<bool> {
+        let request_id = ctx
+            .event
+            .as_ref()
+            .map(|e| e.request_id.clone())
+            .unwrap_or_default();
+        match self.journal_outcome(ctx, status, Some(error), None).await {
+            Ok(()) => {
+                write_answer(
+                    session,
+                    status,
+                    extra,
+                    error_body(status, error, detail, &request_id),
+                )
+                .await?
+            }
+            Err(e) => self.unavailable(session, &e, &request_id).await?,
+        }
+        Ok(true)
+    }
+
+    /// The fail-closed answer.
+    async fn unavailable(
+        &self,
+        session: &mut Session,
+        e: &JournalError,
+        request_id: &str,
+    ) -> Result<()> {
+        tracing::error!(
+            reason = e.category(),
+            request_id,
+            "journal refused a record: answering 503"
+        );
+        write_answer(
+            session,
+            503,
+            &[("retry-after", "5".into())],
+            error_body(
+                503,
+                "audit_journal_unavailable",
+                "the audit journal cannot record this request, so it was not processed",
+                request_id,
+            ),
+        )
+        .await
+    }
+}
+
+fn who_for_failure(f: &AuthFailure) -> Who {
+    Who::Unauthenticated {
+        reason: f.reason().to_string(),
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let peer = peer_ip(session);
+        let req = session.req_header();
+        let headers = &req.headers;
+        let method = req.method.as_str().to_string();
+        let target = req
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/")
+            .to_string();
+        let (raw_path, raw_query) = match target.split_once('?') {
+            Some((p, q)) => (p.to_string(), Some(q.to_string())),
+            None => (target.clone(), None),
+        };
+
+        let request_id = self.net.request_id(peer, headers);
+        let addr = self.net.client_addr(peer, headers);
+        let mut net = NetworkVector {
+            client_ip: addr.client_ip.to_string(),
+            peer_ip: peer.to_string(),
+            forwarded_chain: addr.forwarded_chain,
+            device_id: None,
+            device_id_source: None,
+            user_agent: headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(|s| s.chars().take(256).collect()),
+            gateway: GatewayId {
+                node: self.node.clone(),
+                listener: self.listener_name(session),
+            },
+        };
+        if let Some(device) = self.net.device_id(headers) {
+            net.device_id = Some(device);
+            net.device_id_source = Some("header".into());
+        }
+
+        let auth = self
+            .identity
+            .authenticate(headers, raw_query.as_deref())
+            .await;
+        let who = match &auth {
+            Ok(a) => {
+                if net.device_id.is_none() {
+                    if let Some(device) = &a.device_id {
+                        net.device_id = Some(device.clone());
+                        net.device_id_source = Some("claim".into());
+                    }
+                }
+                Who::Authenticated(a.actor.clone())
+            }
+            Err(f) => who_for_failure(f),
+        };
+        let classified = self.rules.classify(&method, &target, headers);
+        let mut event = Event {
+            phase: if is_change(&method) {
+                Phase::Intent
+            } else {
+                Phase::Outcome
+            },
+            request_id: request_id.clone(),
+            intent_seq: None,
+            who,
+            action: Action::E,
+            interaction: InteractionKind::Unclassified,
+            rule: "rejected".into(),
+            resource_type: None,
+            resource_id: None,
+            method: method.clone(),
+            path: raw_path,
+            query: raw_query,
+            patients: Vec::new(),
+            attribution: Attribution::Partial,
+            net,
+            outcome: None,
+            clock: clock::read(),
+        };
+        if let Ok(c) = &classified {
+            apply_classification(&mut event, c);
+        }
+        ctx.event = Some(event);
+
+        // Refusals, each journaled before it is answered.
+        if let Err(f) = &auth {
+            let challenge = f.www_authenticate();
+            let status = f.status().as_u16();
+            return self
+                .refuse(
+                    session,
+                    ctx,
+                    status,
+                    f.reason(),
+                    "a valid bearer token is required",
+                    &[("www-authenticate", challenge)],
+                )
+                .await;
+        }
+        let classification = match classified {
+            Ok(c) => c,
+            Err(rejection) => {
+                return self
+                    .refuse(
+                        session,
+                        ctx,
+                        400,
+                        rejection.reason(),
+                        "the request path is not acceptable",
+                        &[],
+                    )
+                    .await;
+            }
+        };
+        if self.rules.denies(&classification) {
+            return self
+                .refuse(
+                    session,
+                    ctx,
+                    403,
+                    "unmatched_route",
+                    "no audit rule covers this request",
+                    &[],
+                )
+                .await;
+        }
+        let is_form = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("application/x-www-form-urlencoded")
+            });
+        if classification.needs_form_body && is_form {
+            ctx.form_body = Some(Vec::new());
+            ctx.form_body_limit =
+                usize::try_from(self.rules.max_form_body_bytes()).unwrap_or(usize::MAX);
+            ctx.classification = Some(classification);
+        }
+
+        if is_change(&method) {
+            // Intent: durable before the EHR sees the request.
+            let event = ctx.event.as_ref().expect("event set above");
+            match self.journal.append(event).await {
+                Ok(receipt) => ctx.intent_seq = Some(receipt.seq),
+                Err(e) => {
+                    self.unavailable(session, &e, &request_id).await?;
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if ctx.classification.is_none() {
+            return Ok(());
+        }
+        if let (Some(chunk), Some(copy)) = (body.as_ref(), ctx.form_body.as_mut()) {
+            if copy.len() + chunk.len() <= ctx.form_body_limit {
+                copy.extend_from_slice(chunk);
+            } else {
+                ctx.form_body_truncated = true;
+            }
+        }
+        if end_of_stream {
+            let copy = ctx.form_body.take().unwrap_or_default();
+            if let (Some(event), Some(mut c)) = (ctx.event.as_mut(), ctx.classification.take()) {
+                if ctx.form_body_truncated {
+                    event.attribution = Attribution::Partial;
+                } else {
+                    self.rules.attribute_form_body(&mut c, &copy);
+                    apply_classification(event, &c);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let mut peer = HttpPeer::new(self.upstream_authority.as_str(), false, String::new());
+        let ms = std::time::Duration::from_millis;
+        peer.options.connection_timeout = Some(ms(self.upstream.connect_timeout_ms));
+        peer.options.read_timeout = Some(ms(self.upstream.read_timeout_ms));
+        peer.options.write_timeout = Some(ms(self.upstream.write_timeout_ms));
+        peer.options.idle_timeout = Some(ms(self.upstream.idle_timeout_ms));
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let peer = peer_ip(session).to_string();
+        let xff = match upstream_request
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(existing) if !existing.trim().is_empty() => format!("{existing}, {peer}"),
+            _ => peer,
+        };
+        upstream_request.insert_header("x-forwarded-for", xff)?;
+        if let Some(event) = &ctx.event {
+            upstream_request.insert_header(
+                self.net.request_id_header().clone(),
+                event.request_id.as_str(),
+            )?;
+        }
+        ctx.upstream_started = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        if upstream_response.status.is_informational() {
+            return Ok(());
+        }
+        let bytes_out = upstream_response
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        // The outcome record must be durable before this function returns: pingora writes the
+        // head (and then the body) only afterwards.
+        if let Err(e) = self.journal_outcome(ctx, status, None, bytes_out).await {
+            tracing::error!(
+                reason = e.category(),
+                "journal refused an outcome record: withholding the response"
+            );
+            ctx.refusal = Some(e.category());
+            return Err(Error::explain(HTTPStatus(503), "audit journal unavailable"));
+        }
+        if let Some(event) = &ctx.event {
+            upstream_response.insert_header(
+                self.net.request_id_header().clone(),
+                event.request_id.as_str(),
+            )?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let request_id = ctx
+            .event
+            .as_ref()
+            .map(|e| e.request_id.clone())
+            .unwrap_or_default();
+        let already_sent = session.response_written().is_some();
+        let code = if ctx.refusal.is_some() {
+            503
+        } else {
+            match e.etype() {
+                HTTPStatus(code) => *code,
+                ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError => 502,
+                ReadTimedout | WriteTimedout => 504,
+                _ => match e.esource() {
+                    ErrorSource::Upstream => 502,
+                    ErrorSource::Downstream => 0,
+                    _ => 500,
+                },
+            }
+        };
+        if already_sent || code == 0 {
+            // The client already has the head (its record is durable) or is gone.
+            return FailToProxy {
+                error_code: code,
+                can_reuse_downstream: false,
+            };
+        }
+        let result = if ctx.refusal.is_some() {
+            let journal_error = JournalError::Failed {
+                reason: ctx.refusal.unwrap_or("failed").into(),
+            };
+            self.unavailable(session, &journal_error, &request_id).await
+        } else {
+            let error = match code {
+                502 => "upstream_unreachable",
+                504 => "upstream_timeout",
+                _ => "gateway_error",
+            };
+            match self.journal_outcome(ctx, code, Some(error), None).await {
+                Ok(()) => {
+                    write_answer(
+                        session,
+                        code,
+                        &[],
+                        error_body(code, error, "the EHR did not answer", &request_id),
+                    )
+                    .await
+                }
+                Err(je) => self.unavailable(session, &je, &request_id).await,
+            }
+        };
+        if let Err(write_error) = result {
+            tracing::debug!(error = ?write_error.etype(), "could not send the error answer");
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.outcome_written || ctx.event.is_none() {
+            return;
+        }
+        // The request ended without an outcome record (the client went away before the
+        // upstream answered, or an error path did not write one). Record what is known.
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(499);
+        let error = if e.is_some() {
+            "aborted"
+        } else {
+            "client_closed"
+        };
+        if let Err(je) = self.journal_outcome(ctx, status, Some(error), None).await {
+            tracing::error!(
+                reason = je.category(),
+                "could not journal the outcome of an aborted request"
+            );
+        }
+    }
+
+    fn request_summary(&self, _session: &Session, ctx: &RequestCtx) -> String {
+        // Pingora logs this on errors; it must not carry the path, query or any identity.
+        match &ctx.event {
+            Some(e) => format!("request_id={}", e.request_id),
+            None => "request_id=-".into(),
+        }
+    }
+}
+
+/// Copy the rules' answer into the event.
+fn apply_classification(event: &mut Event, c: &Classification) {
+    event.action = c.action;
+    event.interaction = c.interaction;
+    event.rule = c.rule.clone();
+    event.resource_type = c.resource_type.clone();
+    event.resource_id = c.resource_id.clone();
+    event.patients = c.patients.clone();
+    event.attribution = c.attribution;
+}

@@ -1,0 +1,128 @@
+//! Assembling the gateway process: config → journal, identity, rules → pingora server.
+//!
+//! Owns start-up order and its failure modes. Everything that can be checked before the first
+//! request is checked here, and any failure stops start-up with a clear error (exit 2): the
+//! journal directory must open and recover, keys must load, rules must compile. Only then does
+//! the listener open, so the gateway never accepts a request it cannot record.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use pingora::apps::HttpServerOptions;
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+
+use crate::config::Config;
+use crate::identity::Identity;
+use crate::journal::{Journal, RecoveryReport};
+use crate::netvec::NetPolicy;
+use crate::proxy::Gateway;
+use crate::rules::RuleSet;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+    #[error("identity: {0}")]
+    Identity(String),
+    #[error("rules: {0}")]
+    Rules(String),
+    #[error("runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+}
+
+/// What `prepare` built: the gateway logic and the runtime that runs its background tasks.
+pub struct Prepared {
+    pub gateway: Gateway,
+    pub recovery: RecoveryReport,
+    /// Runs the JWKS refresher; kept alive for the life of the process.
+    pub background: tokio::runtime::Runtime,
+}
+
+/// Open the journal, load keys and rules: everything but the listener.
+pub fn prepare(config: &Config, base_dir: &std::path::Path) -> Result<Prepared, StartError> {
+    let background = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("auditgate-bg")
+        .enable_all()
+        .build()?;
+    let (journal, recovery) =
+        Journal::open(&config.journal.dir, &config.server.node, &config.journal)?;
+    let identity = background
+        .block_on(Identity::load(&config.identity, base_dir))
+        .map_err(|e| StartError::Identity(e.to_string()))?;
+    let identity = Arc::new(identity);
+    background.spawn(identity.clone().run_refresher());
+    let rules =
+        RuleSet::load(&config.rules, base_dir).map_err(|e| StartError::Rules(e.to_string()))?;
+    let target = config
+        .upstream
+        .target()
+        .map_err(|e| StartError::Rules(e.to_string()))?;
+    let listeners = config
+        .server
+        .listen
+        .iter()
+        .filter_map(|a| a.parse::<SocketAddr>().ok().map(|s| (s, a.clone())))
+        .collect();
+    let gateway = Gateway {
+        identity,
+        rules: Arc::new(rules),
+        net: NetPolicy::new(&config.network),
+        journal,
+        node: config.server.node.clone(),
+        listeners,
+        upstream: config.upstream.clone(),
+        upstream_authority: target.authority,
+    };
+    Ok(Prepared {
+        gateway,
+        recovery,
+        background,
+    })
+}
+
+/// Run the gateway until SIGTERM/SIGINT; never returns.
+pub fn run(config: &Config, prepared: Prepared) -> ! {
+    run_with(config, prepared, Vec::new())
+}
+
+/// Run the gateway plus extra pingora services (the demo's sample upstream); never returns.
+pub fn run_with(
+    config: &Config,
+    prepared: Prepared,
+    extra: Vec<Box<dyn pingora::services::ServiceWithDependents>>,
+) -> ! {
+    let conf = ServerConf {
+        threads: config.server.threads,
+        grace_period_seconds: Some(config.server.grace_period_secs),
+        graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout_secs),
+        pid_file: config.server.pid_file.to_string_lossy().into_owned(),
+        upgrade_sock: config.server.upgrade_sock.to_string_lossy().into_owned(),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    let mut service =
+        pingora::proxy::ProxyServiceBuilder::new(&server.configuration, prepared.gateway)
+            .name("auditgate")
+            .server_options(options)
+            .build();
+    for addr in &config.server.listen {
+        service.add_tcp(addr);
+    }
+    server.add_service(service);
+    server.add_services(extra);
+    tracing::info!(
+        node = %config.server.node,
+        listeners = ?config.server.listen,
+        head_seq = prepared.recovery.head_seq,
+        "auditgate listening"
+    );
+    // The background runtime must outlive the server; leak it deliberately.
+    std::mem::forget(prepared.background);
+    server.run_forever()
+}

@@ -353,10 +353,9 @@ impl Config {
                 *p = base.join(&*p);
             }
         };
+        // Rule files and key files are resolved by their own loaders (against the same base), so
+        // that `rules.base_paths` keys stay exactly as written.
         abs(&mut self.journal.dir);
-        for f in &mut self.rules.files {
-            abs(f);
-        }
     }
 
     /// The directory relative paths in the file were resolved against.

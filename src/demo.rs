@@ -104,6 +104,9 @@ impl ServeHttp for SampleFhir {
                 &json!({"resourceType": "CapabilityStatement", "status": "active", "fhirVersion": "4.0.1"}),
             ),
             ("GET", [rtype]) => Self::answer(200, &self.search(rtype, &query)),
+            ("GET", ["Patient", id, rtype]) if !id.starts_with('$') => {
+                Self::answer(200, &self.search(rtype, &format!("subject=Patient/{id}")))
+            }
             ("GET", [rtype, id]) => match self
                 .store
                 .lock()
@@ -309,10 +312,46 @@ level = "warn"
         }
     });
     println!("\n== journal records ({})", journal_dir.display());
+    println!(
+        "{:>3} {:7} {:16} {:6} {:12} {:14} {:>6}  path",
+        "seq", "phase", "user", "action", "interaction", "patients", "status"
+    );
+    let mut last_record = None;
     for (_, path) in crate::journal::list_segments(&journal_dir)? {
         for line in std::fs::read_to_string(path)?.lines() {
-            println!("{line}");
+            let r: crate::record::Record = serde_json::from_str(line)?;
+            let e = &r.event;
+            let user = match &e.who {
+                crate::record::Who::Authenticated(a) => a.user.clone(),
+                crate::record::Who::Unauthenticated { reason } => format!("({reason})"),
+            };
+            let patients: Vec<&str> = e.patients.iter().map(|p| p.id.as_str()).collect();
+            let status = e
+                .outcome
+                .as_ref()
+                .map(|o| o.status.to_string())
+                .unwrap_or_else(|| "-".into());
+            println!(
+                "{:>3} {:7} {:16} {:6} {:12} {:14} {:>6}  {}",
+                r.header.seq,
+                format!("{:?}", e.phase).to_lowercase(),
+                user,
+                e.action.as_str(),
+                e.interaction.as_str(),
+                format!(
+                    "{} {}",
+                    patients.join(","),
+                    format!("{:?}", e.attribution).to_lowercase()
+                ),
+                status,
+                e.path
+            );
+            last_record = Some(r);
         }
+    }
+    if let Some(record) = last_record {
+        println!("\nthe last record in full (one JSON line in the journal, shown indented):");
+        println!("{}", serde_json::to_string_pretty(&record)?);
     }
     println!("\n== auditgate verify --journal {}", journal_dir.display());
     let report = crate::verify::verify_journal(&journal_dir)?;

@@ -103,10 +103,13 @@ fn error_body(status: u16, error: &str, detail: &str, request_id: &str) -> Bytes
 async fn write_answer(
     session: &mut Session,
     status: u16,
+    request_id_header: &http::HeaderName,
+    request_id: &str,
     extra: &[(&'static str, String)],
     body: Bytes,
 ) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(4))?;
+    let mut resp = ResponseHeader::build(status, Some(5))?;
+    resp.insert_header(request_id_header.clone(), request_id)?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body.len().to_string())?;
     resp.insert_header("cache-control", "no-store")?;
@@ -179,6 +182,8 @@ impl Gateway {
                 write_answer(
                     session,
                     status,
+                    self.net.request_id_header(),
+                    &request_id,
                     extra,
                     error_body(status, error, detail, &request_id),
                 )
@@ -204,6 +209,8 @@ impl Gateway {
         write_answer(
             session,
             503,
+            self.net.request_id_header(),
+            request_id,
             &[("retry-after", "5".into())],
             error_body(
                 503,
@@ -540,6 +547,8 @@ impl ProxyHttp for Gateway {
                     write_answer(
                         session,
                         code,
+                        self.net.request_id_header(),
+                        &request_id,
                         &[],
                         error_body(code, error, "the EHR did not answer", &request_id),
                     )

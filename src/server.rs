@@ -53,7 +53,6 @@ pub fn prepare(config: &Config, base_dir: &std::path::Path) -> Result<Prepared, 
         .block_on(Identity::load(&config.identity, base_dir))
         .map_err(|e| StartError::Identity(e.to_string()))?;
     let identity = Arc::new(identity);
-    background.spawn(identity.clone().run_refresher());
     let rules =
         RuleSet::load(&config.rules, base_dir).map_err(|e| StartError::Rules(e.to_string()))?;
     let target = config

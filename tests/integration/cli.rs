@@ -1,0 +1,103 @@
+//! The command line itself: help, config checking with precise errors, exit codes, the demo.
+
+use std::process::Command;
+
+fn auditgate(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_auditgate"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for sub in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["check-config", "--help"],
+        &["verify", "--help"],
+        &["demo", "--help"],
+    ] {
+        let (code, out, _) = auditgate(sub);
+        assert_eq!(code, 0, "{sub:?}");
+        assert!(out.contains("Usage"), "{sub:?}: {out}");
+    }
+}
+
+#[test]
+fn check_config_accepts_the_shipped_configs() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    for file in ["config/quickstart.toml", "config/auditgate.example.toml"] {
+        let (code, out, err) = auditgate(&["check-config", "--config", &format!("{root}/{file}")]);
+        assert_eq!(code, 0, "{file}: {err}");
+        assert!(
+            out.contains("[upstream]"),
+            "{file}: prints the effective config: {out}"
+        );
+    }
+}
+
+#[test]
+fn check_config_names_an_unknown_key_and_a_bad_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let base = std::fs::read_to_string(format!("{root}/config/quickstart.toml")).unwrap();
+    let base = base.replace("../rules/", &format!("{root}/rules/"));
+
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(
+        &typo,
+        base.replace("[journal]\n", "[journal]\nsegment_max_byte = 10\n"),
+    )
+    .unwrap();
+    let (code, _, err) = auditgate(&["check-config", "--config", typo.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("segment_max_byte"), "{err}");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, base.replace("http://127.0.0.1:8000", "ftp://ehr")).unwrap();
+    let (code, _, err) = auditgate(&["check-config", "--config", bad.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("upstream.url"), "{err}");
+
+    let (code, _, err) = auditgate(&["check-config", "--config", "/nonexistent/auditgate.toml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot read"), "{err}");
+}
+
+#[test]
+fn verify_exit_code_2_when_it_cannot_run() {
+    let (code, _, err) = auditgate(&["verify", "--journal", "/nonexistent/journal"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn run_refuses_to_start_without_its_keys() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(env!("CARGO_BIN_EXE_auditgate"))
+        .args(["run", "--config", &format!("{root}/config/quickstart.toml")])
+        .env_remove("AUDITGATE_QUICKSTART_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("AUDITGATE_QUICKSTART_SECRET"), "{err}");
+}
+
+#[test]
+fn the_demo_runs_end_to_end_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let (code, out, err) = auditgate(&["demo", "--journal", journal.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("OK: every record hashes and chains"), "{out}");
+    assert!(out.contains("-> 401"), "{out}");
+    assert!(out.contains("-> 400"), "{out}");
+    let records = crate::support::gateway::read_journal(&journal);
+    assert!(records.len() >= 12, "{}", records.len());
+}

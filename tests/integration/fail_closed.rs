@@ -1,0 +1,350 @@
+//! Fail closed: when the journal cannot take a record, nothing is forwarded and nothing is
+//! released. The journal sits on a small tmpfs that fills up for real (ENOSPC), so the failure
+//! comes from the kernel, not from a switch in the code.
+//!
+//! Mounting needs root (CI runs as root); without it these tests fail loudly.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::gateway::{verify_cli, Gateway, GatewayOptions};
+use crate::support::{http_client, FhirServer};
+
+/// A small tmpfs, unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn new(size_kib: u32) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_kib}k"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mounting a {size_kib} KiB tmpfs failed: the fail-closed tests fill a real filesystem \
+             and need root (CI runs as root)"
+        );
+        SmallDisk { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Write a filler file until the filesystem is full.
+    fn fill(&self) {
+        let mut f = std::fs::File::create(self.path().join("filler")).unwrap();
+        let block = vec![0u8; 4096];
+        loop {
+            match f.write(&block) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    assert_eq!(e.raw_os_error(), Some(libc_enospc()), "{e}");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn libc_enospc() -> i32 {
+    28
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Copy a journal off the small disk (to verify it after the gateway is gone).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_full_disk_mid_traffic_turns_into_503_and_no_write_reaches_the_ehr() {
+    let fhir = FhirServer::seeded();
+    let disk = SmallDisk::new(96);
+    let journal_dir: PathBuf = disk.path().join("journal");
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
+    opts.journal_dir = Some(journal_dir.clone());
+    opts.journal_toml = "segment_max_bytes = 16384".into();
+    let mut gw = Gateway::start(opts);
+    let token = gw.token("dr.full");
+    let client = http_client();
+
+    // Mixed reads and writes until the journal refuses; bounded.
+    let mut refused_writes = Vec::new();
+    let mut served = 0;
+    for i in 0..2000 {
+        if i % 2 == 0 {
+            let resp = client
+                .get(gw.url("/fhir/Patient/example"))
+                .bearer_auth(&token)
+                .send()
+                .unwrap();
+            match resp.status().as_u16() {
+                200 => served += 1,
+                503 => {
+                    let body = resp.text().unwrap();
+                    assert!(body.contains("audit_journal_unavailable"), "{body}");
+                    assert!(
+                        !body.contains("\"resourceType\""),
+                        "503 carries no patient data"
+                    );
+                }
+                other => panic!("unexpected {other}"),
+            }
+        } else {
+            let id = format!("fc-{i}");
+            let patient = json!({"resourceType": "Patient", "id": id, "active": true});
+            let resp = client
+                .put(gw.url(&format!("/fhir/Patient/{id}")))
+                .bearer_auth(&token)
+                .header("Content-Type", "application/fhir+json")
+                .body(patient.to_string())
+                .send()
+                .unwrap();
+            match resp.status().as_u16() {
+                200 | 201 => served += 1,
+                503 => refused_writes.push(id),
+                other => panic!("unexpected {other}"),
+            }
+        }
+        if refused_writes.len() >= 5 {
+            break;
+        }
+    }
+    assert!(
+        served > 10,
+        "the gateway served traffic before the disk filled ({served})"
+    );
+    assert!(refused_writes.len() >= 5, "the disk never filled up");
+    // Not one refused write reached the EHR.
+    for id in &refused_writes {
+        let status = client
+            .get(fhir.url(&format!("Patient/{id}")))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16();
+        assert_eq!(
+            status, 404,
+            "Patient/{id} was refused with 503 but reached the EHR"
+        );
+    }
+    assert!(
+        gw.log().contains("journal failed"),
+        "the failure is logged: {}",
+        gw.log()
+    );
+    gw.kill9();
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&journal_dir, copy.path());
+    let (code, out) = verify_cli(copy.path(), false);
+    assert_eq!(code, 0, "the journal still verifies after ENOSPC: {out}");
+}
+
+/// An upstream the test controls: answers at once, except a request whose path contains `hold`,
+/// which it answers only when released. Counts the requests it received by method.
+struct HeldUpstream {
+    port: u16,
+    held: mpsc::Receiver<()>,
+    release: Arc<Mutex<Option<mpsc::Sender<()>>>>,
+    methods: Arc<Mutex<Vec<String>>>,
+    count: Arc<AtomicUsize>,
+}
+
+const MARKER: &str = "PATIENT-DATA-MARKER-7f3a";
+
+impl HeldUpstream {
+    fn start() -> HeldUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (held_tx, held) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let release_rx = Arc::new(Mutex::new(release_rx));
+        let methods = Arc::new(Mutex::new(Vec::new()));
+        let count = Arc::new(AtomicUsize::new(0));
+        let (m, c) = (methods.clone(), count.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { break };
+                let (held_tx, release_rx, m, c) =
+                    (held_tx.clone(), release_rx.clone(), m.clone(), c.clone());
+                std::thread::spawn(move || serve(stream, held_tx, release_rx, m, c));
+            }
+        });
+        HeldUpstream {
+            port,
+            held,
+            release: Arc::new(Mutex::new(Some(release_tx))),
+            methods,
+            count,
+        }
+    }
+}
+
+fn serve(
+    mut stream: TcpStream,
+    held_tx: mpsc::Sender<()>,
+    release_rx: Arc<Mutex<mpsc::Receiver<()>>>,
+    methods: Arc<Mutex<Vec<String>>>,
+    count: Arc<AtomicUsize>,
+) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut content_length = 0usize;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                content_length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; content_length];
+        reader.read_exact(&mut body).unwrap();
+        let mut parts = request_line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let path = parts.next().unwrap_or("").to_string();
+        methods.lock().unwrap().push(method);
+        count.fetch_add(1, Ordering::SeqCst);
+        if path.contains("hold") {
+            held_tx.send(()).unwrap();
+            let _ = release_rx
+                .lock()
+                .unwrap()
+                .recv_timeout(Duration::from_secs(30));
+        }
+        let body = format!("{{\"resourceType\":\"Patient\",\"id\":\"x\",\"note\":\"{MARKER}\"}}");
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if stream.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_journal_that_fails_while_a_response_is_in_flight_releases_nothing() {
+    let upstream = HeldUpstream::start();
+    let disk = SmallDisk::new(64);
+    let journal_dir = disk.path().join("journal");
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", upstream.port));
+    opts.journal_dir = Some(journal_dir.clone());
+    let mut gw = Gateway::start(opts);
+    let token = gw.token("dr.inflight");
+
+    // The held request: forwarded (a read has no intent record), waiting for its response.
+    let url = gw.url("/fhir/Patient/hold");
+    let t = token.clone();
+    let in_flight = std::thread::spawn(move || {
+        let resp = http_client().get(url).bearer_auth(t).send().unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.text().unwrap())
+    });
+    upstream
+        .held
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the held request reached the upstream");
+
+    // Now break the journal: fill the disk, then push records until the journal refuses.
+    disk.fill();
+    let client = http_client();
+    let mut broke = false;
+    for _ in 0..200 {
+        let resp = client
+            .get(gw.url("/fhir/Patient/canary"))
+            .bearer_auth(&token)
+            .send()
+            .unwrap();
+        if resp.status().as_u16() == 503 {
+            broke = true;
+            break;
+        }
+    }
+    assert!(broke, "the journal never failed on a full disk");
+
+    // Release the held response: its outcome record cannot be made durable, so not one byte
+    // of it may reach the client.
+    upstream
+        .release
+        .lock()
+        .unwrap()
+        .take()
+        .unwrap()
+        .send(())
+        .unwrap();
+    let (status, body) = in_flight.join().unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        !body.contains(MARKER),
+        "patient data was released without a durable record: {body}"
+    );
+    assert!(body.contains("audit_journal_unavailable"), "{body}");
+
+    // A write now is refused before the EHR sees it.
+    let writes_before = upstream
+        .methods
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|m| *m == "PUT")
+        .count();
+    let resp = client
+        .put(gw.url("/fhir/Patient/p-after"))
+        .bearer_auth(&token)
+        .header("Content-Type", "application/fhir+json")
+        .body("{\"resourceType\":\"Patient\",\"id\":\"p-after\"}")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    let writes_after = upstream
+        .methods
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|m| *m == "PUT")
+        .count();
+    assert_eq!(
+        writes_before, writes_after,
+        "a write reached the upstream while the journal was down"
+    );
+    assert!(upstream.count.load(Ordering::SeqCst) > 1);
+
+    gw.kill9();
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&journal_dir, copy.path());
+    let (code, out) = verify_cli(copy.path(), false);
+    assert_eq!(code, 0, "{out}");
+}

@@ -1,0 +1,14 @@
+//! auditgate's integration tests, one binary (as ripgrep does: one link step, one shared
+//! harness). The harness is `tests/support/` (real sekmet FHIR server, JWKS server, keys,
+//! Python FHIR clients); install its kit with `scripts/test-env.sh`. Add test modules below.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod attacks;
+mod cli;
+mod crash;
+mod fail_closed;
+mod harness_selftest;
+mod interactions;
+mod tamper;

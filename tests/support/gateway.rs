@@ -1,0 +1,306 @@
+//! The real `auditgate` binary as a test fixture: config written to a temp dir, process started
+//! on a free loopback port, journal read back, process killed by PID.
+//!
+//! Every gateway here trusts four token issuers with keys the tests generate:
+//! RS256 and ES256 from PEM files, HS256 from an environment variable, and RS256 from a JWKS
+//! URL served on loopback (so tests can rotate keys). `127.0.0.0/8` is a trusted proxy, so a test
+//! can send `X-Forwarded-For` and see the walk; `X-Device-Id` carries the device ID.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use auditgate::record::Record;
+use serde_json::{json, Value};
+
+use super::keys::{self, KeyKind, TestKey};
+use super::{free_port, wait_for_port, JwksServer};
+
+pub const AUDIENCE: &str = "auditgate-tests";
+pub const ISS_RSA: &str = "https://idp.test/rsa";
+pub const ISS_EC: &str = "https://idp.test/ec";
+pub const ISS_HS: &str = "https://idp.test/hs";
+pub const ISS_JWKS: &str = "https://idp.test/jwks";
+pub const HS_SECRET: &str = "auditgate-test-hs256-secret-of-at-least-32-bytes!";
+pub const HS_ENV: &str = "AUDITGATE_TEST_HS256_SECRET";
+
+/// The keys every test gateway trusts.
+pub struct TestKeys {
+    pub rsa: TestKey,
+    pub ec: TestKey,
+    pub jwks_key: TestKey,
+}
+
+impl TestKeys {
+    pub fn new() -> TestKeys {
+        TestKeys {
+            rsa: TestKey::rsa(0),
+            ec: TestKey::ec_p256(),
+            jwks_key: TestKey::rsa(1).with_kid("jwks-1"),
+        }
+    }
+}
+
+/// Claims for a user of an issuer, valid for five minutes.
+pub fn claims_for(iss: &str, sub: &str) -> Value {
+    let mut c = keys::claims(iss, AUDIENCE, sub);
+    c["name"] = json!("Dr. Test");
+    c["roles"] = json!(["physician"]);
+    c["client_id"] = json!("test-app");
+    c["purpose_of_use"] = json!("TREAT");
+    c
+}
+
+/// A running gateway.
+pub struct Gateway {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub journal: PathBuf,
+    pub config_path: PathBuf,
+    pub jwks: JwksServer,
+    pub keys: TestKeys,
+    log_path: PathBuf,
+}
+
+/// Options for a test gateway.
+pub struct GatewayOptions {
+    /// The upstream's `host:port`.
+    pub upstream: String,
+    /// Extra keys for the `[journal]` section, e.g. `segment_max_bytes = 4096`.
+    pub journal_toml: String,
+    /// Unmatched policy: `journal` or `deny`.
+    pub unmatched: &'static str,
+    /// Journal directory (default: inside the gateway's temp dir).
+    pub journal_dir: Option<PathBuf>,
+    /// Listen port (default: a free one).
+    pub port: Option<u16>,
+}
+
+impl GatewayOptions {
+    pub fn new(upstream: impl Into<String>) -> GatewayOptions {
+        GatewayOptions {
+            upstream: upstream.into(),
+            journal_toml: String::new(),
+            unmatched: "journal",
+            journal_dir: None,
+            port: None,
+        }
+    }
+}
+
+fn write_pem(dir: &Path, name: &str, pem: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, pem).unwrap();
+    p
+}
+
+impl Gateway {
+    /// Start a gateway in front of `opts.upstream`; panics (with its log) if it does not listen.
+    pub fn start(opts: GatewayOptions) -> Gateway {
+        let keys = TestKeys::new();
+        let jwks = JwksServer::start(&keys::jwks(&[&keys.jwks_key]));
+        let dir = tempfile::tempdir().unwrap();
+        let port = opts.port.unwrap_or_else(free_port);
+        let journal = opts
+            .journal_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("journal"));
+        let rsa_pem = write_pem(dir.path(), "rsa.pub.pem", keys.rsa.public_pem());
+        let ec_pem = write_pem(dir.path(), "ec.pub.pem", keys.ec.public_pem());
+        let rules = super::repo_root().join("rules/fhir-r4.toml");
+        let config = format!(
+            r#"
+[server]
+node = "test-gw"
+listen = ["127.0.0.1:{port}"]
+threads = 2
+grace_period_secs = 0
+graceful_shutdown_timeout_secs = 2
+pid_file = "{dir}/pid"
+upgrade_sock = "{dir}/upgrade.sock"
+
+[upstream]
+url = "http://{upstream}"
+connect_timeout_ms = 1000
+read_timeout_ms = 20000
+
+[journal]
+dir = "{journal}"
+{journal_toml}
+
+[identity]
+break_glass_header = "X-Break-Glass"
+jwks_min_refetch_secs = 1
+[[identity.issuers]]
+issuer = "{ISS_RSA}"
+audiences = ["{AUDIENCE}"]
+algorithms = ["RS256"]
+pem_keys = [{{ path = "{rsa_pem}" }}]
+[[identity.issuers]]
+issuer = "{ISS_EC}"
+audiences = ["{AUDIENCE}"]
+algorithms = ["ES256"]
+pem_keys = [{{ path = "{ec_pem}" }}]
+[[identity.issuers]]
+issuer = "{ISS_HS}"
+audiences = ["{AUDIENCE}"]
+algorithms = ["HS256"]
+hmac_secrets = [{{ env_var = "{HS_ENV}" }}]
+[[identity.issuers]]
+issuer = "{ISS_JWKS}"
+audiences = ["{AUDIENCE}"]
+algorithms = ["RS256"]
+jwks_urls = ["{jwks_url}"]
+
+[rules]
+files = ["{rules}"]
+unmatched = "{unmatched}"
+
+[network]
+trusted_proxies = ["127.0.0.0/8"]
+device_id_header = "X-Device-Id"
+
+[log]
+format = "json"
+level = "info"
+"#,
+            dir = dir.path().display(),
+            upstream = opts.upstream,
+            journal = journal.display(),
+            journal_toml = opts.journal_toml,
+            rsa_pem = rsa_pem.display(),
+            ec_pem = ec_pem.display(),
+            jwks_url = jwks.url(),
+            rules = rules.display(),
+            unmatched = opts.unmatched,
+        );
+        let config_path = dir.path().join("auditgate.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log_path = dir.path().join("gateway.log");
+        let mut gw = Gateway {
+            child: None,
+            port,
+            dir,
+            journal,
+            config_path,
+            jwks,
+            keys,
+            log_path,
+        };
+        gw.spawn();
+        gw
+    }
+
+    /// Start (or restart) the process with the same config and port.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_auditgate"))
+            .args(["run", "--config"])
+            .arg(&self.config_path)
+            .env(HS_ENV, HS_SECRET)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start the auditgate binary");
+        self.child = Some(child);
+        if !wait_for_port(self.port, Duration::from_secs(20)) {
+            panic!("auditgate did not listen on {}:\n{}", self.port, self.log());
+        }
+    }
+
+    /// The gateway's own log so far (stdout and stderr).
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log_path) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// A token for `sub` from the RS256 issuer.
+    pub fn token(&self, sub: &str) -> String {
+        keys::mint(
+            KeyKind::Rsa.default_alg(),
+            &self.keys.rsa,
+            &claims_for(ISS_RSA, sub),
+        )
+    }
+
+    /// Every record in the journal, in order.
+    pub fn records(&self) -> Vec<Record> {
+        read_journal(&self.journal)
+    }
+
+    /// Kill the process with SIGKILL and wait for it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Send SIGTERM and wait up to `timeout` for exit; returns the exit status if it exited.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Read every record of a journal directory, in order.
+pub fn read_journal(dir: &Path) -> Vec<Record> {
+    let mut out = Vec::new();
+    for (_, path) in auditgate::journal::list_segments(dir).expect("list segments") {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for line in text.lines() {
+            out.push(
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("bad record {line}: {e}")),
+            );
+        }
+    }
+    out
+}
+
+/// Run `auditgate verify --journal DIR [--json]`; returns (exit code, stdout).
+pub fn verify_cli(dir: &Path, json: bool) -> (i32, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_auditgate"));
+    cmd.args(["verify", "--journal"]).arg(dir);
+    if json {
+        cmd.arg("--json");
+    }
+    let out = cmd.output().expect("run auditgate verify");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}

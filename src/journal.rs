@@ -554,7 +554,9 @@ impl Journal {
         &self,
         event_json: Vec<u8>,
     ) -> Result<oneshot::Receiver<Result<Receipt, JournalError>>, JournalError> {
-        if let Some(reason) = self.failure.lock().expect("failure lock").clone() {
+        // Fast path: the flag is set (with the reason) only once, when the journal fails.
+        if self.stats.failed.load(Ordering::Acquire) {
+            let reason = self.failure().unwrap_or_default();
             return Err(JournalError::Failed { reason });
         }
         let (reply, rx) = oneshot::channel();
@@ -675,8 +677,8 @@ impl Writer {
 
     fn fail(&self, reason: String) {
         tracing::error!(reason = %reason, "journal failed: refusing all records until restart");
-        self.stats.failed.store(true, Ordering::SeqCst);
         *self.failure.lock().expect("failure lock") = Some(reason);
+        self.stats.failed.store(true, Ordering::Release);
     }
 
     /// Write, sync, and acknowledge one batch.

@@ -101,3 +101,21 @@ fn the_demo_runs_end_to_end_and_verifies() {
     let records = crate::support::gateway::read_journal(&journal);
     assert!(records.len() >= 12, "{}", records.len());
 }
+
+#[test]
+fn the_committed_compartment_table_matches_the_official_definition() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new("python3")
+        .arg(format!("{root}/scripts/gen-compartment.py"))
+        .arg("--package")
+        .arg(crate::support::examples_dir())
+        .arg("--check")
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "rules/fhir-r4.toml is stale; rerun scripts/gen-compartment.py:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -238,7 +238,26 @@ fn each_interaction_is_recorded_and_passed_through_unchanged() {
         "application/x-www-form-urlencoded",
         "patient=Patient%2Fexample&_count=3".into(),
     ));
+    let mut transaction = case(
+        "POST",
+        "/fhir",
+        200,
+        E,
+        I::Transaction,
+        None,
+        &[],
+        At::Partial,
+    );
+    transaction.body = Some((
+        "application/fhir+json",
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": [{
+            "resource": {"resourceType": "Patient", "id": "gw-tx-1", "active": true},
+            "request": {"method": "PUT", "url": "Patient/gw-tx-1"}
+        }]})
+        .to_string(),
+    ));
     cases.push(form_search);
+    cases.push(transaction);
 
     let mut seen = Vec::new();
     for c in &cases {

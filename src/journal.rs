@@ -63,7 +63,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::config::ConfigError;
-use crate::record::{self, ChainHeader, Event, LeafHash, GENESIS_PREV, RECORD_VERSION};
+use crate::record::{self, Event, LeafHash, GENESIS_PREV, RECORD_VERSION};
 
 /// `[journal]`: where and how records are made durable.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -387,7 +387,8 @@ fn sync_dir(dir: &Path) -> Result<(), JournalError> {
 /// The writer's state: the open segment and the chain head.
 struct Writer {
     dir: PathBuf,
-    node: String,
+    /// The node name serialised once as a JSON string.
+    node_json: Vec<u8>,
     cfg: JournalConfig,
     file: File,
     path: PathBuf,
@@ -395,7 +396,6 @@ struct Writer {
     len: u64,
     opened_at: Instant,
     head: Head,
-    prev_hex: String,
     stats: Arc<JournalStats>,
     failure: Arc<std::sync::Mutex<Option<String>>>,
     // Held for the writer's life: the directory lock.
@@ -506,14 +506,13 @@ impl Journal {
         let failure = Arc::new(std::sync::Mutex::new(None));
         let writer = Writer {
             dir: dir.to_path_buf(),
-            node: node.to_string(),
+            node_json: serde_json::to_vec(node).expect("string serialises"),
             cfg: cfg.clone(),
             file,
             path,
             first_seq,
             len: kept_len,
             opened_at: Instant::now(),
-            prev_hex: hex::encode(head.leaf),
             head,
             stats: stats.clone(),
             failure: failure.clone(),
@@ -693,26 +692,28 @@ impl Writer {
         }
         buf.clear();
         let mut head = self.head;
-        let mut prev_hex = std::mem::take(&mut self.prev_hex);
+        let mut prev_hex = [0u8; 64];
+        hex::encode_to_slice(head.leaf, &mut prev_hex).expect("64 hex digits");
         let mut receipts = Vec::with_capacity(batch.len());
         let ts = format_ts(SystemTime::now());
         for pending in batch.iter() {
             let start = buf.len();
-            let header = ChainHeader {
-                v: RECORD_VERSION,
-                node: self.node.clone(),
-                seq: head.seq + 1,
-                prev: prev_hex,
-                ts: ts.clone(),
-            };
-            record::splice_line(buf, &header, &pending.event_json);
+            record::splice_parts(
+                buf,
+                RECORD_VERSION,
+                &self.node_json,
+                head.seq + 1,
+                &prev_hex,
+                ts.as_bytes(),
+                &pending.event_json,
+            );
             let leaf = record::leaf_hash(&buf[start..]);
             buf.push(b'\n');
             head = Head {
-                seq: header.seq,
+                seq: head.seq + 1,
                 leaf,
             };
-            prev_hex = hex::encode(leaf);
+            hex::encode_to_slice(leaf, &mut prev_hex).expect("64 hex digits");
             receipts.push(Receipt {
                 seq: head.seq,
                 leaf,
@@ -731,7 +732,6 @@ impl Writer {
                 // Durable: the batch is on disk. Only now are waiters woken.
                 self.len += buf.len() as u64;
                 self.head = head;
-                self.prev_hex = prev_hex;
                 self.stats
                     .records_written
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -748,7 +748,6 @@ impl Writer {
                 // The batch is not acknowledged. Try to cut the file back to the last durable
                 // length so the segment ends on a good record; if that fails too, recovery at the
                 // next start does it. Never retry the sync.
-                self.prev_hex = hex::encode(self.head.leaf);
                 let rollback = self
                     .file
                     .set_len(self.len)

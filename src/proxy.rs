@@ -89,6 +89,9 @@ fn peer_ip(session: &Session) -> IpAddr {
     }
 }
 
+/// How long an answer the gateway makes itself waits for the rest of the request body.
+const BODY_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The body of every answer the gateway itself writes: a short JSON object with fixed codes.
 fn error_body(status: u16, error: &str, detail: &str, request_id: &str) -> Bytes {
     let body = serde_json::json!({
@@ -102,13 +105,27 @@ fn error_body(status: u16, error: &str, detail: &str, request_id: &str) -> Bytes
 
 async fn write_answer(
     session: &mut Session,
+    close: bool,
     status: u16,
     request_id_header: &http::HeaderName,
     request_id: &str,
     extra: &[(&'static str, String)],
     body: Bytes,
 ) -> Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(5))?;
+    // Read what is left of the request body first (bounded in time): closing a connection with
+    // unread bytes makes the kernel send a reset, which can destroy this answer before the
+    // client reads it.
+    let mut close = close;
+    if !session.is_body_done() {
+        let drain = tokio::time::timeout(BODY_DRAIN_TIMEOUT, session.drain_request_body()).await;
+        close |= !matches!(drain, Ok(Ok(())));
+    }
+    let mut resp = ResponseHeader::build(status, Some(6))?;
+    if close {
+        // Say so, or a client may reuse the connection for its next request and see a reset.
+        session.set_keepalive(None);
+        resp.insert_header("connection", "close")?;
+    }
     resp.insert_header(request_id_header.clone(), request_id)?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body.len().to_string())?;
@@ -181,6 +198,7 @@ impl Gateway {
             Ok(()) => {
                 write_answer(
                     session,
+                    false,
                     status,
                     self.net.request_id_header(),
                     &request_id,
@@ -189,7 +207,7 @@ impl Gateway {
                 )
                 .await?
             }
-            Err(e) => self.unavailable(session, &e, &request_id).await?,
+            Err(e) => self.unavailable(session, false, &e, &request_id).await?,
         }
         Ok(true)
     }
@@ -198,6 +216,7 @@ impl Gateway {
     async fn unavailable(
         &self,
         session: &mut Session,
+        close: bool,
         e: &JournalError,
         request_id: &str,
     ) -> Result<()> {
@@ -208,6 +227,7 @@ impl Gateway {
         );
         write_answer(
             session,
+            close,
             503,
             self.net.request_id_header(),
             request_id,
@@ -385,7 +405,7 @@ impl ProxyHttp for Gateway {
             match self.journal.append(event).await {
                 Ok(receipt) => ctx.intent_seq = Some(receipt.seq),
                 Err(e) => {
-                    self.unavailable(session, &e, &request_id).await?;
+                    self.unavailable(session, false, &e, &request_id).await?;
                     return Ok(true);
                 }
             }
@@ -535,7 +555,8 @@ impl ProxyHttp for Gateway {
             let journal_error = JournalError::Failed {
                 reason: ctx.refusal.unwrap_or("failed").into(),
             };
-            self.unavailable(session, &journal_error, &request_id).await
+            self.unavailable(session, true, &journal_error, &request_id)
+                .await
         } else {
             let error = match code {
                 502 => "upstream_unreachable",
@@ -546,6 +567,7 @@ impl ProxyHttp for Gateway {
                 Ok(()) => {
                     write_answer(
                         session,
+                        true,
                         code,
                         self.net.request_id_header(),
                         &request_id,
@@ -554,7 +576,7 @@ impl ProxyHttp for Gateway {
                     )
                     .await
                 }
-                Err(je) => self.unavailable(session, &je, &request_id).await,
+                Err(je) => self.unavailable(session, true, &je, &request_id).await,
             }
         };
         if let Err(write_error) = result {

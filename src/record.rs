@@ -322,19 +322,39 @@ pub struct Record {
 ///
 /// `event_json` must be a JSON object with at least one field (an [`Event`] always is).
 pub fn splice_line(out: &mut Vec<u8>, header: &ChainHeader, event_json: &[u8]) {
+    let node_json = serde_json::to_vec(&header.node).expect("string serialises");
+    splice_parts(
+        out,
+        header.v,
+        &node_json,
+        header.seq,
+        header.prev.as_bytes(),
+        header.ts.as_bytes(),
+        event_json,
+    );
+}
+
+/// [`splice_line`] from parts the writer keeps ready, without allocating: `node_json` is the
+/// node name already serialised as a JSON string (with its quotes), `prev_hex` the previous leaf
+/// hash in lower-case hex, `ts` the RFC 3339 time.
+pub fn splice_parts(
+    out: &mut Vec<u8>,
+    v: u32,
+    node_json: &[u8],
+    seq: u64,
+    prev_hex: &[u8],
+    ts: &[u8],
+    event_json: &[u8],
+) {
+    use std::io::Write as _;
     debug_assert!(event_json.len() > 2 && event_json[0] == b'{');
-    // The header fields are fixed-format; node is validated at config time to be a safe token,
-    // and serialised through serde_json so any character is escaped correctly anyway.
-    out.extend_from_slice(b"{\"v\":");
-    out.extend_from_slice(header.v.to_string().as_bytes());
-    out.extend_from_slice(b",\"node\":");
-    serde_json::to_writer(&mut *out, &header.node).expect("string serialises");
-    out.extend_from_slice(b",\"seq\":");
-    out.extend_from_slice(header.seq.to_string().as_bytes());
-    out.extend_from_slice(b",\"prev\":\"");
-    out.extend_from_slice(header.prev.as_bytes());
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{{\"v\":{v},\"node\":");
+    out.extend_from_slice(node_json);
+    let _ = write!(out, ",\"seq\":{seq},\"prev\":\"");
+    out.extend_from_slice(prev_hex);
     out.extend_from_slice(b"\",\"ts\":\"");
-    out.extend_from_slice(header.ts.as_bytes());
+    out.extend_from_slice(ts);
     out.extend_from_slice(b"\",");
     out.extend_from_slice(&event_json[1..]);
 }

@@ -441,3 +441,57 @@ print("observations", len(obs))
         }
     }
 }
+
+#[test]
+fn h2c_break_glass_and_the_deny_policy() {
+    let fhir = FhirServer::seeded();
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
+    opts.unmatched = "deny";
+    let gw = Gateway::start(opts);
+    let token = gw.token("dr.emergency");
+
+    // HTTP/2 over cleartext (prior knowledge), with a break-glass declaration.
+    let h2 = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let resp = h2
+        .get(gw.url("/fhir/Patient/example"))
+        .bearer_auth(&token)
+        .header("X-Break-Glass", "true")
+        .send()
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status().as_u16(), 200);
+    let h2_id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+
+    // A path no rule covers is refused under `unmatched = "deny"`, and recorded.
+    let resp = http_client()
+        .get(gw.url("/not-fhir/anything"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    let deny_id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert!(resp.text().unwrap().contains("unmatched_route"));
+
+    let records = gw.records();
+    let r = outcome_for(&records, &h2_id);
+    match &r.event.who {
+        Who::Authenticated(a) => assert!(a.break_glass, "break glass recorded"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r.event.patients[0].id, "example");
+    let d = outcome_for(&records, &deny_id);
+    assert_eq!(d.event.rule, "unmatched");
+    assert_eq!(d.event.interaction, InteractionKind::Unclassified);
+    assert_eq!(d.event.outcome.as_ref().unwrap().status, 403);
+    assert!(
+        !fhir
+            .upstream_requests()
+            .iter()
+            .any(|u| u.target.contains("not-fhir")),
+        "a denied request never reaches the EHR"
+    );
+}

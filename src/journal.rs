@@ -821,10 +821,11 @@ impl Writer {
 pub const FIRST_PREV: &str = GENESIS_PREV;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::record::*;
 
+    /// A small record for tests (also used by `verify`'s tests).
     pub(crate) fn event(n: usize) -> Event {
         Event {
             phase: Phase::Outcome,

@@ -377,33 +377,9 @@ fn file_label(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::tests::event;
     use crate::journal::{Journal, JournalConfig};
-    use crate::record::*;
     use std::io::Write;
-
-    fn event(n: usize) -> Event {
-        Event {
-            phase: Phase::Outcome,
-            request_id: format!("req-{n}"),
-            intent_seq: None,
-            who: Who::Unauthenticated {
-                reason: "missing_token".into(),
-            },
-            action: Action::R,
-            interaction: InteractionKind::Read,
-            rule: "test".into(),
-            resource_type: None,
-            resource_id: None,
-            method: "GET".into(),
-            path: "/fhir/metadata".into(),
-            query: None,
-            patients: vec![],
-            attribution: Attribution::None,
-            net: NetworkVector::default(),
-            outcome: None,
-            clock: ClockState::default(),
-        }
-    }
 
     /// A journal of `n` records in 4 KiB segments; returns the dir and segment paths.
     fn journal(n: usize) -> (tempfile::TempDir, Vec<PathBuf>) {

@@ -611,6 +611,17 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, error: &Error) -> bool {
+        // A client that goes away mid-request is routine, not an error of the gateway: its
+        // outcome record says `aborted`; log it at debug level only.
+        let downstream = *error.esource() == ErrorSource::Downstream;
+        if downstream {
+            let request_id = ctx.event.as_ref().map(|e| e.request_id.as_str()).unwrap_or("-");
+            tracing::debug!(request_id, error = ?error.etype(), "client closed the connection");
+        }
+        downstream
+    }
+
     fn request_summary(&self, _session: &Session, ctx: &RequestCtx) -> String {
         // Pingora logs this on errors; it must not carry the path, query or any identity.
         match &ctx.event {

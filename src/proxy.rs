@@ -272,6 +272,8 @@ impl ProxyHttp for Gateway {
             Some((p, q)) => (p.to_string(), Some(q.to_string())),
             None => (target.clone(), None),
         };
+        // A token sent in the query string is refused, and must not reach the journal either.
+        let recorded_query = raw_query.as_deref().map(redact_query_tokens);
 
         let request_id = self.net.request_id(peer, headers);
         let addr = self.net.client_addr(peer, headers);
@@ -328,7 +330,7 @@ impl ProxyHttp for Gateway {
             resource_id: None,
             method: method.clone(),
             path: raw_path,
-            query: raw_query,
+            query: recorded_query,
             patients: Vec::new(),
             attribution: Attribution::Partial,
             net,
@@ -616,7 +618,11 @@ impl ProxyHttp for Gateway {
         // outcome record says `aborted`; log it at debug level only.
         let downstream = *error.esource() == ErrorSource::Downstream;
         if downstream {
-            let request_id = ctx.event.as_ref().map(|e| e.request_id.as_str()).unwrap_or("-");
+            let request_id = ctx
+                .event
+                .as_ref()
+                .map(|e| e.request_id.as_str())
+                .unwrap_or("-");
             tracing::debug!(request_id, error = ?error.etype(), "client closed the connection");
         }
         downstream
@@ -631,6 +637,30 @@ impl ProxyHttp for Gateway {
     }
 }
 
+/// The query string with the value of every `access_token` parameter (however encoded)
+/// replaced, so a token sent where it must not be is never written to the journal.
+fn redact_query_tokens(query: &str) -> String {
+    if !query.to_ascii_lowercase().contains("token") && !query.contains('%') {
+        return query.to_string();
+    }
+    query
+        .split('&')
+        .map(|pair| {
+            let key = pair.split('=').next().unwrap_or("");
+            let decoded: String = form_urlencoded::parse(key.as_bytes())
+                .next()
+                .map(|(k, _)| k.into_owned())
+                .unwrap_or_default();
+            if decoded.eq_ignore_ascii_case("access_token") {
+                format!("{key}=[redacted]")
+            } else {
+                pair.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 /// Copy the rules' answer into the event.
 fn apply_classification(event: &mut Event, c: &Classification) {
     event.action = c.action;
@@ -640,4 +670,25 @@ fn apply_classification(event: &mut Event, c: &Classification) {
     event.resource_id = c.resource_id.clone();
     event.patients = c.patients.clone();
     event.attribution = c.attribution;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_query_tokens;
+
+    #[test]
+    fn tokens_in_the_query_never_reach_the_record() {
+        assert_eq!(
+            redact_query_tokens("patient=1&_count=5"),
+            "patient=1&_count=5"
+        );
+        assert_eq!(
+            redact_query_tokens("patient=1&access_token=eyJ.secret.sig"),
+            "patient=1&access_token=[redacted]"
+        );
+        assert_eq!(
+            redact_query_tokens("ACCESS_TOKEN=x&access%5Ftoken=y&access_token"),
+            "ACCESS_TOKEN=[redacted]&access%5Ftoken=[redacted]&access_token=[redacted]"
+        );
+    }
 }

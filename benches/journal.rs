@@ -150,6 +150,12 @@ fn main() {
         records as f64 / batches as f64
     );
     drop(journal);
+    // Let the background preparation of the next segment (64 MiB of zeros) finish, so that it
+    // does not compete with verify for the disk and the CPU.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dir.join("spare.prealloc.tmp").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     std::thread::sleep(Duration::from_millis(100));
 
     // Verify the whole journal.

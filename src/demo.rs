@@ -318,7 +318,9 @@ level = "warn"
     );
     let mut last_record = None;
     for (_, path) in crate::journal::list_segments(&journal_dir)? {
-        for line in std::fs::read_to_string(path)?.lines() {
+        let bytes = std::fs::read(path)?;
+        let text = String::from_utf8_lossy(&bytes[..crate::journal::used_len(&bytes)]).into_owned();
+        for line in text.lines() {
             let r: crate::record::Record = serde_json::from_str(line)?;
             let e = &r.event;
             let user = match &e.who {

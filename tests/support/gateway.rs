@@ -281,7 +281,9 @@ impl Drop for Gateway {
 pub fn read_journal(dir: &Path) -> Vec<Record> {
     let mut out = Vec::new();
     for (_, path) in auditgate::journal::list_segments(dir).expect("list segments") {
-        let text = std::fs::read_to_string(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        // The open segment's trailing zeros are preallocated space.
+        let text = std::str::from_utf8(&bytes[..auditgate::journal::used_len(&bytes)]).unwrap();
         for line in text.lines() {
             out.push(
                 serde_json::from_str(line).unwrap_or_else(|e| panic!("bad record {line}: {e}")),

@@ -60,6 +60,17 @@ pub enum Command {
 pub fn init_logging(log: &LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+    // Pingora logs request and response headers (tokens included) and raw bytes at debug and
+    // trace level: whatever level is asked for, its crates stay at info.
+    let filter = [
+        "pingora=info",
+        "pingora_core=info",
+        "pingora_proxy=info",
+        "pingora_http=info",
+    ]
+    .iter()
+    .filter_map(|d| d.parse().ok())
+    .fold(filter, |f, d| f.add_directive(d));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -85,7 +85,8 @@ pub struct ServerConfig {
     /// After SIGTERM, keep accepting for this long (lets a load balancer notice).
     #[serde(default = "default_grace_period_secs")]
     pub grace_period_secs: u64,
-    /// After the grace period, wait at most this long for in-flight requests.
+    /// After the grace period, wait at most this long for in-flight requests. Keep it above
+    /// `upstream.read_timeout_ms`: a request cut off by the exit gets no outcome record.
     #[serde(default = "default_graceful_shutdown_timeout_secs")]
     pub graceful_shutdown_timeout_secs: u64,
     /// Where pingora writes its PID (used by zero-downtime upgrades).
@@ -118,7 +119,9 @@ fn default_grace_period_secs() -> u64 {
     5
 }
 fn default_graceful_shutdown_timeout_secs() -> u64 {
-    15
+    // Longer than the default upstream read timeout (60 s), so a request still waiting for the
+    // EHR at shutdown ends (and gets its outcome record) before the process does.
+    65
 }
 fn default_pid_file() -> PathBuf {
     PathBuf::from("/tmp/auditgate.pid")
@@ -214,9 +217,12 @@ impl UpstreamConfig {
                 ))
             }
         }
+        // `Uri::host` keeps the brackets of an IPv6 literal; the authority adds its own.
         let host = uri
             .host()
             .ok_or_else(|| ConfigError::invalid("upstream.url", "has no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
             .to_string();
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
             return Err(ConfigError::invalid(
@@ -361,5 +367,41 @@ impl Config {
     /// The directory relative paths in the file were resolved against.
     pub fn base_dir(path: &Path) -> PathBuf {
         path.parent().map(Path::to_path_buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(url: &str) -> UpstreamConfig {
+        UpstreamConfig {
+            url: url.into(),
+            connect_timeout_ms: 1,
+            read_timeout_ms: 1,
+            write_timeout_ms: 1,
+            idle_timeout_ms: 1,
+        }
+    }
+
+    #[test]
+    fn upstream_addresses_parse_for_ipv4_ipv6_and_names() {
+        assert_eq!(
+            upstream("http://127.0.0.1:8000")
+                .target()
+                .unwrap()
+                .authority,
+            "127.0.0.1:8000"
+        );
+        assert_eq!(
+            upstream("http://[::1]:8080").target().unwrap().authority,
+            "[::1]:8080"
+        );
+        assert_eq!(
+            upstream("http://ehr.local").target().unwrap().authority,
+            "ehr.local:80"
+        );
+        assert!(upstream("https://ehr.local").target().is_err());
+        assert!(upstream("http://ehr.local/fhir").target().is_err());
     }
 }

@@ -337,6 +337,9 @@ pub fn format_ts(t: SystemTime) -> String {
 struct LineHead {
     seq: u64,
     prev: String,
+    /// The writer stamps every record of one batch with the same time.
+    #[serde(default)]
+    ts: String,
 }
 
 /// The chain position after a record: its seq and leaf hash.
@@ -503,6 +506,9 @@ impl Journal {
         cfg: &JournalConfig,
     ) -> Result<(Journal, RecoveryReport), JournalError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
         let lock_path = dir.join("LOCK");
         let lock = OpenOptions::new()
             .create(true)
@@ -592,11 +598,19 @@ impl Journal {
             .write(true)
             .open(&path)
             .map_err(io_err(&path))?;
+        // Whatever recovery kept must be on disk before anything chains onto it; a failure
+        // here stops the start (on this very file handle: never carry on past a failed sync).
+        file.sync_all().map_err(io_err(&path))?;
         if cfg.preallocate {
             let size = file.metadata().map_err(io_err(&path))?.len();
             if size < cfg.segment_max_bytes {
-                if let Err(e) = zero_fill(&file, size, cfg.segment_max_bytes) {
-                    tracing::warn!(error = %e, "journal: could not preallocate the open segment; it will grow as written");
+                match zero_fill(&file, size, cfg.segment_max_bytes) {
+                    Ok(()) => {}
+                    // No room for the preallocation: the segment grows as it is written.
+                    Err(e) if e.kind() == std::io::ErrorKind::StorageFull => {
+                        tracing::warn!(error = %e, "journal: no room to preallocate the open segment; it will grow as written");
+                    }
+                    Err(e) => return Err(io_err(&path)(e)),
                 }
             }
         }
@@ -716,11 +730,13 @@ fn recover_open_segment(
     }
     // Zeros after the last good line are preallocated space, not data.
     let dropped = &bytes[good_len..good_len.max(used_len(&bytes))];
+    check_tail_is_one_unsynced_batch(path, dropped, head)?;
     if !dropped.is_empty() {
         report.dropped_bytes = dropped.len() as u64;
         report.dropped_lines = dropped.iter().filter(|&&b| b == b'\n').count() as u64;
         let qdir = dir.join("quarantine");
         fs::create_dir_all(&qdir).map_err(io_err(&qdir))?;
+        sync_dir(dir)?;
         let stamp = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default()
@@ -751,6 +767,53 @@ fn recover_open_segment(
         );
     }
     Ok((head, good_len as u64))
+}
+
+/// Decide whether the bytes after the last good record of the open segment can be what a crash
+/// leaves behind, and so may be moved to quarantine; if not, refuse to start.
+///
+/// The writer waits for each batch's fdatasync before it writes the next batch, so a crash can
+/// leave at most one batch unsynced: after it, some of that batch's pages may be missing
+/// (zeros) or torn. So the dropped bytes may hold lines of one batch only (one `ts`), none of
+/// which continues the chain at the next seq. A complete line that does carry the next seq but
+/// not the right `prev` means a record already on disk was changed; lines of several batches
+/// mean acknowledged records would be dropped. Either is damage an operator must see, not
+/// something recovery may tidy away.
+fn check_tail_is_one_unsynced_batch(
+    path: &Path,
+    dropped: &[u8],
+    head: Head,
+) -> Result<(), JournalError> {
+    let mut batch_ts: Option<String> = None;
+    for line in dropped.split(|&b| b == b'\n') {
+        let Ok(parsed) = serde_json::from_slice::<LineHead>(line) else {
+            continue;
+        };
+        if parsed.seq <= head.seq + 1 {
+            return Err(JournalError::Corrupt(format!(
+                "{}: the record with seq {} does not continue the chain after seq {}: a record \
+                 already written was changed or removed; run `auditgate verify` and investigate \
+                 before starting the gateway",
+                path.display(),
+                parsed.seq,
+                head.seq
+            )));
+        }
+        match &batch_ts {
+            None => batch_ts = Some(parsed.ts),
+            Some(ts) if *ts == parsed.ts => {}
+            Some(_) => {
+                return Err(JournalError::Corrupt(format!(
+                    "{}: records after seq {} that do not chain span more than one commit: \
+                     acknowledged records would be dropped; run `auditgate verify` and \
+                     investigate before starting the gateway",
+                    path.display(),
+                    head.seq
+                )))
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Writer {
@@ -1108,6 +1171,97 @@ pub(crate) mod tests {
         let bytes = fs::read(&open).unwrap();
         assert_eq!(used_len(&bytes), bytes.len());
         assert!(!tmp2.path().join(SPARE).exists());
+    }
+
+    fn reopen(dir: &Path) -> Result<(Journal, RecoveryReport), JournalError> {
+        loop {
+            match Journal::open(dir, "n1", &JournalConfig::default()) {
+                Err(JournalError::Locked(_)) => thread::sleep(Duration::from_millis(10)),
+                other => return other,
+            }
+        }
+    }
+
+    #[test]
+    fn recovery_refuses_to_drop_records_after_a_changed_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let (j, _) = Journal::open(tmp.path(), "n1", &JournalConfig::default()).unwrap();
+            for i in 0..6 {
+                j.append_blocking(&event(i)).unwrap();
+            }
+        }
+        let open = list_segments(tmp.path()).unwrap().pop().unwrap().1;
+        let bytes = fs::read(&open).unwrap();
+        let text = String::from_utf8(bytes[..used_len(&bytes)].to_vec()).unwrap();
+        // Change one acknowledged record in the middle (its seq and prev stay intact).
+        let changed = text.replacen("req-2", "req-X", 1);
+        assert_ne!(changed, text);
+        let f = OpenOptions::new().write(true).open(&open).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, changed.as_bytes(), 0).unwrap();
+        drop(f);
+        match reopen(tmp.path()) {
+            Err(JournalError::Corrupt(msg)) => assert!(msg.contains("verify"), "{msg}"),
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("recovery dropped acknowledged records after a changed one"),
+        }
+        // Nothing was quarantined or cut: the evidence stays for verify.
+        assert!(!tmp.path().join("quarantine").exists());
+        let report = crate::verify::verify_journal(tmp.path()).unwrap();
+        assert!(!report.ok());
+    }
+
+    #[test]
+    fn recovery_accepts_a_partly_lost_last_batch() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let (j, _) = Journal::open(tmp.path(), "n1", &JournalConfig::default()).unwrap();
+            for i in 0..3 {
+                j.append_blocking(&event(i)).unwrap();
+            }
+        }
+        // Simulate a last batch of three records whose middle page never reached the disk:
+        // record 4 intact, record 5 zeroed, record 6 intact (same batch time).
+        let open = list_segments(tmp.path()).unwrap().pop().unwrap().1;
+        let bytes = fs::read(&open).unwrap();
+        let used = used_len(&bytes);
+        let last_line = bytes[..used - 1].rsplit(|&b| b == b'\n').next().unwrap();
+        let last: Record = serde_json::from_slice(last_line).unwrap();
+        let mut prev = hex::encode(leaf_hash(last_line));
+        let ts = "2026-11-26T07:00:00.000001Z";
+        let mut tail = Vec::new();
+        for seq in 4..=6u64 {
+            let mut line = Vec::new();
+            let header = ChainHeader {
+                v: 1,
+                node: "n1".into(),
+                seq,
+                prev: prev.clone(),
+                ts: ts.into(),
+            };
+            splice_line(&mut line, &header, &event(seq as usize).to_json());
+            prev = hex::encode(leaf_hash(&line));
+            if seq == 5 {
+                line.iter_mut().for_each(|b| *b = 0);
+                line.push(0);
+            } else {
+                line.push(b'\n');
+            }
+            tail.extend(line);
+        }
+        assert_eq!(last.header.seq, 3);
+        let f = OpenOptions::new().write(true).open(&open).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &tail, used as u64).unwrap();
+        drop(f);
+        let (j, report) = reopen(tmp.path()).unwrap();
+        assert_eq!(report.head_seq, 4, "record 4 chains and is kept");
+        assert_eq!(
+            report.dropped_lines, 1,
+            "record 6: the only complete line after the hole"
+        );
+        assert!(report.quarantine_file.is_some());
+        assert_eq!(j.append_blocking(&event(9)).unwrap().seq, 5);
+        assert!(crate::verify::verify_journal(tmp.path()).unwrap().ok());
     }
 
     #[test]

@@ -29,6 +29,22 @@ pub struct NetworkConfig {
     /// Header carrying the request ID, kept from trusted proxies and sent upstream.
     #[serde(default = "default_request_id_header")]
     pub request_id_header: String,
+    /// Which header the trusted proxies in front write the client chain to:
+    /// `x-forwarded-for` (nginx, HAProxy, AWS ALB: the default) or `forwarded` (RFC 7239).
+    /// Only this header is walked; the other one is whatever the client sent, never believed.
+    #[serde(default)]
+    pub forwarded_header: ForwardedHeader,
+}
+
+/// The header that carries the forwarded chain.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2`
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for=proxy1`
+    Forwarded,
 }
 
 fn default_request_id_header() -> String {
@@ -41,6 +57,7 @@ impl Default for NetworkConfig {
             trusted_proxies: Vec::new(),
             device_id_header: None,
             request_id_header: default_request_id_header(),
+            forwarded_header: ForwardedHeader::default(),
         }
     }
 }
@@ -78,6 +95,7 @@ pub struct NetPolicy {
     trusted: Vec<IpNet>,
     device_header: Option<http::HeaderName>,
     request_id_header: http::HeaderName,
+    forwarded_header: ForwardedHeader,
 }
 
 impl NetPolicy {
@@ -91,6 +109,7 @@ impl NetPolicy {
                 .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
             request_id_header: http::HeaderName::from_bytes(cfg.request_id_header.as_bytes())
                 .unwrap_or(http::HeaderName::from_static("x-request-id")),
+            forwarded_header: cfg.forwarded_header,
         }
     }
 
@@ -108,7 +127,7 @@ impl NetPolicy {
     /// Walk the forwarded chain from the TCP peer.
     pub fn client_addr(&self, peer: IpAddr, headers: &HeaderMap) -> ClientAddr {
         let peer = canonical(peer);
-        let chain = claimed_chain(headers);
+        let chain = claimed_chain(headers, self.forwarded_header);
         let mut client = peer;
         if self.is_trusted(peer) {
             for hop in chain.iter().rev() {
@@ -177,9 +196,21 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The hops claimed by `Forwarded` (preferred, RFC 7239 `for=`) or `X-Forwarded-For`.
-fn claimed_chain(headers: &HeaderMap) -> Vec<String> {
+/// The hops claimed by the configured header: RFC 7239 `Forwarded` (`for=`) or
+/// `X-Forwarded-For`.
+fn claimed_chain(headers: &HeaderMap, header: ForwardedHeader) -> Vec<String> {
     let mut hops = Vec::new();
+    if header == ForwardedHeader::XForwardedFor {
+        for value in headers.get_all("x-forwarded-for") {
+            let Ok(text) = value.to_str() else { continue };
+            hops.extend(
+                text.split(',')
+                    .map(|h| h.trim().to_string())
+                    .filter(|h| !h.is_empty()),
+            );
+        }
+        return hops;
+    }
     for value in headers.get_all(http::header::FORWARDED) {
         let Ok(text) = value.to_str() else { continue };
         for element in text.split(',') {
@@ -190,17 +221,6 @@ fn claimed_chain(headers: &HeaderMap) -> Vec<String> {
                 }
             }
         }
-    }
-    if !hops.is_empty() {
-        return hops;
-    }
-    for value in headers.get_all("x-forwarded-for") {
-        let Ok(text) = value.to_str() else { continue };
-        hops.extend(
-            text.split(',')
-                .map(|h| h.trim().to_string())
-                .filter(|h| !h.is_empty()),
-        );
     }
     hops
 }
@@ -262,8 +282,24 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_header_is_preferred_and_ipv6_parsed() {
-        let p = policy(&["::1/128", "127.0.0.0/8"]);
+    fn only_the_configured_header_is_walked() {
+        // The load balancer appends to X-Forwarded-For; a client-sent Forwarded is ignored.
+        let p = policy(&["10.0.0.0/8"]);
+        let h = headers(&[
+            ("forwarded", "for=10.9.9.9"),
+            ("x-forwarded-for", "203.0.113.5"),
+        ]);
+        let a = p.client_addr("10.0.0.1".parse().unwrap(), &h);
+        assert_eq!(a.client_ip, "203.0.113.5".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn forwarded_header_when_configured_and_ipv6_parsed() {
+        let p = NetPolicy::new(&NetworkConfig {
+            trusted_proxies: vec!["::1/128".parse().unwrap(), "127.0.0.0/8".parse().unwrap()],
+            forwarded_header: ForwardedHeader::Forwarded,
+            ..NetworkConfig::default()
+        });
         let h = headers(&[
             (
                 "forwarded",

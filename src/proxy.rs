@@ -30,6 +30,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpUpstreamRequestPolicy;
 
 use crate::clock;
 use crate::config::UpstreamConfig;
@@ -77,9 +78,21 @@ pub struct RequestCtx {
     upstream_started: Option<Instant>,
 }
 
-/// Methods that change data: they get an intent record before forwarding.
-fn is_change(method: &str) -> bool {
-    matches!(method, "POST" | "PUT" | "PATCH" | "DELETE")
+/// Headers by which a client may ask the EHR to run another method than the request line's.
+const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Whether a request may change data, and so gets an intent record before it is forwarded:
+/// every method but GET, HEAD and OPTIONS (POST, PUT, PATCH, DELETE and any extension method),
+/// and any request that carries a method-override header.
+fn needs_intent(method: &str, headers: &http::HeaderMap) -> bool {
+    !matches!(method, "GET" | "HEAD" | "OPTIONS")
+        || METHOD_OVERRIDE_HEADERS
+            .iter()
+            .any(|h| headers.contains_key(*h))
 }
 
 fn peer_ip(session: &Session) -> IpAddr {
@@ -315,7 +328,7 @@ impl ProxyHttp for Gateway {
         };
         let classified = self.rules.classify(&method, &target, headers);
         let mut event = Event {
-            phase: if is_change(&method) {
+            phase: if needs_intent(&method, headers) {
                 Phase::Intent
             } else {
                 Phase::Outcome
@@ -342,6 +355,13 @@ impl ProxyHttp for Gateway {
         }
         ctx.event = Some(event);
 
+        // A journal that failed takes nothing: answer 503 before anything is forwarded.
+        if let Some(reason) = self.journal.failure() {
+            ctx.refusal = Some("failed");
+            let e = JournalError::Failed { reason };
+            self.unavailable(session, false, &e, &request_id).await?;
+            return Ok(true);
+        }
         // Refusals, each journaled before it is answered.
         if let Err(f) = &auth {
             let challenge = f.www_authenticate();
@@ -372,6 +392,20 @@ impl ProxyHttp for Gateway {
                     .await;
             }
         };
+        if session.is_upgrade_req() {
+            // A protocol upgrade (WebSocket) would turn the exchange into a tunnel whose bytes
+            // no record covers.
+            return self
+                .refuse(
+                    session,
+                    ctx,
+                    501,
+                    "upgrade_not_supported",
+                    "protocol upgrades are not audited, so they are not forwarded",
+                    &[],
+                )
+                .await;
+        }
         if self.rules.denies(&classification) {
             return self
                 .refuse(
@@ -401,12 +435,16 @@ impl ProxyHttp for Gateway {
             ctx.classification = Some(classification);
         }
 
-        if is_change(&method) {
+        // Informational responses (100 Continue, 103 Early Hints) are not relayed: only the
+        // final response is released, after its record.
+        session.set_ignore_info_resp(true);
+        if needs_intent(&method, &session.req_header().headers) {
             // Intent: durable before the EHR sees the request.
             let event = ctx.event.as_ref().expect("event set above");
             match self.journal.append(event).await {
                 Ok(receipt) => ctx.intent_seq = Some(receipt.seq),
                 Err(e) => {
+                    ctx.refusal = Some(e.category());
                     self.unavailable(session, false, &e, &request_id).await?;
                     return Ok(true);
                 }
@@ -457,6 +495,8 @@ impl ProxyHttp for Gateway {
         peer.options.read_timeout = Some(ms(self.upstream.read_timeout_ms));
         peer.options.write_timeout = Some(ms(self.upstream.write_timeout_ms));
         peer.options.idle_timeout = Some(ms(self.upstream.idle_timeout_ms));
+        // Never let an upstream 101 turn the connection into an unaudited tunnel.
+        peer.options.http_upstream_request_policy = HttpUpstreamRequestPolicy::deny_upgrades();
         Ok(Box::new(peer))
     }
 
@@ -493,6 +533,15 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
+        if upstream_response.status.as_u16() == 101 {
+            // Upgrades are refused in request_filter; an upstream that switches protocols
+            // anyway gets no tunnel.
+            ctx.refusal = Some("upgrade");
+            return Err(Error::explain(
+                HTTPStatus(502),
+                "upstream switched protocols",
+            ));
+        }
         if upstream_response.status.is_informational() {
             return Ok(());
         }
@@ -531,7 +580,9 @@ impl ProxyHttp for Gateway {
             .as_ref()
             .map(|e| e.request_id.clone())
             .unwrap_or_default();
-        let already_sent = session.response_written().is_some();
+        let already_sent = session
+            .response_written()
+            .is_some_and(|r| !r.status.is_informational());
         let code = if ctx.refusal.is_some() {
             503
         } else {
@@ -600,10 +651,11 @@ impl ProxyHttp for Gateway {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(499);
-        let error = if e.is_some() {
-            "aborted"
-        } else {
-            "client_closed"
+        let error = match (ctx.refusal, e) {
+            // Refused because the journal could not take a record at the time.
+            (Some(reason), _) => reason,
+            (None, Some(_)) => "aborted",
+            (None, None) => "client_closed",
         };
         if let Err(je) = self.journal_outcome(ctx, status, Some(error), None).await {
             tracing::error!(
@@ -614,18 +666,32 @@ impl ProxyHttp for Gateway {
     }
 
     fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, error: &Error) -> bool {
-        // A client that goes away mid-request is routine, not an error of the gateway: its
-        // outcome record says `aborted`; log it at debug level only.
-        let downstream = *error.esource() == ErrorSource::Downstream;
-        if downstream {
-            let request_id = ctx
-                .event
-                .as_ref()
-                .map(|e| e.request_id.as_str())
-                .unwrap_or("-");
+        // Pingora's own error line carries the error's context, which can hold raw upstream
+        // bytes (an unparseable response head with the start of its body): possible PHI. Log
+        // only the error's type and source, with the request ID. A client that goes away
+        // mid-request is routine (its record says `aborted`): debug level.
+        let request_id = ctx
+            .event
+            .as_ref()
+            .map(|e| e.request_id.as_str())
+            .unwrap_or("-");
+        if *error.esource() == ErrorSource::Downstream {
             tracing::debug!(request_id, error = ?error.etype(), "client closed the connection");
+        } else {
+            tracing::warn!(request_id, error = ?error.etype(), source = ?error.esource(), "request failed");
         }
-        downstream
+        true
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &RequestCtx,
+        _error: &Error,
+        _context: pingora::proxy::ProxyWarnLogContext,
+    ) -> bool {
+        // Same reason as `suppress_error_log`: pingora's line would carry the error context.
+        true
     }
 
     fn request_summary(&self, _session: &Session, ctx: &RequestCtx) -> String {

@@ -268,6 +268,7 @@ fn check_segment(name: &str, bytes: &[u8], threads: usize) -> SegmentResult {
 /// Verify every segment of a journal directory.
 pub fn verify_journal(dir: &Path) -> Result<Report, JournalError> {
     let segments = list_segments(dir)?;
+    let no_segments = segments.is_empty();
     let mut quarantined = Vec::new();
     if let Ok(entries) = fs::read_dir(dir.join("quarantine")) {
         for e in entries.flatten() {
@@ -376,6 +377,13 @@ pub fn verify_journal(dir: &Path) -> Result<Report, JournalError> {
     }
     drop(ahead);
     let _ = reader.join();
+    if no_segments {
+        // A journal always has an open segment once the gateway has started.
+        report.findings.push(Finding::Layout {
+            detail: "no segment at all (an empty or wrong directory, or every segment removed)"
+                .into(),
+        });
+    }
     if let Some((seq, leaf)) = chain_head {
         report.head_seq = seq;
         if seq > 0 {

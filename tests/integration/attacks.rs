@@ -382,3 +382,53 @@ fn path_tricks_aimed_at_another_patient_are_refused_and_recorded() {
         "no trick reached the EHR"
     );
 }
+
+#[test]
+fn upgrades_are_refused_and_method_overrides_get_an_intent() {
+    let fhir = FhirServer::seeded();
+    let gw = Gateway::start(GatewayOptions::new(format!("127.0.0.1:{}", fhir.port())));
+    let token = gw.token("mallory");
+
+    // A WebSocket upgrade would become a tunnel no record covers: refused, recorded.
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /fhir/Patient/ws-upgrade HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 64];
+    let n = stream.read(&mut head).unwrap();
+    let head = String::from_utf8_lossy(&head[..n]);
+    assert!(head.starts_with("HTTP/1.1 501"), "{head}");
+    assert!(
+        !fhir
+            .upstream_requests()
+            .iter()
+            .any(|r| r.target.contains("ws-upgrade")),
+        "the upgrade reached the EHR"
+    );
+
+    // A GET that asks the EHR to act as a DELETE gets an intent record before it is forwarded.
+    let resp = http_client()
+        .get(gw.url("/fhir/Observation/override-target"))
+        .bearer_auth(&token)
+        .header("X-HTTP-Method-Override", "DELETE")
+        .send()
+        .unwrap();
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let records = gw.records();
+    let mine: Vec<_> = records
+        .iter()
+        .filter(|r| r.event.request_id == request_id)
+        .collect();
+    assert_eq!(mine.len(), 2, "intent and outcome");
+    assert_eq!(mine[0].event.phase, Phase::Intent);
+    assert_eq!(mine[1].event.phase, Phase::Outcome);
+    assert_eq!(mine[1].event.intent_seq, Some(mine[0].header.seq));
+}

@@ -340,6 +340,19 @@ fn a_journal_that_fails_while_a_response_is_in_flight_releases_nothing() {
         writes_before, writes_after,
         "a write reached the upstream while the journal was down"
     );
+    // A read is refused before it is forwarded too: the EHR serves nothing nobody records.
+    let seen_before = upstream.count.load(Ordering::SeqCst);
+    let resp = client
+        .get(gw.url("/fhir/Patient/after-failure"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    assert_eq!(
+        upstream.count.load(Ordering::SeqCst),
+        seen_before,
+        "a read reached the upstream while the journal was down"
+    );
     assert!(upstream.count.load(Ordering::SeqCst) > 1);
 
     gw.kill9();

@@ -696,6 +696,11 @@ impl Journal {
         &self.stats
     }
 
+    /// Whether the journal has failed and refuses every record (one atomic load).
+    pub fn has_failed(&self) -> bool {
+        self.stats.failed.load(Ordering::Acquire)
+    }
+
     /// Why the journal refuses records, if it does.
     pub fn failure(&self) -> Option<String> {
         self.failure.lock().expect("failure lock").clone()

@@ -356,8 +356,9 @@ impl ProxyHttp for Gateway {
         ctx.event = Some(event);
 
         // A journal that failed takes nothing: answer 503 before anything is forwarded.
-        if let Some(reason) = self.journal.failure() {
+        if self.journal.has_failed() {
             ctx.refusal = Some("failed");
+            let reason = self.journal.failure().unwrap_or_default();
             let e = JournalError::Failed { reason };
             self.unavailable(session, false, &e, &request_id).await?;
             return Ok(true);

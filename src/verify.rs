@@ -266,7 +266,24 @@ fn check_segment(name: &str, bytes: &[u8], threads: usize) -> SegmentResult {
 }
 
 /// Verify every segment of a journal directory.
+///
+/// On a running gateway's journal, a segment may be sealed (renamed) while it is being listed:
+/// the check then starts again (at most three times). A torn tail reported for the open segment
+/// of a running gateway may be a write in progress; check a stopped journal, or a copy, to be
+/// sure.
 pub fn verify_journal(dir: &Path) -> Result<Report, JournalError> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match verify_once(dir) {
+            Err(JournalError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound && attempts < 3 => {}
+            other => return other,
+        }
+    }
+}
+
+fn verify_once(dir: &Path) -> Result<Report, JournalError> {
     let segments = list_segments(dir)?;
     let no_segments = segments.is_empty();
     let mut quarantined = Vec::new();

@@ -179,6 +179,16 @@ struct HeldUpstream {
 const MARKER: &str = "PATIENT-DATA-MARKER-7f3a";
 
 impl HeldUpstream {
+    /// How many PUT requests reached this upstream.
+    fn puts_seen(&self) -> usize {
+        self.methods
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| *m == "PUT")
+            .count()
+    }
+
     fn start() -> HeldUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -314,13 +324,7 @@ fn a_journal_that_fails_while_a_response_is_in_flight_releases_nothing() {
     assert!(body.contains("audit_journal_unavailable"), "{body}");
 
     // A write now is refused before the EHR sees it.
-    let writes_before = upstream
-        .methods
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|m| *m == "PUT")
-        .count();
+    let writes_before = upstream.puts_seen();
     let resp = client
         .put(gw.url("/fhir/Patient/p-after"))
         .bearer_auth(&token)
@@ -329,13 +333,7 @@ fn a_journal_that_fails_while_a_response_is_in_flight_releases_nothing() {
         .send()
         .unwrap();
     assert_eq!(resp.status().as_u16(), 503);
-    let writes_after = upstream
-        .methods
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|m| *m == "PUT")
-        .count();
+    let writes_after = upstream.puts_seen();
     assert_eq!(
         writes_before, writes_after,
         "a write reached the upstream while the journal was down"

@@ -173,7 +173,12 @@ impl Gateway {
         error: Option<&str>,
         bytes_out: Option<u64>,
     ) -> std::result::Result<(), JournalError> {
-        let Some(mut event) = ctx.event.clone() else {
+        // The request's event becomes its outcome in place (every field an outcome sets is
+        // set here, so a retry from `logging` overwrites them all).
+        let upstream_ms = ctx
+            .upstream_started
+            .map(|t| t.elapsed().as_millis() as u64);
+        let Some(event) = ctx.event.as_mut() else {
             return Ok(());
         };
         event.phase = Phase::Outcome;
@@ -184,9 +189,9 @@ impl Gateway {
             code: Outcome::code_for_status(status),
             error: error.map(str::to_string),
             bytes_out,
-            upstream_ms: ctx.upstream_started.map(|t| t.elapsed().as_millis() as u64),
+            upstream_ms,
         });
-        self.journal.append(&event).await?;
+        self.journal.append(event).await?;
         ctx.outcome_written = true;
         Ok(())
     }

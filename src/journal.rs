@@ -64,7 +64,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::config::ConfigError;
-use crate::record::{self, Event, LeafHash, GENESIS_PREV, RECORD_VERSION};
+use crate::record::{self, Event, LeafHash, RECORD_VERSION};
 
 /// `[journal]`: where and how records are made durable.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1000,9 +1000,6 @@ impl Writer {
         Ok(())
     }
 }
-
-/// The previous-hash value of the first record of a journal (re-exported for readers).
-pub const FIRST_PREV: &str = GENESIS_PREV;
 
 #[cfg(test)]
 pub(crate) mod tests {

@@ -175,9 +175,7 @@ impl Gateway {
     ) -> std::result::Result<(), JournalError> {
         // The request's event becomes its outcome in place (every field an outcome sets is
         // set here, so a retry from `logging` overwrites them all).
-        let upstream_ms = ctx
-            .upstream_started
-            .map(|t| t.elapsed().as_millis() as u64);
+        let upstream_ms = ctx.upstream_started.map(|t| t.elapsed().as_millis() as u64);
         let Some(event) = ctx.event.as_mut() else {
             return Ok(());
         };

@@ -8,11 +8,24 @@
 use crate::record::ClockState;
 
 /// `STA_UNSYNC` in `timex.status`: the kernel considers the clock unsynchronised.
-#[cfg(target_os = "linux")]
-const STA_UNSYNC: i32 = 0x0040;
+const STA_UNSYNC: i64 = 0x0040;
 /// `TIME_ERROR` return value of adjtimex: the clock is not synchronised.
-#[cfg(target_os = "linux")]
-const TIME_ERROR: i32 = 5;
+const TIME_ERROR: i64 = 5;
+
+/// Turn adjtimex's answer (return value, `status`, `maxerror` in µs) into the recorded state.
+fn interpret(state: i64, status: i64, max_error_us: i64) -> ClockState {
+    if state < 0 {
+        // The call failed: nothing is known about the clock.
+        return ClockState {
+            synced: false,
+            max_error_ms: u64::MAX / 1000,
+        };
+    }
+    ClockState {
+        synced: state != TIME_ERROR && (status & STA_UNSYNC) == 0,
+        max_error_ms: (max_error_us.max(0) as u64).div_ceil(1000),
+    }
+}
 
 /// Read the kernel's current clock state.
 #[cfg(target_os = "linux")]
@@ -23,36 +36,47 @@ pub fn read() -> ClockState {
     let mut tx: libc::timex = unsafe { std::mem::zeroed() };
     tx.modes = 0;
     let state = unsafe { libc::adjtimex(&mut tx) };
-    if state < 0 {
-        return ClockState {
-            synced: false,
-            max_error_ms: u64::MAX / 1000,
-        };
-    }
-    let synced = state != TIME_ERROR && (tx.status & STA_UNSYNC) == 0;
-    ClockState {
-        synced,
-        max_error_ms: (tx.maxerror.max(0) as u64).div_ceil(1000),
-    }
+    interpret(i64::from(state), i64::from(tx.status), tx.maxerror as i64)
 }
 
 /// Read the kernel's current clock state (non-Linux: unknown, reported as unsynchronised).
 #[cfg(not(target_os = "linux"))]
 pub fn read() -> ClockState {
-    ClockState {
-        synced: false,
-        max_error_ms: 0,
-    }
+    interpret(-1, 0, 0)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
-    fn reading_the_clock_state_does_not_fail() {
-        let state = super::read();
-        // Either answer is legitimate on a test machine; a synced clock must report a bound.
-        if state.synced {
-            assert!(state.max_error_ms < 16_000_000);
-        }
+    fn adjtimex_answers_map_to_the_recorded_state() {
+        // TIME_OK (0), status PLL only: synchronised, 1.5 ms rounds up to 2 ms.
+        assert_eq!(
+            interpret(0, 0x0001, 1_500),
+            ClockState {
+                synced: true,
+                max_error_ms: 2
+            }
+        );
+        // STA_UNSYNC set: not synchronised, whatever the state says.
+        assert_eq!(
+            interpret(0, 0x0041, 16_000_000),
+            ClockState {
+                synced: false,
+                max_error_ms: 16_000
+            }
+        );
+        // TIME_ERROR: not synchronised.
+        assert!(!interpret(TIME_ERROR, 0, 10).synced);
+        // A failed call says nothing good about the clock.
+        assert!(!interpret(-1, 0, 0).synced);
+    }
+
+    #[test]
+    fn the_kernel_answers_a_read_only_query() {
+        let state = read();
+        // The kernel bounds maxerror by NTP_PHASE_LIMIT (16 s) once it is unsynchronised.
+        assert!(state.max_error_ms <= 16_000, "{state:?}");
     }
 }

@@ -28,6 +28,8 @@ pub enum StartError {
     Identity(String),
     #[error("rules: {0}")]
     Rules(String),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("runtime: {0}")]
     Runtime(#[from] std::io::Error),
 }
@@ -47,18 +49,17 @@ pub fn prepare(config: &Config, base_dir: &std::path::Path) -> Result<Prepared, 
         .thread_name("auditgate-bg")
         .enable_all()
         .build()?;
-    let (journal, recovery) =
-        Journal::open(&config.journal.dir, &config.server.node, &config.journal)?;
     let identity = background
         .block_on(Identity::load(&config.identity, base_dir))
         .map_err(|e| StartError::Identity(e.to_string()))?;
     let identity = Arc::new(identity);
     let rules =
         RuleSet::load(&config.rules, base_dir).map_err(|e| StartError::Rules(e.to_string()))?;
-    let target = config
-        .upstream
-        .target()
-        .map_err(|e| StartError::Rules(e.to_string()))?;
+    let target = config.upstream.target()?;
+    // The journal opens last of the checks (and before any listener): a start that fails on
+    // keys, rules or the upstream address leaves no journal directory behind.
+    let (journal, recovery) =
+        Journal::open(&config.journal.dir, &config.server.node, &config.journal)?;
     let listeners = config
         .server
         .listen

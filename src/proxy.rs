@@ -292,6 +292,7 @@ impl ProxyHttp for Gateway {
         let recorded_query = raw_query.as_deref().map(redact_query_tokens);
 
         let request_id = self.net.request_id(peer, headers);
+        let intent_needed = needs_intent(&method, headers);
         let addr = self.net.client_addr(peer, headers);
         let mut net = NetworkVector {
             client_ip: addr.client_ip.to_string(),
@@ -331,7 +332,7 @@ impl ProxyHttp for Gateway {
         };
         let classified = self.rules.classify(&method, &target, headers);
         let mut event = Event {
-            phase: if needs_intent(&method, headers) {
+            phase: if intent_needed {
                 Phase::Intent
             } else {
                 Phase::Outcome
@@ -442,7 +443,7 @@ impl ProxyHttp for Gateway {
         // Informational responses (100 Continue, 103 Early Hints) are not relayed: only the
         // final response is released, after its record.
         session.set_ignore_info_resp(true);
-        if needs_intent(&method, &session.req_header().headers) {
+        if intent_needed {
             // Intent: durable before the EHR sees the request.
             let event = ctx.event.as_ref().expect("event set above");
             match self.journal.append(event).await {

@@ -310,7 +310,8 @@ fn verify_once(dir: &Path) -> Result<Report, JournalError> {
         findings: Vec::new(),
     };
     // Stitch: the chain continues across segment boundaries.
-    let mut chain_head: Option<(u64, LeafHash)> = Some((0, [0u8; 32]));
+    // The chain position before the first record: seq 0, the genesis leaf.
+    let mut chain_head: (u64, LeafHash) = (0, [0u8; 32]);
     let mut expected_first = 1u64;
     let mut seen_open = false;
     // A reader thread reads the next segment while this one is hashed (at most one ahead).
@@ -356,14 +357,13 @@ fn verify_once(dir: &Path) -> Result<Report, JournalError> {
                     found: first_seq,
                 });
             }
-            if let Some((head_seq, head_leaf)) = chain_head {
-                if first_prev != head_leaf && first_seq == head_seq + 1 {
-                    report.findings.push(Finding::ChainBreak {
-                        segment: label.clone(),
-                        line: 1,
-                        seq: first_seq,
-                    });
-                }
+            let (head_seq, head_leaf) = chain_head;
+            if first_prev != head_leaf && first_seq == head_seq + 1 {
+                report.findings.push(Finding::ChainBreak {
+                    segment: label.clone(),
+                    line: 1,
+                    seq: first_seq,
+                });
             }
         }
         match name {
@@ -385,7 +385,7 @@ fn verify_once(dir: &Path) -> Result<Report, JournalError> {
         report.findings.extend(seg.findings);
         report.records += seg.records;
         if let Some(last) = seg.last {
-            chain_head = Some(last);
+            chain_head = last;
         }
         expected_first = match name {
             SegmentName::Sealed { last, .. } => last + 1,
@@ -401,11 +401,10 @@ fn verify_once(dir: &Path) -> Result<Report, JournalError> {
                 .into(),
         });
     }
-    if let Some((seq, leaf)) = chain_head {
-        report.head_seq = seq;
-        if seq > 0 {
-            report.head_leaf = Some(hex::encode(leaf));
-        }
+    let (seq, leaf) = chain_head;
+    report.head_seq = seq;
+    if seq > 0 {
+        report.head_leaf = Some(hex::encode(leaf));
     }
     Ok(report)
 }

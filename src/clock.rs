@@ -4,45 +4,142 @@
 //! The answer goes into every record (`clock.synced`, `clock.max_error_ms`) so an auditor can
 //! tell an accurate timestamp from a guess. Reading never changes the clock (`modes = 0`).
 //! On a platform without `adjtimex` the state is reported as not synchronised.
+//!
+//! The gateway asks for the state on every request, so [`current`] answers from a sample at
+//! most [`SAMPLE_MAX_AGE`] old (one `adjtimex` call per interval instead of two per request).
+//! A sample's error bound is widened by the most the kernel lets it grow in the meantime
+//! (the kernel adds 500 µs to `maxerror` at each second boundary, so 500 µs per started
+//! second of the sample's age), so a cached answer claims no more accuracy than a fresh one
+//! would, unless the NTP daemon itself lowers the bound in between.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use crate::record::ClockState;
+
+/// How old a cached clock sample may be before [`current`] takes a new one.
+pub const SAMPLE_MAX_AGE: Duration = Duration::from_millis(250);
+
+/// How much the kernel adds to `maxerror` at each second boundary (`MAXFREQ`, 500 ppm).
+const MAX_ERROR_GROWTH_PER_SECOND_US: u64 = 500;
 
 /// `STA_UNSYNC` in `timex.status`: the kernel considers the clock unsynchronised.
 const STA_UNSYNC: i64 = 0x0040;
 /// `TIME_ERROR` return value of adjtimex: the clock is not synchronised.
 const TIME_ERROR: i64 = 5;
 
-/// Turn adjtimex's answer (return value, `status`, `maxerror` in µs) into the recorded state.
-fn interpret(state: i64, status: i64, max_error_us: i64) -> ClockState {
-    if state < 0 {
-        // The call failed: nothing is known about the clock.
-        return ClockState {
-            synced: false,
-            max_error_ms: u64::MAX / 1000,
-        };
+/// One reading: synchronised or not, and the error bound in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sample {
+    synced: bool,
+    max_error_us: u64,
+}
+
+/// The largest error bound a sample can carry (a failed call: nothing is known).
+const UNKNOWN_ERROR_US: u64 = (u64::MAX >> 1) / 1000 * 1000;
+
+impl Sample {
+    /// The recorded state of this sample, taken `age` ago.
+    fn state_after(self, age: Duration) -> ClockState {
+        let age_nanos = u64::try_from(age.as_nanos()).unwrap_or(u64::MAX);
+        let second_boundaries = age_nanos.div_ceil(1_000_000_000);
+        let widened = self
+            .max_error_us
+            .saturating_add(second_boundaries.saturating_mul(MAX_ERROR_GROWTH_PER_SECOND_US))
+            .min(UNKNOWN_ERROR_US);
+        ClockState {
+            synced: self.synced,
+            max_error_ms: widened.div_ceil(1000),
+        }
     }
-    ClockState {
-        synced: state != TIME_ERROR && (status & STA_UNSYNC) == 0,
-        max_error_ms: (max_error_us.max(0) as u64).div_ceil(1000),
+
+    /// Packed into one word for the cache: the top bit is `synced`.
+    fn pack(self) -> u64 {
+        (u64::from(self.synced) << 63) | self.max_error_us.min(UNKNOWN_ERROR_US)
+    }
+
+    fn unpack(word: u64) -> Self {
+        Sample {
+            synced: word >> 63 == 1,
+            max_error_us: word & !(1 << 63),
+        }
     }
 }
 
-/// Read the kernel's current clock state.
+/// Turn adjtimex's answer (return value, `status`, `maxerror` in µs) into a sample.
+fn interpret_sample(state: i64, status: i64, max_error_us: i64) -> Sample {
+    if state < 0 {
+        // The call failed: nothing is known about the clock.
+        return Sample {
+            synced: false,
+            max_error_us: UNKNOWN_ERROR_US,
+        };
+    }
+    Sample {
+        synced: state != TIME_ERROR && (status & STA_UNSYNC) == 0,
+        max_error_us: max_error_us.max(0) as u64,
+    }
+}
+
+/// Turn adjtimex's answer (return value, `status`, `maxerror` in µs) into the recorded state.
+#[cfg(test)]
+fn interpret(state: i64, status: i64, max_error_us: i64) -> ClockState {
+    interpret_sample(state, status, max_error_us).state_after(Duration::ZERO)
+}
+
+/// The process-wide cache behind [`current`]: the packed sample and when it was taken
+/// (nanoseconds after [`epoch`], plus one so that zero means "never").
+static CACHED_SAMPLE: AtomicU64 = AtomicU64::new(0);
+static CACHED_AT_NANOS: AtomicU64 = AtomicU64::new(0);
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// The clock state for a record made now: from a cached sample at most [`SAMPLE_MAX_AGE`]
+/// old, its error bound widened by the sample's age.
+///
+/// Two threads may both refresh the cache at once; either sample is a valid answer. A reader
+/// that sees a new sample with an old time only overstates the error, never understates it
+/// (the sample is stored before its time).
+pub fn current() -> ClockState {
+    let since_epoch = epoch().elapsed();
+    let now_nanos = u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX - 1) + 1;
+    let taken_at = CACHED_AT_NANOS.load(Ordering::Acquire);
+    if taken_at != 0 {
+        let age = Duration::from_nanos(now_nanos.saturating_sub(taken_at));
+        if age <= SAMPLE_MAX_AGE {
+            return Sample::unpack(CACHED_SAMPLE.load(Ordering::Acquire)).state_after(age);
+        }
+    }
+    let sample = read_sample();
+    CACHED_SAMPLE.store(sample.pack(), Ordering::Release);
+    CACHED_AT_NANOS.store(now_nanos, Ordering::Release);
+    sample.state_after(Duration::ZERO)
+}
+
+/// Read the kernel's current clock state (one `adjtimex` call; see [`current`] for the cached one).
+pub fn read() -> ClockState {
+    read_sample().state_after(Duration::ZERO)
+}
+
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)] // adjtimex has no safe wrapper in a well-kept crate; the call is read-only.
-pub fn read() -> ClockState {
+fn read_sample() -> Sample {
     // SAFETY: `timex` is a plain C struct; zeroed is a valid value and `modes = 0` asks the
     // kernel only to fill it in. The pointer is valid for the duration of the call.
     let mut tx: libc::timex = unsafe { std::mem::zeroed() };
     tx.modes = 0;
     let state = unsafe { libc::adjtimex(&mut tx) };
-    interpret(i64::from(state), i64::from(tx.status), tx.maxerror as i64)
+    interpret_sample(i64::from(state), i64::from(tx.status), tx.maxerror as i64)
 }
 
-/// Read the kernel's current clock state (non-Linux: unknown, reported as unsynchronised).
+/// Non-Linux: the clock state is unknown and reported as unsynchronised.
 #[cfg(not(target_os = "linux"))]
-pub fn read() -> ClockState {
-    interpret(-1, 0, 0)
+fn read_sample() -> Sample {
+    interpret_sample(-1, 0, 0)
 }
 
 #[cfg(test)]
@@ -71,6 +168,52 @@ mod tests {
         assert!(!interpret(TIME_ERROR, 0, 10).synced);
         // A failed call says nothing good about the clock.
         assert!(!interpret(-1, 0, 0).synced);
+    }
+
+    #[test]
+    fn a_cached_sample_widens_its_error_bound_with_age() {
+        let sample = interpret_sample(0, 0x0001, 1_500);
+        assert_eq!(sample.state_after(Duration::ZERO).max_error_ms, 2);
+        // Up to one second boundary may have passed: 500 µs more, 2 ms.
+        assert_eq!(sample.state_after(SAMPLE_MAX_AGE).max_error_ms, 2);
+        // One second: still one boundary; a little more may cross two: 2.5 ms, 3 ms.
+        assert_eq!(sample.state_after(Duration::from_secs(1)).max_error_ms, 2);
+        assert_eq!(
+            sample
+                .state_after(Duration::from_millis(1_002))
+                .max_error_ms,
+            3
+        );
+        // Packing keeps both fields, including the unknown bound of a failed call.
+        for s in [
+            sample,
+            interpret_sample(-1, 0, 0),
+            interpret_sample(5, 0, 16_000_000),
+        ] {
+            assert_eq!(Sample::unpack(s.pack()), s);
+        }
+        assert!(
+            !interpret_sample(-1, 0, 0)
+                .state_after(SAMPLE_MAX_AGE)
+                .synced
+        );
+    }
+
+    #[test]
+    fn the_cached_state_agrees_with_a_fresh_read() {
+        let fresh = read();
+        let cached = current();
+        assert_eq!(cached.synced, fresh.synced);
+        // The cached bound may be older and wider, by at most the growth over its age, but
+        // never narrower than a read taken before it.
+        assert!(
+            cached.max_error_ms + 1 >= fresh.max_error_ms,
+            "{cached:?} {fresh:?}"
+        );
+        assert!(
+            cached.max_error_ms <= fresh.max_error_ms + 1,
+            "{cached:?} {fresh:?}"
+        );
     }
 
     #[test]

@@ -181,7 +181,7 @@ impl Gateway {
         };
         event.phase = Phase::Outcome;
         event.intent_seq = ctx.intent_seq;
-        event.clock = clock::read();
+        event.clock = clock::current();
         event.outcome = Some(Outcome {
             status,
             code: Outcome::code_for_status(status),
@@ -352,7 +352,7 @@ impl ProxyHttp for Gateway {
             attribution: Attribution::Partial,
             net,
             outcome: None,
-            clock: clock::read(),
+            clock: clock::current(),
         };
         if let Ok(c) = &classified {
             apply_classification(&mut event, c);

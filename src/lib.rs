@@ -11,16 +11,20 @@
 //! * [`netvec`]: client IP through trusted proxies, device ID, user agent;
 //! * [`record`]: the journal line format and its hashes;
 //! * [`journal`]: group commit, segments, recovery;
+//! * [`merkle`]: the RFC 6962 tree, its roots and proofs;
+//! * [`checkpoint`]: signed tree heads (C2SP checkpoints), keys;
 //! * [`verify`]: re-checking a journal directory;
 //! * [`clock`]: the kernel's NTP state;
 //! * [`server`]: start-up order; [`cli`] and [`demo`]: the command line.
 
+pub mod checkpoint;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod identity;
 pub mod journal;
+pub mod merkle;
 pub mod netvec;
 pub mod proxy;
 pub mod record;

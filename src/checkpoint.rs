@@ -1,0 +1,696 @@
+//! Signed checkpoints: the journal's Merkle tree head, signed with the node's Ed25519 key.
+//!
+//! Owns the checkpoint format, the signing key files, and the checkpoint files in the journal
+//! directory. A checkpoint commits to every record up to its size: anyone holding the public
+//! key can check that no record covered by it was changed, removed, reordered or cut off, even
+//! if the whole journal (chain and hashes) was rewritten by someone without the private key.
+//!
+//! # Format
+//!
+//! A checkpoint is a C2SP `tlog-checkpoint` body inside a C2SP `signed-note` with an Ed25519
+//! signature (the format of Go's `golang.org/x/mod/sumdb/note`, Sigstore, and the
+//! transparency-dev witnesses):
+//!
+//! ```text
+//! auditgate/gw-1                                   origin: the signing key's name
+//! 4096                                             tree size: records seq 1..=4096
+//! 9ZqZ8gC1kG5yY6sI4fK8m2Q1Yl0l7r3Qm3iXxq8cR1s=     base64 RFC 6962 root of those records
+//! time 2026-11-26T07:41:26.039074Z                 extension: when it was signed (UTC)
+//!
+//! — auditgate/gw-1 Az3grl...base64(key id || signature)...
+//! ```
+//!
+//! # Files
+//!
+//! ```text
+//! JOURNAL/checkpoints/
+//!   00000000000000004096-20261126T074126039074Z.note   one signed note per checkpoint
+//!   merkle-state.json                                   the tree's compact state at the newest
+//!                                                       checkpoint (lets a restart continue
+//!                                                       the tree without rereading every record)
+//! ```
+//!
+//! Key files (`auditgate keygen`): the private key in the signed-note form
+//! `PRIVATE+KEY+NAME+KEYID+BASE64` (mode 0600), the public verifier key `NAME+KEYID+BASE64`
+//! beside it with `.pub` appended. The key name is the checkpoint origin.
+//!
+//! Checkpoints are written by their own thread ([`Checkpointer`]), never by the journal writer,
+//! so signing and the extra fsyncs never delay an append. A checkpoint covers only records that
+//! were already durable when it was requested.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use signed_note::{Note, StandardSigner, StandardVerifier, VerifierList};
+use thiserror::Error;
+
+use crate::config::ConfigError;
+use crate::merkle::{Frontier, Hash};
+
+/// The directory inside the journal that holds checkpoints.
+pub const CHECKPOINT_DIR: &str = "checkpoints";
+/// The compact tree state beside the newest checkpoint.
+pub const STATE_FILE: &str = "merkle-state.json";
+/// The extension-line keyword for the signing time.
+const TIME_KEYWORD: &str = "time ";
+
+/// `[checkpoint]`: the signing key and how often the tree head is signed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// The Ed25519 signing key (signed-note private key form, from `auditgate keygen`).
+    /// Relative paths resolve against the config file's directory.
+    #[serde(default = "default_key_file")]
+    pub key_file: PathBuf,
+    /// Create the key (named after the node) if the file does not exist. For the quickstart
+    /// and tests; in production, make the key with `auditgate keygen` and keep the public key
+    /// where auditors can get it.
+    #[serde(default)]
+    pub create_key_if_missing: bool,
+    /// While records arrive, sign a checkpoint at most this often.
+    #[serde(default = "default_interval_secs")]
+    pub interval_secs: u64,
+    /// With no new records, sign a heartbeat checkpoint this often, so a silent gap (a stopped
+    /// or tampered gateway) is visible.
+    #[serde(default = "default_heartbeat_secs")]
+    pub heartbeat_secs: u64,
+}
+
+fn default_key_file() -> PathBuf {
+    PathBuf::from("checkpoint.key")
+}
+fn default_interval_secs() -> u64 {
+    5
+}
+fn default_heartbeat_secs() -> u64 {
+    60
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            key_file: default_key_file(),
+            create_key_if_missing: false,
+            interval_secs: default_interval_secs(),
+            heartbeat_secs: default_heartbeat_secs(),
+        }
+    }
+}
+
+impl CheckpointConfig {
+    /// Check the values are usable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.interval_secs == 0 {
+            return Err(ConfigError::invalid(
+                "checkpoint.interval_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.heartbeat_secs < self.interval_secs {
+            return Err(ConfigError::invalid(
+                "checkpoint.heartbeat_secs",
+                format!(
+                    "{} is shorter than checkpoint.interval_secs ({})",
+                    self.heartbeat_secs, self.interval_secs
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What went wrong with a key or a checkpoint.
+#[derive(Debug, Error)]
+pub enum CheckpointError {
+    /// A key or checkpoint file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The key file is not a signed-note Ed25519 key of the expected kind.
+    #[error("{path}: not a valid {kind} key ({reason})")]
+    BadKey {
+        path: PathBuf,
+        kind: &'static str,
+        reason: String,
+    },
+    /// The key name cannot be a checkpoint origin.
+    #[error("key name {name:?} is not valid: it must be non-empty, without spaces or '+'")]
+    BadKeyName { name: String },
+    /// The note does not parse, or its body is not a checkpoint.
+    #[error("malformed checkpoint: {0}")]
+    Malformed(String),
+    /// The note carries no valid signature by the given key.
+    #[error("checkpoint is not signed by {key}: {reason}")]
+    BadSignature { key: String, reason: String },
+}
+
+impl CheckpointError {
+    /// A bounded label for metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            CheckpointError::Io { .. } => "io",
+            CheckpointError::BadKey { .. } | CheckpointError::BadKeyName { .. } => "key",
+            CheckpointError::Malformed(_) => "malformed",
+            CheckpointError::BadSignature { .. } => "signature",
+        }
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A new key pair: (private key text, public verifier key text).
+pub fn generate_key(name: &str) -> Result<(String, String), CheckpointError> {
+    if !signed_note::is_key_name_valid(name) {
+        return Err(CheckpointError::BadKeyName { name: name.into() });
+    }
+    Ok(signed_note::generate_key(&mut rand_core::OsRng, name))
+}
+
+/// Write a new key pair: `path` (private, mode 0600, never overwritten) and `path.pub`.
+/// Returns the public key path and text.
+pub fn write_key_pair(path: &Path, name: &str) -> Result<(PathBuf, String), CheckpointError> {
+    let (private, public) = generate_key(name)?;
+    let pub_path = public_key_path(path);
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(io_err(path))?;
+    file.write_all(format!("{private}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io_err(path))?;
+    write_durably(&pub_path, format!("{public}\n").as_bytes())?;
+    Ok((pub_path, public))
+}
+
+/// Where the public key of the private key at `path` is written.
+pub fn public_key_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".pub");
+    PathBuf::from(name)
+}
+
+/// The node's signing key.
+pub struct CheckpointSigner {
+    signer: StandardSigner,
+    public: String,
+}
+
+impl std::fmt::Debug for CheckpointSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointSigner")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CheckpointSigner {
+    /// Load the private key from `path`; with `create`, make a key named `name` first if the
+    /// file does not exist.
+    pub fn load(path: &Path, create: bool, name: &str) -> Result<Self, CheckpointError> {
+        if create && !path.exists() {
+            write_key_pair(path, name)?;
+            tracing::warn!(
+                key_file = %path.display(),
+                "created a new checkpoint signing key (create_key_if_missing); give auditors its .pub file"
+            );
+        }
+        let text = fs::read_to_string(path).map_err(io_err(path))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(path)
+                .map_err(io_err(path))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                tracing::warn!(key_file = %path.display(), mode = format!("{:o}", mode & 0o777), "the checkpoint signing key is readable by other users; chmod 600 it");
+            }
+        }
+        Self::from_text(text.trim(), path)
+    }
+
+    fn from_text(text: &str, path: &Path) -> Result<Self, CheckpointError> {
+        let bad = |reason: String| CheckpointError::BadKey {
+            path: path.to_path_buf(),
+            kind: "private",
+            reason,
+        };
+        let signer = StandardSigner::new(text).map_err(|e| bad(e.to_string()))?;
+        // The public key: derived from the seed, in verifier-key form.
+        let seed_b64 = text.rsplit('+').next().unwrap_or_default();
+        use base64::Engine;
+        let seed = base64::engine::general_purpose::STANDARD
+            .decode(seed_b64)
+            .map_err(|e| bad(e.to_string()))?;
+        let seed: [u8; 32] = seed
+            .get(1..)
+            .and_then(|s| s.try_into().ok())
+            .ok_or_else(|| bad("the key is not 32 bytes".into()))?;
+        let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
+        let public = signed_note::new_ed25519_verifier_key(
+            signed_note::Signer::name(&signer),
+            &signing.verifying_key(),
+        );
+        Ok(CheckpointSigner { signer, public })
+    }
+
+    /// The checkpoint origin (the key's name).
+    pub fn origin(&self) -> &str {
+        signed_note::Signer::name(&self.signer)
+    }
+
+    /// The public verifier key (`NAME+KEYID+BASE64`).
+    pub fn public_key(&self) -> &str {
+        &self.public
+    }
+
+    /// Sign the tree head (`size`, `root`) made at `time`: the signed note's bytes.
+    pub fn sign(&self, size: u64, root: Hash, time: SystemTime) -> Vec<u8> {
+        let extension = format!("{TIME_KEYWORD}{}\n", crate::journal::format_ts(time));
+        let body = tlog_tiles::Checkpoint::new(self.origin(), size, root, &extension)
+            .expect("the origin is a valid key name and the extension one line");
+        let mut note = Note::new(&body.to_bytes(), &[]).expect("a checkpoint body is a note text");
+        note.add_sigs(&[&self.signer])
+            .expect("Ed25519 signing does not fail");
+        note.to_bytes()
+    }
+}
+
+/// A public key that checks checkpoints.
+pub struct CheckpointVerifier {
+    verifiers: VerifierList,
+    text: String,
+}
+
+impl CheckpointVerifier {
+    /// From the verifier-key text (`NAME+KEYID+BASE64`).
+    pub fn from_text(text: &str) -> Result<Self, CheckpointError> {
+        let text = text.trim();
+        let verifier = StandardVerifier::new(text).map_err(|e| CheckpointError::BadKey {
+            path: PathBuf::from("(public key)"),
+            kind: "public",
+            reason: e.to_string(),
+        })?;
+        Ok(CheckpointVerifier {
+            verifiers: VerifierList::new(vec![Box::new(verifier)]),
+            text: text.to_string(),
+        })
+    }
+
+    /// From a file holding the verifier key, or the key text itself.
+    pub fn load(path_or_key: &str) -> Result<Self, CheckpointError> {
+        let path = Path::new(path_or_key);
+        if path.exists() {
+            let text = fs::read_to_string(path).map_err(io_err(path))?;
+            Self::from_text(&text).map_err(|e| match e {
+                CheckpointError::BadKey { kind, reason, .. } => CheckpointError::BadKey {
+                    path: path.to_path_buf(),
+                    kind,
+                    reason,
+                },
+                other => other,
+            })
+        } else {
+            Self::from_text(path_or_key)
+        }
+    }
+
+    /// The key's name: the origin its checkpoints carry.
+    pub fn name(&self) -> &str {
+        self.text.split('+').next().unwrap_or_default()
+    }
+
+    /// The key in text form.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Parse a signed checkpoint and check its signature and origin.
+    pub fn open(&self, note: &[u8]) -> Result<SignedCheckpoint, CheckpointError> {
+        let parsed =
+            Note::from_bytes(note).map_err(|e| CheckpointError::Malformed(e.to_string()))?;
+        parsed
+            .verify(&self.verifiers)
+            .map_err(|e| CheckpointError::BadSignature {
+                key: self.text.clone(),
+                reason: e.to_string(),
+            })?;
+        let checkpoint = parse_body(parsed.text())?;
+        if checkpoint.origin != self.name() {
+            return Err(CheckpointError::BadSignature {
+                key: self.text.clone(),
+                reason: format!(
+                    "the checkpoint's origin {:?} is not the key's name",
+                    checkpoint.origin
+                ),
+            });
+        }
+        Ok(checkpoint)
+    }
+}
+
+/// A checkpoint whose signature was checked (or, from [`parse_unverified`], not).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignedCheckpoint {
+    pub origin: String,
+    pub size: u64,
+    pub root: Hash,
+    /// The signing time from the `time` extension line (RFC 3339, UTC), if present.
+    pub time: Option<String>,
+}
+
+impl SignedCheckpoint {
+    /// The signing time as seconds since the epoch, if the note has one that parses.
+    pub fn unix_time(&self) -> Option<f64> {
+        let t = time::OffsetDateTime::parse(
+            self.time.as_deref()?,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok()?;
+        Some(t.unix_timestamp_nanos() as f64 / 1e9)
+    }
+}
+
+fn parse_body(text: &[u8]) -> Result<SignedCheckpoint, CheckpointError> {
+    let body = tlog_tiles::Checkpoint::from_bytes(text)
+        .map_err(|e| CheckpointError::Malformed(e.to_string()))?;
+    let time = body
+        .extension()
+        .lines()
+        .find_map(|l| l.strip_prefix(TIME_KEYWORD))
+        .map(str::to_string);
+    Ok(SignedCheckpoint {
+        origin: body.origin().to_string(),
+        size: body.size(),
+        root: *body.hash(),
+        time,
+    })
+}
+
+/// Parse a checkpoint note without checking any signature (the gateway reading its own files).
+pub fn parse_unverified(note: &[u8]) -> Result<SignedCheckpoint, CheckpointError> {
+    let parsed = Note::from_bytes(note).map_err(|e| CheckpointError::Malformed(e.to_string()))?;
+    parse_body(parsed.text())
+}
+
+/// The file name of a checkpoint: its size (20 digits) and signing time, so names sort by size
+/// and then by time.
+pub fn file_name(size: u64, time: SystemTime) -> String {
+    let stamp = crate::journal::format_ts(time).replace(['-', ':', '.'], "");
+    format!("{size:020}-{stamp}.note")
+}
+
+/// The tree size in a checkpoint file name, if it is one.
+pub fn size_of_file_name(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(".note")?;
+    let (size, _) = stem.split_once('-')?;
+    (size.len() == 20).then(|| size.parse().ok()).flatten()
+}
+
+/// The checkpoint files of a journal directory, in name order (size, then time).
+pub fn list_checkpoint_files(journal_dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
+    let dir = journal_dir.join(CHECKPOINT_DIR);
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(&dir)(e)),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err(&dir))?;
+        let name = entry.file_name();
+        if size_of_file_name(&name.to_string_lossy()).is_some() {
+            files.push(entry.path());
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The tree's compact state as saved beside the newest checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MerkleState {
+    pub size: u64,
+    /// Hex root (equal to the checkpoint's root at this size).
+    pub root: String,
+    /// Hex perfect-subtree roots, largest first.
+    pub nodes: Vec<String>,
+}
+
+impl MerkleState {
+    pub fn of(frontier: &Frontier) -> Self {
+        MerkleState {
+            size: frontier.size(),
+            root: hex::encode(frontier.root().0),
+            nodes: frontier.nodes().iter().map(|h| hex::encode(h.0)).collect(),
+        }
+    }
+
+    /// The frontier this state describes, if it is self-consistent.
+    pub fn frontier(&self) -> Option<Frontier> {
+        let mut nodes = Vec::with_capacity(self.nodes.len());
+        for n in &self.nodes {
+            let mut h = [0u8; 32];
+            hex::decode_to_slice(n, &mut h).ok()?;
+            nodes.push(Hash(h));
+        }
+        let frontier = Frontier::from_parts(self.size, nodes)?;
+        (hex::encode(frontier.root().0) == self.root).then_some(frontier)
+    }
+
+    /// Read the state of a journal directory, if there is one.
+    pub fn load(journal_dir: &Path) -> Result<Option<Self>, CheckpointError> {
+        let path = journal_dir.join(CHECKPOINT_DIR).join(STATE_FILE);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| CheckpointError::Malformed(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+}
+
+/// Write `bytes` to `path` so that after a crash the file is either absent or complete:
+/// temp file, fsync, rename, fsync the directory.
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    let tmp = path.with_extension("tmp");
+    let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(io_err(&tmp))?;
+    // Crash point: the temp file is complete but has no final name; the next write replaces it.
+    fs::rename(&tmp, path).map_err(io_err(path))?;
+    // Crash point: renamed, directory not synced: after power loss the old or the new name is
+    // found; either is a complete file.
+    let dir = path.parent().unwrap_or(Path::new("."));
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// Write one signed checkpoint and the state it belongs to into the journal directory.
+pub fn store(
+    journal_dir: &Path,
+    note: &[u8],
+    frontier: &Frontier,
+    time: SystemTime,
+) -> Result<PathBuf, CheckpointError> {
+    let dir = journal_dir.join(CHECKPOINT_DIR);
+    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let path = dir.join(file_name(frontier.size(), time));
+    write_durably(&path, note)?;
+    // Crash point: the checkpoint is stored, the state may still describe the previous one; a
+    // restart then rehashes the records since that one (the state is only a shortcut).
+    let state = serde_json::to_vec(&MerkleState::of(frontier)).expect("state serialises");
+    write_durably(&dir.join(STATE_FILE), &state)?;
+    Ok(path)
+}
+
+/// Counters of the checkpoint thread.
+#[derive(Debug, Default)]
+pub struct CheckpointStats {
+    pub signed: AtomicU64,
+    pub failures: AtomicU64,
+    /// Tree size of the newest stored checkpoint.
+    pub last_size: AtomicU64,
+}
+
+/// One tree head to sign: the frontier after some durable records, and when.
+pub struct CheckpointRequest {
+    pub frontier: Frontier,
+    pub time: SystemTime,
+}
+
+/// The background thread that signs and stores checkpoints the journal writer asks for.
+pub struct Checkpointer {
+    queue: SyncSender<CheckpointRequest>,
+    stats: Arc<CheckpointStats>,
+}
+
+impl Checkpointer {
+    /// Start the thread for `journal_dir`.
+    pub fn start(journal_dir: &Path, signer: CheckpointSigner) -> std::io::Result<Self> {
+        let (queue, rx) = mpsc::sync_channel(8);
+        let stats = Arc::new(CheckpointStats::default());
+        let dir = journal_dir.to_path_buf();
+        let thread_stats = stats.clone();
+        thread::Builder::new()
+            .name("checkpointer".into())
+            .spawn(move || run(dir, signer, rx, thread_stats))?;
+        Ok(Checkpointer { queue, stats })
+    }
+
+    /// Ask for a checkpoint. `wait` blocks while the queue is full (seals); otherwise a full
+    /// queue drops the request (a newer one follows within the interval).
+    pub fn request(&self, request: CheckpointRequest, wait: bool) {
+        if wait {
+            let _ = self.queue.send(request);
+        } else {
+            let _ = self.queue.try_send(request);
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<CheckpointStats> {
+        &self.stats
+    }
+}
+
+fn run(
+    dir: PathBuf,
+    signer: CheckpointSigner,
+    rx: Receiver<CheckpointRequest>,
+    stats: Arc<CheckpointStats>,
+) {
+    while let Ok(request) = rx.recv() {
+        let CheckpointRequest { frontier, time } = request;
+        let note = signer.sign(frontier.size(), frontier.root(), time);
+        match store(&dir, &note, &frontier, time) {
+            Ok(_) => {
+                stats.signed.fetch_add(1, Ordering::Relaxed);
+                stats.last_size.store(frontier.size(), Ordering::Relaxed);
+            }
+            Err(e) => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, category = e.category(), "storing a checkpoint failed; the next one is tried at the next interval");
+                // Do not spin on a persistent failure.
+                thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signed_checkpoint_opens_with_its_public_key_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k");
+        let (pub_path, public) = write_key_pair(&key, "auditgate/test-node").unwrap();
+        assert_eq!(fs::read_to_string(&pub_path).unwrap().trim(), public);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+        // A second keygen never overwrites the key.
+        assert!(write_key_pair(&key, "auditgate/test-node").is_err());
+
+        let signer = CheckpointSigner::load(&key, false, "unused").unwrap();
+        assert_eq!(signer.public_key(), public);
+        assert_eq!(signer.origin(), "auditgate/test-node");
+        let root = Hash([7; 32]);
+        let note = signer.sign(
+            42,
+            root,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        );
+        let text = String::from_utf8(note.clone()).unwrap();
+        assert!(text.starts_with("auditgate/test-node\n42\n"), "{text}");
+        assert!(
+            text.contains("\ntime 2023-11-14T22:13:20.000000Z\n\n— auditgate/test-node "),
+            "{text}"
+        );
+
+        let verifier = CheckpointVerifier::load(pub_path.to_str().unwrap()).unwrap();
+        let opened = verifier.open(&note).unwrap();
+        assert_eq!((opened.size, opened.root), (42, root));
+        assert_eq!(opened.unix_time(), Some(1_700_000_000.0));
+
+        // One changed byte of the body, or another key, and it does not open.
+        let tampered = text.replacen("\n42\n", "\n43\n", 1);
+        assert!(matches!(
+            verifier.open(tampered.as_bytes()),
+            Err(CheckpointError::BadSignature { .. })
+        ));
+        let (_, other_public) = generate_key("auditgate/test-node").unwrap();
+        let other = CheckpointVerifier::from_text(&other_public).unwrap();
+        assert!(matches!(
+            other.open(&note),
+            Err(CheckpointError::BadSignature { .. })
+        ));
+    }
+
+    #[test]
+    fn the_origin_must_be_the_key_name() {
+        // A note signed by the right key but claiming another origin is refused.
+        let (private, public) = generate_key("auditgate/a").unwrap();
+        let signer = CheckpointSigner::from_text(&private, Path::new("k")).unwrap();
+        let body = tlog_tiles::Checkpoint::new("auditgate/b", 1, Hash([1; 32]), "").unwrap();
+        let mut note = Note::new(&body.to_bytes(), &[]).unwrap();
+        note.add_sigs(&[&signer.signer]).unwrap();
+        let verifier = CheckpointVerifier::from_text(&public).unwrap();
+        assert!(verifier.open(&note.to_bytes()).is_err());
+    }
+
+    #[test]
+    fn file_names_sort_by_size_then_time() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let a = file_name(9, t);
+        let b = file_name(10, t);
+        let c = file_name(10, t + Duration::from_micros(1));
+        assert!(a < b && b < c, "{a} {b} {c}");
+        assert_eq!(size_of_file_name(&c), Some(10));
+        assert_eq!(size_of_file_name("merkle-state.json"), None);
+    }
+
+    #[test]
+    fn state_round_trips_and_rejects_a_wrong_root() {
+        let mut f = Frontier::new();
+        for i in 0..11u8 {
+            f.push(Hash([i; 32]));
+        }
+        let state = MerkleState::of(&f);
+        assert_eq!(state.frontier(), Some(f));
+        let mut bad = state.clone();
+        bad.root = hex::encode([0u8; 32]);
+        assert_eq!(bad.frontier(), None);
+    }
+}

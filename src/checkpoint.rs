@@ -259,7 +259,8 @@ impl CheckpointSigner {
         };
         let signer = StandardSigner::new(text).map_err(|e| bad(e.to_string()))?;
         // The public key: derived from the seed, in verifier-key form.
-        let seed_b64 = text.rsplit('+').next().unwrap_or_default();
+        // PRIVATE+KEY+NAME+KEYID+BASE64: the name has no '+', the base64 may.
+        let seed_b64 = text.splitn(5, '+').nth(4).unwrap_or_default();
         use base64::Engine;
         let seed = base64::engine::general_purpose::STANDARD
             .decode(seed_b64)
@@ -564,12 +565,13 @@ impl Checkpointer {
     }
 
     /// Ask for a checkpoint. `wait` blocks while the queue is full (seals); otherwise a full
-    /// queue drops the request (a newer one follows within the interval).
-    pub fn request(&self, request: CheckpointRequest, wait: bool) {
+    /// queue drops the request (a newer one follows within the interval). Returns whether the
+    /// request was queued.
+    pub fn request(&self, request: CheckpointRequest, wait: bool) -> bool {
         if wait {
-            let _ = self.queue.send(request);
+            self.queue.send(request).is_ok()
         } else {
-            let _ = self.queue.try_send(request);
+            self.queue.try_send(request).is_ok()
         }
     }
 
@@ -656,6 +658,16 @@ mod tests {
             other.open(&note),
             Err(CheckpointError::BadSignature { .. })
         ));
+    }
+
+    #[test]
+    fn every_generated_key_loads_and_derives_its_public_key() {
+        // Regression: a base64 key body containing '+' was once split like a field separator.
+        for i in 0..64 {
+            let (private, public) = generate_key(&format!("auditgate/k{i}")).unwrap();
+            let signer = CheckpointSigner::from_text(&private, Path::new("k")).unwrap();
+            assert_eq!(signer.public_key(), public);
+        }
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub const SAMPLE_MAX_AGE: Duration = Duration::from_millis(250);
 
 /// How much the kernel adds to `maxerror` at each second boundary (`MAXFREQ`, 500 ppm).
 const MAX_ERROR_GROWTH_PER_SECOND_US: u64 = 500;
+/// The kernel never lets `maxerror` grow past this (`NTP_PHASE_LIMIT`, 16 s); it marks the
+/// clock unsynchronised instead.
+const KERNEL_MAX_ERROR_US: u64 = 16_000_000;
 
 /// `STA_UNSYNC` in `timex.status`: the kernel considers the clock unsynchronised.
 const STA_UNSYNC: i64 = 0x0040;
@@ -47,6 +50,8 @@ impl Sample {
         let widened = self
             .max_error_us
             .saturating_add(second_boundaries.saturating_mul(MAX_ERROR_GROWTH_PER_SECOND_US))
+            // Growth stops at the kernel's limit (a sample already above it stays as it is).
+            .min(self.max_error_us.max(KERNEL_MAX_ERROR_US))
             .min(UNKNOWN_ERROR_US);
         ClockState {
             synced: self.synced,

@@ -38,6 +38,7 @@ impl ConfigError {
     }
 }
 
+use crate::checkpoint::CheckpointConfig;
 use crate::identity::IdentityConfig;
 use crate::journal::JournalConfig;
 use crate::netvec::NetworkConfig;
@@ -55,6 +56,9 @@ pub struct Config {
     /// The local journal.
     #[serde(default)]
     pub journal: JournalConfig,
+    /// Signed checkpoints of the journal's Merkle tree.
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
     /// JWT verification.
     pub identity: IdentityConfig,
     /// Route rules.
@@ -344,6 +348,7 @@ impl Config {
         }
         self.upstream.validate()?;
         self.journal.validate()?;
+        self.checkpoint.validate()?;
         self.identity.validate()?;
         self.rules.validate()?;
         self.network.validate()?;
@@ -362,6 +367,7 @@ impl Config {
         // Rule files and key files are resolved by their own loaders (against the same base), so
         // that `rules.base_paths` keys stay exactly as written.
         abs(&mut self.journal.dir);
+        abs(&mut self.checkpoint.key_file);
     }
 
     /// The directory relative paths in the file were resolved against.

@@ -178,6 +178,9 @@ fn run_inner(keep: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     std::env::set_var(SECRET_ENV, &secret);
     let rules = temp.join("fhir-r4.toml");
     std::fs::write(&rules, crate::rules::BUILTIN_FHIR_R4)?;
+    // The checkpoint key lives beside the journal (and goes with the temp dir unless kept).
+    let key_file = PathBuf::from(format!("{}.checkpoint.key", journal_dir.display()));
+    let public_key = crate::checkpoint::public_key_path(&key_file);
     let text = format!(
         r#"
 [server]
@@ -194,6 +197,12 @@ url = "http://127.0.0.1:{upstream_port}"
 
 [journal]
 dir = "{journal}"
+
+[checkpoint]
+key_file = "{key}"
+create_key_if_missing = true
+interval_secs = 1
+heartbeat_secs = 60
 
 [identity]
 [[identity.issuers]]
@@ -212,6 +221,7 @@ level = "warn"
         pid = temp.join("pid").display(),
         sock = temp.join("upgrade.sock").display(),
         journal = journal_dir.display(),
+        key = key_file.display(),
         rules = rules.display(),
     );
     let config = Config::parse(&text, std::path::Path::new("<demo>"))?;
@@ -351,13 +361,55 @@ level = "warn"
             last_record = Some(r);
         }
     }
-    if let Some(record) = last_record {
+    if let Some(record) = &last_record {
         println!("\nthe last record in full (one JSON line in the journal, shown indented):");
         println!("{}", serde_json::to_string_pretty(&record)?);
     }
-    println!("\n== auditgate verify --journal {}", journal_dir.display());
-    let report = crate::verify::verify_journal(&journal_dir)?;
+    // Checkpoints are signed every second while records arrive: wait for one that covers
+    // every record above.
+    let head = last_record.as_ref().map_or(0, |r| r.header.seq);
+    let covered = |dir: &std::path::Path| -> u64 {
+        crate::checkpoint::list_checkpoint_files(dir)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|p| crate::checkpoint::size_of_file_name(&p.file_name()?.to_string_lossy()))
+            .max()
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while covered(&journal_dir) < head && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "\n== auditgate verify --journal {} --key {}",
+        journal_dir.display(),
+        public_key.display()
+    );
+    let key = crate::checkpoint::CheckpointVerifier::load(&public_key.to_string_lossy())?;
+    let options = crate::verify::Options {
+        key: Some(key),
+        max_gap: Some(Duration::from_secs(180)),
+    };
+    let report = crate::verify::verify_journal_with(&journal_dir, &options)?;
     crate::cli::print_report(&report);
+    if head > 0 {
+        println!(
+            "\n== auditgate prove --journal {} {head}   (then verify-proof with the public key)",
+            journal_dir.display()
+        );
+        let verifier = options.key.as_ref().expect("set above");
+        let checked = crate::proof::prove_record(&journal_dir, head, None)
+            .and_then(|bundle| crate::proof::check_bundle(&bundle, verifier));
+        match checked {
+            Ok(crate::proof::Proven::Inclusion { seq, checkpoint }) => println!(
+                "OK: record seq {seq} is in the tree of {} records signed by {}",
+                checkpoint.size,
+                verifier.text()
+            ),
+            Ok(other) => println!("unexpected proof: {other:?}"),
+            Err(e) => println!("FAILED: {e}"),
+        }
+    }
     let _ = std::fs::remove_dir_all(&temp);
     // The gateway thread never returns; the process ends here.
     Ok(if report.ok() {

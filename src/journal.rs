@@ -63,7 +63,11 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use crate::checkpoint::{
+    CheckpointError, CheckpointRequest, CheckpointSigner, CheckpointStats, Checkpointer,
+};
 use crate::config::ConfigError;
+use crate::merkle::{self, Frontier};
 use crate::record::{self, Event, LeafHash, RECORD_VERSION};
 
 /// `[journal]`: where and how records are made durable.
@@ -182,6 +186,9 @@ pub enum JournalError {
     /// The writer thread is gone (shutdown).
     #[error("journal is closed")]
     Closed,
+    /// The checkpoint state or key could not be used at start.
+    #[error("journal checkpoints: {0}")]
+    Checkpoint(#[from] CheckpointError),
 }
 
 impl JournalError {
@@ -194,6 +201,7 @@ impl JournalError {
             JournalError::Backlog { .. } => "backlog",
             JournalError::Failed { .. } => "failed",
             JournalError::Closed => "closed",
+            JournalError::Checkpoint(_) => "checkpoint",
         }
     }
 }
@@ -250,6 +258,7 @@ pub struct Journal {
     queue_limit: usize,
     stats: Arc<JournalStats>,
     failure: Arc<std::sync::Mutex<Option<String>>>,
+    checkpoint_stats: Option<Arc<CheckpointStats>>,
 }
 
 /// The names of a journal directory's files.
@@ -494,16 +503,81 @@ struct Writer {
     failure: Arc<std::sync::Mutex<Option<String>>>,
     /// A spare segment is being prepared.
     spare_busy: Arc<AtomicBool>,
+    /// The Merkle tree and the checkpoint thread, when checkpoints are signed.
+    checkpoints: Option<WriterCheckpoints>,
     // Held for the writer's life: the directory lock.
     _lock: File,
 }
 
+/// How often the writer asks for a signed checkpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckpointTiming {
+    /// While records arrive: at most this often.
+    pub interval: Duration,
+    /// With no new records: a heartbeat this often.
+    pub heartbeat: Duration,
+}
+
+/// Checkpoint signing for [`Journal::open_with_checkpoints`].
+pub struct Checkpointing {
+    pub signer: CheckpointSigner,
+    pub timing: CheckpointTiming,
+}
+
+/// The writer's share of checkpointing: the tree over every durable record.
+struct WriterCheckpoints {
+    frontier: Frontier,
+    checkpointer: Checkpointer,
+    timing: CheckpointTiming,
+    last_requested_at: Instant,
+    last_requested_size: u64,
+}
+
+impl WriterCheckpoints {
+    /// Ask for a checkpoint of the current tree (`wait`: even if the queue is full).
+    fn request(&mut self, wait: bool) {
+        let queued = self.checkpointer.request(
+            CheckpointRequest {
+                frontier: self.frontier.clone(),
+                time: SystemTime::now(),
+            },
+            wait,
+        );
+        if queued {
+            self.last_requested_at = Instant::now();
+            self.last_requested_size = self.frontier.size();
+        }
+    }
+
+    /// A checkpoint when records arrived and the interval passed, or a heartbeat when idle.
+    fn request_if_due(&mut self) {
+        let since = self.last_requested_at.elapsed();
+        let grew = self.frontier.size() > self.last_requested_size;
+        if (grew && since >= self.timing.interval) || since >= self.timing.heartbeat {
+            self.request(false);
+        }
+    }
+}
+
 impl Journal {
-    /// Open (or create) the journal directory, run recovery, and start the writer thread.
+    /// Open (or create) the journal directory, run recovery, and start the writer thread,
+    /// without signed checkpoints (tools and tests; the gateway always signs them).
     pub fn open(
         dir: &Path,
         node: &str,
         cfg: &JournalConfig,
+    ) -> Result<(Journal, RecoveryReport), JournalError> {
+        Self::open_with_checkpoints(dir, node, cfg, None)
+    }
+
+    /// Open (or create) the journal directory, run recovery, continue the Merkle tree from the
+    /// newest checkpoint state, sign a checkpoint of the recovered head, and start the writer
+    /// and checkpoint threads.
+    pub fn open_with_checkpoints(
+        dir: &Path,
+        node: &str,
+        cfg: &JournalConfig,
+        checkpointing: Option<Checkpointing>,
     ) -> Result<(Journal, RecoveryReport), JournalError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -616,6 +690,26 @@ impl Journal {
         }
         report.head_seq = head.seq;
 
+        let checkpoints = match checkpointing {
+            None => None,
+            Some(Checkpointing { signer, timing }) => {
+                let frontier = recover_frontier(dir, head.seq)?;
+                let checkpointer = Checkpointer::start(dir, signer).map_err(io_err(dir))?;
+                let mut checkpoints = WriterCheckpoints {
+                    frontier,
+                    checkpointer,
+                    timing,
+                    last_requested_at: Instant::now(),
+                    last_requested_size: 0,
+                };
+                // A checkpoint of the recovered head: a restart is visible in the checkpoints,
+                // and records of the last run that no checkpoint covered yet are covered now.
+                checkpoints.request(true);
+                Some(checkpoints)
+            }
+        };
+
+        let checkpoint_stats = checkpoints.as_ref().map(|c| c.checkpointer.stats().clone());
         let stats = Arc::new(JournalStats::default());
         stats.head_seq.store(head.seq, Ordering::Relaxed);
         let failure = Arc::new(std::sync::Mutex::new(None));
@@ -632,6 +726,7 @@ impl Journal {
             stats: stats.clone(),
             failure: failure.clone(),
             spare_busy: Arc::new(AtomicBool::new(false)),
+            checkpoints,
             _lock: lock,
         };
         if cfg.preallocate {
@@ -652,6 +747,7 @@ impl Journal {
                 queue_limit: cfg.queue_max_records,
                 stats,
                 failure,
+                checkpoint_stats,
             },
             report,
         ))
@@ -696,6 +792,11 @@ impl Journal {
         &self.stats
     }
 
+    /// The checkpoint thread's counters, when checkpoints are signed.
+    pub fn checkpoint_stats(&self) -> Option<&Arc<CheckpointStats>> {
+        self.checkpoint_stats.as_ref()
+    }
+
     /// Whether the journal has failed and refuses every record (one atomic load).
     pub fn has_failed(&self) -> bool {
         self.stats.failed.load(Ordering::Acquire)
@@ -705,6 +806,101 @@ impl Journal {
     pub fn failure(&self) -> Option<String> {
         self.failure.lock().expect("failure lock").clone()
     }
+}
+
+/// The leaf hashes of the records with seq `from..=to`, read from the segments that hold them.
+///
+/// Trusts the segment names for where each seq is (the writer's own files after recovery);
+/// `auditgate verify` is what checks them. Fails if the segments do not hold every seq.
+pub fn read_leaf_hashes(dir: &Path, from: u64, to: u64) -> Result<Vec<LeafHash>, JournalError> {
+    let mut leaves = Vec::with_capacity(to.saturating_sub(from).saturating_add(1) as usize);
+    if from > to {
+        return Ok(leaves);
+    }
+    for (name, path) in list_segments(dir)? {
+        if let SegmentName::Sealed { last, .. } = name {
+            if last < from {
+                continue;
+            }
+        }
+        if name.first() > to {
+            break;
+        }
+        let mut bytes = fs::read(&path).map_err(io_err(&path))?;
+        if matches!(name, SegmentName::Open { .. }) {
+            bytes.truncate(used_len(&bytes));
+        }
+        let mut seq = name.first();
+        for line in bytes.split(|&b| b == b'\n') {
+            if seq > to {
+                break;
+            }
+            if line.is_empty() {
+                continue;
+            }
+            if seq >= from {
+                if seq != from + leaves.len() as u64 {
+                    break;
+                }
+                leaves.push(record::leaf_hash(line));
+            }
+            seq += 1;
+        }
+    }
+    let expected = to - from + 1;
+    if leaves.len() as u64 != expected {
+        return Err(JournalError::Corrupt(format!(
+            "the segments hold {} of the records with seq {from} to {to}",
+            leaves.len()
+        )));
+    }
+    Ok(leaves)
+}
+
+/// The Merkle tree over records `1..=head_seq`: the newest checkpoint's saved state plus the
+/// records after it, or every record when there is no state yet.
+fn recover_frontier(dir: &Path, head_seq: u64) -> Result<Frontier, JournalError> {
+    use crate::checkpoint::{self, MerkleState};
+    let mut frontier = match MerkleState::load(dir)? {
+        None => Frontier::new(),
+        Some(state) => {
+            let frontier = state.frontier().ok_or_else(|| {
+                JournalError::Corrupt(format!(
+                    "{}/{}: the saved tree state is not self-consistent",
+                    checkpoint::CHECKPOINT_DIR,
+                    checkpoint::STATE_FILE
+                ))
+            })?;
+            if frontier.size() > head_seq {
+                return Err(JournalError::Corrupt(format!(
+                    "the newest checkpoint covers {} records but the journal ends at seq \
+                     {head_seq}: records covered by a signed checkpoint are missing; run \
+                     `auditgate verify --key` and investigate before starting the gateway",
+                    frontier.size()
+                )));
+            }
+            // The state must be the tree of a stored checkpoint of the same size.
+            for path in checkpoint::list_checkpoint_files(dir)? {
+                let name = path.file_name().unwrap_or_default().to_string_lossy();
+                if checkpoint::size_of_file_name(&name) != Some(frontier.size()) {
+                    continue;
+                }
+                let note = fs::read(&path).map_err(io_err(&path))?;
+                let stored = checkpoint::parse_unverified(&note)?;
+                if stored.root != frontier.root() {
+                    return Err(JournalError::Corrupt(format!(
+                        "{}: its root differs from the saved tree state of the same size",
+                        path.display()
+                    )));
+                }
+            }
+            frontier
+        }
+    };
+    for leaf in read_leaf_hashes(dir, frontier.size() + 1, head_seq)? {
+        frontier.push(merkle::hash_of(&leaf));
+    }
+    Ok(frontier)
 }
 
 /// Keep the longest valid prefix of the open segment; move the rest to quarantine.
@@ -831,6 +1027,7 @@ impl Writer {
                 Ok(first) => batch.push(first),
                 Err(RecvTimeoutError::Timeout) => {
                     self.seal_if_due();
+                    self.checkpoint_if_due();
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -843,9 +1040,26 @@ impl Writer {
             }
             self.commit(&mut batch, &mut buf);
             self.seal_if_due();
+            self.checkpoint_if_due();
         }
         // Every handle is gone: seal nothing (the open segment stays open and is recovered on
-        // the next start), just make sure the last batch is on disk (it already is).
+        // the next start); the last batch is already on disk. Sign the final head, if it grew.
+        if self.failed_reason().is_none() {
+            if let Some(c) = self.checkpoints.as_mut() {
+                if c.frontier.size() > c.last_requested_size {
+                    c.request(true);
+                }
+            }
+        }
+    }
+
+    fn checkpoint_if_due(&mut self) {
+        if self.failed_reason().is_some() {
+            return;
+        }
+        if let Some(c) = self.checkpoints.as_mut() {
+            c.request_if_due();
+        }
     }
 
     fn failed_reason(&self) -> Option<String> {
@@ -922,6 +1136,11 @@ impl Writer {
                     .fetch_add(buf.len() as u64, Ordering::Relaxed);
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 self.stats.head_seq.store(head.seq, Ordering::Relaxed);
+                if let Some(c) = self.checkpoints.as_mut() {
+                    for receipt in &receipts {
+                        c.frontier.push(merkle::hash_of(&receipt.leaf));
+                    }
+                }
                 for (p, receipt) in batch.drain(..).zip(receipts) {
                     let _ = p.reply.send(Ok(receipt));
                 }
@@ -981,6 +1200,10 @@ impl Writer {
         // Crash point: renamed but the directory not synced: after power loss either name may be
         // found, both are valid states for recovery.
         sync_dir(&self.dir)?;
+        // Every sealed segment ends on a signed checkpoint (its last seq is the tree size).
+        if let Some(c) = self.checkpoints.as_mut() {
+            c.request(true);
+        }
         let first = self.head.seq + 1;
         let (file, next) = create_open_segment(&self.dir, first)?;
         if self.cfg.preallocate {

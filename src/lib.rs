@@ -13,6 +13,7 @@
 //! * [`journal`]: group commit, segments, recovery;
 //! * [`merkle`]: the RFC 6962 tree, its roots and proofs;
 //! * [`checkpoint`]: signed tree heads (C2SP checkpoints), keys;
+//! * [`proof`]: self-contained inclusion and consistency proof bundles;
 //! * [`verify`]: re-checking a journal directory;
 //! * [`clock`]: the kernel's NTP state;
 //! * [`server`]: start-up order; [`cli`] and [`demo`]: the command line.
@@ -26,6 +27,7 @@ pub mod identity;
 pub mod journal;
 pub mod merkle;
 pub mod netvec;
+pub mod proof;
 pub mod proxy;
 pub mod record;
 pub mod rules;

@@ -7,14 +7,16 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 
+use crate::checkpoint::CheckpointSigner;
 use crate::config::Config;
 use crate::identity::Identity;
-use crate::journal::{Journal, RecoveryReport};
+use crate::journal::{CheckpointTiming, Checkpointing, Journal, RecoveryReport};
 use crate::netvec::NetPolicy;
 use crate::proxy::Gateway;
 use crate::rules::RuleSet;
@@ -58,8 +60,25 @@ pub fn prepare(config: &Config, base_dir: &std::path::Path) -> Result<Prepared, 
     let target = config.upstream.target()?;
     // The journal opens last of the checks (and before any listener): a start that fails on
     // keys, rules or the upstream address leaves no journal directory behind.
-    let (journal, recovery) =
-        Journal::open(&config.journal.dir, &config.server.node, &config.journal)?;
+    let signer = CheckpointSigner::load(
+        &config.checkpoint.key_file,
+        config.checkpoint.create_key_if_missing,
+        &format!("auditgate/{}", config.server.node),
+    )
+    .map_err(crate::journal::JournalError::from)?;
+    let checkpointing = Checkpointing {
+        signer,
+        timing: CheckpointTiming {
+            interval: Duration::from_secs(config.checkpoint.interval_secs),
+            heartbeat: Duration::from_secs(config.checkpoint.heartbeat_secs),
+        },
+    };
+    let (journal, recovery) = Journal::open_with_checkpoints(
+        &config.journal.dir,
+        &config.server.node,
+        &config.journal,
+        Some(checkpointing),
+    )?;
     let listeners = config
         .server
         .listen

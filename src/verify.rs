@@ -8,8 +8,12 @@
 //! problem (re-synchronising on the next line) so one finding does not hide the next.
 //!
 //! What a hash chain alone cannot show: a tail cut at a line boundary of the open segment, or a
-//! rewrite of the whole chain by someone who recomputes every hash. Signed checkpoints and the
-//! WORM archive close those gaps; this check covers everything else.
+//! rewrite of the whole chain by someone who recomputes every hash. With the node's public key
+//! (`--key`), every signed checkpoint in `checkpoints/` is checked too: its signature, its
+//! Merkle root against the root recomputed from the records it covers (so a rewritten chain
+//! without the private key is found), checkpoints that cover more records than the journal
+//! holds (a cut tail), and gaps between checkpoints longer than the heartbeat allows. Records
+//! after the newest checkpoint are not covered by any signature yet; the report counts them.
 //!
 //! Segments are read one at a time; the lines of each are parsed and hashed on every core, then
 //! the chain is checked in order and stitched across segment boundaries.
@@ -20,7 +24,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use std::time::Duration;
+
+use crate::checkpoint::{self, CheckpointVerifier};
 use crate::journal::{list_segments, JournalError, SegmentName};
+use crate::merkle::{self, Frontier, Hash};
 use crate::record::{self, LeafHash};
 
 /// One problem `verify` found.
@@ -63,6 +71,29 @@ pub enum Finding {
     EmptySealed { segment: String },
     /// More than one open segment, or an open segment before a sealed one.
     Layout { detail: String },
+    /// A checkpoint file that does not parse or is not signed by the given key.
+    CheckpointSignature { checkpoint: String, reason: String },
+    /// A validly signed checkpoint whose root is not the root of the records it covers: a
+    /// record up to its size was changed, removed, inserted or reordered, or the chain was
+    /// rewritten after it was signed.
+    CheckpointMismatch { checkpoint: String, size: u64 },
+    /// A validly signed checkpoint covers more records than the journal holds: records were
+    /// cut off the end.
+    Truncated {
+        checkpoint: String,
+        size: u64,
+        records: u64,
+    },
+    /// Two consecutive checkpoints were signed further apart than the heartbeat allows: the
+    /// gateway was stopped, or checkpoints were removed.
+    CheckpointGap {
+        after: String,
+        before: String,
+        gap_secs: u64,
+        max_secs: u64,
+    },
+    /// A key was given but the journal holds no checkpoint at all.
+    NoCheckpoints,
 }
 
 impl fmt::Display for Finding {
@@ -91,6 +122,23 @@ impl fmt::Display for Finding {
             ),
             Finding::EmptySealed { segment } => write!(f, "{segment}: sealed segment holds no records"),
             Finding::Layout { detail } => write!(f, "journal layout: {detail}"),
+            Finding::CheckpointSignature { checkpoint, reason } => {
+                write!(f, "checkpoints/{checkpoint}: not a valid checkpoint signed by the key: {reason}")
+            }
+            Finding::CheckpointMismatch { checkpoint, size } => write!(
+                f,
+                "checkpoints/{checkpoint}: signed root for records 1-{size} does not match the records (a record up to seq {size} was changed, removed, inserted or reordered)"
+            ),
+            Finding::Truncated { checkpoint, size, records } => write!(
+                f,
+                "checkpoints/{checkpoint}: signed for {size} records but the journal holds {records} (records {}-{size} were cut off)",
+                records + 1
+            ),
+            Finding::CheckpointGap { after, before, gap_secs, max_secs } => write!(
+                f,
+                "checkpoints: {gap_secs} s between {after} and {before}, more than {max_secs} s (gateway stopped, or checkpoints removed)"
+            ),
+            Finding::NoCheckpoints => write!(f, "checkpoints: none found (removed, or the gateway never signed one)"),
         }
     }
 }
@@ -107,6 +155,13 @@ pub struct Report {
     pub head_leaf: Option<String>,
     /// Files recovery moved aside after a crash (unacknowledged bytes; informational).
     pub quarantined: Vec<String>,
+    /// Signed checkpoints checked (0 when no key was given).
+    pub checkpoints: usize,
+    /// The public key checkpoints were checked with; `None`: not checked.
+    pub key: Option<String>,
+    /// Records after the newest valid checkpoint: not yet covered by a signature (normal for
+    /// the last few seconds of a running gateway).
+    pub uncovered_records: u64,
     pub findings: Vec<Finding>,
 }
 
@@ -132,6 +187,8 @@ struct SegmentResult {
     /// seq and leaf of the last parseable line.
     last: Option<(u64, LeafHash)>,
     records: u64,
+    /// seq and leaf of every parseable line, in file order (for the Merkle tree).
+    leaves: Vec<(u64, LeafHash)>,
 }
 
 fn decode_prev(prev: &str) -> Option<LeafHash> {
@@ -217,8 +274,10 @@ fn check_segment(name: &str, bytes: &[u8], threads: usize) -> SegmentResult {
         first: None,
         last: None,
         records: 0,
+        leaves: Vec::new(),
     };
     let (scans, torn) = scan_segment(bytes, threads);
+    result.leaves.reserve(scans.len());
     for (i, scan) in scans.into_iter().enumerate() {
         let line_no = i as u64 + 1;
         let Some((seq, prev, leaf)) = scan else {
@@ -255,6 +314,7 @@ fn check_segment(name: &str, bytes: &[u8], threads: usize) -> SegmentResult {
             }
         }
         result.last = Some((seq, leaf));
+        result.leaves.push((seq, leaf));
     }
     if torn > 0 {
         result.findings.push(Finding::TornTail {
@@ -272,10 +332,24 @@ fn check_segment(name: &str, bytes: &[u8], threads: usize) -> SegmentResult {
 /// of a running gateway may be a write in progress; check a stopped journal, or a copy, to be
 /// sure.
 pub fn verify_journal(dir: &Path) -> Result<Report, JournalError> {
+    verify_journal_with(dir, &Options::default())
+}
+
+/// What `verify` checks beyond the chain.
+#[derive(Default)]
+pub struct Options {
+    /// Check the signed checkpoints with this public key.
+    pub key: Option<CheckpointVerifier>,
+    /// Report consecutive checkpoints signed further apart than this.
+    pub max_gap: Option<Duration>,
+}
+
+/// Verify every segment of a journal directory and, with a key, its signed checkpoints.
+pub fn verify_journal_with(dir: &Path, options: &Options) -> Result<Report, JournalError> {
     let mut attempts = 0;
     loop {
         attempts += 1;
-        match verify_once(dir) {
+        match verify_once(dir, options) {
             Err(JournalError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound && attempts < 3 => {}
             other => return other,
@@ -283,7 +357,122 @@ pub fn verify_journal(dir: &Path) -> Result<Report, JournalError> {
     }
 }
 
-fn verify_once(dir: &Path) -> Result<Report, JournalError> {
+/// The signed checkpoints being matched against the records as they stream past.
+struct CheckpointCheck {
+    /// (size, root, file), by size.
+    pending: Vec<(u64, Hash, String)>,
+    next: usize,
+    frontier: Frontier,
+    /// The records stopped following each other (already a chain finding): roots past this
+    /// point cannot be computed.
+    broken: bool,
+    newest_valid_size: u64,
+}
+
+impl CheckpointCheck {
+    fn load(
+        dir: &Path,
+        key: &CheckpointVerifier,
+        max_gap: Option<Duration>,
+        findings: &mut Vec<Finding>,
+    ) -> Result<(Self, usize), JournalError> {
+        let files = checkpoint::list_checkpoint_files(dir)?;
+        if files.is_empty() {
+            findings.push(Finding::NoCheckpoints);
+        }
+        let mut pending = Vec::new();
+        let mut times = Vec::new();
+        for path in &files {
+            let label = file_label(path);
+            let bytes = fs::read(path).map_err(|source| JournalError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            match key.open(&bytes) {
+                Ok(cp) => {
+                    if let Some(t) = cp.unix_time() {
+                        times.push((t, label.clone()));
+                    }
+                    pending.push((cp.size, cp.root, label));
+                }
+                Err(e) => findings.push(Finding::CheckpointSignature {
+                    checkpoint: label,
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        if let Some(max) = max_gap {
+            times.sort_by(|a, b| a.0.total_cmp(&b.0));
+            for pair in times.windows(2) {
+                let gap = pair[1].0 - pair[0].0;
+                if gap > max.as_secs_f64() {
+                    findings.push(Finding::CheckpointGap {
+                        after: pair[0].1.clone(),
+                        before: pair[1].1.clone(),
+                        gap_secs: gap as u64,
+                        max_secs: max.as_secs(),
+                    });
+                }
+            }
+        }
+        pending.sort_by_key(|(size, _, _)| *size);
+        let count = pending.len();
+        let mut check = CheckpointCheck {
+            pending,
+            next: 0,
+            frontier: Frontier::new(),
+            broken: false,
+            newest_valid_size: 0,
+        };
+        check.settle(findings);
+        Ok((check, count))
+    }
+
+    fn feed(&mut self, seq: u64, leaf: &LeafHash, findings: &mut Vec<Finding>) {
+        if self.broken {
+            return;
+        }
+        if seq != self.frontier.size() + 1 {
+            self.broken = true;
+            return;
+        }
+        self.frontier.push(merkle::hash_of(leaf));
+        self.settle(findings);
+    }
+
+    /// Compare every checkpoint of the current tree size.
+    fn settle(&mut self, findings: &mut Vec<Finding>) {
+        while let Some((size, root, file)) = self.pending.get(self.next) {
+            if *size != self.frontier.size() {
+                break;
+            }
+            if *root == self.frontier.root() {
+                self.newest_valid_size = *size;
+            } else {
+                findings.push(Finding::CheckpointMismatch {
+                    checkpoint: file.clone(),
+                    size: *size,
+                });
+            }
+            self.next += 1;
+        }
+    }
+
+    /// Checkpoints beyond the records: the journal was cut short.
+    fn finish(&self, head_seq: u64, findings: &mut Vec<Finding>) {
+        for (size, _, file) in &self.pending[self.next..] {
+            if *size > head_seq {
+                findings.push(Finding::Truncated {
+                    checkpoint: file.clone(),
+                    size: *size,
+                    records: head_seq,
+                });
+            }
+        }
+    }
+}
+
+fn verify_once(dir: &Path, options: &Options) -> Result<Report, JournalError> {
     let segments = list_segments(dir)?;
     let no_segments = segments.is_empty();
     let mut quarantined = Vec::new();
@@ -307,7 +496,19 @@ fn verify_once(dir: &Path) -> Result<Report, JournalError> {
         head_seq: 0,
         head_leaf: None,
         quarantined,
+        checkpoints: 0,
+        key: options.key.as_ref().map(|k| k.text().to_string()),
+        uncovered_records: 0,
         findings: Vec::new(),
+    };
+    let mut checkpoints = match &options.key {
+        Some(key) => {
+            let (check, count) =
+                CheckpointCheck::load(dir, key, options.max_gap, &mut report.findings)?;
+            report.checkpoints = count;
+            Some(check)
+        }
+        None => None,
     };
     // Stitch: the chain continues across segment boundaries.
     // The chain position before the first record: seq 0, the genesis leaf.
@@ -383,6 +584,11 @@ fn verify_once(dir: &Path) -> Result<Report, JournalError> {
             SegmentName::Open { .. } => seen_open = true,
         }
         report.findings.extend(seg.findings);
+        if let Some(check) = checkpoints.as_mut() {
+            for (seq, leaf) in &seg.leaves {
+                check.feed(*seq, leaf, &mut report.findings);
+            }
+        }
         report.records += seg.records;
         if let Some(last) = seg.last {
             chain_head = last;
@@ -405,6 +611,10 @@ fn verify_once(dir: &Path) -> Result<Report, JournalError> {
     report.head_seq = seq;
     if seq > 0 {
         report.head_leaf = Some(hex::encode(leaf));
+    }
+    if let Some(check) = &checkpoints {
+        check.finish(seq, &mut report.findings);
+        report.uncovered_records = seq.saturating_sub(check.newest_valid_size);
     }
     Ok(report)
 }
@@ -583,5 +793,321 @@ mod tests {
             "{:?}",
             r.findings
         );
+    }
+
+    mod checkpoints {
+        use super::*;
+        use crate::checkpoint::{write_key_pair, CheckpointSigner};
+        use crate::journal::{CheckpointTiming, Checkpointing};
+        use std::time::{Duration, Instant, SystemTime};
+
+        struct Signed {
+            _tmp: tempfile::TempDir,
+            dir: PathBuf,
+            key: PathBuf,
+        }
+
+        impl Signed {
+            fn verifier(&self) -> CheckpointVerifier {
+                CheckpointVerifier::load(
+                    crate::checkpoint::public_key_path(&self.key)
+                        .to_str()
+                        .unwrap(),
+                )
+                .unwrap()
+            }
+            fn check(&self) -> Report {
+                let options = Options {
+                    key: Some(self.verifier()),
+                    max_gap: Some(Duration::from_secs(180)),
+                };
+                verify_journal_with(&self.dir, &options).unwrap()
+            }
+            fn segments(&self) -> Vec<PathBuf> {
+                list_segments(&self.dir)
+                    .unwrap()
+                    .into_iter()
+                    .map(|(_, p)| p)
+                    .collect()
+            }
+        }
+
+        /// `n` records in 4 KiB segments, a checkpoint after every batch.
+        fn signed_journal(n: usize) -> Signed {
+            let tmp = tempfile::tempdir().unwrap();
+            let key = tmp.path().join("checkpoint.key");
+            write_key_pair(&key, "auditgate/n1").unwrap();
+            let dir = tmp.path().join("journal");
+            let cfg = JournalConfig {
+                segment_max_bytes: 4096,
+                ..JournalConfig::default()
+            };
+            let checkpointing = Checkpointing {
+                signer: CheckpointSigner::load(&key, false, "unused").unwrap(),
+                timing: CheckpointTiming {
+                    interval: Duration::ZERO,
+                    heartbeat: Duration::from_secs(3600),
+                },
+            };
+            let (j, _) =
+                Journal::open_with_checkpoints(&dir, "n1", &cfg, Some(checkpointing)).unwrap();
+            for i in 0..n {
+                j.append_blocking(&event(i)).unwrap();
+            }
+            let stats = j.checkpoint_stats().unwrap().clone();
+            drop(j);
+            // The final head is signed as the writer stops; wait until the checkpoint thread
+            // stored it (note and state), after which it has nothing left to do.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while stats.last_size.load(std::sync::atomic::Ordering::Acquire) < n as u64 {
+                assert!(
+                    Instant::now() < deadline,
+                    "no checkpoint covers all {n} records"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Signed {
+                _tmp: tmp,
+                dir,
+                key,
+            }
+        }
+
+        fn content_lines(path: &Path) -> Vec<String> {
+            let bytes = fs::read(path).unwrap();
+            std::str::from_utf8(&bytes[..crate::journal::used_len(&bytes)])
+                .unwrap()
+                .lines()
+                .map(String::from)
+                .collect()
+        }
+
+        /// Recompute every `prev` from the lines as they are now: a rewrite by someone with
+        /// write access to the disk but not the signing key.
+        fn rewrite_chain(paths: &[PathBuf]) {
+            let mut prev = [0u8; 32];
+            for path in paths {
+                let mut out = Vec::new();
+                for line in content_lines(path) {
+                    let at = line.find("\"prev\":\"").unwrap() + 8;
+                    let line = format!("{}{}{}", &line[..at], hex::encode(prev), &line[at + 64..]);
+                    prev = record::leaf_hash(line.as_bytes());
+                    out.push(line);
+                }
+                write_lines(path, &out);
+            }
+        }
+
+        #[test]
+        fn a_signed_journal_verifies_with_its_key() {
+            let j = signed_journal(40);
+            let report = j.check();
+            assert!(report.ok(), "{:?}", report.findings);
+            assert!(report.checkpoints >= 2, "{report:?}");
+            assert!(j.segments().len() > 2, "several sealed segments");
+            assert_eq!(report.uncovered_records, 0);
+            // Every sealed segment ends on a checkpoint.
+            let sizes: Vec<u64> = checkpoint::list_checkpoint_files(&j.dir)
+                .unwrap()
+                .iter()
+                .filter_map(|p| checkpoint::size_of_file_name(&p.file_name()?.to_string_lossy()))
+                .collect();
+            for (name, _) in list_segments(&j.dir).unwrap() {
+                if let SegmentName::Sealed { last, .. } = name {
+                    assert!(
+                        sizes.contains(&last),
+                        "no checkpoint at seq {last}: {sizes:?}"
+                    );
+                }
+            }
+        }
+
+        #[test]
+        fn a_chain_rewritten_without_the_key_is_found_only_by_the_checkpoints() {
+            let j = signed_journal(40);
+            let paths = j.segments();
+            let mut lines = content_lines(&paths[1]);
+            lines[0] = lines[0].replacen("\"action\":\"R\"", "\"action\":\"D\"", 1);
+            assert!(lines[0].contains("\"action\":\"D\""), "{}", lines[0]);
+            write_lines(&paths[1], &lines);
+            rewrite_chain(&paths);
+            // The chain alone cannot see it...
+            let plain = verify_journal(&j.dir).unwrap();
+            assert!(plain.ok(), "{:?}", plain.findings);
+            // ...the signed roots can.
+            let report = j.check();
+            assert!(!report.ok());
+            assert!(report
+                .findings
+                .iter()
+                .any(|f| matches!(f, Finding::CheckpointMismatch { .. })));
+            assert!(
+                report
+                    .findings
+                    .iter()
+                    .all(|f| matches!(f, Finding::CheckpointMismatch { .. })),
+                "{:?}",
+                report.findings
+            );
+        }
+
+        #[test]
+        fn a_tail_cut_at_a_line_boundary_is_found() {
+            let j = signed_journal(40);
+            let paths = j.segments();
+            let open = paths.last().unwrap();
+            let lines = content_lines(open);
+            assert!(lines.len() >= 2, "the open segment holds records");
+            write_lines(open, &lines[..lines.len() - 2]);
+            assert!(
+                verify_journal(&j.dir).unwrap().ok(),
+                "invisible to the chain"
+            );
+            let report = j.check();
+            assert!(
+                report.findings.iter().any(|f| matches!(
+                    f,
+                    Finding::Truncated {
+                        size: 40,
+                        records: 38,
+                        ..
+                    }
+                )),
+                "{:?}",
+                report.findings
+            );
+        }
+
+        #[test]
+        fn checkpoints_under_another_key_or_forged_roots_are_found() {
+            let j = signed_journal(12);
+            // Another key: nothing verifies.
+            let (_, other) = crate::checkpoint::generate_key("auditgate/n1").unwrap();
+            let options = Options {
+                key: Some(CheckpointVerifier::from_text(&other).unwrap()),
+                max_gap: None,
+            };
+            let report = verify_journal_with(&j.dir, &options).unwrap();
+            assert!(report
+                .findings
+                .iter()
+                .all(|f| matches!(f, Finding::CheckpointSignature { .. })));
+            assert!(!report.findings.is_empty());
+
+            // The right key signing a tree that is not this journal's (a checkpoint not
+            // consistent with the earlier ones), and one signed an hour before the others.
+            let signer = CheckpointSigner::load(&j.key, false, "unused").unwrap();
+            let forged = signer.sign(6, Hash([9; 32]), SystemTime::now());
+            let forged_name = checkpoint::file_name(6, SystemTime::now());
+            fs::write(
+                j.dir.join(checkpoint::CHECKPOINT_DIR).join(&forged_name),
+                forged,
+            )
+            .unwrap();
+            let report = j.check();
+            assert!(
+                report.findings.contains(&Finding::CheckpointMismatch {
+                    checkpoint: forged_name,
+                    size: 6
+                }),
+                "{:?}",
+                report.findings
+            );
+
+            let old = SystemTime::now() - Duration::from_secs(3600);
+            let frontier = {
+                let mut f = Frontier::new();
+                for leaf in crate::journal::read_leaf_hashes(&j.dir, 1, 3).unwrap() {
+                    f.push(merkle::hash_of(&leaf));
+                }
+                f
+            };
+            let early = signer.sign(3, frontier.root(), old);
+            fs::write(
+                j.dir
+                    .join(checkpoint::CHECKPOINT_DIR)
+                    .join(checkpoint::file_name(3, old)),
+                early,
+            )
+            .unwrap();
+            let report = j.check();
+            assert!(report
+                .findings
+                .iter()
+                .any(|f| matches!(f, Finding::CheckpointGap { gap_secs, max_secs: 180, .. } if *gap_secs >= 3599)), "{:?}", report.findings);
+        }
+
+        #[test]
+        fn removed_checkpoints_are_a_finding() {
+            let j = signed_journal(5);
+            fs::remove_dir_all(j.dir.join(checkpoint::CHECKPOINT_DIR)).unwrap();
+            let report = j.check();
+            assert_eq!(report.findings, vec![Finding::NoCheckpoints]);
+            assert_eq!(report.uncovered_records, 5);
+        }
+
+        #[test]
+        fn a_restart_continues_the_tree_from_the_saved_state() {
+            let j = signed_journal(30);
+            // Reopen with checkpoints (from the state file) and add records.
+            let cfg = JournalConfig {
+                segment_max_bytes: 4096,
+                ..JournalConfig::default()
+            };
+            let checkpointing = Checkpointing {
+                signer: CheckpointSigner::load(&j.key, false, "unused").unwrap(),
+                timing: CheckpointTiming {
+                    interval: Duration::ZERO,
+                    heartbeat: Duration::from_secs(3600),
+                },
+            };
+            let (journal, _) =
+                Journal::open_with_checkpoints(&j.dir, "n1", &cfg, Some(checkpointing)).unwrap();
+            for i in 0..7 {
+                journal.append_blocking(&event(i)).unwrap();
+            }
+            let stats = journal.checkpoint_stats().unwrap().clone();
+            drop(journal);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while stats.last_size.load(std::sync::atomic::Ordering::Relaxed) < 37 {
+                assert!(Instant::now() < deadline);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let report = j.check();
+            assert!(report.ok(), "{:?}", report.findings);
+            assert_eq!(report.head_seq, 37);
+            assert_eq!(report.uncovered_records, 0);
+        }
+
+        #[test]
+        fn a_start_refuses_a_journal_shorter_than_its_checkpoint_state() {
+            let j = signed_journal(40);
+            let open = j.segments().last().unwrap().clone();
+            let lines = content_lines(&open);
+            write_lines(&open, &lines[..lines.len() - 1]);
+            let signer = CheckpointSigner::load(&j.key, false, "unused").unwrap();
+            let result = Journal::open_with_checkpoints(
+                &j.dir,
+                "n1",
+                &JournalConfig::default(),
+                Some(Checkpointing {
+                    signer,
+                    timing: CheckpointTiming {
+                        interval: Duration::from_secs(5),
+                        heartbeat: Duration::from_secs(60),
+                    },
+                }),
+            );
+            match result {
+                Err(JournalError::Corrupt(msg)) => {
+                    assert!(
+                        msg.contains("covered by a signed checkpoint are missing"),
+                        "{msg}"
+                    )
+                }
+                Err(other) => panic!("{other}"),
+                Ok(_) => panic!("opened a journal that lost checkpointed records"),
+            }
+        }
     }
 }

@@ -130,6 +130,12 @@ read_timeout_ms = 20000
 dir = "{journal}"
 {journal_toml}
 
+[checkpoint]
+key_file = "{journal}.checkpoint.key"
+create_key_if_missing = true
+interval_secs = 1
+heartbeat_secs = 2
+
 [identity]
 break_glass_header = "X-Break-Glass"
 jwks_min_refetch_secs = 1
@@ -293,10 +299,23 @@ pub fn read_journal(dir: &Path) -> Vec<Record> {
     out
 }
 
-/// Run `auditgate verify --journal DIR [--json]`; returns (exit code, stdout).
+/// The public checkpoint key of the gateway that writes the journal `dir` (the harness keeps
+/// the key pair beside the journal, so restarts on the same journal sign with the same key).
+pub fn public_key_of(dir: &Path) -> PathBuf {
+    let mut name = dir.as_os_str().to_owned();
+    name.push(".checkpoint.key.pub");
+    PathBuf::from(name)
+}
+
+/// Run `auditgate verify --journal DIR [--json]`, with `--key` when the harness made a key for
+/// that journal; returns (exit code, stdout).
 pub fn verify_cli(dir: &Path, json: bool) -> (i32, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_auditgate"));
     cmd.args(["verify", "--journal"]).arg(dir);
+    let key = public_key_of(dir);
+    if key.exists() {
+        cmd.arg("--key").arg(key);
+    }
     if json {
         cmd.arg("--json");
     }

@@ -22,6 +22,9 @@ fn every_subcommand_has_help() {
         &["check-config", "--help"],
         &["verify", "--help"],
         &["demo", "--help"],
+        &["keygen", "--help"],
+        &["prove", "--help"],
+        &["verify-proof", "--help"],
     ] {
         let (code, out, _) = auditgate(sub);
         assert_eq!(code, 0, "{sub:?}");

@@ -3,7 +3,9 @@
 //! Measures, on the machine's real disk (the target directory's filesystem):
 //! * appends per second with one appender (every append waits for its own fdatasync);
 //! * appends per second with 64 concurrent appenders (group commit shares one fdatasync);
-//! * `verify` throughput in records per second over the journal just written.
+//! * `verify` throughput in records per second over the journal just written;
+//! * the same 64-appender run and verify with signed checkpoints on (a checkpoint requested
+//!   every second, more often than the 5 s default), as a ratio to the runs without.
 //!
 //! Peer figure in the same run: a raw loop of `write` + `fdatasync` of one 4 KiB block, the
 //! floor any durable append pays. Results are printed as a table and as JSON lines.
@@ -11,7 +13,8 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use auditgate::journal::{Journal, JournalConfig};
+use auditgate::checkpoint::{write_key_pair, CheckpointSigner, CheckpointVerifier};
+use auditgate::journal::{CheckpointTiming, Checkpointing, Journal, JournalConfig};
 use auditgate::record::*;
 
 fn event(n: u64) -> Event {
@@ -80,6 +83,43 @@ fn report(name: &str, ops: u64, elapsed: Duration, unit: &str) -> f64 {
     rate
 }
 
+/// 64 concurrent appenders on a 2-thread runtime (group commit); returns records per second.
+fn append_concurrently(journal: &Journal, name: &str) -> f64 {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let per_task = 4000u64;
+    let tasks = 64u64;
+    let t = Instant::now();
+    rt.block_on(async {
+        let mut handles = Vec::new();
+        for task in 0..tasks {
+            let j = journal.clone();
+            handles.push(tokio::spawn(async move {
+                for i in 0..per_task {
+                    j.append(&event(task * per_task + i)).await.unwrap();
+                }
+            }));
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+    });
+    report(name, tasks * per_task, t.elapsed(), "records")
+}
+
+/// Wait for the background zero-fill of the next segment, so it does not compete with what
+/// is measured next.
+fn settle(dir: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dir.join("spare.prealloc.tmp").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+}
+
 fn main() {
     let base = std::env::var("AUDITGATE_BENCH_DIR")
         .map(std::path::PathBuf::from)
@@ -111,35 +151,7 @@ fn main() {
     }
     let single = report("journal append, 1 appender", n, t.elapsed(), "records");
 
-    // 64 concurrent appenders on a 2-thread runtime: group commit.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let per_task = 4000u64;
-    let tasks = 64u64;
-    let t = Instant::now();
-    rt.block_on(async {
-        let mut handles = Vec::new();
-        for task in 0..tasks {
-            let j = journal.clone();
-            handles.push(tokio::spawn(async move {
-                for i in 0..per_task {
-                    j.append(&event(task * per_task + i)).await.unwrap();
-                }
-            }));
-        }
-        for h in handles {
-            h.await.unwrap();
-        }
-    });
-    let many = report(
-        "journal append, 64 appenders",
-        tasks * per_task,
-        t.elapsed(),
-        "records",
-    );
+    let many = append_concurrently(&journal, "journal append, 64 appenders");
     let stats = journal.stats();
     let records = stats
         .records_written
@@ -150,13 +162,7 @@ fn main() {
         records as f64 / batches as f64
     );
     drop(journal);
-    // Let the background preparation of the next segment (64 MiB of zeros) finish, so that it
-    // does not compete with verify for the disk and the CPU.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while dir.join("spare.prealloc.tmp").exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(100));
+    settle(&dir);
 
     // Verify the whole journal.
     let t = Instant::now();
@@ -164,11 +170,49 @@ fn main() {
     assert!(r.ok(), "{:?}", r.findings);
     let verify = report("verify", r.records, t.elapsed(), "records");
 
+    // The same with signed checkpoints: a fresh journal, a key, a checkpoint every second.
+    let key = tmp.path().join("checkpoint.key");
+    let (pub_path, _) = write_key_pair(&key, "auditgate/bench").unwrap();
+    let signed_dir = tmp.path().join("journal-signed");
+    let checkpointing = Checkpointing {
+        signer: CheckpointSigner::load(&key, false, "unused").unwrap(),
+        timing: CheckpointTiming {
+            interval: Duration::from_secs(1),
+            heartbeat: Duration::from_secs(60),
+        },
+    };
+    let (signed, _) =
+        Journal::open_with_checkpoints(&signed_dir, "bench", &cfg, Some(checkpointing)).unwrap();
+    settle(&signed_dir);
+    let many_signed = append_concurrently(&signed, "journal append, 64 appenders, checkpoints");
+    let checkpoint_stats = signed.checkpoint_stats().unwrap().clone();
+    drop(signed);
+    settle(&signed_dir);
+    let t = Instant::now();
+    let options = auditgate::verify::Options {
+        key: Some(CheckpointVerifier::load(pub_path.to_str().unwrap()).unwrap()),
+        max_gap: None,
+    };
+    let r = auditgate::verify::verify_journal_with(&signed_dir, &options).unwrap();
+    assert!(r.ok(), "{:?}", r.findings);
+    let verify_signed = report("verify --key", r.records, t.elapsed(), "records");
+    println!(
+        "checkpoints signed: {}",
+        checkpoint_stats
+            .signed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+
     println!();
     println!(
         "ratios: 1-appender / raw fdatasync = {:.2}; 64-appender / 1-appender = {:.1}",
         single / fsync_rate,
         many / single
+    );
+    println!(
+        "checkpoints: append with / without = {:.2}; verify --key / verify = {:.2} (target: cost under 10%)",
+        many_signed / many,
+        verify_signed / verify
     );
     println!(
         "targets: 64 appenders > 200000 records/s: {}; verify > 1000000 records/s: {}",

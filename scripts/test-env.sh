@@ -4,6 +4,11 @@
 #   .venv/      Python venv with tests/requirements.txt (sekmet-fhir, the FHIR server the gateway
 #               proxies to in tests, plus the FHIR clients fhirclient and fhirpy), every
 #               dependency pinned.
+#   .venv-localstack/
+#               Python venv with tests/requirements-localstack.txt (LocalStack 4.13.1, the S3
+#               server with Object Lock that tests/support/s3.rs runs, and boto3), every
+#               dependency pinned; separate from .venv because the two pin sets clash. Also
+#               LocalStack's prebuilt service catalog, in .venv-localstack/localstack-catalog/.
 #   .testdata/  npm install of tests/testdata/package-lock.json: the official HL7 FHIR R4
 #               examples (hl7.fhir.r4.examples@4.0.1) under
 #               .testdata/node_modules/hl7.fhir.r4.examples/.
@@ -20,6 +25,8 @@ cd "$ROOT"
 PYTHON="${PYTHON:-python3}"
 REQUIREMENTS=tests/requirements.txt
 VENV=.venv
+LOCALSTACK_REQUIREMENTS=tests/requirements-localstack.txt
+LOCALSTACK_VENV=.venv-localstack
 NPM_MANIFEST_DIR=tests/testdata
 TESTDATA=.testdata
 EXAMPLES="$TESTDATA/node_modules/hl7.fhir.r4.examples"
@@ -35,34 +42,66 @@ if command -v flock >/dev/null 2>&1; then
     flock 9
 fi
 
-# ---- Python venv -----------------------------------------------------------------------------
+# ---- Python venvs ----------------------------------------------------------------------------
 command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found (set PYTHON=/path/to/python3.11+)"
 "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' \
-    || die "sekmet-fhir needs Python >= 3.11; $PYTHON is $("$PYTHON" -V 2>&1)"
+    || die "sekmet-fhir and LocalStack need Python >= 3.11; $PYTHON is $("$PYTHON" -V 2>&1)"
 py_version="$("$PYTHON" -c 'import sys; print(".".join(map(str, sys.version_info[:3])))')"
-venv_want="$(hash_of "$REQUIREMENTS") python-$py_version"
-venv_stamp="$VENV/.auditgate-test-env"
 
-if [[ -x "$VENV/bin/python" && -f "$venv_stamp" && "$(cat "$venv_stamp")" == "$venv_want" ]]; then
-    say "$VENV is up to date"
-else
-    if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1 \
-        || [[ "$("$VENV/bin/python" -c 'import sys; print(".".join(map(str, sys.version_info[:3])))')" != "$py_version" ]]; then
-        say "creating $VENV with $PYTHON ($py_version)"
-        rm -rf "$VENV"
-        "$PYTHON" -m venv "$VENV" \
+# ensure_venv VENV REQUIREMENTS SMOKE_CHECK: makes VENV (anew if its Python is broken or another
+# version) and installs REQUIREMENTS into it, unless its stamp already matches; then runs the
+# shell function SMOKE_CHECK, which must fail (die) if the venv does not work.
+ensure_venv() {
+    local venv="$1" requirements="$2" smoke_check="$3"
+    local want stamp start
+    want="$(hash_of "$requirements") python-$py_version"
+    stamp="$venv/.auditgate-test-env"
+
+    if [[ -x "$venv/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+        say "$venv is up to date"
+        return
+    fi
+    if [[ ! -x "$venv/bin/python" ]] || ! "$venv/bin/python" -c 'import sys' >/dev/null 2>&1 \
+        || [[ "$("$venv/bin/python" -c 'import sys; print(".".join(map(str, sys.version_info[:3])))')" != "$py_version" ]]; then
+        say "creating $venv with $PYTHON ($py_version)"
+        rm -rf "$venv"
+        "$PYTHON" -m venv "$venv" \
             || die "'$PYTHON -m venv' failed; on Debian: apt-get install -y python3-venv"
     fi
-    say "installing $REQUIREMENTS into $VENV"
-    rm -f "$venv_stamp"
+    say "installing $requirements into $venv"
+    rm -f "$stamp"
     start=$SECONDS
-    "$VENV/bin/python" -m pip install --quiet --no-input --disable-pip-version-check \
-        -r "$REQUIREMENTS"
-    "$VENV/bin/sekmet" --version >/dev/null || die "sekmet does not run from $VENV"
-    "$VENV/bin/python" -c 'import fhirclient, fhirpy' || die "fhirclient/fhirpy do not import"
-    printf '%s\n' "$venv_want" > "$venv_stamp"
-    say "$VENV ready in $((SECONDS - start)) s"
-fi
+    "$venv/bin/python" -m pip install --quiet --no-input --disable-pip-version-check \
+        -r "$requirements" || die "pip install -r $requirements into $venv failed"
+    "$smoke_check" "$venv"
+    printf '%s\n' "$want" > "$stamp"
+    say "$venv ready in $((SECONDS - start)) s"
+}
+
+check_fhir_venv() {
+    "$1/bin/sekmet" --version >/dev/null || die "sekmet does not run from $1"
+    "$1/bin/python" -c 'import fhirclient, fhirpy' || die "fhirclient/fhirpy do not import"
+}
+
+# Also prebuilds LocalStack's service catalog (an index of every botocore service spec) into
+# $1/localstack-catalog/, which tests/support/s3.rs links into each server's folder: a LocalStack
+# that finds none builds it at start, taking ~2.5 s longer and ~350 MB more memory.
+check_localstack_venv() {
+    "$1/bin/python" -c 'import localstack, localstack.runtime.main, boto3' \
+        || die "localstack (or boto3) does not import in $1"
+    rm -rf "$1/localstack-catalog" "$1/localstack-catalog.tmp"
+    mkdir -p "$1/localstack-catalog.tmp"
+    OVERRIDE_IN_DOCKER=0 FILESYSTEM_ROOT="$1/localstack-catalog.tmp/fs" "$1/bin/python" -c '
+import os, sys
+from localstack.aws.spec import _get_catalog_filename, build_service_index_cache
+build_service_index_cache(os.path.join(sys.argv[1], _get_catalog_filename()))
+' "$1/localstack-catalog.tmp" || die "building the LocalStack service catalog in $1 failed"
+    rm -rf "$1/localstack-catalog.tmp/fs"
+    mv "$1/localstack-catalog.tmp" "$1/localstack-catalog"
+}
+
+ensure_venv "$VENV" "$REQUIREMENTS" check_fhir_venv
+ensure_venv "$LOCALSTACK_VENV" "$LOCALSTACK_REQUIREMENTS" check_localstack_venv
 
 # ---- HL7 FHIR R4 examples (npm) --------------------------------------------------------------
 command -v npm >/dev/null 2>&1 || die "npm not found (on Debian: apt-get install -y npm)"

@@ -11,4 +11,6 @@ mod crash;
 mod fail_closed;
 mod harness_selftest;
 mod interactions;
+mod proofs;
+mod s3_kit;
 mod tamper;

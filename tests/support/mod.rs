@@ -33,6 +33,7 @@ pub mod gateway;
 pub mod jwks;
 pub mod keys;
 pub mod python;
+pub mod s3;
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -67,6 +68,21 @@ pub fn venv_dir() -> PathBuf {
         "{} and {} not found: {SETUP_HINT}",
         python.display(),
         sekmet.display()
+    );
+    venv
+}
+
+/// The repo's LocalStack venv (`.venv-localstack`, made by `scripts/test-env.sh`) for
+/// [`s3::S3Server`] and [`s3::run_boto3`]. Panics with instructions if absent.
+pub fn localstack_venv_dir() -> PathBuf {
+    let venv = repo_root().join(".venv-localstack");
+    let python = venv.join("bin").join("python");
+    assert!(
+        python.exists() && venv.join(".auditgate-test-env").exists(),
+        "{} not found (or its install did not finish): the S3 part of the integration-test kit \
+         is not installed: run scripts/test-env.sh from the repository root (it creates \
+         .venv-localstack with LocalStack and boto3 from tests/requirements-localstack.txt)",
+        python.display()
     );
     venv
 }

@@ -38,6 +38,7 @@ impl ConfigError {
     }
 }
 
+use crate::archive::ArchiveConfig;
 use crate::checkpoint::CheckpointConfig;
 use crate::identity::IdentityConfig;
 use crate::journal::JournalConfig;
@@ -59,6 +60,9 @@ pub struct Config {
     /// Signed checkpoints of the journal's Merkle tree.
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
+    /// The WORM archive sealed segments and checkpoints are shipped to.
+    #[serde(default)]
+    pub archive: ArchiveConfig,
     /// JWT verification.
     pub identity: IdentityConfig,
     /// Route rules.
@@ -349,6 +353,7 @@ impl Config {
         self.upstream.validate()?;
         self.journal.validate()?;
         self.checkpoint.validate()?;
+        self.archive.validate()?;
         self.identity.validate()?;
         self.rules.validate()?;
         self.network.validate()?;
@@ -368,6 +373,7 @@ impl Config {
         // that `rules.base_paths` keys stay exactly as written.
         abs(&mut self.journal.dir);
         abs(&mut self.checkpoint.key_file);
+        abs(&mut self.archive.dir);
     }
 
     /// The directory relative paths in the file were resolved against.

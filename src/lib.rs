@@ -13,11 +13,13 @@
 //! * [`journal`]: group commit, segments, recovery;
 //! * [`merkle`]: the RFC 6962 tree, its roots and proofs;
 //! * [`checkpoint`]: signed tree heads (C2SP checkpoints), keys;
+//! * [`archive`]: shipping sealed segments and checkpoints to WORM storage (S3 Object Lock);
 //! * [`proof`]: self-contained inclusion and consistency proof bundles;
 //! * [`verify`]: re-checking a journal directory;
 //! * [`clock`]: the kernel's NTP state;
 //! * [`server`]: start-up order; [`cli`] and [`demo`]: the command line.
 
+pub mod archive;
 pub mod checkpoint;
 pub mod cli;
 pub mod clock;

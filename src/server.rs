@@ -34,14 +34,18 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error("runtime: {0}")]
     Runtime(#[from] std::io::Error),
+    #[error("archive: {0}")]
+    Archive(#[from] crate::archive::ArchiveError),
 }
 
 /// What `prepare` built: the gateway logic and the runtime that runs its background tasks.
 pub struct Prepared {
     pub gateway: Gateway,
     pub recovery: RecoveryReport,
-    /// Runs the JWKS refresher; kept alive for the life of the process.
+    /// Runs the JWKS refresher and the archiver; kept alive for the life of the process.
     pub background: tokio::runtime::Runtime,
+    /// The archiver's counters, when an archive is configured.
+    pub archive_stats: Option<Arc<crate::archive::ArchiveStats>>,
 }
 
 /// Open the journal, load keys and rules: everything but the listener.
@@ -58,6 +62,14 @@ pub fn prepare(config: &Config, base_dir: &std::path::Path) -> Result<Prepared, 
     let rules =
         RuleSet::load(&config.rules, base_dir).map_err(|e| StartError::Rules(e.to_string()))?;
     let target = config.upstream.target()?;
+    // The archive must be able to take locked objects before anything is recorded.
+    let archive_store = background.block_on(crate::archive::open_store(&config.archive));
+    match &archive_store {
+        Some(store) => background.block_on(store.check_ready())?,
+        None => tracing::warn!(
+            "no archive configured ([archive] kind = \"none\"): sealed segments and checkpoints stay on this disk only"
+        ),
+    }
     // The journal opens last of the checks (and before any listener): a start that fails on
     // keys, rules or the upstream address leaves no journal directory behind.
     let signer = CheckpointSigner::load(
@@ -79,6 +91,27 @@ pub fn prepare(config: &Config, base_dir: &std::path::Path) -> Result<Prepared, 
         &config.journal,
         Some(checkpointing),
     )?;
+    let archive_stats = match archive_store {
+        Some(store) => {
+            if !store.is_worm() {
+                tracing::warn!(target = %store.target(), "the archive is a local directory: NOT write-once; use kind = \"s3\" with Object Lock in production");
+            }
+            let archiver = crate::archive::Archiver::new(
+                &config.journal.dir,
+                &config.server.node,
+                &config.archive.prefix,
+                store,
+                config.archive.retention(),
+            )?;
+            let stats = archiver.stats();
+            background.spawn(archiver.run(
+                Duration::from_secs(config.archive.poll_interval_secs),
+                Duration::from_secs(config.archive.retry_max_secs),
+            ));
+            Some(stats)
+        }
+        None => None,
+    };
     let listeners = config
         .server
         .listen
@@ -99,6 +132,7 @@ pub fn prepare(config: &Config, base_dir: &std::path::Path) -> Result<Prepared, 
         gateway,
         recovery,
         background,
+        archive_stats,
     })
 }
 

@@ -941,12 +941,14 @@ impl Archiver {
             let wanted = to_unix(SystemTime::now() + self.retention - RETENTION_SLACK);
             match info.retain_until {
                 Some(until) if until >= wanted => {}
-                other => return Err(ArchiveError::LockNotConfirmed {
-                    key: key.to_string(),
-                    detail: format!(
+                other => {
+                    return Err(ArchiveError::LockNotConfirmed {
+                        key: key.to_string(),
+                        detail: format!(
                         "retain-until is {other:?}, expected at least {wanted} (now + retention)"
                     ),
-                }),
+                    })
+                }
             }
         }
         Ok(())

@@ -62,6 +62,7 @@ pub struct Gateway {
     pub jwks: JwksServer,
     pub keys: TestKeys,
     log_path: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 /// Options for a test gateway.
@@ -76,6 +77,10 @@ pub struct GatewayOptions {
     pub journal_dir: Option<PathBuf>,
     /// Listen port (default: a free one).
     pub port: Option<u16>,
+    /// Extra sections appended to the config, e.g. an `[archive]` section.
+    pub extra_toml: String,
+    /// Extra environment variables for the gateway process (e.g. AWS credentials).
+    pub env: Vec<(String, String)>,
 }
 
 impl GatewayOptions {
@@ -86,6 +91,8 @@ impl GatewayOptions {
             unmatched: "journal",
             journal_dir: None,
             port: None,
+            extra_toml: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -99,6 +106,11 @@ fn write_pem(dir: &Path, name: &str, pem: &str) -> PathBuf {
 impl Gateway {
     /// Start a gateway in front of `opts.upstream`; panics (with its log) if it does not listen.
     pub fn start(opts: GatewayOptions) -> Gateway {
+        Self::try_start(opts).unwrap_or_else(|log| panic!("auditgate did not start:\n{log}"))
+    }
+
+    /// Start a gateway; `Err(its log)` if the process exits instead of listening.
+    pub fn try_start(opts: GatewayOptions) -> Result<Gateway, String> {
         let keys = TestKeys::new();
         let jwks = JwksServer::start(&keys::jwks(&[&keys.jwks_key]));
         let dir = tempfile::tempdir().unwrap();
@@ -171,6 +183,8 @@ device_id_header = "X-Device-Id"
 [log]
 format = "json"
 level = "info"
+
+{extra_toml}
 "#,
             dir = dir.path().display(),
             upstream = opts.upstream,
@@ -181,6 +195,7 @@ level = "info"
             jwks_url = jwks.url(),
             rules = rules.display(),
             unmatched = opts.unmatched,
+            extra_toml = opts.extra_toml,
         );
         let config_path = dir.path().join("auditgate.toml");
         std::fs::write(&config_path, config).unwrap();
@@ -194,13 +209,21 @@ level = "info"
             jwks,
             keys,
             log_path,
+            env: opts.env,
         };
-        gw.spawn();
-        gw
+        gw.try_spawn()?;
+        Ok(gw)
     }
 
     /// Start (or restart) the process with the same config and port.
     pub fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("auditgate did not listen on {}:\n{log}", self.port);
+        }
+    }
+
+    /// Start (or restart) the process; `Err(its log)` if it exits or does not listen in 20 s.
+    pub fn try_spawn(&mut self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -210,6 +233,7 @@ level = "info"
             .args(["run", "--config"])
             .arg(&self.config_path)
             .env(HS_ENV, HS_SECRET)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -217,9 +241,21 @@ level = "info"
             .spawn()
             .expect("start the auditgate binary");
         self.child = Some(child);
-        if !wait_for_port(self.port, Duration::from_secs(20)) {
-            panic!("auditgate did not listen on {}:\n{}", self.port, self.log());
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !wait_for_port(self.port, Duration::from_millis(200)) {
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                self.child = None;
+                return Err(format!("exited with {status}:\n{}", self.log()));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(format!("not listening after 20 s:\n{}", self.log()));
+            }
         }
+        Ok(())
     }
 
     /// The gateway's own log so far (stdout and stderr).

@@ -1,0 +1,459 @@
+//! The WORM archive against a real S3 server that enforces Object Lock (LocalStack, see
+//! `tests/support/s3.rs`): the real gateway ships sealed segments and checkpoints while it
+//! serves traffic; every object is locked in COMPLIANCE mode and cannot be deleted; an S3
+//! outage costs nothing; a failed-but-stored upload is success on retry; other content under
+//! our key is a conflict that is never overwritten; a bucket without Object Lock stops the start.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use auditgate::archive::{
+    self, ArchiveConfig, ArchiveError, ArchiveKind, ArchiveStore, Archiver, ListedVersion,
+    ObjectInfo, PutResult, S3Store, ShipState,
+};
+use auditgate::journal::SegmentName;
+
+use crate::support::gateway::{Gateway, GatewayOptions};
+use crate::support::s3::{run_boto3, S3Server, ACCESS_KEY, BOTO3_PRELUDE, REGION, SECRET_KEY};
+use crate::support::{http_client, FhirServer};
+
+const PREFIX: &str = "itest";
+
+fn aws_env() -> Vec<(String, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()),
+        ("AWS_REGION".into(), REGION.into()),
+        ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+    ]
+}
+
+/// The test process's own S3 clients read the same (fixed) credentials from the environment.
+fn set_aws_env() {
+    for (k, v) in aws_env() {
+        std::env::set_var(k, v);
+    }
+}
+
+fn archive_config(s3: &S3Server, bucket: &str) -> ArchiveConfig {
+    ArchiveConfig {
+        kind: ArchiveKind::S3,
+        bucket: bucket.into(),
+        prefix: PREFIX.into(),
+        region: Some(REGION.into()),
+        endpoint_url: Some(s3.endpoint()),
+        force_path_style: true,
+        retention_days: 1,
+        allow_short_retention: true,
+        request_timeout_secs: 5,
+        ..ArchiveConfig::default()
+    }
+}
+
+fn archive_toml(s3: &S3Server, bucket: &str) -> String {
+    format!(
+        r#"
+[archive]
+kind = "s3"
+bucket = "{bucket}"
+prefix = "{PREFIX}"
+region = "{REGION}"
+endpoint_url = "{endpoint}"
+force_path_style = true
+retention_days = 1
+allow_short_retention = true
+poll_interval_secs = 1
+retry_max_secs = 2
+request_timeout_secs = 5
+"#,
+        endpoint = s3.endpoint()
+    )
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn gateway_with_archive(fhir: &FhirServer, s3: &S3Server, bucket: &str) -> Gateway {
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
+    opts.journal_toml = "segment_max_bytes = 4096".into();
+    opts.extra_toml = archive_toml(s3, bucket);
+    opts.env = aws_env();
+    Gateway::start(opts)
+}
+
+fn traffic(gw: &Gateway, n: usize) {
+    let client = http_client();
+    let token = gw.token("dr-archive");
+    for _ in 0..n {
+        let resp = client
+            .get(gw.url("/fhir/Patient/example"))
+            .bearer_auth(&token)
+            .send()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+}
+
+fn sealed_segments(journal: &Path) -> Vec<(u64, u64, std::path::PathBuf)> {
+    auditgate::journal::list_segments(journal)
+        .unwrap()
+        .into_iter()
+        .filter_map(|(name, path)| match name {
+            SegmentName::Sealed { first, last } => Some((first, last, path)),
+            SegmentName::Open { .. } => None,
+        })
+        .collect()
+}
+
+fn ship_state(journal: &Path) -> ShipState {
+    std::fs::read(journal.join(archive::STATE_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Wait until every sealed segment present now is confirmed shipped.
+fn wait_until_shipped(gw: &Gateway) -> u64 {
+    let last = sealed_segments(&gw.journal)
+        .last()
+        .map(|(_, last, _)| *last)
+        .expect("traffic sealed at least one segment");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ship_state(&gw.journal).segments_through_seq < last {
+        assert!(
+            Instant::now() < deadline,
+            "segments up to seq {last} not shipped within 60 s (state {:?}):\n{}",
+            ship_state(&gw.journal),
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    last
+}
+
+fn versions(store: &S3Store, rt: &tokio::runtime::Runtime) -> Vec<ListedVersion> {
+    rt.block_on(store.list_versions(&format!("{PREFIX}/v1/")))
+        .unwrap()
+}
+
+/// Every key has exactly one version and no delete marker; returns the keys.
+fn assert_one_version_each(listed: &[ListedVersion]) -> Vec<String> {
+    let mut keys: Vec<String> = listed.iter().map(|v| v.key.clone()).collect();
+    assert!(listed.iter().all(|v| !v.is_delete_marker), "{listed:?}");
+    let n = keys.len();
+    keys.dedup();
+    assert_eq!(keys.len(), n, "a key has more than one version: {listed:?}");
+    keys
+}
+
+/// Every archived segment holds exactly the bytes of the local sealed segment.
+fn assert_archive_matches_local(
+    store: &S3Store,
+    rt: &tokio::runtime::Runtime,
+    journal: &Path,
+    keys: &[String],
+) {
+    let segment_keys: Vec<&String> = keys.iter().filter(|k| k.ends_with(".jsonl.gz")).collect();
+    let local = sealed_segments(journal);
+    assert!(segment_keys.len() >= local.len().min(1));
+    for (first, last, path) in &local {
+        let name = format!(
+            "{}.gz",
+            SegmentName::Sealed {
+                first: *first,
+                last: *last
+            }
+            .file_name()
+        );
+        let key = segment_keys
+            .iter()
+            .find(|k| k.ends_with(&name))
+            .unwrap_or_else(|| panic!("{name} not archived: {segment_keys:?}"));
+        let archived = archive::decompress(&rt.block_on(store.get(key)).unwrap()).unwrap();
+        assert_eq!(archived, std::fs::read(path).unwrap(), "{key}");
+    }
+}
+
+#[test]
+fn sealed_segments_and_checkpoints_are_shipped_locked_and_cannot_be_deleted() {
+    set_aws_env();
+    let fhir = FhirServer::seeded();
+    let s3 = S3Server::start();
+    s3.create_locked_bucket("e2e");
+    let gw = gateway_with_archive(fhir, &s3, "e2e");
+    traffic(&gw, 40);
+    wait_until_shipped(&gw);
+    let rt = runtime();
+    let store = rt.block_on(S3Store::connect(&archive_config(&s3, "e2e")));
+    let listed = versions(&store, &rt);
+    let keys = assert_one_version_each(&listed);
+    let segments: Vec<&String> = keys.iter().filter(|k| k.ends_with(".jsonl.gz")).collect();
+    assert!(segments.len() >= sealed_segments(&gw.journal).len());
+    assert!(
+        segments
+            .iter()
+            .all(|k| k.starts_with(&format!("{PREFIX}/v1/node=test-gw/dt="))),
+        "{segments:?}"
+    );
+    assert!(
+        keys.iter()
+            .any(|k| k.starts_with(&format!("{PREFIX}/v1/node=test-gw/checkpoints/"))),
+        "checkpoints shipped: {keys:?}"
+    );
+    assert_archive_matches_local(&store, &rt, &gw.journal, &keys);
+
+    // Every object: COMPLIANCE, retained one day (the test's retention) from now.
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    for key in &keys {
+        let info: ObjectInfo = rt.block_on(store.head(key)).unwrap().unwrap();
+        assert_eq!(info.lock_mode.as_deref(), Some("COMPLIANCE"), "{key}");
+        let until = info.retain_until.unwrap();
+        assert!(
+            (now + 86_400 - 600..=now + 86_400 + 60).contains(&until),
+            "{key}: retain-until {until}, now {now}"
+        );
+        assert!(info.sha256.is_some(), "{key}: checksum stored");
+    }
+
+    // Deleting a locked version through the S3 API is refused, even with the bypass header.
+    let script = format!(
+        "{BOTO3_PRELUDE}\n{}",
+        r#"
+key = sys.argv[2]
+v = s3.list_object_versions(Bucket="e2e", Prefix=key)["Versions"][0]["VersionId"]
+for bypass in (False, True):
+    try:
+        s3.delete_object(Bucket="e2e", Key=key, VersionId=v, BypassGovernanceRetention=bypass)
+        print("DELETED")
+    except Exception as e:
+        print("REFUSED", e.response["Error"]["Code"])
+"#
+    );
+    let out = run_boto3(&script, &[&s3.direct_endpoint(), segments[0]]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("REFUSED AccessDenied").count(), 2, "{text}");
+    assert!(!text.contains("DELETED"), "{text}");
+    let after = rt.block_on(store.list_versions(segments[0])).unwrap();
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert!(!after[0].is_delete_marker);
+}
+
+#[test]
+fn an_s3_outage_costs_no_request_and_no_record() {
+    set_aws_env();
+    let fhir = FhirServer::seeded();
+    let mut s3 = S3Server::start();
+    s3.create_locked_bucket("outage");
+    let gw = gateway_with_archive(fhir, &s3, "outage");
+    traffic(&gw, 10);
+    let before = wait_until_shipped(&gw);
+
+    // S3 goes away mid-traffic: the gateway keeps serving (the local journal is the durable
+    // store) and the backlog grows.
+    s3.refuse_connections();
+    traffic(&gw, 40);
+    let sealed_now = sealed_segments(&gw.journal).last().unwrap().1;
+    assert!(
+        sealed_now > before,
+        "traffic during the outage sealed segments"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        ship_state(&gw.journal).segments_through_seq < sealed_now,
+        "nothing can have shipped during the outage"
+    );
+    assert!(gw.log().contains("archive upload failed"), "{}", gw.log());
+
+    // Back: the backlog drains; every record is there once.
+    s3.accept_connections();
+    wait_until_shipped(&gw);
+    let rt = runtime();
+    let store = rt.block_on(S3Store::connect(&archive_config(&s3, "outage")));
+    let keys = assert_one_version_each(&versions(&store, &rt));
+    assert_archive_matches_local(&store, &rt, &gw.journal, &keys);
+    let records = gw.records();
+    assert!(records.len() >= 50);
+    assert!(!gw.log().contains("ARCHIVE CONFLICT"));
+}
+
+/// A store that performs the real upload, then reports a failure: the "failed but actually
+/// stored" case (a timeout after the server stored the object).
+struct StoredThenFailed {
+    inner: S3Store,
+    fail_next_put: AtomicBool,
+}
+
+#[async_trait]
+impl ArchiveStore for StoredThenFailed {
+    fn target(&self) -> String {
+        self.inner.target()
+    }
+    fn is_worm(&self) -> bool {
+        self.inner.is_worm()
+    }
+    async fn check_ready(&self) -> Result<(), ArchiveError> {
+        self.inner.check_ready().await
+    }
+    async fn put_new(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        sha256: &str,
+        retain_until: SystemTime,
+    ) -> Result<PutResult, ArchiveError> {
+        let result = self.inner.put_new(key, bytes, sha256, retain_until).await?;
+        if self.fail_next_put.swap(false, Ordering::SeqCst) {
+            return Err(ArchiveError::Unreachable {
+                target: self.target(),
+                detail: "injected: the response was lost after the object was stored".into(),
+            });
+        }
+        Ok(result)
+    }
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, ArchiveError> {
+        self.inner.head(key).await
+    }
+    async fn get(&self, key: &str) -> Result<Vec<u8>, ArchiveError> {
+        self.inner.get(key).await
+    }
+    async fn list_versions(&self, prefix: &str) -> Result<Vec<ListedVersion>, ArchiveError> {
+        self.inner.list_versions(prefix).await
+    }
+}
+
+/// A journal with sealed segments and checkpoints, written by the real gateway.
+fn journal_with_sealed_segments() -> (Gateway, tempfile::TempDir) {
+    let fhir = FhirServer::seeded();
+    let keep = tempfile::tempdir().unwrap();
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
+    opts.journal_toml = "segment_max_bytes = 4096".into();
+    opts.journal_dir = Some(keep.path().join("journal"));
+    let mut gw = Gateway::start(opts);
+    traffic(&gw, 20);
+    gw.terminate(Duration::from_secs(10));
+    (gw, keep)
+}
+
+#[test]
+fn an_upload_that_failed_after_storing_is_success_on_retry_not_a_duplicate() {
+    set_aws_env();
+    let s3 = S3Server::start();
+    s3.create_locked_bucket("ambiguous");
+    let (gw, _keep) = journal_with_sealed_segments();
+    let rt = runtime();
+    let inner = rt.block_on(S3Store::connect(&archive_config(&s3, "ambiguous")));
+    let store = Arc::new(StoredThenFailed {
+        inner,
+        fail_next_put: AtomicBool::new(true),
+    });
+    let mut archiver = Archiver::new(
+        &gw.journal,
+        "test-gw",
+        PREFIX,
+        store.clone(),
+        Duration::from_secs(86_400),
+    )
+    .unwrap();
+    let first = rt.block_on(archiver.ship_pending());
+    assert!(
+        matches!(first, Err(ArchiveError::Unreachable { .. })),
+        "{first:?}"
+    );
+    assert_eq!(
+        archiver.state().segments_through_seq,
+        0,
+        "nothing marked shipped"
+    );
+    let shipped = rt.block_on(archiver.ship_pending()).unwrap();
+    assert!(shipped >= 2, "{shipped}");
+    let stats = archiver.stats();
+    assert_eq!(stats.already_present.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.conflicts.load(Ordering::Relaxed), 0);
+    let listed = rt
+        .block_on(store.list_versions(&format!("{PREFIX}/v1/")))
+        .unwrap();
+    assert_one_version_each(&listed);
+    // A later pass has nothing to do.
+    assert_eq!(rt.block_on(archiver.ship_pending()).unwrap(), 0);
+}
+
+#[test]
+fn other_content_under_our_key_is_a_conflict_and_is_never_overwritten() {
+    set_aws_env();
+    let s3 = S3Server::start();
+    s3.create_locked_bucket("conflict");
+    let (gw, _keep) = journal_with_sealed_segments();
+    let rt = runtime();
+    let store = Arc::new(rt.block_on(S3Store::connect(&archive_config(&s3, "conflict"))));
+    // Someone stored other bytes under the first segment's key.
+    let (first, last, path) = sealed_segments(&gw.journal).remove(0);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let date = &text[text.find("\"ts\":\"").unwrap() + 6..][..10];
+    let key = archive::Layout::new(PREFIX).segment("test-gw", date, first, last);
+    let forged = archive::compress(b"{\"seq\":1}\n");
+    let sha = archive::sha256_b64(&forged);
+    let until = SystemTime::now() + Duration::from_secs(86_400);
+    assert_eq!(
+        rt.block_on(store.put_new(&key, forged, &sha, until))
+            .unwrap(),
+        PutResult::Created
+    );
+    let mut archiver = Archiver::new(
+        &gw.journal,
+        "test-gw",
+        PREFIX,
+        store.clone(),
+        Duration::from_secs(86_400),
+    )
+    .unwrap();
+    let result = rt.block_on(archiver.ship_pending());
+    match result {
+        Err(ArchiveError::Conflict { key: k, .. }) => assert_eq!(k, key),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(archiver.stats().conflicts.load(Ordering::Relaxed), 1);
+    assert_eq!(archiver.state().segments_through_seq, 0);
+    // The forged object is still the only version: nothing was overwritten.
+    let listed = rt.block_on(store.list_versions(&key)).unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        rt.block_on(store.head(&key)).unwrap().unwrap().sha256,
+        Some(sha)
+    );
+}
+
+#[test]
+fn a_bucket_without_object_lock_stops_the_gateway_from_starting() {
+    set_aws_env();
+    let fhir = FhirServer::seeded();
+    let s3 = S3Server::start();
+    let script = format!(
+        "{BOTO3_PRELUDE}\n{}",
+        r#"
+s3.create_bucket(Bucket="plain")
+print("CREATED")
+"#
+    );
+    let out = run_boto3(&script, &[&s3.direct_endpoint()]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("CREATED"));
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
+    opts.extra_toml = archive_toml(&s3, "plain");
+    opts.env = aws_env();
+    match Gateway::try_start(opts) {
+        Ok(_) => panic!("the gateway started on a bucket without Object Lock"),
+        Err(log) => {
+            assert!(log.contains("exited with exit status: 2"), "{log}");
+            assert!(log.contains("cannot be the archive"), "{log}");
+        }
+    }
+}

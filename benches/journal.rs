@@ -5,7 +5,14 @@
 //! * appends per second with 64 concurrent appenders (group commit shares one fdatasync);
 //! * `verify` throughput in records per second over the journal just written;
 //! * the same 64-appender run and verify with signed checkpoints on (a checkpoint requested
-//!   every second, more often than the 5 s default), as a ratio to the runs without.
+//!   every second, more often than the 5 s default) and the archiver shipping sealed segments
+//!   and checkpoints at the same time, as a ratio to the runs without;
+//! * archive upload throughput (MB/s of journal bytes) and, with checkpoints, `verify` of the
+//!   archive.
+//!
+//! The archive is S3 when `AUDITGATE_BENCH_S3_ENDPOINT` and `AUDITGATE_BENCH_S3_BUCKET` name
+//! an S3 server and a bucket with Object Lock (`benches/archive.sh` starts LocalStack and sets
+//! them), otherwise a local directory archive.
 //!
 //! Peer figure in the same run: a raw loop of `write` + `fdatasync` of one 4 KiB block, the
 //! floor any durable append pays. Results are printed as a table and as JSON lines.
@@ -13,6 +20,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use auditgate::archive::{ArchiveConfig, ArchiveKind, ArchiveStore, Archiver, DirStore, S3Store};
 use auditgate::checkpoint::{write_key_pair, CheckpointSigner, CheckpointVerifier};
 use auditgate::journal::{CheckpointTiming, Checkpointing, Journal, JournalConfig};
 use auditgate::record::*;
@@ -110,14 +118,48 @@ fn append_concurrently(journal: &Journal, name: &str) -> f64 {
     report(name, tasks * per_task, t.elapsed(), "records")
 }
 
-/// Wait for the background zero-fill of the next segment, so it does not compete with what
-/// is measured next.
+/// Wait for the background zero-fill of the next segment and flush every dirty page to disk
+/// (`sync`), so neither competes with what is measured next: the run after a run must not
+/// pay for its predecessor's writeback.
 fn settle(dir: &std::path::Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while dir.join("spare.prealloc.tmp").exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_millis(100));
+    let _ = std::process::Command::new("sync").status();
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+/// The bench's archive: S3 from the environment, or a local directory.
+fn archive_store(
+    rt: &tokio::runtime::Runtime,
+    tmp: &std::path::Path,
+) -> (std::sync::Arc<dyn ArchiveStore>, &'static str) {
+    match (
+        std::env::var("AUDITGATE_BENCH_S3_ENDPOINT"),
+        std::env::var("AUDITGATE_BENCH_S3_BUCKET"),
+    ) {
+        (Ok(endpoint), Ok(bucket)) => {
+            let cfg = ArchiveConfig {
+                kind: ArchiveKind::S3,
+                bucket,
+                prefix: "bench".into(),
+                region: Some("us-east-1".into()),
+                endpoint_url: Some(endpoint),
+                force_path_style: true,
+                retention_days: 1,
+                allow_short_retention: true,
+                ..ArchiveConfig::default()
+            };
+            let store = rt.block_on(S3Store::connect(&cfg));
+            rt.block_on(store.check_ready()).unwrap();
+            (std::sync::Arc::new(store), "S3")
+        }
+        _ => (
+            std::sync::Arc::new(DirStore::new(&tmp.join("archive"))),
+            "local directory",
+        ),
+    }
 }
 
 fn main() {
@@ -151,6 +193,7 @@ fn main() {
     }
     let single = report("journal append, 1 appender", n, t.elapsed(), "records");
 
+    settle(&dir);
     let many = append_concurrently(&journal, "journal append, 64 appenders");
     let stats = journal.stats();
     let records = stats
@@ -184,10 +227,81 @@ fn main() {
     let (signed, _) =
         Journal::open_with_checkpoints(&signed_dir, "bench", &cfg, Some(checkpointing)).unwrap();
     settle(&signed_dir);
-    let many_signed = append_concurrently(&signed, "journal append, 64 appenders, checkpoints");
+    let archive_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (store, archive_kind) = archive_store(&archive_rt, tmp.path());
+    // The archiver ships while the appenders run, as in the gateway.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let shipper = {
+        let mut archiver = Archiver::new(
+            &signed_dir,
+            "bench",
+            "bench",
+            store.clone(),
+            Duration::from_secs(86_400),
+        )
+        .unwrap();
+        let stop = stop.clone();
+        archive_rt.spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                archiver.ship_pending().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            archiver.ship_pending().await.unwrap();
+            archiver
+        })
+    };
+    let many_signed = append_concurrently(
+        &signed,
+        &format!("journal append, 64 appenders, checkpoints + archive ({archive_kind})"),
+    );
     let checkpoint_stats = signed.checkpoint_stats().unwrap().clone();
     drop(signed);
     settle(&signed_dir);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let archiver = archive_rt.block_on(shipper).unwrap();
+    let archive_stats = archiver.stats();
+    println!(
+        "archived while appending: {} segments, {} checkpoints",
+        archive_stats
+            .segments_shipped
+            .load(std::sync::atomic::Ordering::Relaxed),
+        archive_stats
+            .checkpoints_shipped
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+
+    // Upload throughput: every sealed segment again, under a fresh prefix.
+    let sealed: u64 = auditgate::journal::list_segments(&signed_dir)
+        .unwrap()
+        .iter()
+        .filter(|(name, _)| matches!(name, auditgate::journal::SegmentName::Sealed { .. }))
+        .map(|(_, p)| std::fs::metadata(p).unwrap().len())
+        .sum();
+    // A fresh progress file (the first archiver's is moved aside) and a fresh prefix.
+    let state = signed_dir.join(auditgate::archive::STATE_FILE);
+    std::fs::rename(&state, tmp.path().join("first-archive-state.json")).unwrap();
+    let mut upload = Archiver::new(
+        &signed_dir,
+        "bench",
+        "bench-upload",
+        store.clone(),
+        Duration::from_secs(86_400),
+    )
+    .unwrap();
+    let t = Instant::now();
+    archive_rt.block_on(upload.ship_pending()).unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    let upload_mb_s = sealed as f64 / 1e6 / secs;
+    println!(
+        "{:48} {upload_mb_s:>14.1} MB/s   ({:.1} MB of sealed segments, gzip, {archive_kind})",
+        "archive upload",
+        sealed as f64 / 1e6
+    );
+    println!("{{\"bench\":\"archive upload\",\"rate\":{upload_mb_s:.1},\"unit\":\"MB/s\"}}");
     let t = Instant::now();
     let options = auditgate::verify::Options {
         key: Some(CheckpointVerifier::load(pub_path.to_str().unwrap()).unwrap()),
@@ -210,7 +324,7 @@ fn main() {
         many / single
     );
     println!(
-        "checkpoints: append with / without = {:.2}; verify --key / verify = {:.2} (target: cost under 10%)",
+        "checkpoints + archive: append with / without = {:.2}; verify --key / verify = {:.2} (target: cost under 10%)",
         many_signed / many,
         verify_signed / verify
     );

@@ -42,10 +42,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use signed_note::{Note, StandardSigner, StandardVerifier, VerifierList};
@@ -539,40 +539,49 @@ pub struct CheckpointStats {
     pub last_size: AtomicU64,
 }
 
-/// One tree head to sign: the frontier after some durable records, and when.
-pub struct CheckpointRequest {
-    pub frontier: Frontier,
-    pub time: SystemTime,
+/// What the journal writer tells the checkpoint thread, in order.
+pub enum CheckpointMessage {
+    /// The leaf hashes of records that just became durable, in seq order.
+    Leaves(Vec<Hash>),
+    /// Sign the tree as it is after every `Leaves` sent before this message, at `time`.
+    Sign { time: SystemTime },
 }
 
-/// The background thread that signs and stores checkpoints the journal writer asks for.
+/// The background thread that keeps the Merkle tree and signs and stores the checkpoints the
+/// journal writer asks for. The writer only hands over each batch's leaf hashes (one message
+/// per fdatasync), so the tree costs the append path nothing but that hand-over.
 pub struct Checkpointer {
-    queue: SyncSender<CheckpointRequest>,
+    queue: mpsc::Sender<CheckpointMessage>,
     stats: Arc<CheckpointStats>,
 }
 
 impl Checkpointer {
-    /// Start the thread for `journal_dir`.
-    pub fn start(journal_dir: &Path, signer: CheckpointSigner) -> std::io::Result<Self> {
-        let (queue, rx) = mpsc::sync_channel(8);
+    /// Start the thread for `journal_dir`, continuing the tree from `frontier`.
+    pub fn start(
+        journal_dir: &Path,
+        signer: CheckpointSigner,
+        frontier: Frontier,
+    ) -> std::io::Result<Self> {
+        // Unbounded: leaves must never be dropped (32 bytes a record; the thread keeps up with
+        // any rate the writer can sync).
+        let (queue, rx) = mpsc::channel();
         let stats = Arc::new(CheckpointStats::default());
         let dir = journal_dir.to_path_buf();
         let thread_stats = stats.clone();
         thread::Builder::new()
             .name("checkpointer".into())
-            .spawn(move || run(dir, signer, rx, thread_stats))?;
+            .spawn(move || run(dir, signer, frontier, rx, thread_stats))?;
         Ok(Checkpointer { queue, stats })
     }
 
-    /// Ask for a checkpoint. `wait` blocks while the queue is full (seals); otherwise a full
-    /// queue drops the request (a newer one follows within the interval). Returns whether the
-    /// request was queued.
-    pub fn request(&self, request: CheckpointRequest, wait: bool) -> bool {
-        if wait {
-            self.queue.send(request).is_ok()
-        } else {
-            self.queue.try_send(request).is_ok()
-        }
+    /// Hand over the leaves of newly durable records.
+    pub fn leaves(&self, leaves: Vec<Hash>) {
+        let _ = self.queue.send(CheckpointMessage::Leaves(leaves));
+    }
+
+    /// Ask for a checkpoint of everything handed over so far.
+    pub fn sign(&self, time: SystemTime) {
+        let _ = self.queue.send(CheckpointMessage::Sign { time });
     }
 
     pub fn stats(&self) -> &Arc<CheckpointStats> {
@@ -583,22 +592,29 @@ impl Checkpointer {
 fn run(
     dir: PathBuf,
     signer: CheckpointSigner,
-    rx: Receiver<CheckpointRequest>,
+    mut frontier: Frontier,
+    rx: mpsc::Receiver<CheckpointMessage>,
     stats: Arc<CheckpointStats>,
 ) {
-    while let Ok(request) = rx.recv() {
-        let CheckpointRequest { frontier, time } = request;
+    while let Ok(message) = rx.recv() {
+        let time = match message {
+            CheckpointMessage::Leaves(leaves) => {
+                for leaf in leaves {
+                    frontier.push(leaf);
+                }
+                continue;
+            }
+            CheckpointMessage::Sign { time } => time,
+        };
         let note = signer.sign(frontier.size(), frontier.root(), time);
         match store(&dir, &note, &frontier, time) {
             Ok(_) => {
                 stats.signed.fetch_add(1, Ordering::Relaxed);
-                stats.last_size.store(frontier.size(), Ordering::Relaxed);
+                stats.last_size.store(frontier.size(), Ordering::Release);
             }
             Err(e) => {
                 stats.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, category = e.category(), "storing a checkpoint failed; the next one is tried at the next interval");
-                // Do not spin on a persistent failure.
-                thread::sleep(Duration::from_millis(200));
             }
         }
     }
@@ -607,6 +623,7 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn a_signed_checkpoint_opens_with_its_public_key_only() {

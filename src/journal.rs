@@ -63,9 +63,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::checkpoint::{
-    CheckpointError, CheckpointRequest, CheckpointSigner, CheckpointStats, Checkpointer,
-};
+use crate::checkpoint::{CheckpointError, CheckpointSigner, CheckpointStats, Checkpointer};
 use crate::config::ConfigError;
 use crate::merkle::{self, Frontier};
 use crate::record::{self, Event, LeafHash, RECORD_VERSION};
@@ -524,37 +522,31 @@ pub struct Checkpointing {
     pub timing: CheckpointTiming,
 }
 
-/// The writer's share of checkpointing: the tree over every durable record.
+/// The writer's share of checkpointing: hand each batch's leaves to the checkpoint thread (which
+/// keeps the tree) and decide when to sign.
 struct WriterCheckpoints {
-    frontier: Frontier,
     checkpointer: Checkpointer,
     timing: CheckpointTiming,
+    /// Records handed over so far (the tree size).
+    size: u64,
     last_requested_at: Instant,
     last_requested_size: u64,
 }
 
 impl WriterCheckpoints {
-    /// Ask for a checkpoint of the current tree (`wait`: even if the queue is full).
-    fn request(&mut self, wait: bool) {
-        let queued = self.checkpointer.request(
-            CheckpointRequest {
-                frontier: self.frontier.clone(),
-                time: SystemTime::now(),
-            },
-            wait,
-        );
-        if queued {
-            self.last_requested_at = Instant::now();
-            self.last_requested_size = self.frontier.size();
-        }
+    /// Ask for a checkpoint of every durable record so far.
+    fn request(&mut self) {
+        self.checkpointer.sign(SystemTime::now());
+        self.last_requested_at = Instant::now();
+        self.last_requested_size = self.size;
     }
 
     /// A checkpoint when records arrived and the interval passed, or a heartbeat when idle.
     fn request_if_due(&mut self) {
         let since = self.last_requested_at.elapsed();
-        let grew = self.frontier.size() > self.last_requested_size;
+        let grew = self.size > self.last_requested_size;
         if (grew && since >= self.timing.interval) || since >= self.timing.heartbeat {
-            self.request(false);
+            self.request();
         }
     }
 }
@@ -694,17 +686,19 @@ impl Journal {
             None => None,
             Some(Checkpointing { signer, timing }) => {
                 let frontier = recover_frontier(dir, head.seq)?;
-                let checkpointer = Checkpointer::start(dir, signer).map_err(io_err(dir))?;
+                let size = frontier.size();
+                let checkpointer =
+                    Checkpointer::start(dir, signer, frontier).map_err(io_err(dir))?;
                 let mut checkpoints = WriterCheckpoints {
-                    frontier,
                     checkpointer,
                     timing,
+                    size,
                     last_requested_at: Instant::now(),
                     last_requested_size: 0,
                 };
                 // A checkpoint of the recovered head: a restart is visible in the checkpoints,
                 // and records of the last run that no checkpoint covered yet are covered now.
-                checkpoints.request(true);
+                checkpoints.request();
                 Some(checkpoints)
             }
         };
@@ -1046,8 +1040,8 @@ impl Writer {
         // the next start); the last batch is already on disk. Sign the final head, if it grew.
         if self.failed_reason().is_none() {
             if let Some(c) = self.checkpoints.as_mut() {
-                if c.frontier.size() > c.last_requested_size {
-                    c.request(true);
+                if c.size > c.last_requested_size {
+                    c.request();
                 }
             }
         }
@@ -1137,9 +1131,9 @@ impl Writer {
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 self.stats.head_seq.store(head.seq, Ordering::Relaxed);
                 if let Some(c) = self.checkpoints.as_mut() {
-                    for receipt in &receipts {
-                        c.frontier.push(merkle::hash_of(&receipt.leaf));
-                    }
+                    c.checkpointer
+                        .leaves(receipts.iter().map(|r| merkle::hash_of(&r.leaf)).collect());
+                    c.size = head.seq;
                 }
                 for (p, receipt) in batch.drain(..).zip(receipts) {
                     let _ = p.reply.send(Ok(receipt));
@@ -1202,7 +1196,7 @@ impl Writer {
         sync_dir(&self.dir)?;
         // Every sealed segment ends on a signed checkpoint (its last seq is the tree size).
         if let Some(c) = self.checkpoints.as_mut() {
-            c.request(true);
+            c.request();
         }
         let first = self.head.seq + 1;
         let (file, next) = create_open_segment(&self.dir, first)?;

@@ -1035,18 +1035,35 @@ impl Archiver {
     /// `retry_max`. Failures are logged (no PHI: keys hold only node, date and seq numbers).
     pub async fn run(mut self, poll: Duration, retry_max: Duration) {
         let mut backoff = Duration::from_secs(1);
+        let mut failing = false;
         loop {
             match self.ship_pending().await {
-                Ok(_) => {
+                Ok(shipped) => {
+                    if failing {
+                        tracing::info!(
+                            shipped,
+                            shipped_through_seq = self.state.segments_through_seq,
+                            "archive uploads succeed again; the backlog is shipped"
+                        );
+                        failing = false;
+                    }
                     backoff = Duration::from_secs(1);
                     tokio::time::sleep(poll).await;
                 }
                 Err(e) => {
+                    failing = true;
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
                     if matches!(e, ArchiveError::Conflict { .. }) {
                         tracing::error!(error = %e, category = e.category(), "ARCHIVE CONFLICT: an archived object differs from the local journal; it is not overwritten; investigate");
                     } else {
-                        tracing::error!(error = %e, category = e.category(), retry_in_secs = backoff.as_secs(), "archive upload failed; the segment stays on local disk and is retried");
+                        tracing::error!(
+                            error = %e,
+                            category = e.category(),
+                            retry_in_secs = backoff.as_secs(),
+                            backlog_segments = self.stats.backlog_segments.load(Ordering::Relaxed),
+                            oldest_unshipped_secs = self.stats.oldest_unshipped_secs.load(Ordering::Relaxed),
+                            "archive upload failed; unshipped segments stay on local disk and are retried"
+                        );
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(retry_max);

@@ -117,6 +117,11 @@ pub struct ArchiveConfig {
     /// One S3 request may take at most this long (then it is retried).
     #[serde(default = "default_request_timeout_secs")]
     pub request_timeout_secs: u64,
+    /// Delete a sealed segment from the local journal once it is shipped and its lock is
+    /// confirmed (`kind = "s3"` only). The newest sealed segment is always kept (it anchors the
+    /// chain for recovery). Proofs and `verify` of older records then need the archive.
+    #[serde(default)]
+    pub delete_local_after_ship: bool,
 }
 
 fn default_kind() -> ArchiveKind {
@@ -157,6 +162,7 @@ impl Default for ArchiveConfig {
             poll_interval_secs: default_poll_interval_secs(),
             retry_max_secs: default_retry_max_secs(),
             request_timeout_secs: default_request_timeout_secs(),
+            delete_local_after_ship: false,
         }
     }
 }
@@ -180,6 +186,13 @@ impl ArchiveConfig {
                      only tests may set archive.allow_short_retention = true",
                     self.retention_days
                 ),
+            ));
+        }
+        if self.delete_local_after_ship && self.kind != ArchiveKind::S3 {
+            return Err(ConfigError::invalid(
+                "archive.delete_local_after_ship",
+                "only with archive.kind = \"s3\": local segments may only be deleted once a \
+                 write-once copy exists",
             ));
         }
         if self.prefix.starts_with('/') || self.prefix.ends_with('/') || self.prefix.contains("//")
@@ -815,6 +828,15 @@ impl ShipState {
     }
 }
 
+/// The last seq of the sealed segments the journal directory's archive progress file says are
+/// shipped and locked (0 if none or unreadable).
+pub fn shipped_through_seq(journal_dir: &Path) -> u64 {
+    fs::read(journal_dir.join(STATE_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<ShipState>(&b).ok())
+        .map_or(0, |s| s.segments_through_seq)
+}
+
 /// The archiver's counters (read by metrics and readiness).
 #[derive(Debug, Default)]
 pub struct ArchiveStats {
@@ -842,6 +864,7 @@ pub struct Archiver {
     retention: Duration,
     state: ShipState,
     stats: Arc<ArchiveStats>,
+    delete_local: bool,
 }
 
 /// How far a confirmed retain-until date may fall short of upload time + retention (clock
@@ -870,7 +893,15 @@ impl Archiver {
             retention,
             state,
             stats,
+            delete_local: false,
         })
+    }
+
+    /// Delete each shipped sealed segment from the local journal once its lock is confirmed
+    /// and its progress recorded, except the newest sealed segment. Only for WORM stores.
+    pub fn delete_local_after_ship(mut self, enabled: bool) -> Self {
+        self.delete_local = enabled && self.store.is_worm();
+        self
     }
 
     pub fn stats(&self) -> Arc<ArchiveStats> {
@@ -990,6 +1021,9 @@ impl Archiver {
             self.update_backlog(&pending[i + 1..]);
             shipped += 1;
         }
+        if self.delete_local {
+            self.delete_shipped_segments()?;
+        }
         let checkpoints =
             checkpoint::list_checkpoint_files(&self.journal_dir).map_err(|e| ArchiveError::Io {
                 path: self.journal_dir.clone(),
@@ -1015,6 +1049,37 @@ impl Archiver {
             shipped += 1;
         }
         Ok(shipped)
+    }
+
+    /// Remove shipped sealed segments but the newest sealed one.
+    fn delete_shipped_segments(&self) -> Result<(), ArchiveError> {
+        let segments = journal::list_segments(&self.journal_dir).map_err(|e| ArchiveError::Io {
+            path: self.journal_dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let sealed: Vec<(u64, PathBuf)> = segments
+            .into_iter()
+            .filter_map(|(name, path)| match name {
+                SegmentName::Sealed { last, .. } => Some((last, path)),
+                SegmentName::Open { .. } => None,
+            })
+            .collect();
+        let Some((newest, _)) = sealed.last() else {
+            return Ok(());
+        };
+        let mut removed = false;
+        for (last, path) in &sealed {
+            if last < newest && *last <= self.state.segments_through_seq {
+                // Crash point: the progress file already says shipped and locked; a segment
+                // that survives a crash here is deleted on the next pass.
+                fs::remove_file(path).map_err(io_err(path))?;
+                removed = true;
+            }
+        }
+        if removed {
+            sync_dir(&self.journal_dir)?;
+        }
+        Ok(())
     }
 
     fn update_backlog(&self, pending: &[(u64, u64, PathBuf)]) {
@@ -1163,8 +1228,15 @@ mod tests {
         assert!(cfg.validate().is_err());
         cfg.allow_short_retention = true;
         cfg.validate().unwrap();
+        cfg.delete_local_after_ship = true;
+        assert!(
+            cfg.validate().is_err(),
+            "deleting local segments needs a WORM archive"
+        );
         cfg.kind = ArchiveKind::S3;
         assert!(cfg.validate().is_err(), "s3 needs a bucket");
+        cfg.bucket = "b".into();
+        cfg.validate().unwrap();
     }
 
     #[test]

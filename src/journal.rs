@@ -591,6 +591,28 @@ impl Journal {
         let segments = list_segments(dir)?;
         let mut report = RecoveryReport::default();
         let mut head = genesis();
+        // Segments before the first local one may have been deleted after they were shipped to
+        // the WORM archive (`archive.delete_local_after_ship`): accepted only if the archive's
+        // progress file says so.
+        if let Some((name, path)) = segments.first() {
+            let first = name.first();
+            if first > 1 {
+                let shipped = crate::archive::shipped_through_seq(dir);
+                if shipped < first - 1 {
+                    return Err(JournalError::Corrupt(format!(
+                        "the first segment {} starts at seq {first}, and the archive's progress \
+                         file does not account for records 1-{} (shipped through seq {shipped}): \
+                         segments are missing",
+                        path.display(),
+                        first - 1
+                    )));
+                }
+                head = Head {
+                    seq: first - 1,
+                    leaf: [0u8; 32],
+                };
+            }
+        }
         let mut open_segment = None;
         for (name, path) in &segments {
             match name {
@@ -1253,6 +1275,42 @@ pub(crate) mod tests {
             segment_max_bytes: 4096,
             ..JournalConfig::default()
         }
+    }
+
+    #[test]
+    fn a_missing_first_segment_is_accepted_only_when_the_archive_shipped_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(tmp.path(), "n1", &small_cfg()).unwrap();
+        for i in 0..30 {
+            j.append_blocking(&event(i)).unwrap();
+        }
+        drop(j);
+        let segments = list_segments(tmp.path()).unwrap();
+        let (SegmentName::Sealed { last, .. }, first_path) = &segments[0] else {
+            panic!("a sealed segment first: {segments:?}");
+        };
+        fs::remove_file(first_path).unwrap();
+        match Journal::open(tmp.path(), "n1", &small_cfg()) {
+            Err(JournalError::Corrupt(msg)) => {
+                assert!(msg.contains("segments are missing"), "{msg}")
+            }
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("opened a journal whose first segment is gone"),
+        }
+        // The archive's progress file says those records are shipped (and locked): accepted.
+        let state = crate::archive::ShipState {
+            target: "s3://b/p".into(),
+            segments_through_seq: *last,
+            checkpoints_through: String::new(),
+        };
+        fs::write(
+            tmp.path().join(crate::archive::STATE_FILE),
+            serde_json::to_vec(&state).unwrap(),
+        )
+        .unwrap();
+        let (j, report) = Journal::open(tmp.path(), "n1", &small_cfg()).unwrap();
+        assert_eq!(report.head_seq, 30);
+        assert_eq!(j.append_blocking(&event(30)).unwrap().seq, 31);
     }
 
     fn read_all(dir: &Path) -> Vec<Record> {

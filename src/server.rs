@@ -102,7 +102,8 @@ pub fn prepare(config: &Config, base_dir: &std::path::Path) -> Result<Prepared, 
                 &config.archive.prefix,
                 store,
                 config.archive.retention(),
-            )?;
+            )?
+            .delete_local_after_ship(config.archive.delete_local_after_ship);
             let stats = archiver.stats();
             background.spawn(archiver.run(
                 Duration::from_secs(config.archive.poll_interval_secs),

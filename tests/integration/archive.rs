@@ -457,3 +457,64 @@ print("CREATED")
         }
     }
 }
+
+#[test]
+fn shipped_segments_are_deleted_locally_only_after_their_lock_is_confirmed() {
+    set_aws_env();
+    let fhir = FhirServer::seeded();
+    let s3 = S3Server::start();
+    s3.create_locked_bucket("prune");
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
+    opts.journal_toml = "segment_max_bytes = 4096".into();
+    opts.extra_toml = archive_toml(&s3, "prune") + "delete_local_after_ship = true\n";
+    opts.env = aws_env();
+    let mut gw = Gateway::start(opts);
+    traffic(&gw, 40);
+    // Shipped segments disappear locally; the newest sealed one stays (it anchors the chain).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let sealed = sealed_segments(&gw.journal);
+        let shipped = ship_state(&gw.journal).segments_through_seq;
+        if sealed.len() == 1 && sealed[0].0 > 1 && shipped >= sealed[0].0 - 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not pruned: {sealed:?}, shipped through {shipped}:\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Every deleted segment is in the archive, locked.
+    let rt = runtime();
+    let store = rt.block_on(S3Store::connect(&archive_config(&s3, "prune")));
+    let keys = assert_one_version_each(&versions(&store, &rt));
+    let first_local = sealed_segments(&gw.journal)[0].0;
+    let archived_segments: Vec<&String> =
+        keys.iter().filter(|k| k.ends_with(".jsonl.gz")).collect();
+    let mut covered = 0u64;
+    for key in &archived_segments {
+        let name = key.rsplit('/').next().unwrap().trim_end_matches(".gz");
+        if let Some(SegmentName::Sealed { first, last }) = SegmentName::parse(name) {
+            assert_eq!(
+                first,
+                covered + 1,
+                "archived segments are contiguous: {keys:?}"
+            );
+            covered = last;
+            let info = rt.block_on(store.head(key)).unwrap().unwrap();
+            assert_eq!(info.lock_mode.as_deref(), Some("COMPLIANCE"));
+        }
+    }
+    assert!(covered >= first_local - 1, "{covered} {first_local}");
+
+    // A restart on the pruned journal recovers and carries on.
+    gw.kill9();
+    gw.spawn();
+    traffic(&gw, 5);
+    let records = gw.records();
+    assert!(records.first().unwrap().header.seq > 1);
+    let last = records.last().unwrap().header.seq;
+    assert!(last >= 45, "{last}");
+    assert!(!gw.log().contains("ARCHIVE CONFLICT"));
+}

@@ -1278,6 +1278,35 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn an_idle_journal_signs_heartbeat_checkpoints() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = tmp.path().join("k");
+        crate::checkpoint::write_key_pair(&key, "auditgate/n1").unwrap();
+        let dir = tmp.path().join("j");
+        let checkpointing = Checkpointing {
+            signer: CheckpointSigner::load(&key, false, "unused").unwrap(),
+            timing: CheckpointTiming {
+                interval: Duration::from_millis(100),
+                heartbeat: Duration::from_millis(300),
+            },
+        };
+        let (j, _) =
+            Journal::open_with_checkpoints(&dir, "n1", &small_cfg(), Some(checkpointing)).unwrap();
+        j.append_blocking(&event(0)).unwrap();
+        let stats = j.checkpoint_stats().unwrap().clone();
+        // No records for a while: the start checkpoint, the one covering the record, then
+        // heartbeats of the same size.
+        std::thread::sleep(Duration::from_millis(2_000));
+        let signed = stats.signed.load(Ordering::Relaxed);
+        assert!(
+            signed >= 4,
+            "{signed} checkpoints in 2 s with a 300 ms heartbeat"
+        );
+        assert_eq!(stats.last_size.load(Ordering::Relaxed), 1);
+        drop(j);
+    }
+
+    #[test]
     fn a_missing_first_segment_is_accepted_only_when_the_archive_shipped_it() {
         let tmp = tempfile::tempdir().unwrap();
         let (j, _) = Journal::open(tmp.path(), "n1", &small_cfg()).unwrap();

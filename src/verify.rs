@@ -94,6 +94,23 @@ pub enum Finding {
     },
     /// A key was given but the journal holds no checkpoint at all.
     NoCheckpoints,
+    /// Two validly signed checkpoints of the same size with different roots: the log forked,
+    /// so at most one of them is consistent with the earlier checkpoints and the records.
+    CheckpointConflict {
+        size: u64,
+        first: String,
+        second: String,
+    },
+}
+
+/// Where a checkpoint is: a journal file name is shown under `checkpoints/`; an archive key or
+/// a path is shown as it is.
+fn checkpoint_place(label: &str) -> std::borrow::Cow<'_, str> {
+    if label.contains('/') {
+        label.into()
+    } else {
+        format!("{}/{label}", checkpoint::CHECKPOINT_DIR).into()
+    }
 }
 
 impl fmt::Display for Finding {
@@ -122,16 +139,20 @@ impl fmt::Display for Finding {
             ),
             Finding::EmptySealed { segment } => write!(f, "{segment}: sealed segment holds no records"),
             Finding::Layout { detail } => write!(f, "journal layout: {detail}"),
-            Finding::CheckpointSignature { checkpoint, reason } => {
-                write!(f, "checkpoints/{checkpoint}: not a valid checkpoint signed by the key: {reason}")
-            }
+            Finding::CheckpointSignature { checkpoint, reason } => write!(
+                f,
+                "{}: not a valid checkpoint signed by the key: {reason}",
+                checkpoint_place(checkpoint)
+            ),
             Finding::CheckpointMismatch { checkpoint, size } => write!(
                 f,
-                "checkpoints/{checkpoint}: signed root for records 1-{size} does not match the records (a record up to seq {size} was changed, removed, inserted or reordered)"
+                "{}: signed root for records 1-{size} does not match the records (a record up to seq {size} was changed, removed, inserted or reordered)",
+                checkpoint_place(checkpoint)
             ),
             Finding::Truncated { checkpoint, size, records } => write!(
                 f,
-                "checkpoints/{checkpoint}: signed for {size} records but the journal holds {records} (records {}-{size} were cut off)",
+                "{}: signed for {size} records but the journal holds {records} (records {}-{size} were cut off)",
+                checkpoint_place(checkpoint),
                 records + 1
             ),
             Finding::CheckpointGap { after, before, gap_secs, max_secs } => write!(
@@ -139,6 +160,12 @@ impl fmt::Display for Finding {
                 "checkpoints: {gap_secs} s between {after} and {before}, more than {max_secs} s (gateway stopped, or checkpoints removed)"
             ),
             Finding::NoCheckpoints => write!(f, "checkpoints: none found (removed, or the gateway never signed one)"),
+            Finding::CheckpointConflict { size, first, second } => write!(
+                f,
+                "{} and {}: both validly signed for {size} records with different roots (the log forked: they are not consistent with each other)",
+                checkpoint_place(first),
+                checkpoint_place(second)
+            ),
         }
     }
 }
@@ -359,35 +386,48 @@ pub fn verify_journal_with(dir: &Path, options: &Options) -> Result<Report, Jour
 
 /// The signed checkpoints being matched against the records as they stream past.
 struct CheckpointCheck {
-    /// (size, root, file), by size.
+    /// (size, root, label), by size.
     pending: Vec<(u64, Hash, String)>,
     next: usize,
     frontier: Frontier,
-    /// The records stopped following each other (already a chain finding): roots past this
-    /// point cannot be computed.
+    /// The records stopped following each other (already a chain or archive finding): roots
+    /// past this point cannot be computed.
     broken: bool,
     newest_valid_size: u64,
 }
 
+/// The checkpoint notes of a journal directory: (file name, bytes), in name order.
+fn read_checkpoint_notes(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, JournalError> {
+    let mut notes = Vec::new();
+    for path in checkpoint::list_checkpoint_files(dir)? {
+        let bytes = fs::read(&path).map_err(|source| JournalError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        notes.push((file_label(&path), bytes));
+    }
+    Ok(notes)
+}
+
 impl CheckpointCheck {
-    fn load(
-        dir: &Path,
+    /// Open every note (`label`, bytes) with `key`. Reports notes that are not validly signed,
+    /// consecutive checkpoints signed further apart than `max_gap`, and two valid checkpoints
+    /// of the same size with different roots (a fork: they cannot both be this log's). The
+    /// roots themselves are compared as records are [`fed`](Self::feed). Returns the check and
+    /// the number of notes.
+    fn new(
+        notes: Vec<(String, Vec<u8>)>,
         key: &CheckpointVerifier,
         max_gap: Option<Duration>,
         findings: &mut Vec<Finding>,
-    ) -> Result<(Self, usize), JournalError> {
-        let files = checkpoint::list_checkpoint_files(dir)?;
-        if files.is_empty() {
+    ) -> (Self, usize) {
+        if notes.is_empty() {
             findings.push(Finding::NoCheckpoints);
         }
+        let count = notes.len();
         let mut pending = Vec::new();
         let mut times = Vec::new();
-        for path in &files {
-            let label = file_label(path);
-            let bytes = fs::read(path).map_err(|source| JournalError::Io {
-                path: path.clone(),
-                source,
-            })?;
+        for (label, bytes) in notes {
             match key.open(&bytes) {
                 Ok(cp) => {
                     if let Some(t) = cp.unix_time() {
@@ -416,7 +456,15 @@ impl CheckpointCheck {
             }
         }
         pending.sort_by_key(|(size, _, _)| *size);
-        let count = pending.len();
+        for pair in pending.windows(2) {
+            if pair[0].0 == pair[1].0 && pair[0].1 != pair[1].1 {
+                findings.push(Finding::CheckpointConflict {
+                    size: pair[0].0,
+                    first: pair[0].2.clone(),
+                    second: pair[1].2.clone(),
+                });
+            }
+        }
         let mut check = CheckpointCheck {
             pending,
             next: 0,
@@ -425,7 +473,7 @@ impl CheckpointCheck {
             newest_valid_size: 0,
         };
         check.settle(findings);
-        Ok((check, count))
+        (check, count)
     }
 
     fn feed(&mut self, seq: u64, leaf: &LeafHash, findings: &mut Vec<Finding>) {
@@ -442,7 +490,7 @@ impl CheckpointCheck {
 
     /// Compare every checkpoint of the current tree size.
     fn settle(&mut self, findings: &mut Vec<Finding>) {
-        while let Some((size, root, file)) = self.pending.get(self.next) {
+        while let Some((size, root, label)) = self.pending.get(self.next) {
             if *size != self.frontier.size() {
                 break;
             }
@@ -450,7 +498,7 @@ impl CheckpointCheck {
                 self.newest_valid_size = *size;
             } else {
                 findings.push(Finding::CheckpointMismatch {
-                    checkpoint: file.clone(),
+                    checkpoint: label.clone(),
                     size: *size,
                 });
             }
@@ -458,17 +506,131 @@ impl CheckpointCheck {
         }
     }
 
-    /// Checkpoints beyond the records: the journal was cut short.
+    /// The validly signed checkpoints that cover more records than `head_seq`: (size, label).
+    fn beyond(&self, head_seq: u64) -> impl Iterator<Item = (u64, &str)> {
+        self.pending[self.next..]
+            .iter()
+            .filter(move |(size, _, _)| *size > head_seq)
+            .map(|(size, _, label)| (*size, label.as_str()))
+    }
+
+    /// Checkpoints beyond the records: the records were cut short.
     fn finish(&self, head_seq: u64, findings: &mut Vec<Finding>) {
-        for (size, _, file) in &self.pending[self.next..] {
-            if *size > head_seq {
-                findings.push(Finding::Truncated {
-                    checkpoint: file.clone(),
-                    size: *size,
-                    records: head_seq,
+        for (size, label) in self.beyond(head_seq) {
+            findings.push(Finding::Truncated {
+                checkpoint: label.to_string(),
+                size,
+                records: head_seq,
+            });
+        }
+    }
+}
+
+/// How many threads hash the lines of one segment.
+fn hashing_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(8)
+}
+
+/// The chain across segments handed over in seq order, from any source (journal files or
+/// archived objects): each segment's own lines ([`check_segment`]), then the stitching across
+/// segment boundaries, and the records fed to the checkpoint check.
+struct ChainCheck {
+    threads: usize,
+    /// The chain position after the last record fed; before the first: seq 0, the genesis leaf.
+    head: (u64, LeafHash),
+    expected_first: u64,
+    seen_open: bool,
+    segments: usize,
+    records: u64,
+    checkpoints: Option<CheckpointCheck>,
+}
+
+impl ChainCheck {
+    fn new(checkpoints: Option<CheckpointCheck>) -> Self {
+        ChainCheck {
+            threads: hashing_threads(),
+            head: (0, [0u8; 32]),
+            expected_first: 1,
+            seen_open: false,
+            segments: 0,
+            records: 0,
+            checkpoints,
+        }
+    }
+
+    /// Check one segment's bytes (`label` names it in findings) and stitch it to the chain.
+    /// An open segment's trailing zeros are preallocated space and are ignored; a sealed
+    /// segment is cut to its records, so zeros there are reported (as a torn tail).
+    fn feed(&mut self, label: &str, name: &SegmentName, bytes: &[u8], findings: &mut Vec<Finding>) {
+        let bytes = match name {
+            SegmentName::Open { .. } => &bytes[..crate::journal::used_len(bytes)],
+            SegmentName::Sealed { .. } => bytes,
+        };
+        let seg = check_segment(label, bytes, self.threads);
+        self.segments += 1;
+        if self.seen_open {
+            findings.push(Finding::Layout {
+                detail: format!("{label} follows the open segment"),
+            });
+        }
+        if name.first() != self.expected_first {
+            findings.push(Finding::SegmentGap {
+                segment: label.to_string(),
+                expected_first: self.expected_first,
+                found_first: name.first(),
+            });
+        }
+        if let Some((first_seq, first_prev)) = seg.first {
+            if first_seq != name.first() {
+                findings.push(Finding::SeqGap {
+                    segment: label.to_string(),
+                    line: 1,
+                    expected: name.first(),
+                    found: first_seq,
+                });
+            }
+            let (head_seq, head_leaf) = self.head;
+            if first_prev != head_leaf && first_seq == head_seq + 1 {
+                findings.push(Finding::ChainBreak {
+                    segment: label.to_string(),
+                    line: 1,
+                    seq: first_seq,
                 });
             }
         }
+        match name {
+            SegmentName::Sealed { first, last } => match (seg.first, seg.last) {
+                (Some((f, _)), Some((l, _))) if f == *first && l == *last => {}
+                (Some((f, _)), Some((l, _))) => findings.push(Finding::NameMismatch {
+                    segment: label.to_string(),
+                    named_first: *first,
+                    named_last: *last,
+                    first: f,
+                    last: l,
+                }),
+                _ => findings.push(Finding::EmptySealed {
+                    segment: label.to_string(),
+                }),
+            },
+            SegmentName::Open { .. } => self.seen_open = true,
+        }
+        findings.extend(seg.findings);
+        if let Some(check) = self.checkpoints.as_mut() {
+            for (seq, leaf) in &seg.leaves {
+                check.feed(*seq, leaf, findings);
+            }
+        }
+        self.records += seg.records;
+        if let Some(last) = seg.last {
+            self.head = last;
+        }
+        self.expected_first = match name {
+            SegmentName::Sealed { last, .. } => last + 1,
+            SegmentName::Open { .. } => seg.last.map(|(s, _)| s + 1).unwrap_or(name.first()),
+        };
     }
 }
 
@@ -483,12 +645,6 @@ fn verify_once(dir: &Path, options: &Options) -> Result<Report, JournalError> {
         quarantined.sort();
     }
 
-    // Segments one at a time (memory stays bounded by the segment size), the lines of each on
-    // every core.
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(8);
     let mut report = Report {
         journal: dir.to_path_buf(),
         segments: segments.len(),
@@ -501,20 +657,19 @@ fn verify_once(dir: &Path, options: &Options) -> Result<Report, JournalError> {
         uncovered_records: 0,
         findings: Vec::new(),
     };
-    let mut checkpoints = match &options.key {
+    let checkpoints = match &options.key {
         Some(key) => {
+            let notes = read_checkpoint_notes(dir)?;
             let (check, count) =
-                CheckpointCheck::load(dir, key, options.max_gap, &mut report.findings)?;
+                CheckpointCheck::new(notes, key, options.max_gap, &mut report.findings);
             report.checkpoints = count;
             Some(check)
         }
         None => None,
     };
-    // Stitch: the chain continues across segment boundaries.
-    // The chain position before the first record: seq 0, the genesis leaf.
-    let mut chain_head: (u64, LeafHash) = (0, [0u8; 32]);
-    let mut expected_first = 1u64;
-    let mut seen_open = false;
+    // Segments one at a time (memory stays bounded by the segment size), the lines of each on
+    // every core.
+    let mut chain = ChainCheck::new(checkpoints);
     // A reader thread reads the next segment while this one is hashed (at most one ahead).
     let (ahead_tx, ahead) = std::sync::mpsc::sync_channel(1);
     let reader_segments: Vec<PathBuf> = segments.iter().map(|(_, p)| p.clone()).collect();
@@ -527,76 +682,10 @@ fn verify_once(dir: &Path, options: &Options) -> Result<Report, JournalError> {
         }
     });
     for (name, path) in &segments {
-        let label = file_label(path);
-        let mut bytes = ahead
+        let bytes = ahead
             .recv()
             .expect("the reader sends one result per segment")?;
-        if matches!(name, SegmentName::Open { .. }) {
-            // The open segment's trailing zeros are preallocated space. A sealed segment is cut
-            // to its records, so zeros there are reported (as a torn tail).
-            bytes.truncate(crate::journal::used_len(&bytes));
-        }
-        let seg = check_segment(&label, &bytes, threads);
-        if seen_open {
-            report.findings.push(Finding::Layout {
-                detail: format!("{label} follows the open segment"),
-            });
-        }
-        if name.first() != expected_first {
-            report.findings.push(Finding::SegmentGap {
-                segment: label.clone(),
-                expected_first,
-                found_first: name.first(),
-            });
-        }
-        if let Some((first_seq, first_prev)) = seg.first {
-            if first_seq != name.first() {
-                report.findings.push(Finding::SeqGap {
-                    segment: label.clone(),
-                    line: 1,
-                    expected: name.first(),
-                    found: first_seq,
-                });
-            }
-            let (head_seq, head_leaf) = chain_head;
-            if first_prev != head_leaf && first_seq == head_seq + 1 {
-                report.findings.push(Finding::ChainBreak {
-                    segment: label.clone(),
-                    line: 1,
-                    seq: first_seq,
-                });
-            }
-        }
-        match name {
-            SegmentName::Sealed { first, last } => match (seg.first, seg.last) {
-                (Some((f, _)), Some((l, _))) if f == *first && l == *last => {}
-                (Some((f, _)), Some((l, _))) => report.findings.push(Finding::NameMismatch {
-                    segment: label.clone(),
-                    named_first: *first,
-                    named_last: *last,
-                    first: f,
-                    last: l,
-                }),
-                _ => report.findings.push(Finding::EmptySealed {
-                    segment: label.clone(),
-                }),
-            },
-            SegmentName::Open { .. } => seen_open = true,
-        }
-        report.findings.extend(seg.findings);
-        if let Some(check) = checkpoints.as_mut() {
-            for (seq, leaf) in &seg.leaves {
-                check.feed(*seq, leaf, &mut report.findings);
-            }
-        }
-        report.records += seg.records;
-        if let Some(last) = seg.last {
-            chain_head = last;
-        }
-        expected_first = match name {
-            SegmentName::Sealed { last, .. } => last + 1,
-            SegmentName::Open { .. } => seg.last.map(|(s, _)| s + 1).unwrap_or(name.first()),
-        };
+        chain.feed(&file_label(path), name, &bytes, &mut report.findings);
     }
     drop(ahead);
     let _ = reader.join();
@@ -607,12 +696,13 @@ fn verify_once(dir: &Path, options: &Options) -> Result<Report, JournalError> {
                 .into(),
         });
     }
-    let (seq, leaf) = chain_head;
+    report.records = chain.records;
+    let (seq, leaf) = chain.head;
     report.head_seq = seq;
     if seq > 0 {
         report.head_leaf = Some(hex::encode(leaf));
     }
-    if let Some(check) = &checkpoints {
+    if let Some(check) = &chain.checkpoints {
         check.finish(seq, &mut report.findings);
         report.uncovered_records = seq.saturating_sub(check.newest_valid_size);
     }
@@ -1035,6 +1125,36 @@ mod tests {
                 .findings
                 .iter()
                 .any(|f| matches!(f, Finding::CheckpointGap { gap_secs, max_secs: 180, .. } if *gap_secs >= 3599)), "{:?}", report.findings);
+        }
+
+        #[test]
+        fn two_checkpoints_of_one_size_with_different_roots_are_a_conflict() {
+            let j = signed_journal(12);
+            let files = checkpoint::list_checkpoint_files(&j.dir).unwrap();
+            let existing = file_label(&files[1]);
+            let size = checkpoint::size_of_file_name(&existing).unwrap();
+            let later = SystemTime::now() + Duration::from_secs(1);
+            let signer = CheckpointSigner::load(&j.key, false, "unused").unwrap();
+            let forged = checkpoint::file_name(size, later);
+            fs::write(
+                j.dir.join(checkpoint::CHECKPOINT_DIR).join(&forged),
+                signer.sign(size, Hash([9; 32]), later),
+            )
+            .unwrap();
+            let report = j.check();
+            assert!(
+                report.findings.contains(&Finding::CheckpointConflict {
+                    size,
+                    first: existing,
+                    second: forged.clone(),
+                }),
+                "{:?}",
+                report.findings
+            );
+            assert!(report
+                .findings
+                .iter()
+                .any(|f| f.to_string().contains(&format!("checkpoints/{forged}"))));
         }
 
         #[test]

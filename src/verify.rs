@@ -17,6 +17,11 @@
 //!
 //! Segments are read one at a time; the lines of each are parsed and hashed on every core, then
 //! the chain is checked in order and stitched across segment boundaries.
+//!
+//! The checks work on segment bytes and checkpoint notes from any source: [`archive`] feeds
+//! them the WORM archive's objects (`verify --archive`), which adds the archive's own findings
+//! (delete markers, second versions, locks, missing segments, disagreement with the local
+//! journal). A finding names its place: a journal file name, or an archive object key.
 
 use std::fmt;
 use std::fs;
@@ -30,6 +35,10 @@ use crate::checkpoint::{self, CheckpointVerifier};
 use crate::journal::{list_segments, JournalError, SegmentName};
 use crate::merkle::{self, Frontier, Hash};
 use crate::record::{self, LeafHash};
+
+pub mod archive;
+
+pub use archive::{verify_archive, ArchiveOptions, ArchiveReport, ArchiveVerifyError};
 
 /// One problem `verify` found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -101,6 +110,65 @@ pub enum Finding {
         first: String,
         second: String,
     },
+
+    // ---- archive findings (`verify --archive`); `key` is the object key ----
+    /// An archived object with a delete marker: `hidden` when the marker is the current
+    /// version (a plain GET or listing no longer shows the object).
+    DeleteMarker { key: String, hidden: bool },
+    /// An archived object with more than one version: it was written again after it was
+    /// archived (the current version is what was checked).
+    SecondVersion { key: String, versions: usize },
+    /// An archived object (its current version) that is not locked in COMPLIANCE mode until
+    /// a retain-until date.
+    LockMissing {
+        key: String,
+        mode: Option<String>,
+        retain_until: Option<i64>,
+    },
+    /// An archived object locked for less than the minimum retention (retain-until minus the
+    /// time it was stored).
+    RetentionShort {
+        key: String,
+        retained_days: u64,
+        min_days: u64,
+    },
+    /// The SHA-256 the store recorded at upload is not the SHA-256 of the bytes it returns.
+    ChecksumMismatch {
+        key: String,
+        recorded: String,
+        actual: String,
+    },
+    /// An archived segment that does not decompress.
+    Undecodable { key: String, reason: String },
+    /// A listed object that could not be read (gone between the listing and the read).
+    Unreadable { key: String, reason: String },
+    /// An object under the archive's prefix that is neither a segment nor a checkpoint of the
+    /// layout.
+    UnexpectedObject { key: String },
+    /// Records `first..=last` of a node are in no archived segment: a segment was removed, or
+    /// (`after` the last archived one) the local progress file says it was shipped but it is
+    /// not there. `local_copy`: the local journal still holds them (and they were checked).
+    SegmentMissing {
+        node: String,
+        first: u64,
+        last: u64,
+        after: Option<String>,
+        before: Option<String>,
+        local_copy: bool,
+    },
+    /// The local progress file says this checkpoint was shipped, but the archive lacks it.
+    CheckpointMissing { key: String },
+    /// The local journal and the archive disagree about an object.
+    LocalMismatch {
+        key: String,
+        local: String,
+        detail: String,
+    },
+    /// Keys were given, but none is this node's (named `auditgate/NODE` or `NODE`): its
+    /// checkpoints were not checked.
+    NoKeyForNode { node: String, keys: Vec<String> },
+    /// Nothing at all under the archive prefix.
+    EmptyArchive { prefix: String },
 }
 
 /// Where a checkpoint is: a journal file name is shown under `checkpoints/`; an archive key or
@@ -111,6 +179,17 @@ fn checkpoint_place(label: &str) -> std::borrow::Cow<'_, str> {
     } else {
         format!("{}/{label}", checkpoint::CHECKPOINT_DIR).into()
     }
+}
+
+/// Seconds since the epoch as RFC 3339 (UTC).
+fn format_unix(secs: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{secs} (unix)"))
 }
 
 impl fmt::Display for Finding {
@@ -165,6 +244,70 @@ impl fmt::Display for Finding {
                 "{} and {}: both validly signed for {size} records with different roots (the log forked: they are not consistent with each other)",
                 checkpoint_place(first),
                 checkpoint_place(second)
+            ),
+            Finding::DeleteMarker { key, hidden: true } => write!(
+                f,
+                "{key}: hidden by a delete marker (a plain GET or listing no longer shows it; its locked version is still stored)"
+            ),
+            Finding::DeleteMarker { key, hidden: false } => {
+                write!(f, "{key}: has a delete marker in its version history")
+            }
+            Finding::SecondVersion { key, versions } => write!(
+                f,
+                "{key}: {versions} versions (written again after it was archived; the current version was checked)"
+            ),
+            Finding::LockMissing { key, mode, retain_until } => write!(
+                f,
+                "{key}: not locked in COMPLIANCE mode (lock mode {}, retain-until {})",
+                mode.as_deref().unwrap_or("none"),
+                retain_until.map_or_else(|| "none".to_string(), format_unix)
+            ),
+            Finding::RetentionShort { key, retained_days, min_days } => write!(
+                f,
+                "{key}: locked for {retained_days} days after it was stored, less than {min_days} days"
+            ),
+            Finding::ChecksumMismatch { key, recorded, actual } => write!(
+                f,
+                "{key}: stored with SHA-256 {recorded} but its bytes hash to {actual}"
+            ),
+            Finding::Undecodable { key, reason } => {
+                write!(f, "{key}: not a gzip segment: {reason}")
+            }
+            Finding::Unreadable { key, reason } => {
+                write!(f, "{key}: listed but could not be read: {reason}")
+            }
+            Finding::UnexpectedObject { key } => write!(
+                f,
+                "{key}: not a segment or checkpoint of the archive layout (written by something else)"
+            ),
+            Finding::SegmentMissing { node, first, last, after, before, local_copy } => {
+                write!(f, "node={node}: records {first}-{last} are in no archived segment")?;
+                match (after, before) {
+                    (Some(a), Some(b)) => write!(f, " (between {a} and {b})")?,
+                    (Some(a), None) => write!(f, " (after {a}, though the local progress file says they were shipped)")?,
+                    (None, Some(b)) => write!(f, " (before {b})")?,
+                    (None, None) => write!(f, " (the local progress file says they were shipped)")?,
+                }
+                if *local_copy {
+                    write!(f, "; the local journal still holds them")?;
+                }
+                write!(f, ": a segment was removed from the archive")
+            }
+            Finding::CheckpointMissing { key } => write!(
+                f,
+                "{key}: missing from the archive, though the local progress file says it was shipped (removed)"
+            ),
+            Finding::LocalMismatch { key, local, detail } => {
+                write!(f, "{key}: the local journal disagrees ({local}): {detail}")
+            }
+            Finding::NoKeyForNode { node, keys } => write!(
+                f,
+                "node={node}: no --key is named auditgate/{node} (given: {}); its checkpoints were not checked",
+                keys.join(", ")
+            ),
+            Finding::EmptyArchive { prefix } => write!(
+                f,
+                "{prefix}: no archived object at all (a wrong archive or prefix, nothing shipped yet, or everything hidden)"
             ),
         }
     }
@@ -631,6 +774,15 @@ impl ChainCheck {
             SegmentName::Sealed { last, .. } => last + 1,
             SegmentName::Open { .. } => seg.last.map(|(s, _)| s + 1).unwrap_or(name.first()),
         };
+    }
+
+    /// The records before `first` that were not fed are accounted for by a finding already
+    /// (a missing or unreadable archived segment): continue at `first` without reporting the
+    /// gap again. Roots of checkpoints past the gap cannot be computed any more.
+    fn skip_to(&mut self, first: u64) {
+        if first > self.expected_first {
+            self.expected_first = first;
+        }
     }
 }
 

@@ -1,0 +1,1814 @@
+//! `auditgate verify --archive`: re-check the WORM archive from its objects alone, and, with the
+//! local journal, check that the two agree.
+//!
+//! Owns the archive side of `verify`. The archive's layout and stores belong to
+//! [`crate::archive`]; the chain and checkpoint checks are the journal's ([`super`]), fed with
+//! archived bytes instead of files. Nodes are found by listing `PREFIX/v1/` (or only
+//! `--node`'s); every node has its own seq, chain and key, and is checked and reported
+//! separately. For each node:
+//!
+//! * **Versions.** Every version and delete marker under the node is listed. A key with a
+//!   delete marker (hiding the object, or anywhere in its history) or with a second version is a
+//!   finding: under Object Lock nothing can be deleted or overwritten, but a new version can
+//!   be put on top, and a delete marker hides an object from a plain listing.
+//! * **Locks** (stores that enforce them, i.e. S3): the current version of every object must be
+//!   in COMPLIANCE mode with a retain-until date at least `min_retention_days` after the time it
+//!   was stored (one day of slack for clocks), and its bytes must hash to the SHA-256 the store
+//!   recorded at upload. A directory archive is not WORM: locks are not checked.
+//! * **Records.** Segments are read in seq order (the next one downloaded while the current one
+//!   is hashed) and checked exactly as the journal's files are: every leaf hash, the chain
+//!   within and across segments, names against contents. A seq range no archived segment holds
+//!   is a [`Finding::SegmentMissing`]; a hidden segment is a [`Finding::DeleteMarker`] and its
+//!   records are skipped (or read from the local journal, which still has them).
+//! * **Checkpoints.** Every archived checkpoint's signature (with the node's key), its root
+//!   against the root recomputed from the archived records, heartbeat gaps, and two valid
+//!   checkpoints of one size with different roots. Recomputing every root from the same records
+//!   is what makes consecutive checkpoints consistent with each other.
+//!
+//! The archive lags the journal: the open segment is not shipped until it is sealed, but the
+//! checkpoints that cover its records are. Without `--journal`, checkpoints beyond the archived
+//! records are counted, not reported (and not checked). With `--journal DIR` (one node's
+//! journal; its node is `--node` or the `node` of its records):
+//!
+//! * every local sealed segment that is also archived must have the same bytes, every local
+//!   checkpoint that is also archived the same note;
+//! * what the local progress file (`archive-state.json`, read before the listing) says was
+//!   shipped to this archive must be there;
+//! * the records the archive does not have (sealed segments not shipped yet, the open
+//!   segment) are checked from the local files, continuing the archive's chain, and the
+//!   checkpoints beyond the archive are checked against them; a checkpoint beyond the local
+//!   head means records were cut off the journal ([`Finding::Truncated`]).
+//!
+//! What this cannot see: without `--journal`, segments removed from the end of a directory
+//! archive look like an archive that lags (S3 Object Lock makes removal impossible, and a
+//! delete marker is reported). The content of a version hidden behind a delete marker or
+//! overwritten by a newer version is not read (the store interface reads the current version):
+//! the finding names the key; compare its versions by hand.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::{read_checkpoint_notes, ChainCheck, CheckpointCheck, Finding};
+use crate::archive::{
+    decompress, sha256_b64, ArchiveError, ArchiveStore, Layout, ListedVersion, ObjectInfo,
+    ShipState, SIX_YEARS_DAYS, STATE_FILE,
+};
+use crate::checkpoint::{self, CheckpointVerifier};
+use crate::journal::{list_segments, JournalError, SegmentName};
+
+/// At most this many HEAD or GET requests at once.
+const CONCURRENT_REQUESTS: usize = 16;
+/// How far a retain-until date may fall short of the minimum retention (clock differences
+/// between the gateway and the store; the archiver allows the same).
+const RETENTION_SLACK_SECS: i64 = 86_400;
+
+/// What `verify --archive` checks beyond the records.
+pub struct ArchiveOptions {
+    /// Checkpoint public keys. A node's checkpoints are checked with the only key given, or,
+    /// with several, with the one named `auditgate/NODE` (or `NODE`). Empty: not checked.
+    pub keys: Vec<CheckpointVerifier>,
+    /// Report consecutive checkpoints signed further apart than this.
+    pub max_gap: Option<Duration>,
+    /// Every object must be locked for at least this many days after it was stored.
+    pub min_retention_days: u64,
+    /// Check only this node (and take it as the `--journal`'s node).
+    pub node: Option<String>,
+}
+
+impl Default for ArchiveOptions {
+    fn default() -> Self {
+        ArchiveOptions {
+            keys: Vec::new(),
+            max_gap: None,
+            min_retention_days: SIX_YEARS_DAYS,
+            node: None,
+        }
+    }
+}
+
+/// Why the archive could not be verified at all (exit 2, unlike a finding).
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveVerifyError {
+    /// Listing or reading the archive failed (unreachable, access denied...).
+    #[error("{0}")]
+    Archive(#[from] ArchiveError),
+    /// The local journal could not be read.
+    #[error("{0}")]
+    Journal(#[from] JournalError),
+    /// The arguments do not describe something that can be checked.
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// The result of verifying an archive.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArchiveReport {
+    /// `s3://BUCKET/PREFIX` or `dir:PATH`.
+    pub archive: String,
+    /// What was listed: `PREFIX/v1/` (or one node's part of it).
+    pub listed: String,
+    /// Lock modes, retain-until dates and stored checksums were checked (S3). False for a
+    /// directory archive, which is not WORM.
+    pub locks_checked: bool,
+    pub min_retention_days: u64,
+    /// Object versions and delete markers listed.
+    pub versions_listed: usize,
+    pub nodes: Vec<NodeReport>,
+    /// Findings not tied to one node.
+    pub findings: Vec<Finding>,
+}
+
+impl ArchiveReport {
+    /// True when nothing was found.
+    pub fn ok(&self) -> bool {
+        self.findings.is_empty() && self.nodes.iter().all(|n| n.findings.is_empty())
+    }
+
+    /// Every finding, the archive's and each node's.
+    pub fn all_findings(&self) -> impl Iterator<Item = &Finding> {
+        self.findings
+            .iter()
+            .chain(self.nodes.iter().flat_map(|n| n.findings.iter()))
+    }
+}
+
+/// One node of the archive.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeReport {
+    pub node: String,
+    /// Archived segments read and checked.
+    pub segments: usize,
+    /// Records in them.
+    pub records: u64,
+    /// The last seq of the last archived segment (0: none).
+    pub archived_through_seq: u64,
+    /// The seq of the last record checked: the archive's, or, with `--journal`, the local
+    /// journal's head.
+    pub head_seq: u64,
+    /// Hex leaf hash of that record.
+    pub head_leaf: Option<String>,
+    /// Checkpoints checked (archived, and with `--journal` local ones too).
+    pub checkpoints: usize,
+    /// The key they were checked with; `None`: not checked.
+    pub key: Option<String>,
+    /// Records after the newest checkpoint that matched its records.
+    pub uncovered_records: u64,
+    /// Without `--journal`: validly signed checkpoints that cover records the archive does not
+    /// hold yet (the open segment's), so not checked against records.
+    pub checkpoints_beyond_archive: usize,
+    /// With `--journal`: what was compared with the local journal.
+    pub local: Option<LocalReport>,
+    pub findings: Vec<Finding>,
+}
+
+/// What was checked against the local journal.
+#[derive(Debug, Clone, Serialize)]
+pub struct LocalReport {
+    pub journal: PathBuf,
+    /// Local sealed segments compared byte for byte with their archived copies.
+    pub segments_compared: usize,
+    /// Local checkpoints compared with their archived copies.
+    pub checkpoints_compared: usize,
+    /// Local segments checked because the archive does not have them: sealed ones not shipped
+    /// yet, and the open one.
+    pub segments_not_archived: usize,
+    /// Records in those.
+    pub records_not_archived: u64,
+    /// What the progress file says is shipped to this archive; `None`: no progress file for
+    /// this archive (so nothing can be missing from it).
+    pub shipped_through_seq: Option<u64>,
+}
+
+/// The local journal given with `--journal`.
+struct LocalJournal {
+    dir: PathBuf,
+    /// What the progress file says was shipped to this archive.
+    shipped: Option<ShipState>,
+    node: String,
+    segments: Vec<(SegmentName, PathBuf)>,
+    /// Checkpoint notes: (file name, bytes).
+    checkpoints: Vec<(String, Vec<u8>)>,
+}
+
+/// Whether two archive targets (`s3://BUCKET/PREFIX`, `dir:PATH`) are the same archive.
+fn same_target(a: &str, b: &str) -> bool {
+    match (a.strip_prefix("dir:"), b.strip_prefix("dir:")) {
+        (Some(a), Some(b)) => {
+            let canon = |p: &str| fs::canonicalize(p).unwrap_or_else(|_| PathBuf::from(p));
+            canon(a) == canon(b)
+        }
+        _ => a.trim_end_matches('/') == b.trim_end_matches('/'),
+    }
+}
+
+/// The progress file, if it is about `target`.
+fn read_progress(dir: &Path, target: &str) -> Result<Option<ShipState>, JournalError> {
+    let path = dir.join(STATE_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(JournalError::Io { path, source }),
+    };
+    let state: ShipState = serde_json::from_slice(&bytes).map_err(|e| JournalError::Io {
+        path: path.clone(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    })?;
+    Ok(same_target(&state.target, target).then_some(state))
+}
+
+/// The `node` of the journal's first record.
+fn node_of_journal(segments: &[(SegmentName, PathBuf)]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct NodeOf {
+        node: String,
+    }
+    segments.iter().find_map(|(_, path)| {
+        let bytes = fs::read(path).ok()?;
+        let line = bytes.split(|&b| b == b'\n').next()?;
+        serde_json::from_slice::<NodeOf>(line).ok().map(|n| n.node)
+    })
+}
+
+/// Read a local segment; an open segment sealed (renamed) since the listing is found again by
+/// its first seq.
+fn read_local(dir: &Path, name: &SegmentName, path: &Path) -> Result<Vec<u8>, JournalError> {
+    match fs::read(path) {
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && matches!(name, SegmentName::Open { .. }) =>
+        {
+            let now = list_segments(dir)?
+                .into_iter()
+                .find(|(n, _)| n.first() == name.first())
+                .map(|(_, p)| p)
+                .ok_or_else(|| JournalError::Io {
+                    path: path.to_path_buf(),
+                    source: e,
+                })?;
+            fs::read(&now).map_err(|source| JournalError::Io { path: now, source })
+        }
+        other => other.map_err(|source| JournalError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Run CPU-bound work without stalling the other tasks of a multi-threaded runtime.
+fn blocking<R>(work: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
+/// `request(key)` for every key, at most [`CONCURRENT_REQUESTS`] at once; results by key.
+async fn for_each_key<T, F, Fut>(keys: Vec<String>, request: F) -> BTreeMap<String, T>
+where
+    F: Fn(String) -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let mut set = tokio::task::JoinSet::new();
+    let mut out = BTreeMap::new();
+    for key in keys {
+        if set.len() >= CONCURRENT_REQUESTS {
+            let (k, v) = set
+                .join_next()
+                .await
+                .expect("the set is not empty")
+                .expect("an archive request does not panic");
+            out.insert(k, v);
+        }
+        let fut = request(key.clone());
+        set.spawn(async move { (key, fut.await) });
+    }
+    while let Some(done) = set.join_next().await {
+        let (k, v) = done.expect("an archive request does not panic");
+        out.insert(k, v);
+    }
+    out
+}
+
+/// Aborts the segment prefetch task when the check ends early.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Verify the archive under `prefix` in `store`, and with `journal`, its agreement with that
+/// local journal directory.
+pub async fn verify_archive(
+    store: Arc<dyn ArchiveStore>,
+    prefix: &str,
+    options: &ArchiveOptions,
+    journal: Option<&Path>,
+) -> Result<ArchiveReport, ArchiveVerifyError> {
+    let layout = Layout::new(prefix);
+    let root = layout.root();
+    let target = store.target();
+    // The progress file before the listing: whatever it says was shipped was shipped before
+    // the listing started, so it must be in the listing.
+    let shipped = match journal {
+        Some(dir) => read_progress(dir, &target)?,
+        None => None,
+    };
+    let listed = match &options.node {
+        Some(node) => layout.node(node),
+        None => root.clone(),
+    };
+    let listing = store.list_versions(&listed).await?;
+    let mut report = ArchiveReport {
+        archive: target,
+        listed: listed.clone(),
+        locks_checked: store.is_worm(),
+        min_retention_days: options.min_retention_days,
+        versions_listed: listing.len(),
+        nodes: Vec::new(),
+        findings: Vec::new(),
+    };
+    let mut by_node: BTreeMap<String, Vec<ListedVersion>> = BTreeMap::new();
+    let mut unexpected = BTreeSet::new();
+    for version in listing {
+        let node = version
+            .key
+            .strip_prefix(&root)
+            .and_then(|rest| rest.strip_prefix("node="))
+            .and_then(|rest| rest.split_once('/'))
+            .map(|(node, _)| node.to_string())
+            .filter(|node| !node.is_empty());
+        match node {
+            Some(node) => by_node.entry(node).or_default().push(version),
+            None => {
+                unexpected.insert(version.key);
+            }
+        }
+    }
+    report.findings.extend(
+        unexpected
+            .into_iter()
+            .map(|key| Finding::UnexpectedObject { key }),
+    );
+
+    // The local journal, listed after the archive: every segment archived by now was sealed
+    // before, so the listing holds it sealed.
+    let local = match journal {
+        Some(dir) => {
+            let segments = list_segments(dir)?;
+            let node = match &options.node {
+                Some(node) => node.clone(),
+                None => node_of_journal(&segments).ok_or_else(|| {
+                    ArchiveVerifyError::Usage(format!(
+                        "cannot tell which node the journal {} belongs to (it holds no record): give --node",
+                        dir.display()
+                    ))
+                })?,
+            };
+            Some(LocalJournal {
+                dir: dir.to_path_buf(),
+                shipped,
+                node,
+                segments,
+                checkpoints: read_checkpoint_notes(dir)?,
+            })
+        }
+        None => None,
+    };
+    if let Some(node) = &options.node {
+        by_node.entry(node.clone()).or_default();
+    }
+    if let Some(local) = &local {
+        by_node.entry(local.node.clone()).or_default();
+    }
+    if by_node.is_empty() {
+        report
+            .findings
+            .push(Finding::EmptyArchive { prefix: listed });
+    }
+    for (node, versions) in by_node {
+        let local = local.as_ref().filter(|l| l.node == node);
+        let node_report = verify_node(&store, &layout, &node, versions, options, local).await?;
+        report.nodes.push(node_report);
+    }
+    Ok(report)
+}
+
+/// The key a node's checkpoints are checked with.
+fn key_for<'a>(
+    node: &str,
+    keys: &'a [CheckpointVerifier],
+) -> Result<Option<&'a CheckpointVerifier>, Finding> {
+    match keys {
+        [] => Ok(None),
+        [only] => Ok(Some(only)),
+        several => several
+            .iter()
+            .find(|k| k.name() == format!("auditgate/{node}") || k.name() == node)
+            .map(Some)
+            .ok_or_else(|| Finding::NoKeyForNode {
+                node: node.to_string(),
+                keys: several.iter().map(|k| k.name().to_string()).collect(),
+            }),
+    }
+}
+
+/// An archived segment as listed.
+struct ArchivedSegment {
+    key: String,
+    first: u64,
+    last: u64,
+    /// The current version is a delete marker.
+    hidden: bool,
+}
+
+/// One step of a node's record stream, in seq order.
+enum Step {
+    /// Read an archived segment (and compare it with the local copy, if any).
+    Archived {
+        key: String,
+        first: u64,
+        last: u64,
+        local: Option<PathBuf>,
+    },
+    /// Read a local segment the archive does not have (or hides).
+    Local { name: SegmentName, path: PathBuf },
+    /// Records up to here are missing and already reported.
+    SkipTo(u64),
+}
+
+/// Split a key under `PREFIX/v1/node=NODE/` into a segment or checkpoint of the layout.
+enum Kind {
+    Segment { first: u64, last: u64 },
+    Checkpoint { name: String },
+    Other,
+}
+
+fn classify(rest: &str) -> Kind {
+    if let Some(name) = rest.strip_prefix("checkpoints/") {
+        if !name.contains('/') && checkpoint::size_of_file_name(name).is_some() {
+            return Kind::Checkpoint {
+                name: name.to_string(),
+            };
+        }
+        return Kind::Other;
+    }
+    let Some((partition, file)) = rest.split_once('/') else {
+        return Kind::Other;
+    };
+    if !partition.starts_with("dt=") || file.contains('/') {
+        return Kind::Other;
+    }
+    match file.strip_suffix(".gz").and_then(SegmentName::parse) {
+        Some(SegmentName::Sealed { first, last }) => Kind::Segment { first, last },
+        _ => Kind::Other,
+    }
+}
+
+/// Where two byte strings first differ, as a 1-based line number of `a`.
+fn first_difference_line(a: &[u8], b: &[u8]) -> u64 {
+    let at = a
+        .iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()));
+    memchr::memchr_iter(b'\n', &a[..at]).count() as u64 + 1
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The objects of one node, as listed.
+#[derive(Default)]
+struct Survey {
+    /// Keys whose current version is an object (not a delete marker).
+    visible: Vec<String>,
+    /// Segments by seq.
+    segments: Vec<ArchivedSegment>,
+    /// Checkpoint file name -> (key, hidden).
+    checkpoints: BTreeMap<String, (String, bool)>,
+}
+
+/// Sort a node's listing into segments and checkpoints; report delete markers, second
+/// versions and objects that are not part of the layout.
+fn survey(node_prefix: &str, versions: Vec<ListedVersion>, findings: &mut Vec<Finding>) -> Survey {
+    let mut by_key: BTreeMap<String, Vec<ListedVersion>> = BTreeMap::new();
+    for v in versions {
+        by_key.entry(v.key.clone()).or_default().push(v);
+    }
+    let mut survey = Survey::default();
+    for (key, versions) in by_key {
+        let markers = versions.iter().filter(|v| v.is_delete_marker).count();
+        let objects = versions.len() - markers;
+        let marker_on_top = versions.iter().any(|v| v.is_latest && v.is_delete_marker);
+        let hidden = marker_on_top && objects > 0;
+        if markers > 0 {
+            findings.push(Finding::DeleteMarker {
+                key: key.clone(),
+                hidden,
+            });
+        }
+        if objects > 1 {
+            findings.push(Finding::SecondVersion {
+                key: key.clone(),
+                versions: objects,
+            });
+        }
+        if objects == 0 {
+            // Only delete markers: nothing is stored under this key.
+            continue;
+        }
+        match classify(key.strip_prefix(node_prefix).unwrap_or(&key)) {
+            Kind::Segment { first, last } => survey.segments.push(ArchivedSegment {
+                key: key.clone(),
+                first,
+                last,
+                hidden,
+            }),
+            Kind::Checkpoint { name } => {
+                survey.checkpoints.insert(name, (key.clone(), hidden));
+            }
+            Kind::Other => findings.push(Finding::UnexpectedObject { key: key.clone() }),
+        }
+        if !hidden {
+            survey.visible.push(key);
+        }
+    }
+    survey.segments.sort_by_key(|s| (s.first, s.last));
+    survey
+}
+
+/// HEAD every key: its lock (COMPLIANCE, retained long enough) is checked; the answers are
+/// returned for the checksum comparison.
+async fn check_locks(
+    store: &Arc<dyn ArchiveStore>,
+    keys: Vec<String>,
+    min_retention_days: u64,
+    findings: &mut Vec<Finding>,
+) -> Result<HashMap<String, ObjectInfo>, ArchiveError> {
+    let answers = for_each_key(keys, |key| {
+        let store = store.clone();
+        async move { store.head(&key).await }
+    })
+    .await;
+    let min_secs = min_retention_days as i64 * 86_400;
+    let now = now_unix();
+    let mut heads = HashMap::new();
+    for (key, answer) in answers {
+        let Some(info) = answer? else {
+            findings.push(Finding::Unreadable {
+                key,
+                reason: "HEAD found no object".into(),
+            });
+            continue;
+        };
+        match (info.lock_mode.as_deref(), info.retain_until) {
+            (Some("COMPLIANCE"), Some(until)) => {
+                let retained = until - info.last_modified.unwrap_or(now);
+                if retained < min_secs - RETENTION_SLACK_SECS {
+                    findings.push(Finding::RetentionShort {
+                        key: key.clone(),
+                        retained_days: (retained.max(0) / 86_400) as u64,
+                        min_days: min_retention_days,
+                    });
+                }
+            }
+            (mode, until) => findings.push(Finding::LockMissing {
+                key: key.clone(),
+                mode: mode.map(str::to_string),
+                retain_until: until,
+            }),
+        }
+        heads.insert(key, info);
+    }
+    Ok(heads)
+}
+
+/// The bytes read under `key` must hash to the SHA-256 the store recorded at upload.
+fn check_checksum(
+    heads: &HashMap<String, ObjectInfo>,
+    key: &str,
+    bytes: &[u8],
+    findings: &mut Vec<Finding>,
+) {
+    let Some(recorded) = heads.get(key).and_then(|i| i.sha256.as_deref()) else {
+        return;
+    };
+    // A multipart upload's checksum is a checksum of checksums ("...-N"): not comparable.
+    if recorded.contains('-') {
+        return;
+    }
+    let actual = sha256_b64(bytes);
+    if actual != recorded {
+        findings.push(Finding::ChecksumMismatch {
+            key: key.to_string(),
+            recorded: recorded.to_string(),
+            actual,
+        });
+    }
+}
+
+/// The checkpoint notes to check, (label, bytes): every archived one, and with the journal the
+/// local ones the archive does not have (yet), or has with other content.
+#[allow(clippy::too_many_arguments)]
+async fn gather_notes(
+    store: &Arc<dyn ArchiveStore>,
+    layout: &Layout,
+    node: &str,
+    listed: &BTreeMap<String, (String, bool)>,
+    heads: &HashMap<String, ObjectInfo>,
+    local: Option<&LocalJournal>,
+    local_report: Option<&mut LocalReport>,
+    findings: &mut Vec<Finding>,
+) -> Result<Vec<(String, Vec<u8>)>, ArchiveError> {
+    let wanted: Vec<String> = listed
+        .values()
+        .filter(|(_, hidden)| !hidden)
+        .map(|(key, _)| key.clone())
+        .collect();
+    let fetched = for_each_key(wanted, |key| {
+        let store = store.clone();
+        async move { store.get(&key).await }
+    })
+    .await;
+    let mut notes = Vec::new();
+    let mut archived: HashMap<String, usize> = HashMap::new();
+    for (key, answer) in fetched {
+        match answer {
+            Ok(bytes) => {
+                check_checksum(heads, &key, &bytes, findings);
+                archived.insert(key.clone(), notes.len());
+                notes.push((key, bytes));
+            }
+            Err(ArchiveError::Request { status: 404, .. }) => findings.push(Finding::Unreadable {
+                key,
+                reason: "GET found no object".into(),
+            }),
+            Err(e) => return Err(e),
+        }
+    }
+    let (Some(local), Some(report)) = (local, local_report) else {
+        return Ok(notes);
+    };
+    let shipped_through = local
+        .shipped
+        .as_ref()
+        .map(|s| s.checkpoints_through.as_str());
+    for (name, bytes) in &local.checkpoints {
+        let label = local
+            .dir
+            .join(checkpoint::CHECKPOINT_DIR)
+            .join(name)
+            .display()
+            .to_string();
+        let key = layout.checkpoint(node, name);
+        match archived.get(&key) {
+            Some(&i) => {
+                report.checkpoints_compared += 1;
+                if notes[i].1 == *bytes {
+                    continue;
+                }
+                findings.push(Finding::LocalMismatch {
+                    key,
+                    local: label.clone(),
+                    detail: "the archived checkpoint is not the local one".into(),
+                });
+            }
+            None => {
+                if !listed.contains_key(name)
+                    && shipped_through.is_some_and(|through| name.as_str() <= through)
+                {
+                    findings.push(Finding::CheckpointMissing { key });
+                }
+            }
+        }
+        // Not archived (yet), or different: checked as well.
+        notes.push((label, bytes.clone()));
+    }
+    Ok(notes)
+}
+
+/// The record stream of a node in seq order: archived segments, holes in the archive reported
+/// (and filled from the local journal where it still has the records), then the local records
+/// the archive does not have yet.
+fn plan(
+    node: &str,
+    segments: &[ArchivedSegment],
+    local: Option<&LocalJournal>,
+    findings: &mut Vec<Finding>,
+) -> Vec<Step> {
+    let local_segments: &[(SegmentName, PathBuf)] = local.map_or(&[], |l| &l.segments);
+    let local_sealed: HashMap<(u64, u64), &PathBuf> = local_segments
+        .iter()
+        .filter_map(|(name, path)| match name {
+            SegmentName::Sealed { first, last } => Some(((*first, *last), path)),
+            SegmentName::Open { .. } => None,
+        })
+        .collect();
+    let sealed_last = |name: &SegmentName| match name {
+        SegmentName::Sealed { last, .. } => Some(*last),
+        SegmentName::Open { .. } => None,
+    };
+    let mut steps = Vec::new();
+    let mut expected = 1u64;
+    let mut previous: Option<String> = None;
+    for seg in segments {
+        if seg.first > expected {
+            // A hole in the archive: take what the local journal has of it.
+            let mut covered = expected;
+            for (name, path) in local_segments {
+                match sealed_last(name) {
+                    Some(last) if name.first() == covered && last < seg.first => {
+                        steps.push(Step::Local {
+                            name: name.clone(),
+                            path: path.clone(),
+                        });
+                        covered = last + 1;
+                    }
+                    _ => {}
+                }
+            }
+            findings.push(Finding::SegmentMissing {
+                node: node.to_string(),
+                first: expected,
+                last: seg.first - 1,
+                after: previous.clone(),
+                before: Some(seg.key.clone()),
+                local_copy: covered == seg.first,
+            });
+            if covered < seg.first {
+                steps.push(Step::SkipTo(seg.first));
+            }
+        }
+        let local_copy = local_sealed
+            .get(&(seg.first, seg.last))
+            .map(|p| (*p).clone());
+        if local_copy.is_none() {
+            // The local journal cut these records into other segments.
+            for (name, path) in local_segments {
+                let last = sealed_last(name).unwrap_or(u64::MAX);
+                if name.first() <= seg.last && last >= seg.first {
+                    findings.push(Finding::LocalMismatch {
+                        key: seg.key.clone(),
+                        local: path.display().to_string(),
+                        detail: format!(
+                            "the archived segment holds seq {}-{}, the local segment that overlaps it does not match that range",
+                            seg.first, seg.last
+                        ),
+                    });
+                }
+            }
+        }
+        match (seg.hidden, local_copy) {
+            (false, local) => steps.push(Step::Archived {
+                key: seg.key.clone(),
+                first: seg.first,
+                last: seg.last,
+                local,
+            }),
+            // Hidden (already a finding): the local journal still has it.
+            (true, Some(path)) => steps.push(Step::Local {
+                name: SegmentName::Sealed {
+                    first: seg.first,
+                    last: seg.last,
+                },
+                path,
+            }),
+            (true, None) => steps.push(Step::SkipTo(seg.last + 1)),
+        }
+        expected = expected.max(seg.last + 1);
+        previous = Some(seg.key.clone());
+    }
+    let Some(local) = local else {
+        return steps;
+    };
+    let tail: Vec<&(SegmentName, PathBuf)> = local_segments
+        .iter()
+        .filter(|(name, _)| name.first() >= expected)
+        .collect();
+    // Shipped according to the progress file, but not in the archive.
+    if let Some(shipped) = &local.shipped {
+        let missing_last = tail
+            .iter()
+            .filter_map(|(name, _)| sealed_last(name))
+            .filter(|last| *last <= shipped.segments_through_seq)
+            .max();
+        if let Some(last) = missing_last {
+            findings.push(Finding::SegmentMissing {
+                node: node.to_string(),
+                first: expected,
+                last,
+                after: previous,
+                before: None,
+                local_copy: true,
+            });
+        }
+    }
+    for (name, path) in tail {
+        steps.push(Step::Local {
+            name: name.clone(),
+            path: path.clone(),
+        });
+    }
+    steps
+}
+
+async fn verify_node(
+    store: &Arc<dyn ArchiveStore>,
+    layout: &Layout,
+    node: &str,
+    versions: Vec<ListedVersion>,
+    options: &ArchiveOptions,
+    local: Option<&LocalJournal>,
+) -> Result<NodeReport, ArchiveVerifyError> {
+    let node_prefix = layout.node(node);
+    let mut report = NodeReport {
+        node: node.to_string(),
+        segments: 0,
+        records: 0,
+        archived_through_seq: 0,
+        head_seq: 0,
+        head_leaf: None,
+        checkpoints: 0,
+        key: None,
+        uncovered_records: 0,
+        checkpoints_beyond_archive: 0,
+        local: local.map(|l| LocalReport {
+            journal: l.dir.clone(),
+            segments_compared: 0,
+            checkpoints_compared: 0,
+            segments_not_archived: 0,
+            records_not_archived: 0,
+            shipped_through_seq: l.shipped.as_ref().map(|s| s.segments_through_seq),
+        }),
+        findings: Vec::new(),
+    };
+    let findings = &mut report.findings;
+    if versions.is_empty() && local.is_none() {
+        // `--node` names a node the archive does not have.
+        findings.push(Finding::EmptyArchive {
+            prefix: node_prefix,
+        });
+        return Ok(report);
+    }
+    let survey = survey(&node_prefix, versions, findings);
+    report.archived_through_seq = survey.segments.last().map_or(0, |s| s.last);
+    let heads = if store.is_worm() {
+        check_locks(store, survey.visible, options.min_retention_days, findings).await?
+    } else {
+        HashMap::new()
+    };
+
+    let key = key_for(node, &options.keys).unwrap_or_else(|finding| {
+        findings.push(finding);
+        None
+    });
+    report.key = key.map(|k| k.text().to_string());
+    let notes = gather_notes(
+        store,
+        layout,
+        node,
+        &survey.checkpoints,
+        &heads,
+        local,
+        report.local.as_mut(),
+        findings,
+    )
+    .await?;
+    let checkpoints = key.map(|key| {
+        let (check, count) = CheckpointCheck::new(notes, key, options.max_gap, findings);
+        report.checkpoints = count;
+        check
+    });
+
+    let steps = plan(node, &survey.segments, local, findings);
+    // Download ahead (one segment buffered) while the current one is checked.
+    let fetch_keys: Vec<String> = steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Archived { key, .. } => Some(key.clone()),
+            _ => None,
+        })
+        .collect();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let fetch_store = store.clone();
+    let _fetcher = AbortOnDrop(tokio::spawn(async move {
+        for key in fetch_keys {
+            let answer = fetch_store.get(&key).await;
+            if tx.send(answer).await.is_err() {
+                break;
+            }
+        }
+    }));
+    let mut chain = ChainCheck::new(checkpoints);
+    for step in steps {
+        let (name, path) = match step {
+            Step::SkipTo(first) => {
+                chain.skip_to(first);
+                continue;
+            }
+            Step::Local { name, path } => (name, path),
+            Step::Archived {
+                key,
+                first,
+                last,
+                local: local_copy,
+            } => {
+                let answer = rx
+                    .recv()
+                    .await
+                    .expect("the fetcher sends one answer per archived segment");
+                let plain = match answer {
+                    Ok(gz) => {
+                        check_checksum(&heads, &key, &gz, findings);
+                        blocking(|| decompress(&gz))
+                            .map_err(|e| {
+                                findings.push(Finding::Undecodable {
+                                    key: key.clone(),
+                                    reason: e.to_string(),
+                                })
+                            })
+                            .ok()
+                    }
+                    Err(ArchiveError::Request { status: 404, .. }) => {
+                        findings.push(Finding::Unreadable {
+                            key: key.clone(),
+                            reason: "GET found no object".into(),
+                        });
+                        None
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let name = SegmentName::Sealed { first, last };
+                match (plain, local_copy) {
+                    (Some(plain), local_copy) => {
+                        let before = chain.records;
+                        blocking(|| chain.feed(&key, &name, &plain, findings));
+                        report.segments += 1;
+                        report.records += chain.records - before;
+                        if let (Some(path), Some(l)) = (local_copy, local) {
+                            let local_bytes = read_local(&l.dir, &name, &path)?;
+                            if let Some(r) = report.local.as_mut() {
+                                r.segments_compared += 1;
+                            }
+                            if local_bytes != plain {
+                                findings.push(Finding::LocalMismatch {
+                                    key,
+                                    local: path.display().to_string(),
+                                    detail: format!(
+                                        "the records differ from line {} on",
+                                        first_difference_line(&plain, &local_bytes)
+                                    ),
+                                });
+                            }
+                        }
+                        continue;
+                    }
+                    // Unreadable archived copy (already a finding): check the local one.
+                    (None, Some(path)) => (name, path),
+                    (None, None) => {
+                        chain.skip_to(last + 1);
+                        continue;
+                    }
+                }
+            }
+        };
+        // A local segment the archive does not have, hides, or holds unreadable.
+        let dir = &local.expect("local segments come from a journal").dir;
+        let bytes = read_local(dir, &name, &path)?;
+        let before = chain.records;
+        let label = path.display().to_string();
+        blocking(|| chain.feed(&label, &name, &bytes, findings));
+        if let Some(r) = report.local.as_mut() {
+            r.segments_not_archived += 1;
+            r.records_not_archived += chain.records - before;
+        }
+    }
+
+    let (head_seq, head_leaf) = chain.head;
+    report.head_seq = head_seq;
+    report.head_leaf = (head_seq > 0).then(|| hex::encode(head_leaf));
+    if let Some(check) = &chain.checkpoints {
+        if local.is_some() {
+            check.finish(head_seq, findings);
+        } else {
+            // The archive lags the journal by the open segment: not a finding.
+            report.checkpoints_beyond_archive = check.beyond(head_seq).count();
+        }
+        report.uncovered_records = head_seq.saturating_sub(check.newest_valid_size);
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::{compress, Archiver, DirStore, PutResult};
+    use crate::checkpoint::{write_key_pair, CheckpointSigner};
+    use crate::journal::tests::event;
+    use crate::journal::{CheckpointTiming, Checkpointing, Journal, JournalConfig};
+    use crate::merkle::{self, Frontier, Hash};
+    use crate::record;
+    use std::time::Instant;
+
+    const PREFIX: &str = "audit";
+
+    /// A node's signed journal shipped to a directory archive by the real [`Archiver`].
+    struct Shipped {
+        _tmp: tempfile::TempDir,
+        journal: PathBuf,
+        archive: PathBuf,
+        key: PathBuf,
+        records: u64,
+    }
+
+    /// `n` records of node `node` in 4 KiB segments, a checkpoint after every batch, then every
+    /// sealed segment and every checkpoint shipped (the open segment stays local).
+    async fn shipped(node: &str, n: usize, archive: Option<&Path>) -> Shipped {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = tmp.path().join("checkpoint.key");
+        write_key_pair(&key, &format!("auditgate/{node}")).unwrap();
+        let journal = tmp.path().join("journal");
+        let cfg = JournalConfig {
+            segment_max_bytes: 4096,
+            ..JournalConfig::default()
+        };
+        let checkpointing = Checkpointing {
+            signer: CheckpointSigner::load(&key, false, "unused").unwrap(),
+            timing: CheckpointTiming {
+                interval: Duration::ZERO,
+                heartbeat: Duration::from_secs(3600),
+            },
+        };
+        // The journal's blocking appends run off the test's runtime.
+        let stats = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let (j, _) =
+                        Journal::open_with_checkpoints(&journal, node, &cfg, Some(checkpointing))
+                            .unwrap();
+                    for i in 0..n {
+                        j.append_blocking(&event(i)).unwrap();
+                    }
+                    j.checkpoint_stats().unwrap().clone()
+                })
+                .join()
+                .unwrap()
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stats.last_size.load(std::sync::atomic::Ordering::Acquire) < n as u64 {
+            assert!(
+                Instant::now() < deadline,
+                "no checkpoint covers all {n} records"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let archive = archive.map_or_else(|| tmp.path().join("archive"), Path::to_path_buf);
+        let store = Arc::new(DirStore::new(&archive));
+        let mut archiver =
+            Archiver::new(&journal, node, PREFIX, store, Duration::from_secs(86_400)).unwrap();
+        assert!(archiver.ship_pending().await.unwrap() > 0);
+        Shipped {
+            _tmp: tmp,
+            journal,
+            archive,
+            key,
+            records: n as u64,
+        }
+    }
+
+    impl Shipped {
+        fn verifier(&self) -> CheckpointVerifier {
+            CheckpointVerifier::load(checkpoint::public_key_path(&self.key).to_str().unwrap())
+                .unwrap()
+        }
+
+        fn options(&self) -> ArchiveOptions {
+            ArchiveOptions {
+                keys: vec![self.verifier()],
+                max_gap: Some(Duration::from_secs(180)),
+                min_retention_days: 1,
+                node: None,
+            }
+        }
+
+        async fn check(&self) -> ArchiveReport {
+            self.check_with(&self.options(), false).await
+        }
+
+        async fn check_with_journal(&self) -> ArchiveReport {
+            self.check_with(&self.options(), true).await
+        }
+
+        async fn check_with(&self, options: &ArchiveOptions, journal: bool) -> ArchiveReport {
+            let store = Arc::new(DirStore::new(&self.archive));
+            verify_archive(
+                store,
+                PREFIX,
+                options,
+                journal.then_some(self.journal.as_path()),
+            )
+            .await
+            .unwrap()
+        }
+
+        /// Archived files under `node=NODE/` ending with `suffix`, by file name.
+        fn archived(&self, node: &str, suffix: &str) -> Vec<PathBuf> {
+            fn walk(dir: &Path, suffix: &str, out: &mut Vec<PathBuf>) {
+                for e in fs::read_dir(dir).unwrap().flatten() {
+                    let p = e.path();
+                    if p.is_dir() {
+                        walk(&p, suffix, out);
+                    } else if p.to_string_lossy().ends_with(suffix) {
+                        out.push(p);
+                    }
+                }
+            }
+            let mut out = Vec::new();
+            walk(
+                &self.archive.join(format!("{PREFIX}/v1/node={node}")),
+                suffix,
+                &mut out,
+            );
+            out.sort_by_key(|p| p.file_name().unwrap().to_owned());
+            out
+        }
+
+        fn segments(&self) -> Vec<PathBuf> {
+            self.archived("n1", ".jsonl.gz")
+        }
+
+        fn checkpoints(&self) -> Vec<PathBuf> {
+            self.archived("n1", ".note")
+        }
+
+        fn key_of(&self, path: &Path) -> String {
+            path.strip_prefix(&self.archive)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        }
+    }
+
+    fn gz_lines(path: &Path) -> Vec<String> {
+        let plain = decompress(&fs::read(path).unwrap()).unwrap();
+        String::from_utf8(plain)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    fn write_gz_lines(path: &Path, lines: &[String]) {
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        fs::write(path, compress(text.as_bytes())).unwrap();
+    }
+
+    /// Recompute every `prev` of the archived segments: a rewrite by someone who can write to
+    /// the archive but does not hold the signing key. Returns each record's leaf hash.
+    fn rewrite_chain(paths: &[PathBuf]) -> Vec<record::LeafHash> {
+        let mut prev = [0u8; 32];
+        let mut leaves = Vec::new();
+        for path in paths {
+            let mut out = Vec::new();
+            for line in gz_lines(path) {
+                let at = line.find("\"prev\":\"").unwrap() + 8;
+                let line = format!("{}{}{}", &line[..at], hex::encode(prev), &line[at + 64..]);
+                prev = record::leaf_hash(line.as_bytes());
+                leaves.push(prev);
+                out.push(line);
+            }
+            write_gz_lines(path, &out);
+        }
+        leaves
+    }
+
+    fn root_of(leaves: &[record::LeafHash]) -> Hash {
+        let mut f = Frontier::new();
+        for leaf in leaves {
+            f.push(merkle::hash_of(leaf));
+        }
+        f.root()
+    }
+
+    fn findings(report: &ArchiveReport) -> Vec<Finding> {
+        report.all_findings().cloned().collect()
+    }
+
+    #[tokio::test]
+    async fn a_shipped_journal_verifies_with_and_without_the_journal() {
+        let s = shipped("n1", 60, None).await;
+        assert!(s.segments().len() >= 3, "several sealed segments shipped");
+
+        let report = s.check().await;
+        assert!(report.ok(), "{:?}", findings(&report));
+        assert!(!report.locks_checked, "a directory is not WORM");
+        assert_eq!(report.nodes.len(), 1);
+        let node = &report.nodes[0];
+        assert_eq!(node.node, "n1");
+        assert_eq!(node.segments, s.segments().len());
+        assert_eq!(node.head_seq, node.archived_through_seq);
+        assert_eq!(node.records, node.archived_through_seq);
+        assert!(
+            node.head_seq < s.records,
+            "the open segment is not archived"
+        );
+        assert_eq!(node.checkpoints, s.checkpoints().len());
+        assert!(
+            node.checkpoints_beyond_archive > 0,
+            "the open segment's checkpoints are archived: {node:?}"
+        );
+        assert_eq!(
+            node.uncovered_records, 0,
+            "every segment ends on a checkpoint"
+        );
+
+        let report = s.check_with_journal().await;
+        assert!(report.ok(), "{:?}", findings(&report));
+        let node = &report.nodes[0];
+        assert_eq!(node.head_seq, s.records);
+        assert_eq!(node.uncovered_records, 0);
+        assert_eq!(node.checkpoints_beyond_archive, 0);
+        let local = node.local.as_ref().unwrap();
+        assert_eq!(local.segments_compared, s.segments().len());
+        assert_eq!(local.checkpoints_compared, s.checkpoints().len());
+        assert_eq!(local.segments_not_archived, 1, "the open segment");
+        assert_eq!(
+            local.records_not_archived,
+            s.records - node.archived_through_seq
+        );
+        assert_eq!(local.shipped_through_seq, Some(node.archived_through_seq));
+    }
+
+    #[tokio::test]
+    async fn a_changed_record_in_an_archived_segment_is_named_by_its_key() {
+        let s = shipped("n1", 60, None).await;
+        let seg = &s.segments()[1];
+        let key = s.key_of(seg);
+        let mut lines = gz_lines(seg);
+        lines[1] = lines[1].replace("req-", "reQ-");
+        write_gz_lines(seg, &lines);
+
+        let report = s.check().await;
+        let found = findings(&report);
+        assert!(
+            found.iter().any(
+                |f| matches!(f, Finding::ChainBreak { segment, line: 3, .. } if *segment == key)
+            ),
+            "{found:?}"
+        );
+        assert!(found
+            .iter()
+            .any(|f| matches!(f, Finding::CheckpointMismatch { .. })));
+        // Named in the text too.
+        assert!(found
+            .iter()
+            .any(|f| f.to_string().starts_with(&format!("{key}:3:"))));
+
+        let found = findings(&s.check_with_journal().await);
+        assert!(
+            found.iter().any(|f| matches!(
+                f,
+                Finding::LocalMismatch { key: k, detail, .. } if *k == key && detail.contains("line 2")
+            )),
+            "{found:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_removed_segment_is_missing_and_the_journal_fills_the_hole() {
+        let s = shipped("n1", 60, None).await;
+        let segs = s.segments();
+        let SegmentName::Sealed { first, last } = SegmentName::parse(
+            segs[1]
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .strip_suffix(".gz")
+                .unwrap(),
+        )
+        .unwrap() else {
+            panic!("sealed")
+        };
+        fs::remove_file(&segs[1]).unwrap();
+        let expected = Finding::SegmentMissing {
+            node: "n1".into(),
+            first,
+            last,
+            after: Some(s.key_of(&segs[0])),
+            before: Some(s.key_of(&segs[2])),
+            local_copy: false,
+        };
+        let report = s.check().await;
+        assert_eq!(findings(&report), vec![expected.clone()]);
+
+        // With the journal: the same hole, and the records are checked from the local copy
+        // (every checkpoint still matches).
+        let report = s.check_with_journal().await;
+        let Finding::SegmentMissing {
+            first: f,
+            last: l,
+            local_copy,
+            ..
+        } = &findings(&report)[0]
+        else {
+            panic!("{:?}", findings(&report))
+        };
+        assert_eq!((*f, *l, *local_copy), (first, last, true));
+        assert_eq!(findings(&report).len(), 1, "{:?}", findings(&report));
+        assert_eq!(report.nodes[0].head_seq, s.records);
+        assert_eq!(report.nodes[0].uncovered_records, 0);
+    }
+
+    #[tokio::test]
+    async fn a_removed_last_segment_is_found_with_the_progress_file() {
+        let s = shipped("n1", 60, None).await;
+        let segs = s.segments();
+        let removed = segs.last().unwrap();
+        fs::remove_file(removed).unwrap();
+        // Without the journal it looks like an archive that lags (documented).
+        assert!(s.check().await.ok());
+        let found = findings(&s.check_with_journal().await);
+        assert!(
+            matches!(
+                found.as_slice(),
+                [Finding::SegmentMissing { after: Some(after), before: None, local_copy: true, .. }]
+                    if *after == s.key_of(&segs[segs.len() - 2])
+            ),
+            "{found:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_chain_rewritten_without_the_key_fails_only_the_checkpoints() {
+        let s = shipped("n1", 60, None).await;
+        let segs = s.segments();
+        let mut lines = gz_lines(&segs[1]);
+        lines[0] = lines[0].replacen("\"action\":\"R\"", "\"action\":\"D\"", 1);
+        write_gz_lines(&segs[1], &lines);
+        rewrite_chain(&segs);
+        let plain = s
+            .check_with(
+                &ArchiveOptions {
+                    keys: vec![],
+                    ..s.options()
+                },
+                false,
+            )
+            .await;
+        assert!(plain.ok(), "the chain alone cannot see it");
+        let found = findings(&s.check().await);
+        assert!(!found.is_empty());
+        for f in &found {
+            assert!(
+                matches!(f, Finding::CheckpointMismatch { checkpoint, .. } if checkpoint.starts_with("audit/v1/node=n1/checkpoints/")),
+                "{found:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_chain_rewritten_and_signed_with_another_key_is_found() {
+        let s = shipped("n1", 60, None).await;
+        let segs = s.segments();
+        let mut lines = gz_lines(&segs[1]);
+        lines[0] = lines[0].replacen("\"action\":\"R\"", "\"action\":\"D\"", 1);
+        write_gz_lines(&segs[1], &lines);
+        let leaves = rewrite_chain(&segs);
+        // The forger signs consistent checkpoints of the forged records with a key of the same
+        // name.
+        let forger = s.key.with_file_name("forger.key");
+        write_key_pair(&forger, "auditgate/n1").unwrap();
+        let signer = CheckpointSigner::load(&forger, false, "unused").unwrap();
+        let mut forged = 0;
+        for path in s.checkpoints() {
+            let cp = checkpoint::parse_unverified(&fs::read(&path).unwrap()).unwrap();
+            if cp.size as usize <= leaves.len() {
+                let note = signer.sign(
+                    cp.size,
+                    root_of(&leaves[..cp.size as usize]),
+                    SystemTime::now(),
+                );
+                fs::write(&path, note).unwrap();
+                forged += 1;
+            }
+        }
+        assert!(forged > 0);
+        // With the forger's key everything is consistent...
+        let forger_key =
+            CheckpointVerifier::load(checkpoint::public_key_path(&forger).to_str().unwrap())
+                .unwrap();
+        let with_forger = s
+            .check_with(
+                &ArchiveOptions {
+                    keys: vec![forger_key],
+                    max_gap: None,
+                    ..s.options()
+                },
+                false,
+            )
+            .await;
+        assert!(
+            findings(&with_forger)
+                .iter()
+                .all(|f| matches!(f, Finding::CheckpointSignature { .. })),
+            "only the real key's checkpoints beyond the archive fail: {:?}",
+            findings(&with_forger)
+        );
+        // ...with the node's key, every forged checkpoint is named.
+        let found = findings(&s.check().await);
+        let bad: Vec<&Finding> = found
+            .iter()
+            .filter(|f| matches!(f, Finding::CheckpointSignature { checkpoint, .. } if checkpoint.starts_with("audit/v1/node=n1/checkpoints/")))
+            .collect();
+        assert_eq!(bad.len(), forged, "{found:?}");
+        assert!(found.iter().all(|f| matches!(
+            f,
+            Finding::CheckpointSignature { .. } | Finding::CheckpointGap { .. }
+        )));
+    }
+
+    #[tokio::test]
+    async fn a_truncated_local_tail_is_found_against_the_archived_checkpoints() {
+        let s = shipped("n1", 60, None).await;
+        // Records after the last archived segment removed locally (and the local checkpoints
+        // with them): only the archived checkpoints remember them.
+        let (_, open) = list_segments(&s.journal).unwrap().pop().unwrap();
+        let bytes = fs::read(&open).unwrap();
+        let text = std::str::from_utf8(&bytes[..crate::journal::used_len(&bytes)]).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.len() >= 3);
+        let kept: String = lines[..lines.len() - 2]
+            .iter()
+            .map(|l| format!("{l}\n"))
+            .collect();
+        fs::write(&open, kept).unwrap();
+        for p in checkpoint::list_checkpoint_files(&s.journal).unwrap() {
+            fs::remove_file(p).unwrap();
+        }
+        assert!(
+            s.check().await.ok(),
+            "the archive alone holds no records past its segments"
+        );
+        let found = findings(&s.check_with_journal().await);
+        let top = s.records;
+        assert!(
+            found.iter().any(|f| matches!(
+                f,
+                Finding::Truncated { checkpoint, size, records }
+                    if *size == top && *records == top - 2
+                        && checkpoint.starts_with("audit/v1/node=n1/checkpoints/")
+            )),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().all(|f| matches!(f, Finding::Truncated { .. })),
+            "{found:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_inconsistent_with_an_earlier_one_is_found() {
+        let s = shipped("n1", 60, None).await;
+        let signer = CheckpointSigner::load(&s.key, false, "unused").unwrap();
+        // A tree that is not this log's, at the size of an archived checkpoint.
+        let size = checkpoint::size_of_file_name(
+            &s.checkpoints()[1].file_name().unwrap().to_string_lossy(),
+        )
+        .unwrap();
+        let later = SystemTime::now() + Duration::from_secs(1);
+        let name = checkpoint::file_name(size, later);
+        let key = Layout::new(PREFIX).checkpoint("n1", &name);
+        let note = signer.sign(size, Hash([7; 32]), later);
+        let store = DirStore::new(&s.archive);
+        assert_eq!(
+            store
+                .put_new(&key, note.clone(), &sha256_b64(&note), later)
+                .await
+                .unwrap(),
+            PutResult::Created
+        );
+        let found = findings(&s.check().await);
+        assert!(
+            found.contains(&Finding::CheckpointMismatch {
+                checkpoint: key.clone(),
+                size
+            }),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|f| matches!(
+                f,
+                Finding::CheckpointConflict { size: sz, second, .. } if *sz == size && *second == key
+            )),
+            "{found:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn nodes_are_checked_separately_with_their_own_keys() {
+        let a = shipped("n1", 30, None).await;
+        let b = shipped("n2", 20, Some(&a.archive)).await;
+        let both = ArchiveOptions {
+            keys: vec![b.verifier(), a.verifier()],
+            ..a.options()
+        };
+        let report = a.check_with(&both, false).await;
+        assert!(report.ok(), "{:?}", findings(&report));
+        let nodes: Vec<&str> = report.nodes.iter().map(|n| n.node.as_str()).collect();
+        assert_eq!(nodes, ["n1", "n2"]);
+        assert!(report.nodes.iter().all(|n| n.checkpoints > 0));
+
+        // --node n2 checks that node only.
+        let report = a
+            .check_with(
+                &ArchiveOptions {
+                    keys: vec![b.verifier()],
+                    node: Some("n2".into()),
+                    ..a.options()
+                },
+                false,
+            )
+            .await;
+        assert!(report.ok(), "{:?}", findings(&report));
+        assert_eq!(report.nodes.len(), 1);
+
+        // The journal is matched with its own node.
+        let report = b.check_with(&both, true).await;
+        assert!(report.ok(), "{:?}", findings(&report));
+        assert!(report.nodes[0].local.is_none());
+        assert_eq!(report.nodes[1].head_seq, 20);
+
+        // Two keys, none of them n2's.
+        let (_, other) = checkpoint::generate_key("auditgate/n3").unwrap();
+        let report = a
+            .check_with(
+                &ArchiveOptions {
+                    keys: vec![a.verifier(), CheckpointVerifier::from_text(&other).unwrap()],
+                    ..a.options()
+                },
+                false,
+            )
+            .await;
+        assert!(
+            matches!(findings(&report).as_slice(), [Finding::NoKeyForNode { node, .. }] if node == "n2"),
+            "{:?}",
+            findings(&report)
+        );
+
+        // Something that is not part of the layout.
+        let stray = a.archive.join(format!("{PREFIX}/v1/node=n1/notes.txt"));
+        fs::write(&stray, "hello").unwrap();
+        let stray_root = a.archive.join(format!("{PREFIX}/v1/README"));
+        fs::write(&stray_root, "hello").unwrap();
+        let found = findings(&a.check_with(&both, false).await);
+        assert!(found.contains(&Finding::UnexpectedObject {
+            key: format!("{PREFIX}/v1/node=n1/notes.txt")
+        }));
+        assert!(found.contains(&Finding::UnexpectedObject {
+            key: format!("{PREFIX}/v1/README")
+        }));
+    }
+
+    #[tokio::test]
+    async fn an_empty_archive_is_a_finding() {
+        let tmp = tempfile::tempdir().unwrap();
+        let report = verify_archive(
+            Arc::new(DirStore::new(tmp.path())),
+            PREFIX,
+            &ArchiveOptions::default(),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            findings(&report),
+            vec![Finding::EmptyArchive {
+                prefix: "audit/v1/".into()
+            }]
+        );
+        // A node the archive does not have: that, and nothing else (no "no checkpoints").
+        let (_, public) = checkpoint::generate_key("auditgate/n9").unwrap();
+        let options = ArchiveOptions {
+            keys: vec![CheckpointVerifier::from_text(&public).unwrap()],
+            node: Some("n9".into()),
+            ..ArchiveOptions::default()
+        };
+        let report = verify_archive(Arc::new(DirStore::new(tmp.path())), PREFIX, &options, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            findings(&report),
+            vec![Finding::EmptyArchive {
+                prefix: "audit/v1/node=n9/".into()
+            }]
+        );
+    }
+
+    /// A directory archive dressed up as a versioned, locked store: extra versions and delete
+    /// markers in the listing, and the HEAD answers a test sets.
+    struct Versioned {
+        inner: DirStore,
+        /// Extra listing entries; a delete marker on top makes `get` of its key fail with 404.
+        extra: Vec<ListedVersion>,
+        heads: HashMap<String, ObjectInfo>,
+    }
+
+    #[async_trait::async_trait]
+    impl ArchiveStore for Versioned {
+        fn target(&self) -> String {
+            self.inner.target()
+        }
+        fn is_worm(&self) -> bool {
+            true
+        }
+        async fn check_ready(&self) -> Result<(), ArchiveError> {
+            Ok(())
+        }
+        async fn put_new(
+            &self,
+            key: &str,
+            bytes: Vec<u8>,
+            sha256: &str,
+            retain_until: SystemTime,
+        ) -> Result<PutResult, ArchiveError> {
+            self.inner.put_new(key, bytes, sha256, retain_until).await
+        }
+        async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, ArchiveError> {
+            if self.hidden(key) {
+                return Ok(None);
+            }
+            let Some(stored) = self.inner.head(key).await? else {
+                return Ok(None);
+            };
+            Ok(Some(self.heads.get(key).cloned().unwrap_or(ObjectInfo {
+                lock_mode: Some("COMPLIANCE".into()),
+                retain_until: Some(1_000_000_000 + 2192 * 86_400),
+                last_modified: Some(1_000_000_000),
+                ..stored
+            })))
+        }
+        async fn get(&self, key: &str) -> Result<Vec<u8>, ArchiveError> {
+            if self.hidden(key) {
+                return Err(ArchiveError::Request {
+                    key: key.into(),
+                    status: 404,
+                    detail: "NoSuchKey".into(),
+                });
+            }
+            self.inner.get(key).await
+        }
+        async fn list_versions(&self, prefix: &str) -> Result<Vec<ListedVersion>, ArchiveError> {
+            let mut out = self.inner.list_versions(prefix).await?;
+            for extra in &self.extra {
+                if extra.is_latest {
+                    for v in out.iter_mut().filter(|v| v.key == extra.key) {
+                        v.is_latest = false;
+                    }
+                }
+                out.push(extra.clone());
+            }
+            Ok(out)
+        }
+    }
+
+    impl Versioned {
+        fn hidden(&self, key: &str) -> bool {
+            self.extra
+                .iter()
+                .any(|v| v.key == key && v.is_latest && v.is_delete_marker)
+        }
+    }
+
+    #[tokio::test]
+    async fn versions_delete_markers_and_locks_are_checked_on_a_worm_store() {
+        let s = shipped("n1", 60, None).await;
+        let segs = s.segments();
+        let cps = s.checkpoints();
+        let hidden = s.key_of(&segs[1]);
+        let rewritten = s.key_of(&segs[2]);
+        let governance = s.key_of(&segs[0]);
+        let short = s.key_of(&cps[0]);
+        let bad_sum = s.key_of(&cps[1]);
+        let marker = |key: &str, is_latest| ListedVersion {
+            key: key.into(),
+            version_id: Some("dm".into()),
+            is_latest,
+            is_delete_marker: true,
+        };
+        let mut heads = HashMap::new();
+        heads.insert(
+            governance.clone(),
+            ObjectInfo {
+                lock_mode: Some("GOVERNANCE".into()),
+                retain_until: Some(2_000_000_000),
+                ..ObjectInfo::default()
+            },
+        );
+        heads.insert(
+            short.clone(),
+            ObjectInfo {
+                lock_mode: Some("COMPLIANCE".into()),
+                retain_until: Some(1_000_000_000 + 1000 * 86_400),
+                last_modified: Some(1_000_000_000),
+                ..ObjectInfo::default()
+            },
+        );
+        heads.insert(
+            bad_sum.clone(),
+            ObjectInfo {
+                lock_mode: Some("COMPLIANCE".into()),
+                retain_until: Some(1_000_000_000 + 2191 * 86_400),
+                last_modified: Some(1_000_000_000),
+                sha256: Some(sha256_b64(b"other bytes")),
+                ..ObjectInfo::default()
+            },
+        );
+        let store = Arc::new(Versioned {
+            inner: DirStore::new(&s.archive),
+            extra: vec![
+                marker(&hidden, true),
+                ListedVersion {
+                    key: rewritten.clone(),
+                    version_id: Some("v2".into()),
+                    is_latest: true,
+                    is_delete_marker: false,
+                },
+                marker(&s.key_of(&cps[2]), false),
+            ],
+            heads,
+        });
+        let options = ArchiveOptions {
+            min_retention_days: SIX_YEARS_DAYS,
+            ..s.options()
+        };
+        let report = verify_archive(store.clone(), PREFIX, &options, None)
+            .await
+            .unwrap();
+        assert!(report.locks_checked);
+        let mut found = findings(&report);
+        found.sort_by_key(|f| f.to_string());
+        let mut expected = vec![
+            Finding::DeleteMarker {
+                key: hidden.clone(),
+                hidden: true,
+            },
+            Finding::DeleteMarker {
+                key: s.key_of(&cps[2]),
+                hidden: false,
+            },
+            Finding::SecondVersion {
+                key: rewritten.clone(),
+                versions: 2,
+            },
+            Finding::LockMissing {
+                key: governance.clone(),
+                mode: Some("GOVERNANCE".into()),
+                retain_until: Some(2_000_000_000),
+            },
+            Finding::RetentionShort {
+                key: short.clone(),
+                retained_days: 1000,
+                min_days: SIX_YEARS_DAYS,
+            },
+            Finding::ChecksumMismatch {
+                key: bad_sum.clone(),
+                recorded: sha256_b64(b"other bytes"),
+                actual: sha256_b64(&fs::read(&cps[1]).unwrap()),
+            },
+        ];
+        expected.sort_by_key(|f| f.to_string());
+        // The hidden segment's records cannot be read: no missing-segment finding (the delete
+        // marker is the finding), and checkpoints past it cannot be recomputed.
+        assert_eq!(found, expected);
+        for f in &found {
+            let text = f.to_string();
+            assert!(text.starts_with("audit/v1/node=n1/"), "{text}");
+        }
+
+        // With the journal, the hidden segment's records come from the local copy.
+        let report = verify_archive(store, PREFIX, &options, Some(&s.journal))
+            .await
+            .unwrap();
+        let mut found = findings(&report);
+        found.sort_by_key(|f| f.to_string());
+        assert_eq!(found, expected);
+        assert_eq!(report.nodes[0].head_seq, s.records);
+        assert_eq!(report.nodes[0].uncovered_records, 0);
+    }
+}

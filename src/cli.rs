@@ -36,23 +36,60 @@ pub enum Command {
         #[arg(long, short, env = "AUDITGATE_CONFIG")]
         config: PathBuf,
     },
-    /// Verify a journal directory: every hash, the chain, sequence continuity and, with
-    /// `--key`, every signed checkpoint (signature, Merkle root against the records, a cut
-    /// tail, heartbeat gaps).
+    /// Verify a journal directory, the WORM archive, or both: every hash, the chain, sequence
+    /// continuity and, with `--key`, every signed checkpoint (signature, Merkle root against
+    /// the records, a cut tail, heartbeat gaps).
+    ///
+    /// With `--archive`, the archive's objects are checked the same way, node by node, and
+    /// also every object's versions and delete markers, lock mode and retain-until date (S3),
+    /// and seq ranges no archived segment holds. With `--journal` as well, the local journal
+    /// and the archive must agree, and the records not archived yet are checked from the
+    /// journal (so a checkpoint beyond them is a cut tail).
+    ///
+    /// ARCHIVE is `s3://BUCKET/PREFIX` (credentials, and the region unless `--region`, from the
+    /// standard AWS chain: `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, `AWS_PROFILE`, an
+    /// instance role...), or a local directory archive: the `[archive] dir`, whose objects are
+    /// under `--prefix`.
     ///
     /// Exit 0 when nothing is wrong, 1 with a list of findings, 2 if it could not run.
     Verify {
         /// The journal directory of one node.
-        #[arg(long)]
-        journal: PathBuf,
-        /// The node's checkpoint public key: a `.pub` file from `keygen`, or the key text.
-        #[arg(long)]
-        key: Option<String>,
+        #[arg(long, required_unless_present = "archive")]
+        journal: Option<PathBuf>,
+        /// The archive: `s3://BUCKET/PREFIX`, or a directory archive's path.
+        #[arg(long, value_name = "ARCHIVE")]
+        archive: Option<String>,
+        /// A checkpoint public key: a `.pub` file from `keygen`, or the key text. With
+        /// `--archive`, give one per node: each node's checkpoints are checked with the key
+        /// named `auditgate/NODE` (or the only key given).
+        #[arg(long, value_name = "PUBKEY")]
+        key: Vec<String>,
         /// With `--key`: report two consecutive checkpoints signed more than this many
         /// seconds apart (set it above the gateway's `checkpoint.heartbeat_secs`; 0 turns the
         /// check off).
         #[arg(long, default_value_t = 180)]
         max_gap_secs: u64,
+        /// Check only this node of the archive. With `--journal`, the journal's node (default:
+        /// the `node` of its records).
+        #[arg(long, requires = "archive")]
+        node: Option<String>,
+        /// A directory archive's key prefix (`[archive] prefix`; default `auditgate`). For
+        /// `s3://` the prefix is part of ARCHIVE.
+        #[arg(long, requires = "archive")]
+        prefix: Option<String>,
+        /// An S3-compatible endpoint instead of AWS, e.g. `http://127.0.0.1:4566`.
+        #[arg(long, requires = "archive")]
+        endpoint_url: Option<String>,
+        /// The bucket's AWS region (default: the standard AWS configuration chain).
+        #[arg(long, requires = "archive")]
+        region: Option<String>,
+        /// Path-style addressing (`endpoint/bucket/key`), needed by most S3-compatible servers.
+        #[arg(long, requires = "archive")]
+        force_path_style: bool,
+        /// Every archived object must be locked (COMPLIANCE) for at least this many days after
+        /// it was stored (one day of slack; 2192 days is six years).
+        #[arg(long, default_value_t = crate::archive::SIX_YEARS_DAYS, requires = "archive")]
+        min_retention_days: u64,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -141,10 +178,40 @@ pub fn main() -> ExitCode {
         Command::CheckConfig { config } => check_config(&config),
         Command::Verify {
             journal,
+            archive,
             key,
             max_gap_secs,
+            node,
+            prefix,
+            endpoint_url,
+            region,
+            force_path_style,
+            min_retention_days,
             json,
-        } => verify(&journal, key.as_deref(), max_gap_secs, json),
+        } => match archive {
+            Some(archive) => verify_archive(&VerifyArchiveArgs {
+                archive,
+                journal,
+                keys: key,
+                max_gap_secs,
+                node,
+                prefix,
+                endpoint_url,
+                region,
+                force_path_style,
+                min_retention_days,
+                json,
+            }),
+            None => match (journal, key.as_slice()) {
+                (Some(journal), []) => verify(&journal, None, max_gap_secs, json),
+                (Some(journal), [key]) => verify(&journal, Some(key), max_gap_secs, json),
+                (Some(_), _) => {
+                    eprintln!("auditgate: verify: a journal is one node's: give one --key");
+                    ExitCode::from(2)
+                }
+                (None, _) => unreachable!("clap requires --journal or --archive"),
+            },
+        },
         Command::Keygen { out, name } => keygen(&out, name),
         Command::Prove {
             journal,
@@ -279,6 +346,210 @@ pub fn print_report(report: &crate::verify::Report) {
         for f in &report.findings {
             println!("  {f}");
         }
+    }
+}
+
+/// `verify --archive`'s arguments.
+struct VerifyArchiveArgs {
+    archive: String,
+    journal: Option<PathBuf>,
+    keys: Vec<String>,
+    max_gap_secs: u64,
+    node: Option<String>,
+    prefix: Option<String>,
+    endpoint_url: Option<String>,
+    region: Option<String>,
+    force_path_style: bool,
+    min_retention_days: u64,
+    json: bool,
+}
+
+/// What `--archive` names: `s3://BUCKET/PREFIX`, or a directory archive (the `[archive] dir`)
+/// with its objects under `--prefix` (as `[archive] dir` and `prefix` in the config).
+fn archive_config(args: &VerifyArchiveArgs) -> Result<crate::archive::ArchiveConfig, String> {
+    use crate::archive::{ArchiveConfig, ArchiveKind};
+    let mut cfg = ArchiveConfig {
+        region: args.region.clone(),
+        endpoint_url: args.endpoint_url.clone(),
+        force_path_style: args.force_path_style,
+        ..ArchiveConfig::default()
+    };
+    if let Some(rest) = args.archive.strip_prefix("s3://") {
+        if args.prefix.is_some() {
+            return Err("--prefix is for a directory archive; for S3 the prefix is part of s3://BUCKET/PREFIX".into());
+        }
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(format!("{}: no bucket (s3://BUCKET/PREFIX)", args.archive));
+        }
+        cfg.kind = ArchiveKind::S3;
+        cfg.bucket = bucket.to_string();
+        cfg.prefix = prefix.trim_end_matches('/').to_string();
+    } else {
+        if args.archive.contains("://") {
+            return Err(format!(
+                "{}: not s3://BUCKET/PREFIX or a directory",
+                args.archive
+            ));
+        }
+        if args.endpoint_url.is_some() || args.region.is_some() || args.force_path_style {
+            return Err(
+                "--endpoint-url, --region and --force-path-style are for s3:// archives".into(),
+            );
+        }
+        let dir = PathBuf::from(&args.archive);
+        if !dir.is_dir() {
+            return Err(format!("{}: no such directory", dir.display()));
+        }
+        cfg.kind = ArchiveKind::Dir;
+        cfg.dir = dir;
+        if let Some(prefix) = &args.prefix {
+            cfg.prefix = prefix.trim_end_matches('/').to_string();
+        }
+    }
+    if cfg.prefix.starts_with('/') || cfg.prefix.contains("//") {
+        return Err(format!(
+            "prefix {:?}: must not start with '/' or contain '//'",
+            cfg.prefix
+        ));
+    }
+    Ok(cfg)
+}
+
+fn verify_archive(args: &VerifyArchiveArgs) -> ExitCode {
+    let fail = |msg: &dyn std::fmt::Display| {
+        eprintln!("auditgate: verify: {msg}");
+        ExitCode::from(2)
+    };
+    let cfg = match archive_config(args) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let mut keys = Vec::new();
+    for key in &args.keys {
+        match crate::checkpoint::CheckpointVerifier::load(key) {
+            Ok(k) => keys.push(k),
+            Err(e) => return fail(&format!("--key: {e}")),
+        }
+    }
+    let options = crate::verify::ArchiveOptions {
+        keys,
+        max_gap: (args.max_gap_secs > 0).then(|| std::time::Duration::from_secs(args.max_gap_secs)),
+        min_retention_days: args.min_retention_days,
+        node: args.node.clone(),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    let report = runtime.block_on(async {
+        let store: std::sync::Arc<dyn crate::archive::ArchiveStore> = match cfg.kind {
+            crate::archive::ArchiveKind::S3 => {
+                std::sync::Arc::new(crate::archive::S3Store::connect(&cfg).await)
+            }
+            _ => std::sync::Arc::new(crate::archive::DirStore::new(&cfg.dir)),
+        };
+        crate::verify::verify_archive(store, &cfg.prefix, &options, args.journal.as_deref()).await
+    });
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serialises")
+        );
+    } else {
+        print_archive_report(&report);
+    }
+    if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// Human-readable `verify --archive` report.
+pub fn print_archive_report(report: &crate::verify::ArchiveReport) {
+    println!(
+        "archive {}: {} object versions and delete markers under {}",
+        report.archive, report.versions_listed, report.listed
+    );
+    if report.locks_checked {
+        println!(
+            "locks checked: every object in COMPLIANCE mode, retained at least {} days after it was stored",
+            report.min_retention_days
+        );
+    } else {
+        println!("locks NOT checked: a directory archive is not WORM (anyone who can write to it can change it)");
+    }
+    for node in &report.nodes {
+        println!(
+            "node {}: {} archived segments, {} records (through seq {}), head seq {}",
+            node.node, node.segments, node.records, node.archived_through_seq, node.head_seq
+        );
+        if let Some(leaf) = &node.head_leaf {
+            println!("  head leaf hash {leaf}");
+        }
+        match &node.key {
+            Some(key) => println!(
+                "  {} signed checkpoints checked with {key}; {} newest records not yet covered by one",
+                node.checkpoints, node.uncovered_records
+            ),
+            None => println!(
+                "  checkpoints NOT checked (no --key): a rewrite of the whole chain cannot be seen without them"
+            ),
+        }
+        if node.checkpoints_beyond_archive > 0 {
+            println!(
+                "  {} checkpoints cover records not archived yet (the open segment's): give --journal to check them",
+                node.checkpoints_beyond_archive
+            );
+        }
+        if let Some(local) = &node.local {
+            println!(
+                "  local journal {}: {} segments and {} checkpoints compared with the archive; {} segment(s) ({} records) not archived, checked from the journal",
+                local.journal.display(),
+                local.segments_compared,
+                local.checkpoints_compared,
+                local.segments_not_archived,
+                local.records_not_archived
+            );
+            match local.shipped_through_seq {
+                Some(seq) => {
+                    println!("  its progress file says segments through seq {seq} are shipped")
+                }
+                None => println!("  it has no progress file for this archive"),
+            }
+        }
+        for f in &node.findings {
+            println!("  {f}");
+        }
+    }
+    for f in &report.findings {
+        println!("{f}");
+    }
+    let count = report.all_findings().count();
+    if count == 0 {
+        println!(
+            "OK: every archived record hashes and chains, every object is where it belongs{}{}",
+            if report.locks_checked {
+                " and locked"
+            } else {
+                ""
+            },
+            if report.nodes.iter().all(|n| n.key.is_some()) {
+                ", every checkpoint is signed and matches the records"
+            } else {
+                ""
+            }
+        );
+    } else {
+        println!("FAILED: {count} finding(s)");
     }
 }
 

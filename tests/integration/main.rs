@@ -6,6 +6,7 @@
 mod support;
 
 mod archive;
+mod archive_verify;
 mod attacks;
 mod cli;
 mod crash;

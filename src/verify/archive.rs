@@ -1336,6 +1336,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_journal_whose_shipped_segments_were_deleted_locally_verifies_against_the_archive() {
+        // `delete_local_after_ship`: the oldest sealed segments are only in the archive now.
+        let s = shipped("n1", 60, None).await;
+        let local = list_segments(&s.journal).unwrap();
+        for (_, path) in &local[..2] {
+            fs::remove_file(path).unwrap();
+        }
+        let report = s.check_with_journal().await;
+        assert!(report.ok(), "{:?}", findings(&report));
+        let node = &report.nodes[0];
+        assert_eq!(node.head_seq, s.records);
+        assert_eq!(node.uncovered_records, 0);
+        assert_eq!(
+            node.local.as_ref().unwrap().segments_compared,
+            s.segments().len() - 2
+        );
+    }
+
+    #[tokio::test]
     async fn a_removed_last_segment_is_found_with_the_progress_file() {
         let s = shipped("n1", 60, None).await;
         let segs = s.segments();

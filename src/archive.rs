@@ -869,7 +869,7 @@ pub struct Archiver {
 
 /// How far a confirmed retain-until date may fall short of upload time + retention (clock
 /// differences between the gateway and the store).
-const RETENTION_SLACK: Duration = Duration::from_secs(86_400);
+pub const RETENTION_SLACK: Duration = Duration::from_secs(86_400);
 
 impl Archiver {
     /// An archiver for `journal_dir`, continuing from its progress file.

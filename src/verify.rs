@@ -86,6 +86,9 @@ pub enum Finding {
     /// record up to its size was changed, removed, inserted or reordered, or the chain was
     /// rewritten after it was signed.
     CheckpointMismatch { checkpoint: String, size: u64 },
+    /// After the first [`Finding::CheckpointMismatch`], every later checkpoint covers the same
+    /// changed records and cannot match either: counted here instead of listed one by one.
+    LaterCheckpointMismatches { count: u64, last: String },
     /// A validly signed checkpoint covers more records than the journal holds: records were
     /// cut off the end.
     Truncated {
@@ -228,6 +231,11 @@ impl fmt::Display for Finding {
                 "{}: signed root for records 1-{size} does not match the records (a record up to seq {size} was changed, removed, inserted or reordered)",
                 checkpoint_place(checkpoint)
             ),
+            Finding::LaterCheckpointMismatches { count, last } => write!(
+                f,
+                "{count} later checkpoints (up to {}) do not match either: they cover the same records",
+                checkpoint_place(last)
+            ),
             Finding::Truncated { checkpoint, size, records } => write!(
                 f,
                 "{}: signed for {size} records but the journal holds {records} (records {}-{size} were cut off)",
@@ -332,6 +340,10 @@ pub struct Report {
     /// Records after the newest valid checkpoint: not yet covered by a signature (normal for
     /// the last few seconds of a running gateway).
     pub uncovered_records: u64,
+    /// Records before the first local segment that the archive progress file says were shipped
+    /// and removed locally (`archive.delete_local_after_ship`): checked only by
+    /// `verify --archive ... --journal`, as are checkpoint roots then.
+    pub archived_records: u64,
     pub findings: Vec<Finding>,
 }
 
@@ -537,6 +549,9 @@ struct CheckpointCheck {
     /// past this point cannot be computed.
     broken: bool,
     newest_valid_size: u64,
+    /// Mismatches after the first one: (count, last label).
+    later_mismatches: (u64, String),
+    first_mismatch_seen: bool,
 }
 
 /// The checkpoint notes of a journal directory: (file name, bytes), in name order.
@@ -614,6 +629,8 @@ impl CheckpointCheck {
             frontier: Frontier::new(),
             broken: false,
             newest_valid_size: 0,
+            later_mismatches: (0, String::new()),
+            first_mismatch_seen: false,
         };
         check.settle(findings);
         (check, count)
@@ -639,7 +656,11 @@ impl CheckpointCheck {
             }
             if *root == self.frontier.root() {
                 self.newest_valid_size = *size;
+            } else if self.first_mismatch_seen {
+                self.later_mismatches.0 += 1;
+                self.later_mismatches.1 = label.clone();
             } else {
+                self.first_mismatch_seen = true;
                 findings.push(Finding::CheckpointMismatch {
                     checkpoint: label.clone(),
                     size: *size,
@@ -657,8 +678,20 @@ impl CheckpointCheck {
             .map(|(size, _, label)| (*size, label.as_str()))
     }
 
-    /// Checkpoints beyond the records: the records were cut short.
+    /// The count of mismatches after the first, as one finding.
+    fn finish_mismatches(&self, findings: &mut Vec<Finding>) {
+        let (count, last) = &self.later_mismatches;
+        if *count > 0 {
+            findings.push(Finding::LaterCheckpointMismatches {
+                count: *count,
+                last: last.clone(),
+            });
+        }
+    }
+
+    /// The mismatch count, and checkpoints beyond the records: the records were cut short.
     fn finish(&self, head_seq: u64, findings: &mut Vec<Finding>) {
+        self.finish_mismatches(findings);
         for (size, label) in self.beyond(head_seq) {
             findings.push(Finding::Truncated {
                 checkpoint: label.to_string(),
@@ -689,6 +722,9 @@ struct ChainCheck {
     segments: usize,
     records: u64,
     checkpoints: Option<CheckpointCheck>,
+    /// The record before the first one fed is not available (it is in the archive only): the
+    /// first record's `prev` cannot be checked.
+    head_unknown: bool,
 }
 
 impl ChainCheck {
@@ -701,7 +737,16 @@ impl ChainCheck {
             segments: 0,
             records: 0,
             checkpoints,
+            head_unknown: false,
         }
+    }
+
+    /// The records before `first` were shipped to the archive and removed locally: start the
+    /// chain there. Checkpoint roots cannot be recomputed without those records.
+    fn start_after_archived(&mut self, first: u64) {
+        self.expected_first = first;
+        self.head = (first - 1, [0u8; 32]);
+        self.head_unknown = true;
     }
 
     /// Check one segment's bytes (`label` names it in findings) and stitch it to the chain.
@@ -736,7 +781,7 @@ impl ChainCheck {
                 });
             }
             let (head_seq, head_leaf) = self.head;
-            if first_prev != head_leaf && first_seq == head_seq + 1 {
+            if !self.head_unknown && first_prev != head_leaf && first_seq == head_seq + 1 {
                 findings.push(Finding::ChainBreak {
                     segment: label.to_string(),
                     line: 1,
@@ -769,6 +814,7 @@ impl ChainCheck {
         self.records += seg.records;
         if let Some(last) = seg.last {
             self.head = last;
+            self.head_unknown = false;
         }
         self.expected_first = match name {
             SegmentName::Sealed { last, .. } => last + 1,
@@ -807,6 +853,7 @@ fn verify_once(dir: &Path, options: &Options) -> Result<Report, JournalError> {
         checkpoints: 0,
         key: options.key.as_ref().map(|k| k.text().to_string()),
         uncovered_records: 0,
+        archived_records: 0,
         findings: Vec::new(),
     };
     let checkpoints = match &options.key {
@@ -822,6 +869,14 @@ fn verify_once(dir: &Path, options: &Options) -> Result<Report, JournalError> {
     // Segments one at a time (memory stays bounded by the segment size), the lines of each on
     // every core.
     let mut chain = ChainCheck::new(checkpoints);
+    // Segments shipped to the archive and then removed locally: the chain starts after them.
+    if let Some((name, _)) = segments.first() {
+        let first = name.first();
+        if first > 1 && crate::archive::shipped_through_seq(dir) >= first - 1 {
+            chain.start_after_archived(first);
+            report.archived_records = first - 1;
+        }
+    }
     // A reader thread reads the next segment while this one is hashed (at most one ahead).
     let (ahead_tx, ahead) = std::sync::mpsc::sync_channel(1);
     let reader_segments: Vec<PathBuf> = segments.iter().map(|(_, p)| p.clone()).collect();
@@ -1184,10 +1239,10 @@ mod tests {
                 .iter()
                 .any(|f| matches!(f, Finding::CheckpointMismatch { .. })));
             assert!(
-                report
-                    .findings
-                    .iter()
-                    .all(|f| matches!(f, Finding::CheckpointMismatch { .. })),
+                report.findings.iter().all(|f| matches!(
+                    f,
+                    Finding::CheckpointMismatch { .. } | Finding::LaterCheckpointMismatches { .. }
+                )),
                 "{:?}",
                 report.findings
             );
@@ -1307,6 +1362,59 @@ mod tests {
                 .findings
                 .iter()
                 .any(|f| f.to_string().contains(&format!("checkpoints/{forged}"))));
+        }
+
+        #[test]
+        fn segments_removed_after_shipping_are_accounted_for_by_the_archive_progress_file() {
+            let j = signed_journal(40);
+            let paths = j.segments();
+            let sealed: Vec<(u64, PathBuf)> = list_segments(&j.dir)
+                .unwrap()
+                .into_iter()
+                .filter_map(|(n, p)| match n {
+                    SegmentName::Sealed { last, .. } => Some((last, p)),
+                    SegmentName::Open { .. } => None,
+                })
+                .collect();
+            assert!(sealed.len() >= 3, "{paths:?}");
+            // The first two sealed segments were shipped and deleted.
+            fs::remove_file(&sealed[0].1).unwrap();
+            fs::remove_file(&sealed[1].1).unwrap();
+            let gap = j.check();
+            assert!(
+                gap.findings
+                    .iter()
+                    .any(|f| matches!(f, Finding::SegmentGap { .. })),
+                "without the progress file the hole is a finding: {:?}",
+                gap.findings
+            );
+            let state = crate::archive::ShipState {
+                target: "s3://b/p".into(),
+                segments_through_seq: sealed[1].0,
+                checkpoints_through: String::new(),
+            };
+            fs::write(
+                j.dir.join(crate::archive::STATE_FILE),
+                serde_json::to_vec(&state).unwrap(),
+            )
+            .unwrap();
+            let report = j.check();
+            assert!(report.ok(), "{:?}", report.findings);
+            assert_eq!(report.archived_records, sealed[1].0);
+            assert_eq!(report.head_seq, 40);
+            // A cut tail is still found: checkpoints beyond the head need no old records.
+            let open = j.segments().last().unwrap().clone();
+            let lines = content_lines(&open);
+            write_lines(&open, &lines[..lines.len() - 1]);
+            let report = j.check();
+            assert!(
+                report
+                    .findings
+                    .iter()
+                    .any(|f| matches!(f, Finding::Truncated { .. })),
+                "{:?}",
+                report.findings
+            );
         }
 
         #[test]

@@ -508,6 +508,15 @@ fn shipped_segments_are_deleted_locally_only_after_their_lock_is_confirmed() {
     }
     assert!(covered >= first_local - 1, "{covered} {first_local}");
 
+    // The local journal still verifies, from its first local segment on; the records before
+    // it are accounted for by the archive's progress file.
+    let (code, out) = crate::support::gateway::verify_cli(&gw.journal, false);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("were shipped to the archive and removed locally"),
+        "{out}"
+    );
+
     // A restart on the pruned journal recovers and carries on.
     gw.kill9();
     gw.spawn();

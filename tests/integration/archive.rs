@@ -225,6 +225,26 @@ fn sealed_segments_and_checkpoints_are_shipped_locked_and_cannot_be_deleted() {
         assert!(info.sha256.is_some(), "{key}: checksum stored");
     }
 
+    // The auditor's check: archive and local journal, with the public key.
+    let public = crate::support::gateway::public_key_of(&gw.journal);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_auditgate"))
+        .args(["verify", "--archive", &format!("s3://e2e/{PREFIX}")])
+        .args(["--endpoint-url", &s3.endpoint(), "--force-path-style"])
+        .args(["--region", REGION, "--min-retention-days", "1", "--key"])
+        .arg(&public)
+        .arg("--journal")
+        .arg(&gw.journal)
+        .envs(aws_env())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Deleting a locked version through the S3 API is refused, even with the bypass header.
     let script = format!(
         "{BOTO3_PRELUDE}\n{}",

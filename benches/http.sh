@@ -265,6 +265,10 @@ url = "http://127.0.0.1:$UP_PORT"
 [journal]
 dir = "$JOURNAL"
 
+[checkpoint]
+key_file = "$RUN/checkpoint.key"
+create_key_if_missing = true
+
 [identity]
 [[identity.issuers]]
 issuer = "$ISSUER"
@@ -556,7 +560,7 @@ if ((${#segments[@]})); then
 fi
 journal_bytes=$(du -sb "$JOURNAL" | cut -f1)
 set +e
-verify_out=$("$AUDITGATE" verify --journal "$JOURNAL" 2>&1)
+verify_out=$("$AUDITGATE" verify --journal "$JOURNAL" --key "$RUN/checkpoint.key.pub" 2>&1)
 verify_rc=$?
 set -e
 
@@ -616,7 +620,7 @@ report=$(
         "$journal_records" "$journal_200" "$AG_SENT" "$journal_bytes"
     printf 'auditgate log: %s ERROR, %s WARN lines; %s threads\n' "$ag_log_errors" "$ag_log_warns" "$ag_threads"
     printf 'nginx access log: %s lines\n' "$nginx_log_lines"
-    printf 'auditgate verify --journal (exit %s):\n%s\n' "$verify_rc" "$(sed 's/^/  /' <<<"$verify_out")"
+    printf 'auditgate verify --journal --key (exit %s):\n%s\n' "$verify_rc" "$(sed 's/^/  /' <<<"$verify_out")"
 )
 printf '%s\n' "$report"
 printf '%s\n' "$report" >"$RESULTS_DIR/http.txt"

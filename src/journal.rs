@@ -527,15 +527,43 @@ pub struct Checkpointing {
 struct WriterCheckpoints {
     checkpointer: Checkpointer,
     timing: CheckpointTiming,
-    /// Records handed over so far (the tree size).
+    /// Durable records so far (the tree size).
     size: u64,
+    /// Leaves not yet handed over: sent in bulk (at a checkpoint, or every
+    /// [`LEAVES_PER_HANDOVER`]), so the checkpoint thread is not woken once per fdatasync.
+    pending_leaves: Vec<merkle::Hash>,
     last_requested_at: Instant,
     last_requested_size: u64,
 }
 
+/// Hand leaves to the checkpoint thread at least this often (in records), so its work stays
+/// spread out and the writer's buffer small.
+const LEAVES_PER_HANDOVER: usize = 8192;
+
 impl WriterCheckpoints {
+    /// Record the leaves of a durable batch.
+    fn add(&mut self, receipts: &[Receipt]) {
+        self.pending_leaves
+            .extend(receipts.iter().map(|r| merkle::hash_of(&r.leaf)));
+        self.size += receipts.len() as u64;
+        if self.pending_leaves.len() >= LEAVES_PER_HANDOVER {
+            self.hand_over();
+        }
+    }
+
+    fn hand_over(&mut self) {
+        if !self.pending_leaves.is_empty() {
+            let leaves = std::mem::replace(
+                &mut self.pending_leaves,
+                Vec::with_capacity(LEAVES_PER_HANDOVER),
+            );
+            self.checkpointer.leaves(leaves);
+        }
+    }
+
     /// Ask for a checkpoint of every durable record so far.
     fn request(&mut self) {
+        self.hand_over();
         self.checkpointer.sign(SystemTime::now());
         self.last_requested_at = Instant::now();
         self.last_requested_size = self.size;
@@ -715,6 +743,7 @@ impl Journal {
                     checkpointer,
                     timing,
                     size,
+                    pending_leaves: Vec::with_capacity(LEAVES_PER_HANDOVER),
                     last_requested_at: Instant::now(),
                     last_requested_size: 0,
                 };
@@ -1153,9 +1182,7 @@ impl Writer {
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 self.stats.head_seq.store(head.seq, Ordering::Relaxed);
                 if let Some(c) = self.checkpoints.as_mut() {
-                    c.checkpointer
-                        .leaves(receipts.iter().map(|r| merkle::hash_of(&r.leaf)).collect());
-                    c.size = head.seq;
+                    c.add(&receipts);
                 }
                 for (p, receipt) in batch.drain(..).zip(receipts) {
                     let _ = p.reply.send(Ok(receipt));

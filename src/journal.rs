@@ -252,11 +252,26 @@ struct Pending {
 /// A handle to the journal; cheap to clone, shared by every request.
 #[derive(Clone)]
 pub struct Journal {
+    // Declared first, so it is dropped before `_writer`: the writer sees the queue closed.
     queue: SyncSender<Pending>,
     queue_limit: usize,
     stats: Arc<JournalStats>,
     failure: Arc<std::sync::Mutex<Option<String>>>,
     checkpoint_stats: Option<Arc<CheckpointStats>>,
+    /// When the last handle is dropped, wait for the writer thread to finish (and release the
+    /// directory lock), so the directory can be opened again at once.
+    _writer: Arc<WriterThread>,
+}
+
+/// The writer thread, joined when the last [`Journal`] handle goes away.
+struct WriterThread(Option<thread::JoinHandle<()>>);
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            let _ = handle.join();
+        }
+    }
 }
 
 /// The names of a journal directory's files.
@@ -782,7 +797,7 @@ impl Journal {
             );
         }
         let (queue, rx) = mpsc::sync_channel(cfg.queue_max_records);
-        thread::Builder::new()
+        let writer_thread = thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(io_err(dir))?;
@@ -793,6 +808,7 @@ impl Journal {
                 stats,
                 failure,
                 checkpoint_stats,
+                _writer: Arc::new(WriterThread(Some(writer_thread))),
             },
             report,
         ))

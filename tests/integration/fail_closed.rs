@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::gateway::{verify_cli, Gateway, GatewayOptions};
+use crate::support::gateway::{read_journal, verify_cli, Gateway, GatewayOptions};
 use crate::support::{http_client, FhirServer};
 
 /// A small tmpfs, unmounted on drop.
@@ -83,7 +83,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 #[test]
-fn a_full_disk_mid_traffic_turns_into_503_and_no_write_reaches_the_ehr() {
+fn a_full_disk_mid_traffic_turns_into_503_and_no_write_reaches_the_ehr_without_its_intent() {
     let fhir = FhirServer::seeded();
     let disk = SmallDisk::new(96);
     let journal_dir: PathBuf = disk.path().join("journal");
@@ -141,7 +141,15 @@ fn a_full_disk_mid_traffic_turns_into_503_and_no_write_reaches_the_ehr() {
         "the gateway served traffic before the disk filled ({served})"
     );
     assert!(refused_writes.len() >= 5, "the disk never filled up");
-    // Not one refused write reached the EHR.
+    // A refused write reached the EHR only if its intent record was durable first (the disk
+    // filled between the intent and the outcome: the client gets 503, the journal holds the
+    // attempt). Once the journal has failed, writes are refused before they are forwarded.
+    let intents: Vec<String> = read_journal(&journal_dir)
+        .into_iter()
+        .filter(|r| r.event.phase == auditgate::record::Phase::Intent)
+        .map(|r| r.event.path)
+        .collect();
+    let mut never_forwarded = 0;
     for id in &refused_writes {
         let status = client
             .get(fhir.url(&format!("Patient/{id}")))
@@ -149,11 +157,21 @@ fn a_full_disk_mid_traffic_turns_into_503_and_no_write_reaches_the_ehr() {
             .unwrap()
             .status()
             .as_u16();
-        assert_eq!(
-            status, 404,
-            "Patient/{id} was refused with 503 but reached the EHR"
-        );
+        match status {
+            404 => never_forwarded += 1,
+            200 => assert!(
+                intents.contains(&format!("/fhir/Patient/{id}")),
+                "Patient/{id} reached the EHR without a durable intent record"
+            ),
+            other => panic!("unexpected {other} for Patient/{id}"),
+        }
     }
+    assert!(
+        never_forwarded >= refused_writes.len() - 1,
+        "after the journal failed, writes must be refused before the EHR sees them \
+         ({never_forwarded} of {} were)",
+        refused_writes.len()
+    );
     assert!(
         gw.log().contains("journal failed"),
         "the failure is logged: {}",

@@ -294,15 +294,25 @@ fn verify(journal: &std::path::Path, key: Option<&str>, max_gap_secs: u64, json:
             return ExitCode::from(2);
         }
     };
+    emit_report(&report, report.ok(), json, print_report)
+}
+
+/// Print a verification report (JSON or text) and decide the exit code: 0 clean, 1 findings.
+fn emit_report<R: serde::Serialize>(
+    report: &R,
+    ok: bool,
+    json: bool,
+    print_text: impl Fn(&R),
+) -> ExitCode {
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&report).expect("report serialises")
+            serde_json::to_string_pretty(report).expect("report serialises")
         );
     } else {
-        print_report(&report);
+        print_text(report);
     }
-    if report.ok() {
+    if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -471,19 +481,7 @@ fn verify_archive(args: &VerifyArchiveArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(&e),
     };
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("report serialises")
-        );
-    } else {
-        print_archive_report(&report);
-    }
-    if report.ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
+    emit_report(&report, report.ok(), args.json, print_archive_report)
 }
 
 /// Human-readable `verify --archive` report.

@@ -3,23 +3,12 @@
 //! commands of the real binary, as an auditor would run them.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::gateway::{public_key_of, Gateway, GatewayOptions};
 use crate::support::{http_client, FhirServer};
 
-fn auditgate(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_auditgate"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use crate::support::run_auditgate as auditgate;
 
 /// The largest tree size any checkpoint of the journal covers.
 fn covered(journal: &Path) -> u64 {

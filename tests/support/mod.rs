@@ -139,3 +139,16 @@ pub fn http_client() -> reqwest::blocking::Client {
         .build()
         .expect("build reqwest client")
 }
+
+/// Run the `auditgate` binary with `args`: (exit code, stdout, stderr).
+pub fn run_auditgate(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_auditgate"))
+        .args(args)
+        .output()
+        .expect("run the auditgate binary");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -278,9 +278,15 @@ fn main() {
                     )
                     .unwrap();
                     let stop = stop.clone();
+                    // AUDITGATE_BENCH_ARCHIVE_DURING=0 ships only after the run: the cost of
+                    // checkpoints alone.
+                    let during =
+                        std::env::var("AUDITGATE_BENCH_ARCHIVE_DURING").as_deref() != Ok("0");
                     archive_rt.spawn(async move {
                         while !stop.load(Ordering::Relaxed) {
-                            archiver.ship_pending().await.unwrap();
+                            if during {
+                                archiver.ship_pending().await.unwrap();
+                            }
                             tokio::time::sleep(Duration::from_millis(200)).await;
                         }
                         archiver.ship_pending().await.unwrap();

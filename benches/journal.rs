@@ -161,8 +161,14 @@ fn archive_store(
             rt.block_on(store.check_ready()).unwrap();
             (std::sync::Arc::new(store), "S3")
         }
+        // AUDITGATE_BENCH_ARCHIVE_DIR puts the directory archive elsewhere (e.g. a tmpfs: a
+        // target that does not share the journal's disk, as a remote S3 does not).
         _ => (
-            std::sync::Arc::new(DirStore::new(&tmp.join("archive"))),
+            std::sync::Arc::new(DirStore::new(
+                &std::env::var("AUDITGATE_BENCH_ARCHIVE_DIR")
+                    .map(|d| std::path::PathBuf::from(d).join("archive"))
+                    .unwrap_or_else(|_| tmp.join("archive")),
+            )),
             "local directory",
         ),
     }

@@ -865,6 +865,8 @@ pub struct Archiver {
     state: ShipState,
     stats: Arc<ArchiveStats>,
     delete_local: bool,
+    /// The store was checked ([`ArchiveStore::check_ready`]); nothing is shipped before.
+    ready: bool,
 }
 
 /// How far a confirmed retain-until date may fall short of upload time + retention (clock
@@ -894,7 +896,14 @@ impl Archiver {
             state,
             stats,
             delete_local: false,
+            ready: false,
         })
+    }
+
+    /// The caller already checked the store (at start); skip the check before the first pass.
+    pub fn store_checked(mut self, checked: bool) -> Self {
+        self.ready = checked;
+        self
     }
 
     /// Delete each shipped sealed segment from the local journal once its lock is confirmed
@@ -990,6 +999,12 @@ impl Archiver {
     /// Ship every sealed segment and checkpoint not shipped yet, in order; stops at the first
     /// failure (the next pass starts there). Returns how many objects were shipped.
     pub async fn ship_pending(&mut self) -> Result<usize, ArchiveError> {
+        if !self.ready {
+            // Nothing goes to a store that was not confirmed able to lock it (e.g. S3 was
+            // unreachable when the gateway started).
+            self.store.check_ready().await?;
+            self.ready = true;
+        }
         let mut shipped = 0;
         let segments = journal::list_segments(&self.journal_dir).map_err(|e| ArchiveError::Io {
             path: self.journal_dir.clone(),

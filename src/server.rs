@@ -64,8 +64,20 @@ pub fn prepare(config: &Config, base_dir: &std::path::Path) -> Result<Prepared, 
     let target = config.upstream.target()?;
     // The archive must be able to take locked objects before anything is recorded.
     let archive_store = background.block_on(crate::archive::open_store(&config.archive));
+    let mut archive_checked = false;
     match &archive_store {
-        Some(store) => background.block_on(store.check_ready())?,
+        Some(store) => match background.block_on(store.check_ready()) {
+            Ok(()) => archive_checked = true,
+            // A bucket that cannot lock objects is a configuration error: refuse to start.
+            Err(e @ crate::archive::ArchiveError::NotLocked { .. }) => return Err(e.into()),
+            // S3 unreachable right now: the local journal is the durable store, so serve; the
+            // archiver checks the bucket again before it ships anything.
+            Err(e) => tracing::error!(
+                error = %e,
+                category = e.category(),
+                "cannot check the archive now; starting anyway, nothing is shipped until the bucket is confirmed to have Object Lock"
+            ),
+        },
         None => tracing::warn!(
             "no archive configured ([archive] kind = \"none\"): sealed segments and checkpoints stay on this disk only"
         ),
@@ -103,7 +115,8 @@ pub fn prepare(config: &Config, base_dir: &std::path::Path) -> Result<Prepared, 
                 store,
                 config.archive.retention(),
             )?
-            .delete_local_after_ship(config.archive.delete_local_after_ship);
+            .delete_local_after_ship(config.archive.delete_local_after_ship)
+            .store_checked(archive_checked);
             let stats = archiver.stats();
             background.spawn(archiver.run(
                 Duration::from_secs(config.archive.poll_interval_secs),

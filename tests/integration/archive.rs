@@ -547,3 +547,29 @@ fn shipped_segments_are_deleted_locally_only_after_their_lock_is_confirmed() {
     assert!(last >= 45, "{last}");
     assert!(!gw.log().contains("ARCHIVE CONFLICT"));
 }
+
+#[test]
+fn a_gateway_started_while_s3_is_unreachable_serves_and_ships_once_s3_is_back() {
+    set_aws_env();
+    let fhir = FhirServer::seeded();
+    let mut s3 = S3Server::start();
+    s3.create_locked_bucket("late");
+    s3.refuse_connections();
+    // The bucket cannot be checked at start: the gateway serves anyway (the local journal is
+    // the durable store) and ships nothing until the bucket is confirmed locked.
+    let gw = gateway_with_archive(fhir, &s3, "late");
+    assert!(
+        gw.log().contains("cannot check the archive now"),
+        "{}",
+        gw.log()
+    );
+    traffic(&gw, 30);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(ship_state(&gw.journal).segments_through_seq, 0);
+    s3.accept_connections();
+    wait_until_shipped(&gw);
+    let rt = runtime();
+    let store = rt.block_on(S3Store::connect(&archive_config(&s3, "late")));
+    let keys = assert_one_version_each(&versions(&store, &rt));
+    assert_archive_matches_local(&store, &rt, &gw.journal, &keys);
+}

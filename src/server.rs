@@ -90,6 +90,11 @@ pub fn prepare(config: &Config, base_dir: &std::path::Path) -> Result<Prepared, 
         &format!("auditgate/{}", config.server.node),
     )
     .map_err(crate::journal::JournalError::from)?;
+    // The verifier key is public: auditors need it to check checkpoints and proofs.
+    tracing::info!(
+        public_key = signer.public_key(),
+        "checkpoints are signed with this key"
+    );
     let checkpointing = Checkpointing {
         signer,
         timing: CheckpointTiming {

@@ -257,7 +257,17 @@ impl CheckpointSigner {
             kind: "private",
             reason,
         };
-        let signer = StandardSigner::new(text).map_err(|e| bad(e.to_string()))?;
+        // signed_note's own messages say "verifier" for signer keys too; say what is wrong.
+        let signer = StandardSigner::new(text).map_err(|e| {
+            bad(match e {
+                signed_note::SignerError::Format => {
+                    "malformed: expected PRIVATE+KEY+NAME+KEYID+BASE64, as `auditgate keygen` writes"
+                        .into()
+                }
+                signed_note::SignerError::Alg => "not an Ed25519 key".into(),
+                signed_note::SignerError::Id => "its key ID does not match the key".into(),
+            })
+        })?;
         // The public key: derived from the seed, in verifier-key form.
         // PRIVATE+KEY+NAME+KEYID+BASE64: the name has no '+', the base64 may.
         let seed_b64 = text.splitn(5, '+').nth(4).unwrap_or_default();

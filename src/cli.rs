@@ -259,9 +259,39 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         eprintln!("auditgate: rules: {e}");
         return ExitCode::from(2);
     }
+    // The checkpoint key must load (it is not created here).
+    let key_file = &config.checkpoint.key_file;
+    let key_note = if key_file.exists() {
+        match crate::checkpoint::CheckpointSigner::load(key_file, false, "") {
+            Ok(signer) => format!(
+                "checkpoint key {} loads; public key {}",
+                key_file.display(),
+                signer.public_key()
+            ),
+            Err(e) => {
+                eprintln!("auditgate: checkpoint key: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else if config.checkpoint.create_key_if_missing {
+        format!(
+            "checkpoint key {} does not exist yet; `run` creates it (create_key_if_missing)",
+            key_file.display()
+        )
+    } else {
+        let warning = format!(
+            "WARNING: checkpoint key {} does not exist: `run` refuses to start until it does; \
+             make one with `auditgate keygen --out {}`",
+            key_file.display(),
+            key_file.display()
+        );
+        eprintln!("auditgate: {warning}");
+        warning
+    };
     match toml::to_string_pretty(&config) {
         Ok(text) => {
             println!("# effective configuration of {} (valid)", path.display());
+            println!("# {key_note}");
             println!("{text}");
             ExitCode::SUCCESS
         }

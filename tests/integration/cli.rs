@@ -112,3 +112,48 @@ fn the_committed_compartment_table_matches_the_official_definition() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn check_config_loads_the_checkpoint_key_and_says_what_is_wrong_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let key = dir.path().join("checkpoint.key");
+    let base = std::fs::read_to_string(format!("{root}/config/auditgate.example.toml"))
+        .unwrap()
+        .replace("../rules/", &format!("{root}/rules/"))
+        .replace(
+            "key_file = \"checkpoint.key\"",
+            &format!("key_file = \"{}\"", key.display()),
+        );
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, &base).unwrap();
+    let config = config.to_str().unwrap();
+
+    // Missing: valid config, with a warning that `run` would refuse.
+    let (code, _, err) = auditgate(&["check-config", "--config", config]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("does not exist") && err.contains("keygen"),
+        "{err}"
+    );
+
+    // Present and good: its public key is printed.
+    let (code, out, err) = auditgate(&[
+        "keygen",
+        "--out",
+        key.to_str().unwrap(),
+        "--name",
+        "auditgate/c",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let public = out.lines().last().unwrap().to_string();
+    let (code, out, err) = auditgate(&["check-config", "--config", config]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&public), "{out}");
+
+    // Present but not a key: exit 2, saying why.
+    std::fs::write(&key, "not a key\n").unwrap();
+    let (code, _, err) = auditgate(&["check-config", "--config", config]);
+    assert_eq!(code, 2);
+    assert!(err.contains("PRIVATE+KEY+NAME+KEYID+BASE64"), "{err}");
+}

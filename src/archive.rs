@@ -639,10 +639,17 @@ impl ArchiveStore for S3Store {
                 }
             }
             Err(e) => match self.error(&self.bucket, e) {
-                ArchiveError::Request { status, detail, .. } => Err(not_locked(format!(
-                    "no Object Lock configuration ({status}: {detail}); create the bucket with \
-                     Object Lock enabled"
-                ))),
+                // Only S3's definite answer that the bucket has no lock configuration means
+                // "cannot be the archive"; throttling, 5xx, a missing permission or a wrong
+                // region are errors to fix or wait out, not a verdict on the bucket.
+                ArchiveError::Request { status, detail, .. }
+                    if detail.starts_with("ObjectLockConfigurationNotFoundError") =>
+                {
+                    Err(not_locked(format!(
+                        "no Object Lock configuration ({status}: {detail}); create the bucket \
+                         with Object Lock enabled"
+                    )))
+                }
                 other => Err(other),
             },
         }
@@ -933,6 +940,9 @@ impl Archiver {
         let sha = sha256_b64(&bytes);
         let size = bytes.len() as u64;
         let retain_until = SystemTime::now() + self.retention;
+        // The retain-until the lock must show: now + retention for an object this PUT created;
+        // for one an earlier attempt stored, its own upload time + retention.
+        let mut wanted_until = retain_until;
         match self
             .store
             .put_new(key, bytes.clone(), &sha, retain_until)
@@ -963,6 +973,10 @@ impl Archiver {
                     });
                 }
                 self.stats.already_present.fetch_add(1, Ordering::Relaxed);
+                if let Some(stored_at) = remote.as_ref().and_then(|i| i.last_modified) {
+                    wanted_until =
+                        UNIX_EPOCH + Duration::from_secs(stored_at.max(0) as u64) + self.retention;
+                }
             }
         }
         if self.store.is_worm() {
@@ -977,17 +991,21 @@ impl Archiver {
             if info.lock_mode.as_deref() != Some("COMPLIANCE") {
                 return Err(ArchiveError::LockNotConfirmed {
                     key: key.to_string(),
-                    detail: format!("lock mode is {:?}, not COMPLIANCE", info.lock_mode),
+                    detail: format!(
+                        "lock mode is {:?}, not COMPLIANCE (if it is none, the gateway's role \
+                         may lack s3:GetObjectRetention)",
+                        info.lock_mode
+                    ),
                 });
             }
-            let wanted = to_unix(SystemTime::now() + self.retention - RETENTION_SLACK);
+            let wanted = to_unix(wanted_until - RETENTION_SLACK);
             match info.retain_until {
                 Some(until) if until >= wanted => {}
                 other => {
                     return Err(ArchiveError::LockNotConfirmed {
                         key: key.to_string(),
                         detail: format!(
-                        "retain-until is {other:?}, expected at least {wanted} (now + retention)"
+                        "retain-until is {other:?}, expected at least {wanted} (upload time + retention)"
                     ),
                     })
                 }

@@ -59,6 +59,9 @@ pub fn prepare(config: &Config, base_dir: &std::path::Path) -> Result<Prepared, 
         .block_on(Identity::load(&config.identity, base_dir))
         .map_err(|e| StartError::Identity(e.to_string()))?;
     let identity = Arc::new(identity);
+    // JWKS URLs are refetched every `jwks_refresh_secs` for the life of the process (a key the
+    // IdP withdraws stops being trusted within that time).
+    background.spawn(identity.clone().run_refresher());
     let rules =
         RuleSet::load(&config.rules, base_dir).map_err(|e| StartError::Rules(e.to_string()))?;
     let target = config.upstream.target()?;
@@ -66,7 +69,17 @@ pub fn prepare(config: &Config, base_dir: &std::path::Path) -> Result<Prepared, 
     let archive_store = background.block_on(crate::archive::open_store(&config.archive));
     let mut archive_checked = false;
     match &archive_store {
-        Some(store) => match background.block_on(store.check_ready()) {
+        Some(store) => match background.block_on(async {
+            // An endpoint that accepts connections but never answers must not hold the start.
+            tokio::time::timeout(Duration::from_secs(15), store.check_ready())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(crate::archive::ArchiveError::Unreachable {
+                        target: store.target(),
+                        detail: "no answer within 15 s".into(),
+                    })
+                })
+        }) {
             Ok(()) => archive_checked = true,
             // A bucket that cannot lock objects is a configuration error: refuse to start.
             Err(e @ crate::archive::ArchiveError::NotLocked { .. }) => return Err(e.into()),

@@ -750,7 +750,9 @@ impl Journal {
         let checkpoints = match checkpointing {
             None => None,
             Some(Checkpointing { signer, timing }) => {
-                let frontier = recover_frontier(dir, head.seq)?;
+                let verifier =
+                    crate::checkpoint::CheckpointVerifier::from_text(signer.public_key())?;
+                let frontier = recover_frontier(dir, head.seq, &verifier)?;
                 let size = frontier.size();
                 let checkpointer =
                     Checkpointer::start(dir, signer, frontier).map_err(io_err(dir))?;
@@ -918,48 +920,117 @@ pub fn read_leaf_hashes(dir: &Path, from: u64, to: u64) -> Result<Vec<LeafHash>,
     Ok(leaves)
 }
 
-/// The Merkle tree over records `1..=head_seq`: the newest checkpoint's saved state plus the
-/// records after it, or every record when there is no state yet.
-fn recover_frontier(dir: &Path, head_seq: u64) -> Result<Frontier, JournalError> {
+/// The Merkle tree over records `1..=head_seq`, anchored to this gateway's own signed
+/// checkpoints: the gateway must never sign a history that contradicts one it signed before.
+///
+/// * A checkpoint signed by `verifier`'s key that covers more records than the journal holds
+///   refuses the start (records covered by a signature are missing).
+/// * The saved state (`merkle-state.json`) is a starting point only if a checkpoint signed by
+///   this key has its size and root; otherwise the tree is rebuilt from the records.
+/// * Every signed checkpoint the rebuilt part reaches must match its root, else the start is
+///   refused (records were changed after they were signed).
+///
+/// Notes signed by another key (a rotated key, or someone else's) are ignored, with a warning.
+/// If no checkpoint signed by this key exists at all, the existing records are signed as they
+/// are (a new or upgraded journal; also what someone who deleted every checkpoint would see,
+/// which only the WORM archive's copies can contradict: `verify --archive --journal`).
+fn recover_frontier(
+    dir: &Path,
+    head_seq: u64,
+    verifier: &crate::checkpoint::CheckpointVerifier,
+) -> Result<Frontier, JournalError> {
     use crate::checkpoint::{self, MerkleState};
-    let mut frontier = match MerkleState::load(dir)? {
-        None => Frontier::new(),
-        Some(state) => {
-            let frontier = state.frontier().ok_or_else(|| {
-                JournalError::Corrupt(format!(
-                    "{}/{}: the saved tree state is not self-consistent",
-                    checkpoint::CHECKPOINT_DIR,
-                    checkpoint::STATE_FILE
-                ))
-            })?;
-            if frontier.size() > head_seq {
-                return Err(JournalError::Corrupt(format!(
-                    "the newest checkpoint covers {} records but the journal ends at seq \
-                     {head_seq}: records covered by a signed checkpoint are missing; run \
-                     `auditgate verify --key` and investigate before starting the gateway",
-                    frontier.size()
-                )));
-            }
-            // The state must be the tree of a stored checkpoint of the same size.
-            for path in checkpoint::list_checkpoint_files(dir)? {
+    let state = MerkleState::load(dir)?.and_then(|s| s.frontier());
+    let state_size = state.as_ref().map_or(0, Frontier::size);
+    let files = checkpoint::list_checkpoint_files(dir)?;
+    // Open (verify) only the notes that matter: those at or beyond the state's size, or all of
+    // them when the tree must be rebuilt from the start.
+    let open_from =
+        |from: u64| -> Result<(Vec<(u64, merkle::Hash, PathBuf)>, usize), JournalError> {
+            let mut signed = Vec::new();
+            let mut foreign = 0;
+            for path in &files {
                 let name = path.file_name().unwrap_or_default().to_string_lossy();
-                if checkpoint::size_of_file_name(&name) != Some(frontier.size()) {
+                if checkpoint::size_of_file_name(&name).is_none_or(|size| size < from) {
                     continue;
                 }
-                let note = fs::read(&path).map_err(io_err(&path))?;
-                let stored = checkpoint::parse_unverified(&note)?;
-                if stored.root != frontier.root() {
-                    return Err(JournalError::Corrupt(format!(
-                        "{}: its root differs from the saved tree state of the same size",
-                        path.display()
-                    )));
+                let note = fs::read(path).map_err(io_err(path))?;
+                match verifier.open(&note) {
+                    Ok(cp) => signed.push((cp.size, cp.root, path.clone())),
+                    Err(_) => foreign += 1,
                 }
             }
-            frontier
+            signed.sort_by_key(|(size, _, _)| *size);
+            Ok((signed, foreign))
+        };
+    let (mut signed, mut foreign) = open_from(state_size)?;
+    let vouched = state.as_ref().is_some_and(|f| {
+        signed
+            .iter()
+            .any(|(size, root, _)| *size == f.size() && *root == f.root())
+    });
+    let mut frontier = match state {
+        Some(f) if vouched && f.size() <= head_seq => f,
+        other => {
+            if other.is_some() {
+                tracing::warn!(
+                    "the saved Merkle state matches no checkpoint signed by this key; rebuilding the tree from the records"
+                );
+            }
+            if state_size > 0 {
+                (signed, foreign) = open_from(0)?;
+            }
+            Frontier::new()
         }
     };
-    for leaf in read_leaf_hashes(dir, frontier.size() + 1, head_seq)? {
+    if foreign > 0 {
+        tracing::warn!(
+            notes = foreign,
+            "checkpoint files not signed by the current key are ignored (a rotated key, or tampering: run `auditgate verify --key`)"
+        );
+    }
+    if let Some((size, _, path)) = signed.iter().find(|(size, _, _)| *size > head_seq) {
+        return Err(JournalError::Corrupt(format!(
+            "{} is signed for {size} records but the journal ends at seq {head_seq}: records \
+             covered by a signed checkpoint are missing; run `auditgate verify --key` and \
+             investigate before starting the gateway",
+            path.display()
+        )));
+    }
+    if signed.is_empty() && head_seq > 0 {
+        tracing::warn!(
+            records = head_seq,
+            "no checkpoint signed by this key covers the existing records; signing them as they are (if they were signed before, check them with `auditgate verify --archive ... --journal`)"
+        );
+    }
+    let mut next = signed
+        .iter()
+        .position(|(size, _, _)| *size > frontier.size())
+        .unwrap_or(signed.len());
+    let from = frontier.size() + 1;
+    let leaves = read_leaf_hashes(dir, from, head_seq).map_err(|e| match e {
+        JournalError::Corrupt(detail) => JournalError::Corrupt(format!(
+            "cannot rebuild the Merkle tree from seq {from}: {detail} (segments removed after \
+             shipping need the saved state of a signed checkpoint)"
+        )),
+        other => other,
+    })?;
+    for leaf in leaves {
         frontier.push(merkle::hash_of(&leaf));
+        while let Some((size, root, path)) = signed.get(next) {
+            if *size != frontier.size() {
+                break;
+            }
+            if *root != frontier.root() {
+                return Err(JournalError::Corrupt(format!(
+                    "the records up to seq {size} do not match {}, which this gateway signed: \
+                     a record was changed, removed or inserted after it was signed; run \
+                     `auditgate verify --key` and investigate before starting the gateway",
+                    path.display()
+                )));
+            }
+            next += 1;
+        }
     }
     Ok(frontier)
 }

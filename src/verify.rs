@@ -1460,6 +1460,55 @@ mod tests {
         }
 
         #[test]
+        fn a_restart_never_signs_records_that_contradict_its_own_checkpoints() {
+            let j = signed_journal(40);
+            let open = |j: &Signed| {
+                let signer = CheckpointSigner::load(&j.key, false, "unused").unwrap();
+                Journal::open_with_checkpoints(
+                    &j.dir,
+                    "n1",
+                    &JournalConfig {
+                        segment_max_bytes: 4096,
+                        ..JournalConfig::default()
+                    },
+                    Some(Checkpointing {
+                        signer,
+                        timing: CheckpointTiming {
+                            interval: Duration::from_secs(5),
+                            heartbeat: Duration::from_secs(60),
+                        },
+                    }),
+                )
+            };
+            // Rewrite the chain (no key needed) and remove the saved tree state, so that the
+            // restart must rebuild the tree from the records.
+            let paths = j.segments();
+            let mut lines = content_lines(&paths[1]);
+            lines[0] = lines[0].replacen("\"action\":\"R\"", "\"action\":\"D\"", 1);
+            write_lines(&paths[1], &lines);
+            rewrite_chain(&paths);
+            fs::remove_file(
+                j.dir
+                    .join(checkpoint::CHECKPOINT_DIR)
+                    .join(checkpoint::STATE_FILE),
+            )
+            .unwrap();
+            match open(&j) {
+                Err(JournalError::Corrupt(msg)) => {
+                    assert!(msg.contains("which this gateway signed"), "{msg}")
+                }
+                Err(other) => panic!("{other}"),
+                Ok(_) => panic!("the gateway would sign a rewritten history"),
+            }
+            // With every checkpoint deleted too, nothing local contradicts the records: the
+            // start goes on (only the archive's copies can show the rewrite).
+            fs::remove_dir_all(j.dir.join(checkpoint::CHECKPOINT_DIR)).unwrap();
+            let (journal, report) = open(&j).unwrap();
+            assert_eq!(report.head_seq, 40);
+            drop(journal);
+        }
+
+        #[test]
         fn a_start_refuses_a_journal_shorter_than_its_checkpoint_state() {
             let j = signed_journal(40);
             let open = j.segments().last().unwrap().clone();

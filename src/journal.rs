@@ -945,24 +945,25 @@ fn recover_frontier(
     let files = checkpoint::list_checkpoint_files(dir)?;
     // Open (verify) only the notes that matter: those at or beyond the state's size, or all of
     // them when the tree must be rebuilt from the start.
-    let open_from =
-        |from: u64| -> Result<(Vec<(u64, merkle::Hash, PathBuf)>, usize), JournalError> {
-            let mut signed = Vec::new();
-            let mut foreign = 0;
-            for path in &files {
-                let name = path.file_name().unwrap_or_default().to_string_lossy();
-                if checkpoint::size_of_file_name(&name).is_none_or(|size| size < from) {
-                    continue;
-                }
-                let note = fs::read(path).map_err(io_err(path))?;
-                match verifier.open(&note) {
-                    Ok(cp) => signed.push((cp.size, cp.root, path.clone())),
-                    Err(_) => foreign += 1,
-                }
+    // (signed checkpoints as (size, root, file), by size; notes not signed by this key)
+    type Opened = (Vec<(u64, merkle::Hash, PathBuf)>, usize);
+    let open_from = |from: u64| -> Result<Opened, JournalError> {
+        let mut signed = Vec::new();
+        let mut foreign = 0;
+        for path in &files {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if checkpoint::size_of_file_name(&name).is_none_or(|size| size < from) {
+                continue;
             }
-            signed.sort_by_key(|(size, _, _)| *size);
-            Ok((signed, foreign))
-        };
+            let note = fs::read(path).map_err(io_err(path))?;
+            match verifier.open(&note) {
+                Ok(cp) => signed.push((cp.size, cp.root, path.clone())),
+                Err(_) => foreign += 1,
+            }
+        }
+        signed.sort_by_key(|(size, _, _)| *size);
+        Ok((signed, foreign))
+    };
     let (mut signed, mut foreign) = open_from(state_size)?;
     let vouched = state.as_ref().is_some_and(|f| {
         signed

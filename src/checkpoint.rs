@@ -28,6 +28,9 @@
 //!   merkle-state.json                                   the tree's compact state at the newest
 //!                                                       checkpoint (lets a restart continue
 //!                                                       the tree without rereading every record)
+//!   seal-state-00000000000000004096.json                the same at each segment seal, kept for
+//!                                                       good (lets `verify` check roots after
+//!                                                       shipped segments were removed locally)
 //! ```
 //!
 //! Key files (`auditgate keygen`): the private key in the signed-note form
@@ -460,6 +463,13 @@ pub fn list_checkpoint_files(journal_dir: &Path) -> Result<Vec<PathBuf>, Checkpo
     Ok(files)
 }
 
+/// Where the compact tree state at the end of the sealed segment that ends at `size` is kept.
+pub fn seal_state_path(journal_dir: &Path, size: u64) -> PathBuf {
+    journal_dir
+        .join(CHECKPOINT_DIR)
+        .join(format!("seal-state-{size:020}.json"))
+}
+
 /// The tree's compact state as saved beside the newest checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct MerkleState {
@@ -493,7 +503,16 @@ impl MerkleState {
 
     /// Read the state of a journal directory, if there is one.
     pub fn load(journal_dir: &Path) -> Result<Option<Self>, CheckpointError> {
-        let path = journal_dir.join(CHECKPOINT_DIR).join(STATE_FILE);
+        Self::load_from(&journal_dir.join(CHECKPOINT_DIR).join(STATE_FILE))
+    }
+
+    /// Read the state kept at the seal that ended at `size`, if there is one.
+    pub fn load_at_seal(journal_dir: &Path, size: u64) -> Result<Option<Self>, CheckpointError> {
+        Self::load_from(&seal_state_path(journal_dir, size))
+    }
+
+    fn load_from(path: &Path) -> Result<Option<Self>, CheckpointError> {
+        let path = path.to_path_buf();
         match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
@@ -554,7 +573,9 @@ pub enum CheckpointMessage {
     /// The leaf hashes of records that just became durable, in seq order.
     Leaves(Vec<Hash>),
     /// Sign the tree as it is after every `Leaves` sent before this message, at `time`.
-    Sign { time: SystemTime },
+    /// `seal`: the tree ends a sealed segment; its compact state is kept for good (see
+    /// [`seal_state_path`]).
+    Sign { time: SystemTime, seal: bool },
 }
 
 /// The background thread that keeps the Merkle tree and signs and stores the checkpoints the
@@ -590,9 +611,9 @@ impl Checkpointer {
         let _ = self.queue.send(CheckpointMessage::Leaves(leaves));
     }
 
-    /// Ask for a checkpoint of everything handed over so far.
-    pub fn sign(&self, time: SystemTime) {
-        let _ = self.queue.send(CheckpointMessage::Sign { time });
+    /// Ask for a checkpoint of everything handed over so far (`seal`: at a segment seal).
+    pub fn sign(&self, time: SystemTime, seal: bool) {
+        let _ = self.queue.send(CheckpointMessage::Sign { time, seal });
     }
 
     pub fn stats(&self) -> &Arc<CheckpointStats> {
@@ -608,17 +629,26 @@ fn run(
     stats: Arc<CheckpointStats>,
 ) {
     while let Ok(message) = rx.recv() {
-        let time = match message {
+        let (time, seal) = match message {
             CheckpointMessage::Leaves(leaves) => {
                 for leaf in leaves {
                     frontier.push(leaf);
                 }
                 continue;
             }
-            CheckpointMessage::Sign { time } => time,
+            CheckpointMessage::Sign { time, seal } => (time, seal),
         };
         let note = signer.sign(frontier.size(), frontier.root(), time);
-        match store(&dir, &note, &frontier, time) {
+        let stored = store(&dir, &note, &frontier, time).and_then(|_| {
+            if seal {
+                // Kept for good: lets `verify` check roots from here on after the segments
+                // before it were shipped and removed locally.
+                let state = serde_json::to_vec(&MerkleState::of(&frontier)).expect("serialises");
+                write_durably(&seal_state_path(&dir, frontier.size()), &state)?;
+            }
+            Ok(())
+        });
+        match stored {
             Ok(_) => {
                 stats.signed.fetch_add(1, Ordering::Relaxed);
                 stats.last_size.store(frontier.size(), Ordering::Release);

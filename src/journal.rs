@@ -578,8 +578,13 @@ impl WriterCheckpoints {
 
     /// Ask for a checkpoint of every durable record so far.
     fn request(&mut self) {
+        self.request_at(false);
+    }
+
+    /// Ask for a checkpoint; `seal`: it ends a sealed segment.
+    fn request_at(&mut self, seal: bool) {
         self.hand_over();
-        self.checkpointer.sign(SystemTime::now());
+        self.checkpointer.sign(SystemTime::now(), seal);
         self.last_requested_at = Instant::now();
         self.last_requested_size = self.size;
     }
@@ -1333,7 +1338,7 @@ impl Writer {
         sync_dir(&self.dir)?;
         // Every sealed segment ends on a signed checkpoint (its last seq is the tree size).
         if let Some(c) = self.checkpoints.as_mut() {
-            c.request();
+            c.request_at(true);
         }
         let first = self.head.seq + 1;
         let (file, next) = create_open_segment(&self.dir, first)?;

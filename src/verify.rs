@@ -106,6 +106,10 @@ pub enum Finding {
     },
     /// A key was given but the journal holds no checkpoint at all.
     NoCheckpoints,
+    /// The records before `first_local_seq` were removed locally after shipping, and no tree
+    /// state kept at that seal is vouched for by a signed checkpoint: the roots of the local
+    /// records cannot be checked here (`verify --archive ... --journal` can).
+    Unanchored { first_local_seq: u64 },
     /// Two validly signed checkpoints of the same size with different roots: the log forked,
     /// so at most one of them is consistent with the earlier checkpoints and the records.
     CheckpointConflict {
@@ -245,6 +249,10 @@ impl fmt::Display for Finding {
             Finding::CheckpointGap { after, before, gap_secs, max_secs } => write!(
                 f,
                 "checkpoints: {gap_secs} s between {after} and {before}, more than {max_secs} s (gateway stopped, or checkpoints removed)"
+            ),
+            Finding::Unanchored { first_local_seq } => write!(
+                f,
+                "records before seq {first_local_seq} were removed locally and no signed tree state anchors the rest: checkpoint roots cannot be checked here; use `verify --archive ARCHIVE --journal DIR`"
             ),
             Finding::NoCheckpoints => write!(f, "checkpoints: none found (removed, or the gateway never signed one)"),
             Finding::CheckpointConflict { size, first, second } => write!(
@@ -636,6 +644,29 @@ impl CheckpointCheck {
         (check, count)
     }
 
+    /// Continue from `frontier` (the tree of records removed locally) if a signed checkpoint
+    /// of its size has its root; the checkpoints before it cannot be checked here. Returns
+    /// whether it was accepted.
+    fn start_at(&mut self, frontier: Frontier) -> bool {
+        let vouched = self
+            .pending
+            .iter()
+            .any(|(size, root, _)| *size == frontier.size() && *root == frontier.root());
+        if !vouched {
+            self.broken = true;
+            return false;
+        }
+        self.next = self
+            .pending
+            .iter()
+            .position(|(size, _, _)| *size >= frontier.size())
+            .unwrap_or(self.pending.len());
+        self.frontier = frontier;
+        let mut ignored = Vec::new();
+        self.settle(&mut ignored);
+        true
+    }
+
     fn feed(&mut self, seq: u64, leaf: &LeafHash, findings: &mut Vec<Finding>) {
         if self.broken {
             return;
@@ -869,12 +900,23 @@ fn verify_once(dir: &Path, options: &Options) -> Result<Report, JournalError> {
     // Segments one at a time (memory stays bounded by the segment size), the lines of each on
     // every core.
     let mut chain = ChainCheck::new(checkpoints);
-    // Segments shipped to the archive and then removed locally: the chain starts after them.
+    // Segments shipped to the archive and then removed locally: the chain starts after them,
+    // and the roots are checked from the tree state kept at the seal before them, if a
+    // checkpoint signed by the key vouches for it.
     if let Some((name, _)) = segments.first() {
         let first = name.first();
         if first > 1 && crate::archive::shipped_through_seq(dir) >= first - 1 {
             chain.start_after_archived(first);
             report.archived_records = first - 1;
+            if let Some(check) = chain.checkpoints.as_mut() {
+                let seal_state = checkpoint::MerkleState::load_at_seal(dir, first - 1)?
+                    .and_then(|s| s.frontier());
+                if !seal_state.is_some_and(|f| check.start_at(f)) {
+                    report.findings.push(Finding::Unanchored {
+                        first_local_seq: first,
+                    });
+                }
+            }
         }
     }
     // A reader thread reads the next segment while this one is hashed (at most one ahead).
@@ -1402,6 +1444,56 @@ mod tests {
             assert!(report.ok(), "{:?}", report.findings);
             assert_eq!(report.archived_records, sealed[1].0);
             assert_eq!(report.head_seq, 40);
+            // The roots are still checked, from the tree state kept at that seal.
+            assert_eq!(report.uncovered_records, 0, "{report:?}");
+            // A rewrite of the local records is still found...
+            let local = j.segments();
+            let saved: Vec<(PathBuf, Vec<u8>)> = local
+                .iter()
+                .map(|p| (p.clone(), fs::read(p).unwrap()))
+                .collect();
+            let mut lines = content_lines(&local[0]);
+            lines[0] = lines[0].replacen("\"action\":\"R\"", "\"action\":\"D\"", 1);
+            write_lines(&local[0], &lines);
+            // Re-chain from the first local record on (its own prev kept: the record before it
+            // is in the archive only).
+            let mut prev_hex: Option<String> = None;
+            for path in &local {
+                let mut out = Vec::new();
+                for line in content_lines(path) {
+                    let at = line.find("\"prev\":\"").unwrap() + 8;
+                    let line = match &prev_hex {
+                        Some(p) => format!("{}{}{}", &line[..at], p, &line[at + 64..]),
+                        None => line,
+                    };
+                    prev_hex = Some(hex::encode(record::leaf_hash(line.as_bytes())));
+                    out.push(line);
+                }
+                write_lines(path, &out);
+            }
+            assert!(
+                verify_journal(&j.dir).unwrap().ok(),
+                "the chain alone cannot see it"
+            );
+            assert!(
+                j.check()
+                    .findings
+                    .iter()
+                    .any(|f| matches!(f, Finding::CheckpointMismatch { .. })),
+                "the roots can"
+            );
+            for (path, bytes) in saved {
+                fs::write(path, bytes).unwrap();
+            }
+            // ...and without the kept tree state the roots cannot be checked: a finding.
+            fs::remove_file(checkpoint::seal_state_path(&j.dir, sealed[1].0)).unwrap();
+            assert!(
+                j.check().findings.contains(&Finding::Unanchored {
+                    first_local_seq: sealed[1].0 + 1
+                }),
+                "{:?}",
+                j.check().findings
+            );
             // A cut tail is still found: checkpoints beyond the head need no old records.
             let open = j.segments().last().unwrap().clone();
             let lines = content_lines(&open);

@@ -1100,9 +1100,15 @@ impl Archiver {
         let Some((newest, _)) = sealed.last() else {
             return Ok(());
         };
+        // A restart continues the Merkle tree from the saved state: never remove records it
+        // would have to reread (the state lags when storing checkpoints fails).
+        let tree_state = checkpoint::MerkleState::load(&self.journal_dir)
+            .ok()
+            .flatten()
+            .map_or(0, |s| s.size);
         let mut removed = false;
         for (last, path) in &sealed {
-            if last < newest && *last <= self.state.segments_through_seq {
+            if last < newest && *last <= self.state.segments_through_seq && *last <= tree_state {
                 // Crash point: the progress file already says shipped and locked; a segment
                 // that survives a crash here is deleted on the next pass.
                 fs::remove_file(path).map_err(io_err(path))?;

@@ -85,7 +85,7 @@ pub enum BundleError {
     #[error("not an {FORMAT} bundle: {0}")]
     Malformed(String),
     /// The record in the bundle is not the one at `leaf_index`.
-    #[error("the record's seq is {seq}, but the bundle proves leaf index {leaf_index} (seq {})", leaf_index + 1)]
+    #[error("the record's seq is {seq}, but the bundle proves leaf index {leaf_index} (seq {})", leaf_index.saturating_add(1))]
     WrongRecord { seq: u64, leaf_index: u64 },
     /// The checkpoint's size is not the bundle's tree size.
     #[error("the bundle says tree size {bundle}, the signed checkpoint says {signed}")]
@@ -172,6 +172,19 @@ fn record_line(dir: &Path, seq: u64) -> Result<String, BundleError> {
     Err(JournalError::Corrupt(format!("no segment holds seq {seq}")).into())
 }
 
+/// A proof needs every record from seq 1: say so when segments are missing (removed after
+/// shipping to the archive, `archive.delete_local_after_ship`).
+fn needs_archive(e: JournalError) -> BundleError {
+    match e {
+        JournalError::Corrupt(detail) => JournalError::Corrupt(format!(
+            "{detail}: a proof needs every record from seq 1; if segments were removed after \
+             shipping, copy them back from the archive (they are gzip JSON Lines) first"
+        ))
+        .into(),
+        other => other.into(),
+    }
+}
+
 /// An inclusion bundle for record `seq`, against the checkpoint `checkpoint_file` or, by
 /// default, the smallest checkpoint that covers it.
 pub fn prove_record(
@@ -198,7 +211,8 @@ pub fn prove_record(
     if seq == 0 || seq > size {
         return Err(BundleError::NotCovered { seq, newest: size });
     }
-    let leaves: Vec<Hash> = journal::read_leaf_hashes(dir, 1, size)?
+    let leaves: Vec<Hash> = journal::read_leaf_hashes(dir, 1, size)
+        .map_err(needs_archive)?
         .iter()
         .map(merkle::hash_of)
         .collect();
@@ -218,7 +232,8 @@ pub fn prove_consistency(dir: &Path, old: &Path, new: &Path) -> Result<Bundle, B
     let (old_note, new_note) = (read(old)?, read(new)?);
     let old_size = checkpoint::parse_unverified(&old_note)?.size;
     let new_size = checkpoint::parse_unverified(&new_note)?.size;
-    let leaves: Vec<Hash> = journal::read_leaf_hashes(dir, 1, new_size)?
+    let leaves: Vec<Hash> = journal::read_leaf_hashes(dir, 1, new_size)
+        .map_err(needs_archive)?
         .iter()
         .map(merkle::hash_of)
         .collect();

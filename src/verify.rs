@@ -244,7 +244,7 @@ impl fmt::Display for Finding {
                 f,
                 "{}: signed for {size} records but the journal holds {records} (records {}-{size} were cut off)",
                 checkpoint_place(checkpoint),
-                records + 1
+                records.saturating_add(1)
             ),
             Finding::CheckpointGap { after, before, gap_secs, max_secs } => write!(
                 f,
@@ -486,11 +486,11 @@ fn check_segment(name: &str, bytes: &[u8], threads: usize) -> SegmentResult {
             }
             None => {}
             Some((last_seq, last_leaf)) => {
-                if seq != last_seq + 1 {
+                if seq != last_seq.saturating_add(1) {
                     result.findings.push(Finding::SeqGap {
                         segment: name.to_string(),
                         line: line_no,
-                        expected: last_seq + 1,
+                        expected: last_seq.saturating_add(1),
                         found: seq,
                     });
                 }
@@ -848,7 +848,7 @@ impl ChainCheck {
             self.head_unknown = false;
         }
         self.expected_first = match name {
-            SegmentName::Sealed { last, .. } => last + 1,
+            SegmentName::Sealed { last, .. } => last.saturating_add(1),
             SegmentName::Open { .. } => seg.last.map(|(s, _)| s + 1).unwrap_or(name.first()),
         };
     }

@@ -737,7 +737,7 @@ fn plan(
                             name: name.clone(),
                             path: path.clone(),
                         });
-                        covered = last + 1;
+                        covered = last.saturating_add(1);
                     }
                     _ => {}
                 }
@@ -788,9 +788,9 @@ fn plan(
                 },
                 path,
             }),
-            (true, None) => steps.push(Step::SkipTo(seg.last + 1)),
+            (true, None) => steps.push(Step::SkipTo(seg.last.saturating_add(1))),
         }
-        expected = expected.max(seg.last + 1);
+        expected = expected.max(seg.last.saturating_add(1));
         previous = Some(seg.key.clone());
     }
     let Some(local) = local else {
@@ -981,7 +981,7 @@ async fn verify_node(
                     // Unreadable archived copy (already a finding): check the local one.
                     (None, Some(path)) => (name, path),
                     (None, None) => {
-                        chain.skip_to(last + 1);
+                        chain.skip_to(last.saturating_add(1));
                         continue;
                     }
                 }

@@ -353,9 +353,24 @@ pub fn compress(bytes: &[u8]) -> Vec<u8> {
 }
 
 /// Gunzip an archived segment.
+/// No segment is larger than this (`journal.segment_max_bytes` is capped at it), so no archived
+/// object may decompress to more: a planted "zip bomb" cannot exhaust a verifier's memory.
+pub const MAX_SEGMENT_BYTES: u64 = 1 << 30;
+
+/// Gunzip an archived segment; more than [`MAX_SEGMENT_BYTES`] of output is an error.
 pub fn decompress(bytes: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(bytes.len() * 4);
-    flate2::read::GzDecoder::new(bytes).read_to_end(&mut out)?;
+    let mut out = Vec::with_capacity(bytes.len().saturating_mul(4).min(1 << 26));
+    flate2::read::GzDecoder::new(bytes)
+        .take(MAX_SEGMENT_BYTES + 1)
+        .read_to_end(&mut out)?;
+    if out.len() as u64 > MAX_SEGMENT_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "decompresses to more than {MAX_SEGMENT_BYTES} bytes, the largest a segment can be"
+            ),
+        ));
+    }
     Ok(out)
 }
 

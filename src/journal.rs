@@ -137,6 +137,16 @@ impl JournalConfig {
                 format!("{} is below the minimum of 4096", self.segment_max_bytes),
             ));
         }
+        if self.segment_max_bytes > crate::archive::MAX_SEGMENT_BYTES {
+            return Err(ConfigError::invalid(
+                "journal.segment_max_bytes",
+                format!(
+                    "{} is above the maximum of {} (1 GiB)",
+                    self.segment_max_bytes,
+                    crate::archive::MAX_SEGMENT_BYTES
+                ),
+            ));
+        }
         if self.segment_max_age_secs == 0 {
             return Err(ConfigError::invalid(
                 "journal.segment_max_age_secs",

@@ -158,9 +158,7 @@ pub struct FhirServer {
     dir: PathBuf,
     log_path: PathBuf,
     child: Option<Child>,
-    watchdog: Option<Child>,
-    /// Keeps the watchdog's stdin open; closing it (process exit) fires the watchdog.
-    watchdog_stdin: Option<ChildStdin>,
+    watchdog: Option<super::Watchdog>,
     /// Removes the folder on drop.
     _tempdir: Option<tempfile::TempDir>,
     seed: Option<SeedReport>,
@@ -366,16 +364,8 @@ print(json.dumps([{**dict(r), "req_headers": json.loads(r["req_headers"] or "{}"
             .map_err(|e| StartError::Failed(format!("spawn {}: {e}", sekmet.display())))?;
         let pid = child.id();
 
-        let watchdog = Command::new("sh")
-            .arg("-c")
-            .arg(WATCHDOG_SCRIPT)
-            .arg("auditgate-fhir-watchdog")
-            .arg(pid.to_string())
-            .arg(&dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
+        let watchdog =
+            super::Watchdog::spawn(WATCHDOG_SCRIPT, "auditgate-fhir-watchdog", pid, &dir);
         // From here on, Drop cleans up whatever happens.
         let mut server = FhirServer {
             port,
@@ -384,14 +374,11 @@ print(json.dumps([{**dict(r), "req_headers": json.loads(r["req_headers"] or "{}"
             log_path,
             child: Some(child),
             watchdog: None,
-            watchdog_stdin: None,
             _tempdir: Some(tempdir),
             seed: None,
         };
-        let mut watchdog =
-            watchdog.map_err(|e| StartError::Failed(format!("spawn watchdog sh: {e}")))?;
-        server.watchdog_stdin = watchdog.stdin.take();
-        server.watchdog = Some(watchdog);
+        server.watchdog =
+            Some(watchdog.map_err(|e| StartError::Failed(format!("spawn watchdog sh: {e}")))?);
 
         let client = http_client();
         let metadata = server.url("metadata");
@@ -513,11 +500,9 @@ print(json.dumps([{**dict(r), "req_headers": json.loads(r["req_headers"] or "{}"
 impl Drop for FhirServer {
     fn drop(&mut self) {
         // The watchdog first, so it cannot fire on a PID that is reaped (and maybe reused).
-        if let Some(mut watchdog) = self.watchdog.take() {
-            let _ = watchdog.kill();
-            let _ = watchdog.wait();
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.disarm();
         }
-        drop(self.watchdog_stdin.take()); // its `cat` sees EOF and exits
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

@@ -152,3 +152,42 @@ pub fn run_auditgate(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A `sh` that kills a test server (by PID) and removes its folder when the test process
+/// exits however it exits: its stdin is a pipe this process holds, and `script` runs its
+/// cleanup once `cat` sees the pipe close. [`Watchdog::disarm`] (called first by the server's
+/// `Drop`) stops it without firing, so it never acts on a PID that was already reaped.
+pub struct Watchdog {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+impl Watchdog {
+    /// `script` gets `$1` = `pid` and `$2` = `dir`; `name` is its `$0`.
+    pub fn spawn(
+        script: &str,
+        name: &str,
+        pid: u32,
+        dir: &std::path::Path,
+    ) -> std::io::Result<Self> {
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .arg(name)
+            .arg(pid.to_string())
+            .arg(dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let stdin = child.stdin.take();
+        Ok(Watchdog { child, stdin })
+    }
+
+    /// Stop the watchdog without letting it fire.
+    pub fn disarm(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        drop(self.stdin.take()); // its `cat` sees EOF and exits
+    }
+}

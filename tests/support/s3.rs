@@ -118,9 +118,7 @@ pub struct S3Server {
     log_path: PathBuf,
     child: Option<Child>,
     paused: bool,
-    watchdog: Option<Child>,
-    /// Keeps the watchdog's stdin open; closing it (process exit) fires the watchdog.
-    watchdog_stdin: Option<ChildStdin>,
+    watchdog: Option<super::Watchdog>,
     /// Removes the folder on drop.
     _tempdir: Option<tempfile::TempDir>,
 }
@@ -309,16 +307,7 @@ assert s3.get_bucket_versioning(Bucket=name).get("Status") == "Enabled"
             .map_err(|e| StartError::Failed(format!("spawn {}: {e}", python.display())))?;
         let pid = child.id();
 
-        let watchdog = Command::new("sh")
-            .arg("-c")
-            .arg(WATCHDOG_SCRIPT)
-            .arg("auditgate-s3-watchdog")
-            .arg(pid.to_string())
-            .arg(&dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
+        let watchdog = super::Watchdog::spawn(WATCHDOG_SCRIPT, "auditgate-s3-watchdog", pid, &dir);
         // From here on, Drop cleans up whatever happens.
         let mut server = S3Server {
             backend_port: port,
@@ -328,13 +317,10 @@ assert s3.get_bucket_versioning(Bucket=name).get("Status") == "Enabled"
             child: Some(child),
             paused: false,
             watchdog: None,
-            watchdog_stdin: None,
             _tempdir: Some(tempdir),
         };
-        let mut watchdog =
-            watchdog.map_err(|e| StartError::Failed(format!("spawn watchdog sh: {e}")))?;
-        server.watchdog_stdin = watchdog.stdin.take();
-        server.watchdog = Some(watchdog);
+        server.watchdog =
+            Some(watchdog.map_err(|e| StartError::Failed(format!("spawn watchdog sh: {e}")))?);
 
         server.wait_ready()?;
         server
@@ -395,11 +381,9 @@ assert s3.get_bucket_versioning(Bucket=name).get("Status") == "Enabled"
 impl Drop for S3Server {
     fn drop(&mut self) {
         // The watchdog first, so it cannot fire on a PID that is reaped (and maybe reused).
-        if let Some(mut watchdog) = self.watchdog.take() {
-            let _ = watchdog.kill();
-            let _ = watchdog.wait();
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.disarm();
         }
-        drop(self.watchdog_stdin.take()); // its `cat` sees EOF and exits
         self.front.close();
         if let Some(mut child) = self.child.take() {
             // SIGKILL works on a stopped (paused) process too. The group first (LocalStack

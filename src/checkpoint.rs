@@ -541,7 +541,8 @@ fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
         .map_err(io_err(dir))
 }
 
-/// Write one signed checkpoint and the state it belongs to into the journal directory.
+/// Write one signed checkpoint and the state it belongs to into the journal directory
+/// (`time` names the file).
 pub fn store(
     journal_dir: &Path,
     note: &[u8],
@@ -628,6 +629,22 @@ fn run(
     rx: mpsc::Receiver<CheckpointMessage>,
     stats: Arc<CheckpointStats>,
 ) {
+    // File names must keep increasing (the archiver ships them in name order): a checkpoint
+    // of the same size signed at an earlier wall-clock time (an NTP step back, a restored VM)
+    // is named 1 µs after the newest one instead. The note inside keeps its true time.
+    let mut newest: Option<(u64, SystemTime)> = list_checkpoint_files(&dir)
+        .ok()
+        .and_then(|files| files.last().cloned())
+        .and_then(|path| fs::read(path).ok())
+        .and_then(|note| parse_unverified(&note).ok())
+        .and_then(|cp| {
+            let t = time::OffsetDateTime::parse(
+                cp.time.as_deref()?,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .ok()?;
+            Some((cp.size, SystemTime::from(t)))
+        });
     while let Ok(message) = rx.recv() {
         let (time, seal) = match message {
             CheckpointMessage::Leaves(leaves) => {
@@ -639,7 +656,14 @@ fn run(
             CheckpointMessage::Sign { time, seal } => (time, seal),
         };
         let note = signer.sign(frontier.size(), frontier.root(), time);
-        let stored = store(&dir, &note, &frontier, time).and_then(|_| {
+        let name_time = match newest {
+            Some((size, last)) if size == frontier.size() && time <= last => {
+                last + std::time::Duration::from_micros(1)
+            }
+            _ => time,
+        };
+        newest = Some((frontier.size(), name_time));
+        let stored = store(&dir, &note, &frontier, name_time).and_then(|_| {
             if seal {
                 // Kept for good: lets `verify` check roots from here on after the segments
                 // before it were shipped and removed locally.
@@ -738,6 +762,37 @@ mod tests {
         note.add_sigs(&[&signer.signer]).unwrap();
         let verifier = CheckpointVerifier::from_text(&public).unwrap();
         assert!(verifier.open(&note.to_bytes()).is_err());
+    }
+
+    #[test]
+    fn checkpoint_file_names_keep_increasing_when_the_clock_steps_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k");
+        write_key_pair(&key, "auditgate/n").unwrap();
+        let signer = CheckpointSigner::load(&key, false, "").unwrap();
+        let mut frontier = Frontier::new();
+        frontier.push(Hash([1; 32]));
+        let checkpointer = Checkpointer::start(dir.path(), signer, frontier).unwrap();
+        let now = SystemTime::now();
+        checkpointer.sign(now, false);
+        // The same tree, signed after the clock went back an hour.
+        checkpointer.sign(now - Duration::from_secs(3600), false);
+        let stats = checkpointer.stats().clone();
+        drop(checkpointer);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while stats.signed.load(Ordering::Relaxed) < 2 {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let files = list_checkpoint_files(dir.path()).unwrap();
+        assert_eq!(files.len(), 2);
+        // In name order, the second one written is last; its note keeps its own time.
+        let last = fs::read(&files[1]).unwrap();
+        let cp = parse_unverified(&last).unwrap();
+        assert_eq!(
+            cp.time.unwrap(),
+            crate::journal::format_ts(now - Duration::from_secs(3600))
+        );
     }
 
     #[test]

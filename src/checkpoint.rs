@@ -583,9 +583,24 @@ pub enum CheckpointMessage {
 /// journal writer asks for. The writer only hands over leaf hashes in bulk (before each
 /// checkpoint, and every few thousand records), so the tree costs the append path nothing but
 /// copying 32 bytes a record.
+///
+/// Dropping it waits until every checkpoint asked for is stored (the journal writer drops it
+/// as it stops, and the last [`crate::journal::Journal`] handle waits for the writer).
 pub struct Checkpointer {
-    queue: mpsc::Sender<CheckpointMessage>,
+    /// `None` only while dropping.
+    queue: Option<mpsc::Sender<CheckpointMessage>>,
     stats: Arc<CheckpointStats>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread once it has handled every message.
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Checkpointer {
@@ -601,20 +616,28 @@ impl Checkpointer {
         let stats = Arc::new(CheckpointStats::default());
         let dir = journal_dir.to_path_buf();
         let thread_stats = stats.clone();
-        thread::Builder::new()
+        let thread = thread::Builder::new()
             .name("checkpointer".into())
             .spawn(move || run(dir, signer, frontier, rx, thread_stats))?;
-        Ok(Checkpointer { queue, stats })
+        Ok(Checkpointer {
+            queue: Some(queue),
+            stats,
+            thread: Some(thread),
+        })
     }
 
     /// Hand over the leaves of newly durable records.
     pub fn leaves(&self, leaves: Vec<Hash>) {
-        let _ = self.queue.send(CheckpointMessage::Leaves(leaves));
+        if let Some(queue) = &self.queue {
+            let _ = queue.send(CheckpointMessage::Leaves(leaves));
+        }
     }
 
     /// Ask for a checkpoint of everything handed over so far (`seal`: at a segment seal).
     pub fn sign(&self, time: SystemTime, seal: bool) {
-        let _ = self.queue.send(CheckpointMessage::Sign { time, seal });
+        if let Some(queue) = &self.queue {
+            let _ = queue.send(CheckpointMessage::Sign { time, seal });
+        }
     }
 
     pub fn stats(&self) -> &Arc<CheckpointStats> {
@@ -778,12 +801,8 @@ mod tests {
         // The same tree, signed after the clock went back an hour.
         checkpointer.sign(now - Duration::from_secs(3600), false);
         let stats = checkpointer.stats().clone();
-        drop(checkpointer);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while stats.signed.load(Ordering::Relaxed) < 2 {
-            assert!(std::time::Instant::now() < deadline);
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        drop(checkpointer); // waits until both are stored
+        assert_eq!(stats.signed.load(Ordering::Relaxed), 2);
         let files = list_checkpoint_files(dir.path()).unwrap();
         assert_eq!(files.len(), 2);
         // In name order, the second one written is last; its note keeps its own time.

@@ -1138,7 +1138,7 @@ mod tests {
         use super::*;
         use crate::checkpoint::{write_key_pair, CheckpointSigner};
         use crate::journal::{CheckpointTiming, Checkpointing};
-        use std::time::{Duration, Instant, SystemTime};
+        use std::time::{Duration, SystemTime};
 
         struct Signed {
             _tmp: tempfile::TempDir,
@@ -1194,17 +1194,14 @@ mod tests {
                 j.append_blocking(&event(i)).unwrap();
             }
             let stats = j.checkpoint_stats().unwrap().clone();
+            // The final head is signed as the writer stops, and dropping the last handle waits
+            // until the checkpoint thread stored it.
             drop(j);
-            // The final head is signed as the writer stops; wait until the checkpoint thread
-            // stored it (note and state), after which it has nothing left to do.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while stats.last_size.load(std::sync::atomic::Ordering::Acquire) < n as u64 {
-                assert!(
-                    Instant::now() < deadline,
-                    "no checkpoint covers all {n} records"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            assert_eq!(
+                stats.last_size.load(std::sync::atomic::Ordering::Acquire),
+                n as u64,
+                "a checkpoint covers all {n} records"
+            );
             Signed {
                 _tmp: tmp,
                 dir,
@@ -1540,11 +1537,10 @@ mod tests {
             }
             let stats = journal.checkpoint_stats().unwrap().clone();
             drop(journal);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while stats.last_size.load(std::sync::atomic::Ordering::Relaxed) < 37 {
-                assert!(Instant::now() < deadline);
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            assert_eq!(
+                stats.last_size.load(std::sync::atomic::Ordering::Relaxed),
+                37
+            );
             let report = j.check();
             assert!(report.ok(), "{:?}", report.findings);
             assert_eq!(report.head_seq, 37);

@@ -909,6 +909,9 @@ impl Archiver {
         stats
             .shipped_through_seq
             .store(state.segments_through_seq, Ordering::Relaxed);
+        crate::metrics::global()
+            .archive_shipped_through_seq
+            .set(state.segments_through_seq as i64);
         Ok(Archiver {
             journal_dir: journal_dir.to_path_buf(),
             node: node.to_string(),
@@ -946,25 +949,54 @@ impl Archiver {
     /// Ship one object: create-only PUT, a retry's comparison, then the lock check.
     /// `plain` is the uncompressed content when `bytes` is gzip (a retry after an upgrade may
     /// compress differently: the content is what must match).
+    /// Counted in `auditgate_archive_uploads_total` by kind and result.
     async fn ship(
         &self,
         key: &str,
         bytes: Vec<u8>,
         plain: Option<&[u8]>,
     ) -> Result<(), ArchiveError> {
+        let kind = if plain.is_some() {
+            "segment"
+        } else {
+            "checkpoint"
+        };
+        let result = self.ship_once(key, bytes, plain).await;
+        let label = match &result {
+            Ok(true) => "created",
+            Ok(false) => "already_present",
+            Err(ArchiveError::Conflict { .. }) => "conflict",
+            Err(_) => "failed",
+        };
+        crate::metrics::global()
+            .archive_uploads
+            .with_label_values(&[kind, label])
+            .inc();
+        result.map(|_| ())
+    }
+
+    /// [`Archiver::ship`]'s work; `Ok(true)` when this call created the object.
+    async fn ship_once(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        plain: Option<&[u8]>,
+    ) -> Result<bool, ArchiveError> {
         let sha = sha256_b64(&bytes);
         let size = bytes.len() as u64;
         let retain_until = SystemTime::now() + self.retention;
         // The retain-until the lock must show: now + retention for an object this PUT created;
         // for one an earlier attempt stored, its own upload time + retention.
         let mut wanted_until = retain_until;
-        match self
+        let created = match self
             .store
             .put_new(key, bytes.clone(), &sha, retain_until)
             .await?
         {
             PutResult::Created => {
                 self.stats.bytes_shipped.fetch_add(size, Ordering::Relaxed);
+                crate::metrics::global().archive_bytes.inc_by(size);
+                true
             }
             PutResult::AlreadyExists => {
                 // A retry of an upload that did reach the store, or someone else's object.
@@ -992,8 +1024,9 @@ impl Archiver {
                     wanted_until =
                         UNIX_EPOCH + Duration::from_secs(stored_at.max(0) as u64) + self.retention;
                 }
+                false
             }
-        }
+        };
         if self.store.is_worm() {
             let info =
                 self.store
@@ -1026,18 +1059,12 @@ impl Archiver {
                 }
             }
         }
-        Ok(())
+        Ok(created)
     }
 
     /// Ship every sealed segment and checkpoint not shipped yet, in order; stops at the first
     /// failure (the next pass starts there). Returns how many objects were shipped.
     pub async fn ship_pending(&mut self) -> Result<usize, ArchiveError> {
-        if !self.ready {
-            // Nothing goes to a store that was not confirmed able to lock it (e.g. S3 was
-            // unreachable when the gateway started).
-            self.store.check_ready().await?;
-            self.ready = true;
-        }
         let mut shipped = 0;
         let segments = journal::list_segments(&self.journal_dir).map_err(|e| ArchiveError::Io {
             path: self.journal_dir.clone(),
@@ -1052,7 +1079,14 @@ impl Archiver {
                 _ => None,
             })
             .collect();
+        // The backlog is known (and exported) even while the store cannot be reached.
         self.update_backlog(&pending);
+        if !self.ready {
+            // Nothing goes to a store that was not confirmed able to lock it (e.g. S3 was
+            // unreachable when the gateway started).
+            self.store.check_ready().await?;
+            self.ready = true;
+        }
         for (i, (first, last, path)) in pending.iter().enumerate() {
             let (plain, compressed) = read_and_compress(path).await?;
             let date = first_record_date(&plain).unwrap_or_else(|| "unknown".into());
@@ -1066,6 +1100,9 @@ impl Archiver {
             self.stats
                 .shipped_through_seq
                 .store(*last, Ordering::Relaxed);
+            crate::metrics::global()
+                .archive_shipped_through_seq
+                .set(*last as i64);
             self.update_backlog(&pending[i + 1..]);
             shipped += 1;
         }
@@ -1140,9 +1177,18 @@ impl Archiver {
         self.stats
             .backlog_segments
             .store(pending.len() as u64, Ordering::Relaxed);
-        let oldest = pending
+        // A sealed segment's modification time is its seal time (sealing cuts and syncs it).
+        let oldest_sealed_at = pending
             .first()
-            .and_then(|(_, _, p)| fs::metadata(p).ok()?.modified().ok())
+            .and_then(|(_, _, p)| fs::metadata(p).ok()?.modified().ok());
+        let metrics = crate::metrics::global();
+        metrics.archive_backlog_segments.set(pending.len() as i64);
+        metrics.set_archive_oldest_unshipped(if pending.is_empty() {
+            None
+        } else {
+            Some(oldest_sealed_at.unwrap_or_else(SystemTime::now))
+        });
+        let oldest = oldest_sealed_at
             .and_then(|t| t.elapsed().ok())
             .map_or(0, |d| d.as_secs());
         self.stats
@@ -1156,7 +1202,9 @@ impl Archiver {
         let mut backoff = Duration::from_secs(1);
         let mut failing = false;
         loop {
-            match self.ship_pending().await {
+            let pass = self.ship_pending().await;
+            crate::metrics::global().set_archive_pass(pass.is_ok());
+            match pass {
                 Ok(shipped) => {
                     if failing {
                         tracing::info!(

@@ -577,6 +577,8 @@ pub enum CheckpointMessage {
     /// `seal`: the tree ends a sealed segment; its compact state is kept for good (see
     /// [`seal_state_path`]).
     Sign { time: SystemTime, seal: bool },
+    /// Answer on the channel once every message before this one is done (stored or failed).
+    Flush(mpsc::Sender<()>),
 }
 
 /// The background thread that keeps the Merkle tree and signs and stores the checkpoints the
@@ -640,6 +642,19 @@ impl Checkpointer {
         }
     }
 
+    /// Wait until every checkpoint asked for so far is stored (or failed), at most `timeout`.
+    /// False when the thread did not answer in time.
+    pub fn flush(&self, timeout: std::time::Duration) -> bool {
+        let Some(queue) = &self.queue else {
+            return true;
+        };
+        let (done, wait) = mpsc::channel();
+        if queue.send(CheckpointMessage::Flush(done)).is_err() {
+            return false;
+        }
+        wait.recv_timeout(timeout).is_ok()
+    }
+
     pub fn stats(&self) -> &Arc<CheckpointStats> {
         &self.stats
     }
@@ -677,6 +692,10 @@ fn run(
                 continue;
             }
             CheckpointMessage::Sign { time, seal } => (time, seal),
+            CheckpointMessage::Flush(done) => {
+                let _ = done.send(());
+                continue;
+            }
         };
         let note = signer.sign(frontier.size(), frontier.root(), time);
         let name_time = match newest {
@@ -699,9 +718,16 @@ fn run(
             Ok(_) => {
                 stats.signed.fetch_add(1, Ordering::Relaxed);
                 stats.last_size.store(frontier.size(), Ordering::Release);
+                let metrics = crate::metrics::global();
+                metrics.checkpoints_signed.inc();
+                metrics.checkpoint_tree_size.set(frontier.size() as i64);
+                metrics
+                    .checkpoint_last_signed
+                    .set(crate::metrics::unix_now());
             }
             Err(e) => {
                 stats.failures.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::global().checkpoint_failures.inc();
                 tracing::error!(error = %e, category = e.category(), "storing a checkpoint failed; the next one is tried at the next interval");
             }
         }

@@ -239,7 +239,7 @@ fn run(path: &std::path::Path) -> ExitCode {
     };
     init_logging(&config.log);
     let base = Config::base_dir(path);
-    match crate::server::prepare(&config, &base) {
+    match crate::server::prepare(&config, &base, Some(path)) {
         Ok(prepared) => crate::server::run(&config, prepared),
         Err(e) => {
             tracing::error!(error = %e, "auditgate cannot start");

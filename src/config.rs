@@ -38,6 +38,7 @@ impl ConfigError {
     }
 }
 
+use crate::admin::AdminConfig;
 use crate::archive::ArchiveConfig;
 use crate::checkpoint::CheckpointConfig;
 use crate::identity::IdentityConfig;
@@ -74,6 +75,9 @@ pub struct Config {
     /// The gateway's own operational log (never contains PHI).
     #[serde(default)]
     pub log: LogConfig,
+    /// The admin listener: `/metrics`, `/healthz`, `/readyz`.
+    #[serde(default)]
+    pub admin: AdminConfig,
 }
 
 /// `[server]`
@@ -357,6 +361,13 @@ impl Config {
         self.identity.validate()?;
         self.rules.validate()?;
         self.network.validate()?;
+        self.admin.validate()?;
+        if self.admin.enabled && self.server.listen.contains(&self.admin.listen) {
+            return Err(ConfigError::invalid(
+                "admin.listen",
+                "must differ from every server.listen address",
+            ));
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| ConfigError::invalid("log.level", e.to_string()))?;
         Ok(())

@@ -217,6 +217,9 @@ files = ["{rules}"]
 [log]
 format = "text"
 level = "warn"
+
+[admin]
+enabled = false
 "#,
         pid = temp.join("pid").display(),
         sock = temp.join("upgrade.sock").display(),
@@ -226,7 +229,7 @@ level = "warn"
     );
     let config = Config::parse(&text, std::path::Path::new("<demo>"))?;
     crate::cli::init_logging(&config.log);
-    let prepared = crate::server::prepare(&config, &temp)?;
+    let prepared = crate::server::prepare(&config, &temp, None)?;
 
     // The sample upstream and the gateway run as pingora services in this process.
     let mut upstream =

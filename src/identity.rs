@@ -1211,6 +1211,11 @@ impl Identity {
         }
     }
 
+    /// How many verification keys are loaded now (static keys, secrets and JWKS keys).
+    pub fn key_count(&self) -> usize {
+        self.issuers.iter().map(|i| i.all_keys().len()).sum()
+    }
+
     /// Hit and miss counts and the size of the verified-token cache.
     pub fn cache_stats(&self) -> CacheStats {
         CacheStats {
@@ -1425,8 +1430,23 @@ impl Identity {
         tracing::debug!(url = %remote.display, keys = count, removed, "JWKS installed");
     }
 
-    /// GET a JWKS URL: success status, body at most `jwks_max_bytes`, at least one usable key.
+    /// GET a JWKS URL (see [`Identity::fetch_jwks_once`]), counted in
+    /// `auditgate_jwks_refreshes_total`.
     async fn fetch_jwks(&self, url: &reqwest::Url) -> Result<Vec<Arc<VerifyKey>>, String> {
+        let result = self.fetch_jwks_once(url).await;
+        let metrics = crate::metrics::global();
+        match &result {
+            Ok(_) => {
+                metrics.jwks_refreshes.with_label_values(&["ok"]).inc();
+                metrics.jwks_last_success.set(crate::metrics::unix_now());
+            }
+            Err(_) => metrics.jwks_refreshes.with_label_values(&["failed"]).inc(),
+        }
+        result
+    }
+
+    /// GET a JWKS URL: success status, body at most `jwks_max_bytes`, at least one usable key.
+    async fn fetch_jwks_once(&self, url: &reqwest::Url) -> Result<Vec<Arc<VerifyKey>>, String> {
         let mut response = self
             .http
             .get(url.clone())

@@ -197,6 +197,9 @@ pub enum JournalError {
     /// The checkpoint state or key could not be used at start.
     #[error("journal checkpoints: {0}")]
     Checkpoint(#[from] CheckpointError),
+    /// [`Journal::close`] did not finish in time.
+    #[error("journal did not close within {secs} s")]
+    CloseTimeout { secs: u64 },
 }
 
 impl JournalError {
@@ -210,6 +213,7 @@ impl JournalError {
             JournalError::Failed { .. } => "failed",
             JournalError::Closed => "closed",
             JournalError::Checkpoint(_) => "checkpoint",
+            JournalError::CloseTimeout { .. } => "close_timeout",
         }
     }
 }
@@ -259,11 +263,27 @@ struct Pending {
     reply: oneshot::Sender<Result<Receipt, JournalError>>,
 }
 
+/// What the writer thread is asked to do, in queue order.
+enum Command {
+    Append(Pending),
+    /// Seal the open segment, store its checkpoint, and stop taking records.
+    Close(mpsc::Sender<Result<CloseReport, JournalError>>),
+}
+
+/// What [`Journal::close`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReport {
+    /// The last durable record.
+    pub head_seq: u64,
+    /// The segment it sealed (first and last seq); `None` when the open segment was empty.
+    pub sealed: Option<(u64, u64)>,
+}
+
 /// A handle to the journal; cheap to clone, shared by every request.
 #[derive(Clone)]
 pub struct Journal {
     // Declared first, so it is dropped before `_writer`: the writer sees the queue closed.
-    queue: SyncSender<Pending>,
+    queue: SyncSender<Command>,
     queue_limit: usize,
     stats: Arc<JournalStats>,
     failure: Arc<std::sync::Mutex<Option<String>>>,
@@ -561,6 +581,9 @@ struct WriterCheckpoints {
     last_requested_size: u64,
 }
 
+/// How long a clean close waits for the final checkpoint to be stored.
+const CLOSE_CHECKPOINT_WAIT: Duration = Duration::from_secs(10);
+
 /// Hand leaves to the checkpoint thread at least this often (in records), so its work stays
 /// spread out and the writer's buffer small.
 const LEAVES_PER_HANDOVER: usize = 8192;
@@ -789,6 +812,9 @@ impl Journal {
         let checkpoint_stats = checkpoints.as_ref().map(|c| c.checkpointer.stats().clone());
         let stats = Arc::new(JournalStats::default());
         stats.head_seq.store(head.seq, Ordering::Relaxed);
+        crate::metrics::global()
+            .journal_head_seq
+            .set(head.seq as i64);
         let failure = Arc::new(std::sync::Mutex::new(None));
         let writer = Writer {
             dir: dir.to_path_buf(),
@@ -836,8 +862,15 @@ impl Journal {
     /// Returns only after the record was written and fdatasync'd, or with an error; on error
     /// the caller must not release data that the record was meant to cover.
     pub async fn append(&self, event: &Event) -> Result<Receipt, JournalError> {
+        let started = Instant::now();
         let rx = self.submit(event.to_json())?;
-        rx.await.unwrap_or(Err(JournalError::Closed))
+        let result = rx.await.unwrap_or(Err(JournalError::Closed));
+        if result.is_ok() {
+            crate::metrics::global()
+                .journal_append_duration
+                .observe(started.elapsed().as_secs_f64());
+        }
+        result
     }
 
     /// Blocking form of [`Journal::append`], for threads outside an async runtime.
@@ -856,12 +889,33 @@ impl Journal {
             return Err(JournalError::Failed { reason });
         }
         let (reply, rx) = oneshot::channel();
-        match self.queue.try_send(Pending { event_json, reply }) {
+        match self
+            .queue
+            .try_send(Command::Append(Pending { event_json, reply }))
+        {
             Ok(()) => Ok(rx),
             Err(TrySendError::Full(_)) => Err(JournalError::Backlog {
                 limit: self.queue_limit,
             }),
             Err(TrySendError::Disconnected(_)) => Err(JournalError::Closed),
+        }
+    }
+
+    /// Stop taking records, for a clean shutdown: every record queued before this call is
+    /// committed, the open segment is sealed (when it holds records) and its signed checkpoint
+    /// stored. Appends after this call fail with [`JournalError::Closed`]. Waits at most
+    /// `timeout`.
+    pub fn close(&self, timeout: Duration) -> Result<CloseReport, JournalError> {
+        let (reply, wait) = mpsc::channel();
+        self.queue
+            .send(Command::Close(reply))
+            .map_err(|_| JournalError::Closed)?;
+        match wait.recv_timeout(timeout) {
+            Ok(result) => result,
+            Err(RecvTimeoutError::Timeout) => Err(JournalError::CloseTimeout {
+                secs: timeout.as_secs(),
+            }),
+            Err(RecvTimeoutError::Disconnected) => Err(JournalError::Closed),
         }
     }
 
@@ -1166,13 +1220,15 @@ fn check_tail_is_one_unsynced_batch(
 }
 
 impl Writer {
-    fn run(mut self, rx: Receiver<Pending>) {
+    fn run(mut self, rx: Receiver<Command>) {
         let mut batch: Vec<Pending> = Vec::with_capacity(self.cfg.batch_max_records);
         let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
         let tick = Duration::from_millis(500);
+        let mut close = None;
         loop {
             match rx.recv_timeout(tick) {
-                Ok(first) => batch.push(first),
+                Ok(Command::Append(first)) => batch.push(first),
+                Ok(Command::Close(reply)) => close = Some(reply),
                 Err(RecvTimeoutError::Timeout) => {
                     self.seal_if_due();
                     self.checkpoint_if_due();
@@ -1180,13 +1236,22 @@ impl Writer {
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            while batch.len() < self.cfg.batch_max_records {
+            while close.is_none() && batch.len() < self.cfg.batch_max_records {
                 match rx.try_recv() {
-                    Ok(more) => batch.push(more),
+                    Ok(Command::Append(more)) => batch.push(more),
+                    Ok(Command::Close(reply)) => close = Some(reply),
                     Err(_) => break,
                 }
             }
-            self.commit(&mut batch, &mut buf);
+            if !batch.is_empty() {
+                self.commit(&mut batch, &mut buf);
+            }
+            if let Some(reply) = close.take() {
+                let _ = reply.send(self.close());
+                // Appends queued after the close are dropped with the queue: their callers get
+                // `Closed` and release nothing.
+                return;
+            }
             self.seal_if_due();
             self.checkpoint_if_due();
         }
@@ -1199,6 +1264,43 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// The clean stop: seal the open segment if it holds records, have its checkpoint (or the
+    /// head's) signed and stored, and report.
+    fn close(&mut self) -> Result<CloseReport, JournalError> {
+        if let Some(reason) = self.failed_reason() {
+            return Err(JournalError::Failed { reason });
+        }
+        let sealed = if self.len > 0 {
+            let range = (self.first_seq, self.head.seq);
+            if let Err(e) = self.seal_open_segment() {
+                self.fail("seal", format!("sealing a segment failed: {e}"));
+                return Err(e);
+            }
+            Some(range)
+        } else {
+            None
+        };
+        if let Some(c) = self.checkpoints.as_mut() {
+            // Sealing asked for the seal's checkpoint; an empty open segment needs one only if
+            // the tree grew since the last.
+            if sealed.is_none() && c.size > c.last_requested_size {
+                c.request();
+            }
+            if !c.checkpointer.flush(CLOSE_CHECKPOINT_WAIT) {
+                tracing::error!("the final checkpoint was not stored in time");
+            }
+        }
+        tracing::info!(
+            head_seq = self.head.seq,
+            sealed = sealed.is_some(),
+            "journal closed"
+        );
+        Ok(CloseReport {
+            head_seq: self.head.seq,
+            sealed,
+        })
     }
 
     fn checkpoint_if_due(&mut self) {
@@ -1214,8 +1316,15 @@ impl Writer {
         self.failure.lock().expect("failure lock").clone()
     }
 
-    fn fail(&self, reason: String) {
-        tracing::error!(reason = %reason, "journal failed: refusing all records until restart");
+    /// Stop taking records until restart. `category` is a fixed label (`write`, `seal`).
+    fn fail(&self, category: &'static str, reason: String) {
+        let metrics = crate::metrics::global();
+        metrics
+            .journal_failures
+            .with_label_values(&[category])
+            .inc();
+        metrics.journal_failed.set(1);
+        tracing::error!(reason = %reason, category, "journal failed: refusing all records until restart");
         *self.failure.lock().expect("failure lock") = Some(reason);
         self.stats.failed.store(true, Ordering::Release);
     }
@@ -1261,6 +1370,7 @@ impl Writer {
         }
         // Crash point: before the write returns, nothing of this batch is acknowledged; a partial
         // write is a torn tail that recovery moves to quarantine.
+        let sync_started = Instant::now();
         let result = {
             use std::os::unix::fs::FileExt;
             self.file.write_all_at(buf, self.len)
@@ -1284,6 +1394,14 @@ impl Writer {
                     .fetch_add(buf.len() as u64, Ordering::Relaxed);
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 self.stats.head_seq.store(head.seq, Ordering::Relaxed);
+                let metrics = crate::metrics::global();
+                metrics
+                    .journal_fsync_duration
+                    .observe(sync_started.elapsed().as_secs_f64());
+                metrics.journal_batch_records.observe(batch.len() as f64);
+                metrics.journal_records.inc_by(batch.len() as u64);
+                metrics.journal_bytes.inc_by(buf.len() as u64);
+                metrics.journal_head_seq.set(head.seq as i64);
                 if let Some(c) = self.checkpoints.as_mut() {
                     c.add(&receipts);
                 }
@@ -1303,7 +1421,7 @@ impl Writer {
                     Ok(()) => format!("write or fdatasync failed: {e}"),
                     Err(e2) => format!("write or fdatasync failed: {e}; rollback failed: {e2}"),
                 };
-                self.fail(reason.clone());
+                self.fail("write", reason.clone());
                 for p in batch.drain(..) {
                     let _ = p.reply.send(Err(JournalError::Failed {
                         reason: reason.clone(),
@@ -1324,12 +1442,19 @@ impl Writer {
             return;
         }
         if let Err(e) = self.seal() {
-            self.fail(format!("sealing a segment failed: {e}"));
+            self.fail("seal", format!("sealing a segment failed: {e}"));
         }
     }
 
     /// Seal the open segment and open the next one.
     fn seal(&mut self) -> Result<(), JournalError> {
+        self.seal_open_segment()?;
+        self.open_next_segment()
+    }
+
+    /// Cut, sync and rename the open segment to its sealed name, and ask for its checkpoint.
+    /// Afterwards nothing may be written until [`Writer::open_next_segment`].
+    fn seal_open_segment(&mut self) -> Result<(), JournalError> {
         // A sealed segment holds exactly its records: cut the preallocated zeros.
         self.file.set_len(self.len).map_err(io_err(&self.path))?;
         self.file.sync_all().map_err(io_err(&self.path))?;
@@ -1350,6 +1475,14 @@ impl Writer {
         if let Some(c) = self.checkpoints.as_mut() {
             c.request_at(true);
         }
+        self.stats.segments_sealed.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::global().segments_sealed.inc();
+        tracing::info!(last_seq = self.head.seq, "journal segment sealed");
+        Ok(())
+    }
+
+    /// Open the segment after a sealed one.
+    fn open_next_segment(&mut self) -> Result<(), JournalError> {
         let first = self.head.seq + 1;
         let (file, next) = create_open_segment(&self.dir, first)?;
         if self.cfg.preallocate {
@@ -1364,8 +1497,6 @@ impl Writer {
         self.first_seq = first;
         self.len = 0;
         self.opened_at = Instant::now();
-        self.stats.segments_sealed.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(first_seq = self.first_seq, "journal segment sealed");
         Ok(())
     }
 }
@@ -1434,6 +1565,78 @@ pub(crate) mod tests {
         );
         assert_eq!(stats.last_size.load(Ordering::Relaxed), 1);
         drop(j);
+    }
+
+    #[test]
+    fn close_seals_the_open_segment_stores_its_checkpoint_and_refuses_later_records() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = tmp.path().join("k");
+        crate::checkpoint::write_key_pair(&key, "auditgate/n1").unwrap();
+        let dir = tmp.path().join("j");
+        let open = || {
+            let checkpointing = Checkpointing {
+                signer: CheckpointSigner::load(&key, false, "unused").unwrap(),
+                timing: CheckpointTiming {
+                    interval: Duration::from_secs(60),
+                    heartbeat: Duration::from_secs(60),
+                },
+            };
+            let cfg = JournalConfig {
+                segment_max_bytes: 1 << 20,
+                ..JournalConfig::default()
+            };
+            Journal::open_with_checkpoints(&dir, "n1", &cfg, Some(checkpointing)).unwrap()
+        };
+        let (j, _) = open();
+        for i in 0..5 {
+            j.append_blocking(&event(i)).unwrap();
+        }
+        let report = j.close(Duration::from_secs(10)).unwrap();
+        assert_eq!(
+            report,
+            CloseReport {
+                head_seq: 5,
+                sealed: Some((1, 5))
+            }
+        );
+        // The sealed segment and a checkpoint of all five records are on disk right away.
+        let names: Vec<SegmentName> = list_segments(&dir)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, vec![SegmentName::Sealed { first: 1, last: 5 }]);
+        let newest = crate::checkpoint::list_checkpoint_files(&dir)
+            .unwrap()
+            .pop()
+            .unwrap();
+        let note = crate::checkpoint::parse_unverified(&fs::read(newest).unwrap()).unwrap();
+        assert_eq!(note.size, 5);
+        assert!(crate::checkpoint::seal_state_path(&dir, 5).exists());
+        // Nothing more is taken.
+        assert!(matches!(
+            j.append_blocking(&event(9)),
+            Err(JournalError::Closed)
+        ));
+        drop(j);
+        // The next start continues the chain after the sealed segment; closing an empty open
+        // segment seals nothing.
+        let (j, report) = open();
+        assert_eq!(report.head_seq, 5);
+        assert_eq!(j.append_blocking(&event(6)).unwrap().seq, 6);
+        assert_eq!(
+            j.close(Duration::from_secs(10)).unwrap().sealed,
+            Some((6, 6))
+        );
+        drop(j);
+        let (j, _) = open();
+        assert_eq!(
+            j.close(Duration::from_secs(10)).unwrap(),
+            CloseReport {
+                head_seq: 6,
+                sealed: None
+            }
+        );
     }
 
     #[test]

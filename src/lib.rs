@@ -17,8 +17,11 @@
 //! * [`proof`]: self-contained inclusion and consistency proof bundles;
 //! * [`verify`]: re-checking a journal directory;
 //! * [`clock`]: the kernel's NTP state;
+//! * [`metrics`] and [`admin`]: Prometheus metrics, `/healthz` and `/readyz`;
+//! * [`reload`]: the live configuration a SIGHUP swaps;
 //! * [`server`]: start-up order; [`cli`] and [`demo`]: the command line.
 
+pub mod admin;
 pub mod archive;
 pub mod checkpoint;
 pub mod cli;
@@ -28,10 +31,12 @@ pub mod demo;
 pub mod identity;
 pub mod journal;
 pub mod merkle;
+pub mod metrics;
 pub mod netvec;
 pub mod proof;
 pub mod proxy;
 pub mod record;
+pub mod reload;
 pub mod rules;
 pub mod server;
 pub mod verify;

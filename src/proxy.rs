@@ -34,19 +34,20 @@ use pingora::upstreams::peer::HttpUpstreamRequestPolicy;
 
 use crate::clock;
 use crate::config::UpstreamConfig;
-use crate::identity::{AuthFailure, Identity};
+use crate::identity::AuthFailure;
 use crate::journal::{Journal, JournalError};
+use crate::metrics;
 use crate::netvec::NetPolicy;
 use crate::record::{
     Action, Attribution, Event, GatewayId, InteractionKind, NetworkVector, Outcome, Phase, Who,
 };
-use crate::rules::{Classification, RuleSet};
+use crate::reload::{Live, Snapshot};
+use crate::rules::Classification;
 
 /// Everything a request needs, shared by all requests.
 pub struct Gateway {
-    pub identity: Arc<Identity>,
-    pub rules: Arc<RuleSet>,
-    pub net: NetPolicy,
+    /// Identity, rules and network policy; a SIGHUP swaps them (see [`crate::reload`]).
+    pub live: Arc<Live>,
     pub journal: Journal,
     pub node: String,
     /// Listener address → name recorded in `gateway.listener`.
@@ -57,8 +58,11 @@ pub struct Gateway {
 }
 
 /// Per-request state carried across phases.
-#[derive(Default)]
 pub struct RequestCtx {
+    /// The configuration this request uses in every phase (taken when it starts).
+    snap: Arc<Snapshot>,
+    /// When the request's head was read.
+    started: Instant,
     /// The record under construction: who, what, from where. Set in `request_filter`.
     event: Option<Event>,
     /// The seq of this request's intent record.
@@ -210,32 +214,41 @@ impl Gateway {
             .as_ref()
             .map(|e| e.request_id.clone())
             .unwrap_or_default();
+        let net = ctx.snap.net.clone();
         match self.journal_outcome(ctx, status, Some(error), None).await {
             Ok(()) => {
                 write_answer(
                     session,
                     false,
                     status,
-                    self.net.request_id_header(),
+                    net.request_id_header(),
                     &request_id,
                     extra,
                     error_body(status, error, detail, &request_id),
                 )
                 .await?
             }
-            Err(e) => self.unavailable(session, false, &e, &request_id).await?,
+            Err(e) => {
+                self.unavailable(session, &net, false, &e, &request_id)
+                    .await?
+            }
         }
         Ok(true)
     }
 
-    /// The fail-closed answer.
+    /// The fail-closed answer (counted in `auditgate_fail_closed_refusals_total`).
     async fn unavailable(
         &self,
         session: &mut Session,
+        net: &NetPolicy,
         close: bool,
         e: &JournalError,
         request_id: &str,
     ) -> Result<()> {
+        metrics::global()
+            .fail_closed_refusals
+            .with_label_values(&[e.category()])
+            .inc();
         tracing::error!(
             reason = e.category(),
             request_id,
@@ -245,7 +258,7 @@ impl Gateway {
             session,
             close,
             503,
-            self.net.request_id_header(),
+            net.request_id_header(),
             request_id,
             &[("retry-after", "5".into())],
             error_body(
@@ -270,10 +283,23 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::default()
+        RequestCtx {
+            snap: self.live.current(),
+            started: Instant::now(),
+            event: None,
+            intent_seq: None,
+            outcome_written: false,
+            refusal: None,
+            form_body: None,
+            form_body_limit: 0,
+            form_body_truncated: false,
+            classification: None,
+            upstream_started: None,
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let snap = ctx.snap.clone();
         let peer = peer_ip(session);
         let req = session.req_header();
         let headers = &req.headers;
@@ -291,9 +317,9 @@ impl ProxyHttp for Gateway {
         // A token sent in the query string is refused, and must not reach the journal either.
         let recorded_query = raw_query.as_deref().map(redact_query_tokens);
 
-        let request_id = self.net.request_id(peer, headers);
+        let request_id = snap.net.request_id(peer, headers);
         let intent_needed = needs_intent(&method, headers);
-        let addr = self.net.client_addr(peer, headers);
+        let addr = snap.net.client_addr(peer, headers);
         let mut net = NetworkVector {
             client_ip: addr.client_ip.to_string(),
             peer_ip: peer.to_string(),
@@ -309,12 +335,12 @@ impl ProxyHttp for Gateway {
                 listener: self.listener_name(session),
             },
         };
-        if let Some(device) = self.net.device_id(headers) {
+        if let Some(device) = snap.net.device_id(headers) {
             net.device_id = Some(device);
             net.device_id_source = Some("header".into());
         }
 
-        let auth = self
+        let auth = snap
             .identity
             .authenticate(headers, raw_query.as_deref())
             .await;
@@ -330,7 +356,7 @@ impl ProxyHttp for Gateway {
             }
             Err(f) => who_for_failure(f),
         };
-        let classified = self.rules.classify(&method, &target, headers);
+        let classified = snap.rules.classify(&method, &target, headers);
         let mut event = Event {
             phase: if intent_needed {
                 Phase::Intent
@@ -364,11 +390,16 @@ impl ProxyHttp for Gateway {
             ctx.refusal = Some("failed");
             let reason = self.journal.failure().unwrap_or_default();
             let e = JournalError::Failed { reason };
-            self.unavailable(session, false, &e, &request_id).await?;
+            self.unavailable(session, &snap.net, false, &e, &request_id)
+                .await?;
             return Ok(true);
         }
         // Refusals, each journaled before it is answered.
         if let Err(f) = &auth {
+            metrics::global()
+                .identity_failures
+                .with_label_values(&[f.reason()])
+                .inc();
             let challenge = f.www_authenticate();
             let status = f.status().as_u16();
             return self
@@ -385,6 +416,10 @@ impl ProxyHttp for Gateway {
         let classification = match classified {
             Ok(c) => c,
             Err(rejection) => {
+                metrics::global()
+                    .rejected_requests
+                    .with_label_values(&[rejection.reason()])
+                    .inc();
                 return self
                     .refuse(
                         session,
@@ -400,6 +435,10 @@ impl ProxyHttp for Gateway {
         if session.is_upgrade_req() {
             // A protocol upgrade (WebSocket) would turn the exchange into a tunnel whose bytes
             // no record covers.
+            metrics::global()
+                .rejected_requests
+                .with_label_values(&["upgrade_not_supported"])
+                .inc();
             return self
                 .refuse(
                     session,
@@ -411,7 +450,10 @@ impl ProxyHttp for Gateway {
                 )
                 .await;
         }
-        if self.rules.denies(&classification) {
+        if classification.rule == crate::rules::UNMATCHED_RULE {
+            metrics::global().unmatched_routes.inc();
+        }
+        if snap.rules.denies(&classification) {
             return self
                 .refuse(
                     session,
@@ -436,7 +478,7 @@ impl ProxyHttp for Gateway {
         if classification.needs_form_body && is_form {
             ctx.form_body = Some(Vec::new());
             ctx.form_body_limit =
-                usize::try_from(self.rules.max_form_body_bytes()).unwrap_or(usize::MAX);
+                usize::try_from(snap.rules.max_form_body_bytes()).unwrap_or(usize::MAX);
             ctx.classification = Some(classification);
         }
 
@@ -450,7 +492,8 @@ impl ProxyHttp for Gateway {
                 Ok(receipt) => ctx.intent_seq = Some(receipt.seq),
                 Err(e) => {
                     ctx.refusal = Some(e.category());
-                    self.unavailable(session, false, &e, &request_id).await?;
+                    self.unavailable(session, &snap.net, false, &e, &request_id)
+                        .await?;
                     return Ok(true);
                 }
             }
@@ -481,7 +524,7 @@ impl ProxyHttp for Gateway {
                 if ctx.form_body_truncated {
                     event.attribution = Attribution::Partial;
                 } else {
-                    self.rules.attribute_form_body(&mut c, &copy);
+                    ctx.snap.rules.attribute_form_body(&mut c, &copy);
                     apply_classification(event, &c);
                 }
             }
@@ -523,7 +566,7 @@ impl ProxyHttp for Gateway {
         upstream_request.insert_header("x-forwarded-for", xff)?;
         if let Some(event) = &ctx.event {
             upstream_request.insert_header(
-                self.net.request_id_header().clone(),
+                ctx.snap.net.request_id_header().clone(),
                 event.request_id.as_str(),
             )?;
         }
@@ -567,7 +610,7 @@ impl ProxyHttp for Gateway {
         }
         if let Some(event) = &ctx.event {
             upstream_response.insert_header(
-                self.net.request_id_header().clone(),
+                ctx.snap.net.request_id_header().clone(),
                 event.request_id.as_str(),
             )?;
         }
@@ -609,11 +652,12 @@ impl ProxyHttp for Gateway {
                 can_reuse_downstream: false,
             };
         }
+        let net = ctx.snap.net.clone();
         let result = if ctx.refusal.is_some() {
             let journal_error = JournalError::Failed {
                 reason: ctx.refusal.unwrap_or("failed").into(),
             };
-            self.unavailable(session, true, &journal_error, &request_id)
+            self.unavailable(session, &net, true, &journal_error, &request_id)
                 .await
         } else {
             let error = match code {
@@ -621,20 +665,31 @@ impl ProxyHttp for Gateway {
                 504 => "upstream_timeout",
                 _ => "gateway_error",
             };
+            metrics::global()
+                .upstream_errors
+                .with_label_values(&[match code {
+                    502 => "unreachable",
+                    504 => "timeout",
+                    _ => "other",
+                }])
+                .inc();
             match self.journal_outcome(ctx, code, Some(error), None).await {
                 Ok(()) => {
                     write_answer(
                         session,
                         true,
                         code,
-                        self.net.request_id_header(),
+                        net.request_id_header(),
                         &request_id,
                         &[],
                         error_body(code, error, "the EHR did not answer", &request_id),
                     )
                     .await
                 }
-                Err(je) => self.unavailable(session, true, &je, &request_id).await,
+                Err(je) => {
+                    self.unavailable(session, &net, true, &je, &request_id)
+                        .await
+                }
             }
         };
         if let Err(write_error) = result {
@@ -647,6 +702,18 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        // Every request is counted once, here, when it ends.
+        let sent = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .filter(|s| *s >= 200);
+        let action = ctx.event.as_ref().map_or("E", |e| e.action.as_str());
+        let outcome = if e.is_some() && ctx.refusal.is_none() && sent.is_none() {
+            "aborted"
+        } else {
+            metrics::outcome_class(sent)
+        };
+        metrics::global().observe_request(action, outcome, ctx.started.elapsed());
         if ctx.outcome_written || ctx.event.is_none() {
             return;
         }

@@ -13,23 +13,20 @@ use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 
+use crate::admin::{AdminApp, Readiness};
 use crate::checkpoint::CheckpointSigner;
 use crate::config::Config;
-use crate::identity::Identity;
 use crate::journal::{CheckpointTiming, Checkpointing, Journal, RecoveryReport};
-use crate::netvec::NetPolicy;
 use crate::proxy::Gateway;
-use crate::rules::RuleSet;
+use crate::reload::{Live, Reloader};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
-    #[error("identity: {0}")]
-    Identity(String),
-    #[error("rules: {0}")]
-    Rules(String),
+    #[error(transparent)]
+    Load(#[from] crate::reload::ReloadError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error("runtime: {0}")]
@@ -46,24 +43,39 @@ pub struct Prepared {
     pub background: tokio::runtime::Runtime,
     /// The archiver's counters, when an archive is configured.
     pub archive_stats: Option<Arc<crate::archive::ArchiveStats>>,
+    /// The admin listener's application (`/metrics`, `/healthz`, `/readyz`).
+    pub admin: AdminApp,
 }
 
-/// Open the journal, load keys and rules: everything but the listener.
-pub fn prepare(config: &Config, base_dir: &std::path::Path) -> Result<Prepared, StartError> {
+/// Open the journal, load keys and rules: everything but the listener. With `config_path`,
+/// SIGHUP reloads identity, rules and network policy from that file.
+pub fn prepare(
+    config: &Config,
+    base_dir: &std::path::Path,
+    config_path: Option<&std::path::Path>,
+) -> Result<Prepared, StartError> {
     let background = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("auditgate-bg")
         .enable_all()
         .build()?;
-    let identity = background
-        .block_on(Identity::load(&config.identity, base_dir))
-        .map_err(|e| StartError::Identity(e.to_string()))?;
-    let identity = Arc::new(identity);
+    let live = Arc::new(Live::new(
+        background.block_on(crate::reload::load_snapshot(config, base_dir))?,
+    ));
+    let reloader = Arc::new(Reloader::new(
+        config_path.unwrap_or(std::path::Path::new("")),
+        config.clone(),
+        live.clone(),
+    ));
     // JWKS URLs are refetched every `jwks_refresh_secs` for the life of the process (a key the
-    // IdP withdraws stops being trusted within that time).
-    background.spawn(identity.clone().run_refresher());
-    let rules =
-        RuleSet::load(&config.rules, base_dir).map_err(|e| StartError::Rules(e.to_string()))?;
+    // IdP withdraws stops being trusted within that time); a reload restarts the refresher.
+    {
+        let _entered = background.enter();
+        reloader.start_refresher();
+    }
+    if config_path.is_some() {
+        reloader.clone().reload_on_sighup(&background)?;
+    }
     let target = config.upstream.target()?;
     // The archive must be able to take locked objects before anything is recorded.
     let archive_store = background.block_on(crate::archive::open_store(&config.archive));
@@ -150,10 +162,16 @@ pub fn prepare(config: &Config, base_dir: &std::path::Path) -> Result<Prepared, 
         .iter()
         .filter_map(|a| a.parse::<SocketAddr>().ok().map(|s| (s, a.clone())))
         .collect();
+    let admin = AdminApp {
+        readiness: Readiness {
+            journal: journal.clone(),
+            live: live.clone(),
+            archive_configured: archive_stats.is_some(),
+            archive_grace: Duration::from_secs(config.admin.archive_unreachable_grace_secs),
+        },
+    };
     let gateway = Gateway {
-        identity,
-        rules: Arc::new(rules),
-        net: NetPolicy::new(&config.network),
+        live,
         journal,
         node: config.server.node.clone(),
         listeners,
@@ -165,8 +183,13 @@ pub fn prepare(config: &Config, base_dir: &std::path::Path) -> Result<Prepared, 
         recovery,
         background,
         archive_stats,
+        admin,
     })
 }
+
+/// How long the clean stop waits for the journal to seal its open segment and store the
+/// checkpoint, after pingora's drain.
+pub const JOURNAL_CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Run the gateway until SIGTERM/SIGINT; never returns.
 pub fn run(config: &Config, prepared: Prepared) -> ! {
@@ -191,6 +214,7 @@ pub fn run_with(
     server.bootstrap();
     let mut options = HttpServerOptions::default();
     options.h2c = true;
+    let journal = prepared.gateway.journal.clone();
     let mut service =
         pingora::proxy::ProxyServiceBuilder::new(&server.configuration, prepared.gateway)
             .name("auditgate")
@@ -200,14 +224,42 @@ pub fn run_with(
         service.add_tcp(addr);
     }
     server.add_service(service);
+    if config.admin.enabled {
+        let mut admin =
+            pingora::services::listening::Service::new("auditgate-admin".into(), prepared.admin);
+        admin.add_tcp(&config.admin.listen);
+        server.add_service(admin);
+    }
     server.add_services(extra);
     tracing::info!(
         node = %config.server.node,
         listeners = ?config.server.listen,
+        admin = if config.admin.enabled { config.admin.listen.as_str() } else { "off" },
         head_seq = prepared.recovery.head_seq,
         "auditgate listening"
     );
-    // The background runtime must outlive the server; leak it deliberately.
+    // Runs until SIGTERM (drain: `grace_period_secs`, then in-flight requests for at most
+    // `graceful_shutdown_timeout_secs`), SIGINT (at once) or SIGQUIT (upgrade: the listeners
+    // went to the new process first).
+    server.run(pingora::server::RunArgs::default());
+    // Every request is finished or cut off; the background runtime (archiver, JWKS) is still
+    // alive but nothing appends any more. Seal the open segment and store its checkpoint, so
+    // the next process (or the upgraded one) starts on a sealed, signed journal.
+    let code = match journal.close(JOURNAL_CLOSE_TIMEOUT) {
+        Ok(report) => {
+            tracing::info!(
+                head_seq = report.head_seq,
+                sealed = report.sealed.is_some(),
+                "auditgate stopped cleanly"
+            );
+            0
+        }
+        Err(e) => {
+            tracing::error!(error = %e, category = e.category(), "the journal did not close cleanly; the next start recovers it");
+            1
+        }
+    };
+    // The background runtime is left to the exit (dropping it would wait for the archiver).
     std::mem::forget(prepared.background);
-    server.run_forever()
+    std::process::exit(code)
 }

@@ -56,6 +56,8 @@ pub fn claims_for(iss: &str, sub: &str) -> Value {
 pub struct Gateway {
     child: Option<Child>,
     pub port: u16,
+    /// The admin listener's port (`/metrics`, `/healthz`, `/readyz`).
+    pub admin_port: u16,
     pub dir: tempfile::TempDir,
     pub journal: PathBuf,
     pub config_path: PathBuf,
@@ -115,6 +117,7 @@ impl Gateway {
         let jwks = JwksServer::start(&keys::jwks(&[&keys.jwks_key]));
         let dir = tempfile::tempdir().unwrap();
         let port = opts.port.unwrap_or_else(free_port);
+        let admin_port = free_port();
         let journal = opts
             .journal_dir
             .clone()
@@ -184,6 +187,9 @@ device_id_header = "X-Device-Id"
 format = "json"
 level = "info"
 
+[admin]
+listen = "127.0.0.1:{admin_port}"
+
 {extra_toml}
 "#,
             dir = dir.path().display(),
@@ -203,6 +209,7 @@ level = "info"
         let mut gw = Gateway {
             child: None,
             port,
+            admin_port,
             dir,
             journal,
             config_path,
@@ -269,6 +276,55 @@ level = "info"
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// GET a path on the admin listener: (status, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        let resp = super::http_client()
+            .get(format!("http://127.0.0.1:{}{path}", self.admin_port))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .unwrap_or_else(|e| panic!("admin {path}: {e}"));
+        let status = resp.status().as_u16();
+        (status, resp.text().unwrap())
+    }
+
+    /// The value of one series from `/metrics`, e.g.
+    /// `auditgate_requests_total{action="R",outcome="2xx"}`; 0 when it is absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        let (status, text) = self.admin_get("/metrics");
+        assert_eq!(status, 200, "/metrics answers");
+        metric_value(&text, series).unwrap_or(0.0)
+    }
+
+    /// The process ID of the running gateway.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("gateway running").id()
+    }
+
+    /// Send a signal (`HUP`, `TERM`...) to the gateway process.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name}");
+    }
+
+    /// Wait for the process to exit on its own, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return Some(status);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     /// A token for `sub` from the RS256 issuer.
@@ -360,4 +416,16 @@ pub fn verify_cli(dir: &Path, json: bool) -> (i32, String) {
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
+}
+
+/// The value of `series` (name with its labels exactly as exported) in a Prometheus text
+/// exposition.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }

@@ -1,0 +1,192 @@
+//! The admin listener: `/metrics`, `/healthz` and `/readyz`, on an address of its own.
+//!
+//! Owns what operators and orchestrators ask the process about its state. Guarantees:
+//!
+//! * It is a separate pingora service on a separate address (default loopback only), so
+//!   exposing the proxy never exposes metrics, and a scrape never passes through the audit path
+//!   (it is not an access to patient data and leaves no journal record).
+//! * `/healthz` answers 200 while the process serves HTTP at all (liveness).
+//! * `/readyz` answers 200 only when the gateway can do its job: the journal takes records,
+//!   at least one token verification key is loaded, the rules are loaded, and, when an
+//!   archive is configured, it has not been failing for longer than
+//!   `admin.archive_unreachable_grace_secs`. Otherwise 503. The body is a JSON object with
+//!   every check, so an operator sees which one failed.
+//! * Nothing served here carries PHI: metrics labels are fixed sets ([`crate::metrics`]), and
+//!   the readiness body holds only check names, fixed reason codes and counts.
+//!
+//! Only GET is served; every other method gets 405, every other path 404.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigError;
+use crate::identity::Identity;
+use crate::journal::Journal;
+use crate::rules::RuleSet;
+
+/// `[admin]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Serve the admin endpoints at all.
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
+    /// `IP:port` of the admin listener. Keep it on loopback or a management network: it is
+    /// not authenticated.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// `/readyz` fails once the archive has been failing for longer than this (an S3 outage
+    /// shorter than this does not take the gateway out of service: the local journal holds
+    /// the records until the archive is back).
+    #[serde(default = "default_archive_unreachable_grace_secs")]
+    pub archive_unreachable_grace_secs: u64,
+}
+
+fn default_enabled() -> bool {
+    true
+}
+fn default_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+fn default_archive_unreachable_grace_secs() -> u64 {
+    300
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: default_enabled(),
+            listen: default_listen(),
+            archive_unreachable_grace_secs: default_archive_unreachable_grace_secs(),
+        }
+    }
+}
+
+impl AdminConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.enabled {
+            self.listen.parse::<std::net::SocketAddr>().map_err(|_| {
+                ConfigError::invalid(
+                    "admin.listen",
+                    format!("`{}` is not an IP:port address", self.listen),
+                )
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// What `/readyz` looks at. The identity and rules are read through [`Live`] so a reload is
+/// seen at once.
+pub struct Readiness {
+    pub journal: Journal,
+    pub live: Arc<crate::reload::Live>,
+    /// Whether an archive is configured.
+    pub archive_configured: bool,
+    pub archive_grace: Duration,
+}
+
+/// One readiness check's result.
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    /// A fixed reason code or a count; never PHI.
+    pub detail: String,
+}
+
+impl Readiness {
+    /// Run every check.
+    pub fn checks(&self) -> Vec<Check> {
+        let mut checks = Vec::with_capacity(4);
+        let journal_ok = !self.journal.has_failed();
+        checks.push(Check {
+            name: "journal",
+            ok: journal_ok,
+            detail: if journal_ok {
+                "taking records".into()
+            } else {
+                "failed: refusing every record until restart".into()
+            },
+        });
+        let identity: Arc<Identity> = self.live.identity();
+        let keys = identity.key_count();
+        checks.push(Check {
+            name: "keys",
+            ok: keys > 0,
+            detail: format!("{keys} verification keys loaded"),
+        });
+        let rules: Arc<RuleSet> = self.live.rules();
+        let rule_count = rules.rules().len();
+        checks.push(Check {
+            name: "rules",
+            ok: rule_count > 0,
+            detail: format!("{rule_count} rules loaded"),
+        });
+        if self.archive_configured {
+            let failing = crate::metrics::global().archive_failing_for();
+            let ok = failing.is_none_or(|d| d <= self.archive_grace);
+            checks.push(Check {
+                name: "archive",
+                ok,
+                detail: match failing {
+                    None => "reachable".into(),
+                    Some(d) => format!("failing for {} s", d.as_secs()),
+                },
+            });
+        }
+        checks
+    }
+}
+
+/// The admin HTTP application.
+pub struct AdminApp {
+    pub readiness: Readiness,
+}
+
+fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("content-length", body.len())
+        .header("cache-control", "no-store")
+        .body(body)
+        .expect("static response parts are valid")
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let method = req.method.clone();
+        let path = req.uri.path().to_string();
+        if method != http::Method::GET {
+            return respond(405, "text/plain", b"method not allowed\n".to_vec());
+        }
+        match path.as_str() {
+            "/metrics" => respond(
+                200,
+                crate::metrics::CONTENT_TYPE,
+                crate::metrics::global().render(),
+            ),
+            "/healthz" => respond(200, "text/plain", b"ok\n".to_vec()),
+            "/readyz" => {
+                let checks = self.readiness.checks();
+                let ready = checks.iter().all(|c| c.ok);
+                let body = serde_json::to_vec_pretty(&serde_json::json!({
+                    "ready": ready,
+                    "checks": checks,
+                }))
+                .expect("json serialises");
+                respond(if ready { 200 } else { 503 }, "application/json", body)
+            }
+            _ => respond(404, "text/plain", b"not found\n".to_vec()),
+        }
+    }
+}

@@ -1,0 +1,564 @@
+//! The gateway's Prometheus metrics: one process-wide set, registered once.
+//!
+//! Owns every metric name, type, help text and label set. Guarantees:
+//!
+//! * **No PHI in a label.** Every label value comes from a small fixed set defined in code:
+//!   the CRUDE action letter, an HTTP status class, a failure reason code, an upload kind and
+//!   result. No user, patient, path, query, IP or token ever becomes a label value; the
+//!   functions here take `&'static str` for reasons so a runtime string cannot slip in.
+//! * **Cheap on the request path.** Counters and histograms are atomics; no lock is taken when a
+//!   request is counted.
+//! * **States that go stale still move.** Ages (oldest unshipped segment, clock error) are
+//!   computed when `/metrics` is scraped, from timestamps the components store, so a stuck
+//!   archiver shows a growing age even though it updates nothing.
+//!
+//! Metrics are process-wide ([`global`]); tests that run several journals in one process share
+//! them, which is harmless for counters and is why integration tests read metrics from a
+//! gateway process of their own.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    registry: Registry,
+
+    // --- requests
+    /// `auditgate_requests_total{action, outcome}`.
+    pub requests: IntCounterVec,
+    /// `auditgate_request_duration_seconds{action}`.
+    pub request_duration: HistogramVec,
+    /// `auditgate_identity_failures_total{reason}`.
+    pub identity_failures: IntCounterVec,
+    /// `auditgate_rejected_requests_total{reason}`.
+    pub rejected_requests: IntCounterVec,
+    /// `auditgate_unmatched_routes_total`.
+    pub unmatched_routes: IntCounter,
+    /// `auditgate_fail_closed_refusals_total{reason}`.
+    pub fail_closed_refusals: IntCounterVec,
+    /// `auditgate_upstream_errors_total{kind}`.
+    pub upstream_errors: IntCounterVec,
+
+    // --- journal
+    /// `auditgate_journal_append_duration_seconds`.
+    pub journal_append_duration: Histogram,
+    /// `auditgate_journal_batch_records`.
+    pub journal_batch_records: Histogram,
+    /// `auditgate_journal_fsync_duration_seconds`.
+    pub journal_fsync_duration: Histogram,
+    /// `auditgate_journal_records_written_total`.
+    pub journal_records: IntCounter,
+    /// `auditgate_journal_bytes_written_total`.
+    pub journal_bytes: IntCounter,
+    /// `auditgate_journal_failures_total{reason}`.
+    pub journal_failures: IntCounterVec,
+    /// `auditgate_journal_failed`.
+    pub journal_failed: IntGauge,
+    /// `auditgate_journal_head_seq`.
+    pub journal_head_seq: IntGauge,
+    /// `auditgate_journal_segments_sealed_total`.
+    pub segments_sealed: IntCounter,
+
+    // --- checkpoints
+    /// `auditgate_checkpoints_signed_total`.
+    pub checkpoints_signed: IntCounter,
+    /// `auditgate_checkpoint_failures_total`.
+    pub checkpoint_failures: IntCounter,
+    /// `auditgate_checkpoint_tree_size`.
+    pub checkpoint_tree_size: IntGauge,
+    /// `auditgate_checkpoint_last_signed_timestamp_seconds`.
+    pub checkpoint_last_signed: Gauge,
+
+    // --- archive
+    /// `auditgate_archive_uploads_total{kind, result}`.
+    pub archive_uploads: IntCounterVec,
+    /// `auditgate_archive_uploaded_bytes_total`.
+    pub archive_bytes: IntCounter,
+    /// `auditgate_archive_backlog_segments`.
+    pub archive_backlog_segments: IntGauge,
+    /// `auditgate_archive_oldest_unshipped_age_seconds` (set at scrape time).
+    archive_oldest_unshipped_age: Gauge,
+    /// When the oldest sealed segment not yet shipped was sealed (unix seconds; 0: none).
+    archive_oldest_unshipped_since: AtomicU64,
+    /// `auditgate_archive_shipped_through_seq`.
+    pub archive_shipped_through_seq: IntGauge,
+    /// `auditgate_archive_last_success_timestamp_seconds`.
+    pub archive_last_success: Gauge,
+    /// `auditgate_archive_reachable`: 1 after a pass that succeeded, 0 after one that failed.
+    pub archive_reachable: IntGauge,
+    /// When the archive last started failing (unix seconds; 0: it is not failing).
+    archive_failing_since: AtomicU64,
+
+    // --- clock, identity, process
+    /// `auditgate_clock_synchronized` (set at scrape time).
+    clock_synchronized: IntGauge,
+    /// `auditgate_clock_max_error_seconds` (set at scrape time).
+    clock_max_error: Gauge,
+    /// `auditgate_jwks_refreshes_total{result}`.
+    pub jwks_refreshes: IntCounterVec,
+    /// `auditgate_jwks_last_success_timestamp_seconds`.
+    pub jwks_last_success: Gauge,
+    /// `auditgate_config_reloads_total{result}`.
+    pub config_reloads: IntCounterVec,
+    /// `auditgate_config_last_reload_success_timestamp_seconds`.
+    pub config_last_reload_success: Gauge,
+    /// `auditgate_build_info{version}`.
+    pub build_info: IntGaugeVec,
+}
+
+/// Buckets for request and journal latencies: 50 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+/// Buckets for records per fdatasync.
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+];
+
+/// The action labels (FHIR AuditEvent.action codes).
+pub const ACTIONS: [&str; 5] = ["C", "R", "U", "D", "E"];
+/// The outcome labels of `auditgate_requests_total`.
+pub const OUTCOMES: [&str; 5] = ["2xx", "3xx", "4xx", "5xx", "aborted"];
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    registry.register(Box::new(c.clone())).expect("unique name");
+    c
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry.register(Box::new(c.clone())).expect("unique name");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
+    let g = Gauge::new(name, help).expect("valid metric");
+    registry.register(Box::new(g.clone())).expect("unique name");
+    g
+}
+
+fn int_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    registry.register(Box::new(g.clone())).expect("unique name");
+    g
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+        .expect("valid metric");
+    registry.register(Box::new(h.clone())).expect("unique name");
+    h
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let r = Registry::new();
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "auditgate_request_duration_seconds",
+                "Time from the request head to the end of the response, by action.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["action"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(request_duration.clone()))
+            .expect("unique name");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "auditgate_build_info",
+                "Always 1; the version is the label.",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(build_info.clone()))
+            .expect("unique name");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        #[cfg(target_os = "linux")]
+        {
+            // process_cpu_seconds_total, process_resident_memory_bytes, open fds...
+            let _ = r.register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ));
+        }
+        let m = Metrics {
+            requests: counter_vec(
+                &r,
+                "auditgate_requests_total",
+                "Requests answered, by CRUDE action and outcome (status class, or aborted when the client went away first).",
+                &["action", "outcome"],
+            ),
+            request_duration,
+            identity_failures: counter_vec(
+                &r,
+                "auditgate_identity_failures_total",
+                "Requests refused because their bearer token was missing or invalid, by reason.",
+                &["reason"],
+            ),
+            rejected_requests: counter_vec(
+                &r,
+                "auditgate_rejected_requests_total",
+                "Requests refused before forwarding because their path was not acceptable or they asked for a protocol upgrade, by reason.",
+                &["reason"],
+            ),
+            unmatched_routes: counter(
+                &r,
+                "auditgate_unmatched_routes_total",
+                "Requests no audit rule covered (refused with 403 when rules.unmatched = \"deny\").",
+            ),
+            fail_closed_refusals: counter_vec(
+                &r,
+                "auditgate_fail_closed_refusals_total",
+                "Requests answered 503 and not forwarded (or responses withheld) because the journal could not take their record, by reason.",
+                &["reason"],
+            ),
+            upstream_errors: counter_vec(
+                &r,
+                "auditgate_upstream_errors_total",
+                "Requests the EHR did not answer, by kind (unreachable, timeout, other).",
+                &["kind"],
+            ),
+            journal_append_duration: histogram(
+                &r,
+                "auditgate_journal_append_duration_seconds",
+                "Time from handing a record to the journal to its fdatasync returning.",
+                LATENCY_BUCKETS,
+            ),
+            journal_batch_records: histogram(
+                &r,
+                "auditgate_journal_batch_records",
+                "Records committed by one write + fdatasync (group commit).",
+                BATCH_BUCKETS,
+            ),
+            journal_fsync_duration: histogram(
+                &r,
+                "auditgate_journal_fsync_duration_seconds",
+                "Time of one batch's write + fdatasync.",
+                LATENCY_BUCKETS,
+            ),
+            journal_records: counter(
+                &r,
+                "auditgate_journal_records_written_total",
+                "Records made durable in the journal.",
+            ),
+            journal_bytes: counter(
+                &r,
+                "auditgate_journal_bytes_written_total",
+                "Bytes made durable in the journal.",
+            ),
+            journal_failures: counter_vec(
+                &r,
+                "auditgate_journal_failures_total",
+                "Times the journal stopped taking records (write, sync or seal failed), by reason. It refuses every record until restart.",
+                &["reason"],
+            ),
+            journal_failed: int_gauge(
+                &r,
+                "auditgate_journal_failed",
+                "1 when the journal refuses records (every request is answered 503), else 0.",
+            ),
+            journal_head_seq: int_gauge(
+                &r,
+                "auditgate_journal_head_seq",
+                "Sequence number of the newest durable record.",
+            ),
+            segments_sealed: counter(
+                &r,
+                "auditgate_journal_segments_sealed_total",
+                "Journal segments sealed (and so ready to archive).",
+            ),
+            checkpoints_signed: counter(
+                &r,
+                "auditgate_checkpoints_signed_total",
+                "Signed checkpoints stored on local disk.",
+            ),
+            checkpoint_failures: counter(
+                &r,
+                "auditgate_checkpoint_failures_total",
+                "Checkpoints that could not be signed or stored.",
+            ),
+            checkpoint_tree_size: int_gauge(
+                &r,
+                "auditgate_checkpoint_tree_size",
+                "Tree size (records) of the newest stored checkpoint.",
+            ),
+            checkpoint_last_signed: gauge(
+                &r,
+                "auditgate_checkpoint_last_signed_timestamp_seconds",
+                "Unix time the newest checkpoint was stored (heartbeats keep it moving while idle).",
+            ),
+            archive_uploads: counter_vec(
+                &r,
+                "auditgate_archive_uploads_total",
+                "Objects sent to the archive, by kind (segment, checkpoint) and result (created, already_present, conflict, failed).",
+                &["kind", "result"],
+            ),
+            archive_bytes: counter(
+                &r,
+                "auditgate_archive_uploaded_bytes_total",
+                "Bytes of objects created in the archive (compressed size).",
+            ),
+            archive_backlog_segments: int_gauge(
+                &r,
+                "auditgate_archive_backlog_segments",
+                "Sealed segments not yet confirmed shipped and locked.",
+            ),
+            archive_oldest_unshipped_age: gauge(
+                &r,
+                "auditgate_archive_oldest_unshipped_age_seconds",
+                "Age of the oldest sealed segment not yet confirmed shipped (0: none waiting).",
+            ),
+            archive_oldest_unshipped_since: AtomicU64::new(0),
+            archive_shipped_through_seq: int_gauge(
+                &r,
+                "auditgate_archive_shipped_through_seq",
+                "Every record up to this sequence number is in the archive, locked.",
+            ),
+            archive_last_success: gauge(
+                &r,
+                "auditgate_archive_last_success_timestamp_seconds",
+                "Unix time of the archiver's last pass that succeeded.",
+            ),
+            archive_reachable: int_gauge(
+                &r,
+                "auditgate_archive_reachable",
+                "1 when the archiver's last pass succeeded, 0 when it failed.",
+            ),
+            archive_failing_since: AtomicU64::new(0),
+            clock_synchronized: int_gauge(
+                &r,
+                "auditgate_clock_synchronized",
+                "1 when the kernel clock is NTP-synchronised, else 0.",
+            ),
+            clock_max_error: gauge(
+                &r,
+                "auditgate_clock_max_error_seconds",
+                "The kernel's bound on the clock's error.",
+            ),
+            jwks_refreshes: counter_vec(
+                &r,
+                "auditgate_jwks_refreshes_total",
+                "JWKS fetches, by result (ok, failed).",
+                &["result"],
+            ),
+            jwks_last_success: gauge(
+                &r,
+                "auditgate_jwks_last_success_timestamp_seconds",
+                "Unix time of the last JWKS fetch that succeeded.",
+            ),
+            config_reloads: counter_vec(
+                &r,
+                "auditgate_config_reloads_total",
+                "Configuration reloads (SIGHUP), by result (ok, rejected).",
+                &["result"],
+            ),
+            config_last_reload_success: gauge(
+                &r,
+                "auditgate_config_last_reload_success_timestamp_seconds",
+                "Unix time of the last configuration load that took effect (start or reload).",
+            ),
+            build_info,
+            registry: r,
+        };
+        // The label values alerts and dashboards use export 0 from the start, so rates and
+        // alerts work before the first event (others appear when they first happen).
+        for action in ACTIONS {
+            for outcome in OUTCOMES {
+                m.requests.with_label_values(&[action, outcome]);
+            }
+            m.request_duration.with_label_values(&[action]);
+        }
+        for kind in ["segment", "checkpoint"] {
+            for result in ["created", "already_present", "conflict", "failed"] {
+                m.archive_uploads.with_label_values(&[kind, result]);
+            }
+        }
+        for result in ["ok", "failed"] {
+            m.jwks_refreshes.with_label_values(&[result]);
+        }
+        for reason in [
+            "missing_token",
+            "expired",
+            "bad_signature",
+            "unknown_issuer",
+        ] {
+            m.identity_failures.with_label_values(&[reason]);
+        }
+        for reason in ["dot_segment", "encoded_slash", "upgrade_not_supported"] {
+            m.rejected_requests.with_label_values(&[reason]);
+        }
+        for reason in ["failed", "backlog", "closed"] {
+            m.fail_closed_refusals.with_label_values(&[reason]);
+        }
+        for kind in ["unreachable", "timeout", "other"] {
+            m.upstream_errors.with_label_values(&[kind]);
+        }
+        for reason in ["write", "seal"] {
+            m.journal_failures.with_label_values(&[reason]);
+        }
+        for result in ["ok", "rejected"] {
+            m.config_reloads.with_label_values(&[result]);
+        }
+        m.config_last_reload_success.set(unix_now());
+        m
+    }
+
+    /// Count one finished request.
+    pub fn observe_request(&self, action: &'static str, outcome: &'static str, took: Duration) {
+        self.requests.with_label_values(&[action, outcome]).inc();
+        self.request_duration
+            .with_label_values(&[action])
+            .observe(took.as_secs_f64());
+    }
+
+    /// The archive's oldest unshipped segment was sealed at `sealed_at` (`None`: nothing waits).
+    pub fn set_archive_oldest_unshipped(&self, sealed_at: Option<SystemTime>) {
+        let secs = sealed_at
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs().max(1));
+        self.archive_oldest_unshipped_since
+            .store(secs, Ordering::Relaxed);
+    }
+
+    /// The archiver's pass succeeded (`true`) or failed.
+    pub fn set_archive_pass(&self, ok: bool) {
+        if ok {
+            self.archive_reachable.set(1);
+            self.archive_last_success.set(unix_now());
+            self.archive_failing_since.store(0, Ordering::Relaxed);
+        } else {
+            self.archive_reachable.set(0);
+            let _ = self.archive_failing_since.compare_exchange(
+                0,
+                unix_now() as u64,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// How long the archive has been failing without a successful pass (`None`: it is not).
+    pub fn archive_failing_for(&self) -> Option<Duration> {
+        match self.archive_failing_since.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(Duration::from_secs(
+                (unix_now() as u64).saturating_sub(since),
+            )),
+        }
+    }
+
+    /// The text exposition of every metric, with scrape-time values brought up to date.
+    pub fn render(&self) -> Vec<u8> {
+        let now = unix_now() as u64;
+        let since = self.archive_oldest_unshipped_since.load(Ordering::Relaxed);
+        self.archive_oldest_unshipped_age.set(if since == 0 {
+            0.0
+        } else {
+            now.saturating_sub(since) as f64
+        });
+        let clock = crate::clock::read();
+        self.clock_synchronized.set(i64::from(clock.synced));
+        self.clock_max_error.set(clock.max_error_ms as f64 / 1000.0);
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec cannot fail");
+        out
+    }
+}
+
+/// The Prometheus text format's content type.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Seconds since the Unix epoch, as a float.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The process-wide metrics, created (and registered) on first use.
+pub fn global() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// The outcome label for an HTTP status the client was sent (`None`: nothing was sent).
+pub fn outcome_class(status: Option<u16>) -> &'static str {
+    match status {
+        Some(200..=299) => "2xx",
+        Some(300..=399) => "3xx",
+        Some(400..=499) => "4xx",
+        Some(500..=599) => "5xx",
+        _ => "aborted",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_every_documented_metric_and_parses() {
+        let m = global();
+        m.observe_request("R", "2xx", Duration::from_millis(3));
+        m.set_archive_oldest_unshipped(Some(SystemTime::now() - Duration::from_secs(120)));
+        let text = String::from_utf8(m.render()).unwrap();
+        // Every metric named in the README's table is exported.
+        let readme = include_str!("../README.md");
+        let documented: Vec<&str> = readme
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `auditgate_"))
+            .filter_map(|l| l.split('`').next())
+            .collect();
+        assert!(documented.len() >= 30, "the README documents the metrics");
+        for name in documented {
+            let name = format!("auditgate_{name}");
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "{name} is documented but not exported"
+            );
+        }
+        // ... and every exported auditgate metric is documented.
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE auditgate_") {
+                let name = rest.split(' ').next().unwrap();
+                assert!(
+                    readme.contains(&format!("| `auditgate_{name}`")),
+                    "auditgate_{name} is exported but not documented in the README"
+                );
+            }
+        }
+        let age_line = text
+            .lines()
+            .find(|l| l.starts_with("auditgate_archive_oldest_unshipped_age_seconds "))
+            .unwrap();
+        let age: f64 = age_line.split(' ').nth(1).unwrap().parse().unwrap();
+        assert!(
+            (119.0..=200.0).contains(&age),
+            "age computed at scrape: {age}"
+        );
+        m.set_archive_oldest_unshipped(None);
+    }
+
+    #[test]
+    fn outcome_classes_are_a_fixed_set() {
+        assert_eq!(outcome_class(Some(200)), "2xx");
+        assert_eq!(outcome_class(Some(304)), "3xx");
+        assert_eq!(outcome_class(Some(401)), "4xx");
+        assert_eq!(outcome_class(Some(503)), "5xx");
+        assert_eq!(outcome_class(Some(101)), "aborted");
+        assert_eq!(outcome_class(None), "aborted");
+    }
+}

@@ -1,0 +1,231 @@
+//! Live configuration: what a SIGHUP reloads, and how a reload is checked before it is used.
+//!
+//! Owns the [`Snapshot`] every request reads (identity, rules, network policy) and swaps it
+//! atomically. Guarantees:
+//!
+//! * **A request sees one configuration.** Each request takes the current snapshot when it
+//!   starts and uses it in every phase; a reload in the middle changes nothing for it.
+//! * **No request is dropped.** Listeners, connections and the journal are untouched by a
+//!   reload; only the snapshot pointer changes.
+//! * **A broken config never replaces a working one.** The new file is parsed and validated,
+//!   its keys loaded (JWKS URLs fetched) and its rules compiled before the swap; any failure
+//!   is logged with the reason (never a token or path from traffic) and counted as
+//!   `auditgate_config_reloads_total{result="rejected"}`, and the old snapshot keeps serving.
+//! * **What cannot change live is said.** `[server]`, `[upstream]`, `[journal]`,
+//!   `[checkpoint]`, `[archive]`, `[admin]` and `[log]` need a restart (or a zero-downtime
+//!   upgrade); a reload that changes them applies the rest and logs a warning naming them.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, ConfigError};
+use crate::identity::Identity;
+use crate::netvec::NetPolicy;
+use crate::rules::RuleSet;
+
+/// The parts of the configuration a request uses, loaded and ready.
+pub struct Snapshot {
+    pub identity: Arc<Identity>,
+    pub rules: Arc<RuleSet>,
+    pub net: Arc<NetPolicy>,
+}
+
+/// The current snapshot, swappable.
+pub struct Live(ArcSwap<Snapshot>);
+
+impl Live {
+    pub fn new(snapshot: Snapshot) -> Live {
+        Live(ArcSwap::from_pointee(snapshot))
+    }
+
+    /// The snapshot in effect now.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.0.load_full()
+    }
+
+    pub fn identity(&self) -> Arc<Identity> {
+        self.0.load().identity.clone()
+    }
+
+    pub fn rules(&self) -> Arc<RuleSet> {
+        self.0.load().rules.clone()
+    }
+
+    fn swap(&self, snapshot: Snapshot) {
+        self.0.store(Arc::new(snapshot));
+    }
+}
+
+/// Why a reload was rejected (the old configuration keeps serving).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("identity: {0}")]
+    Identity(String),
+    #[error("rules: {0}")]
+    Rules(String),
+}
+
+impl ReloadError {
+    /// A fixed label for logs.
+    pub fn category(&self) -> &'static str {
+        match self {
+            ReloadError::Config(_) => "config",
+            ReloadError::Identity(_) => "identity",
+            ReloadError::Rules(_) => "rules",
+        }
+    }
+}
+
+/// Build the request-time snapshot from a validated config.
+pub async fn load_snapshot(config: &Config, base_dir: &Path) -> Result<Snapshot, ReloadError> {
+    let identity = Identity::load(&config.identity, base_dir)
+        .await
+        .map_err(|e| ReloadError::Identity(e.to_string()))?;
+    let rules =
+        RuleSet::load(&config.rules, base_dir).map_err(|e| ReloadError::Rules(e.to_string()))?;
+    Ok(Snapshot {
+        identity: Arc::new(identity),
+        rules: Arc::new(rules),
+        net: Arc::new(NetPolicy::new(&config.network)),
+    })
+}
+
+/// The sections a reload cannot apply, by name, that differ between `old` and `new`.
+pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    fn differs<T: serde::Serialize>(a: &T, b: &T) -> bool {
+        serde_json::to_value(a).ok() != serde_json::to_value(b).ok()
+    }
+    let mut changed = Vec::new();
+    if differs(&old.server, &new.server) {
+        changed.push("server");
+    }
+    if differs(&old.upstream, &new.upstream) {
+        changed.push("upstream");
+    }
+    if differs(&old.journal, &new.journal) {
+        changed.push("journal");
+    }
+    if differs(&old.checkpoint, &new.checkpoint) {
+        changed.push("checkpoint");
+    }
+    if differs(&old.archive, &new.archive) {
+        changed.push("archive");
+    }
+    if differs(&old.admin, &new.admin) {
+        changed.push("admin");
+    }
+    if differs(&old.log, &new.log) {
+        changed.push("log");
+    }
+    changed
+}
+
+/// Reloads the configuration file into [`Live`] on request (SIGHUP).
+pub struct Reloader {
+    config_path: PathBuf,
+    live: Arc<Live>,
+    /// The configuration in effect (for the restart-only comparison).
+    current: Mutex<Config>,
+    /// The JWKS refresher of the identity in effect; replaced with it.
+    refresher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Reloader {
+    pub fn new(config_path: &Path, config: Config, live: Arc<Live>) -> Reloader {
+        Reloader {
+            config_path: config_path.to_path_buf(),
+            live,
+            current: Mutex::new(config),
+            refresher: Mutex::new(None),
+        }
+    }
+
+    /// Start (or restart) the JWKS refresher of the identity in effect. Call inside a tokio
+    /// runtime.
+    pub fn start_refresher(&self) {
+        let task = tokio::spawn(self.live.identity().run_refresher());
+        if let Some(old) = self.refresher.lock().expect("refresher lock").replace(task) {
+            old.abort();
+        }
+    }
+
+    /// Load the file again and swap it in if every part loads. Returns the restart-only
+    /// sections that changed (not applied).
+    pub async fn reload(&self) -> Result<Vec<&'static str>, ReloadError> {
+        let metrics = crate::metrics::global();
+        let result = async {
+            let config = Config::load(&self.config_path)?;
+            let snapshot = load_snapshot(&config, &Config::base_dir(&self.config_path)).await?;
+            Ok::<_, ReloadError>((config, snapshot))
+        }
+        .await;
+        match result {
+            Ok((config, snapshot)) => {
+                let ignored = {
+                    let mut current = self.current.lock().expect("config lock");
+                    let ignored = restart_only_changes(&current, &config);
+                    // Keep comparing against what actually runs: restart-only sections stay.
+                    let mut effective = current.clone();
+                    effective.identity = config.identity;
+                    effective.rules = config.rules;
+                    effective.network = config.network;
+                    *current = effective;
+                    ignored
+                };
+                self.live.swap(snapshot);
+                self.start_refresher();
+                metrics.config_reloads.with_label_values(&["ok"]).inc();
+                metrics
+                    .config_last_reload_success
+                    .set(crate::metrics::unix_now());
+                if ignored.is_empty() {
+                    tracing::info!(
+                        "configuration reloaded: identity, rules and network policy in effect"
+                    );
+                } else {
+                    tracing::warn!(
+                        sections = ?ignored,
+                        "configuration reloaded (identity, rules, network policy); these sections changed but need a restart and were NOT applied"
+                    );
+                }
+                Ok(ignored)
+            }
+            Err(e) => {
+                metrics
+                    .config_reloads
+                    .with_label_values(&["rejected"])
+                    .inc();
+                tracing::error!(
+                    error = %e,
+                    category = e.category(),
+                    "configuration reload rejected; the previous configuration keeps serving"
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Reload on every SIGHUP, for the life of `runtime`. The handler is installed before this
+    /// returns (SIGHUP's default action would end the process).
+    pub fn reload_on_sighup(
+        self: Arc<Self>,
+        runtime: &tokio::runtime::Runtime,
+    ) -> std::io::Result<()> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = {
+            let _entered = runtime.enter();
+            signal(SignalKind::hangup())?
+        };
+        runtime.spawn(async move {
+            while hangups.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the configuration");
+                let _ = self.reload().await;
+            }
+        });
+        Ok(())
+    }
+}

@@ -254,8 +254,7 @@ cat >"$RUN/auditgate.toml" <<EOF
 node = "bench"
 listen = ["127.0.0.1:$AG_PORT"]
 threads = $THREADS
-grace_period_secs = 0
-graceful_shutdown_timeout_secs = 2
+drain_timeout_secs = 2
 pid_file = "$RUN/auditgate.pid"
 upgrade_sock = "$RUN/auditgate-upgrade.sock"
 

@@ -9,6 +9,9 @@
 #               server with Object Lock that tests/support/s3.rs runs, and boto3), every
 #               dependency pinned; separate from .venv because the two pin sets clash. Also
 #               LocalStack's prebuilt service catalog, in .venv-localstack/localstack-catalog/.
+#   .venv-deploy/
+#               Python venv with tests/requirements-deploy.txt (kubernetes-validate, hadolint,
+#               check-jsonschema): the checkers tests/integration/deploy.rs runs on deploy/.
 #   .testdata/  npm install of tests/testdata/package-lock.json: the official HL7 FHIR R4
 #               examples (hl7.fhir.r4.examples@4.0.1) under
 #               .testdata/node_modules/hl7.fhir.r4.examples/.
@@ -27,6 +30,8 @@ REQUIREMENTS=tests/requirements.txt
 VENV=.venv
 LOCALSTACK_REQUIREMENTS=tests/requirements-localstack.txt
 LOCALSTACK_VENV=.venv-localstack
+DEPLOY_REQUIREMENTS=tests/requirements-deploy.txt
+DEPLOY_VENV=.venv-deploy
 NPM_MANIFEST_DIR=tests/testdata
 TESTDATA=.testdata
 EXAMPLES="$TESTDATA/node_modules/hl7.fhir.r4.examples"
@@ -102,6 +107,13 @@ build_service_index_cache(os.path.join(sys.argv[1], _get_catalog_filename()))
 
 ensure_venv "$VENV" "$REQUIREMENTS" check_fhir_venv
 ensure_venv "$LOCALSTACK_VENV" "$LOCALSTACK_REQUIREMENTS" check_localstack_venv
+
+check_deploy_venv() {
+    "$1/bin/kubernetes-validate" --version >/dev/null || die "kubernetes-validate does not run from $1"
+    "$1/bin/hadolint" --version >/dev/null || die "hadolint does not run from $1"
+    "$1/bin/check-jsonschema" --version >/dev/null || die "check-jsonschema does not run from $1"
+}
+ensure_venv "$DEPLOY_VENV" "$DEPLOY_REQUIREMENTS" check_deploy_venv
 
 # ---- HL7 FHIR R4 examples (npm) --------------------------------------------------------------
 command -v npm >/dev/null 2>&1 || die "npm not found (on Debian: apt-get install -y npm)"

@@ -6,7 +6,8 @@
 //!   exposing the proxy never exposes metrics, and a scrape never passes through the audit path
 //!   (it is not an access to patient data and leaves no journal record).
 //! * `/healthz` answers 200 while the process serves HTTP at all (liveness).
-//! * `/readyz` answers 200 only when the gateway can do its job: the journal takes records,
+//! * `/readyz` answers 200 only when the gateway can do its job: it is not shutting down, the
+//!   journal takes records,
 //!   at least one token verification key is loaded, the rules are loaded, and, when an
 //!   archive is configured, it has not been failing for longer than
 //!   `admin.archive_unreachable_grace_secs`. Otherwise 503. The body is a JSON object with
@@ -90,6 +91,8 @@ pub struct Readiness {
     /// Whether an archive is configured.
     pub archive_configured: bool,
     pub archive_grace: Duration,
+    /// Set when the process starts shutting down (SIGTERM, SIGQUIT): not ready any more.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// One readiness check's result.
@@ -104,7 +107,17 @@ pub struct Check {
 impl Readiness {
     /// Run every check.
     pub fn checks(&self) -> Vec<Check> {
-        let mut checks = Vec::with_capacity(4);
+        let mut checks = Vec::with_capacity(5);
+        let draining = self.draining.load(std::sync::atomic::Ordering::Acquire);
+        checks.push(Check {
+            name: "serving",
+            ok: !draining,
+            detail: if draining {
+                "shutting down".into()
+            } else {
+                "accepting requests".into()
+            },
+        });
         let journal_ok = !self.journal.has_failed();
         checks.push(Check {
             name: "journal",

@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -25,10 +26,19 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway in front of the configured upstream.
+    ///
+    /// Signals: SIGHUP reloads identity, rules and network policy; SIGTERM drains and stops
+    /// (sealing the open journal segment); SIGINT stops at once; SIGQUIT hands the listening
+    /// sockets to a new process started with `--upgrade`, then drains and stops.
     Run {
         /// The configuration file (TOML).
         #[arg(long, short, env = "AUDITGATE_CONFIG")]
         config: PathBuf,
+        /// Zero-downtime upgrade: take the listening sockets from the running process (send it
+        /// SIGQUIT within 5 s of starting this one), wait for it to drain and release the
+        /// journal, then serve.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Load and validate a configuration file and its rules, then print the effective config.
     CheckConfig {
@@ -174,7 +184,7 @@ pub fn init_logging(log: &LogConfig) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { config } => run(&config),
+        Command::Run { config, upgrade } => run(&config, upgrade),
         Command::CheckConfig { config } => check_config(&config),
         Command::Verify {
             journal,
@@ -232,15 +242,23 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     })
 }
 
-fn run(path: &std::path::Path) -> ExitCode {
+fn run(path: &std::path::Path, upgrade: bool) -> ExitCode {
     let config = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
     init_logging(&config.log);
     let base = Config::base_dir(path);
-    match crate::server::prepare(&config, &base, Some(path)) {
-        Ok(prepared) => crate::server::run(&config, prepared),
+    // On an upgrade the sockets come first (the old process sends them on SIGQUIT, then
+    // drains); the journal is free once it has.
+    let server = crate::server::new_server(&config, upgrade);
+    let journal_wait = if upgrade {
+        Duration::from_secs(config.server.drain_timeout_secs + 30)
+    } else {
+        Duration::ZERO
+    };
+    match crate::server::prepare(&config, &base, Some(path), journal_wait) {
+        Ok(prepared) => crate::server::run(&config, server, prepared),
         Err(e) => {
             tracing::error!(error = %e, "auditgate cannot start");
             eprintln!("auditgate: cannot start: {e}");

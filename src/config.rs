@@ -94,13 +94,16 @@ pub struct ServerConfig {
     /// Worker threads of the proxy service.
     #[serde(default = "default_threads")]
     pub threads: usize,
-    /// After SIGTERM, keep accepting for this long (lets a load balancer notice).
-    #[serde(default = "default_grace_period_secs")]
-    pub grace_period_secs: u64,
-    /// After the grace period, wait at most this long for in-flight requests. Keep it above
-    /// `upstream.read_timeout_ms`: a request cut off by the exit gets no outcome record.
-    #[serde(default = "default_graceful_shutdown_timeout_secs")]
-    pub graceful_shutdown_timeout_secs: u64,
+    /// After SIGTERM, keep serving this long with `/readyz` answering 503, so a load balancer
+    /// stops sending new requests before the listeners close (Kubernetes: a few seconds).
+    #[serde(default = "default_shutdown_delay_secs")]
+    pub shutdown_delay_secs: u64,
+    /// Once the listeners are closed (SIGTERM after the delay, or SIGQUIT handing them to a new
+    /// process), wait at most this long for in-flight requests to finish; the process exits as
+    /// soon as none is left. Keep it above `upstream.read_timeout_ms`: a request still running
+    /// when it ends is cut off (a change keeps its intent record, but gets no outcome record).
+    #[serde(default = "default_drain_timeout_secs")]
+    pub drain_timeout_secs: u64,
     /// Where pingora writes its PID (used by zero-downtime upgrades).
     #[serde(default = "default_pid_file")]
     pub pid_file: PathBuf,
@@ -127,10 +130,10 @@ fn default_threads() -> usize {
         .map(|n| n.get())
         .unwrap_or(2)
 }
-fn default_grace_period_secs() -> u64 {
-    5
+fn default_shutdown_delay_secs() -> u64 {
+    0
 }
-fn default_graceful_shutdown_timeout_secs() -> u64 {
+fn default_drain_timeout_secs() -> u64 {
     // Longer than the default upstream read timeout (60 s), so a request still waiting for the
     // EHR at shutdown ends (and gets its outcome record) before the process does.
     65
@@ -148,8 +151,8 @@ impl Default for ServerConfig {
             node: default_node(),
             listen: default_listen(),
             threads: default_threads(),
-            grace_period_secs: default_grace_period_secs(),
-            graceful_shutdown_timeout_secs: default_graceful_shutdown_timeout_secs(),
+            shutdown_delay_secs: default_shutdown_delay_secs(),
+            drain_timeout_secs: default_drain_timeout_secs(),
             pid_file: default_pid_file(),
             upgrade_sock: default_upgrade_sock(),
         }

@@ -187,8 +187,7 @@ fn run_inner(keep: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 node = "demo"
 listen = ["127.0.0.1:{gateway_port}"]
 threads = 1
-grace_period_secs = 0
-graceful_shutdown_timeout_secs = 1
+drain_timeout_secs = 1
 pid_file = "{pid}"
 upgrade_sock = "{sock}"
 
@@ -229,7 +228,7 @@ enabled = false
     );
     let config = Config::parse(&text, std::path::Path::new("<demo>"))?;
     crate::cli::init_logging(&config.log);
-    let prepared = crate::server::prepare(&config, &temp, None)?;
+    let prepared = crate::server::prepare(&config, &temp, None, Duration::ZERO)?;
 
     // The sample upstream and the gateway run as pingora services in this process.
     let mut upstream =
@@ -237,7 +236,8 @@ enabled = false
     upstream.add_tcp(&format!("127.0.0.1:{upstream_port}"));
     let demo_config = config.clone();
     std::thread::spawn(move || {
-        crate::server::run_with(&demo_config, prepared, vec![Box::new(upstream)])
+        let server = crate::server::new_server(&demo_config, false);
+        crate::server::run_with(&demo_config, server, prepared, vec![Box::new(upstream)])
     });
     wait_for(gateway_port)?;
     wait_for(upstream_port)?;

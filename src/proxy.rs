@@ -21,6 +21,7 @@
 //! line is fed [`ProxyHttp::request_summary`], which is overridden to the request ID only.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -48,6 +49,8 @@ use crate::rules::Classification;
 pub struct Gateway {
     /// Identity, rules and network policy; a SIGHUP swaps them (see [`crate::reload`]).
     pub live: Arc<Live>,
+    /// Requests between their head and their end (the drain at shutdown waits for 0).
+    pub in_flight: Arc<AtomicUsize>,
     pub journal: Journal,
     pub node: String,
     /// Listener address → name recorded in `gateway.listener`.
@@ -59,6 +62,8 @@ pub struct Gateway {
 
 /// Per-request state carried across phases.
 pub struct RequestCtx {
+    /// Counts this request in [`Gateway::in_flight`] until the context is dropped.
+    _in_flight: InFlight,
     /// The configuration this request uses in every phase (taken when it starts).
     snap: Arc<Snapshot>,
     /// When the request's head was read.
@@ -80,6 +85,22 @@ pub struct RequestCtx {
     /// The rules' answer, kept when the form body must still be attributed.
     classification: Option<Classification>,
     upstream_started: Option<Instant>,
+}
+
+/// One request counted in flight; uncounted when dropped (however the request ends).
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(counter: &Arc<AtomicUsize>) -> InFlight {
+        counter.fetch_add(1, Ordering::AcqRel);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Headers by which a client may ask the EHR to run another method than the request line's.
@@ -284,6 +305,7 @@ impl ProxyHttp for Gateway {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
+            _in_flight: InFlight::new(&self.in_flight),
             snap: self.live.current(),
             started: Instant::now(),
             event: None,

@@ -9,14 +9,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
 use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::ServerConf;
-use pingora::server::Server;
+use pingora::server::{Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::BackgroundService;
 
 use crate::admin::{AdminApp, Readiness};
 use crate::checkpoint::CheckpointSigner;
 use crate::config::Config;
-use crate::journal::{CheckpointTiming, Checkpointing, Journal, RecoveryReport};
+use crate::journal::{CheckpointTiming, Checkpointing, Journal, JournalError, RecoveryReport};
 use crate::proxy::Gateway;
 use crate::reload::{Live, Reloader};
 
@@ -48,11 +51,14 @@ pub struct Prepared {
 }
 
 /// Open the journal, load keys and rules: everything but the listener. With `config_path`,
-/// SIGHUP reloads identity, rules and network policy from that file.
+/// SIGHUP reloads identity, rules and network policy from that file. `journal_wait`: how long
+/// to wait for another process to release the journal directory (an upgrade: the old process
+/// releases it once it has drained); zero fails at once.
 pub fn prepare(
     config: &Config,
     base_dir: &std::path::Path,
     config_path: Option<&std::path::Path>,
+    journal_wait: Duration,
 ) -> Result<Prepared, StartError> {
     let background = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -109,30 +115,49 @@ pub fn prepare(
     }
     // The journal opens last of the checks (and before any listener): a start that fails on
     // keys, rules or the upstream address leaves no journal directory behind.
-    let signer = CheckpointSigner::load(
-        &config.checkpoint.key_file,
-        config.checkpoint.create_key_if_missing,
-        &format!("auditgate/{}", config.server.node),
-    )
-    .map_err(crate::journal::JournalError::from)?;
-    // The verifier key is public: auditors need it to check checkpoints and proofs.
-    tracing::info!(
-        public_key = signer.public_key(),
-        "checkpoints are signed with this key"
-    );
-    let checkpointing = Checkpointing {
+    let load_signer = |create: bool| {
+        CheckpointSigner::load(
+            &config.checkpoint.key_file,
+            create,
+            &format!("auditgate/{}", config.server.node),
+        )
+        .map_err(JournalError::from)
+    };
+    let checkpointing = |signer| Checkpointing {
         signer,
         timing: CheckpointTiming {
             interval: Duration::from_secs(config.checkpoint.interval_secs),
             heartbeat: Duration::from_secs(config.checkpoint.heartbeat_secs),
         },
     };
-    let (journal, recovery) = Journal::open_with_checkpoints(
-        &config.journal.dir,
-        &config.server.node,
-        &config.journal,
-        Some(checkpointing),
-    )?;
+    let signer = load_signer(config.checkpoint.create_key_if_missing)?;
+    // The verifier key is public: auditors need it to check checkpoints and proofs.
+    tracing::info!(
+        public_key = signer.public_key(),
+        "checkpoints are signed with this key"
+    );
+    let mut signer = Some(signer);
+    let wait_until = std::time::Instant::now() + journal_wait;
+    let (journal, recovery) = loop {
+        let attempt = match signer.take() {
+            Some(s) => s,
+            None => load_signer(false)?,
+        };
+        match Journal::open_with_checkpoints(
+            &config.journal.dir,
+            &config.server.node,
+            &config.journal,
+            Some(checkpointing(attempt)),
+        ) {
+            Err(JournalError::Locked(_)) if std::time::Instant::now() < wait_until => {
+                tracing::debug!(
+                    "the journal is held by the running process; waiting for its drain"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => break other?,
+        }
+    };
     let archive_stats = match archive_store {
         Some(store) => {
             if !store.is_worm() {
@@ -168,10 +193,12 @@ pub fn prepare(
             live: live.clone(),
             archive_configured: archive_stats.is_some(),
             archive_grace: Duration::from_secs(config.admin.archive_unreachable_grace_secs),
+            draining: Arc::new(AtomicBool::new(false)),
         },
     };
     let gateway = Gateway {
         live,
+        in_flight: Arc::new(AtomicUsize::new(0)),
         journal,
         node: config.server.node.clone(),
         listeners,
@@ -188,33 +215,62 @@ pub fn prepare(
 }
 
 /// How long the clean stop waits for the journal to seal its open segment and store the
-/// checkpoint, after pingora's drain.
+/// checkpoint, after the drain.
 pub const JOURNAL_CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Run the gateway until SIGTERM/SIGINT; never returns.
-pub fn run(config: &Config, prepared: Prepared) -> ! {
-    run_with(config, prepared, Vec::new())
-}
+/// How long no request must be in flight before the drain counts as done (a keep-alive
+/// connection may still deliver one it had sent when the listeners closed).
+const DRAIN_QUIET: Duration = Duration::from_millis(200);
 
-/// Run the gateway plus extra pingora services (the demo's sample upstream); never returns.
-pub fn run_with(
-    config: &Config,
-    prepared: Prepared,
-    extra: Vec<Box<dyn pingora::services::ServiceWithDependents>>,
-) -> ! {
+/// The pingora server for `config`, bootstrapped: with `upgrade`, this takes the listening
+/// sockets from the running process (which hands them over on SIGQUIT).
+pub fn new_server(config: &Config, upgrade: bool) -> Server {
     let conf = ServerConf {
         threads: config.server.threads,
-        grace_period_seconds: Some(config.server.grace_period_secs),
-        graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout_secs),
+        // Pingora's own drain is a fixed sleep; the drain monitor below ends the process as
+        // soon as nothing is in flight, so this is only the upper bound behind it.
+        grace_period_seconds: Some(config.server.drain_timeout_secs + 2),
+        graceful_shutdown_timeout_seconds: Some(1),
         pid_file: config.server.pid_file.to_string_lossy().into_owned(),
         upgrade_sock: config.server.upgrade_sock.to_string_lossy().into_owned(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
+    server
+}
+
+/// Run the gateway until SIGTERM/SIGINT/SIGQUIT; never returns.
+pub fn run(config: &Config, server: Server, prepared: Prepared) -> ! {
+    run_with(config, server, prepared, Vec::new())
+}
+
+/// Run the gateway plus extra pingora services (the demo's sample upstream); never returns.
+///
+/// The stop, in order:
+/// 1. SIGTERM: `/readyz` answers 503 at once; the proxy keeps serving for
+///    `server.shutdown_delay_secs`. SIGQUIT (upgrade): the listening sockets go to the new
+///    process first. SIGINT: at once, no drain.
+/// 2. The listeners close. The drain monitor waits until no request is in flight (at most
+///    `server.drain_timeout_secs`).
+/// 3. The journal commits what is queued, seals the open segment and stores its signed
+///    checkpoint; the process exits 0 (1 if the journal could not close cleanly: the next start
+///    recovers it as after a crash).
+pub fn run_with(
+    config: &Config,
+    mut server: Server,
+    prepared: Prepared,
+    extra: Vec<Box<dyn pingora::services::ServiceWithDependents>>,
+) -> ! {
     let mut options = HttpServerOptions::default();
     options.h2c = true;
     let journal = prepared.gateway.journal.clone();
+    let in_flight = prepared.gateway.in_flight.clone();
+    let draining = prepared.admin.readiness.draining.clone();
     let mut service =
         pingora::proxy::ProxyServiceBuilder::new(&server.configuration, prepared.gateway)
             .name("auditgate")
@@ -230,6 +286,15 @@ pub fn run_with(
         admin.add_tcp(&config.admin.listen);
         server.add_service(admin);
     }
+    server.add_service(pingora::services::background::background_service(
+        "drain monitor",
+        DrainMonitor {
+            in_flight,
+            draining: draining.clone(),
+            journal: journal.clone(),
+            drain_timeout: Duration::from_secs(config.server.drain_timeout_secs),
+        },
+    ));
     server.add_services(extra);
     tracing::info!(
         node = %config.server.node,
@@ -238,14 +303,22 @@ pub fn run_with(
         head_seq = prepared.recovery.head_seq,
         "auditgate listening"
     );
-    // Runs until SIGTERM (drain: `grace_period_secs`, then in-flight requests for at most
-    // `graceful_shutdown_timeout_secs`), SIGINT (at once) or SIGQUIT (upgrade: the listeners
-    // went to the new process first).
-    server.run(pingora::server::RunArgs::default());
-    // Every request is finished or cut off; the background runtime (archiver, JWKS) is still
-    // alive but nothing appends any more. Seal the open segment and store its checkpoint, so
-    // the next process (or the upgraded one) starts on a sealed, signed journal.
-    let code = match journal.close(JOURNAL_CLOSE_TIMEOUT) {
+    // The background runtime (archiver, JWKS refresh, SIGHUP) lives until the exit.
+    std::mem::forget(prepared.background);
+    server.run(pingora::server::RunArgs {
+        shutdown_signal: Box::new(Signals {
+            draining,
+            shutdown_delay: Duration::from_secs(config.server.shutdown_delay_secs),
+        }),
+    });
+    // Reached after SIGINT, or when pingora's upper bound ran out before the drain monitor
+    // finished: every request is finished or cut off.
+    std::process::exit(close_journal(&journal))
+}
+
+/// Seal and close the journal; the exit code to use.
+fn close_journal(journal: &Journal) -> i32 {
+    match journal.close(JOURNAL_CLOSE_TIMEOUT) {
         Ok(report) => {
             tracing::info!(
                 head_seq = report.head_seq,
@@ -255,11 +328,97 @@ pub fn run_with(
             0
         }
         Err(e) => {
-            tracing::error!(error = %e, category = e.category(), "the journal did not close cleanly; the next start recovers it");
+            tracing::error!(
+                error = %e,
+                category = e.category(),
+                "the journal did not close cleanly; the next start recovers it"
+            );
             1
         }
-    };
-    // The background runtime is left to the exit (dropping it would wait for the archiver).
-    std::mem::forget(prepared.background);
-    std::process::exit(code)
+    }
+}
+
+/// The shutdown signals, with the SIGTERM delay during which `/readyz` already fails.
+struct Signals {
+    draining: Arc<AtomicBool>,
+    shutdown_delay: Duration,
+}
+
+#[async_trait::async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut quit = signal(SignalKind::quit()).expect("SIGQUIT handler");
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = quit.recv() => {
+                tracing::info!("SIGQUIT: handing the listeners to the new process, then draining");
+                self.draining.store(true, Ordering::Release);
+                ShutdownSignal::GracefulUpgrade
+            }
+            _ = term.recv() => {
+                self.draining.store(true, Ordering::Release);
+                tracing::info!(
+                    delay_secs = self.shutdown_delay.as_secs(),
+                    "SIGTERM: /readyz now fails; serving through the delay, then draining"
+                );
+                tokio::time::sleep(self.shutdown_delay).await;
+                ShutdownSignal::GracefulTerminate
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: stopping now, without a drain");
+                ShutdownSignal::FastShutdown
+            }
+        }
+    }
+}
+
+/// Ends the process once the listeners are closed and no request is in flight: closes the
+/// journal (sealing the open segment) and exits, instead of sleeping out pingora's fixed drain
+/// period.
+struct DrainMonitor {
+    in_flight: Arc<AtomicUsize>,
+    draining: Arc<AtomicBool>,
+    journal: Journal,
+    drain_timeout: Duration,
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for DrainMonitor {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                return;
+            }
+        }
+        self.draining.store(true, Ordering::Release);
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        let mut quiet_since: Option<tokio::time::Instant> = None;
+        loop {
+            let now = tokio::time::Instant::now();
+            let busy = self.in_flight.load(Ordering::Acquire);
+            if busy == 0 {
+                if now.duration_since(*quiet_since.get_or_insert(now)) >= DRAIN_QUIET {
+                    tracing::info!("drained: no request in flight");
+                    break;
+                }
+            } else {
+                quiet_since = None;
+            }
+            if now >= deadline {
+                tracing::warn!(
+                    in_flight = busy,
+                    "drain timeout: cutting off the requests still in flight"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let journal = self.journal.clone();
+        let code = tokio::task::spawn_blocking(move || close_journal(&journal))
+            .await
+            .unwrap_or(1);
+        std::process::exit(code)
+    }
 }

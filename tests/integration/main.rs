@@ -13,6 +13,7 @@ mod crash;
 mod fail_closed;
 mod harness_selftest;
 mod interactions;
+mod operations;
 mod proofs;
 mod s3_kit;
 mod tamper;

@@ -73,6 +73,8 @@ pub struct GatewayOptions {
     pub upstream: String,
     /// Extra keys for the `[journal]` section, e.g. `segment_max_bytes = 4096`.
     pub journal_toml: String,
+    /// Extra keys for the `[server]` section, e.g. `shutdown_delay_secs = 2`.
+    pub server_toml: String,
     /// Unmatched policy: `journal` or `deny`.
     pub unmatched: &'static str,
     /// Journal directory (default: inside the gateway's temp dir).
@@ -90,6 +92,7 @@ impl GatewayOptions {
         GatewayOptions {
             upstream: upstream.into(),
             journal_toml: String::new(),
+            server_toml: String::new(),
             unmatched: "journal",
             journal_dir: None,
             port: None,
@@ -131,8 +134,8 @@ impl Gateway {
 node = "test-gw"
 listen = ["127.0.0.1:{port}"]
 threads = 2
-grace_period_secs = 0
-graceful_shutdown_timeout_secs = 2
+drain_timeout_secs = 10
+{server_toml}
 pid_file = "{dir}/pid"
 upgrade_sock = "{dir}/upgrade.sock"
 
@@ -196,6 +199,7 @@ listen = "127.0.0.1:{admin_port}"
             upstream = opts.upstream,
             journal = journal.display(),
             journal_toml = opts.journal_toml,
+            server_toml = opts.server_toml,
             rsa_pem = rsa_pem.display(),
             ec_pem = ec_pem.display(),
             jwks_url = jwks.url(),
@@ -297,6 +301,34 @@ listen = "127.0.0.1:{admin_port}"
         metric_value(&text, series).unwrap_or(0.0)
     }
 
+    /// Start a second process on the same config with `run --upgrade` (it takes the listening
+    /// sockets once this one gets SIGQUIT); the caller waits for the old one to exit, then
+    /// hands the new one over with [`Gateway::adopt`].
+    pub fn start_upgrade(&self) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_auditgate"))
+            .args(["run", "--upgrade", "--config"])
+            .arg(&self.config_path)
+            .env(HS_ENV, HS_SECRET)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start the auditgate binary")
+    }
+
+    /// Make `child` the gateway's process (after an upgrade).
+    pub fn adopt(&mut self, child: Child) {
+        assert!(self.child.is_none(), "the old process is still running");
+        self.child = Some(child);
+    }
+
     /// The process ID of the running gateway.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("gateway running").id()
@@ -372,7 +404,83 @@ listen = "127.0.0.1:{admin_port}"
 impl Drop for Gateway {
     fn drop(&mut self) {
         self.kill9();
+        // Every test's gateway log is checked for PHI once its traffic is done (a test that
+        // already failed is not piled on).
+        if !std::thread::panicking() {
+            if let Err(leak) = check_log_has_no_phi(&self.log(), &self.journal) {
+                panic!("the gateway's own log holds PHI: {leak}");
+            }
+        }
     }
+}
+
+/// The gateway's operational log must hold no token, user ID, patient ID, path or query: only
+/// the journal may. Checked against everything the journal says the traffic carried.
+pub fn check_log_has_no_phi(log: &str, journal: &Path) -> Result<(), String> {
+    use auditgate::record::Who;
+    // Any JWT (a base64url JSON header starts with `eyJ`).
+    if let Some(at) = log.find("eyJ") {
+        return Err(format!("a token: ...{}...", excerpt(log, at)));
+    }
+    // Leniently: tamper tests leave records that no longer parse.
+    let mut records: Vec<Record> = Vec::new();
+    for (_, path) in auditgate::journal::list_segments(journal).unwrap_or_default() {
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        let used = &bytes[..auditgate::journal::used_len(&bytes)];
+        for line in String::from_utf8_lossy(used).lines() {
+            if let Ok(r) = serde_json::from_str(line) {
+                records.push(r);
+            }
+        }
+    }
+    let mut secrets: Vec<(&str, String)> = Vec::new();
+    for r in &records {
+        if let Who::Authenticated(a) = &r.event.who {
+            secrets.push(("user ID", a.user.clone()));
+        }
+        for p in &r.event.patients {
+            secrets.push(("patient ID", p.id.clone()));
+        }
+        if r.event.path.len() > 1 {
+            secrets.push(("path", r.event.path.clone()));
+        }
+        if let Some(q) = &r.event.query {
+            secrets.push(("query", q.clone()));
+        }
+    }
+    secrets.sort();
+    secrets.dedup();
+    for (what, value) in secrets {
+        // Short values ("1", "pat") would match innocent text; the quoted and `=` forms are
+        // how a structured log would carry them.
+        let needles = if value.len() >= 6 {
+            vec![value.clone()]
+        } else {
+            vec![
+                format!("\"{value}\""),
+                format!("={value} "),
+                format!("/{value}"),
+            ]
+        };
+        for needle in needles {
+            if let Some(at) = log.find(&needle) {
+                return Err(format!("a {what} ({value:?}): ...{}...", excerpt(log, at)));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn excerpt(text: &str, at: usize) -> String {
+    let mut start = at.saturating_sub(80);
+    while !text.is_char_boundary(start) {
+        start -= 1;
+    }
+    let mut end = (at + 80).min(text.len());
+    while !text.is_char_boundary(end) {
+        end += 1;
+    }
+    text[start..end].to_string()
 }
 
 /// Read every record of a journal directory, in order.

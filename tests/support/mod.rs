@@ -32,6 +32,7 @@ pub mod fhir;
 pub mod gateway;
 pub mod jwks;
 pub mod keys;
+pub mod prometheus;
 pub mod python;
 pub mod s3;
 

@@ -69,7 +69,9 @@ const TIME_KEYWORD: &str = "time ";
 #[serde(deny_unknown_fields)]
 pub struct CheckpointConfig {
     /// The Ed25519 signing key (signed-note private key form, from `auditgate keygen`).
-    /// Relative paths resolve against the config file's directory.
+    /// Relative paths resolve against the config file's directory. `{node}` is replaced by
+    /// `server.node`, so replicas sharing one config (a Kubernetes StatefulSet) each find their
+    /// own key in one mounted Secret.
     #[serde(default = "default_key_file")]
     pub key_file: PathBuf,
     /// Create the key (named after the node) if the file does not exist. For the quickstart

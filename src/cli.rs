@@ -145,6 +145,23 @@ pub enum Command {
         #[arg(long)]
         key: String,
     },
+    /// Ask a running gateway's admin listener whether it is alive (`/healthz`) or ready
+    /// (`/readyz`); exit 0 if so, 1 if not. For container health checks (no curl needed).
+    Health {
+        /// Take the admin address from this configuration file.
+        #[arg(long, short, env = "AUDITGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// The admin listener's address (overrides the config; default 127.0.0.1:9464). A
+        /// wildcard address (0.0.0.0, ::) is probed on loopback.
+        #[arg(long)]
+        admin: Option<String>,
+        /// Ask `/readyz` instead of `/healthz`.
+        #[arg(long)]
+        ready: bool,
+        /// Give up after this long.
+        #[arg(long, default_value_t = 5)]
+        timeout_secs: u64,
+    },
     /// A self-contained tour: a sample FHIR upstream, a throwaway key, a few requests, then the
     /// journal and its verification. Needs nothing but this binary.
     Demo {
@@ -232,6 +249,79 @@ pub fn main() -> ExitCode {
         } => prove(&journal, seq, checkpoint, consistency, out),
         Command::VerifyProof { file, key } => verify_proof(&file, &key),
         Command::Demo { journal } => crate::demo::run(journal),
+        Command::Health {
+            config,
+            admin,
+            ready,
+            timeout_secs,
+        } => health(
+            config.as_deref(),
+            admin,
+            ready,
+            Duration::from_secs(timeout_secs),
+        ),
+    }
+}
+
+fn health(
+    config: Option<&std::path::Path>,
+    admin: Option<String>,
+    ready: bool,
+    timeout: Duration,
+) -> ExitCode {
+    let listen = match (admin, config) {
+        (Some(a), _) => a,
+        (None, Some(path)) => match load(path) {
+            Ok(c) => c.admin.listen,
+            Err(code) => return code,
+        },
+        (None, None) => crate::admin::AdminConfig::default().listen,
+    };
+    let Ok(mut addr) = listen.parse::<std::net::SocketAddr>() else {
+        eprintln!("auditgate: `{listen}` is not an IP:port address");
+        return ExitCode::from(2);
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let url = format!("http://{addr}/{}", if ready { "readyz" } else { "healthz" });
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("auditgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let answer = runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(timeout)
+            .build()?;
+        let response = client.get(&url).send().await?;
+        let status = response.status();
+        let body = response.text().await?;
+        Ok::<_, reqwest::Error>((status, body))
+    });
+    match answer {
+        Ok((status, body)) => {
+            print!("{body}");
+            if status.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("auditgate: {url} answered {status}");
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("auditgate: {url}: {}", e.without_url());
+            ExitCode::from(1)
+        }
     }
 }
 

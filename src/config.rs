@@ -386,6 +386,10 @@ impl Config {
         // Rule files and key files are resolved by their own loaders (against the same base), so
         // that `rules.base_paths` keys stay exactly as written.
         abs(&mut self.journal.dir);
+        let key_file = self.checkpoint.key_file.to_string_lossy();
+        if key_file.contains("{node}") {
+            self.checkpoint.key_file = PathBuf::from(key_file.replace("{node}", &self.server.node));
+        }
         abs(&mut self.checkpoint.key_file);
         abs(&mut self.archive.dir);
     }
@@ -408,6 +412,35 @@ mod tests {
             write_timeout_ms: 1,
             idle_timeout_ms: 1,
         }
+    }
+
+    #[test]
+    fn the_checkpoint_key_file_can_name_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auditgate.toml");
+        std::fs::write(
+            &path,
+            r#"
+[server]
+node = "auditgate-1"
+[upstream]
+url = "http://127.0.0.1:8000"
+[checkpoint]
+key_file = "keys/checkpoint-{node}.key"
+[identity]
+[[identity.issuers]]
+issuer = "https://idp.test"
+audiences = ["a"]
+algorithms = ["HS256"]
+hmac_secrets = [{ env_var = "X" }]
+"#,
+        )
+        .unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(
+            config.checkpoint.key_file,
+            dir.path().join("keys/checkpoint-auditgate-1.key")
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod archive_verify;
 mod attacks;
 mod cli;
 mod crash;
+mod deploy;
 mod fail_closed;
 mod harness_selftest;
 mod interactions;

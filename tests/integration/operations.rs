@@ -148,6 +148,15 @@ fn the_admin_listener_reports_traffic_health_and_readiness_without_phi() {
             "the check misses a leak"
         );
     }
+    // The probe a container health check runs.
+    let admin = format!("127.0.0.1:{}", gw.admin_port);
+    let (code, out, _) = crate::support::run_auditgate(&["health", "--admin", &admin]);
+    assert_eq!((code, out.as_str()), (0, "ok\n"));
+    let (code, out, _) = crate::support::run_auditgate(&["health", "--ready", "--admin", &admin]);
+    assert_eq!(code, 0, "{out}");
+    let dead = format!("127.0.0.1:{}", crate::support::free_port());
+    let (code, _, err) = crate::support::run_auditgate(&["health", "--admin", &dead]);
+    assert_eq!(code, 1, "{err}");
     // Only GET on the three paths.
     assert_eq!(gw.admin_get("/other").0, 404);
     let post = http_client()

@@ -274,9 +274,28 @@ fn an_s3_outage_costs_no_request_and_no_record() {
     let fhir = FhirServer::seeded();
     let mut s3 = S3Server::start();
     s3.create_locked_bucket("outage");
-    let gw = gateway_with_archive(fhir, &s3, "outage");
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
+    opts.journal_toml = "segment_max_bytes = 4096".into();
+    opts.extra_toml = archive_toml(&s3, "outage");
+    opts.env = aws_env();
+    // /readyz turns 503 once the archive has failed for 2 s (the default is 300 s).
+    opts.admin_toml = "archive_unreachable_grace_secs = 2".into();
+    let gw = Gateway::start(opts);
     traffic(&gw, 10);
     let before = wait_until_shipped(&gw);
+    // Metrics: shipped, nothing waiting, reachable; and ready.
+    wait_metric(&gw, "auditgate_archive_shipped_through_seq", |v| {
+        v == before as f64
+    });
+    assert_eq!(gw.metric("auditgate_archive_reachable"), 1.0);
+    assert_eq!(gw.metric("auditgate_archive_backlog_segments"), 0.0);
+    assert!(
+        gw.metric(r#"auditgate_archive_uploads_total{kind="segment",result="created"}"#) >= 1.0
+    );
+    assert!(
+        gw.metric(r#"auditgate_archive_uploads_total{kind="checkpoint",result="created"}"#) >= 1.0
+    );
+    assert_eq!(gw.admin_get("/readyz").0, 200);
 
     // S3 goes away mid-traffic: the gateway keeps serving (the local journal is the durable
     // store) and the backlog grows.
@@ -301,10 +320,50 @@ fn an_s3_outage_costs_no_request_and_no_record() {
         ship_state(&gw.journal).segments_through_seq < sealed_now,
         "nothing can have shipped during the outage"
     );
+    // Visible: the backlog, its age (growing while nothing moves), failed uploads, and
+    // readiness once the grace is over; the proxy itself keeps serving.
+    wait_metric(&gw, "auditgate_archive_reachable", |v| v == 0.0);
+    assert!(gw.metric("auditgate_archive_backlog_segments") >= 1.0);
+    let failed_uploads = gw
+        .metric(r#"auditgate_archive_uploads_total{kind="segment",result="failed"}"#)
+        + gw.metric(r#"auditgate_archive_uploads_total{kind="checkpoint",result="failed"}"#);
+    assert!(failed_uploads >= 1.0, "failed uploads are counted");
+    let age = wait_metric(&gw, "auditgate_archive_oldest_unshipped_age_seconds", |v| {
+        v >= 1.0
+    });
+    wait_metric(&gw, "auditgate_archive_oldest_unshipped_age_seconds", |v| {
+        v > age
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = gw.admin_get("/readyz");
+        if status == 503 {
+            assert!(
+                body.contains("\"archive\"") && body.contains("failing for"),
+                "{body}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "/readyz stayed ready: {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    traffic(&gw, 2);
 
     // Back: the backlog drains; every record is there once.
     s3.accept_connections();
-    wait_until_shipped(&gw);
+    let shipped = wait_until_shipped(&gw);
+    wait_metric(&gw, "auditgate_archive_backlog_segments", |v| v == 0.0);
+    assert_eq!(gw.metric("auditgate_archive_reachable"), 1.0);
+    assert_eq!(
+        gw.metric("auditgate_archive_oldest_unshipped_age_seconds"),
+        0.0
+    );
+    assert!(gw.metric("auditgate_archive_shipped_through_seq") >= shipped as f64);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while gw.admin_get("/readyz").0 != 200 {
+        assert!(Instant::now() < deadline, "never ready again");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let rt = runtime();
     let store = rt.block_on(S3Store::connect(&archive_config(&s3, "outage")));
     let keys = assert_one_version_each(&versions(&store, &rt));
@@ -450,6 +509,14 @@ fn other_content_under_our_key_is_a_conflict_and_is_never_overwritten() {
         other => panic!("expected a conflict, got {other:?}"),
     }
     assert_eq!(archiver.stats().conflicts.load(Ordering::Relaxed), 1);
+    // ... and exported for the AuditgateArchiveConflict alert.
+    assert!(
+        auditgate::metrics::global()
+            .archive_uploads
+            .with_label_values(&["segment", "conflict"])
+            .get()
+            >= 1
+    );
     assert_eq!(archiver.state().segments_through_seq, 0);
     // The forged object is still the only version: nothing was overwritten.
     let listed = rt.block_on(store.list_versions(&key)).unwrap();
@@ -582,4 +649,20 @@ fn a_gateway_started_while_s3_is_unreachable_serves_and_ships_once_s3_is_back() 
     let store = rt.block_on(S3Store::connect(&archive_config(&s3, "late")));
     let keys = assert_one_version_each(&versions(&store, &rt));
     assert_archive_matches_local(&store, &rt, &gw.journal, &keys);
+}
+
+/// Wait (up to 30 s) until the gateway's `series` satisfies `ok`; returns the value.
+fn wait_metric(gw: &Gateway, series: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = gw.metric(series);
+        if ok(v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} = {v}, never reached the expected value"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -75,6 +75,8 @@ pub struct GatewayOptions {
     pub journal_toml: String,
     /// Extra keys for the `[server]` section, e.g. `shutdown_delay_secs = 2`.
     pub server_toml: String,
+    /// Extra keys for the `[admin]` section, e.g. `archive_unreachable_grace_secs = 2`.
+    pub admin_toml: String,
     /// Unmatched policy: `journal` or `deny`.
     pub unmatched: &'static str,
     /// Journal directory (default: inside the gateway's temp dir).
@@ -93,6 +95,7 @@ impl GatewayOptions {
             upstream: upstream.into(),
             journal_toml: String::new(),
             server_toml: String::new(),
+            admin_toml: String::new(),
             unmatched: "journal",
             journal_dir: None,
             port: None,
@@ -192,6 +195,7 @@ level = "info"
 
 [admin]
 listen = "127.0.0.1:{admin_port}"
+{admin_toml}
 
 {extra_toml}
 "#,
@@ -200,6 +204,7 @@ listen = "127.0.0.1:{admin_port}"
             journal = journal.display(),
             journal_toml = opts.journal_toml,
             server_toml = opts.server_toml,
+            admin_toml = opts.admin_toml,
             rsa_pem = rsa_pem.display(),
             ec_pem = ec_pem.display(),
             jwks_url = jwks.url(),

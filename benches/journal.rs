@@ -68,6 +68,13 @@ fn event(n: u64) -> Event {
             device_id: Some("ws-ward-3-17".into()),
             device_id_source: Some("header".into()),
             user_agent: Some("fhir-client/1.0".into()),
+            geo: Some(Some(auditgate::record::Geo {
+                country: Some("US".into()),
+                city: Some("Milton".into()),
+                asn: Some(209),
+                org: Some("Qwest Communications Company, LLC".into()),
+            })),
+            geo_unavailable: None,
             gateway: GatewayId {
                 node: "gw-1".into(),
                 listener: "0.0.0.0:8080".into(),

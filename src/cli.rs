@@ -145,6 +145,22 @@ pub enum Command {
         #[arg(long)]
         key: String,
     },
+    /// Look up IP addresses in the GeoIP/ASN databases as the gateway would record them
+    /// (the `geo` and `geo_unavailable` fields), one JSON object per address.
+    Geoip {
+        /// Use the `[geoip]` databases of this configuration file.
+        #[arg(long, short, env = "AUDITGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// A City or Country database (overrides the config).
+        #[arg(long)]
+        city_db: Option<PathBuf>,
+        /// An ASN database (overrides the config).
+        #[arg(long)]
+        asn_db: Option<PathBuf>,
+        /// The addresses.
+        #[arg(required = true)]
+        ips: Vec<std::net::IpAddr>,
+    },
     /// Ask a running gateway's admin listener whether it is alive (`/healthz`) or ready
     /// (`/readyz`); exit 0 if so, 1 if not. For container health checks (no curl needed).
     Health {
@@ -249,6 +265,12 @@ pub fn main() -> ExitCode {
         } => prove(&journal, seq, checkpoint, consistency, out),
         Command::VerifyProof { file, key } => verify_proof(&file, &key),
         Command::Demo { journal } => crate::demo::run(journal),
+        Command::Geoip {
+            config,
+            city_db,
+            asn_db,
+            ips,
+        } => geoip_lookup(config.as_deref(), city_db, asn_db, &ips),
         Command::Health {
             config,
             admin,
@@ -261,6 +283,48 @@ pub fn main() -> ExitCode {
             Duration::from_secs(timeout_secs),
         ),
     }
+}
+
+fn geoip_lookup(
+    config: Option<&std::path::Path>,
+    city_db: Option<PathBuf>,
+    asn_db: Option<PathBuf>,
+    ips: &[std::net::IpAddr],
+) -> ExitCode {
+    let (mut cfg, base) = match config {
+        Some(path) => match load(path) {
+            Ok(c) => (c.geoip, Config::base_dir(path)),
+            Err(code) => return code,
+        },
+        None => (Default::default(), PathBuf::new()),
+    };
+    if city_db.is_some() || asn_db.is_some() {
+        cfg.city_db = city_db;
+        cfg.asn_db = asn_db;
+    }
+    let geo = match crate::geoip::GeoIp::load(&cfg, &base) {
+        Ok(Some(g)) => g,
+        Ok(None) => {
+            eprintln!("auditgate: no GeoIP database: give --city-db or --asn-db, or a config with [geoip]");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("auditgate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for ip in ips {
+        let line = match geo.lookup(*ip) {
+            crate::geoip::GeoAnswer::Found(g) => {
+                serde_json::json!({"ip": ip.to_string(), "geo": g})
+            }
+            crate::geoip::GeoAnswer::Unavailable(why) => {
+                serde_json::json!({"ip": ip.to_string(), "geo": null, "geo_unavailable": why})
+            }
+        };
+        println!("{line}");
+    }
+    ExitCode::SUCCESS
 }
 
 fn health(

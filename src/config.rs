@@ -41,6 +41,7 @@ impl ConfigError {
 use crate::admin::AdminConfig;
 use crate::archive::ArchiveConfig;
 use crate::checkpoint::CheckpointConfig;
+use crate::geoip::GeoIpConfig;
 use crate::identity::IdentityConfig;
 use crate::journal::JournalConfig;
 use crate::netvec::NetworkConfig;
@@ -78,6 +79,9 @@ pub struct Config {
     /// The admin listener: `/metrics`, `/healthz`, `/readyz`.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// GeoIP and ASN databases for the client IP.
+    #[serde(default)]
+    pub geoip: GeoIpConfig,
 }
 
 /// `[server]`
@@ -365,6 +369,7 @@ impl Config {
         self.rules.validate()?;
         self.network.validate()?;
         self.admin.validate()?;
+        self.geoip.validate()?;
         if self.admin.enabled && self.server.listen.contains(&self.admin.listen) {
             return Err(ConfigError::invalid(
                 "admin.listen",

@@ -9,6 +9,7 @@
 //! * [`identity`]: JWT verification and the actor;
 //! * [`rules`]: safe path normalisation and route rules into action, interaction and patients;
 //! * [`netvec`]: client IP through trusted proxies, device ID, user agent;
+//! * [`geoip`]: country, city and ASN of the client IP;
 //! * [`record`]: the journal line format and its hashes;
 //! * [`journal`]: group commit, segments, recovery;
 //! * [`merkle`]: the RFC 6962 tree, its roots and proofs;
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod geoip;
 pub mod identity;
 pub mod journal;
 pub mod merkle;

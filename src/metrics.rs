@@ -108,6 +108,10 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// `auditgate_config_last_reload_success_timestamp_seconds`.
     pub config_last_reload_success: Gauge,
+    /// `auditgate_geoip_build_timestamp_seconds{database}`.
+    pub geoip_build_timestamp: prometheus::GaugeVec,
+    /// `auditgate_geoip_reloads_total{database, result}`.
+    pub geoip_reloads: IntCounterVec,
     /// `auditgate_build_info{version}`.
     pub build_info: IntGaugeVec,
 }
@@ -368,6 +372,24 @@ impl Metrics {
                 "auditgate_config_last_reload_success_timestamp_seconds",
                 "Unix time of the last configuration load that took effect (start or reload).",
             ),
+            geoip_build_timestamp: {
+                let g = prometheus::GaugeVec::new(
+                    Opts::new(
+                        "auditgate_geoip_build_timestamp_seconds",
+                        "When the loaded GeoIP database was built (its metadata's build epoch), by database (city, asn).",
+                    ),
+                    &["database"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique name");
+                g
+            },
+            geoip_reloads: counter_vec(
+                &r,
+                "auditgate_geoip_reloads_total",
+                "Replaced GeoIP database files picked up (ok) or refused, the old one serving on (failed), by database.",
+                &["database", "result"],
+            ),
             build_info,
             registry: r,
         };
@@ -409,6 +431,11 @@ impl Metrics {
         }
         for result in ["ok", "rejected"] {
             m.config_reloads.with_label_values(&[result]);
+        }
+        for database in ["city", "asn"] {
+            for result in ["ok", "failed"] {
+                m.geoip_reloads.with_label_values(&[database, result]);
+            }
         }
         m.config_last_reload_success.set(unix_now());
         m

@@ -35,6 +35,7 @@ use pingora::upstreams::peer::HttpUpstreamRequestPolicy;
 
 use crate::clock;
 use crate::config::UpstreamConfig;
+use crate::geoip::GeoAnswer;
 use crate::identity::AuthFailure;
 use crate::journal::{Journal, JournalError};
 use crate::metrics;
@@ -352,11 +353,22 @@ impl ProxyHttp for Gateway {
                 .get(http::header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())
                 .map(|s| s.chars().take(256).collect()),
+            geo: None,
+            geo_unavailable: None,
             gateway: GatewayId {
                 node: self.node.clone(),
                 listener: self.listener_name(session),
             },
         };
+        if let Some(geo) = &snap.geo {
+            match geo.lookup(addr.client_ip) {
+                GeoAnswer::Found(found) => net.geo = Some(Some(found)),
+                GeoAnswer::Unavailable(why) => {
+                    net.geo = Some(None);
+                    net.geo_unavailable = Some(why.to_string());
+                }
+            }
+        }
         if let Some(device) = snap.net.device_id(headers) {
             net.device_id = Some(device);
             net.device_id_source = Some("header".into());

@@ -210,8 +210,48 @@ pub struct NetworkVector {
     pub device_id_source: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub user_agent: Option<String>,
+    /// Where the client IP is (`[geoip]` databases). Absent when no database is configured;
+    /// `null` when it cannot be known, with [`NetworkVector::geo_unavailable`] saying why.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        deserialize_with = "present_or_null"
+    )]
+    pub geo: Option<Option<Geo>>,
+    /// Why `geo` is `null`: the address class (`loopback`, `private`, `link_local`,
+    /// `shared_cgnat`, `documentation`, `multicast`, `reserved`, ...), `not_found` or
+    /// `lookup_failed`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub geo_unavailable: Option<String>,
     /// The gateway node and listener that carried the request.
     pub gateway: GatewayId,
+}
+
+/// A field that is present (`Some`), possibly as `null` (`Some(None)`); absent is `None`
+/// through `#[serde(default)]`.
+fn present_or_null<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// The client IP's location and network, from the GeoIP and ASN databases.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Geo {
+    /// ISO 3166-1 alpha-2 country code.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub country: Option<String>,
+    /// City name (English).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub city: Option<String>,
+    /// Autonomous system number.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub asn: Option<u32>,
+    /// The autonomous system's organisation.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub org: Option<String>,
 }
 
 /// Which gateway process and listener carried a request.

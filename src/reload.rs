@@ -11,6 +11,8 @@
 //!   its keys loaded (JWKS URLs fetched) and its rules compiled before the swap; any failure
 //!   is logged with the reason (never a token or path from traffic) and counted as
 //!   `auditgate_config_reloads_total{result="rejected"}`, and the old snapshot keeps serving.
+//! * **GeoIP databases** are re-opened on SIGHUP, and between SIGHUPs whenever their files
+//!   are replaced ([`watch_geoip_files`]).
 //! * **What cannot change live is said.** `[server]`, `[upstream]`, `[journal]`,
 //!   `[checkpoint]`, `[archive]`, `[admin]` and `[log]` need a restart (or a zero-downtime
 //!   upgrade); a reload that changes them applies the rest and logs a warning naming them.
@@ -21,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::config::{Config, ConfigError};
+use crate::geoip::GeoIp;
 use crate::identity::Identity;
 use crate::netvec::NetPolicy;
 use crate::rules::RuleSet;
@@ -30,6 +33,8 @@ pub struct Snapshot {
     pub identity: Arc<Identity>,
     pub rules: Arc<RuleSet>,
     pub net: Arc<NetPolicy>,
+    /// The GeoIP/ASN databases, when configured.
+    pub geo: Option<Arc<GeoIp>>,
 }
 
 /// The current snapshot, swappable.
@@ -67,6 +72,8 @@ pub enum ReloadError {
     Identity(String),
     #[error("rules: {0}")]
     Rules(String),
+    #[error(transparent)]
+    GeoIp(#[from] crate::geoip::GeoIpError),
 }
 
 impl ReloadError {
@@ -76,6 +83,7 @@ impl ReloadError {
             ReloadError::Config(_) => "config",
             ReloadError::Identity(_) => "identity",
             ReloadError::Rules(_) => "rules",
+            ReloadError::GeoIp(_) => "geoip",
         }
     }
 }
@@ -87,10 +95,12 @@ pub async fn load_snapshot(config: &Config, base_dir: &Path) -> Result<Snapshot,
         .map_err(|e| ReloadError::Identity(e.to_string()))?;
     let rules =
         RuleSet::load(&config.rules, base_dir).map_err(|e| ReloadError::Rules(e.to_string()))?;
+    let geo = GeoIp::load(&config.geoip, base_dir)?.map(Arc::new);
     Ok(Snapshot {
         identity: Arc::new(identity),
         rules: Arc::new(rules),
         net: Arc::new(NetPolicy::new(&config.network)),
+        geo,
     })
 }
 
@@ -173,6 +183,7 @@ impl Reloader {
                     effective.identity = config.identity;
                     effective.rules = config.rules;
                     effective.network = config.network;
+                    effective.geoip = config.geoip;
                     *current = effective;
                     ignored
                 };
@@ -184,12 +195,12 @@ impl Reloader {
                     .set(crate::metrics::unix_now());
                 if ignored.is_empty() {
                     tracing::info!(
-                        "configuration reloaded: identity, rules and network policy in effect"
+                        "configuration reloaded: identity, rules, network policy and geoip databases in effect"
                     );
                 } else {
                     tracing::warn!(
                         sections = ?ignored,
-                        "configuration reloaded (identity, rules, network policy); these sections changed but need a restart and were NOT applied"
+                        "configuration reloaded (identity, rules, network policy, geoip); these sections changed but need a restart and were NOT applied"
                     );
                 }
                 Ok(ignored)
@@ -227,5 +238,29 @@ impl Reloader {
             }
         });
         Ok(())
+    }
+}
+
+/// Re-open replaced GeoIP database files of the snapshot in effect, every
+/// `geoip.check_interval_secs` (a SIGHUP opens them anew anyway). Spawn once.
+pub async fn watch_geoip_files(live: Arc<Live>) {
+    loop {
+        let interval = live
+            .current()
+            .geo
+            .as_ref()
+            .map(|g| g.check_interval())
+            .filter(|d| !d.is_zero());
+        match interval {
+            Some(every) => {
+                tokio::time::sleep(every).await;
+                if let Some(geo) = live.current().geo.clone() {
+                    // Opening and checking a file is blocking work.
+                    let _ = tokio::task::spawn_blocking(move || geo.reload_if_changed()).await;
+                }
+            }
+            // Nothing to watch now; a reload may configure databases later.
+            None => tokio::time::sleep(std::time::Duration::from_secs(5)).await,
+        }
     }
 }

@@ -82,6 +82,7 @@ pub fn prepare(
     if config_path.is_some() {
         reloader.clone().reload_on_sighup(&background)?;
     }
+    background.spawn(crate::reload::watch_geoip_files(live.clone()));
     let target = config.upstream.target()?;
     // The archive must be able to take locked objects before anything is recorded.
     let archive_store = background.block_on(crate::archive::open_store(&config.archive));

@@ -14,6 +14,7 @@ mod deploy;
 mod fail_closed;
 mod harness_selftest;
 mod interactions;
+mod network;
 mod operations;
 mod proofs;
 mod s3_kit;

@@ -197,7 +197,7 @@ fn prometheus_scrapes_the_gateway_and_reads_the_series_back() {
 }
 
 /// Requests in a loop on threads until stopped: (answered 200, anything else).
-struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicUsize>,
     failed: Arc<std::sync::Mutex<Vec<String>>>,
@@ -205,13 +205,13 @@ struct Load {
 }
 
 impl Load {
-    fn start(url: String, token: String, threads: usize) -> Load {
+    pub(crate) fn start(url: String, token: String, threads: usize) -> Load {
         Self::start_with(url, token, threads, true)
     }
 
     /// `keep_alive: false`: a new connection per request, so a failure can only be the
     /// gateway's (no race with a server closing an idle pooled connection).
-    fn start_with(url: String, token: String, threads: usize, keep_alive: bool) -> Load {
+    pub(crate) fn start_with(url: String, token: String, threads: usize, keep_alive: bool) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicUsize::new(0));
         let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -257,7 +257,7 @@ impl Load {
     }
 
     /// Stop; (answered 200, failures).
-    fn finish(self) -> (usize, Vec<String>) {
+    pub(crate) fn finish(self) -> (usize, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads {
             t.join().unwrap();

@@ -30,6 +30,7 @@
 
 pub mod fhir;
 pub mod gateway;
+pub mod geoip;
 pub mod jwks;
 pub mod keys;
 pub mod prometheus;

@@ -1,0 +1,202 @@
+//! The network vector end to end: GeoIP and ASN of the client IP in each record (fixture
+//! databases built at test time), file replacement and SIGHUP picked up under load.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use auditgate::record::{Geo, Phase, Record};
+
+use crate::operations::Load;
+use crate::support::gateway::{Gateway, GatewayOptions};
+use crate::support::geoip::{asn_db, city_db, replace};
+use crate::support::{http_client, FhirServer};
+
+/// Send a read as if forwarded by a trusted proxy for `client`; the record it left.
+fn read_from(gw: &Gateway, token: &str, client: &str) -> Record {
+    let resp = http_client()
+        .get(gw.url("/fhir/Patient/example"))
+        .bearer_auth(token)
+        .header("X-Forwarded-For", client)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    gw.records()
+        .into_iter()
+        .find(|r| r.event.request_id == id && r.event.phase == Phase::Outcome)
+        .expect("outcome record")
+}
+
+fn write_databases(dir: &Path, city: &str) {
+    std::fs::write(
+        dir.join("city.mmdb"),
+        city_db(
+            &[("81.2.69.142/31", "GB", city), ("2001:218::/32", "JP", "")],
+            1_700_000_000,
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("asn.mmdb"),
+        asn_db(&[
+            ("81.2.69.0/24", 20712, "Andrews & Arnold Ltd"),
+            ("2001:218::/32", 2914, "NTT America, Inc."),
+        ]),
+    )
+    .unwrap();
+}
+
+fn gateway_with_geoip(fhir: &FhirServer, dir: &Path, check_interval_secs: u64) -> Gateway {
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
+    opts.extra_toml = format!(
+        "[geoip]\ncity_db = \"{}\"\nasn_db = \"{}\"\ncheck_interval_secs = {check_interval_secs}\n",
+        dir.join("city.mmdb").display(),
+        dir.join("asn.mmdb").display()
+    );
+    Gateway::start(opts)
+}
+
+#[test]
+fn records_carry_geo_and_asn_for_ipv4_and_ipv6_and_say_why_when_unknown() {
+    let fhir = FhirServer::seeded();
+    let dbs = tempfile::tempdir().unwrap();
+    write_databases(dbs.path(), "London");
+    let gw = gateway_with_geoip(fhir, dbs.path(), 60);
+    let token = gw.token("dr.geo");
+
+    let r = read_from(&gw, &token, "81.2.69.142");
+    assert_eq!(r.event.net.client_ip, "81.2.69.142");
+    assert_eq!(
+        r.event.net.geo,
+        Some(Some(Geo {
+            country: Some("GB".into()),
+            city: Some("London".into()),
+            asn: Some(20712),
+            org: Some("Andrews & Arnold Ltd".into()),
+        }))
+    );
+    assert_eq!(r.event.net.geo_unavailable, None);
+    let r = read_from(&gw, &token, "2001:218::7");
+    assert_eq!(
+        r.event.net.geo,
+        Some(Some(Geo {
+            country: Some("JP".into()),
+            city: None,
+            asn: Some(2914),
+            org: Some("NTT America, Inc.".into()),
+        }))
+    );
+    // Unknown and special-purpose addresses: an explicit null and the reason.
+    for (client, why) in [
+        ("8.8.8.8", "not_found"),
+        ("10.1.2.3", "private"),
+        ("fd12::1", "private"),
+        ("100.64.1.1", "shared_cgnat"),
+    ] {
+        let r = read_from(&gw, &token, client);
+        assert_eq!(r.event.net.geo, Some(None), "{client}");
+        assert_eq!(
+            r.event.net.geo_unavailable.as_deref(),
+            Some(why),
+            "{client}"
+        );
+    }
+    // The journal line itself says `"geo":null`.
+    let line = std::fs::read_to_string(
+        auditgate::journal::list_segments(&gw.journal).unwrap()[0]
+            .1
+            .clone(),
+    )
+    .unwrap();
+    assert!(line.contains(r#""geo":null,"geo_unavailable":"private""#));
+    // The loopback peer without a forwarded header.
+    let resp = http_client()
+        .get(gw.url("/fhir/Patient/example"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let last = gw.records().pop().unwrap();
+    assert_eq!(last.event.net.geo_unavailable.as_deref(), Some("loopback"));
+    // The database's build date is exported.
+    assert_eq!(
+        gw.metric(r#"auditgate_geoip_build_timestamp_seconds{database="city"}"#),
+        1_700_000_000.0
+    );
+}
+
+#[test]
+fn a_replaced_database_is_picked_up_under_load_without_a_failed_request() {
+    let fhir = FhirServer::seeded();
+    let dbs = tempfile::tempdir().unwrap();
+    write_databases(dbs.path(), "London");
+    let gw = gateway_with_geoip(fhir, dbs.path(), 1);
+    let token = gw.token("dr.geo-reload");
+    let load = Load::start(gw.url("/fhir/Patient/example"), token.clone(), 3);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // geoipupdate-style replacement: picked up within the check interval.
+    let city = dbs.path().join("city.mmdb");
+    replace(
+        &city,
+        &city_db(&[("81.2.69.142/31", "GB", "Londinium")], 1_800_000_000),
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = read_from(&gw, &token, "81.2.69.142");
+        if r.event
+            .net
+            .geo
+            .clone()
+            .flatten()
+            .and_then(|g| g.city)
+            .as_deref()
+            == Some("Londinium")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replaced file was never picked up"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        gw.metric(r#"auditgate_geoip_build_timestamp_seconds{database="city"}"#),
+        1_800_000_000.0
+    );
+    assert!(gw.metric(r#"auditgate_geoip_reloads_total{database="city",result="ok"}"#) >= 1.0);
+
+    // A broken download is refused; the previous database keeps answering.
+    replace(&city, b"\x00truncated download");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while gw.metric(r#"auditgate_geoip_reloads_total{database="city",result="failed"}"#) < 1.0 {
+        assert!(Instant::now() < deadline, "the broken file was not noticed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let r = read_from(&gw, &token, "81.2.69.142");
+    assert_eq!(
+        r.event.net.geo.flatten().and_then(|g| g.city).as_deref(),
+        Some("Londinium")
+    );
+
+    // SIGHUP re-opens the files too.
+    replace(
+        &city,
+        &city_db(&[("81.2.69.142/31", "GB", "Lundenwic")], 1_900_000_000),
+    );
+    gw.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = read_from(&gw, &token, "81.2.69.142");
+        if r.event.net.geo.flatten().and_then(|g| g.city).as_deref() == Some("Lundenwic") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "SIGHUP did not pick up the file");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let (served, failed) = load.finish();
+    assert!(served > 20, "the load ran ({served})");
+    assert!(failed.is_empty(), "no request failed: {failed:?}");
+}

@@ -403,6 +403,13 @@ fn run(path: &std::path::Path, upgrade: bool) -> ExitCode {
     };
     init_logging(&config.log);
     let base = Config::base_dir(path);
+    if !upgrade {
+        if let Err(e) = crate::server::check_listen_addresses(&config) {
+            tracing::error!(error = %e, "auditgate cannot start");
+            eprintln!("auditgate: cannot start: {e}");
+            return ExitCode::from(2);
+        }
+    }
     // On an upgrade the sockets come first (the old process sends them on SIGQUIT, then
     // drains); the journal is free once it has.
     let server = crate::server::new_server(&config, upgrade);

@@ -36,6 +36,36 @@ pub enum StartError {
     Runtime(#[from] std::io::Error),
     #[error("archive: {0}")]
     Archive(#[from] crate::archive::ArchiveError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Listen {
+        addr: String,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Check that every address the process listens on can be bound now: a port already in use is
+/// a start error with its address, not a service that silently never runs. (Not for an
+/// upgrade, where the running process holds them and hands them over.)
+pub fn check_listen_addresses(config: &Config) -> Result<(), StartError> {
+    let mut addresses: Vec<(&str, &'static str)> = config
+        .server
+        .listen
+        .iter()
+        .map(|a| (a.as_str(), "server.listen"))
+        .collect();
+    if config.admin.enabled {
+        addresses.push((config.admin.listen.as_str(), "admin.listen"));
+    }
+    for (addr, what) in addresses {
+        std::net::TcpListener::bind(addr).map_err(|source| StartError::Listen {
+            addr: addr.to_string(),
+            what,
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// What `prepare` built: the gateway logic and the runtime that runs its background tasks.
@@ -306,6 +336,17 @@ pub fn run_with(
     );
     // The background runtime (archiver, JWKS refresh, SIGHUP) lives until the exit.
     std::mem::forget(prepared.background);
+    // Pingora builds each service's listeners in that service's runtime and panics there when
+    // it cannot: the rest of the process would run on without the listener. A gateway missing
+    // its proxy or admin listener must not run at all.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        if info.to_string().contains("Failed to build listeners") {
+            tracing::error!("a listener could not be opened; stopping");
+            std::process::exit(2);
+        }
+    }));
     server.run(pingora::server::RunArgs {
         shutdown_signal: Box::new(Signals {
             draining,

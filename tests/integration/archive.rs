@@ -285,7 +285,7 @@ fn an_s3_outage_costs_no_request_and_no_record() {
     let before = wait_until_shipped(&gw);
     // Metrics: shipped, nothing waiting, reachable; and ready.
     wait_metric(&gw, "auditgate_archive_shipped_through_seq", |v| {
-        v == before as f64
+        v >= before as f64
     });
     assert_eq!(gw.metric("auditgate_archive_reachable"), 1.0);
     assert_eq!(gw.metric("auditgate_archive_backlog_segments"), 0.0);

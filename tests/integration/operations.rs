@@ -577,3 +577,20 @@ fn a_zero_downtime_upgrade_hands_over_listeners_and_journal_without_a_failed_req
     let (code, out) = verify_cli(&gw.journal, false);
     assert_eq!(code, 0, "{out}");
 }
+
+#[test]
+fn a_listener_address_in_use_stops_the_start_with_its_name() {
+    let fhir = FhirServer::seeded();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
+    opts.port = Some(taken.local_addr().unwrap().port());
+    let log = match Gateway::try_start(opts) {
+        Ok(_) => panic!("started on a port that is in use"),
+        Err(log) => log,
+    };
+    assert!(
+        log.contains("exited with exit status: 2") && log.contains("(server.listen)"),
+        "{log}"
+    );
+    assert!(log.contains("cannot listen on"), "{log}");
+}

@@ -119,6 +119,23 @@ impl Gateway {
 
     /// Start a gateway; `Err(its log)` if the process exits instead of listening.
     pub fn try_start(opts: GatewayOptions) -> Result<Gateway, String> {
+        // A free port can be taken by another test's server between choosing it and binding
+        // it; the gateway then refuses to start ("cannot listen on"): choose again.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::try_start_once(&opts) {
+                Err(log)
+                    if attempt < 4 && opts.port.is_none() && log.contains("cannot listen on") =>
+                {
+                    continue
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_start_once(opts: &GatewayOptions) -> Result<Gateway, String> {
         let keys = TestKeys::new();
         let jwks = JwksServer::start(&keys::jwks(&[&keys.jwks_key]));
         let dir = tempfile::tempdir().unwrap();
@@ -225,7 +242,7 @@ listen = "127.0.0.1:{admin_port}"
             jwks,
             keys,
             log_path,
-            env: opts.env,
+            env: opts.env.clone(),
         };
         gw.try_spawn()?;
         Ok(gw)
@@ -270,6 +287,22 @@ listen = "127.0.0.1:{admin_port}"
             if std::time::Instant::now() >= deadline {
                 return Err(format!("not listening after 20 s:\n{}", self.log()));
             }
+        }
+        // The port answering may be someone else's listener: the process must also still run
+        // once its start-up checks (which come before the listeners) are done.
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_millis(300)
+            && !self.log().contains("auditgate listening")
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(status) = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+        {
+            self.child = None;
+            return Err(format!("exited with {status}:\n{}", self.log()));
         }
         Ok(())
     }

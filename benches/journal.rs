@@ -90,7 +90,9 @@ fn event(n: u64) -> Event {
         clock: ClockState {
             synced: true,
             max_error_ms: 12,
+            est_error_ms: 1,
         },
+        received: "2026-11-26T10:00:00.123456Z".into(),
     }
 }
 

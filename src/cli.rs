@@ -402,6 +402,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> ExitCode {
         Err(code) => return code,
     };
     init_logging(&config.log);
+    override_clock_for_tests();
     let base = Config::base_dir(path);
     if !upgrade {
         if let Err(e) = crate::server::check_listen_addresses(&config) {
@@ -425,6 +426,32 @@ fn run(path: &std::path::Path, upgrade: bool) -> ExitCode {
             eprintln!("auditgate: cannot start: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Debug builds only (the tests' builds): `AUDITGATE_TEST_CLOCK_STATE=synced=false,max_error_ms=N`
+/// replaces the kernel's clock state through [`crate::clock::set_override`], so tests can show
+/// what the gateway does with an unsynchronised clock. Release builds have no such variable.
+fn override_clock_for_tests() {
+    #[cfg(debug_assertions)]
+    if let Some(spec) = std::env::var("AUDITGATE_TEST_CLOCK_STATE")
+        .ok()
+        .filter(|s| !s.is_empty())
+    {
+        let mut state = crate::record::ClockState {
+            synced: true,
+            max_error_ms: 1,
+            est_error_ms: 0,
+        };
+        for part in spec.split(',') {
+            match part.split_once('=') {
+                Some(("synced", v)) => state.synced = v == "true",
+                Some(("max_error_ms", v)) => state.max_error_ms = v.parse().unwrap_or(u64::MAX),
+                Some(("est_error_ms", v)) => state.est_error_ms = v.parse().unwrap_or(u64::MAX),
+                _ => {}
+            }
+        }
+        crate::clock::set_override(state);
     }
 }
 

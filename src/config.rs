@@ -41,6 +41,7 @@ impl ConfigError {
 use crate::admin::AdminConfig;
 use crate::archive::ArchiveConfig;
 use crate::checkpoint::CheckpointConfig;
+use crate::clock::ClockConfig;
 use crate::geoip::GeoIpConfig;
 use crate::identity::IdentityConfig;
 use crate::journal::JournalConfig;
@@ -82,6 +83,9 @@ pub struct Config {
     /// GeoIP and ASN databases for the client IP.
     #[serde(default)]
     pub geoip: GeoIpConfig,
+    /// What to do when the clock cannot be trusted.
+    #[serde(default)]
+    pub clock: ClockConfig,
 }
 
 /// `[server]`
@@ -370,6 +374,7 @@ impl Config {
         self.network.validate()?;
         self.admin.validate()?;
         self.geoip.validate()?;
+        self.clock.validate()?;
         if self.admin.enabled && self.server.listen.contains(&self.admin.listen) {
             return Err(ConfigError::invalid(
                 "admin.listen",

@@ -1528,6 +1528,7 @@ pub(crate) mod tests {
             net: NetworkVector::default(),
             outcome: None,
             clock: ClockState::default(),
+            received: String::new(),
         }
     }
 

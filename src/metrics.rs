@@ -100,6 +100,8 @@ pub struct Metrics {
     clock_synchronized: IntGauge,
     /// `auditgate_clock_max_error_seconds` (set at scrape time).
     clock_max_error: Gauge,
+    /// `auditgate_clock_estimated_error_seconds` (set at scrape time).
+    clock_est_error: Gauge,
     /// `auditgate_jwks_refreshes_total{result}`.
     pub jwks_refreshes: IntCounterVec,
     /// `auditgate_jwks_last_success_timestamp_seconds`.
@@ -350,6 +352,11 @@ impl Metrics {
                 "auditgate_clock_max_error_seconds",
                 "The kernel's bound on the clock's error.",
             ),
+            clock_est_error: gauge(
+                &r,
+                "auditgate_clock_estimated_error_seconds",
+                "The kernel's estimate of the clock's error.",
+            ),
             jwks_refreshes: counter_vec(
                 &r,
                 "auditgate_jwks_refreshes_total",
@@ -497,6 +504,7 @@ impl Metrics {
         let clock = crate::clock::read();
         self.clock_synchronized.set(i64::from(clock.synced));
         self.clock_max_error.set(clock.max_error_ms as f64 / 1000.0);
+        self.clock_est_error.set(clock.est_error_ms as f64 / 1000.0);
         let mut out = Vec::with_capacity(16 * 1024);
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

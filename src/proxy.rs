@@ -69,6 +69,8 @@ pub struct RequestCtx {
     snap: Arc<Snapshot>,
     /// When the request's head was read.
     started: Instant,
+    /// The same moment on the wall clock, for the record's `received`.
+    received: std::time::SystemTime,
     /// The record under construction: who, what, from where. Set in `request_filter`.
     event: Option<Event>,
     /// The seq of this request's intent record.
@@ -309,6 +311,7 @@ impl ProxyHttp for Gateway {
             _in_flight: InFlight::new(&self.in_flight),
             snap: self.live.current(),
             started: Instant::now(),
+            received: std::time::SystemTime::now(),
             event: None,
             intent_seq: None,
             outcome_written: false,
@@ -413,6 +416,7 @@ impl ProxyHttp for Gateway {
             net,
             outcome: None,
             clock: clock::current(),
+            received: crate::journal::format_ts(ctx.received),
         };
         if let Ok(c) = &classified {
             apply_classification(&mut event, c);
@@ -427,6 +431,25 @@ impl ProxyHttp for Gateway {
             self.unavailable(session, &snap.net, false, &e, &request_id)
                 .await?;
             return Ok(true);
+        }
+        // Trusted time, when the site requires it: a request that cannot be time-stamped
+        // reliably is refused (with a record that says so).
+        let clock_state = ctx.event.as_ref().expect("event set above").clock;
+        if let Some(reason) = snap.clock.refuses(&clock_state) {
+            metrics::global()
+                .fail_closed_refusals
+                .with_label_values(&[reason])
+                .inc();
+            return self
+                .refuse(
+                    session,
+                    ctx,
+                    503,
+                    reason,
+                    "the gateway's clock is not synchronised, so this access cannot be time-stamped reliably",
+                    &[("retry-after", "30".into())],
+                )
+                .await;
         }
         // Refusals, each journaled before it is answered.
         if let Err(f) = &auth {

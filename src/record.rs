@@ -268,6 +268,9 @@ pub struct ClockState {
     pub synced: bool,
     /// The kernel's maximum error estimate, in milliseconds.
     pub max_error_ms: u64,
+    /// The kernel's estimated error, in milliseconds.
+    #[serde(default)]
+    pub est_error_ms: u64,
 }
 
 /// The outcome part of an outcome record.
@@ -327,6 +330,10 @@ pub struct Event {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub outcome: Option<Outcome>,
     pub clock: ClockState,
+    /// When the gateway read the request's head (UTC, microseconds); the chain's `ts` is when
+    /// the record was written.
+    #[serde(default)]
+    pub received: String,
 }
 
 impl Event {
@@ -431,6 +438,7 @@ mod tests {
                 ..Default::default()
             }),
             clock: ClockState::default(),
+            received: String::new(),
         }
     }
 

@@ -35,6 +35,8 @@ pub struct Snapshot {
     pub net: Arc<NetPolicy>,
     /// The GeoIP/ASN databases, when configured.
     pub geo: Option<Arc<GeoIp>>,
+    /// The trusted-time policy.
+    pub clock: crate::clock::ClockConfig,
 }
 
 /// The current snapshot, swappable.
@@ -101,6 +103,7 @@ pub async fn load_snapshot(config: &Config, base_dir: &Path) -> Result<Snapshot,
         rules: Arc::new(rules),
         net: Arc::new(NetPolicy::new(&config.network)),
         geo,
+        clock: config.clock.clone(),
     })
 }
 
@@ -184,6 +187,7 @@ impl Reloader {
                     effective.rules = config.rules;
                     effective.network = config.network;
                     effective.geoip = config.geoip;
+                    effective.clock = config.clock;
                     *current = effective;
                     ignored
                 };

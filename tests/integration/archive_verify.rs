@@ -47,6 +47,7 @@ fn event(n: usize) -> Event {
         net: NetworkVector::default(),
         outcome: None,
         clock: ClockState::default(),
+        received: String::new(),
     }
 }
 

@@ -200,3 +200,96 @@ fn a_replaced_database_is_picked_up_under_load_without_a_failed_request() {
     assert!(served > 20, "the load ran ({served})");
     assert!(failed.is_empty(), "no request failed: {failed:?}");
 }
+
+/// A gateway whose clock module reports `state` (debug builds read it from the environment).
+fn gateway_with_clock(fhir: &FhirServer, state: &str, clock_toml: &str) -> Gateway {
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
+    if !state.is_empty() {
+        opts.env = vec![("AUDITGATE_TEST_CLOCK_STATE".into(), state.into())];
+    }
+    opts.extra_toml = clock_toml.into();
+    Gateway::start(opts)
+}
+
+#[test]
+fn the_clock_state_is_in_every_record_and_the_refuse_policy_refuses_an_untrusted_clock() {
+    let fhir = FhirServer::seeded();
+    // The real kernel state, recorded with the request's arrival and the record's time.
+    let gw = gateway_with_clock(fhir, "", "");
+    let token = gw.token("dr.time");
+    let r = read_from(&gw, &token, "81.2.69.142");
+    let kernel = auditgate::clock::read();
+    assert_eq!(r.event.clock.synced, kernel.synced);
+    assert!(
+        r.event.received.ends_with('Z') && r.event.received.len() == 27,
+        "{}",
+        r.event.received
+    );
+    assert!(r.event.received <= r.header.ts, "received before written");
+    drop(gw);
+
+    // Unsynchronised under the default policy: served, and every record says so.
+    let gw = gateway_with_clock(fhir, "synced=false,max_error_ms=16000", "");
+    let token = gw.token("dr.time");
+    let r = read_from(&gw, &token, "81.2.69.142");
+    assert!(!r.event.clock.synced);
+    assert_eq!(r.event.clock.max_error_ms, 16_000);
+    assert!(gw.log().contains("overridden"));
+    assert_eq!(gw.metric("auditgate_clock_synchronized"), 0.0);
+    drop(gw);
+
+    // Under `refuse`: 503, nothing forwarded, and the refusal is recorded.
+    let gw = gateway_with_clock(
+        fhir,
+        "synced=false,max_error_ms=16000",
+        "[clock]\nunsynchronised = \"refuse\"\n",
+    );
+    let token = gw.token("dr.time");
+    let resp = http_client()
+        .get(gw.url("/fhir/Patient/example"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let body = resp.text().unwrap();
+    assert!(body.contains("clock_unsynchronised"), "{body}");
+    assert!(!body.contains("resourceType"), "no patient data: {body}");
+    let records = gw.records();
+    let r = records
+        .iter()
+        .find(|r| r.event.request_id == id)
+        .expect("the refusal is recorded");
+    assert_eq!(r.event.outcome.as_ref().unwrap().status, 503);
+    assert_eq!(
+        r.event.outcome.as_ref().unwrap().error.as_deref(),
+        Some("clock_unsynchronised")
+    );
+    assert!(
+        !fhir
+            .traffic()
+            .iter()
+            .any(|t| t.req_headers.get("x-request-id") == Some(&id)),
+        "the refused request never reached the EHR"
+    );
+    assert_eq!(
+        gw.metric(r#"auditgate_fail_closed_refusals_total{reason="clock_unsynchronised"}"#),
+        1.0
+    );
+    drop(gw);
+
+    // A synchronised clock whose error bound is above the configured maximum.
+    let gw = gateway_with_clock(
+        fhir,
+        "synced=true,max_error_ms=2500",
+        "[clock]\nunsynchronised = \"refuse\"\nmax_error_ms = 1000\n",
+    );
+    let token = gw.token("dr.time");
+    let resp = http_client()
+        .get(gw.url("/fhir/Patient/example"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    assert!(resp.text().unwrap().contains("clock_error_too_large"));
+}

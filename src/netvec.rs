@@ -34,6 +34,11 @@ pub struct NetworkConfig {
     /// Only this header is walked; the other one is whatever the client sent, never believed.
     #[serde(default)]
     pub forwarded_header: ForwardedHeader,
+    /// Rules (by name) whose requests must carry a device ID (from the header, a token claim
+    /// or a client certificate); one without gets 403 `device_id_required`, with a record.
+    /// `"*"`: every request, unmatched ones included. Default: none.
+    #[serde(default)]
+    pub require_device_id_rules: Vec<String>,
 }
 
 /// The header that carries the forwarded chain.
@@ -58,6 +63,7 @@ impl Default for NetworkConfig {
             device_id_header: None,
             request_id_header: default_request_id_header(),
             forwarded_header: ForwardedHeader::default(),
+            require_device_id_rules: Vec::new(),
         }
     }
 }
@@ -94,6 +100,7 @@ pub struct ClientAddr {
 pub struct NetPolicy {
     trusted: Vec<IpNet>,
     device_header: Option<http::HeaderName>,
+    require_device_id_rules: Vec<String>,
     request_id_header: http::HeaderName,
     forwarded_header: ForwardedHeader,
 }
@@ -103,6 +110,7 @@ impl NetPolicy {
     pub fn new(cfg: &NetworkConfig) -> NetPolicy {
         NetPolicy {
             trusted: cfg.trusted_proxies.clone(),
+            require_device_id_rules: cfg.require_device_id_rules.clone(),
             device_header: cfg
                 .device_id_header
                 .as_deref()
@@ -148,6 +156,13 @@ impl NetPolicy {
             client_ip: client,
             forwarded_chain: chain,
         }
+    }
+
+    /// Whether requests matched by `rule` must carry a device ID.
+    pub fn requires_device_id(&self, rule: &str) -> bool {
+        self.require_device_id_rules
+            .iter()
+            .any(|r| r == "*" || r == rule)
     }
 
     /// The device ID from the configured header, if any.
@@ -319,6 +334,46 @@ mod tests {
         assert_ne!(p.request_id("8.8.8.8".parse().unwrap(), &h), "abc-123");
         let bad = headers(&[("x-request-id", "a b")]);
         assert_ne!(p.request_id("127.0.0.1".parse().unwrap(), &bad), "a b");
+    }
+
+    proptest::proptest! {
+        /// Whatever the headers say, the walk never panics, and the client IP is the peer or an
+        /// address the chain names; a peer outside the trusted set is always the client.
+        #[test]
+        fn any_forwarded_header_is_walked_safely(
+            xff in proptest::collection::vec("[0-9a-f:.\\[\\], ]{0,40}|.{0,20}", 0..4),
+            fwd in "[ -~]{0,80}",
+            trusted_peer in proptest::bool::ANY,
+        ) {
+            for header in [ForwardedHeader::XForwardedFor, ForwardedHeader::Forwarded] {
+                let p = NetPolicy::new(&NetworkConfig {
+                    trusted_proxies: vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
+                    forwarded_header: header,
+                    ..NetworkConfig::default()
+                });
+                let mut h = HeaderMap::new();
+                for v in &xff {
+                    if let Ok(v) = http::HeaderValue::from_str(v) {
+                        h.append("x-forwarded-for", v);
+                    }
+                }
+                if let Ok(v) = http::HeaderValue::from_str(&fwd) {
+                    h.append(http::header::FORWARDED, v);
+                }
+                let peer: IpAddr = if trusted_peer { "127.0.0.1" } else { "81.2.69.142" }
+                    .parse()
+                    .unwrap();
+                let addr = p.client_addr(peer, &h);
+                if !trusted_peer {
+                    proptest::prop_assert_eq!(addr.client_ip, peer);
+                }
+                proptest::prop_assert!(
+                    addr.client_ip == peer
+                        || addr.forwarded_chain.iter().any(|hop| parse_hop(hop) == Some(addr.client_ip)),
+                    "{:?} from {:?}", addr.client_ip, addr.forwarded_chain
+                );
+            }
+        }
     }
 
     #[test]

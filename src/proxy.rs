@@ -510,6 +510,26 @@ impl ProxyHttp for Gateway {
         if classification.rule == crate::rules::UNMATCHED_RULE {
             metrics::global().unmatched_routes.inc();
         }
+        let has_device = ctx
+            .event
+            .as_ref()
+            .is_some_and(|e| e.net.device_id.is_some());
+        if !has_device && snap.net.requires_device_id(&classification.rule) {
+            metrics::global()
+                .rejected_requests
+                .with_label_values(&["device_id_required"])
+                .inc();
+            return self
+                .refuse(
+                    session,
+                    ctx,
+                    403,
+                    "device_id_required",
+                    "this request must come from an identified device",
+                    &[],
+                )
+                .await;
+        }
         if snap.rules.denies(&classification) {
             return self
                 .refuse(

@@ -97,6 +97,19 @@ pub async fn load_snapshot(config: &Config, base_dir: &Path) -> Result<Snapshot,
         .map_err(|e| ReloadError::Identity(e.to_string()))?;
     let rules =
         RuleSet::load(&config.rules, base_dir).map_err(|e| ReloadError::Rules(e.to_string()))?;
+    // A device-ID requirement naming no rule would silently require nothing.
+    let known: std::collections::HashSet<String> =
+        rules.rules().into_iter().map(|r| r.name).collect();
+    if let Some(unknown) = config
+        .network
+        .require_device_id_rules
+        .iter()
+        .find(|r| *r != "*" && *r != crate::rules::UNMATCHED_RULE && !known.contains(*r))
+    {
+        return Err(ReloadError::Rules(format!(
+            "network.require_device_id_rules names `{unknown}`, which no rule file defines"
+        )));
+    }
     let geo = GeoIp::load(&config.geoip, base_dir)?.map(Arc::new);
     Ok(Snapshot {
         identity: Arc::new(identity),

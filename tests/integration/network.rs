@@ -293,3 +293,143 @@ fn the_clock_state_is_in_every_record_and_the_refuse_policy_refuses_an_untrusted
     assert_eq!(resp.status().as_u16(), 503);
     assert!(resp.text().unwrap().contains("clock_error_too_large"));
 }
+
+/// GET with extra headers; (status, request ID).
+fn get_with(gw: &Gateway, token: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut req = http_client()
+        .get(gw.url("/fhir/Patient/example"))
+        .bearer_auth(token);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().unwrap();
+    let status = resp.status().as_u16();
+    (
+        status,
+        resp.headers()["x-request-id"].to_str().unwrap().to_string(),
+    )
+}
+
+fn record_of(gw: &Gateway, id: &str) -> Record {
+    gw.records()
+        .into_iter()
+        .rev()
+        .find(|r| r.event.request_id == id)
+        .expect("a record")
+}
+
+#[test]
+fn forwarded_chains_are_walked_only_through_trusted_proxies() {
+    let fhir = FhirServer::seeded();
+    // The test client (127.0.0.1) is NOT a trusted proxy here.
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
+    opts.trusted_proxies = vec!["10.0.0.0/8".into()];
+    let gw = Gateway::start(opts);
+    let token = gw.token("dr.spoof");
+    let (status, id) = get_with(&gw, &token, &[("X-Forwarded-For", "81.2.69.142")]);
+    assert_eq!(status, 200);
+    let r = record_of(&gw, &id);
+    assert_eq!(
+        r.event.net.client_ip, "127.0.0.1",
+        "a spoofed header is not believed"
+    );
+    assert_eq!(
+        r.event.net.forwarded_chain,
+        vec!["81.2.69.142"],
+        "but it is recorded"
+    );
+    drop(gw);
+
+    // Loopback and an IPv6 proxy network are trusted: a mixed chain is walked right to left
+    // to the first untrusted hop.
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
+    opts.trusted_proxies = vec!["127.0.0.0/8".into(), "2001:db8:1::/48".into()];
+    let gw = Gateway::start(opts);
+    let token = gw.token("dr.chain");
+    let cases: [(&[(&str, &str)], &str, &[&str]); 6] = [
+        (
+            &[("X-Forwarded-For", "203.0.113.9, 81.2.69.142, 2001:db8:1::5")],
+            "81.2.69.142",
+            &["203.0.113.9", "81.2.69.142", "2001:db8:1::5"],
+        ),
+        (
+            &[("X-Forwarded-For", "2001:218::1, 2001:db8:1::7")],
+            "2001:218::1",
+            &["2001:218::1", "2001:db8:1::7"],
+        ),
+        // Two header lines form one list.
+        (
+            &[
+                ("X-Forwarded-For", "81.2.69.142"),
+                ("X-Forwarded-For", "2001:db8:1::5"),
+            ],
+            "81.2.69.142",
+            &["81.2.69.142", "2001:db8:1::5"],
+        ),
+        // Malformed hops: recorded as sent; the walk stops at the last trusted proxy.
+        (
+            &[("X-Forwarded-For", "81.2.69.142, <script>, 2001:db8:1::5")],
+            "2001:db8:1::5",
+            &["81.2.69.142", "<script>", "2001:db8:1::5"],
+        ),
+        (&[("X-Forwarded-For", ",,, ,")], "127.0.0.1", &[]),
+        // Only the configured header (X-Forwarded-For) is walked; Forwarded is not believed.
+        (&[("Forwarded", "for=81.2.69.142")], "127.0.0.1", &[]),
+    ];
+    for (headers, client, chain) in cases {
+        let (status, id) = get_with(&gw, &token, headers);
+        assert_eq!(status, 200, "{headers:?}");
+        let r = record_of(&gw, &id);
+        assert_eq!(r.event.net.client_ip, client, "{headers:?}");
+        assert_eq!(r.event.net.forwarded_chain, chain, "{headers:?}");
+    }
+    // A header value that is not even text is dropped, never a crash.
+    let resp = http_client()
+        .get(gw.url("/fhir/Patient/example"))
+        .bearer_auth(&token)
+        .header(
+            "X-Forwarded-For",
+            reqwest::header::HeaderValue::from_bytes(b"81.2.69.142\xff").unwrap(),
+        )
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+}
+
+#[test]
+fn rules_can_require_a_device_id() {
+    let fhir = FhirServer::seeded();
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
+    opts.network_toml = "require_device_id_rules = [\"fhir-patient-read\"]".into();
+    let gw = Gateway::start(opts);
+    let token = gw.token("dr.device");
+    let (status, id) = get_with(&gw, &token, &[]);
+    assert_eq!(status, 403);
+    let r = record_of(&gw, &id);
+    assert_eq!(
+        r.event.outcome.as_ref().unwrap().error.as_deref(),
+        Some("device_id_required")
+    );
+    let (status, id) = get_with(&gw, &token, &[("X-Device-Id", "ward-3-cart-17")]);
+    assert_eq!(status, 200);
+    let r = record_of(&gw, &id);
+    assert_eq!(r.event.net.device_id.as_deref(), Some("ward-3-cart-17"));
+    assert_eq!(r.event.net.device_id_source.as_deref(), Some("header"));
+    // Other rules are not affected.
+    let resp = http_client()
+        .get(gw.url("/fhir/metadata"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        gw.metric(r#"auditgate_rejected_requests_total{reason="device_id_required"}"#),
+        1.0
+    );
+    drop(gw);
+    // A rule name that does not exist is a start error, not a requirement that never applies.
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
+    opts.network_toml = "require_device_id_rules = [\"fhir-patient-raed\"]".into();
+    let log = Gateway::try_start(opts).err().expect("refused");
+    assert!(log.contains("`fhir-patient-raed`"), "{log}");
+}

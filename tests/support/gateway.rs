@@ -77,6 +77,11 @@ pub struct GatewayOptions {
     pub server_toml: String,
     /// Extra keys for the `[admin]` section, e.g. `archive_unreachable_grace_secs = 2`.
     pub admin_toml: String,
+    /// `network.trusted_proxies` (default `["127.0.0.0/8"]`: the tests' own loopback client
+    /// is a trusted proxy, so a test can send `X-Forwarded-For` and see the walk).
+    pub trusted_proxies: Vec<String>,
+    /// Extra keys for the `[network]` section.
+    pub network_toml: String,
     /// Unmatched policy: `journal` or `deny`.
     pub unmatched: &'static str,
     /// Journal directory (default: inside the gateway's temp dir).
@@ -96,6 +101,8 @@ impl GatewayOptions {
             journal_toml: String::new(),
             server_toml: String::new(),
             admin_toml: String::new(),
+            trusted_proxies: vec!["127.0.0.0/8".into()],
+            network_toml: String::new(),
             unmatched: "journal",
             journal_dir: None,
             port: None,
@@ -203,8 +210,9 @@ files = ["{rules}"]
 unmatched = "{unmatched}"
 
 [network]
-trusted_proxies = ["127.0.0.0/8"]
+trusted_proxies = {trusted_proxies}
 device_id_header = "X-Device-Id"
+{network_toml}
 
 [log]
 format = "json"
@@ -222,6 +230,8 @@ listen = "127.0.0.1:{admin_port}"
             journal_toml = opts.journal_toml,
             server_toml = opts.server_toml,
             admin_toml = opts.admin_toml,
+            trusted_proxies = serde_json::to_string(&opts.trusted_proxies).unwrap(),
+            network_toml = opts.network_toml,
             rsa_pem = rsa_pem.display(),
             ec_pem = ec_pem.display(),
             jwks_url = jwks.url(),

@@ -346,7 +346,9 @@ fn forwarded_chains_are_walked_only_through_trusted_proxies() {
     opts.trusted_proxies = vec!["127.0.0.0/8".into(), "2001:db8:1::/48".into()];
     let gw = Gateway::start(opts);
     let token = gw.token("dr.chain");
-    let cases: [(&[(&str, &str)], &str, &[&str]); 6] = [
+    // (headers sent, client IP recorded, chain recorded)
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a [&'a str]);
+    let cases: [Case; 6] = [
         (
             &[("X-Forwarded-For", "203.0.113.9, 81.2.69.142, 2001:db8:1::5")],
             "81.2.69.142",

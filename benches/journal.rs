@@ -75,6 +75,7 @@ fn event(n: u64) -> Event {
                 org: Some("Qwest Communications Company, LLC".into()),
             })),
             geo_unavailable: None,
+            client_cert: None,
             gateway: GatewayId {
                 node: "gw-1".into(),
                 listener: "0.0.0.0:8080".into(),

@@ -47,6 +47,7 @@ use crate::identity::IdentityConfig;
 use crate::journal::JournalConfig;
 use crate::netvec::NetworkConfig;
 use crate::rules::RulesConfig;
+use crate::tls::TlsConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -86,6 +87,9 @@ pub struct Config {
     /// What to do when the clock cannot be trusted.
     #[serde(default)]
     pub clock: ClockConfig,
+    /// TLS listeners (and mutual TLS).
+    #[serde(default)]
+    pub tls: TlsConfig,
 }
 
 /// `[server]`
@@ -179,7 +183,7 @@ pub fn is_safe_token(s: &str) -> bool {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// Base URL of the EHR, `http://host:port` (TLS upstreams come later). A path prefix is not
+    /// Base URL of the EHR, `http://host:port` or `https://host:port`. A path prefix is not
     /// allowed: the request path is forwarded unchanged.
     pub url: String,
     /// TCP connect timeout.
@@ -194,6 +198,18 @@ pub struct UpstreamConfig {
     /// Idle pooled upstream connections are closed after this.
     #[serde(default = "default_idle_timeout_ms")]
     pub idle_timeout_ms: u64,
+    /// For `https://`: a CA bundle (PEM) the EHR's certificate must chain to. Unset: the
+    /// system's trusted roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// For `https://`: the name sent as SNI and required in the EHR's certificate. Default: the
+    /// URL's host (set it when the URL names the EHR by IP address but its certificate by name).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// For `https://`: accept any certificate and host name. Never in production: it is logged
+    /// as an error at every start and by check-config.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 fn default_connect_timeout_ms() -> u64 {
@@ -214,8 +230,11 @@ fn default_idle_timeout_ms() -> u64 {
 pub struct UpstreamTarget {
     /// `host:port` to connect to.
     pub authority: String,
-    /// The Host header value to send when the client's is replaced (kept as the client sent it).
+    /// The Host header value to send when the client's is replaced (kept as the client sent it);
+    /// also the TLS server name (SNI) and the name the certificate must carry.
     pub host: String,
+    /// `https://`.
+    pub tls: bool,
 }
 
 impl UpstreamConfig {
@@ -225,21 +244,22 @@ impl UpstreamConfig {
             .url
             .parse()
             .map_err(|e| ConfigError::invalid("upstream.url", format!("not a URL: {e}")))?;
-        match uri.scheme_str() {
-            Some("http") => {}
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
             Some(other) => {
                 return Err(ConfigError::invalid(
                     "upstream.url",
-                    format!("scheme `{other}` is not supported yet; use http://"),
+                    format!("scheme `{other}` is not supported; use http:// or https://"),
                 ))
             }
             None => {
                 return Err(ConfigError::invalid(
                     "upstream.url",
-                    "must start with http://",
+                    "must start with http:// or https://",
                 ))
             }
-        }
+        };
         // `Uri::host` keeps the brackets of an IPv6 literal; the authority adds its own.
         let host = uri
             .host()
@@ -253,17 +273,29 @@ impl UpstreamConfig {
                 "must not have a path or query: request paths are forwarded unchanged",
             ));
         }
-        let port = uri.port_u16().unwrap_or(80);
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let authority = if host.contains(':') {
             format!("[{host}]:{port}")
         } else {
             format!("{host}:{port}")
         };
-        Ok(UpstreamTarget { authority, host })
+        Ok(UpstreamTarget {
+            authority,
+            host,
+            tls,
+        })
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        self.target()?;
+        let target = self.target()?;
+        if !target.tls
+            && (self.ca_file.is_some() || self.insecure_skip_verify || self.server_name.is_some())
+        {
+            return Err(ConfigError::invalid(
+                "upstream.ca_file",
+                "ca_file, server_name and insecure_skip_verify are for an https:// upstream",
+            ));
+        }
         for (key, v) in [
             ("upstream.connect_timeout_ms", self.connect_timeout_ms),
             ("upstream.read_timeout_ms", self.read_timeout_ms),
@@ -375,6 +407,17 @@ impl Config {
         self.admin.validate()?;
         self.geoip.validate()?;
         self.clock.validate()?;
+        self.tls.validate()?;
+        for addr in &self.tls.listen {
+            if self.server.listen.contains(addr)
+                || (self.admin.enabled && self.admin.listen == *addr)
+            {
+                return Err(ConfigError::invalid(
+                    "tls.listen",
+                    format!("`{addr}` is also a plain or admin listener"),
+                ));
+            }
+        }
         if self.admin.enabled && self.server.listen.contains(&self.admin.listen) {
             return Err(ConfigError::invalid(
                 "admin.listen",
@@ -402,6 +445,10 @@ impl Config {
         }
         abs(&mut self.checkpoint.key_file);
         abs(&mut self.archive.dir);
+        if let Some(ca) = &mut self.upstream.ca_file {
+            abs(ca);
+        }
+        self.tls.resolve_paths(base);
     }
 
     /// The directory relative paths in the file were resolved against.
@@ -421,6 +468,9 @@ mod tests {
             read_timeout_ms: 1,
             write_timeout_ms: 1,
             idle_timeout_ms: 1,
+            ca_file: None,
+            server_name: None,
+            insecure_skip_verify: false,
         }
     }
 
@@ -470,7 +520,12 @@ hmac_secrets = [{ env_var = "X" }]
             upstream("http://ehr.local").target().unwrap().authority,
             "ehr.local:80"
         );
-        assert!(upstream("https://ehr.local").target().is_err());
+        assert_eq!(
+            upstream("https://ehr.local").target().unwrap().authority,
+            "ehr.local:443"
+        );
+        assert!(upstream("https://ehr.local").target().unwrap().tls);
+        assert!(upstream("ftp://ehr.local").target().is_err());
         assert!(upstream("http://ehr.local/fhir").target().is_err());
     }
 }

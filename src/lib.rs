@@ -41,4 +41,5 @@ pub mod record;
 pub mod reload;
 pub mod rules;
 pub mod server;
+pub mod tls;
 pub mod verify;

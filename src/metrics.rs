@@ -114,6 +114,10 @@ pub struct Metrics {
     pub geoip_build_timestamp: prometheus::GaugeVec,
     /// `auditgate_geoip_reloads_total{database, result}`.
     pub geoip_reloads: IntCounterVec,
+    /// `auditgate_tls_client_cert_rejected_total`.
+    pub tls_client_cert_rejected: IntCounter,
+    /// `auditgate_tls_cert_not_after_timestamp_seconds`.
+    pub tls_cert_not_after: Gauge,
     /// `auditgate_build_info{version}`.
     pub build_info: IntGaugeVec,
 }
@@ -397,6 +401,16 @@ impl Metrics {
                 "Replaced GeoIP database files picked up (ok) or refused, the old one serving on (failed), by database.",
                 &["database", "result"],
             ),
+            tls_client_cert_rejected: counter(
+                &r,
+                "auditgate_tls_client_cert_rejected_total",
+                "TLS handshakes refused because the client's certificate did not verify against tls.client_ca_file.",
+            ),
+            tls_cert_not_after: gauge(
+                &r,
+                "auditgate_tls_cert_not_after_timestamp_seconds",
+                "When the TLS listener's certificate expires (0: no TLS listener).",
+            ),
             build_info,
             registry: r,
         };
@@ -430,7 +444,7 @@ impl Metrics {
         for reason in ["failed", "backlog", "closed"] {
             m.fail_closed_refusals.with_label_values(&[reason]);
         }
-        for kind in ["unreachable", "timeout", "other"] {
+        for kind in ["unreachable", "tls", "timeout", "other"] {
             m.upstream_errors.with_label_values(&[kind]);
         }
         for reason in ["write", "seal"] {

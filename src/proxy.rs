@@ -41,7 +41,8 @@ use crate::journal::{Journal, JournalError};
 use crate::metrics;
 use crate::netvec::NetPolicy;
 use crate::record::{
-    Action, Attribution, Event, GatewayId, InteractionKind, NetworkVector, Outcome, Phase, Who,
+    Action, Attribution, ClientCert, Event, GatewayId, InteractionKind, NetworkVector, Outcome,
+    Phase, Who,
 };
 use crate::reload::{Live, Snapshot};
 use crate::rules::Classification;
@@ -59,6 +60,12 @@ pub struct Gateway {
     pub upstream: UpstreamConfig,
     /// `host:port` of the upstream.
     pub upstream_authority: String,
+    /// The upstream is `https://`.
+    pub upstream_tls: bool,
+    /// The name the upstream's certificate must carry (and the SNI sent).
+    pub upstream_sni: String,
+    /// `upstream.ca_file`, loaded; `None`: the system's roots.
+    pub upstream_ca: Option<Arc<Box<[pingora::tls::x509::X509]>>>,
 }
 
 /// Per-request state carried across phases.
@@ -358,6 +365,7 @@ impl ProxyHttp for Gateway {
                 .map(|s| s.chars().take(256).collect()),
             geo: None,
             geo_unavailable: None,
+            client_cert: None,
             gateway: GatewayId {
                 node: self.node.clone(),
                 listener: self.listener_name(session),
@@ -372,9 +380,29 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        if let Some(device) = snap.net.device_id(headers) {
-            net.device_id = Some(device);
-            net.device_id_source = Some("header".into());
+        // Device identity, most trustworthy first: a client certificate the TLS handshake
+        // verified, then the configured header, then (below) a token claim.
+        if let Some(tls) = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .filter(|t| !t.cert_digest.is_empty())
+        {
+            let sha256 = hex::encode(&tls.cert_digest);
+            net.device_id = Some(format!("sha256:{sha256}"));
+            net.device_id_source = Some("client_cert".into());
+            net.client_cert = Some(ClientCert {
+                sha256,
+                subject: tls
+                    .extension
+                    .get::<crate::tls::PeerCertificate>()
+                    .map(|p| p.subject.chars().take(512).collect()),
+            });
+        }
+        if net.device_id.is_none() {
+            if let Some(device) = snap.net.device_id(headers) {
+                net.device_id = Some(device);
+                net.device_id_source = Some("header".into());
+            }
         }
 
         let auth = snap
@@ -614,7 +642,24 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         _ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let mut peer = HttpPeer::new(self.upstream_authority.as_str(), false, String::new());
+        let mut peer = HttpPeer::new(
+            self.upstream_authority.as_str(),
+            self.upstream_tls,
+            if self.upstream_tls {
+                self.upstream_sni.clone()
+            } else {
+                String::new()
+            },
+        );
+        if self.upstream_tls {
+            // Certificate and host name are checked unless explicitly (and loudly) turned off.
+            let verify = !self.upstream.insecure_skip_verify;
+            peer.options.verify_cert = verify;
+            peer.options.verify_hostname = verify;
+            if let Some(ca) = &self.upstream_ca {
+                peer.options.ca = Some(ca.clone());
+            }
+        }
         let ms = std::time::Duration::from_millis;
         peer.options.connection_timeout = Some(ms(self.upstream.connect_timeout_ms));
         peer.options.read_timeout = Some(ms(self.upstream.read_timeout_ms));
@@ -714,6 +759,7 @@ impl ProxyHttp for Gateway {
             match e.etype() {
                 HTTPStatus(code) => *code,
                 ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError => 502,
+                TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | HandshakeError => 502,
                 ReadTimedout | WriteTimedout => 504,
                 _ => match e.esource() {
                     ErrorSource::Upstream => 502,
@@ -737,7 +783,12 @@ impl ProxyHttp for Gateway {
             self.unavailable(session, &net, true, &journal_error, &request_id)
                 .await
         } else {
+            let tls_failed = matches!(
+                e.etype(),
+                TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | HandshakeError
+            );
             let error = match code {
+                502 if tls_failed => "upstream_tls_failed",
                 502 => "upstream_unreachable",
                 504 => "upstream_timeout",
                 _ => "gateway_error",
@@ -745,6 +796,7 @@ impl ProxyHttp for Gateway {
             metrics::global()
                 .upstream_errors
                 .with_label_values(&[match code {
+                    502 if tls_failed => "tls",
                     502 => "unreachable",
                     504 => "timeout",
                     _ => "other",

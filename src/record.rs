@@ -205,7 +205,8 @@ pub struct NetworkVector {
     pub forwarded_chain: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub device_id: Option<String>,
-    /// Where the device ID came from (`header` or `claim`).
+    /// Where the device ID came from: `client_cert` (the SHA-256 fingerprint of a verified
+    /// client certificate), `header` or `claim`, in that order of preference.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub device_id_source: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -223,8 +224,21 @@ pub struct NetworkVector {
     /// `lookup_failed`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub geo_unavailable: Option<String>,
+    /// The client's TLS certificate, when it sent one that verified (mutual TLS).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub client_cert: Option<ClientCert>,
     /// The gateway node and listener that carried the request.
     pub gateway: GatewayId,
+}
+
+/// A verified client certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientCert {
+    /// SHA-256 of the certificate (DER), hex.
+    pub sha256: String,
+    /// Its subject, `CN=...,O=...`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub subject: Option<String>,
 }
 
 /// A field that is present (`Some`), possibly as `null` (`Some(None)`); absent is `None`

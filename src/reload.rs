@@ -76,6 +76,8 @@ pub enum ReloadError {
     Rules(String),
     #[error(transparent)]
     GeoIp(#[from] crate::geoip::GeoIpError),
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl ReloadError {
@@ -86,6 +88,7 @@ impl ReloadError {
             ReloadError::Identity(_) => "identity",
             ReloadError::Rules(_) => "rules",
             ReloadError::GeoIp(_) => "geoip",
+            ReloadError::Tls(_) => "tls",
         }
     }
 }
@@ -147,6 +150,15 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if differs(&old.log, &new.log) {
         changed.push("log");
     }
+    // Certificate and key files are reloaded; the listeners and client-CA settings are not.
+    let listeners_of = |c: &Config| crate::tls::TlsConfig {
+        cert_file: None,
+        key_file: None,
+        ..c.tls.clone()
+    };
+    if listeners_of(old) != listeners_of(new) {
+        changed.push("tls");
+    }
     changed
 }
 
@@ -158,6 +170,8 @@ pub struct Reloader {
     current: Mutex<Config>,
     /// The JWKS refresher of the identity in effect; replaced with it.
     refresher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The TLS listeners' certificate, when there are TLS listeners.
+    tls_certs: Option<Arc<crate::tls::ServerCerts>>,
 }
 
 impl Reloader {
@@ -167,7 +181,14 @@ impl Reloader {
             live,
             current: Mutex::new(config),
             refresher: Mutex::new(None),
+            tls_certs: None,
         }
+    }
+
+    /// Reload this certificate with the rest (SIGHUP).
+    pub fn with_tls_certs(mut self, certs: Option<Arc<crate::tls::ServerCerts>>) -> Self {
+        self.tls_certs = certs;
+        self
     }
 
     /// Start (or restart) the JWKS refresher of the identity in effect. Call inside a tokio
@@ -186,11 +207,16 @@ impl Reloader {
         let result = async {
             let config = Config::load(&self.config_path)?;
             let snapshot = load_snapshot(&config, &Config::base_dir(&self.config_path)).await?;
-            Ok::<_, ReloadError>((config, snapshot))
+            // A new certificate must load (and match its key) before anything is swapped.
+            let pair = match (&self.tls_certs, &config.tls.cert_file, &config.tls.key_file) {
+                (Some(_), Some(cert), Some(key)) => Some(crate::tls::CertKey::load(cert, key)?),
+                _ => None,
+            };
+            Ok::<_, ReloadError>((config, snapshot, pair))
         }
         .await;
         match result {
-            Ok((config, snapshot)) => {
+            Ok((config, snapshot, pair)) => {
                 let ignored = {
                     let mut current = self.current.lock().expect("config lock");
                     let ignored = restart_only_changes(&current, &config);
@@ -201,10 +227,15 @@ impl Reloader {
                     effective.network = config.network;
                     effective.geoip = config.geoip;
                     effective.clock = config.clock;
+                    effective.tls.cert_file = config.tls.cert_file;
+                    effective.tls.key_file = config.tls.key_file;
                     *current = effective;
                     ignored
                 };
                 self.live.swap(snapshot);
+                if let (Some(certs), Some(pair)) = (&self.tls_certs, pair) {
+                    certs.replace(pair);
+                }
                 self.start_refresher();
                 metrics.config_reloads.with_label_values(&["ok"]).inc();
                 metrics

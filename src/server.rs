@@ -54,6 +54,7 @@ pub fn check_listen_addresses(config: &Config) -> Result<(), StartError> {
         .listen
         .iter()
         .map(|a| (a.as_str(), "server.listen"))
+        .chain(config.tls.listen.iter().map(|a| (a.as_str(), "tls.listen")))
         .collect();
     if config.admin.enabled {
         addresses.push((config.admin.listen.as_str(), "admin.listen"));
@@ -78,6 +79,8 @@ pub struct Prepared {
     pub archive_stats: Option<Arc<crate::archive::ArchiveStats>>,
     /// The admin listener's application (`/metrics`, `/healthz`, `/readyz`).
     pub admin: AdminApp,
+    /// The TLS listeners' certificate, when there are TLS listeners.
+    pub tls_certs: Option<Arc<crate::tls::ServerCerts>>,
 }
 
 /// Open the journal, load keys and rules: everything but the listener. With `config_path`,
@@ -98,11 +101,21 @@ pub fn prepare(
     let live = Arc::new(Live::new(
         background.block_on(crate::reload::load_snapshot(config, base_dir))?,
     ));
-    let reloader = Arc::new(Reloader::new(
-        config_path.unwrap_or(std::path::Path::new("")),
-        config.clone(),
-        live.clone(),
-    ));
+    // TLS listeners' certificate: checked now, reloaded on SIGHUP.
+    let tls_certs = match (&config.tls.cert_file, &config.tls.key_file) {
+        (Some(cert), Some(key)) if !config.tls.listen.is_empty() => Some(Arc::new(
+            crate::tls::ServerCerts::load(cert, key).map_err(crate::reload::ReloadError::from)?,
+        )),
+        _ => None,
+    };
+    let reloader = Arc::new(
+        Reloader::new(
+            config_path.unwrap_or(std::path::Path::new("")),
+            config.clone(),
+            live.clone(),
+        )
+        .with_tls_certs(tls_certs.clone()),
+    );
     // JWKS URLs are refetched every `jwks_refresh_secs` for the life of the process (a key the
     // IdP withdraws stops being trusted within that time); a reload restarts the refresher.
     {
@@ -114,6 +127,19 @@ pub fn prepare(
     }
     background.spawn(crate::reload::watch_geoip_files(live.clone()));
     let target = config.upstream.target()?;
+    let upstream_ca = match (&config.upstream.ca_file, target.tls) {
+        (Some(path), true) => Some(Arc::new(
+            crate::tls::load_certificates(path)
+                .map_err(crate::reload::ReloadError::from)?
+                .into_boxed_slice(),
+        )),
+        _ => None,
+    };
+    if target.tls && config.upstream.insecure_skip_verify {
+        tracing::error!(
+            "upstream.insecure_skip_verify is on: the EHR's certificate is NOT checked, so anyone on the path can read and change patient data; never use this in production"
+        );
+    }
     // The archive must be able to take locked objects before anything is recorded.
     let archive_store = background.block_on(crate::archive::open_store(&config.archive));
     let mut archive_checked = false;
@@ -216,6 +242,7 @@ pub fn prepare(
         .server
         .listen
         .iter()
+        .chain(&config.tls.listen)
         .filter_map(|a| a.parse::<SocketAddr>().ok().map(|s| (s, a.clone())))
         .collect();
     let admin = AdminApp {
@@ -235,6 +262,9 @@ pub fn prepare(
         listeners,
         upstream: config.upstream.clone(),
         upstream_authority: target.authority,
+        upstream_tls: target.tls,
+        upstream_sni: config.upstream.server_name.clone().unwrap_or(target.host),
+        upstream_ca,
     };
     Ok(Prepared {
         gateway,
@@ -242,6 +272,7 @@ pub fn prepare(
         background,
         archive_stats,
         admin,
+        tls_certs,
     })
 }
 
@@ -309,6 +340,18 @@ pub fn run_with(
             .build();
     for addr in &config.server.listen {
         service.add_tcp(addr);
+    }
+    if let Some(certs) = &prepared.tls_certs {
+        for addr in &config.tls.listen {
+            match crate::tls::listener_settings(&config.tls, certs.clone()) {
+                Ok(settings) => service.add_tls_with_settings(addr, None, settings),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot set up the TLS listener");
+                    eprintln!("auditgate: cannot start: tls: {e}");
+                    std::process::exit(2);
+                }
+            }
+        }
     }
     server.add_service(service);
     if config.admin.enabled {

@@ -19,3 +19,4 @@ mod operations;
 mod proofs;
 mod s3_kit;
 mod tamper;
+mod tls;

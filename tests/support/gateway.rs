@@ -82,6 +82,10 @@ pub struct GatewayOptions {
     pub trusted_proxies: Vec<String>,
     /// Extra keys for the `[network]` section.
     pub network_toml: String,
+    /// `http` (default) or `https` for the upstream URL.
+    pub upstream_scheme: &'static str,
+    /// Extra keys for the `[upstream]` section.
+    pub upstream_toml: String,
     /// Unmatched policy: `journal` or `deny`.
     pub unmatched: &'static str,
     /// Journal directory (default: inside the gateway's temp dir).
@@ -103,6 +107,8 @@ impl GatewayOptions {
             admin_toml: String::new(),
             trusted_proxies: vec!["127.0.0.0/8".into()],
             network_toml: String::new(),
+            upstream_scheme: "http",
+            upstream_toml: String::new(),
             unmatched: "journal",
             journal_dir: None,
             port: None,
@@ -167,9 +173,10 @@ pid_file = "{dir}/pid"
 upgrade_sock = "{dir}/upgrade.sock"
 
 [upstream]
-url = "http://{upstream}"
+url = "{upstream_scheme}://{upstream}"
 connect_timeout_ms = 1000
 read_timeout_ms = 20000
+{upstream_toml}
 
 [journal]
 dir = "{journal}"
@@ -232,6 +239,8 @@ listen = "127.0.0.1:{admin_port}"
             admin_toml = opts.admin_toml,
             trusted_proxies = serde_json::to_string(&opts.trusted_proxies).unwrap(),
             network_toml = opts.network_toml,
+            upstream_scheme = opts.upstream_scheme,
+            upstream_toml = opts.upstream_toml,
             rsa_pem = rsa_pem.display(),
             ec_pem = ec_pem.display(),
             jwks_url = jwks.url(),

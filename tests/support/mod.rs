@@ -28,6 +28,7 @@
 // binary leaves unused would otherwise warn, and `-D warnings` turns that into an error.
 #![allow(dead_code, unused_imports)]
 
+pub mod certs;
 pub mod fhir;
 pub mod gateway;
 pub mod geoip;

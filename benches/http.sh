@@ -8,6 +8,8 @@
 #   (b) nginx    wrk -> nginx reverse proxy with a JSON access_log on disk -> upstream
 #   (c) gateway  wrk -> auditgate (RS256 JWT, rules/fhir-r4.toml, fsync'd journal) -> upstream
 #   (d) bare     wrk -> bare pingora proxy (benches/bare_proxy.rs) -> upstream
+#   (e) gateway over TLS: (c) through auditgate's TLS listener (same process; ECDSA P-256
+#       certificate, keep-alive connections: the steady-state cost of TLS, handshakes amortised)
 #
 # Two loads, identical wrk settings for every target: saturation (no pacing) and a paced
 # moderate load (a wrk Lua `delay()` that holds about PACED_RATE req/s in total). For each run
@@ -127,6 +129,7 @@ free_port UP_PORT
 free_port NGX_PORT
 free_port AG_PORT
 free_port BARE_PORT
+free_port AG_TLS_PORT
 
 # --- the 1 KiB bodies ------------------------------------------------------------------------
 pad() { head -c "$1" /dev/zero | tr '\0' 'x'; }
@@ -247,6 +250,11 @@ jwt_sig=$(printf '%s.%s' "$jwt_header" "$jwt_payload" |
 TOKEN=$jwt_header.$jwt_payload.$jwt_sig
 AUTH="Authorization: Bearer $TOKEN"
 
+# --- TLS certificate for (e) ----------------------------------------------------------------
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -keyout "$RUN/tls.key" -out "$RUN/tls.crt" -subj /CN=localhost \
+    -addext subjectAltName=IP:127.0.0.1,DNS:localhost 2>/dev/null
+
 # --- auditgate config --------------------------------------------------------------------------
 JOURNAL=$RUN/journal
 cat >"$RUN/auditgate.toml" <<EOF
@@ -277,6 +285,14 @@ pem_keys = [{ path = "$RUN/jwt-pub.pem", kid = "bench-1" }]
 
 [rules]
 files = ["$ROOT/rules/fhir-r4.toml"]
+
+[tls]
+listen = ["127.0.0.1:$AG_TLS_PORT"]
+cert_file = "$RUN/tls.crt"
+key_file = "$RUN/tls.key"
+
+[admin]
+enabled = false
 
 [log]
 format = "json"
@@ -317,17 +333,17 @@ AG_SENT=0
 wait_http_count=1 # wait_http's successful probe of auditgate
 AG_SENT=$((AG_SENT + wait_http_count))
 
-NAMES=(a b c d)
-declare -A LABEL=([a]="(a) nginx direct" [b]="(b) nginx proxy+JSON log" [c]="(c) auditgate full path" [d]="(d) bare pingora")
+NAMES=(a b c d e)
+declare -A LABEL=([a]="(a) nginx direct" [b]="(b) nginx proxy+JSON log" [c]="(c) auditgate full path" [d]="(d) bare pingora" [e]="(e) auditgate full path TLS")
 declare -A URL=([a]="http://127.0.0.1:$UP_PORT" [b]="http://127.0.0.1:$NGX_PORT"
-    [c]="http://127.0.0.1:$AG_PORT" [d]="http://127.0.0.1:$BARE_PORT")
-declare -A PID_OF=([a]=$UP_PID [b]=$NGX_PID [c]=$AG_PID [d]=$BARE_PID)
+    [c]="http://127.0.0.1:$AG_PORT" [d]="http://127.0.0.1:$BARE_PORT" [e]="https://127.0.0.1:$AG_TLS_PORT")
+declare -A PID_OF=([a]=$UP_PID [b]=$NGX_PID [c]=$AG_PID [d]=$BARE_PID [e]=$AG_PID)
 
 # Every target must answer the benchmark request with 200 and the 1 KiB body.
 for t in "${NAMES[@]}"; do
     for path in "$REQUEST_PATH" "/fhir/Observation?patient=example&code=29463-7"; do
-        got=$(curl -s -o /dev/null -w '%{http_code} %{size_download}' -H "$AUTH" "${URL[$t]}$path")
-        [[ $t == c ]] && AG_SENT=$((AG_SENT + 1))
+        got=$(curl -sk -o /dev/null -w '%{http_code} %{size_download}' -H "$AUTH" "${URL[$t]}$path")
+        [[ $t == [ce] ]] && AG_SENT=$((AG_SENT + 1))
         [[ $got == "200 $BODY_BYTES" ]] || die "${LABEL[$t]} answered '$got' to GET $path (want 200 $BODY_BYTES)"
     done
 done
@@ -483,9 +499,9 @@ run_wrk() { # run_wrk LOAD TARGET ROUND: one measured run
     out=$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s "$RUN/report.lua" -H "$AUTH" \
         "${URL[$t]}$REQUEST_PATH")
     line=$(grep '^WRKRESULT' <<<"$out") || die "wrk printed no result (warm-up $t): $out"
-    [[ $t == c ]] && AG_SENT=$((AG_SENT + $(sed -n 's/.* requests=\([0-9]*\) .*/\1/p' <<<"$line")))
+    [[ $t == [ce] ]] && AG_SENT=$((AG_SENT + $(sed -n 's/.* requests=\([0-9]*\) .*/\1/p' <<<"$line")))
     wait_quiet
-    [[ $t == [cd] ]] && thread_ticks "${PID_OF[$t]}" >"$RUN/threads-before"
+    [[ $t == [cde] ]] && thread_ticks "${PID_OF[$t]}" >"$RUN/threads-before"
     before=$(proc_ticks "${PID_OF[$t]}")
     ubefore=$(proc_ticks "$UP_PID")
     hbefore=$(host_ticks)
@@ -494,7 +510,7 @@ run_wrk() { # run_wrk LOAD TARGET ROUND: one measured run
         "${URL[$t]}$REQUEST_PATH")
     child_us wafter
     after=$(proc_ticks "${PID_OF[$t]}")
-    [[ $t == [cd] ]] && thread_ticks "${PID_OF[$t]}" >"$RUN/threads-after"
+    [[ $t == [cde] ]] && thread_ticks "${PID_OF[$t]}" >"$RUN/threads-after"
     uafter=$(proc_ticks "$UP_PID")
     hafter=$(host_ticks)
     printf '%s\n' "=== round $r $load ${LABEL[$t]}, ended $(date -u +%H:%M:%S)Z" "$out" >>"$RUN/wrk.log"
@@ -504,8 +520,8 @@ run_wrk() { # run_wrk LOAD TARGET ROUND: one measured run
     R[$k.upstream_ticks]=$((uafter - ubefore))
     R[$k.host_ticks]=$((hafter - hbefore))
     R[$k.wrk_us]=$((wafter - wbefore))
-    [[ $t == c ]] && AG_SENT=$((AG_SENT + R[$k.requests]))
-    if [[ $t == [cd] ]]; then
+    [[ $t == [ce] ]] && AG_SENT=$((AG_SENT + R[$k.requests]))
+    if [[ $t == [cde] ]]; then
         # CPU by thread name (pingora workers, journal-writer, ...), summed over the rounds.
         awk 'NR == FNR { b[$1] = $2; next } { if ($2 > b[$1]) print $1, $2 - b[$1] }' \
             "$RUN/threads-before" "$RUN/threads-after" >>"$RUN/threads-$load-$t"
@@ -535,7 +551,7 @@ if ((IDLE_BUSY_PCT > 20)); then
     say "WARNING: something else is using the CPUs; results will be noisy (see the other% column)"
 fi
 
-say "$ROUNDS rounds of: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency (warm-up $WARMUP each) against (a) (b) (c) (d), saturation then paced (~$PACED_RATE req/s: delay mean ${PACED_DELAY_MS} ms per connection)"
+say "$ROUNDS rounds of: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency (warm-up $WARMUP each) against (a) (b) (c) (d) (e), saturation then paced (~$PACED_RATE req/s: delay mean ${PACED_DELAY_MS} ms per connection)"
 for ((round = 1; round <= ROUNDS; round++)); do
     for load in saturation paced; do
         for t in "${NAMES[@]}"; do run_wrk "$load" "$t" "$round"; done
@@ -596,6 +612,11 @@ report=$(
             "$(ratio "$load" rps c b)x" "${cd_cpu}x" "$(ratio "$load" rps c d)x" \
             "$(awk -v r="$cd_cpu" -v t="$CPU_TARGET" 'BEGIN { print (r <= t) ? "met" : "NOT met" }')"
     done
+    printf '\nTLS termination     CPU/req e/c   req/s e/c   p50 e/c   p99 e/c\n'
+    for load in saturation paced; do
+        printf '%-22s %10sx %10sx %8sx %8sx\n' "$load" "$(ratio "$load" cpu e c)" \
+            "$(ratio "$load" rps e c)" "$(ratio "$load" p50 e c)" "$(ratio "$load" p99 e c)"
+    done
     printf '\nCPU us/req: utime+stime of the process under test (nginx: master + workers; auditgate:\n'
     printf 'all threads incl. the journal writer) / requests completed. upstr us, wrk us: the same\n'
     printf 'per request for the nginx upstream and for wrk. host us: all busy CPU of the machine\n'
@@ -611,7 +632,7 @@ report=$(
     done
     printf '\nCPU us/req by thread name, all rounds (pingora workers carry the service name):\n'
     for load in saturation paced; do
-        for t in c d; do
+        for t in c d e; do
             printf '  %-10s %-26s %s\n' "$load" "${LABEL[$t]}" "$(by_thread "$load" "$t")"
         done
     done
@@ -670,9 +691,10 @@ json_str() { # a JSON string literal
     sep=""
     for load in saturation paced; do
         cd_cpu=$(ratio "$load" cpu c d)
-        printf '%s    "%s": {"c_over_b": {"cpu_per_req": %s, "req_per_s": %s}, "c_over_d": {"cpu_per_req": %s, "req_per_s": %s}, "cpu_target_c_over_d_max": %s, "cpu_target_met": %s}' \
+        printf '%s    "%s": {"c_over_b": {"cpu_per_req": %s, "req_per_s": %s}, "c_over_d": {"cpu_per_req": %s, "req_per_s": %s}, "e_over_c": {"cpu_per_req": %s, "req_per_s": %s, "p50": %s, "p99": %s}, "cpu_target_c_over_d_max": %s, "cpu_target_met": %s}' \
             "$sep" "$load" "$(ratio "$load" cpu c b)" "$(ratio "$load" rps c b)" "$cd_cpu" \
-            "$(ratio "$load" rps c d)" "$CPU_TARGET" \
+            "$(ratio "$load" rps c d)" "$(ratio "$load" cpu e c)" "$(ratio "$load" rps e c)" \
+            "$(ratio "$load" p50 e c)" "$(ratio "$load" p99 e c)" "$CPU_TARGET" \
             "$(awk -v r="$cd_cpu" -v t="$CPU_TARGET" 'BEGIN { print (r <= t) ? "true" : "false" }')"
         sep=$',\n'
     done

@@ -465,6 +465,41 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         eprintln!("auditgate: rules: {e}");
         return ExitCode::from(2);
     }
+    // GeoIP databases, TLS certificates and CA bundles must load as `run` would load them.
+    let mut notes = Vec::new();
+    match crate::geoip::GeoIp::load(&config.geoip, &base) {
+        Ok(Some(_)) => notes.push("geoip databases load".to_string()),
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("auditgate: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    if let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) {
+        if let Err(e) = crate::tls::CertKey::load(cert, key) {
+            eprintln!("auditgate: tls: {e}");
+            return ExitCode::from(2);
+        }
+        notes.push(format!(
+            "tls certificate {} loads with its key",
+            cert.display()
+        ));
+    }
+    for ca in [&config.tls.client_ca_file, &config.upstream.ca_file]
+        .into_iter()
+        .flatten()
+    {
+        if let Err(e) = crate::tls::load_certificates(ca) {
+            eprintln!("auditgate: tls: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    if config.upstream.insecure_skip_verify {
+        eprintln!(
+            "auditgate: WARNING: upstream.insecure_skip_verify = true: the EHR's certificate is not checked"
+        );
+        notes.push("WARNING: upstream certificate verification is OFF".into());
+    }
     // The checkpoint key must load (it is not created here).
     let key_file = &config.checkpoint.key_file;
     let key_note = if key_file.exists() {
@@ -498,6 +533,9 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         Ok(text) => {
             println!("# effective configuration of {} (valid)", path.display());
             println!("# {key_note}");
+            for note in &notes {
+                println!("# {note}");
+            }
             println!("{text}");
             ExitCode::SUCCESS
         }

@@ -333,3 +333,62 @@ fn an_https_ehr_is_verified_and_a_wrong_certificate_fails_closed_with_a_record()
     assert_eq!(resp.status().as_u16(), 200);
     assert!(gw.log().contains("insecure_skip_verify is on"));
 }
+
+#[test]
+fn check_config_loads_certificates_and_geoip_databases_as_run_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("hospital");
+    let server = ca.server(dir.path(), "gateway");
+    let other = ca.server(dir.path(), "other");
+    let write = |tls_key: &Path, geo: &str| {
+        let path = dir.path().join("auditgate.toml");
+        std::fs::write(
+            &path,
+            format!(
+                r#"
+[upstream]
+url = "http://127.0.0.1:8000"
+[identity]
+[[identity.issuers]]
+issuer = "https://idp.test"
+audiences = ["a"]
+algorithms = ["HS256"]
+hmac_secrets = [{{ env_var = "X" }}]
+[rules]
+files = ["{rules}"]
+[tls]
+listen = ["127.0.0.1:8443"]
+cert_file = "{cert}"
+key_file = "{key}"
+[geoip]
+{geo}
+"#,
+                rules = crate::support::repo_root()
+                    .join("rules/fhir-r4.toml")
+                    .display(),
+                cert = server.cert.display(),
+                key = tls_key.display(),
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let path = write(&server.key, "");
+    let (code, out, err) =
+        crate::support::run_auditgate(&["check-config", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("loads with its key"), "{out}");
+    // A key from another certificate.
+    let path = write(&other.key, "");
+    let (code, _, err) =
+        crate::support::run_auditgate(&["check-config", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("does not belong to the certificate"), "{err}");
+    // A GeoIP database that is not one.
+    std::fs::write(dir.path().join("city.mmdb"), b"not a database").unwrap();
+    let path = write(&server.key, "city_db = \"city.mmdb\"");
+    let (code, _, err) =
+        crate::support::run_auditgate(&["check-config", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("city.mmdb"), "{err}");
+}

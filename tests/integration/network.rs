@@ -244,6 +244,21 @@ fn the_clock_state_is_in_every_record_and_the_refuse_policy_refuses_an_untrusted
         "synced=false,max_error_ms=16000",
         "[clock]\nunsynchronised = \"refuse\"\n",
     );
+    assert_refused_for_the_clock(&gw, fhir, "clock_unsynchronised");
+    drop(gw);
+
+    // A synchronised clock whose error bound is above the configured maximum.
+    let gw = gateway_with_clock(
+        fhir,
+        "synced=true,max_error_ms=2500",
+        "[clock]\nunsynchronised = \"refuse\"\nmax_error_ms = 1000\n",
+    );
+    assert_refused_for_the_clock(&gw, fhir, "clock_error_too_large");
+}
+
+/// A read through `gw` is answered 503 `reason` with no patient data, recorded, counted, and
+/// never reaches the EHR.
+fn assert_refused_for_the_clock(gw: &Gateway, fhir: &FhirServer, reason: &str) {
     let token = gw.token("dr.time");
     let resp = http_client()
         .get(gw.url("/fhir/Patient/example"))
@@ -253,18 +268,16 @@ fn the_clock_state_is_in_every_record_and_the_refuse_policy_refuses_an_untrusted
     assert_eq!(resp.status().as_u16(), 503);
     let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
     let body = resp.text().unwrap();
-    assert!(body.contains("clock_unsynchronised"), "{body}");
+    assert!(body.contains(reason), "{body}");
     assert!(!body.contains("resourceType"), "no patient data: {body}");
-    let records = gw.records();
-    let r = records
-        .iter()
+    let r = gw
+        .records()
+        .into_iter()
         .find(|r| r.event.request_id == id)
         .expect("the refusal is recorded");
-    assert_eq!(r.event.outcome.as_ref().unwrap().status, 503);
-    assert_eq!(
-        r.event.outcome.as_ref().unwrap().error.as_deref(),
-        Some("clock_unsynchronised")
-    );
+    let outcome = r.event.outcome.unwrap();
+    assert_eq!(outcome.status, 503);
+    assert_eq!(outcome.error.as_deref(), Some(reason));
     assert!(
         !fhir
             .traffic()
@@ -273,25 +286,11 @@ fn the_clock_state_is_in_every_record_and_the_refuse_policy_refuses_an_untrusted
         "the refused request never reached the EHR"
     );
     assert_eq!(
-        gw.metric(r#"auditgate_fail_closed_refusals_total{reason="clock_unsynchronised"}"#),
+        gw.metric(&format!(
+            r#"auditgate_fail_closed_refusals_total{{reason="{reason}"}}"#
+        )),
         1.0
     );
-    drop(gw);
-
-    // A synchronised clock whose error bound is above the configured maximum.
-    let gw = gateway_with_clock(
-        fhir,
-        "synced=true,max_error_ms=2500",
-        "[clock]\nunsynchronised = \"refuse\"\nmax_error_ms = 1000\n",
-    );
-    let token = gw.token("dr.time");
-    let resp = http_client()
-        .get(gw.url("/fhir/Patient/example"))
-        .bearer_auth(&token)
-        .send()
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 503);
-    assert!(resp.text().unwrap().contains("clock_error_too_large"));
 }
 
 /// GET with extra headers; (status, request ID).

@@ -276,23 +276,7 @@ listen = "127.0.0.1:{admin_port}"
 
     /// Start (or restart) the process; `Err(its log)` if it exits or does not listen in 20 s.
     pub fn try_spawn(&mut self) -> Result<(), String> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_auditgate"))
-            .args(["run", "--config"])
-            .arg(&self.config_path)
-            .env(HS_ENV, HS_SECRET)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start the auditgate binary");
-        self.child = Some(child);
+        self.child = Some(self.run_process(&[]));
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while !wait_for_port(self.port, Duration::from_millis(200)) {
             let exited = self
@@ -362,13 +346,20 @@ listen = "127.0.0.1:{admin_port}"
     /// sockets once this one gets SIGQUIT); the caller waits for the old one to exit, then
     /// hands the new one over with [`Gateway::adopt`].
     pub fn start_upgrade(&self) -> Child {
+        self.run_process(&["--upgrade"])
+    }
+
+    /// Start `auditgate run [EXTRA] --config CONFIG`, its output appended to the log.
+    fn run_process(&self, extra: &[&str]) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log_path)
             .unwrap();
         Command::new(env!("CARGO_BIN_EXE_auditgate"))
-            .args(["run", "--upgrade", "--config"])
+            .arg("run")
+            .args(extra)
+            .arg("--config")
             .arg(&self.config_path)
             .env(HS_ENV, HS_SECRET)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))

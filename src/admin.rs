@@ -142,6 +142,18 @@ impl Readiness {
             ok: rule_count > 0,
             detail: format!("{rule_count} rules loaded"),
         });
+        // Under `[clock] unsynchronised = "refuse"` an untrusted clock refuses every request:
+        // not ready, so load balancers send elsewhere.
+        let snapshot = self.live.current();
+        if let Some(reason) = snapshot.clock.refuses(&crate::clock::current()) {
+            checks.push(Check {
+                name: "clock",
+                ok: false,
+                detail: format!(
+                    "{reason}: requests are refused ([clock] unsynchronised = \"refuse\")"
+                ),
+            });
+        }
         if self.archive_configured {
             let failing = crate::metrics::global().archive_failing_for();
             let ok = failing.is_none_or(|d| d <= self.archive_grace);

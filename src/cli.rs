@@ -404,7 +404,18 @@ fn run(path: &std::path::Path, upgrade: bool) -> ExitCode {
     init_logging(&config.log);
     override_clock_for_tests();
     let base = Config::base_dir(path);
-    if !upgrade {
+    if upgrade {
+        // Everything but the journal must load before the running process is asked for its
+        // sockets: a new build or config that cannot start must not take the service down.
+        if let Err(e) = crate::server::preflight(&config, &base) {
+            tracing::error!(error = %e, "auditgate cannot start; the running process keeps serving");
+            eprintln!("auditgate: cannot start: {e}");
+            return ExitCode::from(2);
+        }
+        tracing::info!(
+            "ready to take over: waiting for the running process's sockets (send it SIGQUIT)"
+        );
+    } else {
         if let Err(e) = crate::server::check_listen_addresses(&config) {
             tracing::error!(error = %e, "auditgate cannot start");
             eprintln!("auditgate: cannot start: {e}");

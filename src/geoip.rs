@@ -134,9 +134,10 @@ fn open_db(path: &Path, kind: DbKind) -> Result<OpenDb, GeoIpError> {
         path: path.to_path_buf(),
         source,
     })?;
-    // SAFETY: the mapping is read-only and private; it stays valid as long as the file is
-    // replaced by a rename (a new inode) rather than truncated or rewritten in place, which
-    // the module documentation and the README require (as `geoipupdate` does).
+    // SAFETY: the mapping is read-only but shared (memmap2's default): it stays valid and
+    // unchanging as long as the file is replaced by a rename (a new inode) rather than
+    // truncated or written in place, which the module documentation and the README require
+    // (as `geoipupdate` does).
     #[allow(unsafe_code)]
     let reader =
         unsafe { maxminddb::Reader::open_mmap(path) }.map_err(|e| GeoIpError::Invalid {
@@ -415,8 +416,18 @@ pub fn special_purpose(ip: IpAddr) -> Option<&'static str> {
                 Some("link_local")
             } else if v6.is_multicast() {
                 Some("multicast")
-            } else if s[0] == 0x2001 && s[1] == 0x0db8 {
+            } else if (s[0] == 0x2001 && s[1] == 0x0db8) || (s[0] == 0x3fff && s[1] < 0x1000) {
+                // 2001:db8::/32 and 3fff::/20 (RFC 9637).
                 Some("documentation")
+            } else if s[0] == 0x2001 && s[1] == 0 {
+                // Teredo: the address names a relay and an obfuscated client; databases map it
+                // to the relay's IPv4 address, which is not where the client is.
+                Some("teredo")
+            } else if s[0] == 0x2001 && s[1] == 2 && s[2] == 0 {
+                Some("benchmarking")
+            } else if s[0] == 0x0064 && s[1] == 0xff9b {
+                // 64:ff9b::/96 and 64:ff9b:1::/48: NAT64, translated IPv4 space.
+                Some("nat64")
             } else if s[0] & 0xE000 != 0x2000 {
                 // Outside 2000::/3, the only range allocated for global unicast.
                 Some("reserved")
@@ -610,6 +621,10 @@ pub(crate) mod tests {
         assert_eq!(class("fd00::1"), Some("private"));
         assert_eq!(class("fe80::1"), Some("link_local"));
         assert_eq!(class("2001:db8::1"), Some("documentation"));
+        assert_eq!(class("3fff:abc::1"), Some("documentation"));
+        assert_eq!(class("2001:0:4136:e378::1"), Some("teredo"));
+        assert_eq!(class("2001:2::1"), Some("benchmarking"));
+        assert_eq!(class("64:ff9b::8.8.8.8"), Some("nat64"));
         assert_eq!(class("::"), Some("unspecified"));
         assert_eq!(class("81.2.69.142"), None);
         assert_eq!(class("2001:218::1"), None);

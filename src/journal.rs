@@ -906,11 +906,26 @@ impl Journal {
     /// stored. Appends after this call fail with [`JournalError::Closed`]. Waits at most
     /// `timeout`.
     pub fn close(&self, timeout: Duration) -> Result<CloseReport, JournalError> {
+        let deadline = Instant::now() + timeout;
         let (reply, wait) = mpsc::channel();
-        self.queue
-            .send(Command::Close(reply))
-            .map_err(|_| JournalError::Closed)?;
-        match wait.recv_timeout(timeout) {
+        // Never block on a full queue behind a stuck writer: retry until the deadline.
+        let mut command = Command::Close(reply);
+        loop {
+            match self.queue.try_send(command) {
+                Ok(()) => break,
+                Err(TrySendError::Disconnected(_)) => return Err(JournalError::Closed),
+                Err(TrySendError::Full(back)) => {
+                    if Instant::now() >= deadline {
+                        return Err(JournalError::CloseTimeout {
+                            secs: timeout.as_secs(),
+                        });
+                    }
+                    command = back;
+                    thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+        match wait.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(result) => result,
             Err(RecvTimeoutError::Timeout) => Err(JournalError::CloseTimeout {
                 secs: timeout.as_secs(),
@@ -1289,7 +1304,11 @@ impl Writer {
                 c.request();
             }
             if !c.checkpointer.flush(CLOSE_CHECKPOINT_WAIT) {
-                tracing::error!("the final checkpoint was not stored in time");
+                // The segment is sealed, but no signed checkpoint is known to cover it: not a
+                // clean stop (the next start signs the recovered head).
+                return Err(JournalError::CloseTimeout {
+                    secs: CLOSE_CHECKPOINT_WAIT.as_secs(),
+                });
             }
         }
         tracing::info!(

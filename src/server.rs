@@ -45,6 +45,34 @@ pub enum StartError {
     },
 }
 
+/// Load everything [`prepare`] loads except the journal (keys and JWKS, rules, GeoIP, TLS
+/// material, the upstream's CA bundle, the checkpoint key), and drop it. For an upgrade this
+/// runs before the new process takes the listening sockets: a new binary or configuration that
+/// cannot start fails here, while the running process still serves.
+pub fn preflight(config: &Config, base_dir: &std::path::Path) -> Result<(), StartError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(crate::reload::load_snapshot(config, base_dir))?;
+    config.upstream.target()?;
+    if let Some(ca) = &config.upstream.ca_file {
+        crate::tls::load_certificates(ca).map_err(crate::reload::ReloadError::from)?;
+    }
+    if let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) {
+        crate::tls::CertKey::load(cert, key).map_err(crate::reload::ReloadError::from)?;
+    }
+    if let Some(ca) = &config.tls.client_ca_file {
+        crate::tls::load_certificates(ca).map_err(crate::reload::ReloadError::from)?;
+    }
+    CheckpointSigner::load(
+        &config.checkpoint.key_file,
+        config.checkpoint.create_key_if_missing,
+        &format!("auditgate/{}", config.server.node),
+    )
+    .map_err(JournalError::from)?;
+    Ok(())
+}
+
 /// Check that every address the process listens on can be bound now: a port already in use is
 /// a start error with its address, not a service that silently never runs. (Not for an
 /// upgrade, where the running process holds them and hands them over.)
@@ -291,7 +319,9 @@ pub fn new_server(config: &Config, upgrade: bool) -> Server {
         threads: config.server.threads,
         // Pingora's own drain is a fixed sleep; the drain monitor below ends the process as
         // soon as nothing is in flight, so this is only the upper bound behind it.
-        grace_period_seconds: Some(config.server.drain_timeout_secs + 2),
+        grace_period_seconds: Some(
+            config.server.drain_timeout_secs + JOURNAL_CLOSE_TIMEOUT.as_secs() + 2,
+        ),
         graceful_shutdown_timeout_seconds: Some(1),
         pid_file: config.server.pid_file.to_string_lossy().into_owned(),
         upgrade_sock: config.server.upgrade_sock.to_string_lossy().into_owned(),
@@ -401,8 +431,15 @@ pub fn run_with(
     std::process::exit(close_journal(&journal))
 }
 
-/// Seal and close the journal; the exit code to use.
+/// Seal and close the journal, once per process; the exit code to use. The drain monitor and
+/// the path after pingora's own shutdown may both get here: the second waits for the first
+/// and reports its result.
 fn close_journal(journal: &Journal) -> i32 {
+    static CLOSED: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+    *CLOSED.get_or_init(|| close_journal_once(journal))
+}
+
+fn close_journal_once(journal: &Journal) -> i32 {
     match journal.close(JOURNAL_CLOSE_TIMEOUT) {
         Ok(report) => {
             tracing::info!(
@@ -448,8 +485,14 @@ impl ShutdownSignalWatch for Signals {
                     delay_secs = self.shutdown_delay.as_secs(),
                     "SIGTERM: /readyz now fails; serving through the delay, then draining"
                 );
-                tokio::time::sleep(self.shutdown_delay).await;
-                ShutdownSignal::GracefulTerminate
+                // SIGINT still means "now" during the delay.
+                tokio::select! {
+                    _ = tokio::time::sleep(self.shutdown_delay) => ShutdownSignal::GracefulTerminate,
+                    _ = int.recv() => {
+                        tracing::info!("SIGINT during the delay: stopping now, without a drain");
+                        ShutdownSignal::FastShutdown
+                    }
+                }
             }
             _ = int.recv() => {
                 tracing::info!("SIGINT: stopping now, without a drain");
@@ -480,6 +523,11 @@ impl BackgroundService for DrainMonitor {
         self.draining.store(true, Ordering::Release);
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
         let mut quiet_since: Option<tokio::time::Instant> = None;
+        // SIGINT (or a second SIGTERM) during the drain ends it at once.
+        let mut hurry =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+        let mut again =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         loop {
             let now = tokio::time::Instant::now();
             let busy = self.in_flight.load(Ordering::Acquire);
@@ -498,7 +546,18 @@ impl BackgroundService for DrainMonitor {
                 );
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            let interrupted = tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(20)) => false,
+                Some(_) = async { hurry.as_mut()?.recv().await } => true,
+                Some(_) = async { again.as_mut()?.recv().await } => true,
+            };
+            if interrupted {
+                tracing::warn!(
+                    in_flight = busy,
+                    "asked again to stop: ending the drain now, cutting off the requests still in flight"
+                );
+                break;
+            }
         }
         let journal = self.journal.clone();
         let code = tokio::task::spawn_blocking(move || close_journal(&journal))

@@ -268,6 +268,13 @@ pub fn listener_settings(
     if let Some(ca) = &cfg.client_ca_file {
         // Load it ourselves first, for a clear error (OpenSSL's would name no file).
         load_certificates(ca)?;
+        // With client verification on, OpenSSL refuses to resume a session whose context is
+        // unset ("session id context uninitialized"): name the context after the CA bundle, so
+        // a session verified against another bundle is never resumed here.
+        let context = openssl::sha::sha256(&read(ca)?);
+        settings
+            .set_session_id_context(&context)
+            .map_err(|e| invalid(ca, e))?;
         settings.set_ca_file(ca).map_err(|e| invalid(ca, e))?;
         let names = X509Name::load_client_ca_file(ca).map_err(|e| invalid(ca, e))?;
         settings.set_client_ca_list(names);

@@ -291,6 +291,13 @@ fn assert_refused_for_the_clock(gw: &Gateway, fhir: &FhirServer, reason: &str) {
         )),
         1.0
     );
+    // Not ready either, so a load balancer sends elsewhere.
+    let (status, body) = gw.admin_get("/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("\"clock\"") && body.contains(reason),
+        "{body}"
+    );
 }
 
 /// GET with extra headers; (status, request ID).

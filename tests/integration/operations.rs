@@ -594,3 +594,70 @@ fn a_listener_address_in_use_stops_the_start_with_its_name() {
     );
     assert!(log.contains("cannot listen on"), "{log}");
 }
+
+#[test]
+fn an_upgrade_with_a_config_that_cannot_start_leaves_the_running_process_serving() {
+    let fhir = FhirServer::seeded();
+    let gw = Gateway::start(GatewayOptions::new(format!("127.0.0.1:{}", fhir.port())));
+    let token = gw.token("dr.upgrade");
+    let original = std::fs::read_to_string(&gw.config_path).unwrap();
+    let rules = crate::support::repo_root().join("rules/fhir-r4.toml");
+    std::fs::write(
+        &gw.config_path,
+        original.replace(&rules.display().to_string(), "/nonexistent/rules.toml"),
+    )
+    .unwrap();
+    // The new process fails its checks before it asks for the sockets.
+    let mut new = gw.start_upgrade();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = new.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the broken upgrade did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(2));
+    assert!(
+        gw.log().contains("the running process keeps serving"),
+        "{}",
+        gw.log()
+    );
+    // The running process never handed anything over.
+    assert_eq!(get_status(&gw, "/fhir/Patient/example", Some(&token)), 200);
+    assert_eq!(gw.admin_get("/readyz").0, 200);
+}
+
+#[test]
+fn sigint_during_the_drain_stops_at_once() {
+    let upstream = SlowUpstream::start(Duration::from_secs(8));
+    let mut gw = Gateway::start(GatewayOptions::new(format!("127.0.0.1:{}", upstream.port)));
+    let token = gw.token("dr.hurry");
+    let url = gw.url("/fhir/Patient/slow-1");
+    let slow = std::thread::spawn(move || http_client().get(url).bearer_auth(token).send());
+    std::thread::sleep(Duration::from_millis(300));
+    gw.signal("TERM");
+    // The drain would wait up to drain_timeout_secs (10) for the 8 s request; SIGINT ends it.
+    std::thread::sleep(Duration::from_millis(500));
+    let asked = Instant::now();
+    gw.signal("INT");
+    let status = gw
+        .wait_exit(Duration::from_secs(20))
+        .expect("exits after SIGINT");
+    assert!(
+        asked.elapsed() < Duration::from_secs(4),
+        "SIGINT ended the drain in {:?}",
+        asked.elapsed()
+    );
+    assert!(
+        status.success(),
+        "the journal still closes cleanly: {status}\n{}",
+        gw.log()
+    );
+    assert!(gw.log().contains("asked again to stop"), "{}", gw.log());
+    // The GET that was cut off has no outcome record (its client saw no answer); the journal
+    // verifies.
+    let _ = slow.join();
+    let (code, out) = verify_cli(&gw.journal, false);
+    assert_eq!(code, 0, "{out}");
+}

@@ -77,24 +77,27 @@ fn public_v4(rng: &mut Rng) -> Ipv4Addr {
     }
 }
 
+fn city_record(i: usize) -> CityRecord<'static> {
+    CityRecord {
+        country: Country {
+            iso_code: COUNTRIES[i % 8],
+            names: Names {
+                en: COUNTRIES[i % 8],
+            },
+        },
+        city: City {
+            names: Names { en: CITIES[i % 8] },
+        },
+    }
+}
+
 fn build(dir: &std::path::Path) -> Vec<IpAddr> {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut city = mmdb_writer::Writer::new("GeoLite2-City");
     let mut known = Vec::new();
     for i in 0..100_000 {
         let net = public_v4(&mut rng);
-        let rec = CityRecord {
-            country: Country {
-                iso_code: COUNTRIES[i % 8],
-                names: Names {
-                    en: COUNTRIES[i % 8],
-                },
-            },
-            city: City {
-                names: Names { en: CITIES[i % 8] },
-            },
-        };
-        let _ = city.insert(ipnet::Ipv4Net::new(net, 24).unwrap(), &rec);
+        let _ = city.insert(ipnet::Ipv4Net::new(net, 24).unwrap(), &city_record(i));
         known.push(IpAddr::V4(Ipv4Addr::from(u32::from(net) | 7)));
     }
     for i in 0..20_000 {
@@ -108,18 +111,7 @@ fn build(dir: &std::path::Path) -> Vec<IpAddr> {
             0,
             0,
         );
-        let rec = CityRecord {
-            country: Country {
-                iso_code: COUNTRIES[i % 8],
-                names: Names {
-                    en: COUNTRIES[i % 8],
-                },
-            },
-            city: City {
-                names: Names { en: CITIES[i % 8] },
-            },
-        };
-        let _ = city.insert(ipnet::Ipv6Net::new(net, 48).unwrap(), &rec);
+        let _ = city.insert(ipnet::Ipv6Net::new(net, 48).unwrap(), &city_record(i));
         known.push(IpAddr::V6(Ipv6Addr::from(u128::from(net) | 0x1234)));
     }
     let mut asn = mmdb_writer::Writer::new("GeoLite2-ASN");

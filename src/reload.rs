@@ -150,7 +150,8 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if differs(&old.log, &new.log) {
         changed.push("log");
     }
-    // Certificate and key files are reloaded; the listeners and client-CA settings are not.
+    // Certificate, key and client-CA files are re-read; the listeners, the client-CA file's
+    // path and the client-certificate mode are not.
     let listeners_of = |c: &Config| crate::tls::TlsConfig {
         cert_file: None,
         key_file: None,
@@ -208,9 +209,9 @@ impl Reloader {
             let config = Config::load(&self.config_path)?;
             let snapshot = load_snapshot(&config, &Config::base_dir(&self.config_path)).await?;
             // A new certificate must load (and match its key) before anything is swapped.
-            let pair = match (&self.tls_certs, &config.tls.cert_file, &config.tls.key_file) {
-                (Some(_), Some(cert), Some(key)) => Some(crate::tls::CertKey::load(cert, key)?),
-                _ => None,
+            let pair = match &self.tls_certs {
+                Some(_) => crate::tls::TlsMaterial::load(&config.tls)?,
+                None => None,
             };
             Ok::<_, ReloadError>((config, snapshot, pair))
         }

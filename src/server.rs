@@ -58,12 +58,7 @@ pub fn preflight(config: &Config, base_dir: &std::path::Path) -> Result<(), Star
     if let Some(ca) = &config.upstream.ca_file {
         crate::tls::load_certificates(ca).map_err(crate::reload::ReloadError::from)?;
     }
-    if let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) {
-        crate::tls::CertKey::load(cert, key).map_err(crate::reload::ReloadError::from)?;
-    }
-    if let Some(ca) = &config.tls.client_ca_file {
-        crate::tls::load_certificates(ca).map_err(crate::reload::ReloadError::from)?;
-    }
+    crate::tls::TlsMaterial::load(&config.tls).map_err(crate::reload::ReloadError::from)?;
     CheckpointSigner::load(
         &config.checkpoint.key_file,
         config.checkpoint.create_key_if_missing,
@@ -130,11 +125,12 @@ pub fn prepare(
         background.block_on(crate::reload::load_snapshot(config, base_dir))?,
     ));
     // TLS listeners' certificate: checked now, reloaded on SIGHUP.
-    let tls_certs = match (&config.tls.cert_file, &config.tls.key_file) {
-        (Some(cert), Some(key)) if !config.tls.listen.is_empty() => Some(Arc::new(
-            crate::tls::ServerCerts::load(cert, key).map_err(crate::reload::ReloadError::from)?,
-        )),
-        _ => None,
+    let tls_certs = if config.tls.listen.is_empty() {
+        None
+    } else {
+        crate::tls::TlsMaterial::load(&config.tls)
+            .map_err(crate::reload::ReloadError::from)?
+            .map(|m| Arc::new(crate::tls::ServerCerts::new(m)))
     };
     let reloader = Arc::new(
         Reloader::new(

@@ -31,6 +31,7 @@ use pingora::listeners::TlsAccept;
 use pingora::protocols::tls::TlsRef;
 use pingora::tls::pkey::{PKey, Private};
 use pingora::tls::ssl::SslVerifyMode;
+use pingora::tls::x509::store::{X509Store, X509StoreBuilder};
 use pingora::tls::x509::{X509Name, X509};
 use serde::{Deserialize, Serialize};
 
@@ -51,7 +52,7 @@ pub struct TlsConfig {
     #[serde(default)]
     pub key_file: Option<PathBuf>,
     /// CA bundle (PEM) that client certificates must chain to. Set: clients are asked for a
-    /// certificate (mutual TLS). Read at start.
+    /// certificate (mutual TLS). Re-read on SIGHUP with the certificate.
     #[serde(default)]
     pub client_ca_file: Option<PathBuf>,
     /// With `client_ca_file`: `required` (no certificate, no connection) or `optional` (a
@@ -180,24 +181,62 @@ impl CertKey {
     }
 }
 
-/// The server certificate in effect, swappable by a reload.
+/// A trust store of client-certificate CAs, read from a PEM bundle.
+pub fn client_ca_store(path: &Path) -> Result<X509Store, TlsError> {
+    let mut builder = X509StoreBuilder::new().map_err(|e| invalid(path, e))?;
+    for cert in load_certificates(path)? {
+        builder.add_cert(cert).map_err(|e| invalid(path, e))?;
+    }
+    Ok(builder.build())
+}
+
+/// What a reload puts in effect for the TLS listeners.
+pub struct TlsMaterial {
+    pub pair: CertKey,
+    /// The client CA store, when mutual TLS is on.
+    pub client_cas: Option<X509Store>,
+}
+
+impl TlsMaterial {
+    /// Load and check the certificate, key and client CA bundle of `cfg`.
+    pub fn load(cfg: &TlsConfig) -> Result<Option<TlsMaterial>, TlsError> {
+        let (Some(cert), Some(key)) = (&cfg.cert_file, &cfg.key_file) else {
+            return Ok(None);
+        };
+        Ok(Some(TlsMaterial {
+            pair: CertKey::load(cert, key)?,
+            client_cas: cfg
+                .client_ca_file
+                .as_deref()
+                .map(client_ca_store)
+                .transpose()?,
+        }))
+    }
+}
+
+/// The server certificate and client CAs in effect, swappable by a reload.
 pub struct ServerCerts {
     current: ArcSwap<CertKey>,
+    client_cas: Option<ArcSwap<X509Store>>,
 }
 
 impl ServerCerts {
-    pub fn load(cert_path: &Path, key_path: &Path) -> Result<ServerCerts, TlsError> {
-        let pair = CertKey::load(cert_path, key_path)?;
-        export_expiry(&pair);
-        Ok(ServerCerts {
-            current: ArcSwap::from_pointee(pair),
-        })
+    pub fn new(material: TlsMaterial) -> ServerCerts {
+        export_expiry(&material.pair);
+        ServerCerts {
+            current: ArcSwap::from_pointee(material.pair),
+            client_cas: material.client_cas.map(ArcSwap::from_pointee),
+        }
     }
 
-    /// Put a checked pair in effect: the next handshake uses it.
-    pub fn replace(&self, pair: CertKey) {
-        export_expiry(&pair);
-        self.current.store(Arc::new(pair));
+    /// Put checked material in effect: the next handshake uses it. (Client CAs are replaced
+    /// only when mutual TLS was on at start; turning it on or off needs a restart.)
+    pub fn replace(&self, material: TlsMaterial) {
+        export_expiry(&material.pair);
+        self.current.store(Arc::new(material.pair));
+        if let (Some(slot), Some(store)) = (&self.client_cas, material.client_cas) {
+            slot.store(Arc::new(store));
+        }
     }
 }
 
@@ -243,6 +282,11 @@ impl TlsAccept for Callbacks {
             let _ = pingora::tls::ext::ssl_add_chain_cert(ssl, extra);
         }
         let _ = pingora::tls::ext::ssl_use_private_key(ssl, &pair.key);
+        // The client CAs in effect now (a reload may have replaced the bundle); the client's
+        // certificate is verified later in this handshake against this store.
+        if let Some(cas) = &self.certs.client_cas {
+            let _ = pingora::tls::ext::ssl_set_verify_cert_store(ssl, &cas.load());
+        }
     }
 
     async fn handshake_complete_callback(
@@ -275,6 +319,11 @@ pub fn listener_settings(
         settings
             .set_session_id_context(&context)
             .map_err(|e| invalid(ca, e))?;
+        // No resumption at all: a resumed session skips certificate verification, so a device
+        // whose CA a reload withdrew could keep connecting on an old session. Every new
+        // connection is verified against the CAs in effect (keep-alive amortises the cost).
+        settings.set_session_cache_mode(pingora::tls::ssl::SslSessionCacheMode::OFF);
+        settings.set_options(pingora::tls::ssl::SslOptions::NO_TICKET);
         settings.set_ca_file(ca).map_err(|e| invalid(ca, e))?;
         let names = X509Name::load_client_ca_file(ca).map_err(|e| invalid(ca, e))?;
         settings.set_client_ca_list(names);

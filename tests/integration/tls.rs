@@ -392,3 +392,51 @@ key_file = "{key}"
     assert_eq!(code, 2);
     assert!(err.contains("city.mmdb"), "{err}");
 }
+
+#[test]
+fn the_client_ca_bundle_is_reloaded_on_sighup() {
+    let fhir = FhirServer::seeded();
+    let dir = tempfile::tempdir().unwrap();
+    let old_ca = TestCa::new("old-devices");
+    let new_ca = TestCa::new("new-devices");
+    let server_ca = TestCa::new("hospital");
+    let server_ca_pem = server_ca.write_ca(dir.path());
+    let server = server_ca.server(dir.path(), "gateway");
+    let old_device = old_ca.client(dir.path(), "old-device", "cart-old");
+    let new_device = new_ca.client(dir.path(), "new-device", "cart-new");
+    // The bundle the config names, first with the old devices' CA.
+    let bundle = dir.path().join("devices-ca.pem");
+    std::fs::copy(old_ca.write_ca(dir.path()), &bundle).unwrap();
+    let new_bundle = new_ca.write_ca(dir.path());
+
+    let tls_port = free_port();
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
+    opts.extra_toml = tls_toml(tls_port, &server, Some(&bundle));
+    let gw = Gateway::start(opts);
+    let token = gw.token("dr.rotation");
+    let url = format!("https://localhost:{tls_port}/fhir/Patient/example");
+    // A fresh client per attempt: no TLS session is resumed across the change.
+    let status = |device: &CertFiles| {
+        https_client(&server_ca_pem, Some(device))
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .map(|r| r.status().as_u16())
+            .ok()
+    };
+    assert_eq!(status(&old_device), Some(200));
+    assert_eq!(status(&new_device), None, "not trusted yet");
+
+    std::fs::copy(&new_bundle, &bundle).unwrap();
+    gw.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(&new_device) != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "the new CA was never trusted\n{}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(status(&old_device), None, "the old CA is no longer trusted");
+}

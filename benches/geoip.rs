@@ -1,8 +1,8 @@
 //! GeoIP + ASN lookup cost: `cargo bench --bench geoip`.
 //!
 //! Builds a City database (100k IPv4 /24 and 20k IPv6 /48 networks) and an ASN database (50k
-//! IPv4 /16-/20 networks) with `mmdb-writer`, memory-maps them through auditgate's
-//! [`GeoIp`], and times 1M lookups of addresses of which about half fall in a known network
+//! IPv4 /16-/20 networks) with the integration tests' fixture builder (`mmdb-writer`),
+//! memory-maps them through auditgate's [`GeoIp`], and times 1M lookups of addresses of which about half fall in a known network
 //! (IPv4 and IPv6 mixed 4:1). The peer, in the same run, is the `maxminddb` crate alone doing
 //! the same two lookups and decodes without auditgate's wrapper (address classification,
 //! owned strings), so the ratio shows what the wrapper adds. Results also go to
@@ -13,7 +13,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use auditgate::geoip::{GeoIp, GeoIpConfig};
-use serde::Serialize;
 
 const LOOKUPS: usize = 1_000_000;
 const ROUNDS: usize = 5;
@@ -29,29 +28,10 @@ impl Rng {
     }
 }
 
-#[derive(Serialize)]
-struct Names<'a> {
-    en: &'a str,
-}
-#[derive(Serialize)]
-struct Country<'a> {
-    iso_code: &'a str,
-    names: Names<'a>,
-}
-#[derive(Serialize)]
-struct City<'a> {
-    names: Names<'a>,
-}
-#[derive(Serialize)]
-struct CityRecord<'a> {
-    country: Country<'a>,
-    city: City<'a>,
-}
-#[derive(Serialize)]
-struct AsnRecord<'a> {
-    autonomous_system_number: u32,
-    autonomous_system_organization: &'a str,
-}
+// The fixture databases the integration tests build.
+#[path = "../tests/support/geoip.rs"]
+#[allow(dead_code)]
+mod fixtures;
 
 const COUNTRIES: [&str; 8] = ["US", "GB", "DE", "FR", "JP", "BR", "IN", "SE"];
 const CITIES: [&str; 8] = [
@@ -77,30 +57,16 @@ fn public_v4(rng: &mut Rng) -> Ipv4Addr {
     }
 }
 
-fn city_record(i: usize) -> CityRecord<'static> {
-    CityRecord {
-        country: Country {
-            iso_code: COUNTRIES[i % 8],
-            names: Names {
-                en: COUNTRIES[i % 8],
-            },
-        },
-        city: City {
-            names: Names { en: CITIES[i % 8] },
-        },
-    }
-}
-
 fn build(dir: &std::path::Path) -> Vec<IpAddr> {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    let mut city = mmdb_writer::Writer::new("GeoLite2-City");
     let mut known = Vec::new();
-    for i in 0..100_000 {
+    let mut city_nets = Vec::new();
+    for _ in 0..100_000 {
         let net = public_v4(&mut rng);
-        let _ = city.insert(ipnet::Ipv4Net::new(net, 24).unwrap(), &city_record(i));
+        city_nets.push(format!("{net}/24"));
         known.push(IpAddr::V4(Ipv4Addr::from(u32::from(net) | 7)));
     }
-    for i in 0..20_000 {
+    for _ in 0..20_000 {
         let net = Ipv6Addr::new(
             0x2a00 | (rng.next() as u16 & 0x0fff),
             rng.next() as u16,
@@ -111,21 +77,29 @@ fn build(dir: &std::path::Path) -> Vec<IpAddr> {
             0,
             0,
         );
-        let _ = city.insert(ipnet::Ipv6Net::new(net, 48).unwrap(), &city_record(i));
+        city_nets.push(format!("{net}/48"));
         known.push(IpAddr::V6(Ipv6Addr::from(u128::from(net) | 0x1234)));
     }
-    let mut asn = mmdb_writer::Writer::new("GeoLite2-ASN");
-    for i in 0..50_000u32 {
-        let net = public_v4(&mut rng);
-        let prefix = 16 + (i % 5) as u8;
-        let rec = AsnRecord {
-            autonomous_system_number: 64_512 + i,
-            autonomous_system_organization: "Example Networks, Inc.",
-        };
-        let _ = asn.insert(ipnet::Ipv4Net::new(net, prefix).unwrap().trunc(), &rec);
-    }
-    std::fs::write(dir.join("city.mmdb"), city.to_bytes().unwrap()).unwrap();
-    std::fs::write(dir.join("asn.mmdb"), asn.to_bytes().unwrap()).unwrap();
+    let city: Vec<(&str, &str, &str)> = city_nets
+        .iter()
+        .enumerate()
+        .map(|(i, net)| (net.as_str(), COUNTRIES[i % 8], CITIES[i % 8]))
+        .collect();
+    // ASN networks of /16 to /20 (host bits are ignored by the writer).
+    let asn_nets: Vec<String> = (0..50_000u32)
+        .map(|i| format!("{}/{}", public_v4(&mut rng), 16 + i % 5))
+        .collect();
+    let asn: Vec<(&str, u32, &str)> = asn_nets
+        .iter()
+        .zip(64_512..)
+        .map(|(net, number)| (net.as_str(), number, "Example Networks, Inc."))
+        .collect();
+    std::fs::write(
+        dir.join("city.mmdb"),
+        fixtures::city_db(&city, 1_700_000_000),
+    )
+    .unwrap();
+    std::fs::write(dir.join("asn.mmdb"), fixtures::asn_db(&asn)).unwrap();
     // The addresses to look up: half known, half random public (mostly unknown), 4:1 v4:v6.
     let mut addrs = Vec::with_capacity(LOOKUPS);
     for i in 0..LOOKUPS {

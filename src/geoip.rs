@@ -24,7 +24,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
@@ -438,59 +438,15 @@ pub fn special_purpose(ip: IpAddr) -> Option<&'static str> {
     }
 }
 
-/// Seconds since the Unix epoch of a database's build (for logs and tests).
-pub fn build_time(epoch: u64) -> std::time::SystemTime {
-    UNIX_EPOCH + Duration::from_secs(epoch)
-}
+/// The fixture databases the integration tests build, shared with the unit tests.
+#[cfg(test)]
+#[path = "../tests/support/geoip.rs"]
+mod fixtures;
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
+    use super::fixtures::{asn_db, city_db, replace};
     use super::*;
-    use mmdb_writer::Writer;
-    use serde_json::json;
-
-    /// A City database: (network, ISO country, English city name or "").
-    pub(crate) fn city_db(entries: &[(&str, &str, &str)], build_epoch: u64) -> Vec<u8> {
-        let mut w = Writer::builder("GeoLite2-City")
-            .build_epoch(build_time(build_epoch))
-            .build();
-        for (net, country, city) in entries {
-            let mut record = json!({"country": {"iso_code": country, "names": {"en": country}}});
-            if !city.is_empty() {
-                record["city"] = json!({"names": {"en": city}});
-            }
-            w.insert(net.parse::<ipnet::IpNet>().unwrap(), &record)
-                .unwrap();
-        }
-        w.to_bytes().unwrap()
-    }
-
-    /// An ASN database: (network, ASN, organisation).
-    pub(crate) fn asn_db(entries: &[(&str, u32, &str)]) -> Vec<u8> {
-        // Typed, so the number is stored as uint32, as in MaxMind's files.
-        #[derive(serde::Serialize)]
-        struct Record<'a> {
-            autonomous_system_number: u32,
-            autonomous_system_organization: &'a str,
-        }
-        let mut w = Writer::new("GeoLite2-ASN");
-        for (net, asn, org) in entries {
-            let record = Record {
-                autonomous_system_number: *asn,
-                autonomous_system_organization: org,
-            };
-            w.insert(net.parse::<ipnet::IpNet>().unwrap(), &record)
-                .unwrap();
-        }
-        w.to_bytes().unwrap()
-    }
-
-    /// Write `bytes` to `path` the way `geoipupdate` does: a new file renamed over the old.
-    fn replace(path: &Path, bytes: &[u8]) {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, bytes).unwrap();
-        std::fs::rename(&tmp, path).unwrap();
-    }
 
     fn geo(country: &str, city: Option<&str>, asn: Option<(u32, &str)>) -> GeoAnswer {
         GeoAnswer::Found(Geo {
@@ -559,7 +515,12 @@ pub(crate) mod tests {
     fn a_replaced_file_is_picked_up_and_a_broken_one_keeps_the_old() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("city.mmdb");
-        std::fs::write(&path, city_db(&[("81.2.69.0/24", "GB", "London")], 1)).unwrap();
+        // One build epoch for every unit test: the build-date gauge is process-wide.
+        std::fs::write(
+            &path,
+            city_db(&[("81.2.69.0/24", "GB", "London")], 1_700_000_000),
+        )
+        .unwrap();
         let cfg = GeoIpConfig {
             city_db: Some(path.clone()),
             asn_db: None,
@@ -571,7 +532,10 @@ pub(crate) mod tests {
             g.reload_if_changed(),
             vec![(DbKind::City, ReloadResult::Unchanged)]
         );
-        replace(&path, &city_db(&[("81.2.69.0/24", "IE", "Dublin")], 2));
+        replace(
+            &path,
+            &city_db(&[("81.2.69.0/24", "IE", "Dublin")], 1_700_000_000),
+        );
         assert_eq!(
             g.reload_if_changed(),
             vec![(DbKind::City, ReloadResult::Reloaded)]

@@ -275,17 +275,27 @@ struct Callbacks {
 #[async_trait]
 impl TlsAccept for Callbacks {
     async fn certificate_callback(&self, ssl: &mut TlsRef) {
+        // The client CAs in effect now (a reload may have replaced the bundle); the client's
+        // certificate is verified later in this handshake against this store. If it cannot be
+        // set, no certificate is served either: the handshake fails rather than verifying
+        // against a bundle a reload withdrew.
+        if let Some(cas) = &self.certs.client_cas {
+            if let Err(e) = pingora::tls::ext::ssl_set_verify_cert_store(ssl, &cas.load()) {
+                tracing::error!(error = %e, "cannot set the client CA store; refusing the handshake");
+                return;
+            }
+        }
         let pair = self.certs.current.load();
         // A failure here fails the handshake (no certificate), never serves a wrong one.
-        let _ = pingora::tls::ext::ssl_use_certificate(ssl, &pair.chain[0]);
-        for extra in &pair.chain[1..] {
-            let _ = pingora::tls::ext::ssl_add_chain_cert(ssl, extra);
-        }
-        let _ = pingora::tls::ext::ssl_use_private_key(ssl, &pair.key);
-        // The client CAs in effect now (a reload may have replaced the bundle); the client's
-        // certificate is verified later in this handshake against this store.
-        if let Some(cas) = &self.certs.client_cas {
-            let _ = pingora::tls::ext::ssl_set_verify_cert_store(ssl, &cas.load());
+        let served = pingora::tls::ext::ssl_use_certificate(ssl, &pair.chain[0])
+            .and_then(|()| {
+                pair.chain[1..]
+                    .iter()
+                    .try_for_each(|extra| pingora::tls::ext::ssl_add_chain_cert(ssl, extra))
+            })
+            .and_then(|()| pingora::tls::ext::ssl_use_private_key(ssl, &pair.key));
+        if let Err(e) = served {
+            tracing::error!(error = %e, "cannot serve the TLS certificate; the handshake fails");
         }
     }
 

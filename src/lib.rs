@@ -8,6 +8,7 @@
 //! * [`config`]: the one TOML file, parsed once into typed, validated structs;
 //! * [`identity`]: JWT verification and the actor;
 //! * [`rules`]: safe path normalisation and route rules into action, interaction and patients;
+//! * [`extract`]: the patients a FHIR JSON request or response body references;
 //! * [`netvec`]: client IP through trusted proxies, device ID, user agent;
 //! * [`geoip`]: country, city and ASN of the client IP;
 //! * [`record`]: the journal line format and its hashes;
@@ -29,6 +30,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod extract;
 pub mod geoip;
 pub mod identity;
 pub mod journal;

@@ -1115,7 +1115,7 @@ fn push_reference_list(
 
 /// The patient id a reference search value names, if any: a bare id (when allowed),
 /// `Patient/{id}`, or `http(s)://host/.../Patient/{id}`, optionally `/_history/{vid}`.
-fn patient_in_reference(item: &str, bare_is_patient: bool) -> Option<&str> {
+pub fn patient_in_reference(item: &str, bare_is_patient: bool) -> Option<&str> {
     if is_fhir_id(item) {
         return bare_is_patient.then_some(item);
     }

@@ -61,6 +61,7 @@ fn event(n: u64) -> Event {
             source: PatientSource::Query,
         }],
         attribution: Attribution::Partial,
+        attribution_gaps: Vec::new(),
         net: NetworkVector {
             client_ip: "10.20.30.40".into(),
             peer_ip: "10.0.0.5".into(),
@@ -87,6 +88,7 @@ fn event(n: u64) -> Event {
             error: None,
             bytes_out: Some(1024),
             upstream_ms: Some(3),
+            content_type: None,
         }),
         clock: ClockState {
             synced: true,

@@ -72,6 +72,9 @@ pub struct Config {
     /// Route rules.
     #[serde(default)]
     pub rules: RulesConfig,
+    /// Bounds of the buffered path (request bodies and responses read for patients).
+    #[serde(default)]
+    pub attribution: crate::inspect::AttributionConfig,
     /// Trusted proxies, device and request IDs.
     #[serde(default)]
     pub network: NetworkConfig,
@@ -403,6 +406,7 @@ impl Config {
         self.archive.validate()?;
         self.identity.validate()?;
         self.rules.validate()?;
+        self.attribution.validate()?;
         self.network.validate()?;
         self.admin.validate()?;
         self.geoip.validate()?;

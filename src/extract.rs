@@ -132,6 +132,12 @@ pub struct Findings {
     /// Patients created by a request (POST of a Patient, or `POST` entries of Patients in a
     /// transaction): how many ids the response must supply.
     pub created_patients: usize,
+    /// Patients a response names as created or changed (`response.location` of
+    /// transaction-response entries, a Patient returned as the top-level document): how many
+    /// of `created_patients` the response resolved.
+    pub located: usize,
+    /// The top-level document's `resourceType` (`Observation`, `Bundle` ...), if any.
+    pub document_type: Option<String>,
     seen: HashSet<String>,
 }
 
@@ -160,6 +166,7 @@ impl Findings {
         }
         self.gaps.extend(other.gaps);
         self.created_patients += other.created_patients;
+        self.located += other.located;
     }
 }
 
@@ -189,7 +196,13 @@ impl EntryClassifier for ReferenceOnly {
 pub fn response_patients(body: &[u8]) -> Findings {
     let mut out = Findings::default();
     match parse(body) {
-        Ok(Some(doc)) => walk_resource(&doc, &Scope::response(), None, &mut out),
+        Ok(Some(doc)) => {
+            out.document_type = document_type(&doc);
+            walk_resource(&doc, &Scope::response(), None, &mut out);
+            if doc.resource_type == "Patient" && doc.id.is_some() {
+                out.located += 1;
+            }
+        }
         Ok(None) => {}
         Err(_) => out.gap(Gap::InvalidJson),
     }
@@ -203,6 +216,7 @@ pub fn request_patients(body: &[u8], creating: bool, entries: &dyn EntryClassifi
     let mut out = Findings::default();
     match parse(body) {
         Ok(Some(doc)) => {
+            out.document_type = document_type(&doc);
             let scope = Scope::request(creating, entries);
             walk_resource(&doc, &scope, None, &mut out)
         }
@@ -210,6 +224,10 @@ pub fn request_patients(body: &[u8], creating: bool, entries: &dyn EntryClassifi
         Err(_) => out.gap(Gap::InvalidJson),
     }
     out
+}
+
+fn document_type(doc: &Res<'_>) -> Option<String> {
+    (!doc.resource_type.is_empty()).then(|| doc.resource_type.to_string())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -338,9 +356,14 @@ fn walk_bundle(
                     for p in &patients {
                         out.add(p);
                     }
-                    // A conditional entry URL (`Patient?identifier=`) names no id.
-                    if !complete && url.starts_with("Patient?") {
-                        out.gap(Gap::ConditionalReference);
+                    if !complete {
+                        if url.starts_with("Patient?") {
+                            // A conditional entry URL (`Patient?identifier=`) names no id.
+                            out.gap(Gap::ConditionalReference);
+                        } else if matches!(method, "DELETE" | "PATCH") {
+                            // Whose resource it was is only in the EHR.
+                            out.gap(Gap::NoRepresentation);
+                        }
                     }
                 }
             }
@@ -356,6 +379,7 @@ fn walk_bundle(
                 if let Some(loc) = entry.location.as_deref() {
                     if let Some(p) = patient_in_reference(loc, false) {
                         out.add(p);
+                        out.located += 1;
                     }
                 }
             }
@@ -1205,8 +1229,9 @@ mod tests {
     struct Routes;
     impl EntryClassifier for Routes {
         fn classify_entry(&self, method: &str, url: &str) -> (Vec<String>, bool) {
-            let _ = method;
-            ReferenceOnly.classify_entry("GET", url)
+            let (patients, _) = ReferenceOnly.classify_entry(method, url);
+            let complete = !patients.is_empty();
+            (patients, complete)
         }
     }
 

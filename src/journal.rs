@@ -1544,6 +1544,7 @@ pub(crate) mod tests {
             query: None,
             patients: vec![],
             attribution: Attribution::None,
+            attribution_gaps: Vec::new(),
             net: NetworkVector::default(),
             outcome: None,
             clock: ClockState::default(),

@@ -9,6 +9,7 @@
 //! * [`identity`]: JWT verification and the actor;
 //! * [`rules`]: safe path normalisation and route rules into action, interaction and patients;
 //! * [`extract`]: the patients a FHIR JSON request or response body references;
+//! * [`inspect`]: the buffered path, for requests whose body or response names the patients;
 //! * [`netvec`]: client IP through trusted proxies, device ID, user agent;
 //! * [`geoip`]: country, city and ASN of the client IP;
 //! * [`record`]: the journal line format and its hashes;
@@ -33,6 +34,7 @@ pub mod demo;
 pub mod extract;
 pub mod geoip;
 pub mod identity;
+pub mod inspect;
 pub mod journal;
 pub mod merkle;
 pub mod metrics;

@@ -50,6 +50,16 @@ pub struct Metrics {
     /// `auditgate_upstream_errors_total{kind}`.
     pub upstream_errors: IntCounterVec,
 
+    // --- attribution (the buffered path)
+    /// `auditgate_buffered_requests_total`.
+    pub buffered_requests: IntCounter,
+    /// `auditgate_inspected_bytes_total{part}`.
+    pub inspected_bytes: IntCounterVec,
+    /// `auditgate_extraction_duration_seconds`.
+    pub extraction_seconds: Histogram,
+    /// `auditgate_attribution_gaps_total{gap}`.
+    pub attribution_gaps: IntCounterVec,
+
     // --- journal
     /// `auditgate_journal_append_duration_seconds`.
     pub journal_append_duration: Histogram,
@@ -243,6 +253,29 @@ impl Metrics {
                 "auditgate_upstream_errors_total",
                 "Requests the EHR did not answer, by kind (unreachable, timeout, other).",
                 &["kind"],
+            ),
+            buffered_requests: counter(
+                &r,
+                "auditgate_buffered_requests_total",
+                "Requests that took the buffered path (request body or response read for patients).",
+            ),
+            inspected_bytes: counter_vec(
+                &r,
+                "auditgate_inspected_bytes_total",
+                "Bytes of request and response bodies buffered for attribution, by part.",
+                &["part"],
+            ),
+            extraction_seconds: histogram(
+                &r,
+                "auditgate_extraction_duration_seconds",
+                "Time to find the patients in one request or response body.",
+                LATENCY_BUCKETS,
+            ),
+            attribution_gaps: counter_vec(
+                &r,
+                "auditgate_attribution_gaps_total",
+                "Outcome records whose attribution is partial, by reason (too_large, not_json, ...).",
+                &["gap"],
             ),
             journal_append_duration: histogram(
                 &r,
@@ -455,6 +488,12 @@ impl Metrics {
         }
         for kind in ["unreachable", "tls", "timeout", "other"] {
             m.upstream_errors.with_label_values(&[kind]);
+        }
+        for part in ["request", "response"] {
+            m.inspected_bytes.with_label_values(&[part]);
+        }
+        for gap in crate::extract::Gap::ALL {
+            m.attribution_gaps.with_label_values(&[gap.as_str()]);
         }
         for reason in ["write", "seal"] {
             m.journal_failures.with_label_values(&[reason]);

@@ -35,8 +35,13 @@ use pingora::upstreams::peer::HttpUpstreamRequestPolicy;
 
 use crate::clock;
 use crate::config::UpstreamConfig;
+use crate::extract::{request_patients, response_patients, Findings, Gap};
 use crate::geoip::GeoAnswer;
 use crate::identity::AuthFailure;
+use crate::inspect::{
+    decoded, downstream_response, exchange, is_json, media_type, read_request_body, settle,
+    upstream_request, Answer, EntryRules, Inspection, OversizePolicy, RequestBody,
+};
 use crate::journal::{Journal, JournalError};
 use crate::metrics;
 use crate::netvec::NetPolicy;
@@ -66,6 +71,9 @@ pub struct Gateway {
     pub upstream_sni: String,
     /// `upstream.ca_file`, loaded; `None`: the system's roots.
     pub upstream_ca: Option<Arc<Box<[pingora::tls::x509::X509]>>>,
+    /// The buffered path's connections to the upstream (see [`crate::inspect`]); pingora's
+    /// proxy path keeps its own pool.
+    pub connector: pingora::connectors::http::Connector,
 }
 
 /// Per-request state carried across phases.
@@ -95,6 +103,8 @@ pub struct RequestCtx {
     /// The rules' answer, kept when the form body must still be attributed.
     classification: Option<Classification>,
     upstream_started: Option<Instant>,
+    /// The response's media type, recorded when the buffered path read the response.
+    content_type: Option<String>,
 }
 
 /// One request counted in flight; uncounted when dropped (however the request ends).
@@ -187,6 +197,403 @@ async fn write_answer(
 }
 
 impl Gateway {
+    /// The upstream, with the configured TLS checks and timeouts (both paths).
+    fn make_peer(&self) -> HttpPeer {
+        let mut peer = HttpPeer::new(
+            self.upstream_authority.as_str(),
+            self.upstream_tls,
+            if self.upstream_tls {
+                self.upstream_sni.clone()
+            } else {
+                String::new()
+            },
+        );
+        if self.upstream_tls {
+            // Certificate and host name are checked unless explicitly (and loudly) turned off.
+            let verify = !self.upstream.insecure_skip_verify;
+            peer.options.verify_cert = verify;
+            peer.options.verify_hostname = verify;
+            if let Some(ca) = &self.upstream_ca {
+                peer.options.ca = Some(ca.clone());
+            }
+        }
+        let ms = std::time::Duration::from_millis;
+        peer.options.connection_timeout = Some(ms(self.upstream.connect_timeout_ms));
+        peer.options.read_timeout = Some(ms(self.upstream.read_timeout_ms));
+        peer.options.write_timeout = Some(ms(self.upstream.write_timeout_ms));
+        peer.options.idle_timeout = Some(ms(self.upstream.idle_timeout_ms));
+        // Never let an upstream 101 turn the connection into an unaudited tunnel.
+        peer.options.http_upstream_request_policy = HttpUpstreamRequestPolicy::deny_upgrades();
+        peer
+    }
+
+    /// `X-Forwarded-For` and the request ID, on the request to the upstream (both paths).
+    fn add_forwarding_headers(
+        &self,
+        session: &Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &RequestCtx,
+    ) -> Result<()> {
+        let peer = peer_ip(session).to_string();
+        let xff = match upstream_request
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(existing) if !existing.trim().is_empty() => format!("{existing}, {peer}"),
+            _ => peer,
+        };
+        upstream_request.insert_header("x-forwarded-for", xff)?;
+        if let Some(event) = &ctx.event {
+            upstream_request.insert_header(
+                ctx.snap.net.request_id_header().clone(),
+                event.request_id.as_str(),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Journal and answer a failed exchange with the upstream (`code` from
+    /// [`upstream_error_status`]): 502, 504 or 500 with a fixed error code.
+    async fn upstream_failed(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        e: &Error,
+        code: u16,
+    ) -> Result<()> {
+        let request_id = ctx
+            .event
+            .as_ref()
+            .map(|e| e.request_id.clone())
+            .unwrap_or_default();
+        let net = ctx.snap.net.clone();
+        let tls_failed = matches!(
+            e.etype(),
+            TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | HandshakeError
+        );
+        let error = match code {
+            502 if tls_failed => "upstream_tls_failed",
+            502 => "upstream_unreachable",
+            504 => "upstream_timeout",
+            _ => "gateway_error",
+        };
+        metrics::global()
+            .upstream_errors
+            .with_label_values(&[match code {
+                502 if tls_failed => "tls",
+                502 => "unreachable",
+                504 => "timeout",
+                _ => "other",
+            }])
+            .inc();
+        match self.journal_outcome(ctx, code, Some(error), None).await {
+            Ok(()) => {
+                write_answer(
+                    session,
+                    true,
+                    code,
+                    net.request_id_header(),
+                    &request_id,
+                    &[],
+                    error_body(code, error, "the EHR did not answer", &request_id),
+                )
+                .await
+            }
+            Err(je) => {
+                self.unavailable(session, &net, true, &je, &request_id)
+                    .await
+            }
+        }
+    }
+
+    /// The intent record of a change, durable before the EHR sees the request. `Ok(true)`:
+    /// the journal refused it and the client got its 503.
+    async fn write_intent(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let Some(event) = ctx.event.as_ref() else {
+            return Ok(false);
+        };
+        match self.journal.append(event).await {
+            Ok(receipt) => {
+                ctx.intent_seq = Some(receipt.seq);
+                Ok(false)
+            }
+            Err(e) => {
+                ctx.refusal = Some(e.category());
+                let request_id = event.request_id.clone();
+                let net = ctx.snap.net.clone();
+                self.unavailable(session, &net, false, &e, &request_id)
+                    .await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// The buffered path (see [`crate::inspect`]): read the body, journal the intent, fetch the
+    /// whole response, journal the outcome with its patients, and only then release it.
+    /// Always answers the client itself (`Ok(true)`).
+    async fn buffered(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        mut c: Classification,
+        intent_needed: bool,
+    ) -> Result<bool> {
+        let snap = ctx.snap.clone();
+        let limit = snap.attribution.limit();
+        let refuse_oversize = snap.attribution.oversize == OversizePolicy::Refuse;
+        let request_id = ctx
+            .event
+            .as_ref()
+            .map(|e| e.request_id.clone())
+            .unwrap_or_default();
+        let m = metrics::global();
+        m.buffered_requests.inc();
+        let mut inspection = Inspection::default();
+
+        // 1. The request body, read whole (bounded) and inspected.
+        let body = if session.is_body_empty() {
+            RequestBody {
+                bytes: Vec::new(),
+                complete: true,
+            }
+        } else {
+            read_request_body(session, limit).await?
+        };
+        m.inspected_bytes
+            .with_label_values(&["request"])
+            .inc_by(body.bytes.len() as u64);
+        if !body.complete {
+            if refuse_oversize {
+                m.rejected_requests
+                    .with_label_values(&["body_too_large"])
+                    .inc();
+                return self
+                    .refuse(
+                        session,
+                        ctx,
+                        413,
+                        "body_too_large",
+                        "the request body is larger than the gateway reads for the audit record",
+                        &[],
+                    )
+                    .await;
+            }
+            inspection.gaps.insert(Gap::TooLarge);
+        } else if !body.bytes.is_empty() {
+            let headers = &session.req_header().headers;
+            let media = media_type(headers.get(http::header::CONTENT_TYPE));
+            if c.needs_form_body && media.as_deref() == Some("application/x-www-form-urlencoded") {
+                snap.rules.attribute_form_body(&mut c, &body.bytes);
+            } else if c.inspect_body {
+                match decoded(
+                    &body.bytes,
+                    headers.get(http::header::CONTENT_ENCODING),
+                    limit,
+                ) {
+                    Err(gap) => {
+                        inspection.gaps.insert(gap);
+                    }
+                    // No Content-Type: FHIR servers read the body as JSON.
+                    Ok(bytes) if media.as_deref().is_none_or(is_json) => {
+                        let entries = EntryRules {
+                            rules: &snap.rules,
+                            base_path: &c.base_path,
+                        };
+                        let creating = c.interaction == InteractionKind::Create;
+                        let started = Instant::now();
+                        inspection.body = Some(request_patients(&bytes, creating, &entries));
+                        m.extraction_seconds
+                            .observe(started.elapsed().as_secs_f64());
+                    }
+                    Ok(_) => {
+                        inspection.gaps.insert(Gap::NotJson);
+                    }
+                }
+            }
+        }
+        if let Some(event) = ctx.event.as_mut() {
+            apply_classification(event, &c);
+            let (patients, attribution, gaps) = settle(&c, &inspection, None);
+            event.patients = patients;
+            event.attribution = attribution;
+            event.attribution_gaps = gaps;
+        }
+
+        // 2. A change: its intent, durable before the EHR sees it.
+        if intent_needed && self.write_intent(session, ctx).await? {
+            return Ok(true);
+        }
+
+        // 3. The exchange with the EHR.
+        let mut req = upstream_request(session.req_header(), &body.bytes, body.complete)?;
+        self.add_forwarding_headers(session, &mut req, ctx)?;
+        ctx.upstream_started = Some(Instant::now());
+        let peer = self.make_peer();
+        let answer = match exchange(
+            &self.connector,
+            &peer,
+            &req,
+            &body.bytes,
+            body.complete,
+            session,
+            limit,
+        )
+        .await
+        {
+            Ok(answer) => answer,
+            Err(e) => {
+                let code = match upstream_error_status(&e) {
+                    0 => return Err(e), // the client went away
+                    code => code,
+                };
+                self.upstream_failed(session, ctx, &e, code).await?;
+                return Ok(true);
+            }
+        };
+        let status = answer.header.status.as_u16();
+        let head_request = session.req_header().method == http::Method::HEAD;
+        m.inspected_bytes
+            .with_label_values(&["response"])
+            .inc_by(answer.body.len() as u64);
+
+        // 4. The response's patients.
+        if c.inspect_response {
+            let headers = &answer.header.headers;
+            let media = media_type(headers.get(http::header::CONTENT_TYPE));
+            if !answer.complete {
+                if refuse_oversize {
+                    if let Some(mut rest) = answer.rest {
+                        rest.shutdown().await;
+                    }
+                    m.upstream_errors
+                        .with_label_values(&["response_too_large"])
+                        .inc();
+                    return self
+                        .refuse(
+                            session,
+                            ctx,
+                            502,
+                            "response_too_large",
+                            "the EHR's response is larger than the gateway reads for the audit record",
+                            &[],
+                        )
+                        .await;
+                }
+                inspection.gaps.insert(Gap::TooLarge);
+            } else if answer.body.is_empty() || head_request {
+                inspection.response = Some(Findings::default());
+            } else {
+                match decoded(
+                    &answer.body,
+                    headers.get(http::header::CONTENT_ENCODING),
+                    limit,
+                ) {
+                    Err(gap) => {
+                        inspection.gaps.insert(gap);
+                    }
+                    Ok(bytes) if media.as_deref().is_none_or(is_json) => {
+                        let started = Instant::now();
+                        inspection.response = Some(response_patients(&bytes));
+                        m.extraction_seconds
+                            .observe(started.elapsed().as_secs_f64());
+                    }
+                    Ok(_) => {
+                        inspection.gaps.insert(Gap::NotJson);
+                    }
+                }
+            }
+            ctx.content_type = media;
+            // A create answered without a body names the new resource in `Location`.
+            inspection.location_patient = headers
+                .get(http::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| crate::rules::patient_in_reference(l, false))
+                .map(str::to_string);
+        }
+        if let Some(event) = ctx.event.as_mut() {
+            let (patients, attribution, gaps) = settle(&c, &inspection, Some(status));
+            for gap in &gaps {
+                m.attribution_gaps.with_label_values(&[gap.as_str()]).inc();
+            }
+            event.patients = patients;
+            event.attribution = attribution;
+            event.attribution_gaps = gaps;
+        }
+
+        // 5. The outcome record, durable before any byte of the response is released.
+        let bytes_out = if answer.complete {
+            Some(answer.body.len() as u64)
+        } else {
+            answer
+                .header
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+        };
+        if let Err(e) = self.journal_outcome(ctx, status, None, bytes_out).await {
+            tracing::error!(
+                reason = e.category(),
+                "journal refused an outcome record: withholding the response"
+            );
+            ctx.refusal = Some(e.category());
+            if let Some(mut rest) = answer.rest {
+                rest.shutdown().await;
+            }
+            // `answer` (the EHR's bytes) is dropped here, unsent.
+            self.unavailable(session, &snap.net, true, &e, &request_id)
+                .await?;
+            return Ok(true);
+        }
+
+        // 6. Release: the EHR's head and body, unchanged but for hop-by-hop headers.
+        let client_is_h1 = session.req_header().version != http::Version::HTTP_2;
+        let mut resp = downstream_response(&answer, head_request, client_is_h1)?;
+        resp.insert_header(snap.net.request_id_header().clone(), request_id.as_str())?;
+        let Answer {
+            body: buffered,
+            complete,
+            rest,
+            ..
+        } = answer;
+        let nothing_more = head_request || (complete && buffered.is_empty());
+        session
+            .write_response_header(Box::new(resp), nothing_more)
+            .await?;
+        if nothing_more {
+            if let Some(mut rest) = rest {
+                rest.shutdown().await;
+            }
+            return Ok(true);
+        }
+        if !buffered.is_empty() {
+            session
+                .write_response_body(Some(Bytes::from(buffered)), complete)
+                .await?;
+        }
+        if let Some(mut rest) = rest {
+            // Over the limit and forwarded: the record (partial, too_large) is durable; the
+            // rest streams.
+            loop {
+                match rest.read_response_body().await {
+                    Ok(Some(chunk)) => session.write_response_body(Some(chunk), false).await?,
+                    Ok(None) => break,
+                    Err(e) => {
+                        rest.shutdown().await;
+                        return Err(e);
+                    }
+                }
+                if rest.response_done() {
+                    break;
+                }
+            }
+            rest.shutdown().await;
+            session.write_response_body(None, true).await?;
+        }
+        Ok(true)
+    }
+
     fn listener_name(&self, session: &Session) -> String {
         if let Some(PingoraAddr::Inet(local)) = session.server_addr() {
             for (addr, name) in &self.listeners {
@@ -223,6 +630,7 @@ impl Gateway {
             error: error.map(str::to_string),
             bytes_out,
             upstream_ms,
+            content_type: ctx.content_type.clone(),
         });
         self.journal.append(event).await?;
         ctx.outcome_written = true;
@@ -328,6 +736,7 @@ impl ProxyHttp for Gateway {
             form_body_truncated: false,
             classification: None,
             upstream_started: None,
+            content_type: None,
         }
     }
 
@@ -441,6 +850,7 @@ impl ProxyHttp for Gateway {
             query: recorded_query,
             patients: Vec::new(),
             attribution: Attribution::Partial,
+            attribution_gaps: Vec::new(),
             net,
             outcome: None,
             clock: clock::current(),
@@ -570,6 +980,11 @@ impl ProxyHttp for Gateway {
                 )
                 .await;
         }
+        if classification.buffered() {
+            return self
+                .buffered(session, ctx, classification, intent_needed)
+                .await;
+        }
         let is_form = session
             .req_header()
             .headers
@@ -590,18 +1005,8 @@ impl ProxyHttp for Gateway {
         // Informational responses (100 Continue, 103 Early Hints) are not relayed: only the
         // final response is released, after its record.
         session.set_ignore_info_resp(true);
-        if intent_needed {
-            // Intent: durable before the EHR sees the request.
-            let event = ctx.event.as_ref().expect("event set above");
-            match self.journal.append(event).await {
-                Ok(receipt) => ctx.intent_seq = Some(receipt.seq),
-                Err(e) => {
-                    ctx.refusal = Some(e.category());
-                    self.unavailable(session, &snap.net, false, &e, &request_id)
-                        .await?;
-                    return Ok(true);
-                }
-            }
+        if intent_needed && self.write_intent(session, ctx).await? {
+            return Ok(true);
         }
         Ok(false)
     }
@@ -642,32 +1047,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         _ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let mut peer = HttpPeer::new(
-            self.upstream_authority.as_str(),
-            self.upstream_tls,
-            if self.upstream_tls {
-                self.upstream_sni.clone()
-            } else {
-                String::new()
-            },
-        );
-        if self.upstream_tls {
-            // Certificate and host name are checked unless explicitly (and loudly) turned off.
-            let verify = !self.upstream.insecure_skip_verify;
-            peer.options.verify_cert = verify;
-            peer.options.verify_hostname = verify;
-            if let Some(ca) = &self.upstream_ca {
-                peer.options.ca = Some(ca.clone());
-            }
-        }
-        let ms = std::time::Duration::from_millis;
-        peer.options.connection_timeout = Some(ms(self.upstream.connect_timeout_ms));
-        peer.options.read_timeout = Some(ms(self.upstream.read_timeout_ms));
-        peer.options.write_timeout = Some(ms(self.upstream.write_timeout_ms));
-        peer.options.idle_timeout = Some(ms(self.upstream.idle_timeout_ms));
-        // Never let an upstream 101 turn the connection into an unaudited tunnel.
-        peer.options.http_upstream_request_policy = HttpUpstreamRequestPolicy::deny_upgrades();
-        Ok(Box::new(peer))
+        Ok(Box::new(self.make_peer()))
     }
 
     async fn upstream_request_filter(
@@ -676,26 +1056,10 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let peer = peer_ip(session).to_string();
-        let xff = match upstream_request
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(existing) if !existing.trim().is_empty() => format!("{existing}, {peer}"),
-            _ => peer,
-        };
-        upstream_request.insert_header("x-forwarded-for", xff)?;
-        if let Some(event) = &ctx.event {
-            upstream_request.insert_header(
-                ctx.snap.net.request_id_header().clone(),
-                event.request_id.as_str(),
-            )?;
-        }
+        self.add_forwarding_headers(session, upstream_request, ctx)?;
         ctx.upstream_started = Some(Instant::now());
         Ok(())
     }
-
     async fn response_filter(
         &self,
         _session: &mut Session,
@@ -756,17 +1120,7 @@ impl ProxyHttp for Gateway {
         let code = if ctx.refusal.is_some() {
             503
         } else {
-            match e.etype() {
-                HTTPStatus(code) => *code,
-                ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError => 502,
-                TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | HandshakeError => 502,
-                ReadTimedout | WriteTimedout => 504,
-                _ => match e.esource() {
-                    ErrorSource::Upstream => 502,
-                    ErrorSource::Downstream => 0,
-                    _ => 500,
-                },
-            }
+            upstream_error_status(e)
         };
         if already_sent || code == 0 {
             // The client already has the head (its record is durable) or is gone.
@@ -783,43 +1137,7 @@ impl ProxyHttp for Gateway {
             self.unavailable(session, &net, true, &journal_error, &request_id)
                 .await
         } else {
-            let tls_failed = matches!(
-                e.etype(),
-                TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | HandshakeError
-            );
-            let error = match code {
-                502 if tls_failed => "upstream_tls_failed",
-                502 => "upstream_unreachable",
-                504 => "upstream_timeout",
-                _ => "gateway_error",
-            };
-            metrics::global()
-                .upstream_errors
-                .with_label_values(&[match code {
-                    502 if tls_failed => "tls",
-                    502 => "unreachable",
-                    504 => "timeout",
-                    _ => "other",
-                }])
-                .inc();
-            match self.journal_outcome(ctx, code, Some(error), None).await {
-                Ok(()) => {
-                    write_answer(
-                        session,
-                        true,
-                        code,
-                        net.request_id_header(),
-                        &request_id,
-                        &[],
-                        error_body(code, error, "the EHR did not answer", &request_id),
-                    )
-                    .await
-                }
-                Err(je) => {
-                    self.unavailable(session, &net, true, &je, &request_id)
-                        .await
-                }
-            }
+            self.upstream_failed(session, ctx, e, code).await
         };
         if let Err(write_error) = result {
             tracing::debug!(error = ?write_error.etype(), "could not send the error answer");
@@ -926,6 +1244,22 @@ fn redact_query_tokens(query: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("&")
+}
+
+/// The status a failed exchange with the upstream is answered with; 0 when the client went
+/// away (nothing to answer).
+fn upstream_error_status(e: &Error) -> u16 {
+    match e.etype() {
+        HTTPStatus(code) => *code,
+        ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError => 502,
+        TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | HandshakeError => 502,
+        ReadTimedout | WriteTimedout => 504,
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => 0,
+            _ => 500,
+        },
+    }
 }
 
 /// Copy the rules' answer into the event.

@@ -303,6 +303,10 @@ pub struct Outcome {
     /// Time from forwarding to the upstream's response head, in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub upstream_ms: Option<u64>,
+    /// The response's media type (without parameters), when the gateway read the response
+    /// for patients: says what a `not_json` gap was.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub content_type: Option<String>,
 }
 
 impl Outcome {
@@ -340,6 +344,10 @@ pub struct Event {
     pub query: Option<String>,
     pub patients: Vec<PatientRef>,
     pub attribution: Attribution,
+    /// Why the attribution is `partial`, when the gateway knows (fixed names, see
+    /// [`crate::extract::Gap`]): `too_large`, `not_json`, `contained_patient`, ...
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub attribution_gaps: Vec<String>,
     pub net: NetworkVector,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub outcome: Option<Outcome>,
@@ -445,6 +453,7 @@ mod tests {
                 source: PatientSource::Path,
             }],
             attribution: Attribution::Complete,
+            attribution_gaps: Vec::new(),
             net: NetworkVector::default(),
             outcome: Some(Outcome {
                 status: 401,

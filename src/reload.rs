@@ -37,6 +37,8 @@ pub struct Snapshot {
     pub geo: Option<Arc<GeoIp>>,
     /// The trusted-time policy.
     pub clock: crate::clock::ClockConfig,
+    /// Bounds of the buffered path.
+    pub attribution: crate::inspect::AttributionConfig,
 }
 
 /// The current snapshot, swappable.
@@ -120,6 +122,7 @@ pub async fn load_snapshot(config: &Config, base_dir: &Path) -> Result<Snapshot,
         net: Arc::new(NetPolicy::new(&config.network)),
         geo,
         clock: config.clock.clone(),
+        attribution: config.attribution.clone(),
     })
 }
 

@@ -315,6 +315,16 @@ pub struct RuleDef {
     /// [type]/_search`): the classification then has `needs_form_body`. Needs `search`.
     #[serde(default)]
     pub form_body: bool,
+    /// Read the request body as FHIR JSON (a resource, a JSON Patch, a transaction or batch
+    /// Bundle) and add the patients it references, before the intent record is written. The
+    /// request takes the buffered path (see [`crate::inspect`]).
+    #[serde(default)]
+    pub inspect_body: bool,
+    /// Read the whole response as FHIR JSON and add every patient it references to the outcome
+    /// record, which is durable before the first byte of the response leaves the gateway. The
+    /// request takes the buffered path (see [`crate::inspect`]).
+    #[serde(default)]
+    pub inspect_response: bool,
 }
 
 /// The `attribution` a rule may claim.
@@ -508,6 +518,15 @@ pub struct Classification {
     /// body if it is `application/x-www-form-urlencoded` and at most
     /// [`RuleSet::max_form_body_bytes`]; otherwise the attribution stays `partial`.
     pub needs_form_body: bool,
+    /// The rule reads the request body as FHIR JSON (`inspect_body`).
+    pub inspect_body: bool,
+    /// The rule reads the response as FHIR JSON (`inspect_response`).
+    pub inspect_response: bool,
+    /// The most the matched rule may claim (`partial` when unmatched).
+    pub claim: AttributionClaim,
+    /// The base path the request matched under (`/fhir`; empty for the root), for resolving
+    /// the relative URLs of Bundle entries. Empty when unmatched.
+    pub base_path: String,
     /// What `attribute_form_body` needs to redo the search attribution.
     form: Option<Box<FormState>>,
 }
@@ -537,8 +556,17 @@ impl Classification {
             path,
             query,
             needs_form_body: false,
+            inspect_body: false,
+            inspect_response: false,
+            claim: AttributionClaim::Partial,
+            base_path: String::new(),
             form: None,
         }
+    }
+
+    /// The request takes the buffered path: its body or its response is read for patients.
+    pub fn buffered(&self) -> bool {
+        self.inspect_body || self.inspect_response
     }
 }
 
@@ -638,6 +666,8 @@ struct Rule {
     patient_header: Option<http::HeaderName>,
     search: bool,
     form_body: bool,
+    inspect_body: bool,
+    inspect_response: bool,
     description: Option<String>,
 }
 
@@ -849,7 +879,9 @@ impl RuleSet {
                     if rule.methods.matches(method)
                         && match_template(&rule.template, &path, rel, &mut caps)
                     {
-                        return Ok(self.build(rule, &caps, path.clone(), query, headers));
+                        let mut c = self.build(rule, &caps, path.clone(), query, headers);
+                        c.base_path = base.iter().map(|s| format!("/{s}")).collect();
+                        return Ok(c);
                     }
                 }
             }
@@ -890,6 +922,10 @@ impl RuleSet {
             path,
             query: query.map(str::to_string),
             needs_form_body: false,
+            inspect_body: rule.inspect_body,
+            inspect_response: rule.inspect_response,
+            claim: rule.claim,
+            base_path: String::new(),
             form: None,
         };
         if rule.claim == AttributionClaim::None {
@@ -1628,13 +1664,16 @@ fn compile_rule(def: RuleDef) -> Result<Rule, CompileError> {
         || def.patient_query.is_some()
         || def.patient_header.is_some()
         || def.search
+        || def.inspect_body
+        || def.inspect_response
         || !patient_pairs.is_empty();
     match def.attribution {
         AttributionClaim::None if has_source => {
             return Err((
                 "attribution",
                 "`none` (no patient data) but the rule names patients (a {patient} or \
-                 Patient/{id} in the path, patient_query, patient_header or search)"
+                 Patient/{id} in the path, patient_query, patient_header, search, \
+                 inspect_body or inspect_response)"
                     .into(),
             ));
         }
@@ -1659,6 +1698,8 @@ fn compile_rule(def: RuleDef) -> Result<Rule, CompileError> {
         patient_header,
         search: def.search,
         form_body: def.form_body,
+        inspect_body: def.inspect_body,
+        inspect_response: def.inspect_response,
         description: def.description,
     })
 }

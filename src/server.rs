@@ -289,6 +289,9 @@ pub fn prepare(
         upstream_tls: target.tls,
         upstream_sni: config.upstream.server_name.clone().unwrap_or(target.host),
         upstream_ca,
+        connector: pingora::connectors::http::Connector::new(Some(
+            pingora::connectors::ConnectorOptions::new(UPSTREAM_POOL_SIZE),
+        )),
     };
     Ok(Prepared {
         gateway,
@@ -303,6 +306,9 @@ pub fn prepare(
 /// How long the clean stop waits for the journal to seal its open segment and store the
 /// checkpoint, after the drain.
 pub const JOURNAL_CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Idle connections to the upstream kept by the buffered path (pingora's default pool size).
+const UPSTREAM_POOL_SIZE: usize = 128;
 
 /// How long no request must be in flight before the drain counts as done (a keep-alive
 /// connection may still deliver one it had sent when the listeners closed).

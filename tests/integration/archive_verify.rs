@@ -44,6 +44,7 @@ fn event(n: usize) -> Event {
         query: None,
         patients: vec![],
         attribution: Attribution::None,
+        attribution_gaps: Vec::new(),
         net: NetworkVector::default(),
         outcome: None,
         clock: ClockState::default(),

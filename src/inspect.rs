@@ -234,6 +234,95 @@ impl EntryClassifier for EntryRules<'_> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Reading bodies for patients (shared by the proxy and `rules explain`)
+// ---------------------------------------------------------------------------------------------
+
+/// Read a whole request body (at most `limit` bytes) for patients, as the buffered path does:
+/// an `application/x-www-form-urlencoded` body of a rule with `form_body` as search
+/// parameters, a JSON body (or one without `Content-Type`) of a rule with `inspect_body`
+/// through [`crate::extract::request_patients`]. Returns the time spent extracting.
+pub fn inspect_request_body(
+    c: &mut Classification,
+    rules: &RuleSet,
+    headers: &http::HeaderMap,
+    body: &[u8],
+    limit: usize,
+    inspection: &mut Inspection,
+) -> Option<std::time::Duration> {
+    if body.is_empty() {
+        return None;
+    }
+    let media = media_type(headers.get(http::header::CONTENT_TYPE));
+    if c.needs_form_body && media.as_deref() == Some("application/x-www-form-urlencoded") {
+        rules.attribute_form_body(c, body);
+        return None;
+    }
+    if !c.inspect_body {
+        return None;
+    }
+    match decoded(body, headers.get(http::header::CONTENT_ENCODING), limit) {
+        Err(gap) => {
+            inspection.gaps.insert(gap);
+            None
+        }
+        // No Content-Type: FHIR servers read the body as JSON.
+        Ok(bytes) if media.as_deref().is_none_or(is_json) => {
+            let entries = EntryRules {
+                rules,
+                base_path: &c.base_path,
+            };
+            let creating = c.interaction == InteractionKind::Create;
+            let started = std::time::Instant::now();
+            inspection.body = Some(crate::extract::request_patients(&bytes, creating, &entries));
+            Some(started.elapsed())
+        }
+        Ok(_) => {
+            inspection.gaps.insert(Gap::NotJson);
+            None
+        }
+    }
+}
+
+/// Read a whole response body (at most `limit` bytes) for patients, as the buffered path
+/// does for a rule with `inspect_response`. Returns the response's media type (for the
+/// record) and the time spent extracting.
+pub fn inspect_response_body(
+    headers: &http::HeaderMap,
+    body: &[u8],
+    head_request: bool,
+    limit: usize,
+    inspection: &mut Inspection,
+) -> (Option<String>, Option<std::time::Duration>) {
+    let media = media_type(headers.get(http::header::CONTENT_TYPE));
+    // A create answered without a body names the new resource in `Location`.
+    inspection.location_patient = headers
+        .get(http::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|l| crate::rules::patient_in_reference(l, false))
+        .map(str::to_string);
+    if body.is_empty() || head_request {
+        inspection.response = Some(Findings::default());
+        return (media, None);
+    }
+    let took = match decoded(body, headers.get(http::header::CONTENT_ENCODING), limit) {
+        Err(gap) => {
+            inspection.gaps.insert(gap);
+            None
+        }
+        Ok(bytes) if media.as_deref().is_none_or(is_json) => {
+            let started = std::time::Instant::now();
+            inspection.response = Some(crate::extract::response_patients(&bytes));
+            Some(started.elapsed())
+        }
+        Ok(_) => {
+            inspection.gaps.insert(Gap::NotJson);
+            None
+        }
+    };
+    (media, took)
+}
+
+// ---------------------------------------------------------------------------------------------
 // Settling the record
 // ---------------------------------------------------------------------------------------------
 

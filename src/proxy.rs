@@ -35,12 +35,12 @@ use pingora::upstreams::peer::HttpUpstreamRequestPolicy;
 
 use crate::clock;
 use crate::config::UpstreamConfig;
-use crate::extract::{request_patients, response_patients, Findings, Gap};
+use crate::extract::Gap;
 use crate::geoip::GeoAnswer;
 use crate::identity::AuthFailure;
 use crate::inspect::{
-    decoded, downstream_response, exchange, is_json, media_type, read_request_body, settle,
-    upstream_request, Answer, EntryRules, Inspection, OversizePolicy, RequestBody,
+    downstream_response, exchange, inspect_request_body, inspect_response_body, read_request_body,
+    settle, upstream_request, Answer, Inspection, OversizePolicy, RequestBody,
 };
 use crate::journal::{Journal, JournalError};
 use crate::metrics;
@@ -380,36 +380,17 @@ impl Gateway {
                     .await;
             }
             inspection.gaps.insert(Gap::TooLarge);
-        } else if !body.bytes.is_empty() {
+        } else {
             let headers = &session.req_header().headers;
-            let media = media_type(headers.get(http::header::CONTENT_TYPE));
-            if c.needs_form_body && media.as_deref() == Some("application/x-www-form-urlencoded") {
-                snap.rules.attribute_form_body(&mut c, &body.bytes);
-            } else if c.inspect_body {
-                match decoded(
-                    &body.bytes,
-                    headers.get(http::header::CONTENT_ENCODING),
-                    limit,
-                ) {
-                    Err(gap) => {
-                        inspection.gaps.insert(gap);
-                    }
-                    // No Content-Type: FHIR servers read the body as JSON.
-                    Ok(bytes) if media.as_deref().is_none_or(is_json) => {
-                        let entries = EntryRules {
-                            rules: &snap.rules,
-                            base_path: &c.base_path,
-                        };
-                        let creating = c.interaction == InteractionKind::Create;
-                        let started = Instant::now();
-                        inspection.body = Some(request_patients(&bytes, creating, &entries));
-                        m.extraction_seconds
-                            .observe(started.elapsed().as_secs_f64());
-                    }
-                    Ok(_) => {
-                        inspection.gaps.insert(Gap::NotJson);
-                    }
-                }
+            if let Some(took) = inspect_request_body(
+                &mut c,
+                &snap.rules,
+                headers,
+                &body.bytes,
+                limit,
+                &mut inspection,
+            ) {
+                m.extraction_seconds.observe(took.as_secs_f64());
             }
         }
         if let Some(event) = ctx.event.as_mut() {
@@ -459,8 +440,6 @@ impl Gateway {
 
         // 4. The response's patients.
         if c.inspect_response {
-            let headers = &answer.header.headers;
-            let media = media_type(headers.get(http::header::CONTENT_TYPE));
             if !answer.complete {
                 if refuse_oversize {
                     if let Some(mut rest) = answer.rest {
@@ -481,35 +460,19 @@ impl Gateway {
                         .await;
                 }
                 inspection.gaps.insert(Gap::TooLarge);
-            } else if answer.body.is_empty() || head_request {
-                inspection.response = Some(Findings::default());
             } else {
-                match decoded(
+                let (media, took) = inspect_response_body(
+                    &answer.header.headers,
                     &answer.body,
-                    headers.get(http::header::CONTENT_ENCODING),
+                    head_request,
                     limit,
-                ) {
-                    Err(gap) => {
-                        inspection.gaps.insert(gap);
-                    }
-                    Ok(bytes) if media.as_deref().is_none_or(is_json) => {
-                        let started = Instant::now();
-                        inspection.response = Some(response_patients(&bytes));
-                        m.extraction_seconds
-                            .observe(started.elapsed().as_secs_f64());
-                    }
-                    Ok(_) => {
-                        inspection.gaps.insert(Gap::NotJson);
-                    }
+                    &mut inspection,
+                );
+                if let Some(took) = took {
+                    m.extraction_seconds.observe(took.as_secs_f64());
                 }
+                ctx.content_type = media;
             }
-            ctx.content_type = media;
-            // A create answered without a body names the new resource in `Location`.
-            inspection.location_patient = headers
-                .get(http::header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|l| crate::rules::patient_in_reference(l, false))
-                .map(str::to_string);
         }
         if let Some(event) = ctx.event.as_mut() {
             let (patients, attribution, gaps) = settle(&c, &inspection, Some(status));

@@ -511,8 +511,15 @@ pub fn check_log_has_no_phi(log: &str, journal: &Path) -> Result<(), String> {
             ]
         };
         for needle in needles {
-            if let Some(at) = log.find(&needle) {
-                return Err(format!("a {what} ({value:?}): ...{}...", excerpt(log, at)));
+            // A match must end where the value ends (`/1` is not in `//127.0.0.1`).
+            let mut from = 0;
+            while let Some(i) = log[from..].find(&needle) {
+                let at = from + i;
+                let after = log[at + needle.len()..].chars().next();
+                if !after.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
+                    return Err(format!("a {what} ({value:?}): ...{}...", excerpt(log, at)));
+                }
+                from = at + needle.len();
             }
         }
     }

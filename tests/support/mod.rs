@@ -34,6 +34,7 @@ pub mod gateway;
 pub mod geoip;
 pub mod jwks;
 pub mod keys;
+pub mod oracle;
 pub mod prometheus;
 pub mod python;
 pub mod s3;

@@ -178,12 +178,72 @@ pub enum Command {
         #[arg(long, default_value_t = 5)]
         timeout_secs: u64,
     },
+    /// Route rules: what the gateway would record for a request, and the rule files' tests.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
     /// A self-contained tour: a sample FHIR upstream, a throwaway key, a few requests, then the
     /// journal and its verification. Needs nothing but this binary.
     Demo {
         /// Keep the demo's journal in this directory (default: a temporary one, removed).
         #[arg(long)]
         journal: Option<PathBuf>,
+    },
+}
+
+/// `auditgate rules ...`.
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Show what the gateway would record for one request: the rule, action and interaction,
+    /// and each patient with its source (path, query, header, body, response) and the
+    /// attribution, before forwarding (the intent of a change) and, given a response, in the
+    /// outcome record. Nothing is sent anywhere.
+    ///
+    /// Example: `auditgate rules explain GET '/fhir/Observation?code=1234-5' --response bundle.json`
+    Explain {
+        /// The HTTP method (GET, POST, ...).
+        method: String,
+        /// The request target: `/fhir/Observation?patient=1`, or a full URL (its path and query
+        /// are used).
+        url: String,
+        /// Use this configuration's `[rules]` and `[attribution]` (default: the built-in FHIR R4
+        /// rules).
+        #[arg(long, short, env = "AUDITGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// The request body, from this file.
+        #[arg(long)]
+        body: Option<PathBuf>,
+        /// The request body's Content-Type (default application/fhir+json).
+        #[arg(long)]
+        content_type: Option<String>,
+        /// The response body, from this file: the outcome record is shown too.
+        #[arg(long)]
+        response: Option<PathBuf>,
+        /// The response's Content-Type (default application/fhir+json).
+        #[arg(long)]
+        response_content_type: Option<String>,
+        /// The response status.
+        #[arg(long, default_value_t = 200)]
+        status: u16,
+        /// The response's Location header (a create answered without a body).
+        #[arg(long)]
+        location: Option<String>,
+        /// A request header, `NAME: VALUE` (repeatable).
+        #[arg(long = "header", value_name = "NAME: VALUE")]
+        headers: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the `[[test]]` cases of the rule files (see the README); exit 1 if one fails.
+    Test {
+        /// Use this configuration's rule files (default: the built-in FHIR R4 rules).
+        #[arg(long, short, env = "AUDITGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Print every case, not only failures.
+        #[arg(long)]
+        verbose: bool,
     },
 }
 
@@ -265,6 +325,7 @@ pub fn main() -> ExitCode {
         } => prove(&journal, seq, checkpoint, consistency, out),
         Command::VerifyProof { file, key } => verify_proof(&file, &key),
         Command::Demo { journal } => crate::demo::run(journal),
+        Command::Rules { command } => rules_command(command),
         Command::Geoip {
             config,
             city_db,
@@ -464,6 +525,262 @@ fn override_clock_for_tests() {
         }
         crate::clock::set_override(state);
     }
+}
+
+/// The rules and body limit of `config`, or the built-in FHIR R4 rules.
+fn load_rules(
+    config: Option<&std::path::Path>,
+) -> Result<(crate::rules::RuleSet, usize), ExitCode> {
+    match config {
+        Some(path) => {
+            let config = load(path)?;
+            let rules = crate::rules::RuleSet::load(&config.rules, &Config::base_dir(path))
+                .map_err(|e| {
+                    eprintln!("auditgate: rules: {e}");
+                    ExitCode::from(2)
+                })?;
+            Ok((rules, config.attribution.limit()))
+        }
+        None => {
+            let rules = crate::rules::RuleSet::from_toml_str(
+                crate::rules::BUILTIN_FHIR_R4,
+                crate::rules::UnmatchedPolicy::Journal,
+            )
+            .map_err(|e| {
+                eprintln!("auditgate: built-in rules: {e}");
+                ExitCode::from(2)
+            })?;
+            Ok((rules, crate::inspect::AttributionConfig::default().limit()))
+        }
+    }
+}
+
+fn rules_command(command: RulesCommand) -> ExitCode {
+    match command {
+        RulesCommand::Explain {
+            method,
+            url,
+            config,
+            body,
+            content_type,
+            response,
+            response_content_type,
+            status,
+            location,
+            headers,
+            json,
+        } => {
+            let (rules, limit) = match load_rules(config.as_deref()) {
+                Ok(r) => r,
+                Err(code) => return code,
+            };
+            let read = |p: &PathBuf| {
+                std::fs::read(p).map_err(|e| {
+                    eprintln!("auditgate: {}: {e}", p.display());
+                    ExitCode::from(2)
+                })
+            };
+            let body = match body.as_ref().map(read).transpose() {
+                Ok(b) => b,
+                Err(code) => return code,
+            };
+            let response_body = match response.as_ref().map(read).transpose() {
+                Ok(b) => b,
+                Err(code) => return code,
+            };
+            let mut request_headers = http::HeaderMap::new();
+            let add = |map: &mut http::HeaderMap, name: &str, value: &str| -> bool {
+                match (
+                    http::HeaderName::from_bytes(name.trim().as_bytes()),
+                    http::HeaderValue::from_str(value.trim()),
+                ) {
+                    (Ok(n), Ok(v)) => {
+                        map.append(n, v);
+                        true
+                    }
+                    _ => {
+                        eprintln!("auditgate: not a header: {name}: {value}");
+                        false
+                    }
+                }
+            };
+            for h in &headers {
+                let Some((n, v)) = h.split_once(':') else {
+                    eprintln!("auditgate: --header takes `NAME: VALUE`, got {h:?}");
+                    return ExitCode::from(2);
+                };
+                if !add(&mut request_headers, n, v) {
+                    return ExitCode::from(2);
+                }
+            }
+            if body.is_some() && !request_headers.contains_key(http::header::CONTENT_TYPE) {
+                let ct = content_type.as_deref().unwrap_or("application/fhir+json");
+                if !add(&mut request_headers, "content-type", ct) {
+                    return ExitCode::from(2);
+                }
+            }
+            let target = match url
+                .strip_prefix("https://")
+                .or_else(|| url.strip_prefix("http://"))
+            {
+                Some(rest) => rest
+                    .find('/')
+                    .map_or("/".to_string(), |i| rest[i..].to_string()),
+                None => url.clone(),
+            };
+            let mut response_headers = http::HeaderMap::new();
+            let ct = response_content_type
+                .as_deref()
+                .unwrap_or("application/fhir+json");
+            if !add(&mut response_headers, "content-type", ct) {
+                return ExitCode::from(2);
+            }
+            if let Some(l) = &location {
+                if !add(&mut response_headers, "location", l) {
+                    return ExitCode::from(2);
+                }
+            }
+            let given_response = response_body.is_some() || location.is_some();
+            let x = crate::inspect::explain(
+                &rules,
+                limit,
+                &method,
+                &target,
+                &request_headers,
+                body.as_deref(),
+                given_response.then(|| crate::inspect::ExplainResponse {
+                    status,
+                    headers: response_headers,
+                    body: response_body.as_deref().unwrap_or_default(),
+                }),
+            );
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&x).expect("an explanation serialises")
+                );
+            } else {
+                print!("{}", render_explanation(&x));
+            }
+            ExitCode::SUCCESS
+        }
+        RulesCommand::Test { config, verbose } => {
+            let (rules, limit) = match load_rules(config.as_deref()) {
+                Ok(r) => r,
+                Err(code) => return code,
+            };
+            let mut failed = 0;
+            for (file, t) in rules.tests() {
+                match crate::inspect::run_rule_test(&rules, limit, t) {
+                    Ok(_) => {
+                        if verbose {
+                            println!("ok    {} ({})", t.name, file.display());
+                        }
+                    }
+                    Err(failures) => {
+                        failed += 1;
+                        println!(
+                            "FAIL  {} ({}): {} {}",
+                            t.name,
+                            file.display(),
+                            t.method,
+                            t.url
+                        );
+                        for f in failures {
+                            println!("      {f}");
+                        }
+                    }
+                }
+            }
+            let total = rules.tests().len();
+            println!("{} of {total} rule tests passed", total - failed);
+            if failed > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+    }
+}
+
+/// `rules explain` for people.
+fn render_explanation(x: &crate::inspect::Explanation) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let patients = |s: &crate::inspect::Settled| {
+        if s.patients.is_empty() {
+            "none".to_string()
+        } else {
+            s.patients
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} ({})",
+                        p.id,
+                        serde_json::to_value(p.source)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    let settled = |label: &str, s: &crate::inspect::Settled, out: &mut String| {
+        let _ = writeln!(out, "{label:<12} patients: {}", patients(s));
+        let _ = writeln!(
+            out,
+            "{:<12} attribution: {}{}",
+            "",
+            serde_json::to_value(s.attribution)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            if s.gaps.is_empty() {
+                String::new()
+            } else {
+                format!(" (gaps: {})", s.gaps.join(", "))
+            }
+        );
+    };
+    let _ = writeln!(out, "{:<12} {}", "rule", x.rule);
+    if let Some(d) = &x.description {
+        let _ = writeln!(out, "{:<12} {d}", "");
+    }
+    if let Some(r) = &x.rejected {
+        let _ = writeln!(out, "{:<12} refused with 400: {r}", "path");
+    }
+    let _ = writeln!(
+        out,
+        "{:<12} {} ({:?})",
+        "action",
+        x.action.as_str(),
+        x.interaction
+    );
+    if let Some(t) = &x.resource_type {
+        let _ = writeln!(
+            out,
+            "{:<12} {t}{}",
+            "resource",
+            x.resource_id
+                .as_deref()
+                .map(|i| format!("/{i}"))
+                .unwrap_or_default()
+        );
+    }
+    let reads = match (x.reads_body, x.reads_response) {
+        (true, true) => "buffered: request body and response read for patients",
+        (true, false) => "buffered: request body read for patients",
+        (false, true) => "buffered: response read for patients before release",
+        (false, false) => "streamed: patients from the request line only",
+    };
+    let _ = writeln!(out, "{:<12} {reads}", "path");
+    settled("request", &x.request, &mut out);
+    if let Some(o) = &x.outcome {
+        settled("outcome", o, &mut out);
+    }
+    out
 }
 
 fn check_config(path: &std::path::Path) -> ExitCode {

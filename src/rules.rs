@@ -270,6 +270,66 @@ pub struct RuleFile {
     /// The rules, tried in order.
     #[serde(default)]
     pub rule: Vec<RuleDef>,
+    /// Test cases `auditgate rules test` runs (see [`RuleTest`]).
+    #[serde(default)]
+    pub test: Vec<RuleTest>,
+}
+
+/// One `[[test]]` of a rule file: a request (and optionally its response) and what the record
+/// must say. Run by `auditgate rules test` (and the project's tests).
+///
+/// ```toml
+/// [[test]]
+/// name = "observation-read"
+/// method = "GET"
+/// url = "/fhir/Observation/o1"
+/// response = '''{"resourceType": "Observation", "id": "o1", "subject": {"reference": "Patient/p1"}}'''
+/// expect = { rule = "fhir-read", action = "R", patients = ["p1"], attribution = "complete" }
+/// ```
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleTest {
+    pub name: String,
+    pub method: String,
+    /// The request target: a path with its query (`/fhir/Observation?patient=1`).
+    pub url: String,
+    /// Request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The request body.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// The request body's `Content-Type` (default `application/fhir+json` when there is a body).
+    #[serde(default)]
+    pub content_type: Option<String>,
+    /// The response body; with it (or `status`), the outcome record is checked.
+    #[serde(default)]
+    pub response: Option<String>,
+    /// The response's `Content-Type` (default `application/fhir+json`).
+    #[serde(default)]
+    pub response_content_type: Option<String>,
+    /// The response's `Location` header.
+    #[serde(default)]
+    pub location: Option<String>,
+    /// The response status (default 200).
+    #[serde(default)]
+    pub status: Option<u16>,
+    pub expect: RuleTestExpect,
+}
+
+/// What a [`RuleTest`] expects; each key given is checked.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleTestExpect {
+    /// The rule name (`unmatched`, `rejected` for a refused path).
+    pub rule: Option<String>,
+    pub action: Option<Action>,
+    pub interaction: Option<InteractionKind>,
+    /// Patient ids, in any order.
+    pub patients: Option<Vec<String>>,
+    pub attribution: Option<Attribution>,
+    /// Gap names, in any order.
+    pub gaps: Option<Vec<String>>,
 }
 
 /// One `[[rule]]`.
@@ -699,6 +759,10 @@ pub struct RuleSet {
     operations: HashMap<String, Action>,
     unmatched: UnmatchedPolicy,
     max_form_body_bytes: u64,
+    /// The files' `[[test]]` cases, with the file they came from.
+    tests: Vec<(PathBuf, RuleTest)>,
+    /// Rule descriptions by name, for `rules explain`.
+    descriptions: HashMap<String, String>,
 }
 
 /// A short description of one rule, for `rules explain` and `check-config`.
@@ -750,6 +814,8 @@ impl RuleSet {
             operations: HashMap::new(),
             unmatched: cfg.unmatched,
             max_form_body_bytes: cfg.max_form_body_bytes,
+            tests: Vec::new(),
+            descriptions: HashMap::new(),
         };
         let mut names = HashSet::new();
         for (path, text, base_override) in sources {
@@ -763,6 +829,22 @@ impl RuleSet {
                 key: key.to_string(),
                 reason,
             };
+            let mut test_names = HashSet::new();
+            for t in &file.test {
+                if !test_names.insert(t.name.clone()) {
+                    return Err(invalid(
+                        None,
+                        "test",
+                        format!("two tests are named {:?}", t.name),
+                    ));
+                }
+                set.tests.push((path.clone(), t.clone()));
+            }
+            for r in &file.rule {
+                if let Some(d) = &r.description {
+                    set.descriptions.insert(r.name.clone(), d.clone());
+                }
+            }
             let base_paths = base_override.unwrap_or(file.base_paths);
             validate_base_paths(&base_paths).map_err(|r| invalid(None, "base_paths", r))?;
             let mut bases: Vec<Vec<String>> = base_paths.iter().map(|b| base_segments(b)).collect();
@@ -842,6 +924,16 @@ impl RuleSet {
     }
 
     /// The R4 Patient-compartment parameters of a resource type, as loaded.
+    /// The rule files' `[[test]]` cases, each with its file.
+    pub fn tests(&self) -> &[(PathBuf, RuleTest)] {
+        &self.tests
+    }
+
+    /// A rule's `description`.
+    pub fn description(&self, rule: &str) -> Option<&str> {
+        self.descriptions.get(rule).map(String::as_str)
+    }
+
     pub fn compartment_params(&self, resource_type: &str) -> Option<&CompartmentDef> {
         self.compartment.get(resource_type).map(|t| &t.def)
     }

@@ -15,6 +15,9 @@ fn every_subcommand_has_help() {
         &["keygen", "--help"],
         &["prove", "--help"],
         &["verify-proof", "--help"],
+        &["rules", "--help"],
+        &["rules", "explain", "--help"],
+        &["rules", "test", "--help"],
     ] {
         let (code, out, _) = auditgate(sub);
         assert_eq!(code, 0, "{sub:?}");
@@ -33,6 +36,88 @@ fn check_config_accepts_the_shipped_configs() {
             "{file}: prints the effective config: {out}"
         );
     }
+}
+
+#[test]
+fn rules_test_passes_on_the_shipped_rules_and_fails_on_a_wrong_expectation() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    // The shipped rule file's own cases, through the shipped quickstart config.
+    let (code, out, err) = auditgate(&[
+        "rules",
+        "test",
+        "--verbose",
+        "--config",
+        &format!("{root}/config/quickstart.toml"),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("16 of 16 rule tests passed"), "{out}");
+
+    // A rule file whose case expects the wrong patient: exit 1, and the failure says why.
+    let dir = tempfile::tempdir().unwrap();
+    let rules = std::fs::read_to_string(format!("{root}/rules/fhir-r4.toml")).unwrap();
+    let wrong = rules.replacen(
+        r#"patients = ["p1"], attribution = "complete" }"#,
+        r#"patients = ["someone-else"], attribution = "complete" }"#,
+        1,
+    );
+    assert_ne!(wrong, rules);
+    std::fs::write(dir.path().join("fhir-r4.toml"), wrong).unwrap();
+    let base = std::fs::read_to_string(format!("{root}/config/quickstart.toml")).unwrap();
+    let config = dir.path().join("auditgate.toml");
+    std::fs::write(
+        &config,
+        base.replace("../rules/fhir-r4.toml", "fhir-r4.toml"),
+    )
+    .unwrap();
+    let (code, out, _) = auditgate(&["rules", "test", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL  observation-read-subject-from-response")
+            && out.contains(r#"patients: expected ["someone-else"], got ["p1"]"#),
+        "{out}"
+    );
+}
+
+#[test]
+fn rules_explain_shows_each_patient_with_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let response = dir.path().join("bundle.json");
+    std::fs::write(
+        &response,
+        r##"{"resourceType":"Bundle","type":"searchset","entry":[
+            {"resource":{"resourceType":"Observation","subject":{"reference":"Patient/a"}}},
+            {"resource":{"resourceType":"Observation","subject":{"reference":"Patient/b"},
+             "contained":[{"resourceType":"Patient","id":"c"}],"performer":[{"reference":"#c"}]}}]}"##,
+    )
+    .unwrap();
+    let (code, out, err) = auditgate(&[
+        "rules",
+        "explain",
+        "GET",
+        "http://gateway.example/fhir/Observation?code=1234-5",
+        "--response",
+        response.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let x: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(x["rule"], "fhir-search");
+    assert_eq!(x["request"]["patients"], serde_json::json!([]));
+    assert_eq!(
+        x["outcome"]["patients"],
+        serde_json::json!([{"id": "a", "source": "response"}, {"id": "b", "source": "response"}])
+    );
+    assert_eq!(x["outcome"]["attribution"], "partial");
+    assert_eq!(
+        x["outcome"]["gaps"],
+        serde_json::json!(["contained_patient"])
+    );
+    let (code, out, _) = auditgate(&["rules", "explain", "PUT", "/fhir/Patient/p1"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("p1 (path)") && out.contains("fhir-patient-update"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -619,15 +619,7 @@ fn rules_command(command: RulesCommand) -> ExitCode {
                     return ExitCode::from(2);
                 }
             }
-            let target = match url
-                .strip_prefix("https://")
-                .or_else(|| url.strip_prefix("http://"))
-            {
-                Some(rest) => rest
-                    .find('/')
-                    .map_or("/".to_string(), |i| rest[i..].to_string()),
-                None => url.clone(),
-            };
+            let target = crate::inspect::target_of_absolute_url(&url).unwrap_or(&url);
             let mut response_headers = http::HeaderMap::new();
             let ct = response_content_type
                 .as_deref()
@@ -645,7 +637,7 @@ fn rules_command(command: RulesCommand) -> ExitCode {
                 &rules,
                 limit,
                 &method,
-                &target,
+                target,
                 &request_headers,
                 body.as_deref(),
                 given_response.then(|| crate::inspect::ExplainResponse {
@@ -713,16 +705,7 @@ fn render_explanation(x: &crate::inspect::Explanation) -> String {
         } else {
             s.patients
                 .iter()
-                .map(|p| {
-                    format!(
-                        "{} ({})",
-                        p.id,
-                        serde_json::to_value(p.source)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_string))
-                            .unwrap_or_default()
-                    )
-                })
+                .map(|p| format!("{} ({})", p.id, p.source.as_str()))
                 .collect::<Vec<_>>()
                 .join(", ")
         }
@@ -733,10 +716,7 @@ fn render_explanation(x: &crate::inspect::Explanation) -> String {
             out,
             "{:<12} attribution: {}{}",
             "",
-            serde_json::to_value(s.attribution)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
+            s.attribution.as_str(),
             if s.gaps.is_empty() {
                 String::new()
             } else {
@@ -753,10 +733,10 @@ fn render_explanation(x: &crate::inspect::Explanation) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<12} {} ({:?})",
+        "{:<12} {} ({})",
         "action",
         x.action.as_str(),
-        x.interaction
+        x.interaction.as_str()
     );
     if let Some(t) = &x.resource_type {
         let _ = writeln!(

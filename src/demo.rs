@@ -353,11 +353,7 @@ enabled = false
                 user,
                 e.action.as_str(),
                 e.interaction.as_str(),
-                format!(
-                    "{} {}",
-                    patients.join(","),
-                    format!("{:?}", e.attribution).to_lowercase()
-                ),
+                format!("{} {}", patients.join(","), e.attribution.as_str()),
                 status,
                 e.path
             );

@@ -150,23 +150,8 @@ impl Findings {
         }
     }
 
-    /// Whether `id` is already listed.
-    pub fn contains(&self, id: &str) -> bool {
-        self.seen.contains(id)
-    }
-
     pub fn gap(&mut self, gap: Gap) {
         self.gaps.insert(gap);
-    }
-
-    /// Everything `other` found, appended.
-    pub fn merge(&mut self, other: Findings) {
-        for p in other.patients {
-            self.add(&p);
-        }
-        self.gaps.extend(other.gaps);
-        self.created_patients += other.created_patients;
-        self.located += other.located;
     }
 }
 
@@ -178,8 +163,10 @@ pub trait EntryClassifier {
 }
 
 /// An [`EntryClassifier`] that knows no routes: every entry URL is read as a plain reference.
-pub struct ReferenceOnly;
+#[cfg(test)]
+pub(crate) struct ReferenceOnly;
 
+#[cfg(test)]
 impl EntryClassifier for ReferenceOnly {
     fn classify_entry(&self, _method: &str, url: &str) -> (Vec<String>, bool) {
         let path = url.split('?').next().unwrap_or("");
@@ -194,40 +181,34 @@ impl EntryClassifier for ReferenceOnly {
 
 /// Patients in a response body (a resource, a Bundle, a `Parameters` ...).
 pub fn response_patients(body: &[u8]) -> Findings {
-    let mut out = Findings::default();
-    match parse(body) {
-        Ok(Some(doc)) => {
-            out.document_type = document_type(&doc);
-            walk_resource(&doc, &Scope::response(), None, &mut out);
-            if doc.resource_type == "Patient" && doc.id.is_some() {
-                out.located += 1;
-            }
-        }
-        Ok(None) => {}
-        Err(_) => out.gap(Gap::InvalidJson),
-    }
-    out
+    extract(body, &Scope::response())
 }
 
 /// Patients in a request body. `creating`: the body is created by a `POST` (the EHR assigns
 /// the id, so a Patient in it is [`Gap::CreatedPatient`], not its `id`). A transaction or
 /// batch Bundle's entries are classified by `entries`.
 pub fn request_patients(body: &[u8], creating: bool, entries: &dyn EntryClassifier) -> Findings {
-    let mut out = Findings::default();
-    match parse(body) {
-        Ok(Some(doc)) => {
-            out.document_type = document_type(&doc);
-            let scope = Scope::request(creating, entries);
-            walk_resource(&doc, &scope, None, &mut out)
-        }
-        Ok(None) => {}
-        Err(_) => out.gap(Gap::InvalidJson),
-    }
-    out
+    extract(body, &Scope::request(creating, entries))
 }
 
-fn document_type(doc: &Res<'_>) -> Option<String> {
-    (!doc.resource_type.is_empty()).then(|| doc.resource_type.to_string())
+fn extract(body: &[u8], scope: &Scope<'_>) -> Findings {
+    let mut out = Findings::default();
+    let doc = match parse(body) {
+        Ok(doc) => doc,
+        Err(_) => {
+            out.gap(Gap::InvalidJson);
+            return out;
+        }
+    };
+    if !doc.resource_type.is_empty() {
+        out.document_type = Some(doc.resource_type.to_string());
+    }
+    walk_resource(&doc, scope, None, &mut out);
+    // A Patient returned whole (a create answered with its representation) names itself.
+    if scope.request.is_none() && doc.resource_type == "Patient" && doc.id.is_some() {
+        out.located += 1;
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -348,6 +329,7 @@ fn walk_bundle(
         created: &created,
         outer,
     };
+    let plain = scope.with_creating(false);
     for (i, entry) in res.entries.iter().enumerate() {
         match scope.request {
             Some(classifier) => {
@@ -388,7 +370,6 @@ fn walk_bundle(
             let entry_scope = scope.with_creating(created[i]);
             walk_resource(r, &entry_scope, Some(&index), out);
         }
-        let plain = scope.with_creating(false);
         for n in &entry.nested {
             walk_resource(n, &plain, Some(&index), out);
         }
@@ -518,6 +499,13 @@ struct Acc<'a> {
     resources: Vec<Res<'a>>,
 }
 
+impl<'a> Acc<'a> {
+    fn absorb(&mut self, other: Acc<'a>) {
+        self.refs.extend(other.refs);
+        self.resources.extend(other.resources);
+    }
+}
+
 /// One JSON object, before we know whether it is a resource, a reference or an entry.
 #[derive(Debug, Default)]
 struct Obj<'a> {
@@ -543,10 +531,7 @@ impl<'a> Obj<'a> {
     fn merge_into(self, acc: &mut Acc<'a>) {
         match self.into_found() {
             Found::Resource(r) => acc.resources.push(r),
-            Found::Plain(plain) => {
-                acc.refs.extend(plain.refs);
-                acc.resources.extend(plain.resources);
-            }
+            Found::Plain(plain) => acc.absorb(plain),
         }
     }
 
@@ -598,10 +583,7 @@ impl<'a> Obj<'a> {
         for o in std::mem::take(&mut self.contained) {
             match o.into_found() {
                 Found::Resource(r) => contained.push(r),
-                Found::Plain(p) => {
-                    acc.refs.extend(p.refs);
-                    acc.resources.extend(p.resources);
-                }
+                Found::Plain(p) => acc.absorb(p),
             }
         }
         let mut entries = Vec::new();
@@ -633,10 +615,7 @@ impl<'a> Obj<'a> {
         if let Some(resource) = self.resource.take() {
             match resource.into_found() {
                 Found::Resource(r) => entry.resource = Some(r),
-                Found::Plain(p) => {
-                    acc.refs.extend(p.refs);
-                    acc.resources.extend(p.resources);
-                }
+                Found::Plain(p) => acc.absorb(p),
             }
         }
         if let Some(mut request) = self.request.take() {
@@ -672,81 +651,85 @@ enum Found<'a> {
     Plain(Acc<'a>),
 }
 
-/// Parse a document. `Ok(None)`: valid JSON but not an object (nothing to attribute).
-fn parse(body: &[u8]) -> Result<Option<Res<'_>>, serde_json::Error> {
+/// Parse a document. A top-level object is a resource (or a plain object whose references
+/// count); anything else (a JSON Patch array, a scalar) is walked, and its references count.
+fn parse(body: &[u8]) -> Result<Res<'_>, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let mut acc = Acc::default();
-    let top = TopSeed { acc: &mut acc }.deserialize(&mut de)?;
+    let top = ObjSeed { acc: &mut acc }.deserialize(&mut de)?;
     de.end()?;
-    Ok(match top {
+    match top {
         Some(obj) => match obj.into_found() {
-            Found::Resource(r) => Some(r),
-            // A JSON object that is no resource: keep what it references.
-            Found::Plain(p) => Some(Res {
-                resource_type: Cow::Borrowed(""),
-                refs: p.refs,
-                nested: p.resources,
-                ..Res::default()
-            }),
+            Found::Resource(r) => return Ok(r),
+            Found::Plain(p) => acc.absorb(p),
         },
-        None => None,
+        None => acc = Acc::default(),
+    }
+    Ok(Res {
+        resource_type: Cow::Borrowed(""),
+        refs: acc.refs,
+        nested: acc.resources,
+        ..Res::default()
     })
 }
 
-/// The document's top value: an object is returned whole; anything else is walked and dropped.
-struct TopSeed<'p, 'a> {
+/// The visitor methods of the values a seed drops (numbers, booleans, null, and strings unless
+/// the seed keeps them): each returns `$value`.
+macro_rules! ignore_scalars {
+    ($value:expr) => {
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+    };
+}
+
+/// An object kept whole (the document, `resource`, `request`, `response`); any other value
+/// is walked into `acc`.
+struct ObjSeed<'p, 'a> {
     acc: &'p mut Acc<'a>,
 }
 
-impl<'de, 'p> DeserializeSeed<'de> for TopSeed<'p, 'de> {
+impl<'de, 'p> DeserializeSeed<'de> for ObjSeed<'p, 'de> {
     type Value = Option<Obj<'de>>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(TopVisitor { acc: self.acc })
+        d.deserialize_any(self)
     }
 }
 
-struct TopVisitor<'p, 'a> {
-    acc: &'p mut Acc<'a>,
-}
-
-impl<'de, 'p> Visitor<'de> for TopVisitor<'p, 'de> {
+impl<'de, 'p> Visitor<'de> for ObjSeed<'p, 'de> {
     type Value = Option<Obj<'de>>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON document")
+        f.write_str("any JSON value")
     }
 
     fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<Self::Value, M::Error> {
         ObjVisitor.visit_map(map).map(Some)
     }
 
-    fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Self::Value, S::Error> {
-        while seq
-            .next_element_seed(ValueSeed { acc: self.acc })?
-            .is_some()
-        {}
+    fn visit_seq<S: SeqAccess<'de>>(self, seq: S) -> Result<Self::Value, S::Error> {
+        ValueSeed { acc: self.acc }.visit_seq(seq)?;
         Ok(None)
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
     fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
         Ok(None)
     }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
+
+    ignore_scalars!(None);
 }
 
 /// Any value: objects and arrays are walked into `acc`, scalars dropped.
@@ -784,24 +767,11 @@ impl<'de, 'p> Visitor<'de> for ValueSeed<'p, 'de> {
         Ok(())
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
     fn visit_str<E>(self, _: &str) -> Result<(), E> {
         Ok(())
     }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
+
+    ignore_scalars!(());
 }
 
 /// The keys attribution reads; every other key is walked generically.
@@ -896,34 +866,7 @@ impl<'de, 'p> Visitor<'de> for StrSeed<'p, 'de> {
         Ok(None)
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-}
-
-/// An object kept whole (for `resource`, `request`, `response`); any other value is walked.
-struct ObjSeed<'p, 'a> {
-    acc: &'p mut Acc<'a>,
-}
-
-impl<'de, 'p> DeserializeSeed<'de> for ObjSeed<'p, 'de> {
-    type Value = Option<Obj<'de>>;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(TopVisitor { acc: self.acc })
-    }
+    ignore_scalars!(None);
 }
 
 /// An array of objects kept whole (for `contained`, `entry`); anything else is walked.
@@ -962,24 +905,11 @@ impl<'de, 'p> Visitor<'de> for ObjListSeed<'p, 'de> {
         ValueSeed { acc: self.acc }.visit_map(map)
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
     fn visit_str<E>(self, _: &str) -> Result<(), E> {
         Ok(())
     }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
+
+    ignore_scalars!(());
 }
 
 /// One object: the keys attribution reads are kept, the rest walked.

@@ -199,6 +199,15 @@ pub async fn read_request_body(session: &mut Session, limit: usize) -> Result<Re
 // Transaction and batch entries
 // ---------------------------------------------------------------------------------------------
 
+/// The path and query of an `http://` or `https://` URL (`/` when it has no path); `None`
+/// for anything else.
+pub fn target_of_absolute_url(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))?;
+    Some(rest.find('/').map_or("/", |i| &rest[i..]))
+}
+
 /// Classifies the entries of a transaction or batch Bundle with the route rules, as if each
 /// were its own request under the Bundle's base path.
 pub struct EntryRules<'r> {
@@ -210,14 +219,8 @@ pub struct EntryRules<'r> {
 impl EntryClassifier for EntryRules<'_> {
     fn classify_entry(&self, method: &str, url: &str) -> (Vec<String>, bool) {
         // An absolute URL: its path (the entry addresses this server).
-        let target = match url
-            .strip_prefix("https://")
-            .or_else(|| url.strip_prefix("http://"))
-        {
-            Some(rest) => match rest.find('/') {
-                Some(i) => rest[i..].to_string(),
-                None => return (Vec::new(), false),
-            },
+        let target = match target_of_absolute_url(url) {
+            Some(t) => t.to_string(),
             None => format!("{}/{}", self.base_path, url.trim_start_matches('/')),
         };
         match self
@@ -346,9 +349,9 @@ pub struct Inspection {
 /// * Patients: the rules' (path, query, header), then the body's (source `body`), then the
 ///   response's (source `response`), each id once.
 /// * `complete` needs: no gap, and the patients of what was accessed known, either by the
-///   request line (the rules say `complete`) or by what was read. For a read, search, history or operation whose response was read, the
-///   response is what was disclosed, so it settles the list. For a create or update, the
-///   body is the resource written. For a patch or delete of a resource whose patient the path
+///   request line (the rules say `complete`) or by what was read. For a read, search,
+///   history or operation whose response was read, the response is what was disclosed, so
+///   it settles the list. For a create or update, the body is the resource written. For a patch or delete of a resource whose patient the path
 ///   does not name, only a representation in the response tells (else the gap
 ///   `no_representation`). A Patient created by the request is the gap `created_patient` until
 ///   the response names its id.
@@ -700,6 +703,22 @@ pub struct Answer {
     pub rest: Option<HttpSession>,
 }
 
+/// The hop-by-hop headers of a message: [`HOP_BY_HOP`] and those its `Connection` header names.
+fn hop_by_hop(headers: &http::HeaderMap) -> Vec<String> {
+    let named = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty());
+    HOP_BY_HOP
+        .iter()
+        .map(|h| h.to_string())
+        .chain(named)
+        .collect()
+}
+
 /// The request to send the EHR: the client's, with the hop-by-hop headers removed and the
 /// body framed as read. `body_complete`: the whole body is `body` (framed with
 /// Content-Length); otherwise the client's framing is kept and the rest streams.
@@ -715,17 +734,7 @@ pub fn upstream_request(
         .get(http::header::TRANSFER_ENCODING)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
     let had_length = req.headers.contains_key(http::header::CONTENT_LENGTH);
-    // Headers the `Connection` header names are hop-by-hop too.
-    let named: Vec<String> = req
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !s.is_empty())
-        .collect();
-    for h in HOP_BY_HOP.iter().map(|h| h.to_string()).chain(named) {
+    for h in hop_by_hop(&req.headers) {
         req.remove_header(&h);
     }
     if body_complete {
@@ -753,16 +762,7 @@ pub fn downstream_response(
 ) -> Result<ResponseHeader> {
     let mut resp = answer.header.clone();
     let upstream_length = resp.headers.get(http::header::CONTENT_LENGTH).cloned();
-    let named: Vec<String> = resp
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !s.is_empty())
-        .collect();
-    for h in HOP_BY_HOP.iter().map(|h| h.to_string()).chain(named) {
+    for h in hop_by_hop(&resp.headers) {
         resp.remove_header(&h);
     }
     let status = resp.status.as_u16();

@@ -107,6 +107,16 @@ pub struct RequestCtx {
     content_type: Option<String>,
 }
 
+impl RequestCtx {
+    /// The request's ID (empty before `request_filter` set the event).
+    fn request_id(&self) -> String {
+        self.event
+            .as_ref()
+            .map(|e| e.request_id.clone())
+            .unwrap_or_default()
+    }
+}
+
 /// One request counted in flight; uncounted when dropped (however the request ends).
 struct InFlight(Arc<AtomicUsize>);
 
@@ -262,11 +272,7 @@ impl Gateway {
         e: &Error,
         code: u16,
     ) -> Result<()> {
-        let request_id = ctx
-            .event
-            .as_ref()
-            .map(|e| e.request_id.clone())
-            .unwrap_or_default();
+        let request_id = ctx.request_id();
         let net = ctx.snap.net.clone();
         let tls_failed = matches!(
             e.etype(),
@@ -342,11 +348,7 @@ impl Gateway {
         let snap = ctx.snap.clone();
         let limit = snap.attribution.limit();
         let refuse_oversize = snap.attribution.oversize == OversizePolicy::Refuse;
-        let request_id = ctx
-            .event
-            .as_ref()
-            .map(|e| e.request_id.clone())
-            .unwrap_or_default();
+        let request_id = ctx.request_id();
         let m = metrics::global();
         m.buffered_requests.inc();
         let mut inspection = Inspection::default();
@@ -611,11 +613,7 @@ impl Gateway {
         detail: &str,
         extra: &[(&'static str, String)],
     ) -> Result<bool> {
-        let request_id = ctx
-            .event
-            .as_ref()
-            .map(|e| e.request_id.clone())
-            .unwrap_or_default();
+        let request_id = ctx.request_id();
         let net = ctx.snap.net.clone();
         match self.journal_outcome(ctx, status, Some(error), None).await {
             Ok(()) => {
@@ -1072,11 +1070,7 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let request_id = ctx
-            .event
-            .as_ref()
-            .map(|e| e.request_id.clone())
-            .unwrap_or_default();
+        let request_id = ctx.request_id();
         let already_sent = session
             .response_written()
             .is_some_and(|r| !r.status.is_informational());

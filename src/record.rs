@@ -132,6 +132,20 @@ pub enum PatientSource {
     Token,
 }
 
+impl PatientSource {
+    /// The name recorded in the journal.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PatientSource::Path => "path",
+            PatientSource::Query => "query",
+            PatientSource::Header => "header",
+            PatientSource::Body => "body",
+            PatientSource::Response => "response",
+            PatientSource::Token => "token",
+        }
+    }
+}
+
 /// One patient the request touched.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PatientRef {
@@ -151,6 +165,17 @@ pub enum Attribution {
     Partial,
     /// The request touches no patient data (e.g. the CapabilityStatement).
     None,
+}
+
+impl Attribution {
+    /// The name recorded in the journal.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Attribution::Complete => "complete",
+            Attribution::Partial => "partial",
+            Attribution::None => "none",
+        }
+    }
 }
 
 /// The authenticated user behind a request, from a verified JWT. Never holds the token.
@@ -462,6 +487,21 @@ mod tests {
             }),
             clock: ClockState::default(),
             received: String::new(),
+        }
+    }
+
+    #[test]
+    fn names_match_the_serialised_form() {
+        use PatientSource as S;
+        for s in [S::Path, S::Query, S::Header, S::Body, S::Response, S::Token] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        for a in [
+            Attribution::Complete,
+            Attribution::Partial,
+            Attribution::None,
+        ] {
+            assert_eq!(serde_json::to_value(a).unwrap(), a.as_str());
         }
     }
 

@@ -761,8 +761,6 @@ pub struct RuleSet {
     max_form_body_bytes: u64,
     /// The files' `[[test]]` cases, with the file they came from.
     tests: Vec<(PathBuf, RuleTest)>,
-    /// Rule descriptions by name, for `rules explain`.
-    descriptions: HashMap<String, String>,
 }
 
 /// A short description of one rule, for `rules explain` and `check-config`.
@@ -815,7 +813,6 @@ impl RuleSet {
             unmatched: cfg.unmatched,
             max_form_body_bytes: cfg.max_form_body_bytes,
             tests: Vec::new(),
-            descriptions: HashMap::new(),
         };
         let mut names = HashSet::new();
         for (path, text, base_override) in sources {
@@ -839,11 +836,6 @@ impl RuleSet {
                     ));
                 }
                 set.tests.push((path.clone(), t.clone()));
-            }
-            for r in &file.rule {
-                if let Some(d) = &r.description {
-                    set.descriptions.insert(r.name.clone(), d.clone());
-                }
             }
             let base_paths = base_override.unwrap_or(file.base_paths);
             validate_base_paths(&base_paths).map_err(|r| invalid(None, "base_paths", r))?;
@@ -923,7 +915,6 @@ impl RuleSet {
             .collect()
     }
 
-    /// The R4 Patient-compartment parameters of a resource type, as loaded.
     /// The rule files' `[[test]]` cases, each with its file.
     pub fn tests(&self) -> &[(PathBuf, RuleTest)] {
         &self.tests
@@ -931,9 +922,14 @@ impl RuleSet {
 
     /// A rule's `description`.
     pub fn description(&self, rule: &str) -> Option<&str> {
-        self.descriptions.get(rule).map(String::as_str)
+        self.files
+            .iter()
+            .flat_map(|f| f.rules.iter())
+            .find(|r| r.name == rule)
+            .and_then(|r| r.description.as_deref())
     }
 
+    /// The R4 Patient-compartment parameters of a resource type, as loaded.
     pub fn compartment_params(&self, resource_type: &str) -> Option<&CompartmentDef> {
         self.compartment.get(resource_type).map(|t| &t.def)
     }

@@ -658,12 +658,11 @@ fn parse(body: &[u8]) -> Result<Res<'_>, serde_json::Error> {
     let mut acc = Acc::default();
     let top = ObjSeed { acc: &mut acc }.deserialize(&mut de)?;
     de.end()?;
-    match top {
-        Some(obj) => match obj.into_found() {
+    if let Some(obj) = top {
+        match obj.into_found() {
             Found::Resource(r) => return Ok(r),
             Found::Plain(p) => acc.absorb(p),
-        },
-        None => acc = Acc::default(),
+        }
     }
     Ok(Res {
         resource_type: Cow::Borrowed(""),
@@ -1215,6 +1214,11 @@ mod tests {
             .gaps
             .is_empty());
         assert!(response_patients(b"\"x\"").patients.is_empty());
+        // A JSON Patch body is an array: the references its operations write count.
+        let patch = br#"[{"op": "add", "path": "/link/0", "value": {"other": {"reference": "Patient/linked"}}}]"#;
+        let f = request_patients(patch, false, &ReferenceOnly);
+        assert_eq!(ids(&f), ["linked"]);
+        assert!(f.document_type.is_none());
         let deep = "[".repeat(10_000) + &"]".repeat(10_000);
         assert_eq!(gaps(&response_patients(deep.as_bytes())), ["invalid_json"]);
         let deep = "{\"a\":".repeat(5_000) + "1" + &"}".repeat(5_000);

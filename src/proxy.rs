@@ -442,7 +442,9 @@ impl Gateway {
 
         // 4. The response's patients.
         if c.inspect_response {
-            if !answer.complete {
+            // Over the limit, whether or not the last chunk happened to end the body (the
+            // same line `rules explain` and the request side draw).
+            if !answer.complete || answer.body.len() > limit {
                 if refuse_oversize {
                     if let Some(mut rest) = answer.rest {
                         rest.shutdown().await;

@@ -8,6 +8,7 @@ mod support;
 mod archive;
 mod archive_verify;
 mod attacks;
+mod attribution;
 mod cli;
 mod crash;
 mod deploy;

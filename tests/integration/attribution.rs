@@ -1,0 +1,165 @@
+//! The buffered path's limits and what it cannot read, through the real gateway in front of
+//! the real FHIR server: a response over `attribution.max_body_bytes` is forwarded whole with
+//! a `partial / too_large` record (or refused with a record under `oversize = "refuse"`); a
+//! request body over the limit is refused before the EHR sees it; an XML response is passed
+//! through byte for byte with `partial / not_json` and its media type.
+
+use auditgate::record::{Attribution, Phase, Record};
+
+use crate::support::gateway::{Gateway, GatewayOptions};
+use crate::support::{http_client, FhirServer};
+
+fn outcome<'a>(records: &'a [Record], request_id: &str) -> &'a Record {
+    records
+        .iter()
+        .find(|r| r.event.request_id == request_id && r.event.phase == Phase::Outcome)
+        .unwrap_or_else(|| panic!("no outcome record for {request_id}"))
+}
+
+fn gateway(fhir: &FhirServer, attribution: &str) -> Gateway {
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
+    opts.extra_toml = format!("[attribution]\n{attribution}\n");
+    Gateway::start(opts)
+}
+
+fn get(gw: &Gateway, token: &str, path: &str) -> (u16, String, Vec<u8>) {
+    let resp = http_client()
+        .get(gw.url(path))
+        .bearer_auth(token)
+        .send()
+        .unwrap();
+    let status = resp.status().as_u16();
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    (status, id, resp.bytes().unwrap().to_vec())
+}
+
+#[test]
+fn a_response_over_the_limit_is_forwarded_whole_and_recorded_as_partial() {
+    let fhir = FhirServer::seeded();
+    let direct = http_client()
+        .get(fhir.url("Patient/example"))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    assert!(direct.len() > 1024, "{}", direct.len());
+    let gw = gateway(fhir, "max_body_bytes = 1024");
+    let token = gw.token("dr.limit");
+
+    let (status, id, body) = get(&gw, &token, "/fhir/Patient/example");
+    assert_eq!(status, 200);
+    assert!(
+        body == direct[..],
+        "the client got other bytes than the EHR sent"
+    );
+    let records = gw.records();
+    let e = &outcome(&records, &id).event;
+    assert_eq!(e.attribution, Attribution::Partial);
+    assert_eq!(e.attribution_gaps, ["too_large"]);
+    // The path still names the patient.
+    assert_eq!(e.patients.len(), 1);
+    assert_eq!(e.patients[0].id, "example");
+    assert_eq!(
+        gw.metric("auditgate_attribution_gaps_total{gap=\"too_large\"}"),
+        1.0
+    );
+
+    // Far over the limit (many reads from the EHR): the record is written after the first
+    // chunks, the rest streams, and the client still gets the whole Bundle.
+    let direct: serde_json::Value = http_client()
+        .get(fhir.url("Patient/example/$everything"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let (status, id, body) = get(&gw, &token, "/fhir/Patient/example/$everything");
+    assert_eq!(status, 200);
+    assert!(body.len() > 64 * 1024, "{}", body.len());
+    let got: serde_json::Value = serde_json::from_slice(&body).expect("a whole JSON Bundle");
+    assert_eq!(
+        got["entry"].as_array().map(Vec::len),
+        direct["entry"].as_array().map(Vec::len)
+    );
+    let records = gw.records();
+    let e = &outcome(&records, &id).event;
+    assert_eq!(e.attribution, Attribution::Partial);
+    assert_eq!(e.attribution_gaps, ["too_large"]);
+}
+
+#[test]
+fn oversize_refuse_answers_502_and_413_with_records_and_forwards_no_oversize_write() {
+    let fhir = FhirServer::seeded();
+    let gw = gateway(fhir, "max_body_bytes = 1024\noversize = \"refuse\"");
+    let token = gw.token("dr.refuse");
+
+    let (status, id, body) = get(&gw, &token, "/fhir/Patient/example");
+    assert_eq!(status, 502);
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("response_too_large"), "{text}");
+    assert!(!text.contains("Chalmers"), "patient data released: {text}");
+    let records = gw.records();
+    let o = outcome(&records, &id);
+    let out = o.event.outcome.as_ref().unwrap();
+    assert_eq!(out.status, 502);
+    assert_eq!(out.error.as_deref(), Some("response_too_large"));
+
+    // A write whose body is over the limit: 413, journaled, never forwarded.
+    let big = serde_json::json!({
+        "resourceType": "Patient", "id": "gw-too-big",
+        "name": [{"family": "x".repeat(4096)}]
+    })
+    .to_string();
+    let resp = http_client()
+        .put(gw.url("/fhir/Patient/gw-too-big"))
+        .bearer_auth(&token)
+        .header("Content-Type", "application/fhir+json")
+        .body(big)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 413);
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let records = gw.records();
+    let o = outcome(&records, &id);
+    assert_eq!(
+        o.event.outcome.as_ref().unwrap().error.as_deref(),
+        Some("body_too_large")
+    );
+    assert!(
+        !fhir
+            .upstream_requests()
+            .iter()
+            .any(|r| r.target.contains("gw-too-big")),
+        "an oversize write reached the EHR"
+    );
+}
+
+#[test]
+fn an_xml_response_is_passed_through_and_recorded_as_not_json() {
+    let fhir = FhirServer::seeded();
+    let gw = gateway(fhir, "");
+    let token = gw.token("dr.xml");
+    let direct = http_client()
+        .get(fhir.url("Patient/example?_format=xml"))
+        .send()
+        .unwrap();
+    assert!(direct.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .contains("xml"));
+    let direct = direct.bytes().unwrap();
+
+    let (status, id, body) = get(&gw, &token, "/fhir/Patient/example?_format=xml");
+    assert_eq!(status, 200);
+    assert!(
+        body == direct[..],
+        "the client got other bytes than the EHR sent"
+    );
+    let records = gw.records();
+    let e = &outcome(&records, &id).event;
+    assert_eq!(e.attribution, Attribution::Partial);
+    assert_eq!(e.attribution_gaps, ["not_json"]);
+    assert_eq!(
+        e.outcome.as_ref().unwrap().content_type.as_deref(),
+        Some("application/fhir+xml")
+    );
+}

@@ -10,6 +10,10 @@
 #   (d) bare     wrk -> bare pingora proxy (benches/bare_proxy.rs) -> upstream
 #   (e) gateway over TLS: (c) through auditgate's TLS listener (same process; ECDSA P-256
 #       certificate, keep-alive connections: the steady-state cost of TLS, handshakes amortised)
+#   (f) gateway, buffered path: (c)'s process, GET of a ~200 KiB searchset Bundle of 100
+#       Observations; the rules read the whole response for patients before releasing it
+#   (g) gateway, streaming path: a second auditgate process whose rules are rules/fhir-r4.toml
+#       without inspect_body/inspect_response, same request: the peer of (f)
 #
 # Two loads, identical wrk settings for every target: saturation (no pacing) and a paced
 # moderate load (a wrk Lua `delay()` that holds about PACED_RATE req/s in total). For each run
@@ -39,6 +43,8 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_TMP=${KEEP_TMP:-0}
 REQUEST_PATH=/fhir/Patient/example
 BODY_BYTES=1024
+# (f) and (g): a search whose answer is a Bundle of 100 Observations (about 200 KiB).
+BIG_PATH='/fhir/Observation?code=29463-7&_count=100'
 CPU_TARGET=1.5 # issue: full-path CPU per request within 1.5x of the bare proxy
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -130,6 +136,7 @@ free_port NGX_PORT
 free_port AG_PORT
 free_port BARE_PORT
 free_port AG_TLS_PORT
+free_port AG2_PORT
 
 # --- the 1 KiB bodies ------------------------------------------------------------------------
 pad() { head -c "$1" /dev/zero | tr '\0' 'x'; }
@@ -150,6 +157,27 @@ BUNDLE_BODY=$(fixed_size bundle_json)
 # nginx `return` takes the body as a quoted string: it must hold no quote, `$` or backslash
 # that nginx would interpret.
 [[ $PATIENT_BODY$BUNDLE_BODY != *[\'\$\\]* ]] || die "body holds a character nginx interprets"
+
+# --- the ~200 KiB Bundle of (f) and (g): 100 Observations of 11 patients, shaped like the HL7
+# examples (narrative, codings, quantity, reference range, performer), served from a file.
+big_observation() { # big_observation I
+    local i=$1 p=$(($1 % 11))
+    printf '{"fullUrl":"http://127.0.0.1/fhir/Observation/obs-%d","resource":{"resourceType":"Observation","id":"obs-%d","meta":{"versionId":"1","lastUpdated":"2024-01-01T00:00:00.000+00:00","profile":["http://hl7.org/fhir/StructureDefinition/vitalsigns"]},' "$i" "$i"
+    printf '"text":{"status":"generated","div":"<div xmlns=\\"http://www.w3.org/1999/xhtml\\"><p><b>Generated Narrative with Details</b></p><p><b>id</b>: obs-%d</p><p><b>status</b>: final</p><p><b>category</b>: Vital Signs <span>(Details : {http://terminology.hl7.org/CodeSystem/observation-category code &#39;vital-signs&#39; = &#39;Vital Signs&#39;})</span></p><p><b>code</b>: Body Weight <span>(Details : {LOINC code &#39;29463-7&#39; = &#39;Body weight&#39;})</span></p><p><b>subject</b>: <a>Patient/pat-%d</a></p><p><b>effective</b>: 28/03/2016</p><p><b>value</b>: 67.%d kg</p></div>"},' "$i" "$p" "$i"
+    printf '"status":"final","category":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/observation-category","code":"vital-signs","display":"Vital Signs"}]}],"code":{"coding":[{"system":"http://loinc.org","code":"29463-7","display":"Body Weight"},{"system":"http://loinc.org","code":"3141-9","display":"Body weight Measured"},{"system":"http://snomed.info/sct","code":"27113001","display":"Body weight"}]},'
+    printf '"subject":{"reference":"Patient/pat-%d","display":"Peter James Chalmers"},"encounter":{"reference":"Encounter/enc-%d"},"effectiveDateTime":"2016-03-28","issued":"2016-03-28T10:00:00.000+00:00","performer":[{"reference":"Practitioner/f005","display":"A. Langeveld"}],' "$p" "$i"
+    printf '"valueQuantity":{"value":67.%d,"unit":"kg","system":"http://unitsofmeasure.org","code":"kg"},"interpretation":[{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation","code":"N","display":"Normal"}]}],"note":[{"text":"Measured on the ward scale after breakfast; patient in hospital gown, no shoes."}],' "$i"
+    printf '"referenceRange":[{"low":{"value":50,"unit":"kg","system":"http://unitsofmeasure.org","code":"kg"},"high":{"value":90,"unit":"kg","system":"http://unitsofmeasure.org","code":"kg"},"text":"adult range"}]},"search":{"mode":"match"}}'
+}
+{
+    printf '{"resourceType":"Bundle","id":"big","type":"searchset","total":100,"link":[{"relation":"self","url":"http://127.0.0.1/fhir/Observation?code=29463-7&_count=100"}],"entry":['
+    for i in $(seq 0 99); do
+        ((i == 0)) || printf ','
+        big_observation "$i"
+    done
+    printf ']}'
+} >"$RUN/big-bundle.json"
+BIG_BYTES=$(stat -c %s "$RUN/big-bundle.json")
 
 # --- nginx: upstream (a) and reverse proxy with a JSON access log (b) ------------------------
 NGX_USER=""
@@ -194,7 +222,12 @@ $(nginx_http_common upstream)
         listen 127.0.0.1:$UP_PORT;
         default_type application/fhir+json;
         location /fhir/Patient/ { return 200 '$PATIENT_BODY'; }
-        location /fhir/Observation { return 200 '$BUNDLE_BODY'; }
+        location /fhir/Observation {
+            # (f) and (g): the 200 KiB Bundle for _count=100.
+            if (\$arg__count = 100) { rewrite ^ /big-bundle.json last; }
+            return 200 '$BUNDLE_BODY';
+        }
+        location = /big-bundle.json { internal; root $RUN; }
         location / { return 404; }
     }
 }
@@ -298,6 +331,16 @@ enabled = false
 format = "json"
 level = "warn"
 EOF
+# (g): the same gateway, but its rules read neither bodies nor responses (the streaming path).
+grep -v -e '^inspect_body' -e '^inspect_response' "$ROOT/rules/fhir-r4.toml" >"$RUN/fhir-r4-streaming.toml"
+JOURNAL2=$RUN/journal-streaming
+sed -e "s#127.0.0.1:$AG_PORT#127.0.0.1:$AG2_PORT#" -e "s#^dir = \"$JOURNAL\"#dir = \"$JOURNAL2\"#" \
+    -e "s#$ROOT/rules/fhir-r4.toml#$RUN/fhir-r4-streaming.toml#" \
+    -e "s#$RUN/auditgate.pid#$RUN/auditgate-streaming.pid#" \
+    -e "s#$RUN/auditgate-upgrade.sock#$RUN/auditgate-streaming-upgrade.sock#" \
+    -e "s#$RUN/checkpoint.key#$RUN/checkpoint-streaming.key#" \
+    -e '/^\[tls\]/,/^key_file/d' "$RUN/auditgate.toml" >"$RUN/auditgate-streaming.toml"
+! grep -q -e '^inspect_' "$RUN/fhir-r4-streaming.toml" || die "the streaming rules still inspect"
 
 # --- start everything --------------------------------------------------------------------------
 wait_http() { # wait_http PID URL: until URL answers (any status), or PID died
@@ -322,28 +365,50 @@ PIDS+=("$AG_PID")
 "$BARE" "127.0.0.1:$BARE_PORT" "127.0.0.1:$UP_PORT" "$THREADS" >"$RUN/bare-proxy.log" 2>&1 &
 BARE_PID=$!
 PIDS+=("$BARE_PID")
+"$AUDITGATE" run --config "$RUN/auditgate-streaming.toml" >"$RUN/auditgate-streaming.log" 2>&1 &
+AG2_PID=$!
+PIDS+=("$AG2_PID")
 
 wait_http "$UP_PID" "http://127.0.0.1:$UP_PORT/" || die "nginx upstream did not start: $(cat "$RUN/upstream-error.log")"
 wait_http "$NGX_PID" "http://127.0.0.1:$NGX_PORT/" || die "nginx proxy did not start: $(cat "$RUN/proxy-error.log")"
 wait_http "$AG_PID" "http://127.0.0.1:$AG_PORT/" || die "auditgate did not start: $(cat "$RUN/auditgate.log")"
 wait_http "$BARE_PID" "http://127.0.0.1:$BARE_PORT/" || die "bare-proxy did not start: $(cat "$RUN/bare-proxy.log")"
+wait_http "$AG2_PID" "http://127.0.0.1:$AG2_PORT/" || die "auditgate (streaming) did not start: $(cat "$RUN/auditgate-streaming.log")"
 
 # Requests this script sent to auditgate (checked against the journal at the end).
 AG_SENT=0
 wait_http_count=1 # wait_http's successful probe of auditgate
 AG_SENT=$((AG_SENT + wait_http_count))
+AG2_SENT=$wait_http_count # the same for the streaming gateway (g)
 
-NAMES=(a b c d e)
-declare -A LABEL=([a]="(a) nginx direct" [b]="(b) nginx proxy+JSON log" [c]="(c) auditgate full path" [d]="(d) bare pingora" [e]="(e) auditgate full path TLS")
+NAMES=(a b c d e f g)
+declare -A LABEL=([a]="(a) nginx direct" [b]="(b) nginx proxy+JSON log" [c]="(c) auditgate full path" [d]="(d) bare pingora" [e]="(e) auditgate full path TLS"
+    [f]="(f) auditgate 200K buffered" [g]="(g) auditgate 200K streaming")
 declare -A URL=([a]="http://127.0.0.1:$UP_PORT" [b]="http://127.0.0.1:$NGX_PORT"
-    [c]="http://127.0.0.1:$AG_PORT" [d]="http://127.0.0.1:$BARE_PORT" [e]="https://127.0.0.1:$AG_TLS_PORT")
-declare -A PID_OF=([a]=$UP_PID [b]=$NGX_PID [c]=$AG_PID [d]=$BARE_PID [e]=$AG_PID)
+    [c]="http://127.0.0.1:$AG_PORT" [d]="http://127.0.0.1:$BARE_PORT" [e]="https://127.0.0.1:$AG_TLS_PORT"
+    [f]="http://127.0.0.1:$AG_PORT" [g]="http://127.0.0.1:$AG2_PORT")
+declare -A PID_OF=([a]=$UP_PID [b]=$NGX_PID [c]=$AG_PID [d]=$BARE_PID [e]=$AG_PID [f]=$AG_PID [g]=$AG2_PID)
+declare -A PATH_OF=([a]=$REQUEST_PATH [b]=$REQUEST_PATH [c]=$REQUEST_PATH [d]=$REQUEST_PATH
+    [e]=$REQUEST_PATH [f]=$BIG_PATH [g]=$BIG_PATH)
+count_sent() { # count_sent TARGET N: N more requests reached auditgate (c, e, f) or (g)
+    case $1 in
+    [cef]) AG_SENT=$((AG_SENT + $2)) ;;
+    g) AG2_SENT=$((AG2_SENT + $2)) ;;
+    esac
+}
 
-# Every target must answer the benchmark request with 200 and the 1 KiB body.
+# Every target must answer the benchmark request with 200 and the 1 KiB body ((f), (g): the
+# 200 KiB Bundle, byte for byte).
 for t in "${NAMES[@]}"; do
+    if [[ $t == [fg] ]]; then
+        curl -sk -o "$RUN/big-check.json" -H "$AUTH" "${URL[$t]}$BIG_PATH"
+        count_sent "$t" 1
+        cmp -s "$RUN/big-check.json" "$RUN/big-bundle.json" || die "${LABEL[$t]} did not answer the 200 KiB Bundle unchanged"
+        continue
+    fi
     for path in "$REQUEST_PATH" "/fhir/Observation?patient=example&code=29463-7"; do
         got=$(curl -sk -o /dev/null -w '%{http_code} %{size_download}' -H "$AUTH" "${URL[$t]}$path")
-        [[ $t == [ce] ]] && AG_SENT=$((AG_SENT + 1))
+        count_sent "$t" 1
         [[ $got == "200 $BODY_BYTES" ]] || die "${LABEL[$t]} answered '$got' to GET $path (want 200 $BODY_BYTES)"
     done
 done
@@ -497,9 +562,9 @@ run_wrk() { # run_wrk LOAD TARGET ROUND: one measured run
     [[ $load == paced ]] && script=$RUN/paced.lua
     # Warm-up: connections, pools, token cache.
     out=$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s "$RUN/report.lua" -H "$AUTH" \
-        "${URL[$t]}$REQUEST_PATH")
+        "${URL[$t]}${PATH_OF[$t]}")
     line=$(grep '^WRKRESULT' <<<"$out") || die "wrk printed no result (warm-up $t): $out"
-    [[ $t == [ce] ]] && AG_SENT=$((AG_SENT + $(sed -n 's/.* requests=\([0-9]*\) .*/\1/p' <<<"$line")))
+    count_sent "$t" "$(sed -n 's/.* requests=\([0-9]*\) .*/\1/p' <<<"$line")"
     wait_quiet
     [[ $t == [cde] ]] && thread_ticks "${PID_OF[$t]}" >"$RUN/threads-before"
     before=$(proc_ticks "${PID_OF[$t]}")
@@ -507,7 +572,7 @@ run_wrk() { # run_wrk LOAD TARGET ROUND: one measured run
     hbefore=$(host_ticks)
     child_us wbefore
     out=$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$script" -H "$AUTH" \
-        "${URL[$t]}$REQUEST_PATH")
+        "${URL[$t]}${PATH_OF[$t]}")
     child_us wafter
     after=$(proc_ticks "${PID_OF[$t]}")
     [[ $t == [cde] ]] && thread_ticks "${PID_OF[$t]}" >"$RUN/threads-after"
@@ -520,7 +585,7 @@ run_wrk() { # run_wrk LOAD TARGET ROUND: one measured run
     R[$k.upstream_ticks]=$((uafter - ubefore))
     R[$k.host_ticks]=$((hafter - hbefore))
     R[$k.wrk_us]=$((wafter - wbefore))
-    [[ $t == [ce] ]] && AG_SENT=$((AG_SENT + R[$k.requests]))
+    count_sent "$t" "${R[$k.requests]}"
     if [[ $t == [cde] ]]; then
         # CPU by thread name (pingora workers, journal-writer, ...), summed over the rounds.
         awk 'NR == FNR { b[$1] = $2; next } { if ($2 > b[$1]) print $1, $2 - b[$1] }' \
@@ -551,7 +616,7 @@ if ((IDLE_BUSY_PCT > 20)); then
     say "WARNING: something else is using the CPUs; results will be noisy (see the other% column)"
 fi
 
-say "$ROUNDS rounds of: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency (warm-up $WARMUP each) against (a) (b) (c) (d) (e), saturation then paced (~$PACED_RATE req/s: delay mean ${PACED_DELAY_MS} ms per connection)"
+say "$ROUNDS rounds of: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency (warm-up $WARMUP each) against (a) to (g), saturation then paced (~$PACED_RATE req/s: delay mean ${PACED_DELAY_MS} ms per connection)"
 for ((round = 1; round <= ROUNDS; round++)); do
     for load in saturation paced; do
         for t in "${NAMES[@]}"; do run_wrk "$load" "$t" "$round"; done
@@ -563,6 +628,12 @@ ag_log_errors=$(grep -c '"level":"ERROR"' "$RUN/auditgate.log" || true)
 ag_log_warns=$(grep -c '"level":"WARN"' "$RUN/auditgate.log" || true)
 ag_threads=$(ls "/proc/$AG_PID/task" | wc -l)
 stop_pid "$AG_PID" # stop it so the journal is quiet while it is counted and verified
+stop_pid "$AG2_PID"
+journal2_records=$(cat "$JOURNAL2"/seg-*.jsonl 2>/dev/null | wc -l)
+set +e
+verify2_out=$("$AUDITGATE" verify --journal "$JOURNAL2" --key "$RUN/checkpoint-streaming.key.pub" 2>&1)
+verify2_rc=$?
+set -e
 nginx_log_lines=$(wc -l <"$RUN/nginx-access.jsonl")
 shopt -s nullglob
 segments=("$JOURNAL"/seg-*.jsonl)
@@ -617,6 +688,14 @@ report=$(
         printf '%-22s %10sx %10sx %8sx %8sx\n' "$load" "$(ratio "$load" cpu e c)" \
             "$(ratio "$load" rps e c)" "$(ratio "$load" p50 e c)" "$(ratio "$load" p99 e c)"
     done
+    printf '\n%s B search Bundle, buffered (f) vs streaming (g)\n' "$BIG_BYTES"
+    printf '                    CPU/req f/g  added CPU us  p50 f/g  added p50 ms  p99 f/g  added p99 ms\n'
+    for load in saturation paced; do
+        printf '%-22s %8sx %12s %7sx %13s %7sx %13s\n' "$load" "$(ratio "$load" cpu f g)" \
+            "$(calc .1f "$(med "$load" f cpu) - $(med "$load" g cpu)")" "$(ratio "$load" p50 f g)" \
+            "$(calc .3f "$(med "$load" f p50) - $(med "$load" g p50)")" "$(ratio "$load" p99 f g)" \
+            "$(calc .3f "$(med "$load" f p99) - $(med "$load" g p99)")"
+    done
     printf '\nCPU us/req: utime+stime of the process under test (nginx: master + workers; auditgate:\n'
     printf 'all threads incl. the journal writer) / requests completed. upstr us, wrk us: the same\n'
     printf 'per request for the nginx upstream and for wrk. host us: all busy CPU of the machine\n'
@@ -641,6 +720,8 @@ report=$(
     printf 'auditgate log: %s ERROR, %s WARN lines; %s threads\n' "$ag_log_errors" "$ag_log_warns" "$ag_threads"
     printf 'nginx access log: %s lines\n' "$nginx_log_lines"
     printf 'auditgate verify --journal --key (exit %s):\n%s\n' "$verify_rc" "$(sed 's/^/  /' <<<"$verify_out")"
+    printf 'streaming auditgate (g) journal: %s records for %s requests sent; verify exit %s\n' \
+        "$journal2_records" "$AG2_SENT" "$verify2_rc"
 )
 printf '%s\n' "$report"
 printf '%s\n' "$report" >"$RESULTS_DIR/http.txt"
@@ -691,10 +772,11 @@ json_str() { # a JSON string literal
     sep=""
     for load in saturation paced; do
         cd_cpu=$(ratio "$load" cpu c d)
-        printf '%s    "%s": {"c_over_b": {"cpu_per_req": %s, "req_per_s": %s}, "c_over_d": {"cpu_per_req": %s, "req_per_s": %s}, "e_over_c": {"cpu_per_req": %s, "req_per_s": %s, "p50": %s, "p99": %s}, "cpu_target_c_over_d_max": %s, "cpu_target_met": %s}' \
+        printf '%s    "%s": {"c_over_b": {"cpu_per_req": %s, "req_per_s": %s}, "c_over_d": {"cpu_per_req": %s, "req_per_s": %s}, "e_over_c": {"cpu_per_req": %s, "req_per_s": %s, "p50": %s, "p99": %s}, "f_over_g": {"bundle_bytes": %s, "cpu_per_req": %s, "p50": %s, "p99": %s}, "cpu_target_c_over_d_max": %s, "cpu_target_met": %s}' \
             "$sep" "$load" "$(ratio "$load" cpu c b)" "$(ratio "$load" rps c b)" "$cd_cpu" \
             "$(ratio "$load" rps c d)" "$(ratio "$load" cpu e c)" "$(ratio "$load" rps e c)" \
-            "$(ratio "$load" p50 e c)" "$(ratio "$load" p99 e c)" "$CPU_TARGET" \
+            "$(ratio "$load" p50 e c)" "$(ratio "$load" p99 e c)" "$BIG_BYTES" \
+            "$(ratio "$load" cpu f g)" "$(ratio "$load" p50 f g)" "$(ratio "$load" p99 f g)" "$CPU_TARGET" \
             "$(awk -v r="$cd_cpu" -v t="$CPU_TARGET" 'BEGIN { print (r <= t) ? "true" : "false" }')"
         sep=$',\n'
     done
@@ -730,6 +812,10 @@ if ((journal_records < AG_SENT)); then
 fi
 if ((verify_rc != 0)); then
     say "FAIL: auditgate verify exited $verify_rc"
+    status=1
+fi
+if ((journal2_records < AG2_SENT || verify2_rc != 0)); then
+    say "FAIL: the streaming gateway's journal: $journal2_records records for $AG2_SENT requests, verify exit $verify2_rc"
     status=1
 fi
 ((ag_log_errors == 0)) || say "auditgate logged $ag_log_errors ERROR lines: see $RESULTS_DIR/http-auditgate.log"

@@ -53,8 +53,11 @@ pub struct Metrics {
     // --- attribution (the buffered path)
     /// `auditgate_buffered_requests_total`.
     pub buffered_requests: IntCounter,
-    /// `auditgate_inspected_bytes_total{part}`.
+    /// `auditgate_inspected_bytes_total{part}`, and its two children, resolved once (the
+    /// buffered path counts every request).
     pub inspected_bytes: IntCounterVec,
+    pub inspected_request_bytes: IntCounter,
+    pub inspected_response_bytes: IntCounter,
     /// `auditgate_extraction_duration_seconds`.
     pub extraction_seconds: Histogram,
     /// `auditgate_attribution_gaps_total{gap}`.
@@ -217,6 +220,12 @@ impl Metrics {
                 prometheus::process_collector::ProcessCollector::for_self(),
             ));
         }
+        let inspected_bytes = counter_vec(
+            &r,
+            "auditgate_inspected_bytes_total",
+            "Bytes of request and response bodies buffered for attribution, by part.",
+            &["part"],
+        );
         let mut m = Metrics {
             requests: counter_vec(
                 &r,
@@ -259,12 +268,9 @@ impl Metrics {
                 "auditgate_buffered_requests_total",
                 "Requests that took the buffered path (request body or response read for patients).",
             ),
-            inspected_bytes: counter_vec(
-                &r,
-                "auditgate_inspected_bytes_total",
-                "Bytes of request and response bodies buffered for attribution, by part.",
-                &["part"],
-            ),
+            inspected_request_bytes: inspected_bytes.with_label_values(&["request"]),
+            inspected_response_bytes: inspected_bytes.with_label_values(&["response"]),
+            inspected_bytes,
             extraction_seconds: histogram(
                 &r,
                 "auditgate_extraction_duration_seconds",
@@ -488,9 +494,6 @@ impl Metrics {
         }
         for kind in ["unreachable", "tls", "timeout", "other"] {
             m.upstream_errors.with_label_values(&[kind]);
-        }
-        for part in ["request", "response"] {
-            m.inspected_bytes.with_label_values(&[part]);
         }
         for gap in crate::extract::Gap::ALL {
             m.attribution_gaps.with_label_values(&[gap.as_str()]);

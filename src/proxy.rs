@@ -362,9 +362,7 @@ impl Gateway {
         } else {
             read_request_body(session, limit).await?
         };
-        m.inspected_bytes
-            .with_label_values(&["request"])
-            .inc_by(body.bytes.len() as u64);
+        m.inspected_request_bytes.inc_by(body.bytes.len() as u64);
         if !body.complete {
             if refuse_oversize {
                 m.rejected_requests
@@ -436,9 +434,7 @@ impl Gateway {
         };
         let status = answer.header.status.as_u16();
         let head_request = session.req_header().method == http::Method::HEAD;
-        m.inspected_bytes
-            .with_label_values(&["response"])
-            .inc_by(answer.body.len() as u64);
+        m.inspected_response_bytes.inc_by(answer.body.len() as u64);
 
         // 4. The response's patients.
         if c.inspect_response {

@@ -12,6 +12,9 @@
 #   .venv-deploy/
 #               Python venv with tests/requirements-deploy.txt (kubernetes-validate, hadolint,
 #               check-jsonschema): the checkers tests/integration/deploy.rs runs on deploy/.
+#   .venv-synthea/
+#               Python venv with tests/requirements-synthea.txt (tietai-synthea, a Python port of
+#               Synthea): the synthetic patients the attribution corpus loads.
 #   .testdata/  npm install of tests/testdata/package-lock.json: the official HL7 FHIR R4
 #               examples (hl7.fhir.r4.examples@4.0.1) under
 #               .testdata/node_modules/hl7.fhir.r4.examples/.
@@ -32,6 +35,8 @@ LOCALSTACK_REQUIREMENTS=tests/requirements-localstack.txt
 LOCALSTACK_VENV=.venv-localstack
 DEPLOY_REQUIREMENTS=tests/requirements-deploy.txt
 DEPLOY_VENV=.venv-deploy
+SYNTHEA_REQUIREMENTS=tests/requirements-synthea.txt
+SYNTHEA_VENV=.venv-synthea
 NPM_MANIFEST_DIR=tests/testdata
 TESTDATA=.testdata
 EXAMPLES="$TESTDATA/node_modules/hl7.fhir.r4.examples"
@@ -114,6 +119,11 @@ check_deploy_venv() {
     "$1/bin/check-jsonschema" --version >/dev/null || die "check-jsonschema does not run from $1"
 }
 ensure_venv "$DEPLOY_VENV" "$DEPLOY_REQUIREMENTS" check_deploy_venv
+
+check_synthea_venv() {
+    "$1/bin/synthea" --help >/dev/null || die "synthea does not run from $1"
+}
+ensure_venv "$SYNTHEA_VENV" "$SYNTHEA_REQUIREMENTS" check_synthea_venv
 
 # ---- HL7 FHIR R4 examples (npm) --------------------------------------------------------------
 command -v npm >/dev/null 2>&1 || die "npm not found (on Debian: apt-get install -y npm)"

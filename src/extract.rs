@@ -138,6 +138,8 @@ pub struct Findings {
     pub located: usize,
     /// The top-level document's `resourceType` (`Observation`, `Bundle` ...), if any.
     pub document_type: Option<String>,
+    /// The top-level Bundle's `type` (`transaction`, `batch`, `searchset` ...), if any.
+    pub bundle_type: Option<String>,
     seen: HashSet<String>,
 }
 
@@ -203,6 +205,7 @@ fn extract(body: &[u8], scope: &Scope<'_>) -> Findings {
     if !doc.resource_type.is_empty() {
         out.document_type = Some(doc.resource_type.to_string());
     }
+    out.bundle_type = doc.bundle_type.as_deref().map(str::to_string);
     walk_resource(&doc, scope, None, &mut out);
     // A Patient returned whole (a create answered with its representation) names itself.
     if scope.request.is_none() && doc.resource_type == "Patient" && doc.id.is_some() {
@@ -467,6 +470,8 @@ struct Res<'a> {
     nested: Vec<Res<'a>>,
     /// Bundle entries (only on a Bundle).
     entries: Vec<Entry<'a>>,
+    /// `Bundle.type` (only on a Bundle): `transaction`, `batch`, `searchset` ...
+    bundle_type: Option<Cow<'a, str>>,
 }
 
 /// A `Reference` (or what looks like one).
@@ -587,6 +592,11 @@ impl<'a> Obj<'a> {
             }
         }
         let mut entries = Vec::new();
+        let bundle_type = if resource_type == "Bundle" {
+            self.type_name.take()
+        } else {
+            None
+        };
         if resource_type == "Bundle" {
             for e in std::mem::take(&mut self.entry) {
                 entries.push(e.into_entry());
@@ -603,6 +613,7 @@ impl<'a> Obj<'a> {
             contained,
             nested: acc.resources,
             entries,
+            bundle_type,
         }
     }
 
@@ -1219,6 +1230,20 @@ mod tests {
         let f = request_patients(patch, false, &ReferenceOnly);
         assert_eq!(ids(&f), ["linked"]);
         assert!(f.document_type.is_none());
+        assert!(f.bundle_type.is_none());
+        // A Bundle's `type` is kept (a batch is recorded as one); a resource's `type` is not.
+        let batch = br#"{"resourceType": "Bundle", "type": "batch", "identifier": {"value": "b"}, "entry": []}"#;
+        assert_eq!(
+            response_patients(batch).bundle_type.as_deref(),
+            Some("batch")
+        );
+        let device = br#"{"resourceType": "Device", "type": {"text": "pump"}}"#;
+        assert!(response_patients(device).bundle_type.is_none());
+        let nested = br#"{"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": {"resourceType": "Bundle", "type": "batch"}}]}"#;
+        assert_eq!(
+            response_patients(nested).bundle_type.as_deref(),
+            Some("searchset")
+        );
         let deep = "[".repeat(10_000) + &"]".repeat(10_000);
         assert_eq!(gaps(&response_patients(deep.as_bytes())), ["invalid_json"]);
         let deep = "{\"a\":".repeat(5_000) + "1" + &"}".repeat(5_000);

@@ -276,7 +276,15 @@ pub fn inspect_request_body(
             };
             let creating = c.interaction == InteractionKind::Create;
             let started = std::time::Instant::now();
-            inspection.body = Some(crate::extract::request_patients(&bytes, creating, &entries));
+            let findings = crate::extract::request_patients(&bytes, creating, &entries);
+            // `POST [base]` is a batch or a transaction by its Bundle's `type`, which only the
+            // body says: the route rule records a transaction until the body is read.
+            if c.interaction == InteractionKind::Transaction
+                && findings.bundle_type.as_deref() == Some("batch")
+            {
+                c.interaction = InteractionKind::Batch;
+            }
+            inspection.body = Some(findings);
             Some(started.elapsed())
         }
         Ok(_) => {
@@ -395,7 +403,10 @@ pub fn settle(
             gaps.is_empty()
                 && (request_complete
                     || body_is_the_resource
-                    || (c.interaction == InteractionKind::Transaction && inspection.body.is_some()))
+                    || (matches!(
+                        c.interaction,
+                        InteractionKind::Transaction | InteractionKind::Batch
+                    ) && inspection.body.is_some()))
         }
         Some(status) => {
             let success = (200..300).contains(&status);

@@ -10,6 +10,7 @@ mod archive_verify;
 mod attacks;
 mod attribution;
 mod cli;
+mod corpus;
 mod crash;
 mod deploy;
 mod fail_closed;

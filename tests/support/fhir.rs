@@ -111,6 +111,8 @@ pub struct SeedReport {
     pub loaded: BTreeMap<String, usize>,
     /// Files PUT (loaded or not).
     pub attempted: usize,
+    /// The example files stored, in file-name order.
+    pub files: Vec<PathBuf>,
     /// Wall time of the PUTs.
     pub elapsed: Duration,
 }
@@ -304,6 +306,25 @@ print(json.dumps([{**dict(r), "req_headers": json.loads(r["req_headers"] or "{}"
             .unwrap_or_else(|e| panic!("sekmet traffic rows: {e}: {stdout}"))
     }
 
+    /// What sekmet answered, by request id (`X-Request-Id` of the request, else one it made):
+    /// status and body text, from its traffic table. Bodies longer than the server's
+    /// `max_body_log` setting (2,000,000 characters by default) are stored truncated.
+    pub fn responses(&self) -> BTreeMap<String, (Option<u16>, Option<String>)> {
+        let db = self.dir.join("data").join("sekmet.db");
+        let script = r#"
+import json, sqlite3, sys
+con = sqlite3.connect(sys.argv[1], timeout=30)
+rows = con.execute(
+    "SELECT correlation_id, status, resp_body FROM traffic "
+    "WHERE direction = 'inbound' ORDER BY id").fetchall()
+print(json.dumps({r[0]: [r[1], r[2]] for r in rows}))
+"#;
+        let out = run_python(script, &[&db.to_string_lossy()], &[]);
+        let stdout = assert_success(&out, "read sekmet's traffic table");
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("sekmet traffic rows: {e}: {}", truncate(&stdout, 300)))
+    }
+
     /// The last `max_bytes` of sekmet's log, for failure messages.
     pub fn log_tail(&self, max_bytes: u64) -> String {
         tail(&self.log_path, max_bytes)
@@ -413,7 +434,9 @@ print(json.dumps([{**dict(r), "req_headers": json.loads(r["req_headers"] or "{}"
     }
 
     /// PUTs the selected HL7 examples (see the module docs); panics on any rejection.
-    fn seed_examples(&self) -> SeedReport {
+    /// PUTs the HL7 examples [`FhirServer::seeded`] holds into this server (see the module
+    /// docs); panics if any is rejected.
+    pub fn seed_examples(&self) -> SeedReport {
         let dir = examples_dir();
         let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
@@ -470,6 +493,7 @@ print(json.dumps([{**dict(r), "req_headers": json.loads(r["req_headers"] or "{}"
             loaded: loaded.into_inner().unwrap(),
             attempted: files.len(),
             elapsed,
+            files,
         }
     }
 

@@ -91,6 +91,21 @@ pub fn localstack_venv_dir() -> PathBuf {
     venv
 }
 
+/// The repo's Synthea venv (`.venv-synthea`, made by `scripts/test-env.sh`): its
+/// `bin/synthea` writes the synthetic patients the attribution corpus loads. Panics with
+/// instructions if absent.
+pub fn synthea_venv_dir() -> PathBuf {
+    let venv = repo_root().join(".venv-synthea");
+    assert!(
+        venv.join("bin").join("synthea").exists() && venv.join(".auditgate-test-env").exists(),
+        "{} not found (or its install did not finish): run scripts/test-env.sh from the \
+         repository root (it creates .venv-synthea with tietai-synthea from \
+         tests/requirements-synthea.txt)",
+        venv.join("bin").join("synthea").display()
+    );
+    venv
+}
+
 /// The unpacked npm package `hl7.fhir.r4.examples@4.0.1` (one `Type-id.json` file per example).
 /// Panics with [`SETUP_HINT`] if absent.
 pub fn examples_dir() -> PathBuf {

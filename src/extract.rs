@@ -486,7 +486,8 @@ struct Ref<'a> {
 #[derive(Debug, Default)]
 struct Entry<'a> {
     full_url: Option<Cow<'a, str>>,
-    resource: Option<Res<'a>>,
+    /// Boxed: a Bundle of many entries keeps them all, and most of an entry is its resource.
+    resource: Option<Box<Res<'a>>>,
     /// `request.method` and `request.url`.
     method: Option<Cow<'a, str>>,
     url: Option<Cow<'a, str>>,
@@ -495,6 +496,18 @@ struct Entry<'a> {
     /// Other resources and references in the entry (`response.outcome`, extensions).
     nested: Vec<Res<'a>>,
     refs: Vec<Ref<'a>>,
+}
+
+impl<'a> Entry<'a> {
+    /// An `entry` element of something that is not a Bundle: its resources and references
+    /// count like any element's.
+    fn merge_plain_into(self, acc: &mut Acc<'a>) {
+        if let Some(r) = self.resource {
+            acc.resources.push(*r);
+        }
+        acc.resources.extend(self.nested);
+        acc.refs.extend(self.refs);
+    }
 }
 
 /// What an object's descendants hold, merged upwards.
@@ -527,7 +540,9 @@ struct Obj<'a> {
     request: Option<Box<Obj<'a>>>,
     response: Option<Box<Obj<'a>>>,
     contained: Vec<Obj<'a>>,
-    entry: Vec<Obj<'a>>,
+    /// Each element of an `entry` array, reduced as soon as it is read (a Bundle of 100,000
+    /// entries never holds them all as parsed objects).
+    entry: Vec<Entry<'a>>,
     acc: Acc<'a>,
 }
 
@@ -561,11 +576,11 @@ impl<'a> Obj<'a> {
         {
             o.merge_into(&mut acc);
         }
-        for o in std::mem::take(&mut self.contained)
-            .into_iter()
-            .chain(std::mem::take(&mut self.entry))
-        {
+        for o in std::mem::take(&mut self.contained) {
             o.merge_into(&mut acc);
+        }
+        for e in std::mem::take(&mut self.entry) {
+            e.merge_plain_into(&mut acc);
         }
         Found::Plain(acc)
     }
@@ -598,12 +613,11 @@ impl<'a> Obj<'a> {
             None
         };
         if resource_type == "Bundle" {
-            for e in std::mem::take(&mut self.entry) {
-                entries.push(e.into_entry());
-            }
+            entries = std::mem::take(&mut self.entry);
         } else {
-            for o in std::mem::take(&mut self.entry) {
-                o.merge_into(&mut acc);
+            // `List.entry` and the like: plain elements, whose references count.
+            for e in std::mem::take(&mut self.entry) {
+                e.merge_plain_into(&mut acc);
             }
         }
         Res {
@@ -625,7 +639,7 @@ impl<'a> Obj<'a> {
         let mut acc = std::mem::take(&mut self.acc);
         if let Some(resource) = self.resource.take() {
             match resource.into_found() {
-                Found::Resource(r) => entry.resource = Some(r),
+                Found::Resource(r) => entry.resource = Some(Box::new(r)),
                 Found::Plain(p) => acc.absorb(p),
             }
         }
@@ -638,19 +652,20 @@ impl<'a> Obj<'a> {
             entry.location = response.location.take();
             response.merge_into(&mut acc);
         }
-        if self.reference.is_some() {
+        if self.reference.is_some() || (self.identifier && self.type_name.is_some()) {
             acc.refs.push(Ref {
                 reference: self.reference.take(),
                 type_name: self.type_name.take(),
                 identifier: self.identifier,
             });
         }
-        for o in std::mem::take(&mut self.contained)
-            .into_iter()
-            .chain(std::mem::take(&mut self.entry))
-        {
+        for o in std::mem::take(&mut self.contained) {
             o.merge_into(&mut acc);
         }
+        for e in std::mem::take(&mut self.entry) {
+            e.merge_plain_into(&mut acc);
+        }
+        acc.refs.shrink_to_fit();
         entry.nested = acc.resources;
         entry.refs = acc.refs;
         entry
@@ -922,6 +937,65 @@ impl<'de, 'p> Visitor<'de> for ObjListSeed<'p, 'de> {
     ignore_scalars!(());
 }
 
+/// An `entry` array: each object is reduced to an [`Entry`] as soon as it is read; anything
+/// else is walked.
+struct EntryListSeed<'p, 'a> {
+    acc: &'p mut Acc<'a>,
+    out: &'p mut Vec<Entry<'a>>,
+}
+
+impl<'de, 'p> DeserializeSeed<'de> for EntryListSeed<'p, 'de> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, 'p> Visitor<'de> for EntryListSeed<'p, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of entries")
+    }
+
+    fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<(), S::Error> {
+        while let Some(item) = seq.next_element_seed(ObjSeed {
+            acc: &mut *self.acc,
+        })? {
+            let Some(obj) = item else { continue };
+            let entry = if obj.resource_type.is_some() {
+                // A resource where an entry belongs: it counts as the entry's resource.
+                match obj.into_found() {
+                    Found::Resource(r) => Entry {
+                        resource: Some(Box::new(r)),
+                        ..Entry::default()
+                    },
+                    Found::Plain(p) => Entry {
+                        nested: p.resources,
+                        refs: p.refs,
+                        ..Entry::default()
+                    },
+                }
+            } else {
+                obj.into_entry()
+            };
+            self.out.push(entry);
+        }
+        Ok(())
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<(), M::Error> {
+        ValueSeed { acc: self.acc }.visit_map(map)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    ignore_scalars!(());
+}
+
 /// One object: the keys attribution reads are kept, the rest walked.
 struct ObjVisitor;
 
@@ -958,7 +1032,7 @@ impl<'de> Visitor<'de> for ObjVisitor {
                     acc,
                     out: &mut o.contained,
                 })?,
-                Key::Entry => map.next_value_seed(ObjListSeed {
+                Key::Entry => map.next_value_seed(EntryListSeed {
                     acc,
                     out: &mut o.entry,
                 })?,

@@ -234,6 +234,22 @@ impl HeldUpstream {
     }
 }
 
+/// A search Bundle of 100 Observations of 100 patients (~20 KiB), each carrying [`MARKER`].
+fn search_bundle() -> String {
+    let entries: Vec<String> = (0..100)
+        .map(|i| {
+            format!(
+                "{{\"resource\":{{\"resourceType\":\"Observation\",\"id\":\"o{i}\",\
+                 \"subject\":{{\"reference\":\"Patient/p{i}\"}},\"note\":[{{\"text\":\"{MARKER}\"}}]}}}}"
+            )
+        })
+        .collect();
+    format!(
+        "{{\"resourceType\":\"Bundle\",\"type\":\"searchset\",\"total\":100,\"entry\":[{}]}}",
+        entries.join(",")
+    )
+}
+
 fn serve(
     mut stream: TcpStream,
     held_tx: mpsc::Sender<()>,
@@ -272,7 +288,11 @@ fn serve(
                 .unwrap()
                 .recv_timeout(Duration::from_secs(30));
         }
-        let body = format!("{{\"resourceType\":\"Patient\",\"id\":\"x\",\"note\":\"{MARKER}\"}}");
+        let body = if path.starts_with("/fhir/Observation") {
+            search_bundle()
+        } else {
+            format!("{{\"resourceType\":\"Patient\",\"id\":\"x\",\"note\":\"{MARKER}\"}}")
+        };
         let resp = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
@@ -293,7 +313,8 @@ fn a_journal_that_fails_while_a_response_is_in_flight_releases_nothing() {
     let mut gw = Gateway::start(opts);
     let token = gw.token("dr.inflight");
 
-    // The held request: forwarded (a read has no intent record), waiting for its response.
+    // Two held requests, both on the buffered path: a read and a search whose Bundle names
+    // 100 patients. Forwarded (a read has no intent record), waiting for their responses.
     let url = gw.url("/fhir/Patient/hold");
     let t = token.clone();
     let in_flight = std::thread::spawn(move || {
@@ -304,7 +325,27 @@ fn a_journal_that_fails_while_a_response_is_in_flight_releases_nothing() {
     upstream
         .held
         .recv_timeout(Duration::from_secs(20))
-        .expect("the held request reached the upstream");
+        .expect("the held read reached the upstream");
+    // The search over a raw socket: everything the gateway writes back is read, byte for byte.
+    let gw_port = gw.port;
+    let t = token.clone();
+    let search_in_flight = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", gw_port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        write!(
+            s,
+            "GET /fhir/Observation?code=hold&_count=100 HTTP/1.1\r\nHost: gw\r\n\
+             Authorization: Bearer {t}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        raw
+    });
+    upstream
+        .held
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the held search reached the upstream");
 
     // Now break the journal: fill the disk, then push records until the journal refuses.
     disk.fill();
@@ -325,14 +366,9 @@ fn a_journal_that_fails_while_a_response_is_in_flight_releases_nothing() {
 
     // Release the held response: its outcome record cannot be made durable, so not one byte
     // of it may reach the client.
-    upstream
-        .release
-        .lock()
-        .unwrap()
-        .take()
-        .unwrap()
-        .send(())
-        .unwrap();
+    let release = upstream.release.lock().unwrap().take().unwrap();
+    release.send(()).unwrap();
+    release.send(()).unwrap();
     let (status, body) = in_flight.join().unwrap();
     assert_eq!(status, 503, "{body}");
     assert!(
@@ -340,6 +376,15 @@ fn a_journal_that_fails_while_a_response_is_in_flight_releases_nothing() {
         "patient data was released without a durable record: {body}"
     );
     assert!(body.contains("audit_journal_unavailable"), "{body}");
+    // The search: a 503 head and the gateway's own error, and not one byte of the Bundle.
+    let raw = search_in_flight.join().unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
+    assert!(
+        !text.contains(MARKER) && !text.contains("searchset") && !text.contains("Patient/p"),
+        "search results were released without a durable record: {text}"
+    );
+    assert!(text.contains("audit_journal_unavailable"), "{text}");
 
     // A write now is refused before the EHR sees it.
     let writes_before = upstream.puts_seen();

@@ -219,6 +219,13 @@ fn every_corpus_request_is_attributed_to_exactly_the_patients_its_data_names() {
             }
             None => fail(format!("sekmet has no request {request_id}")),
         }
+        eprintln!(
+            "  {:<11} {:>3} patients {:<8} {}",
+            e.interaction,
+            got.len(),
+            ev.attribution.as_str(),
+            c.name
+        );
         patients_seen.extend(got);
         interactions.insert(e.interaction.clone());
     }

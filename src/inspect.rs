@@ -61,6 +61,10 @@ use crate::rules::{AttributionClaim, Classification, RuleSet};
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 << 20;
 /// Largest `attribution.max_body_bytes` accepted: 1 GiB (each buffered request holds this much).
 pub const MAX_BODY_BYTES_LIMIT: u64 = 1 << 30;
+/// Default `attribution.max_buffered_requests`: buffered exchanges at once.
+pub const DEFAULT_MAX_BUFFERED_REQUESTS: usize = 64;
+/// Default `attribution.buffered_wait_secs`: how long a request waits for a buffered slot.
+pub const DEFAULT_BUFFERED_WAIT_SECS: u64 = 10;
 
 /// The `[attribution]` section: bounds of the buffered path.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -72,6 +76,13 @@ pub struct AttributionConfig {
     /// A larger body: `forward` it with attribution `partial` (gap `too_large`; the default)
     /// or `refuse` it (413 for a request, 502 for a response; journaled).
     pub oversize: OversizePolicy,
+    /// Buffered exchanges in progress at once (default 64, 1 to 65,536). Each holds up to
+    /// `max_body_bytes` of request and of response, and extraction takes up to about 3x the
+    /// body it reads; this bounds the sum. Needs a restart to change.
+    pub max_buffered_requests: usize,
+    /// How long a request waits for one of those slots before it is refused with 503
+    /// `gateway_busy` (journaled, never forwarded). Default 10 s, 0 to 300. Needs a restart.
+    pub buffered_wait_secs: u64,
 }
 
 impl Default for AttributionConfig {
@@ -79,6 +90,8 @@ impl Default for AttributionConfig {
         AttributionConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             oversize: OversizePolicy::Forward,
+            max_buffered_requests: DEFAULT_MAX_BUFFERED_REQUESTS,
+            buffered_wait_secs: DEFAULT_BUFFERED_WAIT_SECS,
         }
     }
 }
@@ -92,6 +105,21 @@ impl AttributionConfig {
                     "must be between 1 and {MAX_BODY_BYTES_LIMIT}, got {}",
                     self.max_body_bytes
                 ),
+            ));
+        }
+        if !(1..=65_536).contains(&self.max_buffered_requests) {
+            return Err(ConfigError::invalid(
+                "attribution.max_buffered_requests",
+                format!(
+                    "must be between 1 and 65536, got {}",
+                    self.max_buffered_requests
+                ),
+            ));
+        }
+        if self.buffered_wait_secs > 300 {
+            return Err(ConfigError::invalid(
+                "attribution.buffered_wait_secs",
+                format!("must be at most 300, got {}", self.buffered_wait_secs),
             ));
         }
         Ok(())
@@ -924,6 +952,32 @@ mod tests {
     use super::*;
     use crate::extract::{request_patients, response_patients, ReferenceOnly};
     use crate::rules::{RuleSet, UnmatchedPolicy};
+
+    #[test]
+    fn attribution_config_names_the_key_it_rejects() {
+        let parse = |text: &str| -> Result<AttributionConfig, String> {
+            let c: AttributionConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+            c.validate().map_err(|e| e.to_string())?;
+            Ok(c)
+        };
+        let c = parse("").unwrap();
+        assert_eq!(c.max_buffered_requests, 64);
+        assert_eq!(c.buffered_wait_secs, 10);
+        assert!(parse("max_buffered_requests = 0")
+            .unwrap_err()
+            .contains("attribution.max_buffered_requests"));
+        assert!(parse("max_buffered_requests = 70000")
+            .unwrap_err()
+            .contains("attribution.max_buffered_requests"));
+        assert!(parse("buffered_wait_secs = 301")
+            .unwrap_err()
+            .contains("attribution.buffered_wait_secs"));
+        assert!(parse("max_body_bytes = 0")
+            .unwrap_err()
+            .contains("attribution.max_body_bytes"));
+        assert!(parse("max_buffered = 3").unwrap_err().contains("unknown field"));
+        assert_eq!(parse("buffered_wait_secs = 0").unwrap().buffered_wait_secs, 0);
+    }
 
     fn rules() -> RuleSet {
         RuleSet::from_toml_str(crate::rules::BUILTIN_FHIR_R4, UnmatchedPolicy::Journal).unwrap()

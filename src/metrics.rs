@@ -53,6 +53,10 @@ pub struct Metrics {
     // --- attribution (the buffered path)
     /// `auditgate_buffered_requests_total`.
     pub buffered_requests: IntCounter,
+    /// `auditgate_buffered_in_progress`: buffered exchanges holding a slot now.
+    pub buffered_in_progress: IntGauge,
+    /// `auditgate_buffered_waiting`: requests waiting for a buffered slot now.
+    pub buffered_waiting: IntGauge,
     /// `auditgate_inspected_bytes_total{part}`, and its two children, resolved once (the
     /// buffered path counts every request).
     pub inspected_bytes: IntCounterVec,
@@ -243,7 +247,7 @@ impl Metrics {
             rejected_requests: counter_vec(
                 &r,
                 "auditgate_rejected_requests_total",
-                "Requests refused before forwarding because their path was not acceptable or they asked for a protocol upgrade, by reason.",
+                "Requests refused before forwarding, by reason: an unacceptable path, a protocol upgrade, a body over attribution.max_body_bytes (oversize = refuse), or no buffered slot in time (gateway_busy).",
                 &["reason"],
             ),
             unmatched_routes: counter(
@@ -267,6 +271,16 @@ impl Metrics {
                 &r,
                 "auditgate_buffered_requests_total",
                 "Requests that took the buffered path (request body or response read for patients).",
+            ),
+            buffered_in_progress: int_gauge(
+                &r,
+                "auditgate_buffered_in_progress",
+                "Buffered exchanges in progress (each holds one of attribution.max_buffered_requests slots).",
+            ),
+            buffered_waiting: int_gauge(
+                &r,
+                "auditgate_buffered_waiting",
+                "Requests waiting for a buffered slot; one that waits attribution.buffered_wait_secs is refused with 503 gateway_busy.",
             ),
             inspected_request_bytes: inspected_bytes.with_label_values(&["request"]),
             inspected_response_bytes: inspected_bytes.with_label_values(&["response"]),
@@ -486,7 +500,13 @@ impl Metrics {
         ] {
             m.identity_failures.with_label_values(&[reason]);
         }
-        for reason in ["dot_segment", "encoded_slash", "upgrade_not_supported"] {
+        for reason in [
+            "dot_segment",
+            "encoded_slash",
+            "upgrade_not_supported",
+            "body_too_large",
+            "gateway_busy",
+        ] {
             m.rejected_requests.with_label_values(&[reason]);
         }
         for reason in ["failed", "backlog", "closed"] {

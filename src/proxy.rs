@@ -74,6 +74,22 @@ pub struct Gateway {
     /// The buffered path's connections to the upstream (see [`crate::inspect`]); pingora's
     /// proxy path keeps its own pool.
     pub connector: pingora::connectors::http::Connector,
+    /// Slots of the buffered path (`attribution.max_buffered_requests`): a buffered exchange
+    /// holds one from before it reads the request body until its response is released, so the
+    /// memory the buffered path holds is bounded.
+    pub buffer_slots: Arc<tokio::sync::Semaphore>,
+    /// How long a request waits for a slot (`attribution.buffered_wait_secs`).
+    pub buffer_wait: std::time::Duration,
+}
+
+/// A held slot of the buffered path: released, and the in-progress gauge lowered, on drop
+/// (also when the client goes away mid-exchange).
+struct BufferSlot(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+impl Drop for BufferSlot {
+    fn drop(&mut self) {
+        metrics::global().buffered_in_progress.dec();
+    }
 }
 
 /// Per-request state carried across phases.
@@ -350,6 +366,40 @@ impl Gateway {
         let refuse_oversize = snap.attribution.oversize == OversizePolicy::Refuse;
         let request_id = ctx.request_id();
         let m = metrics::global();
+        // 0. A slot, so that at most `max_buffered_requests` bodies are held at once. A request
+        //    that waits too long is refused (and journaled) before anything is read or sent.
+        let slot = match self.buffer_slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                m.buffered_waiting.inc();
+                let waited = tokio::time::timeout(
+                    self.buffer_wait,
+                    self.buffer_slots.clone().acquire_owned(),
+                )
+                .await;
+                m.buffered_waiting.dec();
+                match waited {
+                    Ok(Ok(slot)) => slot,
+                    _ => {
+                        m.rejected_requests
+                            .with_label_values(&["gateway_busy"])
+                            .inc();
+                        return self
+                            .refuse(
+                                session,
+                                ctx,
+                                503,
+                                "gateway_busy",
+                                "too many requests are being read for their audit record; retry",
+                                &[("Retry-After", "1".to_string())],
+                            )
+                            .await;
+                    }
+                }
+            }
+        };
+        m.buffered_in_progress.inc();
+        let _slot = BufferSlot(slot);
         m.buffered_requests.inc();
         let mut inspection = Inspection::default();
 

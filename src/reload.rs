@@ -15,7 +15,8 @@
 //!   are replaced ([`watch_geoip_files`]).
 //! * **What cannot change live is said.** `[server]`, `[upstream]`, `[journal]`,
 //!   `[checkpoint]`, `[archive]`, `[admin]` and `[log]` need a restart (or a zero-downtime
-//!   upgrade); a reload that changes them applies the rest and logs a warning naming them.
+//!   upgrade), as do `attribution.max_buffered_requests` and `attribution.buffered_wait_secs`;
+//!   a reload that changes them applies the rest and logs a warning naming them.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -152,6 +153,13 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if differs(&old.log, &new.log) {
         changed.push("log");
+    }
+    // The buffered path's slots are made once, at start.
+    if old.attribution.max_buffered_requests != new.attribution.max_buffered_requests {
+        changed.push("attribution.max_buffered_requests");
+    }
+    if old.attribution.buffered_wait_secs != new.attribution.buffered_wait_secs {
+        changed.push("attribution.buffered_wait_secs");
     }
     // Certificate, key and client-CA files are re-read; the listeners, the client-CA file's
     // path and the client-certificate mode are not.

@@ -292,6 +292,10 @@ pub fn prepare(
         connector: pingora::connectors::http::Connector::new(Some(
             pingora::connectors::ConnectorOptions::new(UPSTREAM_POOL_SIZE),
         )),
+        buffer_slots: Arc::new(tokio::sync::Semaphore::new(
+            config.attribution.max_buffered_requests,
+        )),
+        buffer_wait: Duration::from_secs(config.attribution.buffered_wait_secs),
     };
     Ok(Prepared {
         gateway,

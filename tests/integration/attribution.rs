@@ -163,3 +163,143 @@ fn an_xml_response_is_passed_through_and_recorded_as_not_json() {
         Some("application/fhir+xml")
     );
 }
+
+/// An upstream that answers every request with a small Patient, except that a path containing
+/// `hold` is answered only once the test sends on the returned channel. Sends on `reached` when
+/// a held request arrives. Each connection is served on its own thread.
+fn holding_upstream() -> (
+    u16,
+    std::sync::mpsc::Receiver<()>,
+    std::sync::mpsc::Sender<()>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{mpsc, Arc, Mutex};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (reached_tx, reached) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel::<()>();
+    let release_rx = Arc::new(Mutex::new(release_rx));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let (reached_tx, release_rx, counter) =
+                (reached_tx.clone(), release_rx.clone(), counter.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                            break;
+                        }
+                    }
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    if path.contains("hold") {
+                        reached_tx.send(()).unwrap();
+                        let _ = release_rx
+                            .lock()
+                            .unwrap()
+                            .recv_timeout(std::time::Duration::from_secs(30));
+                    }
+                    let body = r#"{"resourceType":"Patient","id":"held"}"#;
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\n\
+                         Content-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if stream.write_all(resp.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, reached, release, seen)
+}
+
+#[test]
+fn buffered_exchanges_beyond_the_bound_wait_for_a_slot_then_get_503_gateway_busy() {
+    use std::sync::atomic::Ordering;
+    let (port, reached, release, seen) = holding_upstream();
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{port}"));
+    opts.extra_toml = "[attribution]\nmax_buffered_requests = 1\nbuffered_wait_secs = 1\n".into();
+    let gw = Gateway::start(opts);
+    let token = gw.token("dr.busy");
+
+    // One buffered read holds the only slot.
+    let url = gw.url("/fhir/Patient/hold");
+    let t = token.clone();
+    let held = std::thread::spawn(move || {
+        let resp = http_client().get(url).bearer_auth(t).send().unwrap();
+        (resp.status().as_u16(), resp.text().unwrap())
+    });
+    reached
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the held request reached the upstream");
+    assert_eq!(gw.metric("auditgate_buffered_in_progress"), 1.0);
+
+    // A second buffered request waits its second, then is refused, journaled, never forwarded.
+    let before = seen.load(Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let (status, id, body) = get(&gw, &token, "/fhir/Patient/second");
+    let waited = started.elapsed();
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("gateway_busy"));
+    assert!(
+        waited >= std::time::Duration::from_millis(900),
+        "refused after {waited:?}, before buffered_wait_secs"
+    );
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        before,
+        "a refused request reached the EHR"
+    );
+    assert_eq!(
+        gw.metric("auditgate_rejected_requests_total{reason=\"gateway_busy\"}"),
+        1.0
+    );
+
+    // A request that waits less than the bound gets the slot when it frees.
+    let url = gw.url("/fhir/Patient/third");
+    let t = token.clone();
+    let waiting = std::thread::spawn(move || {
+        let resp = http_client().get(url).bearer_auth(t).send().unwrap();
+        resp.status().as_u16()
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while gw.metric("auditgate_buffered_waiting") < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the third request never waited"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    release.send(()).unwrap();
+    assert_eq!(held.join().unwrap().0, 200);
+    assert_eq!(waiting.join().unwrap(), 200);
+    assert_eq!(gw.metric("auditgate_buffered_in_progress"), 0.0);
+    assert_eq!(gw.metric("auditgate_buffered_waiting"), 0.0);
+
+    let records = gw.records();
+    let refused = outcome(&records, &id);
+    assert_eq!(refused.event.outcome.as_ref().unwrap().status, 503);
+    assert_eq!(
+        refused
+            .event
+            .patients
+            .iter()
+            .map(|p| p.id.as_str())
+            .collect::<Vec<_>>(),
+        ["second"],
+        "the refused request is still attributed to the patient it asked for"
+    );
+}

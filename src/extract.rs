@@ -636,7 +636,7 @@ impl<'a> Obj<'a> {
             full_url: self.full_url.take(),
             ..Entry::default()
         };
-        let mut acc = std::mem::take(&mut self.acc);
+        let mut acc = Acc::default();
         if let Some(resource) = self.resource.take() {
             match resource.into_found() {
                 Found::Resource(r) => entry.resource = Some(Box::new(r)),
@@ -652,18 +652,30 @@ impl<'a> Obj<'a> {
             entry.location = response.location.take();
             response.merge_into(&mut acc);
         }
-        if self.reference.is_some() || (self.identifier && self.type_name.is_some()) {
-            acc.refs.push(Ref {
-                reference: self.reference.take(),
-                type_name: self.type_name.take(),
-                identifier: self.identifier,
-            });
-        }
-        for o in std::mem::take(&mut self.contained) {
-            o.merge_into(&mut acc);
-        }
-        for e in std::mem::take(&mut self.entry) {
-            e.merge_plain_into(&mut acc);
+        if let Some(resource_type) = self.resource_type.take() {
+            // A resource where an entry belongs (malformed, but a lenient server may act on
+            // its `request`, taken above): the rest of it counts as the entry's resource.
+            let r = self.into_res(resource_type);
+            if entry.resource.is_none() {
+                entry.resource = Some(Box::new(r));
+            } else {
+                acc.resources.push(r);
+            }
+        } else {
+            acc.absorb(std::mem::take(&mut self.acc));
+            if self.reference.is_some() || (self.identifier && self.type_name.is_some()) {
+                acc.refs.push(Ref {
+                    reference: self.reference.take(),
+                    type_name: self.type_name.take(),
+                    identifier: self.identifier,
+                });
+            }
+            for o in std::mem::take(&mut self.contained) {
+                o.merge_into(&mut acc);
+            }
+            for e in std::mem::take(&mut self.entry) {
+                e.merge_plain_into(&mut acc);
+            }
         }
         acc.refs.shrink_to_fit();
         entry.nested = acc.resources;
@@ -937,8 +949,9 @@ impl<'de, 'p> Visitor<'de> for ObjListSeed<'p, 'de> {
     ignore_scalars!(());
 }
 
-/// An `entry` array: each object is reduced to an [`Entry`] as soon as it is read; anything
-/// else is walked.
+/// An `entry` array: each object is reduced to an [`Entry`] as soon as it is read (its
+/// `request`, `response` and `fullUrl` kept even when it wrongly carries a `resourceType` of
+/// its own); anything else is walked.
 struct EntryListSeed<'p, 'a> {
     acc: &'p mut Acc<'a>,
     out: &'p mut Vec<Entry<'a>>,
@@ -964,22 +977,7 @@ impl<'de, 'p> Visitor<'de> for EntryListSeed<'p, 'de> {
             acc: &mut *self.acc,
         })? {
             let Some(obj) = item else { continue };
-            let entry = if obj.resource_type.is_some() {
-                // A resource where an entry belongs: it counts as the entry's resource.
-                match obj.into_found() {
-                    Found::Resource(r) => Entry {
-                        resource: Some(Box::new(r)),
-                        ..Entry::default()
-                    },
-                    Found::Plain(p) => Entry {
-                        nested: p.resources,
-                        refs: p.refs,
-                        ..Entry::default()
-                    },
-                }
-            } else {
-                obj.into_entry()
-            };
+            let entry = obj.into_entry();
             self.out.push(entry);
         }
         Ok(())
@@ -1269,6 +1267,26 @@ mod tests {
         assert_eq!(ids(&f), ["del", "known"]);
         assert_eq!(gaps(&f), ["conditional_reference", "created_patient"]);
         assert_eq!(f.created_patients, 1);
+    }
+
+    #[test]
+    fn an_entry_that_wrongly_carries_a_resource_type_keeps_its_request_and_location() {
+        // A lenient server ignores the stray element and runs the DELETE.
+        let body = br#"{"resourceType":"Bundle","type":"transaction","entry":[
+            {"resourceType":"Basic","subject":{"reference":"Patient/stray"},
+             "request":{"method":"DELETE","url":"Patient/victim"}}]}"#;
+        let f = request_patients(body, false, &Routes);
+        assert_eq!(ids(&f), ["stray", "victim"]);
+        let body = br#"{"resourceType":"Bundle","type":"transaction-response","entry":[
+            {"resourceType":"Basic","response":{"status":"201 Created","location":"Patient/made/_history/1"}}]}"#;
+        let f = response_patients(body);
+        assert_eq!(ids(&f), ["made"]);
+        assert_eq!(f.located, 1);
+        // Its fullUrl still resolves urn:uuid references.
+        let body = br#"{"resourceType":"Bundle","type":"collection","entry":[
+            {"resourceType":"Patient","id":"pu","fullUrl":"urn:uuid:pu"},
+            {"resource":{"resourceType":"Observation","subject":{"reference":"urn:uuid:pu"}}}]}"#;
+        assert_eq!(ids(&response_patients(body)), ["pu"]);
     }
 
     #[test]

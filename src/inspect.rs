@@ -65,6 +65,8 @@ pub const MAX_BODY_BYTES_LIMIT: u64 = 1 << 30;
 pub const DEFAULT_MAX_BUFFERED_REQUESTS: usize = 64;
 /// Default `attribution.buffered_wait_secs`: how long a request waits for a buffered slot.
 pub const DEFAULT_BUFFERED_WAIT_SECS: u64 = 10;
+/// Default `attribution.client_timeout_secs`.
+pub const DEFAULT_CLIENT_TIMEOUT_SECS: u64 = 60;
 
 /// The `[attribution]` section: bounds of the buffered path.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -83,6 +85,10 @@ pub struct AttributionConfig {
     /// How long a request waits for one of those slots before it is refused with 503
     /// `gateway_busy` (journaled, never forwarded). Default 10 s, 0 to 300. Needs a restart.
     pub buffered_wait_secs: u64,
+    /// On the buffered path, each read of the client's request body and each write of the
+    /// answer to it must progress within this many seconds, so a stalled client does not hold
+    /// a slot. Default 60, 1 to 3,600.
+    pub client_timeout_secs: u64,
 }
 
 impl Default for AttributionConfig {
@@ -92,6 +98,7 @@ impl Default for AttributionConfig {
             oversize: OversizePolicy::Forward,
             max_buffered_requests: DEFAULT_MAX_BUFFERED_REQUESTS,
             buffered_wait_secs: DEFAULT_BUFFERED_WAIT_SECS,
+            client_timeout_secs: DEFAULT_CLIENT_TIMEOUT_SECS,
         }
     }
 }
@@ -122,12 +129,26 @@ impl AttributionConfig {
                 format!("must be at most 300, got {}", self.buffered_wait_secs),
             ));
         }
+        if !(1..=3600).contains(&self.client_timeout_secs) {
+            return Err(ConfigError::invalid(
+                "attribution.client_timeout_secs",
+                format!(
+                    "must be between 1 and 3600, got {}",
+                    self.client_timeout_secs
+                ),
+            ));
+        }
         Ok(())
     }
 
     /// The limit as a buffer size.
     pub fn limit(&self) -> usize {
         usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX)
+    }
+
+    /// `client_timeout_secs` as a duration.
+    pub fn client_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.client_timeout_secs)
     }
 }
 
@@ -208,7 +229,12 @@ pub struct RequestBody {
 /// Read the client's request body, stopping after the first chunk that goes past `limit`.
 pub async fn read_request_body(session: &mut Session, limit: usize) -> Result<RequestBody> {
     let mut bytes = Vec::new();
-    while let Some(chunk) = session.read_request_body().await? {
+    // An error reading the client's body is the client's side (its timeout, a closed socket).
+    while let Some(chunk) = session
+        .read_request_body()
+        .await
+        .map_err(|e| e.into_down())?
+    {
         bytes.extend_from_slice(&chunk);
         if bytes.len() > limit {
             return Ok(RequestBody {
@@ -975,8 +1001,17 @@ mod tests {
         assert!(parse("max_body_bytes = 0")
             .unwrap_err()
             .contains("attribution.max_body_bytes"));
-        assert!(parse("max_buffered = 3").unwrap_err().contains("unknown field"));
-        assert_eq!(parse("buffered_wait_secs = 0").unwrap().buffered_wait_secs, 0);
+        assert!(parse("max_buffered = 3")
+            .unwrap_err()
+            .contains("unknown field"));
+        assert_eq!(
+            parse("buffered_wait_secs = 0").unwrap().buffered_wait_secs,
+            0
+        );
+        assert_eq!(parse("").unwrap().client_timeout_secs, 60);
+        assert!(parse("client_timeout_secs = 0")
+            .unwrap_err()
+            .contains("attribution.client_timeout_secs"));
     }
 
     fn rules() -> RuleSet {

@@ -506,13 +506,20 @@ impl Metrics {
             "upgrade_not_supported",
             "body_too_large",
             "gateway_busy",
+            "device_id_required",
         ] {
             m.rejected_requests.with_label_values(&[reason]);
         }
         for reason in ["failed", "backlog", "closed"] {
             m.fail_closed_refusals.with_label_values(&[reason]);
         }
-        for kind in ["unreachable", "tls", "timeout", "other"] {
+        for kind in [
+            "unreachable",
+            "tls",
+            "timeout",
+            "response_too_large",
+            "other",
+        ] {
             m.upstream_errors.with_label_values(&[kind]);
         }
         for gap in crate::extract::Gap::ALL {

@@ -92,6 +92,23 @@ impl Drop for BufferSlot {
     }
 }
 
+/// A request waiting for a buffered slot, counted in `auditgate_buffered_waiting` until it
+/// stops waiting, also when its task is dropped mid-wait.
+struct Waiting;
+
+impl Waiting {
+    fn start() -> Waiting {
+        metrics::global().buffered_waiting.inc();
+        Waiting
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        metrics::global().buffered_waiting.dec();
+    }
+}
+
 /// Per-request state carried across phases.
 pub struct RequestCtx {
     /// Counts this request in [`Gateway::in_flight`] until the context is dropped.
@@ -371,13 +388,13 @@ impl Gateway {
         let slot = match self.buffer_slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
-                m.buffered_waiting.inc();
+                let waiting = Waiting::start();
                 let waited = tokio::time::timeout(
                     self.buffer_wait,
                     self.buffer_slots.clone().acquire_owned(),
                 )
                 .await;
-                m.buffered_waiting.dec();
+                drop(waiting);
                 match waited {
                     Ok(Ok(slot)) => slot,
                     _ => {
@@ -400,6 +417,11 @@ impl Gateway {
         };
         m.buffered_in_progress.inc();
         let _slot = BufferSlot(slot);
+        // A client that stops reading or sending must not hold a slot for long: each read of
+        // its body and each write of the answer has to progress within this time.
+        let client_timeout = Some(snap.attribution.client_timeout());
+        session.set_read_timeout(client_timeout);
+        session.set_write_timeout(client_timeout);
         m.buffered_requests.inc();
         let mut inspection = Inspection::default();
 
@@ -571,9 +593,11 @@ impl Gateway {
             ..
         } = answer;
         let nothing_more = head_request || (complete && buffered.is_empty());
+        // Errors writing to the client are the client's side (a timeout, a closed socket).
         session
             .write_response_header(Box::new(resp), nothing_more)
-            .await?;
+            .await
+            .map_err(|e| e.into_down())?;
         if nothing_more {
             if let Some(mut rest) = rest {
                 rest.shutdown().await;
@@ -583,14 +607,18 @@ impl Gateway {
         if !buffered.is_empty() {
             session
                 .write_response_body(Some(Bytes::from(buffered)), complete)
-                .await?;
+                .await
+                .map_err(|e| e.into_down())?;
         }
         if let Some(mut rest) = rest {
             // Over the limit and forwarded: the record (partial, too_large) is durable; the
             // rest streams.
             loop {
                 match rest.read_response_body().await {
-                    Ok(Some(chunk)) => session.write_response_body(Some(chunk), false).await?,
+                    Ok(Some(chunk)) => session
+                        .write_response_body(Some(chunk), false)
+                        .await
+                        .map_err(|e| e.into_down())?,
                     Ok(None) => break,
                     Err(e) => {
                         rest.shutdown().await;
@@ -602,7 +630,10 @@ impl Gateway {
                 }
             }
             rest.shutdown().await;
-            session.write_response_body(None, true).await?;
+            session
+                .write_response_body(None, true)
+                .await
+                .map_err(|e| e.into_down())?;
         }
         Ok(true)
     }
@@ -1178,6 +1209,13 @@ impl ProxyHttp for Gateway {
         let error = match (ctx.refusal, e) {
             // Refused because the journal could not take a record at the time.
             (Some(reason), _) => reason,
+            // The client stalled longer than attribution.client_timeout_secs (buffered path).
+            (None, Some(e))
+                if *e.esource() == ErrorSource::Downstream
+                    && matches!(e.etype(), ReadTimedout | WriteTimedout) =>
+            {
+                "client_timeout"
+            }
             (None, Some(_)) => "aborted",
             (None, None) => "client_closed",
         };
@@ -1254,6 +1292,11 @@ fn redact_query_tokens(query: &str) -> String {
 /// The status a failed exchange with the upstream is answered with; 0 when the client went
 /// away (nothing to answer).
 fn upstream_error_status(e: &Error) -> u16 {
+    if *e.esource() == ErrorSource::Downstream {
+        // The client timed out or went away: there is no one to answer (the record says
+        // `client_timeout` or `aborted`).
+        return 0;
+    }
     match e.etype() {
         HTTPStatus(code) => *code,
         ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError => 502,

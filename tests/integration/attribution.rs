@@ -303,3 +303,63 @@ fn buffered_exchanges_beyond_the_bound_wait_for_a_slot_then_get_503_gateway_busy
         "the refused request is still attributed to the patient it asked for"
     );
 }
+
+#[test]
+fn a_client_that_stalls_mid_body_loses_its_buffered_slot_and_nothing_is_forwarded() {
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    let (port, _reached, _release, seen) = holding_upstream();
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{port}"));
+    opts.extra_toml = "[attribution]\nmax_buffered_requests = 1\nbuffered_wait_secs = 10\n\
+                       client_timeout_secs = 1\n"
+        .into();
+    let gw = Gateway::start(opts);
+    let token = gw.token("dr.stall");
+
+    // A write whose body stops after 10 of its 1,000 bytes: it holds the only slot.
+    let mut stalled = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    write!(
+        stalled,
+        "PUT /fhir/Patient/stalled HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/fhir+json\r\nContent-Length: 1000\r\n\r\n{{\"resource"
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while gw.metric("auditgate_buffered_in_progress") < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled write never took the slot"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    // The next buffered request waits for the slot, which the stalled client loses after its
+    // timeout: it is answered, well before buffered_wait_secs.
+    let started = std::time::Instant::now();
+    let (status, _, _) = get(&gw, &token, "/fhir/Patient/next");
+    assert_eq!(status, 200);
+    let waited = started.elapsed();
+    assert!(
+        waited < std::time::Duration::from_secs(8),
+        "waited {waited:?}: the stalled client kept its slot"
+    );
+    assert_eq!(gw.metric("auditgate_buffered_in_progress"), 0.0);
+    assert_eq!(gw.metric("auditgate_buffered_waiting"), 0.0);
+    assert_eq!(
+        seen.load(Ordering::SeqCst),
+        1,
+        "only the read reached the EHR"
+    );
+    // The stalled write is journaled as the client's timeout (499: no answer was sent).
+    let records = gw.records();
+    let stalled_record = records
+        .iter()
+        .find(|r| r.event.path == "/fhir/Patient/stalled" && r.event.phase == Phase::Outcome)
+        .expect("the stalled write has an outcome record");
+    let o = stalled_record.event.outcome.as_ref().unwrap();
+    assert_eq!(
+        (o.status, o.error.as_deref()),
+        (499, Some("client_timeout"))
+    );
+    drop(stalled);
+}

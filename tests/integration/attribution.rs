@@ -1,8 +1,10 @@
 //! The buffered path's limits and what it cannot read, through the real gateway in front of
 //! the real FHIR server: a response over `attribution.max_body_bytes` is forwarded whole with
 //! a `partial / too_large` record (or refused with a record under `oversize = "refuse"`); a
-//! request body over the limit is refused before the EHR sees it; an XML response is passed
-//! through byte for byte with `partial / not_json` and its media type.
+//! request body over the limit is refused before the EHR sees it; an XML response and a PDF
+//! attachment are passed through byte for byte with `partial / not_json` and their media type;
+//! at most `max_buffered_requests` exchanges are buffered at once (the next waits, then gets
+//! `503 gateway_busy`); a client that stalls mid-body loses its slot (`client_timeout`).
 
 use auditgate::record::{Attribution, Phase, Record};
 
@@ -164,7 +166,12 @@ fn an_xml_response_is_passed_through_and_recorded_as_not_json() {
     );
 }
 
-/// An upstream that answers every request with a small Patient, except that a path containing
+/// A binary attachment as an EHR serves `Binary/{id}` with `Accept: application/pdf`.
+const PDF_BYTES: &[u8] =
+    b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj <<>> endobj\n\x00\x01\x02 Patient/not-parsed\n%%EOF\n";
+
+/// An upstream that answers `Binary/...` with [`PDF_BYTES`] and every other request with a
+/// small Patient, except that a path containing
 /// `hold` is answered only once the test sends on the returned channel. Sends on `reached` when
 /// a held request arrives. Each connection is served on its own thread.
 fn holding_upstream() -> (
@@ -210,13 +217,21 @@ fn holding_upstream() -> (
                             .unwrap()
                             .recv_timeout(std::time::Duration::from_secs(30));
                     }
-                    let body = r#"{"resourceType":"Patient","id":"held"}"#;
-                    let resp = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\n\
-                         Content-Length: {}\r\n\r\n{body}",
+                    let (ctype, body): (&str, &[u8]) = if path.contains("/Binary/") {
+                        ("application/pdf", PDF_BYTES)
+                    } else {
+                        (
+                            "application/fhir+json",
+                            br#"{"resourceType":"Patient","id":"held"}"#,
+                        )
+                    };
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\n\
+                         Content-Length: {}\r\n\r\n",
                         body.len()
                     );
-                    if stream.write_all(resp.as_bytes()).is_err() {
+                    if stream.write_all(head.as_bytes()).is_err() || stream.write_all(body).is_err()
+                    {
                         return;
                     }
                 }
@@ -362,4 +377,30 @@ fn a_client_that_stalls_mid_body_loses_its_buffered_slot_and_nothing_is_forwarde
         (499, Some("client_timeout"))
     );
     drop(stalled);
+}
+
+#[test]
+fn a_binary_attachment_is_passed_through_byte_for_byte_as_not_json() {
+    let (port, _reached, _release, _seen) = holding_upstream();
+    let gw = Gateway::start(GatewayOptions::new(format!("127.0.0.1:{port}")));
+    let token = gw.token("dr.binary");
+    let resp = http_client()
+        .get(gw.url("/fhir/Binary/report-1"))
+        .bearer_auth(&token)
+        .header("Accept", "application/pdf")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/pdf");
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(&resp.bytes().unwrap()[..], PDF_BYTES);
+    let records = gw.records();
+    let e = &outcome(&records, &id).event;
+    assert_eq!(e.attribution, Attribution::Partial);
+    assert_eq!(e.attribution_gaps, ["not_json"]);
+    assert!(e.patients.is_empty(), "{:?}", e.patients);
+    assert_eq!(
+        e.outcome.as_ref().unwrap().content_type.as_deref(),
+        Some("application/pdf")
+    );
 }

@@ -906,13 +906,17 @@ impl<'de, 'p> Visitor<'de> for StrSeed<'p, 'de> {
     ignore_scalars!(None);
 }
 
-/// An array of objects kept whole (for `contained`, `entry`); anything else is walked.
-struct ObjListSeed<'p, 'a> {
+/// An array of objects, each kept as `reduce` makes it as soon as it is read: `contained`
+/// keeps them whole; `entry` reduces each to an [`Entry`] (its `request`, `response` and
+/// `fullUrl` kept even when it wrongly carries a `resourceType` of its own), so a Bundle of
+/// 100,000 entries never holds them all as parsed objects. Anything else is walked.
+struct ObjListSeed<'p, 'a, T> {
     acc: &'p mut Acc<'a>,
-    out: &'p mut Vec<Obj<'a>>,
+    out: &'p mut Vec<T>,
+    reduce: fn(Obj<'a>) -> T,
 }
 
-impl<'de, 'p> DeserializeSeed<'de> for ObjListSeed<'p, 'de> {
+impl<'de, 'p, T> DeserializeSeed<'de> for ObjListSeed<'p, 'de, T> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
@@ -920,7 +924,7 @@ impl<'de, 'p> DeserializeSeed<'de> for ObjListSeed<'p, 'de> {
     }
 }
 
-impl<'de, 'p> Visitor<'de> for ObjListSeed<'p, 'de> {
+impl<'de, 'p, T> Visitor<'de> for ObjListSeed<'p, 'de, T> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -932,53 +936,8 @@ impl<'de, 'p> Visitor<'de> for ObjListSeed<'p, 'de> {
             acc: &mut *self.acc,
         })? {
             if let Some(obj) = item {
-                self.out.push(obj);
+                self.out.push((self.reduce)(obj));
             }
-        }
-        Ok(())
-    }
-
-    fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<(), M::Error> {
-        ValueSeed { acc: self.acc }.visit_map(map)
-    }
-
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-
-    ignore_scalars!(());
-}
-
-/// An `entry` array: each object is reduced to an [`Entry`] as soon as it is read (its
-/// `request`, `response` and `fullUrl` kept even when it wrongly carries a `resourceType` of
-/// its own); anything else is walked.
-struct EntryListSeed<'p, 'a> {
-    acc: &'p mut Acc<'a>,
-    out: &'p mut Vec<Entry<'a>>,
-}
-
-impl<'de, 'p> DeserializeSeed<'de> for EntryListSeed<'p, 'de> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de, 'p> Visitor<'de> for EntryListSeed<'p, 'de> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an array of entries")
-    }
-
-    fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<(), S::Error> {
-        while let Some(item) = seq.next_element_seed(ObjSeed {
-            acc: &mut *self.acc,
-        })? {
-            let Some(obj) = item else { continue };
-            let entry = obj.into_entry();
-            self.out.push(entry);
         }
         Ok(())
     }
@@ -1029,10 +988,12 @@ impl<'de> Visitor<'de> for ObjVisitor {
                 Key::Contained => map.next_value_seed(ObjListSeed {
                     acc,
                     out: &mut o.contained,
+                    reduce: std::convert::identity,
                 })?,
-                Key::Entry => map.next_value_seed(EntryListSeed {
+                Key::Entry => map.next_value_seed(ObjListSeed {
                     acc,
                     out: &mut o.entry,
+                    reduce: Obj::into_entry,
                 })?,
                 Key::Div => {
                     map.next_value::<IgnoredAny>()?;

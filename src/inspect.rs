@@ -631,6 +631,22 @@ pub fn explain(
     }
 }
 
+/// A rule test's failure line when `got` holds other members than `want` (order ignored).
+fn expect_same_members<'a>(
+    what: &str,
+    want: &[String],
+    got: impl Iterator<Item = &'a str>,
+    failures: &mut Vec<String>,
+) {
+    let mut want: Vec<&str> = want.iter().map(String::as_str).collect();
+    let mut got: Vec<&str> = got.collect();
+    want.sort_unstable();
+    got.sort_unstable();
+    if want != got {
+        failures.push(format!("{what}: expected {want:?}, got {got:?}"));
+    }
+}
+
 /// Run one `[[test]]` case: `Ok` with the explanation, or every expectation that failed.
 pub fn run_rule_test(
     rules: &RuleSet,
@@ -709,13 +725,8 @@ pub fn run_rule_test(
         }
     }
     if let Some(p) = &e.patients {
-        let mut want: Vec<&str> = p.iter().map(String::as_str).collect();
-        let mut got: Vec<&str> = settled.patients.iter().map(|p| p.id.as_str()).collect();
-        want.sort_unstable();
-        got.sort_unstable();
-        if want != got {
-            failures.push(format!("patients: expected {want:?}, got {got:?}"));
-        }
+        let got = settled.patients.iter().map(|p| p.id.as_str());
+        expect_same_members("patients", p, got, &mut failures);
     }
     if let Some(a) = e.attribution {
         if a != settled.attribution {
@@ -726,13 +737,8 @@ pub fn run_rule_test(
         }
     }
     if let Some(g) = &e.gaps {
-        let mut want: Vec<&str> = g.iter().map(String::as_str).collect();
-        let mut got: Vec<&str> = settled.gaps.iter().map(String::as_str).collect();
-        want.sort_unstable();
-        got.sort_unstable();
-        if want != got {
-            failures.push(format!("gaps: expected {want:?}, got {got:?}"));
-        }
+        let got = settled.gaps.iter().map(String::as_str);
+        expect_same_members("gaps", g, got, &mut failures);
     }
     if failures.is_empty() {
         Ok(x)

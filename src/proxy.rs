@@ -84,7 +84,16 @@ pub struct Gateway {
 
 /// A held slot of the buffered path: released, and the in-progress gauge lowered, on drop
 /// (also when the client goes away mid-exchange).
-struct BufferSlot(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+struct BufferSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl BufferSlot {
+    fn hold(permit: tokio::sync::OwnedSemaphorePermit) -> BufferSlot {
+        metrics::global().buffered_in_progress.inc();
+        BufferSlot { _permit: permit }
+    }
+}
 
 impl Drop for BufferSlot {
     fn drop(&mut self) {
@@ -415,8 +424,7 @@ impl Gateway {
                 }
             }
         };
-        m.buffered_in_progress.inc();
-        let _slot = BufferSlot(slot);
+        let _slot = BufferSlot::hold(slot);
         // A client that stops reading or sending must not hold a slot for long: each read of
         // its body and each write of the answer has to progress within this time.
         let client_timeout = Some(snap.attribution.client_timeout());

@@ -9,6 +9,7 @@
 use auditgate::record::{Attribution, Phase, Record};
 
 use crate::support::gateway::{Gateway, GatewayOptions};
+use crate::support::held::{HeldUpstream, PDF_BYTES};
 use crate::support::{http_client, FhirServer};
 
 fn outcome<'a>(records: &'a [Record], request_id: &str) -> &'a Record {
@@ -166,86 +167,10 @@ fn an_xml_response_is_passed_through_and_recorded_as_not_json() {
     );
 }
 
-/// A binary attachment as an EHR serves `Binary/{id}` with `Accept: application/pdf`.
-const PDF_BYTES: &[u8] =
-    b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj <<>> endobj\n\x00\x01\x02 Patient/not-parsed\n%%EOF\n";
-
-/// An upstream that answers `Binary/...` with [`PDF_BYTES`] and every other request with a
-/// small Patient, except that a path containing
-/// `hold` is answered only once the test sends on the returned channel. Sends on `reached` when
-/// a held request arrives. Each connection is served on its own thread.
-fn holding_upstream() -> (
-    u16,
-    std::sync::mpsc::Receiver<()>,
-    std::sync::mpsc::Sender<()>,
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-) {
-    use std::io::{BufRead, BufReader, Write};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{mpsc, Arc, Mutex};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (reached_tx, reached) = mpsc::channel();
-    let (release, release_rx) = mpsc::channel::<()>();
-    let release_rx = Arc::new(Mutex::new(release_rx));
-    let seen = Arc::new(AtomicUsize::new(0));
-    let counter = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { break };
-            let (reached_tx, release_rx, counter) =
-                (reached_tx.clone(), release_rx.clone(), counter.clone());
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-                    loop {
-                        let mut h = String::new();
-                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                            break;
-                        }
-                    }
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    if path.contains("hold") {
-                        reached_tx.send(()).unwrap();
-                        let _ = release_rx
-                            .lock()
-                            .unwrap()
-                            .recv_timeout(std::time::Duration::from_secs(30));
-                    }
-                    let (ctype, body): (&str, &[u8]) = if path.contains("/Binary/") {
-                        ("application/pdf", PDF_BYTES)
-                    } else {
-                        (
-                            "application/fhir+json",
-                            br#"{"resourceType":"Patient","id":"held"}"#,
-                        )
-                    };
-                    let head = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\n\
-                         Content-Length: {}\r\n\r\n",
-                        body.len()
-                    );
-                    if stream.write_all(head.as_bytes()).is_err() || stream.write_all(body).is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (port, reached, release, seen)
-}
-
 #[test]
 fn buffered_exchanges_beyond_the_bound_wait_for_a_slot_then_get_503_gateway_busy() {
-    use std::sync::atomic::Ordering;
-    let (port, reached, release, seen) = holding_upstream();
-    let mut opts = GatewayOptions::new(format!("127.0.0.1:{port}"));
+    let upstream = HeldUpstream::start();
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", upstream.port));
     opts.extra_toml = "[attribution]\nmax_buffered_requests = 1\nbuffered_wait_secs = 1\n".into();
     let gw = Gateway::start(opts);
     let token = gw.token("dr.busy");
@@ -257,13 +182,14 @@ fn buffered_exchanges_beyond_the_bound_wait_for_a_slot_then_get_503_gateway_busy
         let resp = http_client().get(url).bearer_auth(t).send().unwrap();
         (resp.status().as_u16(), resp.text().unwrap())
     });
-    reached
+    upstream
+        .held
         .recv_timeout(std::time::Duration::from_secs(20))
         .expect("the held request reached the upstream");
     assert_eq!(gw.metric("auditgate_buffered_in_progress"), 1.0);
 
     // A second buffered request waits its second, then is refused, journaled, never forwarded.
-    let before = seen.load(Ordering::SeqCst);
+    let before = upstream.requests_seen();
     let started = std::time::Instant::now();
     let (status, id, body) = get(&gw, &token, "/fhir/Patient/second");
     let waited = started.elapsed();
@@ -274,7 +200,7 @@ fn buffered_exchanges_beyond_the_bound_wait_for_a_slot_then_get_503_gateway_busy
         "refused after {waited:?}, before buffered_wait_secs"
     );
     assert_eq!(
-        seen.load(Ordering::SeqCst),
+        upstream.requests_seen(),
         before,
         "a refused request reached the EHR"
     );
@@ -298,7 +224,7 @@ fn buffered_exchanges_beyond_the_bound_wait_for_a_slot_then_get_503_gateway_busy
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    release.send(()).unwrap();
+    upstream.release();
     assert_eq!(held.join().unwrap().0, 200);
     assert_eq!(waiting.join().unwrap(), 200);
     assert_eq!(gw.metric("auditgate_buffered_in_progress"), 0.0);
@@ -322,9 +248,8 @@ fn buffered_exchanges_beyond_the_bound_wait_for_a_slot_then_get_503_gateway_busy
 #[test]
 fn a_client_that_stalls_mid_body_loses_its_buffered_slot_and_nothing_is_forwarded() {
     use std::io::Write;
-    use std::sync::atomic::Ordering;
-    let (port, _reached, _release, seen) = holding_upstream();
-    let mut opts = GatewayOptions::new(format!("127.0.0.1:{port}"));
+    let upstream = HeldUpstream::start();
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", upstream.port));
     opts.extra_toml = "[attribution]\nmax_buffered_requests = 1\nbuffered_wait_secs = 10\n\
                        client_timeout_secs = 1\n"
         .into();
@@ -360,11 +285,7 @@ fn a_client_that_stalls_mid_body_loses_its_buffered_slot_and_nothing_is_forwarde
     );
     assert_eq!(gw.metric("auditgate_buffered_in_progress"), 0.0);
     assert_eq!(gw.metric("auditgate_buffered_waiting"), 0.0);
-    assert_eq!(
-        seen.load(Ordering::SeqCst),
-        1,
-        "only the read reached the EHR"
-    );
+    assert_eq!(upstream.requests_seen(), 1, "only the read reached the EHR");
     // The stalled write is journaled as the client's timeout (499: no answer was sent).
     let records = gw.records();
     let stalled_record = records
@@ -381,8 +302,8 @@ fn a_client_that_stalls_mid_body_loses_its_buffered_slot_and_nothing_is_forwarde
 
 #[test]
 fn a_binary_attachment_is_passed_through_byte_for_byte_as_not_json() {
-    let (port, _reached, _release, _seen) = holding_upstream();
-    let gw = Gateway::start(GatewayOptions::new(format!("127.0.0.1:{port}")));
+    let upstream = HeldUpstream::start();
+    let gw = Gateway::start(GatewayOptions::new(format!("127.0.0.1:{}", upstream.port)));
     let token = gw.token("dr.binary");
     let resp = http_client()
         .get(gw.url("/fhir/Binary/report-1"))

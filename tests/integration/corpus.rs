@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use crate::support::gateway::{check_log_has_no_phi, Gateway, GatewayOptions};
 use crate::support::{
-    assert_success, repo_root, run_python_with_timeout, synthea_venv_dir, FhirServer,
+    assert_success, repo_root, run_python_with_timeout, synthea_venv_dir, FhirServer, TrafficEntry,
 };
 
 /// `synthea -s SEED -p 3 -a 2-12 -r 20250101`: three children, 350 to 450 resources each.
@@ -136,7 +136,11 @@ fn every_corpus_request_is_attributed_to_exactly_the_patients_its_data_names() {
         .filter(|r| r.event.phase == Phase::Outcome)
         .map(|r| (r.event.request_id.as_str(), r))
         .collect();
-    let sent = fhir.responses();
+    let sent: BTreeMap<String, TrafficEntry> = fhir
+        .traffic()
+        .into_iter()
+        .filter_map(|t| Some((t.correlation_id.clone()?, t)))
+        .collect();
     let mut failures = Vec::new();
     let mut patients_seen = BTreeSet::new();
     let mut interactions = BTreeSet::new();
@@ -205,15 +209,16 @@ fn every_corpus_request_is_attributed_to_exactly_the_patients_its_data_names() {
         }
         // Byte for byte: the body the client got is the one sekmet sent for this request id.
         match sent.get(request_id) {
-            Some((status, body)) => {
-                if *status != Some(c.status) {
-                    fail(format!("sekmet logged status {status:?}"));
+            Some(t) => {
+                if t.status != Some(c.status) {
+                    fail(format!("sekmet logged status {:?}", t.status));
                 }
-                if body.as_deref().unwrap_or("") != c.body {
+                let body = t.resp_body.as_deref().unwrap_or("");
+                if body != c.body {
                     fail(format!(
                         "the client's body ({} chars) differs from sekmet's ({} chars)",
                         c.body.len(),
-                        body.as_deref().map_or(0, str::len)
+                        body.len()
                     ));
                 }
             }

@@ -4,17 +4,16 @@
 //!
 //! Mounting needs root (CI runs as root); without it these tests fail loudly.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
 
 use crate::support::gateway::{read_journal, verify_cli, Gateway, GatewayOptions};
+use crate::support::held::{HeldUpstream, MARKER};
 use crate::support::{http_client, FhirServer};
 
 /// A small tmpfs, unmounted on drop.
@@ -184,125 +183,6 @@ fn a_full_disk_mid_traffic_turns_into_503_and_no_write_reaches_the_ehr_without_i
     assert_eq!(code, 0, "the journal still verifies after ENOSPC: {out}");
 }
 
-/// An upstream the test controls: answers at once, except a request whose path contains `hold`,
-/// which it answers only when released. Counts the requests it received by method.
-struct HeldUpstream {
-    port: u16,
-    held: mpsc::Receiver<()>,
-    release: Arc<Mutex<Option<mpsc::Sender<()>>>>,
-    methods: Arc<Mutex<Vec<String>>>,
-    count: Arc<AtomicUsize>,
-}
-
-const MARKER: &str = "PATIENT-DATA-MARKER-7f3a";
-
-impl HeldUpstream {
-    /// How many PUT requests reached this upstream.
-    fn puts_seen(&self) -> usize {
-        self.methods
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|m| *m == "PUT")
-            .count()
-    }
-
-    fn start() -> HeldUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (held_tx, held) = mpsc::channel();
-        let (release_tx, release_rx) = mpsc::channel::<()>();
-        let release_rx = Arc::new(Mutex::new(release_rx));
-        let methods = Arc::new(Mutex::new(Vec::new()));
-        let count = Arc::new(AtomicUsize::new(0));
-        let (m, c) = (methods.clone(), count.clone());
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { break };
-                let (held_tx, release_rx, m, c) =
-                    (held_tx.clone(), release_rx.clone(), m.clone(), c.clone());
-                std::thread::spawn(move || serve(stream, held_tx, release_rx, m, c));
-            }
-        });
-        HeldUpstream {
-            port,
-            held,
-            release: Arc::new(Mutex::new(Some(release_tx))),
-            methods,
-            count,
-        }
-    }
-}
-
-/// A search Bundle of 100 Observations of 100 patients (~20 KiB), each carrying [`MARKER`].
-fn search_bundle() -> String {
-    let entries: Vec<String> = (0..100)
-        .map(|i| {
-            format!(
-                "{{\"resource\":{{\"resourceType\":\"Observation\",\"id\":\"o{i}\",\
-                 \"subject\":{{\"reference\":\"Patient/p{i}\"}},\"note\":[{{\"text\":\"{MARKER}\"}}]}}}}"
-            )
-        })
-        .collect();
-    format!(
-        "{{\"resourceType\":\"Bundle\",\"type\":\"searchset\",\"total\":100,\"entry\":[{}]}}",
-        entries.join(",")
-    )
-}
-
-fn serve(
-    mut stream: TcpStream,
-    held_tx: mpsc::Sender<()>,
-    release_rx: Arc<Mutex<mpsc::Receiver<()>>>,
-    methods: Arc<Mutex<Vec<String>>>,
-    count: Arc<AtomicUsize>,
-) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    loop {
-        let mut request_line = String::new();
-        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut content_length = 0usize;
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            if line == "\r\n" || line.is_empty() {
-                break;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                content_length = v.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0u8; content_length];
-        reader.read_exact(&mut body).unwrap();
-        let mut parts = request_line.split_whitespace();
-        let method = parts.next().unwrap_or("").to_string();
-        let path = parts.next().unwrap_or("").to_string();
-        methods.lock().unwrap().push(method);
-        count.fetch_add(1, Ordering::SeqCst);
-        if path.contains("hold") {
-            held_tx.send(()).unwrap();
-            let _ = release_rx
-                .lock()
-                .unwrap()
-                .recv_timeout(Duration::from_secs(30));
-        }
-        let body = if path.starts_with("/fhir/Observation") {
-            search_bundle()
-        } else {
-            format!("{{\"resourceType\":\"Patient\",\"id\":\"x\",\"note\":\"{MARKER}\"}}")
-        };
-        let resp = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        if stream.write_all(resp.as_bytes()).is_err() {
-            return;
-        }
-    }
-}
-
 #[test]
 fn a_journal_that_fails_while_a_response_is_in_flight_releases_nothing() {
     let upstream = HeldUpstream::start();
@@ -366,9 +246,8 @@ fn a_journal_that_fails_while_a_response_is_in_flight_releases_nothing() {
 
     // Release the held response: its outcome record cannot be made durable, so not one byte
     // of it may reach the client.
-    let release = upstream.release.lock().unwrap().take().unwrap();
-    release.send(()).unwrap();
-    release.send(()).unwrap();
+    upstream.release();
+    upstream.release();
     let (status, body) = in_flight.join().unwrap();
     assert_eq!(status, 503, "{body}");
     assert!(
@@ -402,7 +281,7 @@ fn a_journal_that_fails_while_a_response_is_in_flight_releases_nothing() {
         "a write reached the upstream while the journal was down"
     );
     // A read is refused before it is forwarded too: the EHR serves nothing nobody records.
-    let seen_before = upstream.count.load(Ordering::SeqCst);
+    let seen_before = upstream.requests_seen();
     let resp = client
         .get(gw.url("/fhir/Patient/after-failure"))
         .bearer_auth(&token)
@@ -410,11 +289,11 @@ fn a_journal_that_fails_while_a_response_is_in_flight_releases_nothing() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 503);
     assert_eq!(
-        upstream.count.load(Ordering::SeqCst),
+        upstream.requests_seen(),
         seen_before,
         "a read reached the upstream while the journal was down"
     );
-    assert!(upstream.count.load(Ordering::SeqCst) > 1);
+    assert!(upstream.requests_seen() > 1);
 
     gw.kill9();
     let copy = tempfile::tempdir().unwrap();

@@ -151,6 +151,11 @@ pub struct TrafficEntry {
     /// Request headers, names lower-case.
     pub req_headers: BTreeMap<String, String>,
     pub req_body: Option<String>,
+    /// The request's `X-Request-Id` (else one sekmet made).
+    pub correlation_id: Option<String>,
+    /// The body sekmet answered with, as text; longer than the server's `max_body_log`
+    /// (2,000,000 characters by default) it is stored truncated.
+    pub resp_body: Option<String>,
 }
 
 /// A running `sekmet serve`, killed by PID on drop.
@@ -285,7 +290,7 @@ impl FhirServer {
     }
 
     /// sekmet's traffic log (`log_inbound: true`, the harness default): every request it
-    /// answered, oldest first, with the headers it received (sekmet itself replaces the values
+    /// answered, oldest first, with the headers and body it received and the body it sent (sekmet itself replaces the values
     /// of `Authorization`, `Proxy-Authorization` and `Cookie` with `SCHEME ***redacted***`).
     /// A row is written just after its response is sent, so poll for a request that has just
     /// completed. Read with the venv's Python (`sqlite3`) from `data/sekmet.db`.
@@ -296,7 +301,7 @@ import json, sqlite3, sys
 con = sqlite3.connect(sys.argv[1], timeout=30)
 con.row_factory = sqlite3.Row
 rows = con.execute(
-    "SELECT method, url, status, req_headers, req_body FROM traffic "
+    "SELECT method, url, status, req_headers, req_body, correlation_id, resp_body FROM traffic "
     "WHERE direction = 'inbound' ORDER BY id").fetchall()
 print(json.dumps([{**dict(r), "req_headers": json.loads(r["req_headers"] or "{}")} for r in rows]))
 "#;
@@ -304,25 +309,6 @@ print(json.dumps([{**dict(r), "req_headers": json.loads(r["req_headers"] or "{}"
         let stdout = assert_success(&out, "read sekmet's traffic table");
         serde_json::from_str(&stdout)
             .unwrap_or_else(|e| panic!("sekmet traffic rows: {e}: {stdout}"))
-    }
-
-    /// What sekmet answered, by request id (`X-Request-Id` of the request, else one it made):
-    /// status and body text, from its traffic table. Bodies longer than the server's
-    /// `max_body_log` setting (2,000,000 characters by default) are stored truncated.
-    pub fn responses(&self) -> BTreeMap<String, (Option<u16>, Option<String>)> {
-        let db = self.dir.join("data").join("sekmet.db");
-        let script = r#"
-import json, sqlite3, sys
-con = sqlite3.connect(sys.argv[1], timeout=30)
-rows = con.execute(
-    "SELECT correlation_id, status, resp_body FROM traffic "
-    "WHERE direction = 'inbound' ORDER BY id").fetchall()
-print(json.dumps({r[0]: [r[1], r[2]] for r in rows}))
-"#;
-        let out = run_python(script, &[&db.to_string_lossy()], &[]);
-        let stdout = assert_success(&out, "read sekmet's traffic table");
-        serde_json::from_str(&stdout)
-            .unwrap_or_else(|e| panic!("sekmet traffic rows: {e}: {}", truncate(&stdout, 300)))
     }
 
     /// The last `max_bytes` of sekmet's log, for failure messages.

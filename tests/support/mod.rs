@@ -12,6 +12,7 @@
 //!   [`keys::mint`] for signed JWTs.
 //! - [`free_port`], [`wait_for_port`], [`http_client`].
 //! - [`gateway`]: the real `auditgate` binary as a fixture, configured to trust these keys.
+//! - [`held::HeldUpstream`]: a tiny upstream that holds chosen responses until released.
 //!
 //! Invariants:
 //! - Nothing is skipped silently. A missing `.venv` or `.testdata` is a panic that says to run
@@ -32,6 +33,7 @@ pub mod certs;
 pub mod fhir;
 pub mod gateway;
 pub mod geoip;
+pub mod held;
 pub mod jwks;
 pub mod keys;
 pub mod oracle;

@@ -366,7 +366,7 @@ fn main() {
     let secs = t.elapsed().as_secs_f64();
     let upload_mb_s = sealed as f64 / 1e6 / secs;
     println!(
-        "{:48} {upload_mb_s:>14.1} MB/s   ({:.1} MB of sealed segments, gzip, {archive_kind})",
+        "{:48} {upload_mb_s:>14.1} MB/s   ({:.1} MB of sealed segments, zstd, {archive_kind})",
         "archive upload",
         sealed as f64 / 1e6
     );

@@ -178,7 +178,7 @@ fn needs_archive(e: JournalError) -> BundleError {
     match e {
         JournalError::Corrupt(detail) => JournalError::Corrupt(format!(
             "{detail}: a proof needs every record from seq 1; if segments were removed after \
-             shipping, copy them back from the archive (they are gzip JSON Lines) first"
+             shipping, copy them back from the archive (they are zstd or gzip JSON Lines) first"
         ))
         .into(),
         other => other.into(),

@@ -251,6 +251,7 @@ pub fn prepare(
                 store,
                 config.archive.retention(),
             )?
+            .compression(config.archive.compression)
             .delete_local_after_ship(config.archive.delete_local_after_ship)
             .store_checked(archive_checked);
             let stats = archiver.stats();

@@ -287,7 +287,7 @@ impl fmt::Display for Finding {
                 "{key}: stored with SHA-256 {recorded} but its bytes hash to {actual}"
             ),
             Finding::Undecodable { key, reason } => {
-                write!(f, "{key}: not a gzip segment: {reason}")
+                write!(f, "{key}: does not decompress as its extension says: {reason}")
             }
             Finding::Unreadable { key, reason } => {
                 write!(f, "{key}: listed but could not be read: {reason}")

@@ -56,7 +56,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{read_checkpoint_notes, ChainCheck, CheckpointCheck, Finding};
 use crate::archive::{
-    decompress, sha256_b64, ArchiveError, ArchiveStore, Layout, ListedVersion, ObjectInfo,
+    sha256_b64, ArchiveError, ArchiveStore, Layout, ListedVersion, ObjectInfo, SegmentCompression,
     ShipState, SIX_YEARS_DAYS, STATE_FILE,
 };
 use crate::checkpoint::{self, CheckpointVerifier};
@@ -470,7 +470,7 @@ fn classify(rest: &str) -> Kind {
     if !partition.starts_with("dt=") || file.contains('/') {
         return Kind::Other;
     }
-    match file.strip_suffix(".gz").and_then(SegmentName::parse) {
+    match SegmentCompression::of_file_name(file).and_then(|(_, stem)| SegmentName::parse(stem)) {
         Some(SegmentName::Sealed { first, last }) => Kind::Segment { first, last },
         _ => Kind::Other,
     }
@@ -933,9 +933,11 @@ async fn verify_node(
                     .await
                     .expect("the fetcher sends one answer per archived segment");
                 let plain = match answer {
-                    Ok(gz) => {
-                        check_checksum(&heads, &key, &gz, findings);
-                        blocking(|| decompress(&gz))
+                    Ok(compressed) => {
+                        check_checksum(&heads, &key, &compressed, findings);
+                        let (compression, _) = SegmentCompression::of_file_name(&key)
+                            .expect("classify() only lets segment keys with an extension through");
+                        blocking(|| compression.decompress(&compressed))
                             .map_err(|e| {
                                 findings.push(Finding::Undecodable {
                                     key: key.clone(),
@@ -1018,7 +1020,7 @@ async fn verify_node(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive::{compress, Archiver, DirStore, PutResult};
+    use crate::archive::{Archiver, DirStore, PutResult};
     use crate::checkpoint::{write_key_pair, CheckpointSigner};
     use crate::journal::tests::event;
     use crate::journal::{CheckpointTiming, Checkpointing, Journal, JournalConfig};
@@ -1147,7 +1149,7 @@ mod tests {
         }
 
         fn segments(&self) -> Vec<PathBuf> {
-            self.archived("n1", ".jsonl.gz")
+            self.archived("n1", ".jsonl.zst")
         }
 
         fn checkpoints(&self) -> Vec<PathBuf> {
@@ -1162,8 +1164,10 @@ mod tests {
         }
     }
 
-    fn gz_lines(path: &Path) -> Vec<String> {
-        let plain = decompress(&fs::read(path).unwrap()).unwrap();
+    /// An archived segment's lines (the compression its extension names).
+    fn segment_lines(path: &Path) -> Vec<String> {
+        let (compression, _) = SegmentCompression::of_file_name(path.to_str().unwrap()).unwrap();
+        let plain = compression.decompress(&fs::read(path).unwrap()).unwrap();
         String::from_utf8(plain)
             .unwrap()
             .lines()
@@ -1171,9 +1175,10 @@ mod tests {
             .collect()
     }
 
-    fn write_gz_lines(path: &Path, lines: &[String]) {
+    fn write_segment_lines(path: &Path, lines: &[String]) {
         let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-        fs::write(path, compress(text.as_bytes())).unwrap();
+        let (compression, _) = SegmentCompression::of_file_name(path.to_str().unwrap()).unwrap();
+        fs::write(path, compression.compress(text.as_bytes())).unwrap();
     }
 
     /// Recompute every `prev` of the archived segments: a rewrite by someone who can write to
@@ -1183,14 +1188,14 @@ mod tests {
         let mut leaves = Vec::new();
         for path in paths {
             let mut out = Vec::new();
-            for line in gz_lines(path) {
+            for line in segment_lines(path) {
                 let at = line.find("\"prev\":\"").unwrap() + 8;
                 let line = format!("{}{}{}", &line[..at], hex::encode(prev), &line[at + 64..]);
                 prev = record::leaf_hash(line.as_bytes());
                 leaves.push(prev);
                 out.push(line);
             }
-            write_gz_lines(path, &out);
+            write_segment_lines(path, &out);
         }
         leaves
     }
@@ -1257,9 +1262,9 @@ mod tests {
         let s = shipped("n1", 60, None).await;
         let seg = &s.segments()[1];
         let key = s.key_of(seg);
-        let mut lines = gz_lines(seg);
+        let mut lines = segment_lines(seg);
         lines[1] = lines[1].replace("req-", "reQ-");
-        write_gz_lines(seg, &lines);
+        write_segment_lines(seg, &lines);
 
         let report = s.check().await;
         let found = findings(&report);
@@ -1297,7 +1302,7 @@ mod tests {
                 .unwrap()
                 .to_str()
                 .unwrap()
-                .strip_suffix(".gz")
+                .strip_suffix(".zst")
                 .unwrap(),
         )
         .unwrap() else {
@@ -1375,9 +1380,9 @@ mod tests {
     async fn a_chain_rewritten_without_the_key_fails_only_the_checkpoints() {
         let s = shipped("n1", 60, None).await;
         let segs = s.segments();
-        let mut lines = gz_lines(&segs[1]);
+        let mut lines = segment_lines(&segs[1]);
         lines[0] = lines[0].replacen("\"action\":\"R\"", "\"action\":\"D\"", 1);
-        write_gz_lines(&segs[1], &lines);
+        write_segment_lines(&segs[1], &lines);
         rewrite_chain(&segs);
         let plain = s
             .check_with(
@@ -1405,9 +1410,9 @@ mod tests {
     async fn a_chain_rewritten_and_signed_with_another_key_is_found() {
         let s = shipped("n1", 60, None).await;
         let segs = s.segments();
-        let mut lines = gz_lines(&segs[1]);
+        let mut lines = segment_lines(&segs[1]);
         lines[0] = lines[0].replacen("\"action\":\"R\"", "\"action\":\"D\"", 1);
-        write_gz_lines(&segs[1], &lines);
+        write_segment_lines(&segs[1], &lines);
         let leaves = rewrite_chain(&segs);
         // The forger signs consistent checkpoints of the forged records with a key of the same
         // name.

@@ -2,7 +2,8 @@
 //! `tests/support/s3.rs`): the real gateway ships sealed segments and checkpoints while it
 //! serves traffic; every object is locked in COMPLIANCE mode and cannot be deleted; an S3
 //! outage costs nothing; a failed-but-stored upload is success on retry; other content under
-//! our key is a conflict that is never overwritten; a bucket without Object Lock stops the start.
+//! our key is a conflict that is never overwritten; a segment stored under the other compression
+//! before a restart is not stored twice; a bucket without Object Lock stops the start.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 use auditgate::archive::{
     self, ArchiveConfig, ArchiveError, ArchiveKind, ArchiveStore, Archiver, ListedVersion,
-    ObjectInfo, PutResult, S3Store, ShipState,
+    ObjectInfo, PutResult, S3Store, SegmentCompression, ShipState,
 };
 use auditgate::journal::SegmentName;
 
@@ -160,12 +161,12 @@ fn assert_archive_matches_local(
     journal: &Path,
     keys: &[String],
 ) {
-    let segment_keys: Vec<&String> = keys.iter().filter(|k| k.ends_with(".jsonl.gz")).collect();
+    let segment_keys: Vec<&String> = keys.iter().filter(|k| k.ends_with(".jsonl.zst")).collect();
     let local = sealed_segments(journal);
     assert!(segment_keys.len() >= local.len().min(1));
     for (first, last, path) in &local {
         let name = format!(
-            "{}.gz",
+            "{}.zst",
             SegmentName::Sealed {
                 first: *first,
                 last: *last
@@ -176,9 +177,33 @@ fn assert_archive_matches_local(
             .iter()
             .find(|k| k.ends_with(&name))
             .unwrap_or_else(|| panic!("{name} not archived: {segment_keys:?}"));
-        let archived = archive::decompress(&rt.block_on(store.get(key)).unwrap()).unwrap();
+        let archived = SegmentCompression::Zstd
+            .decompress(&rt.block_on(store.get(key)).unwrap())
+            .unwrap();
         assert_eq!(archived, std::fs::read(path).unwrap(), "{key}");
     }
+}
+
+/// `auditgate verify --archive s3://BUCKET/PREFIX --journal JOURNAL --key ...` exits 0.
+fn verify_archive_passes(s3: &S3Server, bucket: &str, journal: &Path) {
+    let public = crate::support::gateway::public_key_of(journal);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_auditgate"))
+        .args(["verify", "--archive", &format!("s3://{bucket}/{PREFIX}")])
+        .args(["--endpoint-url", &s3.endpoint(), "--force-path-style"])
+        .args(["--region", REGION, "--min-retention-days", "1", "--key"])
+        .arg(&public)
+        .arg("--journal")
+        .arg(journal)
+        .envs(aws_env())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -194,7 +219,7 @@ fn sealed_segments_and_checkpoints_are_shipped_locked_and_cannot_be_deleted() {
     let store = rt.block_on(S3Store::connect(&archive_config(&s3, "e2e")));
     let listed = versions(&store, &rt);
     let keys = assert_one_version_each(&listed);
-    let segments: Vec<&String> = keys.iter().filter(|k| k.ends_with(".jsonl.gz")).collect();
+    let segments: Vec<&String> = keys.iter().filter(|k| k.ends_with(".jsonl.zst")).collect();
     assert!(segments.len() >= sealed_segments(&gw.journal).len());
     assert!(
         segments
@@ -226,24 +251,7 @@ fn sealed_segments_and_checkpoints_are_shipped_locked_and_cannot_be_deleted() {
     }
 
     // The auditor's check: archive and local journal, with the public key.
-    let public = crate::support::gateway::public_key_of(&gw.journal);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_auditgate"))
-        .args(["verify", "--archive", &format!("s3://e2e/{PREFIX}")])
-        .args(["--endpoint-url", &s3.endpoint(), "--force-path-style"])
-        .args(["--region", REGION, "--min-retention-days", "1", "--key"])
-        .arg(&public)
-        .arg("--journal")
-        .arg(&gw.journal)
-        .envs(aws_env())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    verify_archive_passes(&s3, "e2e", &gw.journal);
 
     // Deleting a locked version through the S3 API is refused, even with the bypass header.
     let script = format!(
@@ -476,6 +484,60 @@ fn an_upload_that_failed_after_storing_is_success_on_retry_not_a_duplicate() {
 }
 
 #[test]
+fn a_segment_stored_as_gzip_before_a_restart_with_zstd_is_not_stored_twice() {
+    set_aws_env();
+    let s3 = S3Server::start();
+    s3.create_locked_bucket("recompressed");
+    let (gw, _keep) = journal_with_sealed_segments();
+    let rt = runtime();
+    let inner = rt.block_on(S3Store::connect(&archive_config(&s3, "recompressed")));
+    let store = Arc::new(StoredThenFailed {
+        inner,
+        fail_next_put: AtomicBool::new(true),
+    });
+    let archiver = |compression| {
+        Archiver::new(
+            &gw.journal,
+            "test-gw",
+            PREFIX,
+            store.clone(),
+            Duration::from_secs(86_400),
+        )
+        .unwrap()
+        .compression(compression)
+    };
+    // A gateway configured for gzip stores the first segment, loses the answer, and stops.
+    let first = rt.block_on(archiver(SegmentCompression::Gzip).ship_pending());
+    assert!(
+        matches!(first, Err(ArchiveError::Unreachable { .. })),
+        "{first:?}"
+    );
+    // Restarted with zstd: the gzip object counts as that segment's copy.
+    let mut restarted = archiver(SegmentCompression::Zstd);
+    let shipped = rt.block_on(restarted.ship_pending()).unwrap();
+    assert!(shipped >= 2, "{shipped}");
+    assert_eq!(restarted.stats().already_present.load(Ordering::Relaxed), 1);
+    let listed = rt
+        .block_on(store.list_versions(&format!("{PREFIX}/v1/")))
+        .unwrap();
+    let keys = assert_one_version_each(&listed);
+    let gz: Vec<_> = keys.iter().filter(|k| k.ends_with(".jsonl.gz")).collect();
+    let zst: Vec<_> = keys.iter().filter(|k| k.ends_with(".jsonl.zst")).collect();
+    let sealed = sealed_segments(&gw.journal);
+    assert_eq!(gz.len(), 1, "{keys:?}");
+    assert_eq!(gz.len() + zst.len(), sealed.len(), "{keys:?}");
+    assert!(gz[0].contains(
+        &SegmentName::Sealed {
+            first: sealed[0].0,
+            last: sealed[0].1
+        }
+        .file_name()
+    ));
+    // An archive holding both compressions verifies, and agrees with the local journal.
+    verify_archive_passes(&s3, "recompressed", &gw.journal);
+}
+
+#[test]
 fn other_content_under_our_key_is_a_conflict_and_is_never_overwritten() {
     set_aws_env();
     let s3 = S3Server::start();
@@ -487,8 +549,14 @@ fn other_content_under_our_key_is_a_conflict_and_is_never_overwritten() {
     let (first, last, path) = sealed_segments(&gw.journal).remove(0);
     let text = std::fs::read_to_string(&path).unwrap();
     let date = &text[text.find("\"ts\":\"").unwrap() + 6..][..10];
-    let key = archive::Layout::new(PREFIX).segment("test-gw", date, first, last);
-    let forged = archive::compress(b"{\"seq\":1}\n");
+    let key = archive::Layout::new(PREFIX).segment(
+        "test-gw",
+        date,
+        first,
+        last,
+        SegmentCompression::Zstd,
+    );
+    let forged = SegmentCompression::Zstd.compress(b"{\"seq\":1}\n");
     let sha = archive::sha256_b64(&forged);
     let until = SystemTime::now() + Duration::from_secs(86_400);
     assert_eq!(
@@ -587,10 +655,10 @@ fn shipped_segments_are_deleted_locally_only_after_their_lock_is_confirmed() {
     let keys = assert_one_version_each(&versions(&store, &rt));
     let first_local = sealed_segments(&gw.journal)[0].0;
     let archived_segments: Vec<&String> =
-        keys.iter().filter(|k| k.ends_with(".jsonl.gz")).collect();
+        keys.iter().filter(|k| k.ends_with(".jsonl.zst")).collect();
     let mut covered = 0u64;
     for key in &archived_segments {
-        let name = key.rsplit('/').next().unwrap().trim_end_matches(".gz");
+        let name = key.rsplit('/').next().unwrap().trim_end_matches(".zst");
         if let Some(SegmentName::Sealed { first, last }) = SegmentName::parse(name) {
             assert_eq!(
                 first,

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use auditgate::archive::{ArchiveConfig, ArchiveKind, ArchiveStore, Archiver, Layout, S3Store};
+use auditgate::archive::{
+    ArchiveConfig, ArchiveKind, ArchiveStore, Archiver, Layout, S3Store, SegmentCompression,
+};
 use auditgate::checkpoint::{public_key_path, write_key_pair, CheckpointSigner};
 use auditgate::journal::{CheckpointTiming, Checkpointing, Journal, JournalConfig};
 use auditgate::record::{
@@ -191,19 +193,36 @@ fn boto3(server: &S3Server, body: &str, args: &[&str]) -> String {
     assert_success(&run_boto3(&script, &argv), "boto3 tamper script")
 }
 
-/// A new version of a segment with one record changed (no lock: a plain PUT).
+/// A new version of a segment (no lock: a plain PUT of the bytes in the file `sys.argv[4]`).
 const NEW_VERSION: &str = r#"
-import gzip
-bucket, key = sys.argv[2], sys.argv[3]
-lines = gzip.decompress(s3.get_object(Bucket=bucket, Key=key)["Body"].read()).decode().split("\n")
-changed = lines[1].replace("req-", "reQ-", 1)
-assert changed != lines[1], lines[1]
-lines[1] = changed
-r = s3.put_object(Bucket=bucket, Key=key, Body=gzip.compress("\n".join(lines).encode()))
+bucket, key, body = sys.argv[2], sys.argv[3], sys.argv[4]
+r = s3.put_object(Bucket=bucket, Key=key, Body=open(body, "rb").read())
 versions = s3.list_object_versions(Bucket=bucket, Prefix=key).get("Versions", [])
 assert len(versions) == 2, versions
 print(r["VersionId"])
 "#;
+
+/// The archived segment `key` with one record changed (its second line), compressed as
+/// before, written to a file for [`NEW_VERSION`].
+fn changed_segment(
+    rt: &tokio::runtime::Runtime,
+    server: &S3Server,
+    bucket: &str,
+    key: &str,
+    dir: &Path,
+) -> PathBuf {
+    let cfg = s3_config(server, bucket);
+    let stored = rt.block_on(async { S3Store::connect(&cfg).await.get(key).await.unwrap() });
+    let (compression, _) = SegmentCompression::of_file_name(key).unwrap();
+    let text = String::from_utf8(compression.decompress(&stored).unwrap()).unwrap();
+    let mut lines: Vec<&str> = text.split('\n').collect();
+    let changed = lines[1].replacen("req-", "reQ-", 1);
+    assert_ne!(changed, lines[1]);
+    lines[1] = &changed;
+    let path = dir.join("changed-segment");
+    std::fs::write(&path, compression.compress(lines.join("\n").as_bytes())).unwrap();
+    path
+}
 
 /// A DELETE without a version id: a delete marker on top (the locked version stays).
 const DELETE_MARKER: &str = r#"
@@ -221,7 +240,7 @@ fn verify_archive_finds_every_s3_tamper_and_names_the_object() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let segment_keys = |keys: &[String]| -> Vec<String> {
         keys.iter()
-            .filter(|k| k.ends_with(".jsonl.gz"))
+            .filter(|k| k.ends_with(".jsonl.zst"))
             .cloned()
             .collect()
     };
@@ -242,7 +261,12 @@ fn verify_archive_finds_every_s3_tamper_and_names_the_object() {
     assert!(text.contains("OK:"), "{text}");
 
     let changed = &segments[1];
-    boto3(&server, NEW_VERSION, &["verify-version", changed]);
+    let body = changed_segment(&rt, &server, "verify-version", changed, tmp.path());
+    boto3(
+        &server,
+        NEW_VERSION,
+        &["verify-version", changed, body.to_str().unwrap()],
+    );
     let (code, report, text) = verify(&server, "verify-version", &key, &[]);
     assert_eq!(code, 1, "{text}");
     let found = findings(&report);

@@ -8,7 +8,8 @@
 //!   every second, more often than the 5 s default) and the archiver shipping sealed segments
 //!   and checkpoints at the same time, as a ratio to the runs without;
 //! * archive upload throughput (MB/s of journal bytes) and, with checkpoints, `verify` of the
-//!   archive.
+//!   archive;
+//! * the archiver's compression of one sealed segment, zstd (the default) against gzip.
 //!
 //! The archive is S3 when `AUDITGATE_BENCH_S3_ENDPOINT` and `AUDITGATE_BENCH_S3_BUCKET` name
 //! an S3 server and a bucket with Object Lock (`benches/archive.sh` starts LocalStack and sets
@@ -26,7 +27,9 @@ use std::time::{Duration, Instant};
 /// Interleaved rounds of the with/without comparison.
 const ROUNDS: usize = 2;
 
-use auditgate::archive::{ArchiveConfig, ArchiveKind, ArchiveStore, Archiver, DirStore, S3Store};
+use auditgate::archive::{
+    ArchiveConfig, ArchiveKind, ArchiveStore, Archiver, DirStore, S3Store, SegmentCompression,
+};
 use auditgate::checkpoint::{write_key_pair, CheckpointSigner, CheckpointVerifier};
 use auditgate::journal::{CheckpointTiming, Checkpointing, Journal, JournalConfig};
 use auditgate::record::*;
@@ -146,6 +149,16 @@ fn settle(dir: &std::path::Path) {
     }
     let _ = std::process::Command::new("sync").status();
     std::thread::sleep(Duration::from_millis(500));
+}
+
+/// How the archiver compresses: zstd (the default), or gzip with
+/// `AUDITGATE_BENCH_COMPRESSION=gzip` (to compare the two's cost in the same conditions).
+fn archive_compression() -> SegmentCompression {
+    match std::env::var("AUDITGATE_BENCH_COMPRESSION").as_deref() {
+        Ok("gzip") => SegmentCompression::Gzip,
+        Ok("zstd") | Err(_) => SegmentCompression::Zstd,
+        Ok(other) => panic!("AUDITGATE_BENCH_COMPRESSION={other}: zstd or gzip"),
+    }
 }
 
 /// The bench's archive: S3 from the environment, or a local directory.
@@ -294,7 +307,8 @@ fn main() {
                         store.clone(),
                         Duration::from_secs(86_400),
                     )
-                    .unwrap();
+                    .unwrap()
+                    .compression(archive_compression());
                     let stop = stop.clone();
                     // AUDITGATE_BENCH_ARCHIVE_DURING=0 ships only after the run: the cost of
                     // checkpoints alone.
@@ -360,17 +374,48 @@ fn main() {
         store.clone(),
         Duration::from_secs(86_400),
     )
-    .unwrap();
+    .unwrap()
+    .compression(archive_compression());
     let t = Instant::now();
     archive_rt.block_on(upload.ship_pending()).unwrap();
     let secs = t.elapsed().as_secs_f64();
     let upload_mb_s = sealed as f64 / 1e6 / secs;
     println!(
-        "{:48} {upload_mb_s:>14.1} MB/s   ({:.1} MB of sealed segments, zstd, {archive_kind})",
+        "{:48} {upload_mb_s:>14.1} MB/s   ({:.1} MB of sealed segments, {:?}, {archive_kind})",
         "archive upload",
-        sealed as f64 / 1e6
+        sealed as f64 / 1e6,
+        archive_compression()
     );
     println!("{{\"bench\":\"archive upload\",\"rate\":{upload_mb_s:.1},\"unit\":\"MB/s\"}}");
+
+    // The archiver's compression of one sealed segment: zstd (the default) against gzip (the
+    // alternative, and the format before zstd), same bytes, same run.
+    let (_, first_sealed) = auditgate::journal::list_segments(&signed_dir)
+        .unwrap()
+        .into_iter()
+        .find(|(name, _)| matches!(name, auditgate::journal::SegmentName::Sealed { .. }))
+        .expect("a sealed segment");
+    let segment = std::fs::read(first_sealed).unwrap();
+    let mut compress_mb_s = Vec::new();
+    for compression in [SegmentCompression::Zstd, SegmentCompression::Gzip] {
+        let passes = 3;
+        let t = Instant::now();
+        let mut size = 0;
+        for _ in 0..passes {
+            size = compression.compress(&segment).len();
+        }
+        let mb_s = (segment.len() * passes) as f64 / 1e6 / t.elapsed().as_secs_f64();
+        let ratio = segment.len() as f64 / size as f64;
+        println!(
+            "{:48} {mb_s:>14.1} MB/s   (a {:.1} MB segment, {ratio:.1}:1)",
+            format!("compress a segment, {compression:?}"),
+            segment.len() as f64 / 1e6
+        );
+        println!(
+            "{{\"bench\":\"compress a segment, {compression:?}\",\"rate\":{mb_s:.1},\"unit\":\"MB/s\",\"ratio\":{ratio:.2}}}"
+        );
+        compress_mb_s.push(mb_s);
+    }
 
     // verify --archive over what was just uploaded: list, download, decompress, hash, chain,
     // roots, signatures, and (S3) every object's versions and lock.
@@ -426,6 +471,10 @@ fn main() {
         "checkpoints + archive: append with / without = {:.2}; verify --key / verify = {:.2} (target: cost under 10%)",
         many_signed / many,
         verify_signed / verify
+    );
+    println!(
+        "segment compression: zstd / gzip speed = {:.2}",
+        compress_mb_s[0] / compress_mb_s[1]
     );
     println!(
         "target: verify --archive > 500000 records/s: {}",

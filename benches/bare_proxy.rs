@@ -13,6 +13,12 @@
 //!
 //! THREADS defaults to 2 (the gateway's `server.threads` in the benchmark). The PID file and
 //! upgrade socket go to the system temp directory, named after the listening port.
+//!
+//! With a fourth argument, SYNC_FILE, it is the floor of per-request durability instead (target
+//! (h) of `benches/http.sh`): before each response head is released it writes 1 KiB to SYNC_FILE
+//! (preallocated, zero-filled, 64 MiB, written round) and calls `fdatasync`, inline on the worker
+//! thread: no journal, no hashing, no other thread to wake. The cheapest way to make one record
+//! per request durable before answering; only meaningful at a moderate load (no group commit).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -26,6 +32,45 @@ use pingora::server::configuration::ServerConf;
 /// The passthrough: every request goes to `upstream`.
 struct BareProxy {
     upstream: String,
+    /// SYNC_FILE: one durable 1 KiB write per request before its response head.
+    sync: Option<SyncFile>,
+}
+
+/// A preallocated file written 1 KiB at a time, round, each write followed by `fdatasync`.
+struct SyncFile {
+    file: std::fs::File,
+    next_block: std::sync::atomic::AtomicU64,
+}
+
+const SYNC_FILE_BYTES: u64 = 64 << 20;
+const SYNC_RECORD: [u8; 1024] = [b'x'; 1024];
+
+impl SyncFile {
+    fn create(path: &str) -> std::io::Result<SyncFile> {
+        use std::io::Write;
+        let mut file = std::fs::File::create(path)?;
+        // Zero-filled and synced, as the gateway's segments are: a write then only changes
+        // data, never the file's size or block map.
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..SYNC_FILE_BYTES >> 20 {
+            file.write_all(&zeros)?;
+        }
+        file.sync_all()?;
+        Ok(SyncFile {
+            file,
+            next_block: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    fn write_durably(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let block = self
+            .next_block
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let offset = (block * 1024) % SYNC_FILE_BYTES;
+        self.file.write_all_at(&SYNC_RECORD, offset)?;
+        self.file.sync_data()
+    }
 }
 
 #[async_trait]
@@ -33,6 +78,19 @@ impl ProxyHttp for BareProxy {
     type CTX = ();
 
     fn new_ctx(&self) {}
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        _ctx: &mut (),
+    ) -> Result<()> {
+        if let Some(sync) = &self.sync {
+            sync.write_durably()
+                .map_err(|e| Error::because(ErrorType::InternalError, "fdatasync", e))?;
+        }
+        Ok(())
+    }
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
         // The same peer settings as the gateway's `upstream_peer` with default `[upstream]`.
@@ -46,14 +104,14 @@ impl ProxyHttp for BareProxy {
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: bare-proxy LISTEN_ADDR UPSTREAM_ADDR [THREADS]");
+    eprintln!("usage: bare-proxy LISTEN_ADDR UPSTREAM_ADDR [THREADS [SYNC_FILE]]");
     eprintln!("example: bare-proxy 127.0.0.1:6190 127.0.0.1:8000 2");
     ExitCode::from(2)
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.len() < 2 || args.len() > 3 {
+    if args.len() < 2 || args.len() > 4 {
         return usage();
     }
     let (listen, upstream) = (&args[0], &args[1]);
@@ -72,6 +130,20 @@ fn main() -> ExitCode {
             eprintln!("bare-proxy: THREADS must be a positive integer");
             return usage();
         }
+    };
+
+    let sync = match args.get(3).map(|path| SyncFile::create(path)) {
+        None => None,
+        Some(Ok(sync)) => Some(sync),
+        Some(Err(e)) => {
+            eprintln!("bare-proxy: SYNC_FILE: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let durable = if sync.is_some() {
+        ", a 1 KiB write + fdatasync per response"
+    } else {
+        ""
     };
 
     let tmp = std::env::temp_dir();
@@ -98,6 +170,7 @@ fn main() -> ExitCode {
         &server.configuration,
         BareProxy {
             upstream: upstream.clone(),
+            sync,
         },
     )
     .name("bare-proxy")
@@ -105,6 +178,6 @@ fn main() -> ExitCode {
     .build();
     service.add_tcp(listen);
     server.add_service(service);
-    eprintln!("bare-proxy: {listen} -> {upstream}, {threads} threads");
+    eprintln!("bare-proxy: {listen} -> {upstream}, {threads} threads{durable}");
     server.run_forever()
 }

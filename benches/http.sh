@@ -14,6 +14,8 @@
 #       Observations; the rules read the whole response for patients before releasing it
 #   (g) gateway, streaming path: a second auditgate process whose rules are rules/fhir-r4.toml
 #       without inspect_body/inspect_response, same request: the peer of (f)
+#   (h) durability floor: the bare proxy writing 1 KiB + fdatasync inline before each response
+#       head (bare-proxy's SYNC_FILE), on the journal's disk; paced load only (no group commit)
 #
 # Two loads, identical wrk settings for every target: saturation (no pacing) and a paced
 # moderate load (a wrk Lua `delay()` that holds about PACED_RATE req/s in total). For each run
@@ -137,6 +139,7 @@ free_port AG_PORT
 free_port BARE_PORT
 free_port AG_TLS_PORT
 free_port AG2_PORT
+free_port SYNC_PORT
 
 # --- the 1 KiB bodies ------------------------------------------------------------------------
 pad() { head -c "$1" /dev/zero | tr '\0' 'x'; }
@@ -368,12 +371,16 @@ PIDS+=("$BARE_PID")
 "$AUDITGATE" run --config "$RUN/auditgate-streaming.toml" >"$RUN/auditgate-streaming.log" 2>&1 &
 AG2_PID=$!
 PIDS+=("$AG2_PID")
+"$BARE" "127.0.0.1:$SYNC_PORT" "127.0.0.1:$UP_PORT" "$THREADS" "$RUN/sync-floor.dat" >"$RUN/bare-proxy-sync.log" 2>&1 &
+SYNC_PID=$!
+PIDS+=("$SYNC_PID")
 
 wait_http "$UP_PID" "http://127.0.0.1:$UP_PORT/" || die "nginx upstream did not start: $(cat "$RUN/upstream-error.log")"
 wait_http "$NGX_PID" "http://127.0.0.1:$NGX_PORT/" || die "nginx proxy did not start: $(cat "$RUN/proxy-error.log")"
 wait_http "$AG_PID" "http://127.0.0.1:$AG_PORT/" || die "auditgate did not start: $(cat "$RUN/auditgate.log")"
 wait_http "$BARE_PID" "http://127.0.0.1:$BARE_PORT/" || die "bare-proxy did not start: $(cat "$RUN/bare-proxy.log")"
 wait_http "$AG2_PID" "http://127.0.0.1:$AG2_PORT/" || die "auditgate (streaming) did not start: $(cat "$RUN/auditgate-streaming.log")"
+wait_http "$SYNC_PID" "http://127.0.0.1:$SYNC_PORT/" || die "bare-proxy (h) did not start: $(cat "$RUN/bare-proxy-sync.log")"
 
 # Requests this script sent to auditgate (checked against the journal at the end).
 AG_SENT=0
@@ -381,15 +388,18 @@ wait_http_count=1 # wait_http's successful probe of auditgate
 AG_SENT=$((AG_SENT + wait_http_count))
 AG2_SENT=$wait_http_count # the same for the streaming gateway (g)
 
-NAMES=(a b c d e f g)
+NAMES=(a b c d e f g h)
 declare -A LABEL=([a]="(a) nginx direct" [b]="(b) nginx proxy+JSON log" [c]="(c) auditgate full path" [d]="(d) bare pingora" [e]="(e) auditgate full path TLS"
-    [f]="(f) auditgate 200K buffered" [g]="(g) auditgate 200K streaming")
+    [f]="(f) auditgate 200K buffered" [g]="(g) auditgate 200K streaming" [h]="(h) bare + fdatasync floor")
 declare -A URL=([a]="http://127.0.0.1:$UP_PORT" [b]="http://127.0.0.1:$NGX_PORT"
     [c]="http://127.0.0.1:$AG_PORT" [d]="http://127.0.0.1:$BARE_PORT" [e]="https://127.0.0.1:$AG_TLS_PORT"
-    [f]="http://127.0.0.1:$AG_PORT" [g]="http://127.0.0.1:$AG2_PORT")
-declare -A PID_OF=([a]=$UP_PID [b]=$NGX_PID [c]=$AG_PID [d]=$BARE_PID [e]=$AG_PID [f]=$AG_PID [g]=$AG2_PID)
+    [f]="http://127.0.0.1:$AG_PORT" [g]="http://127.0.0.1:$AG2_PORT" [h]="http://127.0.0.1:$SYNC_PORT")
+declare -A PID_OF=([a]=$UP_PID [b]=$NGX_PID [c]=$AG_PID [d]=$BARE_PID [e]=$AG_PID [f]=$AG_PID [g]=$AG2_PID [h]=$SYNC_PID)
 declare -A PATH_OF=([a]=$REQUEST_PATH [b]=$REQUEST_PATH [c]=$REQUEST_PATH [d]=$REQUEST_PATH
-    [e]=$REQUEST_PATH [f]=$BIG_PATH [g]=$BIG_PATH)
+    [e]=$REQUEST_PATH [f]=$BIG_PATH [g]=$BIG_PATH [h]=$REQUEST_PATH)
+measured() { # measured LOAD TARGET: is TARGET run at LOAD? ((h), one fsync per request: paced only)
+    [[ ! ($1 == saturation && $2 == h) ]]
+}
 count_sent() { # count_sent TARGET N: N more requests reached auditgate (c, e, f) or (g)
     case $1 in
     [cef]) AG_SENT=$((AG_SENT + $2)) ;;
@@ -616,10 +626,12 @@ if ((IDLE_BUSY_PCT > 20)); then
     say "WARNING: something else is using the CPUs; results will be noisy (see the other% column)"
 fi
 
-say "$ROUNDS rounds of: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency (warm-up $WARMUP each) against (a) to (g), saturation then paced (~$PACED_RATE req/s: delay mean ${PACED_DELAY_MS} ms per connection)"
+say "$ROUNDS rounds of: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency (warm-up $WARMUP each) against (a) to (h) ((h): paced only), saturation then paced (~$PACED_RATE req/s: delay mean ${PACED_DELAY_MS} ms per connection)"
 for ((round = 1; round <= ROUNDS; round++)); do
     for load in saturation paced; do
-        for t in "${NAMES[@]}"; do run_wrk "$load" "$t" "$round"; done
+        for t in "${NAMES[@]}"; do
+            measured "$load" "$t" && run_wrk "$load" "$t" "$round"
+        done
     done
 done
 
@@ -668,6 +680,7 @@ report=$(
         "host us" "other%" errors
     for load in saturation paced; do
         for t in "${NAMES[@]}"; do
+            measured "$load" "$t" || continue
             printf "$fmt" "$load" "${LABEL[$t]}" \
                 "$(med "$load" "$t" rps)" "$(med "$load" "$t" p50)" \
                 "$(med "$load" "$t" p99)" "$(med "$load" "$t" cpu)" \
@@ -683,6 +696,9 @@ report=$(
             "$(ratio "$load" rps c b)x" "${cd_cpu}x" "$(ratio "$load" rps c d)x" \
             "$(awk -v r="$cd_cpu" -v t="$CPU_TARGET" 'BEGIN { print (r <= t) ? "met" : "NOT met" }')"
     done
+    printf '\ndurability floor (paced)   CPU/req h/d   CPU/req c/h   added CPU c-h us   added CPU h-d us\n'
+    printf '%-26s %12sx %12sx %18s %18s\n' paced "$(ratio paced cpu h d)" "$(ratio paced cpu c h)" \
+        "$(calc .1f "$(med paced c cpu) - $(med paced h cpu)")" "$(calc .1f "$(med paced h cpu) - $(med paced d cpu)")"
     printf '\nTLS termination     CPU/req e/c   req/s e/c   p50 e/c   p99 e/c\n'
     for load in saturation paced; do
         printf '%-22s %10sx %10sx %8sx %8sx\n' "$load" "$(ratio "$load" cpu e c)" \
@@ -705,6 +721,7 @@ report=$(
     printf 'per round (CPU us/req | req/s):\n'
     for load in saturation paced; do
         for t in "${NAMES[@]}"; do
+            measured "$load" "$t" || continue
             printf '  %-10s %-26s %s | %s\n' "$load" "${LABEL[$t]}" \
                 "$(per_round "$load" "$t" cpu)" "$(per_round "$load" "$t" rps)"
         done
@@ -751,6 +768,7 @@ json_str() { # a JSON string literal
     first=1
     for load in saturation paced; do
         for t in "${NAMES[@]}"; do
+            measured "$load" "$t" || continue
             ((first)) || printf ',\n'
             first=0
             printf '    {"load": "%s", "target": "%s", "label": %s,' "$load" "$t" "$(json_str "${LABEL[$t]}")"
@@ -780,6 +798,8 @@ json_str() { # a JSON string literal
             "$(awk -v r="$cd_cpu" -v t="$CPU_TARGET" 'BEGIN { print (r <= t) ? "true" : "false" }')"
         sep=$',\n'
     done
+    printf ',\n    "paced_durability_floor": {"h_over_d_cpu_per_req": %s, "c_over_h_cpu_per_req": %s}' \
+        "$(ratio paced cpu h d)" "$(ratio paced cpu c h)"
     printf '\n  },\n'
     printf '  "cpu_us_per_req_by_thread": {'
     sep=""

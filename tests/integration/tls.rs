@@ -13,7 +13,7 @@ use openssl::ssl::{SslAcceptor, SslConnector, SslFiletype, SslMethod, SslVerifyM
 
 use crate::support::certs::{fingerprint, CertFiles, TestCa};
 use crate::support::gateway::{Gateway, GatewayOptions};
-use crate::support::{free_port, FhirServer};
+use crate::support::{free_port, wait_for_port, FhirServer};
 
 fn tls_toml(port: u16, server: &CertFiles, client_ca: Option<&Path>) -> String {
     let mut toml = format!(
@@ -42,6 +42,18 @@ fn https_client(ca: &Path, client: Option<&CertFiles>) -> reqwest::blocking::Cli
         builder = builder.identity(reqwest::Identity::from_pem(&pem).unwrap());
     }
     builder.build().unwrap()
+}
+
+/// The gateway, once its TLS listener on `tls_port` accepts connections too (`Gateway::start`
+/// waits for the plain listener only; pingora starts its services concurrently).
+fn start_with_tls(opts: GatewayOptions, tls_port: u16) -> Gateway {
+    let gw = Gateway::start(opts);
+    assert!(
+        wait_for_port(tls_port, Duration::from_secs(10)),
+        "the TLS listener on {tls_port} never accepted a connection:\n{}",
+        gw.log()
+    );
+    gw
 }
 
 /// The SHA-256 of the certificate the server at `port` presents now (a raw OpenSSL handshake).
@@ -75,7 +87,7 @@ fn mutual_tls_records_the_client_certificate_and_refuses_an_untrusted_one() {
     let tls_port = free_port();
     let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
     opts.extra_toml = tls_toml(tls_port, &server, Some(&ca_pem));
-    let gw = Gateway::start(opts);
+    let gw = start_with_tls(opts, tls_port);
     let token = gw.token("dr.mtls");
     let url = format!("https://localhost:{tls_port}/fhir/Patient/example");
 
@@ -158,7 +170,7 @@ fn the_server_certificate_is_reloaded_on_sighup_and_a_broken_one_keeps_the_old()
     let tls_port = free_port();
     let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
     opts.extra_toml = tls_toml(tls_port, &first, Some(&ca_pem));
-    let gw = Gateway::start(opts);
+    let gw = start_with_tls(opts, tls_port);
     assert_eq!(
         served_certificate(tls_port, &ca_pem, &cart),
         fingerprint(&first.der)
@@ -407,7 +419,7 @@ fn the_client_ca_bundle_is_reloaded_on_sighup() {
     let tls_port = free_port();
     let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
     opts.extra_toml = tls_toml(tls_port, &server, Some(&bundle));
-    let gw = Gateway::start(opts);
+    let gw = start_with_tls(opts, tls_port);
     let token = gw.token("dr.rotation");
     let url = format!("https://localhost:{tls_port}/fhir/Patient/example");
     // A fresh client per attempt: no TLS session is resumed across the change.

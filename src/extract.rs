@@ -555,6 +555,20 @@ impl<'a> Obj<'a> {
         }
     }
 
+    /// Merge the `resource`, `request` and `response` objects (outside a Bundle entry, plain
+    /// elements) into `acc`.
+    fn merge_children_into(&mut self, acc: &mut Acc<'a>) {
+        for o in self
+            .resource
+            .take()
+            .into_iter()
+            .chain(self.request.take())
+            .chain(self.response.take())
+        {
+            o.merge_into(acc);
+        }
+    }
+
     fn into_found(mut self) -> Found<'a> {
         if let Some(resource_type) = self.resource_type.take() {
             return Found::Resource(self.into_res(resource_type));
@@ -567,15 +581,7 @@ impl<'a> Obj<'a> {
                 identifier: self.identifier,
             });
         }
-        for o in self
-            .resource
-            .take()
-            .into_iter()
-            .chain(self.request.take())
-            .chain(self.response.take())
-        {
-            o.merge_into(&mut acc);
-        }
+        self.merge_children_into(&mut acc);
         for o in std::mem::take(&mut self.contained) {
             o.merge_into(&mut acc);
         }
@@ -590,15 +596,7 @@ impl<'a> Obj<'a> {
         // A resource's own `type`/`identifier`/`reference` keys are its elements, not a
         // Reference (e.g. `DocumentReference` has no `reference`, but a resource called that
         // way is no Reference either).
-        for o in self
-            .resource
-            .take()
-            .into_iter()
-            .chain(self.request.take())
-            .chain(self.response.take())
-        {
-            o.merge_into(&mut acc);
-        }
+        self.merge_children_into(&mut acc);
         let mut contained = Vec::new();
         for o in std::mem::take(&mut self.contained) {
             match o.into_found() {

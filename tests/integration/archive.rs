@@ -427,6 +427,22 @@ impl ArchiveStore for StoredThenFailed {
     }
 }
 
+/// A new bucket with Object Lock, behind a store whose next PUT stores the object and then
+/// reports a failure.
+fn stored_then_failed(
+    s3: &S3Server,
+    rt: &tokio::runtime::Runtime,
+    bucket: &str,
+) -> Arc<StoredThenFailed> {
+    set_aws_env();
+    s3.create_locked_bucket(bucket);
+    let inner = rt.block_on(S3Store::connect(&archive_config(s3, bucket)));
+    Arc::new(StoredThenFailed {
+        inner,
+        fail_next_put: AtomicBool::new(true),
+    })
+}
+
 /// A journal with sealed segments and checkpoints, written by the real gateway.
 fn journal_with_sealed_segments() -> (Gateway, tempfile::TempDir) {
     let fhir = FhirServer::seeded();
@@ -442,16 +458,10 @@ fn journal_with_sealed_segments() -> (Gateway, tempfile::TempDir) {
 
 #[test]
 fn an_upload_that_failed_after_storing_is_success_on_retry_not_a_duplicate() {
-    set_aws_env();
     let s3 = S3Server::start();
-    s3.create_locked_bucket("ambiguous");
     let (gw, _keep) = journal_with_sealed_segments();
     let rt = runtime();
-    let inner = rt.block_on(S3Store::connect(&archive_config(&s3, "ambiguous")));
-    let store = Arc::new(StoredThenFailed {
-        inner,
-        fail_next_put: AtomicBool::new(true),
-    });
+    let store = stored_then_failed(&s3, &rt, "ambiguous");
     let mut archiver = Archiver::new(
         &gw.journal,
         "test-gw",
@@ -485,16 +495,10 @@ fn an_upload_that_failed_after_storing_is_success_on_retry_not_a_duplicate() {
 
 #[test]
 fn a_segment_stored_as_gzip_before_a_restart_with_zstd_is_not_stored_twice() {
-    set_aws_env();
     let s3 = S3Server::start();
-    s3.create_locked_bucket("recompressed");
     let (gw, _keep) = journal_with_sealed_segments();
     let rt = runtime();
-    let inner = rt.block_on(S3Store::connect(&archive_config(&s3, "recompressed")));
-    let store = Arc::new(StoredThenFailed {
-        inner,
-        fail_next_put: AtomicBool::new(true),
-    });
+    let store = stored_then_failed(&s3, &rt, "recompressed");
     let archiver = |compression| {
         Archiver::new(
             &gw.journal,

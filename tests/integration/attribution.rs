@@ -6,7 +6,7 @@
 //! at most `max_buffered_requests` exchanges are buffered at once (the next waits, then gets
 //! `503 gateway_busy`); a client that stalls mid-body loses its slot (`client_timeout`).
 
-use auditgate::record::{Attribution, Phase, Record};
+use auditgate::record::{Attribution, Event, Phase, Record};
 
 use crate::support::gateway::{Gateway, GatewayOptions};
 use crate::support::held::{HeldUpstream, PDF_BYTES};
@@ -36,6 +36,18 @@ fn get(gw: &Gateway, token: &str, path: &str) -> (u16, String, Vec<u8>) {
     (status, id, resp.bytes().unwrap().to_vec())
 }
 
+/// GET `path`: it must answer 200 with exactly `direct` (what the EHR sends); returns the
+/// request's outcome record.
+fn passed_through(gw: &Gateway, token: &str, path: &str, direct: &[u8]) -> Event {
+    let (status, id, body) = get(gw, token, path);
+    assert_eq!(status, 200);
+    assert!(
+        body == direct,
+        "the client got other bytes than the EHR sent"
+    );
+    outcome(&gw.records(), &id).event.clone()
+}
+
 #[test]
 fn a_response_over_the_limit_is_forwarded_whole_and_recorded_as_partial() {
     let fhir = FhirServer::seeded();
@@ -49,14 +61,7 @@ fn a_response_over_the_limit_is_forwarded_whole_and_recorded_as_partial() {
     let gw = gateway(fhir, "max_body_bytes = 1024");
     let token = gw.token("dr.limit");
 
-    let (status, id, body) = get(&gw, &token, "/fhir/Patient/example");
-    assert_eq!(status, 200);
-    assert!(
-        body == direct[..],
-        "the client got other bytes than the EHR sent"
-    );
-    let records = gw.records();
-    let e = &outcome(&records, &id).event;
+    let e = &passed_through(&gw, &token, "/fhir/Patient/example", &direct);
     assert_eq!(e.attribution, Attribution::Partial);
     assert_eq!(e.attribution_gaps, ["too_large"]);
     // The path still names the patient.
@@ -151,14 +156,7 @@ fn an_xml_response_is_passed_through_and_recorded_as_not_json() {
         .contains("xml"));
     let direct = direct.bytes().unwrap();
 
-    let (status, id, body) = get(&gw, &token, "/fhir/Patient/example?_format=xml");
-    assert_eq!(status, 200);
-    assert!(
-        body == direct[..],
-        "the client got other bytes than the EHR sent"
-    );
-    let records = gw.records();
-    let e = &outcome(&records, &id).event;
+    let e = &passed_through(&gw, &token, "/fhir/Patient/example?_format=xml", &direct);
     assert_eq!(e.attribution, Attribution::Partial);
     assert_eq!(e.attribution_gaps, ["not_json"]);
     assert_eq!(

@@ -3,7 +3,7 @@
 //! The document is a FHIR `searchset` Bundle of 100 Observations (about 200 KiB, shaped like
 //! the HL7 R4 examples: narrative, codings, a quantity, reference ranges, an interpretation,
 //! a note, subject and performer references, 11 different patients). auditgate's extractor
-//! ([`auditgate::extract::response_patients`], what the buffered path runs on every response)
+//! ([`auditgate::attribution::extract::response_patients`], what the buffered path runs on every response)
 //! is timed against the parse any client does anyway, `serde_json::from_slice` into a
 //! `serde_json::Value`, on the same bytes in the same run: median of 7 rounds in ABBA order.
 //! The target: the extractor is faster than that parse. Results also go to
@@ -90,7 +90,11 @@ fn rate(doc: &[u8], f: &dyn Fn(&[u8]) -> usize) -> f64 {
 
 fn main() {
     let doc = bundle();
-    let ours = |b: &[u8]| auditgate::extract::response_patients(b).patients.len();
+    let ours = |b: &[u8]| {
+        auditgate::attribution::extract::response_patients(b)
+            .patients
+            .len()
+    };
     let peer = |b: &[u8]| {
         serde_json::from_slice::<serde_json::Value>(b)
             .map(|v| v.as_object().map_or(0, |o| o.len()))

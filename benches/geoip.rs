@@ -12,7 +12,7 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
-use auditgate::geoip::{GeoIp, GeoIpConfig};
+use auditgate::network::geoip::{GeoIp, GeoIpConfig};
 
 const LOOKUPS: usize = 1_000_000;
 const ROUNDS: usize = 5;
@@ -146,7 +146,7 @@ fn main() {
             .filter(|ip| {
                 matches!(
                     black_box(geo.lookup(**ip)),
-                    auditgate::geoip::GeoAnswer::Found(_)
+                    auditgate::network::geoip::GeoAnswer::Found(_)
                 )
             })
             .count()

@@ -30,9 +30,9 @@ const ROUNDS: usize = 2;
 use auditgate::archive::{
     ArchiveConfig, ArchiveKind, ArchiveStore, Archiver, DirStore, S3Store, SegmentCompression,
 };
-use auditgate::checkpoint::{write_key_pair, CheckpointSigner, CheckpointVerifier};
 use auditgate::journal::{CheckpointTiming, Checkpointing, Journal, JournalConfig};
 use auditgate::record::*;
+use auditgate::tlog::checkpoint::{write_key_pair, CheckpointSigner, CheckpointVerifier};
 
 fn event(n: u64) -> Event {
     Event {
@@ -365,7 +365,7 @@ fn main() {
         .map(|(_, p)| std::fs::metadata(p).unwrap().len())
         .sum();
     // A fresh progress file (the first archiver's is moved aside) and a fresh prefix.
-    let state = signed_dir.join(auditgate::archive::STATE_FILE);
+    let state = signed_dir.join(auditgate::journal::shipped::SHIP_STATE_FILE);
     std::fs::rename(&state, tmp.path().join("first-archive-state.json")).unwrap();
     let mut upload = Archiver::new(
         &signed_dir,

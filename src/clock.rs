@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use crate::config::error::ConfigError;
 use crate::record::ClockState;
 
 /// `[clock]`: what to do when the clock that stamps records cannot be trusted.

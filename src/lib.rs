@@ -2,48 +2,43 @@
 //!
 //! Every request that reaches the gateway produces a record in a local, fsync'd, SHA-256
 //! hash-chained journal before any byte of patient data is released (and, for changes, before
-//! the EHR sees the request). The crate is organised as a thin pingora phase map ([`proxy`])
-//! over plain modules that own the logic:
+//! the EHR sees the request).
 //!
-//! * [`config`]: the one TOML file, parsed once into typed, validated structs;
+//! The module map, one room per stage of a request's walk, then the offline tools, then what
+//! every stage stands on. Imports point down the house, never back up: no file, and no stage
+//! folder, imports one that imports it back (`tests/layout.rs` checks both).
+//!
+//! * [`cli`]: the command line, its one exit-code map, and the demo;
+//! * [`server`]: start-up order, the admin listener, signals, drain and live reload;
+//! * [`proxy`]: the pingora phase map, admission and the buffered exchange; the live snapshot;
+//! * [`network`]: client IP through trusted proxies, device ID, GeoIP and ASN, TLS;
 //! * [`identity`]: JWT verification and the actor;
-//! * [`rules`]: safe path normalisation and route rules into action, interaction and patients;
-//! * [`extract`]: the patients a FHIR JSON request or response body references;
-//! * [`inspect`]: the buffered path, for requests whose body or response names the patients;
-//! * [`netvec`]: client IP through trusted proxies, device ID, user agent;
-//! * [`geoip`]: country, city and ASN of the client IP;
-//! * [`record`]: the journal line format and its hashes;
-//! * [`journal`]: group commit, segments, recovery;
-//! * [`merkle`]: the RFC 6962 tree, its roots and proofs;
-//! * [`checkpoint`]: signed tree heads (C2SP checkpoints), keys;
+//! * [`rules`]: safe path decoding and route rules into action, interaction and patients;
+//! * [`attribution`]: the patients a request or response body references, and the settled list;
+//! * [`journal`]: group commit, segments, recovery, the archive's progress file;
+//! * [`tlog`]: the RFC 6962 tree and signed checkpoints;
 //! * [`archive`]: shipping sealed segments and checkpoints to WORM storage (S3 Object Lock);
-//! * [`proof`]: self-contained inclusion and consistency proof bundles;
-//! * [`verify`]: re-checking a journal directory;
-//! * [`clock`]: the kernel's NTP state;
-//! * [`metrics`] and [`admin`]: Prometheus metrics, `/healthz` and `/readyz`;
-//! * [`reload`]: the live configuration a SIGHUP swaps;
-//! * [`server`]: start-up order; [`cli`] and [`demo`]: the command line.
+//! * [`verify`]: re-checking a journal directory and an archive; proof bundles;
+//! * [`config`]: the one TOML file, parsed once into typed, validated sections;
+//! * [`metrics`] and [`clock`]: Prometheus metrics; the kernel's NTP state;
+//! * [`record`]: the journal line format, its timestamps and hashes;
+//! * [`fhir`]: FHIR id grammar and reference parsing, shared by rules and extraction;
+//! * [`durable`]: files that survive a crash whole or not at all.
 
-pub mod admin;
 pub mod archive;
-pub mod checkpoint;
+pub mod attribution;
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod demo;
-pub mod extract;
-pub mod geoip;
+pub mod durable;
+pub mod fhir;
 pub mod identity;
-pub mod inspect;
 pub mod journal;
-pub mod merkle;
 pub mod metrics;
-pub mod netvec;
-pub mod proof;
+pub mod network;
 pub mod proxy;
 pub mod record;
-pub mod reload;
 pub mod rules;
 pub mod server;
-pub mod tls;
+pub mod tlog;
 pub mod verify;

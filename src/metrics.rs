@@ -522,7 +522,7 @@ impl Metrics {
         ] {
             m.upstream_errors.with_label_values(&[kind]);
         }
-        for gap in crate::extract::Gap::ALL {
+        for gap in crate::attribution::extract::Gap::ALL {
             m.attribution_gaps.with_label_values(&[gap.as_str()]);
         }
         for reason in ["write", "seal"] {

@@ -23,6 +23,21 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+/// Format a UTC time as RFC 3339 with microseconds, the record's `ts` format, e.g. `2026-11-26T06:00:00.000001Z`.
+pub fn format_ts(t: std::time::SystemTime) -> String {
+    let dt = time::OffsetDateTime::from(t);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        dt.year(),
+        dt.month() as u8,
+        dt.day(),
+        dt.hour(),
+        dt.minute(),
+        dt.second(),
+        dt.microsecond()
+    )
+}
+
 /// The on-disk record format version written in every line's `v`.
 pub const RECORD_VERSION: u32 = 1;
 
@@ -370,7 +385,7 @@ pub struct Event {
     pub patients: Vec<PatientRef>,
     pub attribution: Attribution,
     /// Why the attribution is `partial`, when the gateway knows (fixed names, see
-    /// [`crate::extract::Gap`]): `too_large`, `not_json`, `contained_patient`, ...
+    /// [`crate::attribution::extract::Gap`]): `too_large`, `not_json`, `contained_patient`, ...
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub attribution_gaps: Vec<String>,
     pub net: NetworkVector,

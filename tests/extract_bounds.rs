@@ -12,7 +12,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use auditgate::extract::response_patients;
+use auditgate::attribution::extract::response_patients;
 
 struct Counting;
 

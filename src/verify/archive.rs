@@ -54,13 +54,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::{read_checkpoint_notes, ChainCheck, CheckpointCheck, Finding};
+use super::chain::{read_checkpoint_notes, ChainCheck, CheckpointCheck};
+use super::finding::Finding;
 use crate::archive::{
     sha256_b64, ArchiveError, ArchiveStore, Layout, ListedVersion, ObjectInfo, SegmentCompression,
-    ShipState, SIX_YEARS_DAYS, STATE_FILE,
+    SIX_YEARS_DAYS,
 };
-use crate::checkpoint::{self, CheckpointVerifier};
+use crate::journal::shipped::{ShipState, SHIP_STATE_FILE};
 use crate::journal::{list_segments, JournalError, SegmentName};
+use crate::tlog::checkpoint::{self, CheckpointVerifier};
 
 /// At most this many HEAD or GET requests at once.
 const CONCURRENT_REQUESTS: usize = 16;
@@ -209,17 +211,11 @@ fn same_target(a: &str, b: &str) -> bool {
 
 /// The progress file, if it is about `target`.
 fn read_progress(dir: &Path, target: &str) -> Result<Option<ShipState>, JournalError> {
-    let path = dir.join(STATE_FILE);
-    let bytes = match fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(JournalError::Io { path, source }),
-    };
-    let state: ShipState = serde_json::from_slice(&bytes).map_err(|e| JournalError::Io {
-        path: path.clone(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    let state = ShipState::read(dir).map_err(|source| JournalError::Io {
+        path: dir.join(SHIP_STATE_FILE),
+        source,
     })?;
-    Ok(same_target(&state.target, target).then_some(state))
+    Ok(state.filter(|s| same_target(&s.target, target)))
 }
 
 /// The `node` of the journal's first record.
@@ -1021,11 +1017,11 @@ async fn verify_node(
 mod tests {
     use super::*;
     use crate::archive::{Archiver, DirStore, PutResult};
-    use crate::checkpoint::{write_key_pair, CheckpointSigner};
     use crate::journal::tests::event;
     use crate::journal::{CheckpointTiming, Checkpointing, Journal, JournalConfig};
-    use crate::merkle::{self, Frontier, Hash};
     use crate::record;
+    use crate::tlog::checkpoint::{write_key_pair, CheckpointSigner};
+    use crate::tlog::merkle::{self, Frontier, Hash};
 
     const PREFIX: &str = "audit";
 

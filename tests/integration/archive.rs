@@ -13,8 +13,9 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 use auditgate::archive::{
     self, ArchiveConfig, ArchiveError, ArchiveKind, ArchiveStore, Archiver, ListedVersion,
-    ObjectInfo, PutResult, S3Store, SegmentCompression, ShipState,
+    ObjectInfo, PutResult, S3Store, SegmentCompression,
 };
+use auditgate::journal::shipped::ShipState;
 use auditgate::journal::SegmentName;
 
 use crate::support::gateway::{Gateway, GatewayOptions};
@@ -114,10 +115,7 @@ fn sealed_segments(journal: &Path) -> Vec<(u64, u64, std::path::PathBuf)> {
 }
 
 fn ship_state(journal: &Path) -> ShipState {
-    std::fs::read(journal.join(archive::STATE_FILE))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
+    ShipState::read(journal).ok().flatten().unwrap_or_default()
 }
 
 /// Wait until every sealed segment present now is confirmed shipped.

@@ -15,11 +15,11 @@ use serde_json::Value;
 use auditgate::archive::{
     ArchiveConfig, ArchiveKind, ArchiveStore, Archiver, Layout, S3Store, SegmentCompression,
 };
-use auditgate::checkpoint::{public_key_path, write_key_pair, CheckpointSigner};
 use auditgate::journal::{CheckpointTiming, Checkpointing, Journal, JournalConfig};
 use auditgate::record::{
     Action, Attribution, ClockState, Event, InteractionKind, NetworkVector, Phase, Who,
 };
+use auditgate::tlog::checkpoint::{public_key_path, write_key_pair, CheckpointSigner};
 
 use crate::support::python::assert_success;
 use crate::support::s3::{run_boto3, S3Server, ACCESS_KEY, BOTO3_PRELUDE, REGION, SECRET_KEY};
@@ -310,7 +310,7 @@ fn verify_archive_finds_every_s3_tamper_and_names_the_object() {
     let mut open_segment = None;
     for entry in std::fs::read_dir(&journal).unwrap().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("seg-") || name == auditgate::archive::STATE_FILE {
+        if name.starts_with("seg-") || name == auditgate::journal::shipped::SHIP_STATE_FILE {
             std::fs::copy(entry.path(), cut.join(&name)).unwrap();
         }
         if name.ends_with(".open.jsonl") {

@@ -215,12 +215,24 @@ fn fresh_fhir_server_is_empty_and_dies_with_its_handle() {
 
 #[test]
 fn free_port_and_wait_for_port() {
-    let port = free_port();
+    assert_ne!(free_port(), 0);
+    // A port held bound but not yet listening: connections to it are refused, and no other
+    // test's server can take it meanwhile (a port from free_port() could be taken by a test
+    // running beside this one between the two checks: a race this test once lost).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let _entered = runtime.enter();
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .unwrap();
+    let port = held.local_addr().unwrap().port();
     assert!(
         !wait_for_port(port, Duration::from_millis(100)),
         "nothing listens yet"
     );
-    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let listener = held.listen(16).unwrap();
     assert!(wait_for_port(port, Duration::from_secs(2)));
     drop(listener);
 }

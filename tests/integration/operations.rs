@@ -484,11 +484,12 @@ fn sigterm_under_load_drains_in_flight_requests_seals_the_segment_and_a_restart_
         segments.last().unwrap().0,
         SegmentName::Sealed { last, .. } if last == head
     ));
-    let newest = auditgate::checkpoint::list_checkpoint_files(&gw.journal)
+    let newest = auditgate::tlog::checkpoint::list_checkpoint_files(&gw.journal)
         .unwrap()
         .pop()
         .unwrap();
-    let note = auditgate::checkpoint::parse_unverified(&std::fs::read(newest).unwrap()).unwrap();
+    let note =
+        auditgate::tlog::checkpoint::parse_unverified(&std::fs::read(newest).unwrap()).unwrap();
     assert_eq!(note.size, head, "the last checkpoint covers every record");
     assert!(gw.log().contains("auditgate stopped cleanly"));
 

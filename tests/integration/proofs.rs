@@ -12,10 +12,12 @@ use crate::support::run_auditgate as auditgate;
 
 /// The largest tree size any checkpoint of the journal covers.
 fn covered(journal: &Path) -> u64 {
-    auditgate::checkpoint::list_checkpoint_files(journal)
+    auditgate::tlog::checkpoint::list_checkpoint_files(journal)
         .unwrap()
         .iter()
-        .filter_map(|p| auditgate::checkpoint::size_of_file_name(&p.file_name()?.to_string_lossy()))
+        .filter_map(|p| {
+            auditgate::tlog::checkpoint::size_of_file_name(&p.file_name()?.to_string_lossy())
+        })
         .max()
         .unwrap_or(0)
 }
@@ -123,7 +125,7 @@ fn records_are_proven_offline_against_signed_checkpoints() {
     assert_eq!(code, 2, "{err}");
 
     // A consistency proof from the first checkpoint to the newest.
-    let files = auditgate::checkpoint::list_checkpoint_files(&gw.journal).unwrap();
+    let files = auditgate::tlog::checkpoint::list_checkpoint_files(&gw.journal).unwrap();
     let (first, last) = (files.first().unwrap(), files.last().unwrap());
     let consistency = gw.dir.path().join("consistency.json");
     let (code, _, err) = auditgate(&[

@@ -1,5 +1,5 @@
 //! The tests' own answer to "which patients does this FHIR JSON reference", written apart
-//! from the gateway's extractor (`auditgate::extract`, a streaming serde visitor) so the two
+//! from the gateway's extractor (`auditgate::attribution::extract`, a streaming serde visitor) so the two
 //! check each other: this one parses into a `serde_json::Value` tree and walks it.
 //!
 //! Rules (the README's "What is attributed"): a Patient resource's `id` (not a contained

@@ -1,0 +1,60 @@
+//! What went wrong talking to the archive, with a bounded [`ArchiveError::category`].
+
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// What went wrong talking to the archive.
+#[derive(Debug, Error)]
+pub enum ArchiveError {
+    /// The bucket cannot hold WORM objects: Object Lock is not enabled.
+    #[error("bucket {bucket} cannot be the archive: {detail}")]
+    NotLocked { bucket: String, detail: String },
+    /// The archive could not be reached (connection refused, timeout, DNS).
+    #[error("archive {target} unreachable: {detail}")]
+    Unreachable { target: String, detail: String },
+    /// The archive answered with an error.
+    #[error("archive request for {key} failed ({status}): {detail}")]
+    Request {
+        key: String,
+        status: u16,
+        detail: String,
+    },
+    /// An object with this key holds other content: never overwritten; someone must look.
+    #[error("archive object {key} already exists with different content (sha256 {remote}, ours {local})")]
+    Conflict {
+        key: String,
+        local: String,
+        remote: String,
+    },
+    /// The object was stored but its lock is not what was asked for.
+    #[error("archive object {key} is not locked as required: {detail}")]
+    LockNotConfirmed { key: String, detail: String },
+    /// A local file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ArchiveError {
+    /// A bounded label for metrics and logs.
+    pub fn category(&self) -> &'static str {
+        match self {
+            ArchiveError::NotLocked { .. } => "not_locked",
+            ArchiveError::Unreachable { .. } => "unreachable",
+            ArchiveError::Request { .. } => "request",
+            ArchiveError::Conflict { .. } => "conflict",
+            ArchiveError::LockNotConfirmed { .. } => "lock_not_confirmed",
+            ArchiveError::Io { .. } => "io",
+        }
+    }
+}
+
+pub(super) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError + '_ {
+    move |source| ArchiveError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}

@@ -1,0 +1,59 @@
+//! Object keys, Hive-style so query engines read the archive as it is:
+//! `PREFIX/v1/node=NODE/dt=YYYY-MM-DD/seg-FIRST-LAST.jsonl.zst` and
+//! `PREFIX/v1/node=NODE/checkpoints/NAME.note`.
+
+use super::compression::SegmentCompression;
+use crate::journal::SegmentName;
+
+/// Object key layout.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub(super) prefix: String,
+}
+
+impl Layout {
+    pub fn new(prefix: &str) -> Self {
+        Layout {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    pub(super) fn join(&self, rest: &str) -> String {
+        if self.prefix.is_empty() {
+            rest.to_string()
+        } else {
+            format!("{}/{rest}", self.prefix)
+        }
+    }
+
+    /// Everything of this layout version: `PREFIX/v1/`.
+    pub fn root(&self) -> String {
+        self.join("v1/")
+    }
+
+    /// Everything of one node: `PREFIX/v1/node=NODE/`.
+    pub fn node(&self, node: &str) -> String {
+        self.join(&format!("v1/node={node}/"))
+    }
+
+    /// A sealed segment's key; `date` is `YYYY-MM-DD` of its first record.
+    pub fn segment(
+        &self,
+        node: &str,
+        date: &str,
+        first: u64,
+        last: u64,
+        compression: SegmentCompression,
+    ) -> String {
+        self.join(&format!(
+            "v1/node={node}/dt={date}/{}{}",
+            SegmentName::Sealed { first, last }.file_name(),
+            compression.extension()
+        ))
+    }
+
+    /// A checkpoint's key (`file_name` as in the journal's `checkpoints/`).
+    pub fn checkpoint(&self, node: &str, file_name: &str) -> String {
+        self.join(&format!("v1/node={node}/checkpoints/{file_name}"))
+    }
+}

@@ -1,0 +1,495 @@
+//! The archiver: sealed segments and checkpoints shipped in order, each lock confirmed
+//! before the progress file says so, retried with backoff, local copies removed only after
+//! that (when configured). Crash points are commented where they are.
+
+use super::compression::SegmentCompression;
+use super::dir::sync_dir;
+use super::error::{io_err, ArchiveError};
+use super::layout::Layout;
+use super::store::to_unix;
+use super::store::{sha256_b64, ArchiveStore, PutResult};
+use crate::journal::shipped::{ShipState, SHIP_STATE_FILE};
+use crate::journal::{self, SegmentName};
+use crate::tlog::checkpoint;
+use serde::Deserialize;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The archiver's counters (read by metrics and readiness).
+#[derive(Debug, Default)]
+pub struct ArchiveStats {
+    pub segments_shipped: AtomicU64,
+    pub checkpoints_shipped: AtomicU64,
+    pub bytes_shipped: AtomicU64,
+    /// Objects found already stored with the same content on a retry.
+    pub already_present: AtomicU64,
+    pub failures: AtomicU64,
+    /// Objects found under our key with other content (alarm).
+    pub conflicts: AtomicU64,
+    /// Sealed segments not yet confirmed shipped.
+    pub backlog_segments: AtomicU64,
+    /// Age in seconds of the oldest sealed segment not yet confirmed shipped (0: none).
+    pub oldest_unshipped_secs: AtomicU64,
+    pub shipped_through_seq: AtomicU64,
+}
+
+/// Ships a journal directory's sealed segments and checkpoints to a store.
+pub struct Archiver {
+    pub(super) journal_dir: PathBuf,
+    pub(super) node: String,
+    pub(super) layout: Layout,
+    pub(super) store: Arc<dyn ArchiveStore>,
+    pub(super) retention: Duration,
+    pub(super) state: ShipState,
+    pub(super) stats: Arc<ArchiveStats>,
+    pub(super) delete_local: bool,
+    pub(super) compression: SegmentCompression,
+    /// The store was checked ([`ArchiveStore::check_ready`]); nothing is shipped before.
+    pub(super) ready: bool,
+    /// The first pending segment of this process was looked for under the other compression's
+    /// key (see [`Archiver::ship_pending`]).
+    pub(super) looked_for_other_compression: bool,
+}
+
+/// How far a confirmed retain-until date may fall short of upload time + retention (clock
+/// differences between the gateway and the store).
+pub const RETENTION_SLACK: Duration = Duration::from_secs(86_400);
+
+impl Archiver {
+    /// An archiver for `journal_dir`, continuing from its progress file.
+    pub fn new(
+        journal_dir: &Path,
+        node: &str,
+        prefix: &str,
+        store: Arc<dyn ArchiveStore>,
+        retention: Duration,
+    ) -> Result<Self, ArchiveError> {
+        let state = ShipState::load(journal_dir, &store.target())
+            .map_err(io_err(&journal_dir.join(SHIP_STATE_FILE)))?;
+        let stats = Arc::new(ArchiveStats::default());
+        stats
+            .shipped_through_seq
+            .store(state.segments_through_seq, Ordering::Relaxed);
+        crate::metrics::global()
+            .archive_shipped_through_seq
+            .set(state.segments_through_seq as i64);
+        Ok(Archiver {
+            journal_dir: journal_dir.to_path_buf(),
+            node: node.to_string(),
+            layout: Layout::new(prefix),
+            store,
+            retention,
+            state,
+            stats,
+            delete_local: false,
+            compression: SegmentCompression::default(),
+            ready: false,
+            looked_for_other_compression: false,
+        })
+    }
+
+    /// How segments are compressed (default zstd).
+    pub fn compression(mut self, compression: SegmentCompression) -> Self {
+        self.compression = compression;
+        self
+    }
+
+    /// The caller already checked the store (at start); skip the check before the first pass.
+    pub fn store_checked(mut self, checked: bool) -> Self {
+        self.ready = checked;
+        self
+    }
+
+    /// Delete each shipped sealed segment from the local journal once its lock is confirmed
+    /// and its progress recorded, except the newest sealed segment. Only for WORM stores.
+    pub fn delete_local_after_ship(mut self, enabled: bool) -> Self {
+        self.delete_local = enabled && self.store.is_worm();
+        self
+    }
+
+    pub fn stats(&self) -> Arc<ArchiveStats> {
+        self.stats.clone()
+    }
+
+    pub fn state(&self) -> &ShipState {
+        &self.state
+    }
+
+    /// Ship one object: create-only PUT, a retry's comparison, then the lock check.
+    /// `plain` is the uncompressed content when `bytes` is a compressed segment (a retry after
+    /// an upgrade may compress differently: the content is what must match).
+    /// Counted in `auditgate_archive_uploads_total` by kind and result.
+    pub(super) async fn ship(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        plain: Option<&[u8]>,
+    ) -> Result<(), ArchiveError> {
+        let kind = if plain.is_some() {
+            "segment"
+        } else {
+            "checkpoint"
+        };
+        let result = self.ship_once(key, bytes, plain).await;
+        let label = match &result {
+            Ok(true) => "created",
+            Ok(false) => "already_present",
+            Err(ArchiveError::Conflict { .. }) => "conflict",
+            Err(_) => "failed",
+        };
+        crate::metrics::global()
+            .archive_uploads
+            .with_label_values(&[kind, label])
+            .inc();
+        result.map(|_| ())
+    }
+
+    /// [`Archiver::ship`]'s work; `Ok(true)` when this call created the object.
+    pub(super) async fn ship_once(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        plain: Option<&[u8]>,
+    ) -> Result<bool, ArchiveError> {
+        let sha = sha256_b64(&bytes);
+        let size = bytes.len() as u64;
+        let retain_until = SystemTime::now() + self.retention;
+        // The retain-until the lock must show: now + retention for an object this PUT created;
+        // for one an earlier attempt stored, its own upload time + retention.
+        let mut wanted_until = retain_until;
+        let created = match self
+            .store
+            .put_new(key, bytes.clone(), &sha, retain_until)
+            .await?
+        {
+            PutResult::Created => {
+                self.stats.bytes_shipped.fetch_add(size, Ordering::Relaxed);
+                crate::metrics::global().archive_bytes.inc_by(size);
+                true
+            }
+            PutResult::AlreadyExists => {
+                // A retry of an upload that did reach the store, or someone else's object.
+                let remote = self.store.head(key).await?;
+                let remote_sha = remote.as_ref().and_then(|i| i.sha256.clone());
+                let same = if remote_sha.as_deref() == Some(sha.as_str()) {
+                    true
+                } else {
+                    let stored = self.store.get(key).await?;
+                    match (plain, SegmentCompression::of_file_name(key)) {
+                        (Some(plain), Some((compression, _))) => {
+                            compression.decompress(&stored).is_ok_and(|d| d == plain)
+                        }
+                        _ => stored == bytes,
+                    }
+                };
+                if !same {
+                    self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                    return Err(ArchiveError::Conflict {
+                        key: key.to_string(),
+                        local: sha,
+                        remote: remote_sha.unwrap_or_else(|| "(none recorded)".into()),
+                    });
+                }
+                self.stats.already_present.fetch_add(1, Ordering::Relaxed);
+                if let Some(stored_at) = remote.as_ref().and_then(|i| i.last_modified) {
+                    wanted_until =
+                        UNIX_EPOCH + Duration::from_secs(stored_at.max(0) as u64) + self.retention;
+                }
+                false
+            }
+        };
+        if self.store.is_worm() {
+            let info =
+                self.store
+                    .head(key)
+                    .await?
+                    .ok_or_else(|| ArchiveError::LockNotConfirmed {
+                        key: key.to_string(),
+                        detail: "the object is not there after the upload".into(),
+                    })?;
+            if info.lock_mode.as_deref() != Some("COMPLIANCE") {
+                return Err(ArchiveError::LockNotConfirmed {
+                    key: key.to_string(),
+                    detail: format!(
+                        "lock mode is {:?}, not COMPLIANCE (if it is none, the gateway's role \
+                         may lack s3:GetObjectRetention)",
+                        info.lock_mode
+                    ),
+                });
+            }
+            let wanted = to_unix(wanted_until - RETENTION_SLACK);
+            match info.retain_until {
+                Some(until) if until >= wanted => {}
+                other => {
+                    return Err(ArchiveError::LockNotConfirmed {
+                        key: key.to_string(),
+                        detail: format!(
+                        "retain-until is {other:?}, expected at least {wanted} (upload time + retention)"
+                    ),
+                    })
+                }
+            }
+        }
+        Ok(created)
+    }
+
+    /// Ship every sealed segment and checkpoint not shipped yet, in order; stops at the first
+    /// failure (the next pass starts there). Returns how many objects were shipped.
+    pub async fn ship_pending(&mut self) -> Result<usize, ArchiveError> {
+        let mut shipped = 0;
+        let segments = journal::list_segments(&self.journal_dir).map_err(|e| ArchiveError::Io {
+            path: self.journal_dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let pending: Vec<(u64, u64, PathBuf)> = segments
+            .into_iter()
+            .filter_map(|(name, path)| match name {
+                SegmentName::Sealed { first, last } if last > self.state.segments_through_seq => {
+                    Some((first, last, path))
+                }
+                _ => None,
+            })
+            .collect();
+        // The backlog is known (and exported) even while the store cannot be reached.
+        self.update_backlog(&pending);
+        if !self.ready {
+            // Nothing goes to a store that was not confirmed able to lock it (e.g. S3 was
+            // unreachable when the gateway started).
+            self.store.check_ready().await?;
+            self.ready = true;
+        }
+        for (i, (first, last, path)) in pending.iter().enumerate() {
+            let (plain, compressed) = read_and_compress(path, self.compression).await?;
+            let date = first_record_date(&plain).unwrap_or_else(|| "unknown".into());
+            let key = self
+                .layout
+                .segment(&self.node, &date, *first, *last, self.compression);
+            // Only the first pending segment of a run can already be stored without its
+            // progress being recorded (a crash after the upload); if the gateway was then
+            // restarted with the other `compression`, that object is under the other key, and
+            // it counts: shipping this one too would store the segment twice.
+            let other = self.compression.other();
+            let other_key = self.layout.segment(&self.node, &date, *first, *last, other);
+            let stored_before =
+                !self.looked_for_other_compression && self.store.head(&other_key).await?.is_some();
+            self.looked_for_other_compression = true;
+            if stored_before {
+                // Compared by content (and its lock checked) as any retry's object is.
+                self.ship(&other_key, other.compress(&plain), Some(&plain))
+                    .await?;
+            } else {
+                self.ship(&key, compressed, Some(&plain)).await?;
+            }
+            // Crash point: shipped and lock confirmed, progress not yet recorded: the next run
+            // ships it again and finds it present with the same content.
+            self.state.segments_through_seq = *last;
+            self.state
+                .store(&self.journal_dir)
+                .map_err(io_err(&self.journal_dir.join(SHIP_STATE_FILE)))?;
+            self.stats.segments_shipped.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .shipped_through_seq
+                .store(*last, Ordering::Relaxed);
+            crate::metrics::global()
+                .archive_shipped_through_seq
+                .set(*last as i64);
+            self.update_backlog(&pending[i + 1..]);
+            shipped += 1;
+        }
+        if self.delete_local {
+            self.delete_shipped_segments()?;
+        }
+        let checkpoints =
+            checkpoint::list_checkpoint_files(&self.journal_dir).map_err(|e| ArchiveError::Io {
+                path: self.journal_dir.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        for path in checkpoints {
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            if name <= self.state.checkpoints_through {
+                continue;
+            }
+            let note = fs::read(&path).map_err(io_err(&path))?;
+            let key = self.layout.checkpoint(&self.node, &name);
+            self.ship(&key, note, None).await?;
+            self.state.checkpoints_through = name;
+            self.state
+                .store(&self.journal_dir)
+                .map_err(io_err(&self.journal_dir.join(SHIP_STATE_FILE)))?;
+            self.stats
+                .checkpoints_shipped
+                .fetch_add(1, Ordering::Relaxed);
+            shipped += 1;
+        }
+        Ok(shipped)
+    }
+
+    /// Remove shipped sealed segments but the newest sealed one.
+    pub(super) fn delete_shipped_segments(&self) -> Result<(), ArchiveError> {
+        let segments = journal::list_segments(&self.journal_dir).map_err(|e| ArchiveError::Io {
+            path: self.journal_dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let sealed: Vec<(u64, PathBuf)> = segments
+            .into_iter()
+            .filter_map(|(name, path)| match name {
+                SegmentName::Sealed { last, .. } => Some((last, path)),
+                SegmentName::Open { .. } => None,
+            })
+            .collect();
+        let Some((newest, _)) = sealed.last() else {
+            return Ok(());
+        };
+        // A restart continues the Merkle tree from the saved state: never remove records it
+        // would have to reread (the state lags when storing checkpoints fails).
+        let tree_state = checkpoint::MerkleState::load(&self.journal_dir)
+            .ok()
+            .flatten()
+            .map_or(0, |s| s.size);
+        let mut removed = false;
+        for (last, path) in &sealed {
+            if last < newest && *last <= self.state.segments_through_seq && *last <= tree_state {
+                // Crash point: the progress file already says shipped and locked; a segment
+                // that survives a crash here is deleted on the next pass.
+                fs::remove_file(path).map_err(io_err(path))?;
+                removed = true;
+            }
+        }
+        if removed {
+            sync_dir(&self.journal_dir)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn update_backlog(&self, pending: &[(u64, u64, PathBuf)]) {
+        self.stats
+            .backlog_segments
+            .store(pending.len() as u64, Ordering::Relaxed);
+        // A sealed segment's modification time is its seal time (sealing cuts and syncs it).
+        let oldest_sealed_at = pending
+            .first()
+            .and_then(|(_, _, p)| fs::metadata(p).ok()?.modified().ok());
+        let metrics = crate::metrics::global();
+        metrics.archive_backlog_segments.set(pending.len() as i64);
+        metrics.set_archive_oldest_unshipped(if pending.is_empty() {
+            None
+        } else {
+            Some(oldest_sealed_at.unwrap_or_else(SystemTime::now))
+        });
+        let oldest = oldest_sealed_at
+            .and_then(|t| t.elapsed().ok())
+            .map_or(0, |d| d.as_secs());
+        self.stats
+            .oldest_unshipped_secs
+            .store(oldest, Ordering::Relaxed);
+    }
+
+    /// Ship forever: a pass every `poll`, and after a failure a retry after 1 s, doubling up to
+    /// `retry_max`. Failures are logged (no PHI: keys hold only node, date and seq numbers).
+    pub async fn run(mut self, poll: Duration, retry_max: Duration) {
+        let mut backoff = Duration::from_secs(1);
+        let mut failing = false;
+        loop {
+            let pass = self.ship_pending().await;
+            crate::metrics::global().set_archive_pass(pass.is_ok());
+            match pass {
+                Ok(shipped) => {
+                    if failing {
+                        tracing::info!(
+                            shipped,
+                            shipped_through_seq = self.state.segments_through_seq,
+                            "archive uploads succeed again; the backlog is shipped"
+                        );
+                        failing = false;
+                    }
+                    backoff = Duration::from_secs(1);
+                    tokio::time::sleep(poll).await;
+                }
+                Err(e) => {
+                    failing = true;
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    if matches!(e, ArchiveError::Conflict { .. }) {
+                        tracing::error!(error = %e, category = e.category(), "ARCHIVE CONFLICT: an archived object differs from the local journal; it is not overwritten; investigate");
+                    } else {
+                        tracing::error!(
+                            error = %e,
+                            category = e.category(),
+                            retry_in_secs = backoff.as_secs(),
+                            backlog_segments = self.stats.backlog_segments.load(Ordering::Relaxed),
+                            oldest_unshipped_secs = self.stats.oldest_unshipped_secs.load(Ordering::Relaxed),
+                            "archive upload failed; unshipped segments stay on local disk and are retried"
+                        );
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(retry_max);
+                }
+            }
+        }
+    }
+}
+
+/// How much lower than the gateway's own threads the compression thread runs (`nice`): shipping
+/// is background work and must not take CPU from requests; it catches up when they leave some.
+pub const COMPRESS_NICENESS: i32 = 10;
+
+/// Read and compress a segment (up to its 64 MiB: blocking work) on a thread of its own, at
+/// lower CPU priority, off the async workers (which also refresh JWKS keys).
+pub(super) async fn read_and_compress(
+    path: &Path,
+    compression: SegmentCompression,
+) -> Result<(Vec<u8>, Vec<u8>), ArchiveError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let read_path = path.to_path_buf();
+    std::thread::Builder::new()
+        .name("archive-compress".into())
+        .spawn(move || {
+            lower_this_threads_priority(COMPRESS_NICENESS);
+            let result = fs::read(&read_path).map(|plain| {
+                let compressed = compression.compress(&plain);
+                (plain, compressed)
+            });
+            let _ = tx.send(result);
+        })
+        .map_err(io_err(path))?;
+    rx.await
+        .map_err(|_| io_err(path)(std::io::Error::other("the compression thread died")))?
+        .map_err(io_err(path))
+}
+
+/// Raise the calling thread's nice value by `by` (Linux: nice is per thread). Best effort.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // setpriority has no safe wrapper in std; it only changes this thread's priority.
+pub(super) fn lower_this_threads_priority(by: i32) {
+    // SAFETY: plain syscalls with integer arguments; `gettid` cannot fail and `setpriority` on
+    // the calling thread only affects its scheduling.
+    unsafe {
+        let tid = libc::gettid();
+        let current = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, current + by);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(super) fn lower_this_threads_priority(_by: i32) {}
+
+/// `YYYY-MM-DD` of a segment's first record (its `ts`).
+pub(super) fn first_record_date(segment: &[u8]) -> Option<String> {
+    let line = segment.split(|&b| b == b'\n').next()?;
+    #[derive(Deserialize)]
+    struct Ts<'a> {
+        #[serde(borrow)]
+        ts: &'a str,
+    }
+    let ts: Ts = serde_json::from_slice(line).ok()?;
+    let date = ts.ts.get(..10)?;
+    date.bytes()
+        .all(|b| b.is_ascii_digit() || b == b'-')
+        .then(|| date.to_string())
+}

@@ -1,0 +1,1379 @@
+//! Patients in FHIR JSON: every patient a request body or a response body references.
+//!
+//! This module owns the answer to "whose data is in these bytes". It reads one JSON document
+//! (a resource, a Bundle, a `Parameters`) in a single pass, without building a
+//! `serde_json::Value`: a serde visitor keeps only what attribution needs (resource types and
+//! ids, reference strings, Bundle entry addresses) and skips everything else, so it is cheaper
+//! than the parse the client does anyway.
+//!
+//! # What counts as a patient
+//!
+//! * A `Patient` resource's own `id` (a top-level resource, a Bundle entry, an operation's
+//!   `Parameters.parameter.resource`, an `OperationOutcome` nested in an entry ...).
+//! * Every FHIR `Reference` anywhere in a resource whose `reference` names a Patient, in each
+//!   form the specification allows: relative `Patient/123`, absolute `https://host/base/Patient/123`,
+//!   either with `/_history/{vid}`. A reference is recognised by its shape (an object with a
+//!   string `reference`), not by a list of elements, so no element can hide a patient:
+//!   `Observation.subject` and `.performer`, `List.entry.item`, `Group.member.entity`,
+//!   `Provenance.target`, `Annotation.authorReference`, an extension's `valueReference`, a
+//!   `Patient.link.other` all count. References to any other type (Group, Practitioner,
+//!   RelatedPerson, Device, ...) name no patient. The accepted forms are exactly those the
+//!   query attribution accepts ([`crate::fhir::patient_in_reference`]): one definition.
+//! * **Contained resources.** A reference `#p1` resolves inside its own resource and never to
+//!   a real `Patient/p1`. A contained Patient has no server id, so it is a [`Gap`] (the record
+//!   says the attribution is partial and why), never a guess.
+//! * **Bundles.** Each entry's resource counts. In a Bundle the gateway *answers* (a search,
+//!   history, a transaction response), an entry's `response.location` and a history entry's
+//!   `request.url` naming a Patient count too (a deleted patient in a history Bundle has no
+//!   resource but is disclosed). `urn:uuid:` and `urn:oid:` references resolve against the
+//!   entries' `fullUrl`s. In a Bundle the client *sends* (transaction, batch), each entry's
+//!   `request` is classified by the caller's rules ([`EntryClassifier`]), and a Patient created
+//!   by a `POST` entry has no id until the EHR assigns one: a [`Gap::CreatedPatient`] the
+//!   response's `location` closes.
+//!
+//! Whatever cannot be named exactly is a [`Gap`], never dropped silently: a logical reference
+//! (`{"type": "Patient", "identifier": ...}` with no `reference`), a conditional reference
+//! (`Patient?identifier=...`), a malformed Patient reference, a Patient without an id, a
+//! document that is not valid JSON.
+//!
+//! # Bounds
+//!
+//! Time and memory are linear in the input, which the caller bounds
+//! ([`crate::config::AttributionConfig`]). Nesting is bounded by `serde_json`'s recursion limit
+//! (128 levels: deeper input is [`Gap::InvalidJson`], not a stack overflow). Nothing here
+//! panics on any input (property-tested).
+
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashSet};
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use crate::fhir::{is_fhir_id, patient_in_reference};
+
+/// Why an attribution is not complete. Recorded (as [`Gap::as_str`]) in the record's
+/// `attribution_gaps`; a fixed set, so it is also a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Gap {
+    /// The body is not valid JSON (or nests deeper than 128 levels).
+    InvalidJson,
+    /// The body is not JSON (XML, a binary attachment ...): not inspected.
+    NotJson,
+    /// The body is compressed with an encoding the gateway does not decode (br, zstd, ...).
+    ContentEncoding,
+    /// The body is larger than `attribution.max_body_bytes`.
+    TooLarge,
+    /// A Patient resource is contained in another resource: it has no server id.
+    ContainedPatient,
+    /// A reference to a Patient by identifier only (no `reference`).
+    LogicalReference,
+    /// A conditional reference (`Patient?identifier=...`), resolved by the EHR.
+    ConditionalReference,
+    /// A reference that names the Patient type but no valid id.
+    InvalidReference,
+    /// A Patient resource without an `id` (outside a create).
+    PatientWithoutId,
+    /// A Patient created by the request: its id is assigned by the EHR (closed by the response).
+    CreatedPatient,
+    /// The resource whose patient is asked for is not in the exchange (a delete or a patch
+    /// answered without a representation).
+    NoRepresentation,
+    /// A response the gateway could not read to the end (the EHR broke the connection).
+    Truncated,
+}
+
+impl Gap {
+    /// Every gap, for metrics and documentation.
+    pub const ALL: [Gap; 12] = [
+        Gap::InvalidJson,
+        Gap::NotJson,
+        Gap::ContentEncoding,
+        Gap::TooLarge,
+        Gap::ContainedPatient,
+        Gap::LogicalReference,
+        Gap::ConditionalReference,
+        Gap::InvalidReference,
+        Gap::PatientWithoutId,
+        Gap::CreatedPatient,
+        Gap::NoRepresentation,
+        Gap::Truncated,
+    ];
+
+    /// The name recorded in the journal and used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Gap::InvalidJson => "invalid_json",
+            Gap::NotJson => "not_json",
+            Gap::ContentEncoding => "content_encoding",
+            Gap::TooLarge => "too_large",
+            Gap::ContainedPatient => "contained_patient",
+            Gap::LogicalReference => "logical_reference",
+            Gap::ConditionalReference => "conditional_reference",
+            Gap::InvalidReference => "invalid_reference",
+            Gap::PatientWithoutId => "patient_without_id",
+            Gap::CreatedPatient => "created_patient",
+            Gap::NoRepresentation => "no_representation",
+            Gap::Truncated => "truncated",
+        }
+    }
+}
+
+impl fmt::Display for Gap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Patients found, in order of discovery, without duplicates, and what could not be named.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Findings {
+    pub patients: Vec<String>,
+    pub gaps: BTreeSet<Gap>,
+    /// Patients created by a request (POST of a Patient, or `POST` entries of Patients in a
+    /// transaction): how many ids the response must supply.
+    pub created_patients: usize,
+    /// Patients a response names as created or changed (`response.location` of
+    /// transaction-response entries, a Patient returned as the top-level document): how many
+    /// of `created_patients` the response resolved.
+    pub located: usize,
+    /// The top-level document's `resourceType` (`Observation`, `Bundle` ...), if any.
+    pub document_type: Option<String>,
+    /// The top-level Bundle's `type` (`transaction`, `batch`, `searchset` ...), if any.
+    pub bundle_type: Option<String>,
+    seen: HashSet<String>,
+}
+
+impl Findings {
+    /// Add a patient id (ignored if already present).
+    pub fn add(&mut self, id: &str) {
+        if !self.seen.contains(id) {
+            self.seen.insert(id.to_string());
+            self.patients.push(id.to_string());
+        }
+    }
+
+    pub fn gap(&mut self, gap: Gap) {
+        self.gaps.insert(gap);
+    }
+}
+
+/// How a transaction or batch entry's `request` is attributed: the caller's route rules.
+/// Given the entry's method and URL (relative to the FHIR base, as in the Bundle), the
+/// patients its URL names and whether that list is complete for the entry.
+pub trait EntryClassifier {
+    fn classify_entry(&self, method: &str, url: &str) -> (Vec<String>, bool);
+}
+
+/// An [`EntryClassifier`] that knows no routes: every entry URL is read as a plain reference.
+#[cfg(test)]
+pub(crate) struct ReferenceOnly;
+
+#[cfg(test)]
+impl EntryClassifier for ReferenceOnly {
+    fn classify_entry(&self, _method: &str, url: &str) -> (Vec<String>, bool) {
+        let path = url.split('?').next().unwrap_or("");
+        (
+            patient_in_reference(path, false)
+                .map(|p| vec![p.to_string()])
+                .unwrap_or_default(),
+            false,
+        )
+    }
+}
+
+/// Patients in a response body (a resource, a Bundle, a `Parameters` ...).
+pub fn response_patients(body: &[u8]) -> Findings {
+    extract(body, &Scope::response())
+}
+
+/// Patients in a request body. `creating`: the body is created by a `POST` (the EHR assigns
+/// the id, so a Patient in it is [`Gap::CreatedPatient`], not its `id`). A transaction or
+/// batch Bundle's entries are classified by `entries`.
+pub fn request_patients(body: &[u8], creating: bool, entries: &dyn EntryClassifier) -> Findings {
+    extract(body, &Scope::request(creating, entries))
+}
+
+fn extract(body: &[u8], scope: &Scope<'_>) -> Findings {
+    let mut out = Findings::default();
+    let doc = match parse(body) {
+        Ok(doc) => doc,
+        Err(_) => {
+            out.gap(Gap::InvalidJson);
+            return out;
+        }
+    };
+    if !doc.resource_type.is_empty() {
+        out.document_type = Some(doc.resource_type.to_string());
+    }
+    out.bundle_type = doc.bundle_type.as_deref().map(str::to_string);
+    walk_resource(&doc, scope, None, &mut out);
+    // A Patient returned whole (a create answered with its representation) names itself.
+    if scope.request.is_none() && doc.resource_type == "Patient" && doc.id.is_some() {
+        out.located += 1;
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interpretation
+// ---------------------------------------------------------------------------------------------
+
+/// Whose bytes a document is, and how request entries are classified.
+struct Scope<'c> {
+    /// `None` for a response; the entry classifier for a request.
+    request: Option<&'c dyn EntryClassifier>,
+    /// The document is created by the request (its Patient ids are not real yet).
+    creating: bool,
+}
+
+impl<'c> Scope<'c> {
+    fn response() -> Scope<'static> {
+        Scope {
+            request: None,
+            creating: false,
+        }
+    }
+
+    fn request(creating: bool, entries: &'c dyn EntryClassifier) -> Scope<'c> {
+        Scope {
+            request: Some(entries),
+            creating,
+        }
+    }
+
+    fn with_creating(&self, creating: bool) -> Scope<'c> {
+        Scope {
+            request: self.request,
+            creating,
+        }
+    }
+}
+
+/// The enclosing Bundle's entries, for `urn:` references.
+struct BundleIndex<'r, 'a> {
+    entries: &'r [Entry<'a>],
+    /// Entries created by the request (POST entries of a request Bundle).
+    created: &'r [bool],
+    outer: Option<&'r BundleIndex<'r, 'a>>,
+}
+
+impl<'r, 'a> BundleIndex<'r, 'a> {
+    fn find(&self, full_url: &str) -> Option<(&'r Entry<'a>, bool)> {
+        for (i, e) in self.entries.iter().enumerate() {
+            if e.full_url.as_deref() == Some(full_url) {
+                return Some((e, self.created.get(i).copied().unwrap_or(false)));
+            }
+        }
+        self.outer.and_then(|o| o.find(full_url))
+    }
+}
+
+fn walk_resource(
+    res: &Res<'_>,
+    scope: &Scope<'_>,
+    bundle: Option<&BundleIndex<'_, '_>>,
+    out: &mut Findings,
+) {
+    walk_resource_in(res, scope, bundle, None, out)
+}
+
+fn walk_resource_in(
+    res: &Res<'_>,
+    scope: &Scope<'_>,
+    bundle: Option<&BundleIndex<'_, '_>>,
+    container: Option<&Res<'_>>,
+    out: &mut Findings,
+) {
+    if res.resource_type == "Patient" {
+        if container.is_some() {
+            out.gap(Gap::ContainedPatient);
+        } else if scope.creating {
+            out.gap(Gap::CreatedPatient);
+            out.created_patients += 1;
+        } else {
+            match res.id.as_deref() {
+                Some(id) if is_fhir_id(id) => out.add(id),
+                _ => out.gap(Gap::PatientWithoutId),
+            }
+        }
+    }
+    // `#id` references inside a contained resource resolve against its container.
+    let local = container.unwrap_or(res);
+    for r in &res.refs {
+        resolve_reference(r, local, bundle, out);
+    }
+    for c in &res.contained {
+        walk_resource_in(c, scope, bundle, Some(local), out);
+    }
+    // Resources nested in elements (`Parameters.parameter.resource`, an entry's
+    // `response.outcome`) are their own resources, not created by the request.
+    let nested_scope = scope.with_creating(false);
+    for n in &res.nested {
+        walk_resource(n, &nested_scope, bundle, out);
+    }
+    if res.resource_type == "Bundle" && !res.entries.is_empty() {
+        walk_bundle(res, scope, bundle, out);
+    }
+}
+
+fn walk_bundle(
+    res: &Res<'_>,
+    scope: &Scope<'_>,
+    outer: Option<&BundleIndex<'_, '_>>,
+    out: &mut Findings,
+) {
+    let created: Vec<bool> = res
+        .entries
+        .iter()
+        .map(|e| scope.request.is_some() && e.method.as_deref() == Some("POST"))
+        .collect();
+    let index = BundleIndex {
+        entries: &res.entries,
+        created: &created,
+        outer,
+    };
+    let plain = scope.with_creating(false);
+    for (i, entry) in res.entries.iter().enumerate() {
+        match scope.request {
+            Some(classifier) => {
+                if let (Some(method), Some(url)) = (entry.method.as_deref(), entry.url.as_deref()) {
+                    let (patients, complete) = classifier.classify_entry(method, url);
+                    for p in &patients {
+                        out.add(p);
+                    }
+                    if !complete {
+                        if url.starts_with("Patient?") {
+                            // A conditional entry URL (`Patient?identifier=`) names no id.
+                            out.gap(Gap::ConditionalReference);
+                        } else if matches!(method, "DELETE" | "PATCH") {
+                            // Whose resource it was is only in the EHR.
+                            out.gap(Gap::NoRepresentation);
+                        }
+                    }
+                }
+            }
+            None => {
+                // A history entry without a resource (a deletion) still discloses the id.
+                if let Some(url) = entry.url.as_deref() {
+                    if let Some(p) =
+                        patient_in_reference(url.split('?').next().unwrap_or(""), false)
+                    {
+                        out.add(p);
+                    }
+                }
+                if let Some(loc) = entry.location.as_deref() {
+                    if let Some(p) = patient_in_reference(loc, false) {
+                        out.add(p);
+                        out.located += 1;
+                    }
+                }
+            }
+        }
+        if let Some(r) = &entry.resource {
+            let entry_scope = scope.with_creating(created[i]);
+            walk_resource(r, &entry_scope, Some(&index), out);
+        }
+        for n in &entry.nested {
+            walk_resource(n, &plain, Some(&index), out);
+        }
+        for r in &entry.refs {
+            // References outside the entry's resource (rare: extensions on the entry).
+            resolve_reference(r, res, Some(&index), out);
+        }
+    }
+}
+
+fn resolve_reference(
+    r: &Ref<'_>,
+    local: &Res<'_>,
+    bundle: Option<&BundleIndex<'_, '_>>,
+    out: &mut Findings,
+) {
+    let typed_patient = r.type_name.as_deref() == Some("Patient");
+    let Some(text) = r.reference.as_deref() else {
+        if typed_patient && r.identifier {
+            out.gap(Gap::LogicalReference);
+        }
+        return;
+    };
+    if let Some(local_id) = text.strip_prefix('#') {
+        if local_id.is_empty() {
+            return; // the container itself
+        }
+        if let Some(c) = local
+            .contained
+            .iter()
+            .find(|c| c.id.as_deref() == Some(local_id))
+        {
+            if c.resource_type == "Patient" {
+                out.gap(Gap::ContainedPatient);
+            }
+        }
+        return;
+    }
+    if text.starts_with("urn:uuid:") || text.starts_with("urn:oid:") {
+        match bundle.and_then(|b| b.find(text)) {
+            Some((entry, created)) => {
+                if let Some(res) = entry
+                    .resource
+                    .as_ref()
+                    .filter(|r| r.resource_type == "Patient")
+                {
+                    if created {
+                        // Counted once, at the entry itself.
+                        out.gap(Gap::CreatedPatient);
+                    } else if let Some(id) = res.id.as_deref().filter(|id| is_fhir_id(id)) {
+                        out.add(id);
+                    } else {
+                        out.gap(Gap::PatientWithoutId);
+                    }
+                }
+            }
+            None => {
+                if typed_patient {
+                    out.gap(Gap::InvalidReference);
+                }
+            }
+        }
+        return;
+    }
+    if let Some(p) = patient_in_reference(text, false) {
+        out.add(p);
+        return;
+    }
+    // Not a plain Patient reference: conditional, malformed, or another type.
+    let path = text.split('?').next().unwrap_or(text);
+    let names_patient = path == "Patient"
+        || path.ends_with("/Patient")
+        || path.starts_with("Patient/")
+        || path.contains("/Patient/");
+    if text.contains('?') && (names_patient || typed_patient) {
+        out.gap(Gap::ConditionalReference);
+    } else if names_patient || (typed_patient && !text.contains('/')) {
+        out.gap(Gap::InvalidReference);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing: a serde visitor that keeps only what attribution needs
+// ---------------------------------------------------------------------------------------------
+
+/// A resource, reduced to what attribution reads.
+#[derive(Debug, Default)]
+struct Res<'a> {
+    resource_type: Cow<'a, str>,
+    id: Option<Cow<'a, str>>,
+    /// Every reference in the resource outside its contained resources and entries.
+    refs: Vec<Ref<'a>>,
+    contained: Vec<Res<'a>>,
+    /// Resources nested in elements (not contained, not entries).
+    nested: Vec<Res<'a>>,
+    /// Bundle entries (only on a Bundle).
+    entries: Vec<Entry<'a>>,
+    /// `Bundle.type` (only on a Bundle): `transaction`, `batch`, `searchset` ...
+    bundle_type: Option<Cow<'a, str>>,
+}
+
+/// A `Reference` (or what looks like one).
+#[derive(Debug, Default)]
+struct Ref<'a> {
+    reference: Option<Cow<'a, str>>,
+    type_name: Option<Cow<'a, str>>,
+    identifier: bool,
+}
+
+/// A Bundle entry, reduced.
+#[derive(Debug, Default)]
+struct Entry<'a> {
+    full_url: Option<Cow<'a, str>>,
+    /// Boxed: a Bundle of many entries keeps them all, and most of an entry is its resource.
+    resource: Option<Box<Res<'a>>>,
+    /// `request.method` and `request.url`.
+    method: Option<Cow<'a, str>>,
+    url: Option<Cow<'a, str>>,
+    /// `response.location`.
+    location: Option<Cow<'a, str>>,
+    /// Other resources and references in the entry (`response.outcome`, extensions).
+    nested: Vec<Res<'a>>,
+    refs: Vec<Ref<'a>>,
+}
+
+impl<'a> Entry<'a> {
+    /// An `entry` element of something that is not a Bundle: its resources and references
+    /// count like any element's.
+    fn merge_plain_into(self, acc: &mut Acc<'a>) {
+        if let Some(r) = self.resource {
+            acc.resources.push(*r);
+        }
+        acc.resources.extend(self.nested);
+        acc.refs.extend(self.refs);
+    }
+}
+
+/// What an object's descendants hold, merged upwards.
+#[derive(Debug, Default)]
+struct Acc<'a> {
+    refs: Vec<Ref<'a>>,
+    resources: Vec<Res<'a>>,
+}
+
+impl<'a> Acc<'a> {
+    fn absorb(&mut self, other: Acc<'a>) {
+        self.refs.extend(other.refs);
+        self.resources.extend(other.resources);
+    }
+}
+
+/// One JSON object, before we know whether it is a resource, a reference or an entry.
+#[derive(Debug, Default)]
+struct Obj<'a> {
+    resource_type: Option<Cow<'a, str>>,
+    id: Option<Cow<'a, str>>,
+    reference: Option<Cow<'a, str>>,
+    type_name: Option<Cow<'a, str>>,
+    identifier: bool,
+    full_url: Option<Cow<'a, str>>,
+    method: Option<Cow<'a, str>>,
+    url: Option<Cow<'a, str>>,
+    location: Option<Cow<'a, str>>,
+    resource: Option<Box<Obj<'a>>>,
+    request: Option<Box<Obj<'a>>>,
+    response: Option<Box<Obj<'a>>>,
+    contained: Vec<Obj<'a>>,
+    /// Each element of an `entry` array, reduced as soon as it is read (a Bundle of 100,000
+    /// entries never holds them all as parsed objects).
+    entry: Vec<Entry<'a>>,
+    acc: Acc<'a>,
+}
+
+impl<'a> Obj<'a> {
+    /// Merge this (non-resource) object into its parent's accumulator.
+    fn merge_into(self, acc: &mut Acc<'a>) {
+        match self.into_found() {
+            Found::Resource(r) => acc.resources.push(r),
+            Found::Plain(plain) => acc.absorb(plain),
+        }
+    }
+
+    /// Merge the `resource`, `request` and `response` objects (outside a Bundle entry, plain
+    /// elements) into `acc`.
+    fn merge_children_into(&mut self, acc: &mut Acc<'a>) {
+        for o in self
+            .resource
+            .take()
+            .into_iter()
+            .chain(self.request.take())
+            .chain(self.response.take())
+        {
+            o.merge_into(acc);
+        }
+    }
+
+    fn into_found(mut self) -> Found<'a> {
+        if let Some(resource_type) = self.resource_type.take() {
+            return Found::Resource(self.into_res(resource_type));
+        }
+        let mut acc = std::mem::take(&mut self.acc);
+        if self.reference.is_some() || (self.identifier && self.type_name.is_some()) {
+            acc.refs.push(Ref {
+                reference: self.reference.take(),
+                type_name: self.type_name.take(),
+                identifier: self.identifier,
+            });
+        }
+        self.merge_children_into(&mut acc);
+        for o in std::mem::take(&mut self.contained) {
+            o.merge_into(&mut acc);
+        }
+        for e in std::mem::take(&mut self.entry) {
+            e.merge_plain_into(&mut acc);
+        }
+        Found::Plain(acc)
+    }
+
+    fn into_res(mut self, resource_type: Cow<'a, str>) -> Res<'a> {
+        let mut acc = std::mem::take(&mut self.acc);
+        // A resource's own `type`/`identifier`/`reference` keys are its elements, not a
+        // Reference (e.g. `DocumentReference` has no `reference`, but a resource called that
+        // way is no Reference either).
+        self.merge_children_into(&mut acc);
+        let mut contained = Vec::new();
+        for o in std::mem::take(&mut self.contained) {
+            match o.into_found() {
+                Found::Resource(r) => contained.push(r),
+                Found::Plain(p) => acc.absorb(p),
+            }
+        }
+        let mut entries = Vec::new();
+        let bundle_type = if resource_type == "Bundle" {
+            self.type_name.take()
+        } else {
+            None
+        };
+        if resource_type == "Bundle" {
+            entries = std::mem::take(&mut self.entry);
+        } else {
+            // `List.entry` and the like: plain elements, whose references count.
+            for e in std::mem::take(&mut self.entry) {
+                e.merge_plain_into(&mut acc);
+            }
+        }
+        Res {
+            resource_type,
+            id: self.id.take(),
+            refs: acc.refs,
+            contained,
+            nested: acc.resources,
+            entries,
+            bundle_type,
+        }
+    }
+
+    fn into_entry(mut self) -> Entry<'a> {
+        let mut entry = Entry {
+            full_url: self.full_url.take(),
+            ..Entry::default()
+        };
+        let mut acc = Acc::default();
+        if let Some(resource) = self.resource.take() {
+            match resource.into_found() {
+                Found::Resource(r) => entry.resource = Some(Box::new(r)),
+                Found::Plain(p) => acc.absorb(p),
+            }
+        }
+        if let Some(mut request) = self.request.take() {
+            entry.method = request.method.take();
+            entry.url = request.url.take();
+            request.merge_into(&mut acc);
+        }
+        if let Some(mut response) = self.response.take() {
+            entry.location = response.location.take();
+            response.merge_into(&mut acc);
+        }
+        if let Some(resource_type) = self.resource_type.take() {
+            // A resource where an entry belongs (malformed, but a lenient server may act on
+            // its `request`, taken above): the rest of it counts as the entry's resource.
+            let r = self.into_res(resource_type);
+            if entry.resource.is_none() {
+                entry.resource = Some(Box::new(r));
+            } else {
+                acc.resources.push(r);
+            }
+        } else {
+            acc.absorb(std::mem::take(&mut self.acc));
+            if self.reference.is_some() || (self.identifier && self.type_name.is_some()) {
+                acc.refs.push(Ref {
+                    reference: self.reference.take(),
+                    type_name: self.type_name.take(),
+                    identifier: self.identifier,
+                });
+            }
+            for o in std::mem::take(&mut self.contained) {
+                o.merge_into(&mut acc);
+            }
+            for e in std::mem::take(&mut self.entry) {
+                e.merge_plain_into(&mut acc);
+            }
+        }
+        acc.refs.shrink_to_fit();
+        entry.nested = acc.resources;
+        entry.refs = acc.refs;
+        entry
+    }
+}
+
+enum Found<'a> {
+    Resource(Res<'a>),
+    Plain(Acc<'a>),
+}
+
+/// Parse a document. A top-level object is a resource (or a plain object whose references
+/// count); anything else (a JSON Patch array, a scalar) is walked, and its references count.
+fn parse(body: &[u8]) -> Result<Res<'_>, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let mut acc = Acc::default();
+    let top = ObjSeed { acc: &mut acc }.deserialize(&mut de)?;
+    de.end()?;
+    if let Some(obj) = top {
+        match obj.into_found() {
+            Found::Resource(r) => return Ok(r),
+            Found::Plain(p) => acc.absorb(p),
+        }
+    }
+    Ok(Res {
+        resource_type: Cow::Borrowed(""),
+        refs: acc.refs,
+        nested: acc.resources,
+        ..Res::default()
+    })
+}
+
+/// The visitor methods of the values a seed drops (numbers, booleans, null, and strings unless
+/// the seed keeps them): each returns `$value`.
+macro_rules! ignore_scalars {
+    ($value:expr) => {
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok($value)
+        }
+    };
+}
+
+/// An object kept whole (the document, `resource`, `request`, `response`); any other value
+/// is walked into `acc`.
+struct ObjSeed<'p, 'a> {
+    acc: &'p mut Acc<'a>,
+}
+
+impl<'de, 'p> DeserializeSeed<'de> for ObjSeed<'p, 'de> {
+    type Value = Option<Obj<'de>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, 'p> Visitor<'de> for ObjSeed<'p, 'de> {
+    type Value = Option<Obj<'de>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<Self::Value, M::Error> {
+        ObjVisitor.visit_map(map).map(Some)
+    }
+
+    fn visit_seq<S: SeqAccess<'de>>(self, seq: S) -> Result<Self::Value, S::Error> {
+        ValueSeed { acc: self.acc }.visit_seq(seq)?;
+        Ok(None)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    ignore_scalars!(None);
+}
+
+/// Any value: objects and arrays are walked into `acc`, scalars dropped.
+struct ValueSeed<'p, 'a> {
+    acc: &'p mut Acc<'a>,
+}
+
+impl<'de, 'p> DeserializeSeed<'de> for ValueSeed<'p, 'de> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, 'p> Visitor<'de> for ValueSeed<'p, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<(), M::Error> {
+        ObjVisitor.visit_map(map)?.merge_into(self.acc);
+        Ok(())
+    }
+
+    fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<(), S::Error> {
+        while seq
+            .next_element_seed(ValueSeed {
+                acc: &mut *self.acc,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    ignore_scalars!(());
+}
+
+/// The keys attribution reads; every other key is walked generically.
+enum Key {
+    ResourceType,
+    Id,
+    Reference,
+    Type,
+    Identifier,
+    FullUrl,
+    Method,
+    Url,
+    Location,
+    Resource,
+    Request,
+    Response,
+    Contained,
+    Entry,
+    /// XHTML narrative: never holds a reference, skipped without decoding.
+    Div,
+    Other,
+}
+
+impl<'de> de::Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_str<E>(self, k: &str) -> Result<Key, E> {
+                Ok(match k {
+                    "resourceType" => Key::ResourceType,
+                    "id" => Key::Id,
+                    "reference" => Key::Reference,
+                    "type" => Key::Type,
+                    "identifier" => Key::Identifier,
+                    "fullUrl" => Key::FullUrl,
+                    "method" => Key::Method,
+                    "url" => Key::Url,
+                    "location" => Key::Location,
+                    "resource" => Key::Resource,
+                    "request" => Key::Request,
+                    "response" => Key::Response,
+                    "contained" => Key::Contained,
+                    "entry" => Key::Entry,
+                    "div" => Key::Div,
+                    _ => Key::Other,
+                })
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+/// A string kept (borrowed when it has no escapes); any other value is walked into `acc`.
+struct StrSeed<'p, 'a> {
+    acc: &'p mut Acc<'a>,
+}
+
+impl<'de, 'p> DeserializeSeed<'de> for StrSeed<'p, 'de> {
+    type Value = Option<Cow<'de, str>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, 'p> Visitor<'de> for StrSeed<'p, 'de> {
+    type Value = Option<Cow<'de, str>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Some(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Some(Cow::Owned(v.to_string())))
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<Self::Value, M::Error> {
+        ValueSeed { acc: self.acc }.visit_map(map)?;
+        Ok(None)
+    }
+
+    fn visit_seq<S: SeqAccess<'de>>(self, seq: S) -> Result<Self::Value, S::Error> {
+        ValueSeed { acc: self.acc }.visit_seq(seq)?;
+        Ok(None)
+    }
+
+    ignore_scalars!(None);
+}
+
+/// An array of objects, each kept as `reduce` makes it as soon as it is read: `contained`
+/// keeps them whole; `entry` reduces each to an [`Entry`] (its `request`, `response` and
+/// `fullUrl` kept even when it wrongly carries a `resourceType` of its own), so a Bundle of
+/// 100,000 entries never holds them all as parsed objects. Anything else is walked.
+struct ObjListSeed<'p, 'a, T> {
+    acc: &'p mut Acc<'a>,
+    out: &'p mut Vec<T>,
+    reduce: fn(Obj<'a>) -> T,
+}
+
+impl<'de, 'p, T> DeserializeSeed<'de> for ObjListSeed<'p, 'de, T> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, 'p, T> Visitor<'de> for ObjListSeed<'p, 'de, T> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of objects")
+    }
+
+    fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<(), S::Error> {
+        while let Some(item) = seq.next_element_seed(ObjSeed {
+            acc: &mut *self.acc,
+        })? {
+            if let Some(obj) = item {
+                self.out.push((self.reduce)(obj));
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<(), M::Error> {
+        ValueSeed { acc: self.acc }.visit_map(map)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    ignore_scalars!(());
+}
+
+/// One object: the keys attribution reads are kept, the rest walked.
+struct ObjVisitor;
+
+impl<'de> Visitor<'de> for ObjVisitor {
+    type Value = Obj<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Obj<'de>, M::Error> {
+        let mut o = Obj::default();
+        while let Some(key) = map.next_key::<Key>()? {
+            let acc = &mut o.acc;
+            match key {
+                Key::ResourceType => o.resource_type = map.next_value_seed(StrSeed { acc })?,
+                Key::Id => o.id = map.next_value_seed(StrSeed { acc })?,
+                Key::Reference => o.reference = map.next_value_seed(StrSeed { acc })?,
+                Key::Type => o.type_name = map.next_value_seed(StrSeed { acc })?,
+                Key::FullUrl => o.full_url = map.next_value_seed(StrSeed { acc })?,
+                Key::Method => o.method = map.next_value_seed(StrSeed { acc })?,
+                Key::Url => o.url = map.next_value_seed(StrSeed { acc })?,
+                Key::Location => o.location = map.next_value_seed(StrSeed { acc })?,
+                Key::Identifier => {
+                    // An identifier is an object (or a list of them); a string is some other
+                    // element that happens to be called so.
+                    let s = map.next_value_seed(StrSeed { acc })?;
+                    o.identifier |= s.is_none();
+                }
+                Key::Resource => o.resource = map.next_value_seed(ObjSeed { acc })?.map(Box::new),
+                Key::Request => o.request = map.next_value_seed(ObjSeed { acc })?.map(Box::new),
+                Key::Response => o.response = map.next_value_seed(ObjSeed { acc })?.map(Box::new),
+                Key::Contained => map.next_value_seed(ObjListSeed {
+                    acc,
+                    out: &mut o.contained,
+                    reduce: std::convert::identity,
+                })?,
+                Key::Entry => map.next_value_seed(ObjListSeed {
+                    acc,
+                    out: &mut o.entry,
+                    reduce: Obj::into_entry,
+                })?,
+                Key::Div => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+                Key::Other => map.next_value_seed(ValueSeed { acc })?,
+            }
+        }
+        Ok(o)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn response(v: serde_json::Value) -> Findings {
+        response_patients(&serde_json::to_vec(&v).unwrap())
+    }
+
+    /// Sorted: `json!` objects serialise their keys in alphabetical order.
+    fn ids(f: &Findings) -> Vec<&str> {
+        let mut v: Vec<&str> = f.patients.iter().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
+    fn gaps(f: &Findings) -> Vec<&'static str> {
+        f.gaps.iter().map(|g| g.as_str()).collect()
+    }
+
+    #[test]
+    fn a_patient_and_its_links() {
+        let f = response(json!({
+            "resourceType": "Patient", "id": "example",
+            "generalPractitioner": [{"reference": "Practitioner/p1"}],
+            "managingOrganization": {"reference": "Organization/1"},
+            "link": [{"other": {"reference": "Patient/pat2"}, "type": "seealso"}]
+        }));
+        assert_eq!(ids(&f), ["example", "pat2"]);
+        assert!(f.gaps.is_empty());
+    }
+
+    #[test]
+    fn reference_forms_and_other_types() {
+        let f = response(json!({
+            "resourceType": "Observation", "id": "o1",
+            "subject": {"reference": "Patient/a"},
+            "performer": [
+                {"reference": "http://ehr.example/fhir/Patient/b/_history/3"},
+                {"reference": "Practitioner/a"},
+                {"reference": "RelatedPerson/c"},
+                {"reference": "Group/g"}
+            ],
+            "focus": [{"reference": "Patient/c/_history/1"}],
+            "note": [{"authorReference": {"reference": "Patient/d"}, "text": "Patient/e"}],
+            "extension": [{"url": "http://x", "valueReference": {"reference": "Patient/f"}}],
+            "code": {"text": "Patient/z"}
+        }));
+        assert_eq!(ids(&f), ["a", "b", "c", "d", "f"]);
+        assert!(f.gaps.is_empty());
+    }
+
+    #[test]
+    fn resource_type_after_other_keys() {
+        let f =
+            response(json!({"id": "late", "name": [{"family": "X"}], "resourceType": "Patient"}));
+        assert_eq!(ids(&f), ["late"]);
+    }
+
+    #[test]
+    fn contained_references_resolve_locally() {
+        let f = response(json!({
+            "resourceType": "Observation", "id": "o1",
+            "contained": [
+                {"resourceType": "Patient", "id": "p1", "name": [{"family": "Local"}]},
+                {"resourceType": "Practitioner", "id": "pr1"},
+                {"resourceType": "Provenance", "id": "prov",
+                 "target": [{"reference": "#p1"}], "agent": [{"who": {"reference": "Patient/real"}}]}
+            ],
+            "subject": {"reference": "#p1"},
+            "performer": [{"reference": "#pr1"}]
+        }));
+        // Never Patient/p1; the contained patient is a gap. Real references inside contained
+        // resources count.
+        assert_eq!(ids(&f), ["real"]);
+        assert_eq!(gaps(&f), ["contained_patient"]);
+    }
+
+    #[test]
+    fn contained_non_patient_target_is_no_gap() {
+        let f = response(json!({
+            "resourceType": "Observation",
+            "contained": [{"resourceType": "Practitioner", "id": "p1"}],
+            "subject": {"reference": "Patient/x"},
+            "performer": [{"reference": "#p1"}]
+        }));
+        assert_eq!(ids(&f), ["x"]);
+        assert!(f.gaps.is_empty());
+    }
+
+    #[test]
+    fn searchset_with_includes_and_outcome() {
+        let f = response(json!({
+            "resourceType": "Bundle", "type": "searchset", "total": 2,
+            "link": [{"relation": "next", "url": "http://h/fhir/Observation?patient=zz&_offset=20"}],
+            "entry": [
+                {"fullUrl": "http://h/fhir/Observation/1", "resource": {"resourceType": "Observation", "id": "1", "subject": {"reference": "Patient/a"}}, "search": {"mode": "match"}},
+                {"fullUrl": "http://h/fhir/Observation/2", "resource": {"resourceType": "Observation", "id": "2", "subject": {"reference": "Patient/b"}}},
+                {"fullUrl": "http://h/fhir/Patient/a", "resource": {"resourceType": "Patient", "id": "a"}, "search": {"mode": "include"}},
+                {"resource": {"resourceType": "OperationOutcome", "issue": [{"severity": "warning", "code": "processing"}]}, "search": {"mode": "outcome"}}
+            ]
+        }));
+        assert_eq!(ids(&f), ["a", "b"]);
+        assert!(f.gaps.is_empty());
+    }
+
+    #[test]
+    fn history_deletions_and_transaction_responses() {
+        let f = response(json!({
+            "resourceType": "Bundle", "type": "history",
+            "entry": [
+                {"fullUrl": "http://h/fhir/Patient/gone", "request": {"method": "DELETE", "url": "Patient/gone/_history/2"}, "response": {"status": "200"}},
+                {"request": {"method": "DELETE", "url": "Observation/o9"}}
+            ]
+        }));
+        assert_eq!(ids(&f), ["gone"]);
+        let f = response(json!({
+            "resourceType": "Bundle", "type": "transaction-response",
+            "entry": [
+                {"response": {"status": "201 Created", "location": "Patient/new1/_history/1"}},
+                {"response": {"status": "201 Created", "location": "Observation/o1/_history/1",
+                              "outcome": {"resourceType": "OperationOutcome"}}}
+            ]
+        }));
+        assert_eq!(ids(&f), ["new1"]);
+    }
+
+    #[test]
+    fn bundle_urn_references() {
+        let f = response(json!({
+            "resourceType": "Bundle", "type": "document",
+            "entry": [
+                {"fullUrl": "urn:uuid:c1", "resource": {"resourceType": "Composition", "subject": {"reference": "urn:uuid:p1"}}},
+                {"fullUrl": "urn:uuid:p1", "resource": {"resourceType": "Patient", "id": "doc-pat"}},
+                {"fullUrl": "urn:uuid:p2", "resource": {"resourceType": "Patient"}}
+            ]
+        }));
+        assert_eq!(ids(&f), ["doc-pat"]);
+        assert_eq!(gaps(&f), ["patient_without_id"]);
+    }
+
+    #[test]
+    fn gaps_are_named() {
+        let f = response(json!({
+            "resourceType": "Observation",
+            "subject": {"type": "Patient", "identifier": {"system": "urn:mrn", "value": "123"}},
+            "focus": [{"reference": "Patient?identifier=urn:mrn|9"}, {"reference": "Patient/not an id"}]
+        }));
+        assert!(f.patients.is_empty());
+        assert_eq!(
+            gaps(&f),
+            [
+                "logical_reference",
+                "conditional_reference",
+                "invalid_reference"
+            ]
+        );
+        // An identifier on a non-patient logical reference is no gap.
+        let f = response(
+            json!({"resourceType": "Observation", "performer": [{"type": "Practitioner", "identifier": {"value": "1"}}]}),
+        );
+        assert!(f.gaps.is_empty());
+    }
+
+    #[test]
+    fn parameters_and_nested_resources() {
+        let f = response(json!({
+            "resourceType": "Parameters",
+            "parameter": [
+                {"name": "return", "resource": {"resourceType": "Patient", "id": "pp"}},
+                {"name": "ref", "valueReference": {"reference": "Patient/qq"}}
+            ]
+        }));
+        assert_eq!(ids(&f), ["pp", "qq"]);
+    }
+
+    #[test]
+    fn lists_groups_and_non_bundle_entries() {
+        let f = response(json!({
+            "resourceType": "List", "subject": {"reference": "Patient/s"},
+            "entry": [{"item": {"reference": "Patient/i1"}}, {"item": {"reference": "Observation/o"}}]
+        }));
+        assert_eq!(ids(&f), ["i1", "s"]);
+        let f = response(
+            json!({"resourceType": "Group", "member": [{"entity": {"reference": "Patient/m"}}]}),
+        );
+        assert_eq!(ids(&f), ["m"]);
+        let f = response(json!({
+            "resourceType": "Composition",
+            "section": [{"entry": [{"reference": "Patient/sec"}]}]
+        }));
+        assert_eq!(ids(&f), ["sec"]);
+    }
+
+    struct Routes;
+    impl EntryClassifier for Routes {
+        fn classify_entry(&self, method: &str, url: &str) -> (Vec<String>, bool) {
+            let (patients, _) = ReferenceOnly.classify_entry(method, url);
+            let complete = !patients.is_empty();
+            (patients, complete)
+        }
+    }
+
+    #[test]
+    fn transaction_requests() {
+        let body = serde_json::to_vec(&json!({
+            "resourceType": "Bundle", "type": "transaction",
+            "entry": [
+                {"fullUrl": "urn:uuid:np", "resource": {"resourceType": "Patient", "id": "ignored-on-create", "name": [{"family": "New"}]},
+                 "request": {"method": "POST", "url": "Patient"}},
+                {"fullUrl": "urn:uuid:o1", "resource": {"resourceType": "Observation", "subject": {"reference": "urn:uuid:np"}},
+                 "request": {"method": "POST", "url": "Observation"}},
+                {"resource": {"resourceType": "Observation", "id": "o2", "subject": {"reference": "Patient/known"}},
+                 "request": {"method": "PUT", "url": "Observation/o2"}},
+                {"request": {"method": "DELETE", "url": "Patient/del"}},
+                {"request": {"method": "DELETE", "url": "Patient?identifier=x|1"}}
+            ]
+        }))
+        .unwrap();
+        let f = request_patients(&body, false, &Routes);
+        assert_eq!(ids(&f), ["del", "known"]);
+        assert_eq!(gaps(&f), ["conditional_reference", "created_patient"]);
+        assert_eq!(f.created_patients, 1);
+    }
+
+    #[test]
+    fn an_entry_that_wrongly_carries_a_resource_type_keeps_its_request_and_location() {
+        // A lenient server ignores the stray element and runs the DELETE.
+        let body = br#"{"resourceType":"Bundle","type":"transaction","entry":[
+            {"resourceType":"Basic","subject":{"reference":"Patient/stray"},
+             "request":{"method":"DELETE","url":"Patient/victim"}}]}"#;
+        let f = request_patients(body, false, &Routes);
+        assert_eq!(ids(&f), ["stray", "victim"]);
+        let body = br#"{"resourceType":"Bundle","type":"transaction-response","entry":[
+            {"resourceType":"Basic","response":{"status":"201 Created","location":"Patient/made/_history/1"}}]}"#;
+        let f = response_patients(body);
+        assert_eq!(ids(&f), ["made"]);
+        assert_eq!(f.located, 1);
+        // Its fullUrl still resolves urn:uuid references.
+        let body = br#"{"resourceType":"Bundle","type":"collection","entry":[
+            {"resourceType":"Patient","id":"pu","fullUrl":"urn:uuid:pu"},
+            {"resource":{"resourceType":"Observation","subject":{"reference":"urn:uuid:pu"}}}]}"#;
+        assert_eq!(ids(&response_patients(body)), ["pu"]);
+    }
+
+    #[test]
+    fn create_bodies() {
+        let body = br#"{"resourceType":"Patient","id":"client-chosen","name":[{"family":"X"}]}"#;
+        let f = request_patients(body, true, &ReferenceOnly);
+        assert!(f.patients.is_empty());
+        assert_eq!(f.created_patients, 1);
+        let f = request_patients(body, false, &ReferenceOnly);
+        assert_eq!(ids(&f), ["client-chosen"]);
+        let f = request_patients(
+            br#"{"resourceType":"Observation","subject":{"reference":"Patient/s1"}}"#,
+            true,
+            &ReferenceOnly,
+        );
+        assert_eq!(ids(&f), ["s1"]);
+        assert_eq!(f.created_patients, 0);
+    }
+
+    #[test]
+    fn invalid_and_odd_documents() {
+        assert_eq!(
+            gaps(&response_patients(b"{\"resourceType\":")),
+            ["invalid_json"]
+        );
+        assert_eq!(gaps(&response_patients(b"<Patient/>")), ["invalid_json"]);
+        assert!(response_patients(b"[1, 2, {\"reference\": \"Patient/x\"}]")
+            .gaps
+            .is_empty());
+        assert!(response_patients(b"\"x\"").patients.is_empty());
+        // A JSON Patch body is an array: the references its operations write count.
+        let patch = br#"[{"op": "add", "path": "/link/0", "value": {"other": {"reference": "Patient/linked"}}}]"#;
+        let f = request_patients(patch, false, &ReferenceOnly);
+        assert_eq!(ids(&f), ["linked"]);
+        assert!(f.document_type.is_none());
+        assert!(f.bundle_type.is_none());
+        // A Bundle's `type` is kept (a batch is recorded as one); a resource's `type` is not.
+        let batch = br#"{"resourceType": "Bundle", "type": "batch", "identifier": {"value": "b"}, "entry": []}"#;
+        assert_eq!(
+            response_patients(batch).bundle_type.as_deref(),
+            Some("batch")
+        );
+        let device = br#"{"resourceType": "Device", "type": {"text": "pump"}}"#;
+        assert!(response_patients(device).bundle_type.is_none());
+        let nested = br#"{"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": {"resourceType": "Bundle", "type": "batch"}}]}"#;
+        assert_eq!(
+            response_patients(nested).bundle_type.as_deref(),
+            Some("searchset")
+        );
+        let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+        assert_eq!(gaps(&response_patients(deep.as_bytes())), ["invalid_json"]);
+        let deep = "{\"a\":".repeat(5_000) + "1" + &"}".repeat(5_000);
+        assert_eq!(gaps(&response_patients(deep.as_bytes())), ["invalid_json"]);
+        // Escapes in strings still resolve.
+        let f = response_patients(
+            br#"{"resourceType":"Observation","subject":{"reference":"Patient\/e1"}}"#,
+        );
+        assert_eq!(ids(&f), ["e1"]);
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn arb_json() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::Bool),
+                any::<i64>().prop_map(|n| serde_json::json!(n)),
+                prop_oneof![
+                    Just("Patient/p1".to_string()),
+                    Just("#c".to_string()),
+                    Just("urn:uuid:u".to_string()),
+                    Just("Patient".to_string()),
+                    Just("Bundle".to_string()),
+                    "[a-zA-Z0-9/#:?.|_-]{0,20}",
+                ]
+                .prop_map(serde_json::Value::String),
+            ];
+            leaf.prop_recursive(8, 256, 8, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..8).prop_map(serde_json::Value::Array),
+                    prop::collection::btree_map(
+                        prop_oneof![
+                            Just("resourceType".to_string()),
+                            Just("id".to_string()),
+                            Just("reference".to_string()),
+                            Just("type".to_string()),
+                            Just("identifier".to_string()),
+                            Just("contained".to_string()),
+                            Just("entry".to_string()),
+                            Just("resource".to_string()),
+                            Just("request".to_string()),
+                            Just("response".to_string()),
+                            Just("fullUrl".to_string()),
+                            Just("url".to_string()),
+                            Just("method".to_string()),
+                            Just("location".to_string()),
+                            "[a-z]{1,6}",
+                        ],
+                        inner,
+                        0..8
+                    )
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Any JSON document: no panic, and every patient found is a valid id.
+            #[test]
+            fn arbitrary_json_never_panics(v in arb_json(), creating in any::<bool>()) {
+                let bytes = serde_json::to_vec(&v).unwrap();
+                for f in [response_patients(&bytes), request_patients(&bytes, creating, &ReferenceOnly)] {
+                    for p in &f.patients {
+                        prop_assert!(is_fhir_id(p));
+                    }
+                }
+            }
+
+            /// Arbitrary bytes: no panic.
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+                let _ = response_patients(&bytes);
+                let _ = request_patients(&bytes, false, &ReferenceOnly);
+            }
+        }
+    }
+}

@@ -1,0 +1,425 @@
+//! The configuration file: one TOML document, parsed once into typed structs.
+//!
+//! Every section is a serde struct with `deny_unknown_fields`, so a misspelt key is an error
+//! that names the key. Each section owned by a module is defined in that module (for example
+//! [`crate::identity::IdentityConfig`]) and validated by its own `validate()`; [`Config::load`]
+//! parses, validates every section, and resolves relative paths against the config file's
+//! directory. Option names carry their units (`_ms`, `_secs`, `_bytes`).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub mod error;
+pub mod server;
+
+pub use error::ConfigError;
+
+use crate::archive::ArchiveConfig;
+use crate::clock::ClockConfig;
+use crate::config::server::{is_safe_token, AdminConfig, ServerConfig};
+use crate::identity::IdentityConfig;
+use crate::journal::JournalConfig;
+use crate::network::geoip::GeoIpConfig;
+use crate::network::tls::TlsConfig;
+use crate::network::vector::NetworkConfig;
+use crate::rules::RulesConfig;
+use crate::tlog::checkpoint::CheckpointConfig;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The gateway process: node name, listeners, threads, shutdown.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The EHR the gateway forwards to.
+    pub upstream: UpstreamConfig,
+    /// The local journal.
+    #[serde(default)]
+    pub journal: JournalConfig,
+    /// Signed checkpoints of the journal's Merkle tree.
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
+    /// The WORM archive sealed segments and checkpoints are shipped to.
+    #[serde(default)]
+    pub archive: ArchiveConfig,
+    /// JWT verification.
+    pub identity: IdentityConfig,
+    /// Route rules.
+    #[serde(default)]
+    pub rules: RulesConfig,
+    /// Bounds of the buffered path (request bodies and responses read for patients).
+    #[serde(default)]
+    pub attribution: crate::attribution::config::AttributionConfig,
+    /// Trusted proxies, device and request IDs.
+    #[serde(default)]
+    pub network: NetworkConfig,
+    /// The gateway's own operational log (never contains PHI).
+    #[serde(default)]
+    pub log: LogConfig,
+    /// The admin listener: `/metrics`, `/healthz`, `/readyz`.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// GeoIP and ASN databases for the client IP.
+    #[serde(default)]
+    pub geoip: GeoIpConfig,
+    /// What to do when the clock cannot be trusted.
+    #[serde(default)]
+    pub clock: ClockConfig,
+    /// TLS listeners (and mutual TLS).
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// `[upstream]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Base URL of the EHR, `http://host:port` or `https://host:port`. A path prefix is not
+    /// allowed: the request path is forwarded unchanged.
+    pub url: String,
+    /// TCP connect timeout.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Longest wait for the upstream between reads (response head or body bytes).
+    #[serde(default = "default_read_timeout_ms")]
+    pub read_timeout_ms: u64,
+    /// Longest wait for a write to the upstream.
+    #[serde(default = "default_write_timeout_ms")]
+    pub write_timeout_ms: u64,
+    /// Idle pooled upstream connections are closed after this.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// For `https://`: a CA bundle (PEM) the EHR's certificate must chain to. Unset: the
+    /// system's trusted roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// For `https://`: the name sent as SNI and required in the EHR's certificate. Default: the
+    /// URL's host (set it when the URL names the EHR by IP address but its certificate by name).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// For `https://`: accept any certificate and host name. Never in production: it is logged
+    /// as an error at every start and by check-config.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    2_000
+}
+fn default_read_timeout_ms() -> u64 {
+    60_000
+}
+fn default_write_timeout_ms() -> u64 {
+    60_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    60_000
+}
+
+/// The upstream's address, parsed from [`UpstreamConfig::url`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTarget {
+    /// `host:port` to connect to.
+    pub authority: String,
+    /// The Host header value to send when the client's is replaced (kept as the client sent it);
+    /// also the TLS server name (SNI) and the name the certificate must carry.
+    pub host: String,
+    /// `https://`.
+    pub tls: bool,
+}
+
+impl UpstreamConfig {
+    /// Parse and check the URL.
+    pub fn target(&self) -> Result<UpstreamTarget, ConfigError> {
+        let uri: http::Uri = self
+            .url
+            .parse()
+            .map_err(|e| ConfigError::invalid("upstream.url", format!("not a URL: {e}")))?;
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            Some(other) => {
+                return Err(ConfigError::invalid(
+                    "upstream.url",
+                    format!("scheme `{other}` is not supported; use http:// or https://"),
+                ))
+            }
+            None => {
+                return Err(ConfigError::invalid(
+                    "upstream.url",
+                    "must start with http:// or https://",
+                ))
+            }
+        };
+        // `Uri::host` keeps the brackets of an IPv6 literal; the authority adds its own.
+        let host = uri
+            .host()
+            .ok_or_else(|| ConfigError::invalid("upstream.url", "has no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(ConfigError::invalid(
+                "upstream.url",
+                "must not have a path or query: request paths are forwarded unchanged",
+            ));
+        }
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let authority = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        Ok(UpstreamTarget {
+            authority,
+            host,
+            tls,
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let target = self.target()?;
+        if !target.tls
+            && (self.ca_file.is_some() || self.insecure_skip_verify || self.server_name.is_some())
+        {
+            return Err(ConfigError::invalid(
+                "upstream.ca_file",
+                "ca_file, server_name and insecure_skip_verify are for an https:// upstream",
+            ));
+        }
+        for (key, v) in [
+            ("upstream.connect_timeout_ms", self.connect_timeout_ms),
+            ("upstream.read_timeout_ms", self.read_timeout_ms),
+            ("upstream.write_timeout_ms", self.write_timeout_ms),
+            ("upstream.idle_timeout_ms", self.idle_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::invalid(key, "must be above 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line (for log shippers).
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `json` or `text`.
+    #[serde(default = "default_log_format")]
+    pub format: LogFormat,
+    /// Level filter in `RUST_LOG` syntax; the `RUST_LOG` environment variable overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+fn default_log_format() -> LogFormat {
+    LogFormat::Json
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: default_log_format(),
+            level: default_log_level(),
+        }
+    }
+}
+
+impl Config {
+    /// Read, parse and validate a config file; relative paths are resolved against its
+    /// directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Config::parse(&text, path)?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        config.resolve_paths(&base);
+        Ok(config)
+    }
+
+    /// Parse and validate TOML text (`origin` names it in errors).
+    pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check every section.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !is_safe_token(&self.server.node) {
+            return Err(ConfigError::invalid(
+                "server.node",
+                "must be 1 to 64 letters, digits, '-', '_' or '.'",
+            ));
+        }
+        if self.server.listen.is_empty() {
+            return Err(ConfigError::invalid(
+                "server.listen",
+                "needs at least one address",
+            ));
+        }
+        for addr in &self.server.listen {
+            addr.parse::<std::net::SocketAddr>().map_err(|_| {
+                ConfigError::invalid(
+                    "server.listen",
+                    format!("`{addr}` is not an IP:port address"),
+                )
+            })?;
+        }
+        if self.server.threads == 0 {
+            return Err(ConfigError::invalid("server.threads", "must be at least 1"));
+        }
+        self.upstream.validate()?;
+        self.journal.validate()?;
+        self.checkpoint.validate()?;
+        self.archive.validate()?;
+        self.identity.validate()?;
+        self.rules.validate()?;
+        self.attribution.validate()?;
+        self.network.validate()?;
+        self.admin.validate()?;
+        self.geoip.validate()?;
+        self.clock.validate()?;
+        self.tls.validate()?;
+        for addr in &self.tls.listen {
+            if self.server.listen.contains(addr)
+                || (self.admin.enabled && self.admin.listen == *addr)
+            {
+                return Err(ConfigError::invalid(
+                    "tls.listen",
+                    format!("`{addr}` is also a plain or admin listener"),
+                ));
+            }
+        }
+        if self.admin.enabled && self.server.listen.contains(&self.admin.listen) {
+            return Err(ConfigError::invalid(
+                "admin.listen",
+                "must differ from every server.listen address",
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| ConfigError::invalid("log.level", e.to_string()))?;
+        Ok(())
+    }
+
+    /// Make relative paths absolute against `base` (the config file's directory).
+    fn resolve_paths(&mut self, base: &Path) {
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        // Rule files and key files are resolved by their own loaders (against the same base), so
+        // that `rules.base_paths` keys stay exactly as written.
+        abs(&mut self.journal.dir);
+        let key_file = self.checkpoint.key_file.to_string_lossy();
+        if key_file.contains("{node}") {
+            self.checkpoint.key_file = PathBuf::from(key_file.replace("{node}", &self.server.node));
+        }
+        abs(&mut self.checkpoint.key_file);
+        abs(&mut self.archive.dir);
+        if let Some(ca) = &mut self.upstream.ca_file {
+            abs(ca);
+        }
+        self.tls.resolve_paths(base);
+    }
+
+    /// The directory relative paths in the file were resolved against.
+    pub fn base_dir(path: &Path) -> PathBuf {
+        path.parent().map(Path::to_path_buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(url: &str) -> UpstreamConfig {
+        UpstreamConfig {
+            url: url.into(),
+            connect_timeout_ms: 1,
+            read_timeout_ms: 1,
+            write_timeout_ms: 1,
+            idle_timeout_ms: 1,
+            ca_file: None,
+            server_name: None,
+            insecure_skip_verify: false,
+        }
+    }
+
+    #[test]
+    fn the_checkpoint_key_file_can_name_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auditgate.toml");
+        std::fs::write(
+            &path,
+            r#"
+[server]
+node = "auditgate-1"
+[upstream]
+url = "http://127.0.0.1:8000"
+[checkpoint]
+key_file = "keys/checkpoint-{node}.key"
+[identity]
+[[identity.issuers]]
+issuer = "https://idp.test"
+audiences = ["a"]
+algorithms = ["HS256"]
+hmac_secrets = [{ env_var = "X" }]
+"#,
+        )
+        .unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(
+            config.checkpoint.key_file,
+            dir.path().join("keys/checkpoint-auditgate-1.key")
+        );
+    }
+
+    #[test]
+    fn upstream_addresses_parse_for_ipv4_ipv6_and_names() {
+        assert_eq!(
+            upstream("http://127.0.0.1:8000")
+                .target()
+                .unwrap()
+                .authority,
+            "127.0.0.1:8000"
+        );
+        assert_eq!(
+            upstream("http://[::1]:8080").target().unwrap().authority,
+            "[::1]:8080"
+        );
+        assert_eq!(
+            upstream("http://ehr.local").target().unwrap().authority,
+            "ehr.local:80"
+        );
+        assert_eq!(
+            upstream("https://ehr.local").target().unwrap().authority,
+            "ehr.local:443"
+        );
+        assert!(upstream("https://ehr.local").target().unwrap().tls);
+        assert!(upstream("ftp://ehr.local").target().is_err());
+        assert!(upstream("http://ehr.local/fhir").target().is_err());
+    }
+}

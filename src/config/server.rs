@@ -1,0 +1,150 @@
+//! `[server]` and `[admin]`: the gateway process and its admin listener.
+//!
+//! Plain serde sections with their defaults and checks; the cross-section checks live in
+//! [`crate::config::Config::validate`].
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::ConfigError;
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// This gateway's name in every record (`node`) and in archive keys. Letters, digits, `-`,
+    /// `_`, `.`; default: the host name.
+    #[serde(default = "default_node")]
+    pub node: String,
+    /// Addresses the proxy listens on (plain HTTP/1.1 and h2c).
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    /// Worker threads of the proxy service.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+    /// After SIGTERM, keep serving this long with `/readyz` answering 503, so a load balancer
+    /// stops sending new requests before the listeners close (Kubernetes: a few seconds).
+    #[serde(default = "default_shutdown_delay_secs")]
+    pub shutdown_delay_secs: u64,
+    /// Once the listeners are closed (SIGTERM after the delay, or SIGQUIT handing them to a new
+    /// process), wait at most this long for in-flight requests to finish; the process exits as
+    /// soon as none is left. Keep it above `upstream.read_timeout_ms`: a request still running
+    /// when it ends is cut off (a change keeps its intent record, but gets no outcome record).
+    #[serde(default = "default_drain_timeout_secs")]
+    pub drain_timeout_secs: u64,
+    /// Where pingora writes its PID (used by zero-downtime upgrades).
+    #[serde(default = "default_pid_file")]
+    pub pid_file: PathBuf,
+    /// Unix socket for handing listeners to a new binary on upgrade.
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: PathBuf,
+}
+
+fn default_node() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    if is_safe_token(&host) {
+        host
+    } else {
+        "auditgate".into()
+    }
+}
+fn default_listen() -> Vec<String> {
+    vec!["127.0.0.1:8080".into()]
+}
+fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+fn default_shutdown_delay_secs() -> u64 {
+    0
+}
+fn default_drain_timeout_secs() -> u64 {
+    // Longer than the default upstream read timeout (60 s), so a request still waiting for the
+    // EHR at shutdown ends (and gets its outcome record) before the process does.
+    65
+}
+fn default_pid_file() -> PathBuf {
+    PathBuf::from("/tmp/auditgate.pid")
+}
+fn default_upgrade_sock() -> PathBuf {
+    PathBuf::from("/tmp/auditgate_upgrade.sock")
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            node: default_node(),
+            listen: default_listen(),
+            threads: default_threads(),
+            shutdown_delay_secs: default_shutdown_delay_secs(),
+            drain_timeout_secs: default_drain_timeout_secs(),
+            pid_file: default_pid_file(),
+            upgrade_sock: default_upgrade_sock(),
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Serve the admin endpoints at all.
+    #[serde(default = "default_admin_enabled")]
+    pub enabled: bool,
+    /// `IP:port` of the admin listener. Keep it on loopback or a management network: it is
+    /// not authenticated.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    /// `/readyz` fails once the archive has been failing for longer than this (an S3 outage
+    /// shorter than this does not take the gateway out of service: the local journal holds
+    /// the records until the archive is back).
+    #[serde(default = "default_archive_unreachable_grace_secs")]
+    pub archive_unreachable_grace_secs: u64,
+}
+
+fn default_admin_enabled() -> bool {
+    true
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+fn default_archive_unreachable_grace_secs() -> u64 {
+    300
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: default_admin_enabled(),
+            listen: default_admin_listen(),
+            archive_unreachable_grace_secs: default_archive_unreachable_grace_secs(),
+        }
+    }
+}
+
+impl AdminConfig {
+    /// Check the values are usable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.enabled {
+            self.listen.parse::<std::net::SocketAddr>().map_err(|_| {
+                ConfigError::invalid(
+                    "admin.listen",
+                    format!("`{}` is not an IP:port address", self.listen),
+                )
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// A node name or similar identifier: 1 to 64 of letters, digits, `-`, `_`, `.`.
+pub fn is_safe_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}

@@ -1,0 +1,112 @@
+//! Files that survive a crash whole or not at all.
+//!
+//! Owns the three steps every durable file in the journal directory and the directory archive
+//! goes through: write a temporary file and fsync it, give it its final name, fsync the
+//! directory. After a crash at any point the final name holds either the old complete file (or
+//! nothing) or the new complete file, never a torn one. Plain `std::io` results: callers add
+//! which file it was to their own error types.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// fsync a directory, so that names created, renamed or removed in it survive power loss.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir).and_then(|d| d.sync_all())
+}
+
+/// The directory a file's name lives in (`.` for a bare name).
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Write `bytes` to `tmp`, fsync'd.
+fn write_synced(tmp: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = File::create(tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Replace `path` with `bytes`: temp file (`path` with the extension `tmp`), fsync, rename,
+/// fsync the directory.
+pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    write_synced(&tmp, bytes)?;
+    // Crash point: the temp file is complete but has no final name; the next write replaces it.
+    fs::rename(&tmp, path)?;
+    // Crash point: renamed, directory not synced: after power loss the old or the new file is
+    // found under the name; either is complete.
+    sync_dir(parent_of(path))
+}
+
+/// What [`create_new`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// The file did not exist and now holds the bytes, durably.
+    Created,
+    /// A file of that name already existed; it was left as it was.
+    AlreadyExists,
+}
+
+/// Create `path` holding `bytes` unless it exists: temp file (`.NAME.tmp` beside it), fsync,
+/// hard link to the final name (which fails if the name exists, so a complete file appears
+/// under its name at once or not at all), fsync the directory.
+pub fn create_new(path: &Path, bytes: &[u8]) -> io::Result<Created> {
+    let dir = parent_of(path);
+    let tmp: PathBuf = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    write_synced(&tmp, bytes)?;
+    // Crash point: a complete temp file, no final name; it is ignored and overwritten later.
+    let linked = fs::hard_link(&tmp, path);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            sync_dir(dir)?;
+            Ok(Created::Created)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Created::AlreadyExists),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replace_writes_and_overwrites_whole_files_without_leaving_a_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        replace(&path, b"one").unwrap();
+        replace(&path, b"two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert!(!path.with_extension("tmp").exists());
+    }
+
+    #[test]
+    fn create_new_never_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seg.jsonl.zst");
+        assert_eq!(create_new(&path, b"first").unwrap(), Created::Created);
+        assert_eq!(
+            create_new(&path, b"second").unwrap(),
+            Created::AlreadyExists
+        );
+        assert_eq!(fs::read(&path).unwrap(), b"first");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temp file is left behind");
+    }
+
+    #[test]
+    fn errors_are_returned_not_swallowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no/such/dir/file");
+        assert!(replace(&missing, b"x").is_err());
+        assert!(create_new(&missing, b"x").is_err());
+    }
+}

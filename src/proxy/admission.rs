@@ -1,0 +1,349 @@
+//! Admission: what `request_filter` learns about a request before it may go on, and the
+//! refusal ladder that decides whether it does.
+//!
+//! Builds the record under construction: the request line (a token in the query string is
+//! redacted before it can reach the journal), the network vector (client IP through trusted
+//! proxies, GeoIP, the device, most trustworthy source first), the verified identity, and the
+//! rules' classification. Then every refusal in a fixed order, each journaled before it is
+//! answered ([`Gateway::refuse`]): a failed journal (503, nothing recorded: it takes nothing),
+//! an untrusted clock, a failed token, an unacceptable path, a protocol upgrade, a missing
+//! device, an unmatched route under `deny`.
+
+use std::net::IpAddr;
+
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora::proxy::Session;
+
+use super::gateway::{peer_ip, Gateway, RequestCtx};
+use super::live::Snapshot;
+use super::refusal::Refusal;
+use crate::clock;
+use crate::identity::{AuthFailure, Authenticated};
+use crate::journal::JournalError;
+use crate::metrics;
+use crate::network::geoip::GeoAnswer;
+use crate::record::{
+    Action, Attribution, ClientCert, Event, GatewayId, InteractionKind, NetworkVector, Phase, Who,
+};
+use crate::rules::{Classification, PathRejection};
+
+/// Headers by which a client may ask the EHR to run another method than the request line's.
+const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Whether a request may change data, and so gets an intent record before it is forwarded:
+/// every method but GET, HEAD and OPTIONS (POST, PUT, PATCH, DELETE and any extension method),
+/// and any request that carries a method-override header.
+fn needs_intent(method: &str, headers: &http::HeaderMap) -> bool {
+    !matches!(method, "GET" | "HEAD" | "OPTIONS")
+        || METHOD_OVERRIDE_HEADERS
+            .iter()
+            .any(|h| headers.contains_key(*h))
+}
+
+/// The request line, as the rules read it and as the record keeps it.
+struct RequestLine {
+    method: String,
+    /// Path and query, as sent.
+    target: String,
+    path: String,
+    query: Option<String>,
+}
+
+impl RequestLine {
+    fn of(req: &RequestHeader) -> RequestLine {
+        let target = req
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/")
+            .to_string();
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p.to_string(), Some(q.to_string())),
+            None => (target.clone(), None),
+        };
+        RequestLine {
+            method: req.method.as_str().to_string(),
+            target,
+            path,
+            query,
+        }
+    }
+}
+
+/// A request that passed admission: its classification, and whether it changes data.
+pub(super) struct Admitted {
+    pub classification: Classification,
+    pub intent_needed: bool,
+}
+
+impl Gateway {
+    /// Build the request's record (who, what, from where) into `ctx`, then run the refusal
+    /// ladder. `None`: the request was refused and answered (its record journaled first).
+    pub(super) async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Admitted>> {
+        let snap = ctx.snap.clone();
+        let peer = peer_ip(session);
+        let line = RequestLine::of(session.req_header());
+        let mut net = self.network_vector(session, &snap, peer);
+        let headers = &session.req_header().headers;
+        let intent_needed = needs_intent(&line.method, headers);
+        let request_id = snap.net.request_id(peer, headers);
+        let auth = snap
+            .identity
+            .authenticate(headers, line.query.as_deref())
+            .await;
+        let who = match &auth {
+            Ok(a) => {
+                // A signed device claim ranks below a client certificate and the header.
+                if net.device_id.is_none() {
+                    if let Some(device) = &a.device_id {
+                        net.device_id = Some(device.clone());
+                        net.device_id_source = Some("claim".into());
+                    }
+                }
+                Who::Authenticated(a.actor.clone())
+            }
+            Err(f) => Who::Unauthenticated {
+                reason: f.reason().to_string(),
+            },
+        };
+        let classified = snap.rules.classify(&line.method, &line.target, headers);
+        let received = crate::record::format_ts(ctx.received);
+        let mut event = new_event(request_id.clone(), who, line, net, intent_needed, received);
+        if let Ok(c) = &classified {
+            apply_classification(&mut event, c);
+        }
+        // A journal that failed takes nothing: answer 503 before anything is forwarded.
+        if self.journal.has_failed() {
+            ctx.event = Some(event);
+            ctx.refusal = Some("failed");
+            let reason = self.journal.failure().unwrap_or_default();
+            let e = JournalError::Failed { reason };
+            self.unavailable(session, &snap.net, false, &e, &request_id)
+                .await?;
+            return Ok(None);
+        }
+        let refused = ladder(session, &snap, &event, &auth, classified);
+        ctx.event = Some(event);
+        match refused {
+            Ok(classification) => Ok(Some(Admitted {
+                classification,
+                intent_needed,
+            })),
+            Err(refusal) => {
+                self.refuse(session, ctx, refusal).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// From where: peer and client IP (trusted-proxy walk), user agent, GeoIP, this gateway,
+    /// and the device, most trustworthy first: a client certificate the TLS handshake
+    /// verified, then the configured header (a signed token claim comes after authentication).
+    fn network_vector(&self, session: &Session, snap: &Snapshot, peer: IpAddr) -> NetworkVector {
+        let headers = &session.req_header().headers;
+        let addr = snap.net.client_addr(peer, headers);
+        let mut net = NetworkVector {
+            client_ip: addr.client_ip.to_string(),
+            peer_ip: peer.to_string(),
+            forwarded_chain: addr.forwarded_chain,
+            device_id: None,
+            device_id_source: None,
+            user_agent: headers
+                .get(http::header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(|s| s.chars().take(256).collect()),
+            geo: None,
+            geo_unavailable: None,
+            client_cert: None,
+            gateway: GatewayId {
+                node: self.node.clone(),
+                listener: self.listener_name(session),
+            },
+        };
+        if let Some(geo) = &snap.geo {
+            match geo.lookup(addr.client_ip) {
+                GeoAnswer::Found(found) => net.geo = Some(Some(found)),
+                GeoAnswer::Unavailable(why) => {
+                    net.geo = Some(None);
+                    net.geo_unavailable = Some(why.to_string());
+                }
+            }
+        }
+        if let Some(cert) = verified_client_cert(session) {
+            net.device_id = Some(format!("sha256:{}", cert.sha256));
+            net.device_id_source = Some("client_cert".into());
+            net.client_cert = Some(cert);
+        } else if let Some(device) = snap.net.device_id(headers) {
+            net.device_id = Some(device);
+            net.device_id_source = Some("header".into());
+        }
+        net
+    }
+
+    /// The configured name of the listener the request came in on.
+    fn listener_name(&self, session: &Session) -> String {
+        if let Some(PingoraAddr::Inet(local)) = session.server_addr() {
+            for (addr, name) in &self.listeners {
+                if addr.port() == local.port()
+                    && (addr.ip().is_unspecified() || addr.ip() == local.ip())
+                {
+                    return name.clone();
+                }
+            }
+        }
+        "unknown".into()
+    }
+}
+
+/// The client certificate the TLS handshake verified, if any.
+fn verified_client_cert(session: &Session) -> Option<ClientCert> {
+    let tls = session
+        .digest()
+        .and_then(|d| d.ssl_digest.as_ref())
+        .filter(|t| !t.cert_digest.is_empty())?;
+    Some(ClientCert {
+        sha256: hex::encode(&tls.cert_digest),
+        subject: tls
+            .extension
+            .get::<crate::network::tls::PeerCertificate>()
+            .map(|p| p.subject.chars().take(512).collect()),
+    })
+}
+
+/// The record before the rules' answer is known: refused until proven otherwise.
+fn new_event(
+    request_id: String,
+    who: Who,
+    line: RequestLine,
+    net: NetworkVector,
+    intent_needed: bool,
+    received: String,
+) -> Event {
+    Event {
+        phase: if intent_needed {
+            Phase::Intent
+        } else {
+            Phase::Outcome
+        },
+        request_id,
+        intent_seq: None,
+        who,
+        action: Action::E,
+        interaction: InteractionKind::Unclassified,
+        rule: crate::rules::REJECTED_RULE.into(),
+        resource_type: None,
+        resource_id: None,
+        method: line.method,
+        path: line.path,
+        // A token sent in the query string is refused, and must not reach the journal either.
+        query: line.query.as_deref().map(redact_query_tokens),
+        patients: Vec::new(),
+        attribution: Attribution::Partial,
+        attribution_gaps: Vec::new(),
+        net,
+        outcome: None,
+        clock: clock::current(),
+        received,
+    }
+}
+
+/// The refusal ladder, in order: an untrusted clock, a failed token, an unacceptable path, a
+/// protocol upgrade, a missing device, an unmatched route under `deny`. `Ok`: admitted.
+fn ladder(
+    session: &Session,
+    snap: &Snapshot,
+    event: &Event,
+    auth: &std::result::Result<Authenticated, AuthFailure>,
+    classified: std::result::Result<Classification, PathRejection>,
+) -> std::result::Result<Classification, Refusal> {
+    // Trusted time, when the site requires it: a request that cannot be time-stamped reliably
+    // is refused (with a record that says so).
+    if let Some(reason) = snap.clock.refuses(&event.clock) {
+        return Err(Refusal::ClockUnsynced(reason));
+    }
+    if let Err(f) = auth {
+        return Err(Refusal::unauthenticated(f));
+    }
+    let classification = classified.map_err(|r| Refusal::bad_path(&r))?;
+    if session.is_upgrade_req() {
+        // A protocol upgrade (WebSocket) would turn the exchange into a tunnel whose bytes no
+        // record covers.
+        return Err(Refusal::UpgradeNotSupported);
+    }
+    if classification.rule == crate::rules::UNMATCHED_RULE {
+        metrics::global().unmatched_routes.inc();
+    }
+    if event.net.device_id.is_none() && snap.net.requires_device_id(&classification.rule) {
+        return Err(Refusal::DeviceIdRequired);
+    }
+    if snap.rules.denies(&classification) {
+        return Err(Refusal::UnmatchedRoute);
+    }
+    Ok(classification)
+}
+
+/// Copy the rules' answer into the event.
+pub(super) fn apply_classification(event: &mut Event, c: &Classification) {
+    event.action = c.action;
+    event.interaction = c.interaction;
+    event.rule = c.rule.clone();
+    event.resource_type = c.resource_type.clone();
+    event.resource_id = c.resource_id.clone();
+    event.patients = c.patients.clone();
+    event.attribution = c.attribution;
+}
+
+/// The query string with the value of every `access_token` parameter (however encoded)
+/// replaced, so a token sent where it must not be is never written to the journal.
+fn redact_query_tokens(query: &str) -> String {
+    if !query.to_ascii_lowercase().contains("token") && !query.contains('%') {
+        return query.to_string();
+    }
+    query
+        .split('&')
+        .map(|pair| {
+            let key = pair.split('=').next().unwrap_or("");
+            let decoded: String = form_urlencoded::parse(key.as_bytes())
+                .next()
+                .map(|(k, _)| k.into_owned())
+                .unwrap_or_default();
+            if decoded.eq_ignore_ascii_case("access_token") {
+                format!("{key}=[redacted]")
+            } else {
+                pair.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_query_tokens;
+
+    #[test]
+    fn tokens_in_the_query_never_reach_the_record() {
+        assert_eq!(
+            redact_query_tokens("patient=1&_count=5"),
+            "patient=1&_count=5"
+        );
+        assert_eq!(
+            redact_query_tokens("patient=1&access_token=eyJ.secret.sig"),
+            "patient=1&access_token=[redacted]"
+        );
+        assert_eq!(
+            redact_query_tokens("ACCESS_TOKEN=x&access%5Ftoken=y&access_token"),
+            "ACCESS_TOKEN=[redacted]&access%5Ftoken=[redacted]&access_token=[redacted]"
+        );
+    }
+}

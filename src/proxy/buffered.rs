@@ -1,0 +1,404 @@
+//! The buffered path: requests whose rule reads the request body or the response for patients
+//! (`inspect_body`, `inspect_response`), bounded by `[attribution]`.
+//!
+//! This module owns the exchange with the EHR for such requests and the promise that goes with
+//! it: **the outcome record, with every patient the response references, is durable before the
+//! first byte of the response leaves the gateway.**
+//!
+//! # Why the gateway fetches the response itself
+//!
+//! Pingora 0.9 sends the response head after the async `response_filter`, then passes body
+//! chunks through the *synchronous* `response_body_filter`, which cannot await the journal. A
+//! record that depends on the body therefore cannot be written on pingora's proxy path. For a
+//! request whose rule says `inspect_body` or `inspect_response`, the proxy's `request_filter`
+//! does the whole exchange itself and then tells pingora the request is answered:
+//!
+//! 0. take a slot (`attribution.max_buffered_requests`), or refuse with 503 `gateway_busy`
+//!    after `attribution.buffered_wait_secs`, journaled, nothing read or sent;
+//! 1. read the request body from the client (bounded by `attribution.max_body_bytes`) and find
+//!    its patients ([`crate::attribution::body::inspect_request_body`]; transaction and batch
+//!    entries are classified by the route rules);
+//! 2. a change gets its **intent** record, fsync'd, with those patients;
+//! 3. send the request to the EHR over pingora's own connector (the same pool, TLS settings and
+//!    timeouts as the proxy path: [`super::exchange`]);
+//! 4. read the whole response (bounded; gzip and deflate are decoded for reading, never for the
+//!    client), find its patients, [`settle`] the record's patient list and attribution;
+//! 5. append the **outcome** record and await its fsync;
+//! 6. only then write the response head and body to the client, the EHR's bytes unchanged.
+//!
+//! If step 5 fails the client gets the gateway's 503 and none of the EHR's bytes: the response
+//! is dropped with the buffer. Requests whose rules need no body or response keep pingora's
+//! streaming path ([`super`]).
+//!
+//! # Bodies larger than the limit
+//!
+//! `attribution.oversize = "forward"` (the default) forwards them anyway, never silently: the
+//! record says `partial` with the gap `too_large` and is durable before the first byte is
+//! released; the rest then streams. `"refuse"` answers 413 (request) or 502 (response), journaled.
+//!
+//! # What is not inspected
+//!
+//! A body that is not JSON (`application/fhir+xml`, a PDF ...) is passed through with the gap
+//! `not_json` and its media type in the record; an encoding other than gzip or deflate (br,
+//! zstd) with the gap `content_encoding`. Empty bodies (204, 304, HEAD) have nothing to read.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+
+use super::admission::apply_classification;
+use super::answer::upstream_error_status;
+use super::exchange::{
+    downstream_response, exchange, read_request_body, upstream_request, Answer, RequestBody,
+};
+use super::gateway::{Gateway, RequestCtx};
+use super::refusal::Refusal;
+use crate::attribution::body::{inspect_request_body, inspect_response_body};
+use crate::attribution::config::OversizePolicy;
+use crate::attribution::extract::Gap;
+use crate::attribution::settle::{settle, Inspection};
+use crate::metrics;
+use crate::rules::Classification;
+
+/// A held slot of the buffered path: released, and the in-progress gauge lowered, on drop
+/// (also when the client goes away mid-exchange).
+struct BufferSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl BufferSlot {
+    fn hold(permit: tokio::sync::OwnedSemaphorePermit) -> BufferSlot {
+        metrics::global().buffered_in_progress.inc();
+        BufferSlot { _permit: permit }
+    }
+}
+
+impl Drop for BufferSlot {
+    fn drop(&mut self) {
+        metrics::global().buffered_in_progress.dec();
+    }
+}
+
+/// A request waiting for a buffered slot, counted in `auditgate_buffered_waiting` until it
+/// stops waiting, also when its task is dropped mid-wait.
+struct Waiting;
+
+impl Waiting {
+    fn start() -> Waiting {
+        metrics::global().buffered_waiting.inc();
+        Waiting
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        metrics::global().buffered_waiting.dec();
+    }
+}
+
+impl Gateway {
+    /// The buffered path: read the body, journal the intent, fetch the whole response,
+    /// journal the outcome with its patients, and only then release it. Always answers the
+    /// client itself (`Ok(true)`).
+    pub(super) async fn buffered(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        mut c: Classification,
+        intent_needed: bool,
+    ) -> Result<bool> {
+        // 0. A slot, so that at most `max_buffered_requests` bodies are held at once.
+        let Some(_slot) = self.buffer_slot().await else {
+            return self.refuse(session, ctx, Refusal::GatewayBusy).await;
+        };
+        // A client that stops reading or sending must not hold a slot for long: each read of
+        // its body and each write of the answer has to progress within this time.
+        let client_timeout = Some(ctx.snap.attribution.client_timeout());
+        session.set_read_timeout(client_timeout);
+        session.set_write_timeout(client_timeout);
+        metrics::global().buffered_requests.inc();
+        let mut inspection = Inspection::default();
+
+        // 1. The request body, read whole (bounded) and inspected.
+        let body = self
+            .read_request(session, ctx, &mut c, &mut inspection)
+            .await?;
+        let Some(body) = body else {
+            return self.refuse(session, ctx, Refusal::BodyTooLarge).await;
+        };
+        // 2. A change: its intent, durable before the EHR sees it.
+        if intent_needed && self.write_intent(session, ctx).await? {
+            return Ok(true);
+        }
+        // 3. The exchange with the EHR.
+        let Some(answer) = self.fetch(session, ctx, &body).await? else {
+            return Ok(true);
+        };
+        // 4. The response's patients.
+        let head_request = session.req_header().method == http::Method::HEAD;
+        if !self.read_response(ctx, &c, &answer, head_request, &mut inspection) {
+            if let Some(mut rest) = answer.rest {
+                rest.shutdown().await;
+            }
+            return self.refuse(session, ctx, Refusal::ResponseTooLarge).await;
+        }
+        let status = answer.header.status.as_u16();
+        if let Some(event) = ctx.event.as_mut() {
+            let (patients, attribution, gaps) = settle(&c, &inspection, Some(status));
+            for gap in &gaps {
+                metrics::global()
+                    .attribution_gaps
+                    .with_label_values(&[gap.as_str()])
+                    .inc();
+            }
+            event.patients = patients;
+            event.attribution = attribution;
+            event.attribution_gaps = gaps;
+        }
+        // 5. The outcome record, durable before any byte of the response is released.
+        let Some(answer) = self.journal_answer(session, ctx, answer).await? else {
+            return Ok(true);
+        };
+        // 6. Release: the EHR's head and body, unchanged but for hop-by-hop headers.
+        self.release(session, ctx, answer, head_request).await?;
+        Ok(true)
+    }
+
+    /// A buffered slot, waiting at most `attribution.buffered_wait_secs`; `None`: none came
+    /// free in time (the request is refused before anything is read or sent).
+    async fn buffer_slot(&self) -> Option<BufferSlot> {
+        if let Ok(slot) = self.buffer_slots.clone().try_acquire_owned() {
+            return Some(BufferSlot::hold(slot));
+        }
+        let waiting = Waiting::start();
+        let waited =
+            tokio::time::timeout(self.buffer_wait, self.buffer_slots.clone().acquire_owned()).await;
+        drop(waiting);
+        match waited {
+            Ok(Ok(slot)) => Some(BufferSlot::hold(slot)),
+            _ => None,
+        }
+    }
+
+    /// Read the client's body (bounded) and settle the intent's patients from it. `None`: the
+    /// body is over the limit and `oversize = "refuse"`.
+    async fn read_request(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        c: &mut Classification,
+        inspection: &mut Inspection,
+    ) -> Result<Option<RequestBody>> {
+        let snap = ctx.snap.clone();
+        let limit = snap.attribution.limit();
+        let body = if session.is_body_empty() {
+            RequestBody {
+                bytes: Vec::new(),
+                complete: true,
+            }
+        } else {
+            read_request_body(session, limit).await?
+        };
+        let m = metrics::global();
+        m.inspected_request_bytes.inc_by(body.bytes.len() as u64);
+        if !body.complete {
+            if snap.attribution.oversize == OversizePolicy::Refuse {
+                return Ok(None);
+            }
+            inspection.gaps.insert(Gap::TooLarge);
+        } else {
+            let headers = &session.req_header().headers;
+            if let Some(took) =
+                inspect_request_body(c, &snap.rules, headers, &body.bytes, limit, inspection)
+            {
+                m.extraction_seconds.observe(took.as_secs_f64());
+            }
+        }
+        if let Some(event) = ctx.event.as_mut() {
+            apply_classification(event, c);
+            let (patients, attribution, gaps) = settle(c, inspection, None);
+            event.patients = patients;
+            event.attribution = attribution;
+            event.attribution_gaps = gaps;
+        }
+        Ok(Some(body))
+    }
+
+    /// Send the request to the EHR and read its answer as far as the limit. `None`: the
+    /// exchange failed and the client got its (journaled) 502 or 504.
+    async fn fetch(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        body: &RequestBody,
+    ) -> Result<Option<Answer>> {
+        let mut req = upstream_request(session.req_header(), &body.bytes, body.complete)?;
+        self.add_forwarding_headers(session, &mut req, ctx)?;
+        ctx.upstream_started = Some(Instant::now());
+        let peer = self.make_peer();
+        let limit = ctx.snap.attribution.limit();
+        let exchanged = exchange(
+            &self.connector,
+            &peer,
+            &req,
+            &body.bytes,
+            body.complete,
+            session,
+            limit,
+        )
+        .await;
+        match exchanged {
+            Ok(answer) => {
+                metrics::global()
+                    .inspected_response_bytes
+                    .inc_by(answer.body.len() as u64);
+                Ok(Some(answer))
+            }
+            Err(e) => match upstream_error_status(&e) {
+                0 => Err(e), // the client went away
+                code => {
+                    self.upstream_failed(session, ctx, &e, code).await?;
+                    Ok(None)
+                }
+            },
+        }
+    }
+
+    /// Read the response for patients when the rule asks for it. `false`: it is over the limit
+    /// and `oversize = "refuse"`.
+    fn read_response(
+        &self,
+        ctx: &mut RequestCtx,
+        c: &Classification,
+        answer: &Answer,
+        head_request: bool,
+        inspection: &mut Inspection,
+    ) -> bool {
+        if !c.inspect_response {
+            return true;
+        }
+        let limit = ctx.snap.attribution.limit();
+        // Over the limit, whether or not the last chunk happened to end the body (the same
+        // line `rules explain` and the request side draw).
+        if !answer.complete || answer.body.len() > limit {
+            if ctx.snap.attribution.oversize == OversizePolicy::Refuse {
+                return false;
+            }
+            inspection.gaps.insert(Gap::TooLarge);
+            return true;
+        }
+        let headers = &answer.header.headers;
+        let (media, took) =
+            inspect_response_body(headers, &answer.body, head_request, limit, inspection);
+        if let Some(took) = took {
+            metrics::global()
+                .extraction_seconds
+                .observe(took.as_secs_f64());
+        }
+        ctx.content_type = media;
+        true
+    }
+
+    /// Append the outcome record and await its fsync. `None`: the journal refused it; the
+    /// EHR's answer is dropped unsent and the client got the fail-closed 503.
+    async fn journal_answer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        answer: Answer,
+    ) -> Result<Option<Answer>> {
+        let status = answer.header.status.as_u16();
+        let bytes_out = if answer.complete {
+            Some(answer.body.len() as u64)
+        } else {
+            answer
+                .header
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+        };
+        let Err(e) = self.journal_outcome(ctx, status, None, bytes_out).await else {
+            return Ok(Some(answer));
+        };
+        tracing::error!(
+            reason = e.category(),
+            "journal refused an outcome record: withholding the response"
+        );
+        ctx.refusal = Some(e.category());
+        if let Some(mut rest) = answer.rest {
+            rest.shutdown().await;
+        }
+        // `answer.body` (the EHR's bytes) is dropped here, unsent.
+        let (net, request_id) = (ctx.snap.net.clone(), ctx.request_id());
+        self.unavailable(session, &net, true, &e, &request_id)
+            .await?;
+        Ok(None)
+    }
+
+    /// Write the EHR's head and body to the client (its record is durable), then stream what
+    /// was over the limit, if anything.
+    async fn release(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        answer: Answer,
+        head_request: bool,
+    ) -> Result<()> {
+        let client_is_h1 = session.req_header().version != http::Version::HTTP_2;
+        let mut resp = downstream_response(&answer, head_request, client_is_h1)?;
+        resp.insert_header(ctx.snap.net.request_id_header().clone(), ctx.request_id())?;
+        let Answer {
+            body: buffered,
+            complete,
+            rest,
+            ..
+        } = answer;
+        let nothing_more = head_request || (complete && buffered.is_empty());
+        // Errors writing to the client are the client's side (a timeout, a closed socket).
+        session
+            .write_response_header(Box::new(resp), nothing_more)
+            .await
+            .map_err(|e| e.into_down())?;
+        if nothing_more {
+            if let Some(mut rest) = rest {
+                rest.shutdown().await;
+            }
+            return Ok(());
+        }
+        if !buffered.is_empty() {
+            session
+                .write_response_body(Some(Bytes::from(buffered)), complete)
+                .await
+                .map_err(|e| e.into_down())?;
+        }
+        let Some(mut rest) = rest else {
+            return Ok(());
+        };
+        // Over the limit and forwarded: the record (partial, too_large) is durable; the rest
+        // streams.
+        loop {
+            match rest.read_response_body().await {
+                Ok(Some(chunk)) => session
+                    .write_response_body(Some(chunk), false)
+                    .await
+                    .map_err(|e| e.into_down())?,
+                Ok(None) => break,
+                Err(e) => {
+                    rest.shutdown().await;
+                    return Err(e);
+                }
+            }
+            if rest.response_done() {
+                break;
+            }
+        }
+        rest.shutdown().await;
+        session
+            .write_response_body(None, true)
+            .await
+            .map_err(|e| e.into_down())
+    }
+}

@@ -1,0 +1,193 @@
+//! The gateway's shared state ([`Gateway`]: the journal, the live configuration, the upstream,
+//! the buffered path's slots) and each request's context ([`RequestCtx`]), carried across
+//! pingora's phases; and the upstream peer both paths use.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora::proxy::Session;
+use pingora::upstreams::peer::HttpUpstreamRequestPolicy;
+
+use super::live::{Live, Snapshot};
+use crate::config::UpstreamConfig;
+use crate::journal::Journal;
+use crate::record::Event;
+use crate::rules::Classification;
+
+/// Everything a request needs, shared by all requests.
+pub struct Gateway {
+    /// Identity, rules and network policy; a SIGHUP swaps them (see [`live`]).
+    pub live: Arc<Live>,
+    /// Requests between their head and their end (the drain at shutdown waits for 0).
+    pub in_flight: Arc<AtomicUsize>,
+    pub journal: Journal,
+    pub node: String,
+    /// Listener address → name recorded in `gateway.listener`.
+    pub listeners: Vec<(SocketAddr, String)>,
+    pub upstream: UpstreamConfig,
+    /// `host:port` of the upstream.
+    pub upstream_authority: String,
+    /// The upstream is `https://`.
+    pub upstream_tls: bool,
+    /// The name the upstream's certificate must carry (and the SNI sent).
+    pub upstream_sni: String,
+    /// `upstream.ca_file`, loaded; `None`: the system's roots.
+    pub upstream_ca: Option<Arc<Box<[pingora::tls::x509::X509]>>>,
+    /// The buffered path's connections to the upstream (see [`crate::attribution::inspect`]); pingora's
+    /// proxy path keeps its own pool.
+    pub connector: pingora::connectors::http::Connector,
+    /// Slots of the buffered path (`attribution.max_buffered_requests`): a buffered exchange
+    /// holds one from before it reads the request body until its response is released, so the
+    /// memory the buffered path holds is bounded.
+    pub buffer_slots: Arc<tokio::sync::Semaphore>,
+    /// How long a request waits for a slot (`attribution.buffered_wait_secs`).
+    pub buffer_wait: std::time::Duration,
+}
+
+/// Per-request state carried across phases.
+pub struct RequestCtx {
+    /// Counts this request in [`Gateway::in_flight`] until the context is dropped.
+    pub(super) _in_flight: InFlight,
+    /// The configuration this request uses in every phase (taken when it starts).
+    pub(super) snap: Arc<Snapshot>,
+    /// When the request's head was read.
+    pub(super) started: Instant,
+    /// The same moment on the wall clock, for the record's `received`.
+    pub(super) received: std::time::SystemTime,
+    /// The record under construction: who, what, from where. Set in `request_filter`.
+    pub(super) event: Option<Event>,
+    /// The seq of this request's intent record.
+    pub(super) intent_seq: Option<u64>,
+    /// Set once the outcome record is durable.
+    pub(super) outcome_written: bool,
+    /// Why the gateway refused to release a response (journal failure), for `fail_to_proxy`.
+    pub(super) refusal: Option<&'static str>,
+    /// A copy of a POST `_search` form body, for query attribution.
+    pub(super) form_body: Option<Vec<u8>>,
+    /// Limit for `form_body`.
+    pub(super) form_body_limit: usize,
+    /// Whether a form body went over the limit.
+    pub(super) form_body_truncated: bool,
+    /// The rules' answer, kept when the form body must still be attributed.
+    pub(super) classification: Option<Classification>,
+    pub(super) upstream_started: Option<Instant>,
+    /// The response's media type, recorded when the buffered path read the response.
+    pub(super) content_type: Option<String>,
+}
+
+impl RequestCtx {
+    /// A new request's context: counted in flight, on the configuration in effect now.
+    pub(super) fn new(in_flight: &Arc<AtomicUsize>, snap: Arc<Snapshot>) -> RequestCtx {
+        RequestCtx {
+            _in_flight: InFlight::new(in_flight),
+            snap,
+            started: Instant::now(),
+            received: std::time::SystemTime::now(),
+            event: None,
+            intent_seq: None,
+            outcome_written: false,
+            refusal: None,
+            form_body: None,
+            form_body_limit: 0,
+            form_body_truncated: false,
+            classification: None,
+            upstream_started: None,
+            content_type: None,
+        }
+    }
+
+    /// The request's ID (empty before `request_filter` set the event).
+    pub(super) fn request_id(&self) -> String {
+        self.event
+            .as_ref()
+            .map(|e| e.request_id.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// One request counted in flight; uncounted when dropped (however the request ends).
+pub(super) struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    pub(super) fn new(counter: &Arc<AtomicUsize>) -> InFlight {
+        counter.fetch_add(1, Ordering::AcqRel);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Gateway {
+    /// The upstream, with the configured TLS checks and timeouts (both paths).
+    pub(super) fn make_peer(&self) -> HttpPeer {
+        let mut peer = HttpPeer::new(
+            self.upstream_authority.as_str(),
+            self.upstream_tls,
+            if self.upstream_tls {
+                self.upstream_sni.clone()
+            } else {
+                String::new()
+            },
+        );
+        if self.upstream_tls {
+            // Certificate and host name are checked unless explicitly (and loudly) turned off.
+            let verify = !self.upstream.insecure_skip_verify;
+            peer.options.verify_cert = verify;
+            peer.options.verify_hostname = verify;
+            if let Some(ca) = &self.upstream_ca {
+                peer.options.ca = Some(ca.clone());
+            }
+        }
+        let ms = std::time::Duration::from_millis;
+        peer.options.connection_timeout = Some(ms(self.upstream.connect_timeout_ms));
+        peer.options.read_timeout = Some(ms(self.upstream.read_timeout_ms));
+        peer.options.write_timeout = Some(ms(self.upstream.write_timeout_ms));
+        peer.options.idle_timeout = Some(ms(self.upstream.idle_timeout_ms));
+        // Never let an upstream 101 turn the connection into an unaudited tunnel.
+        peer.options.http_upstream_request_policy = HttpUpstreamRequestPolicy::deny_upgrades();
+        peer
+    }
+
+    /// `X-Forwarded-For` and the request ID, on the request to the upstream (both paths).
+    pub(super) fn add_forwarding_headers(
+        &self,
+        session: &Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &RequestCtx,
+    ) -> Result<()> {
+        let peer = peer_ip(session).to_string();
+        let xff = match upstream_request
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(existing) if !existing.trim().is_empty() => format!("{existing}, {peer}"),
+            _ => peer,
+        };
+        upstream_request.insert_header("x-forwarded-for", xff)?;
+        if let Some(event) = &ctx.event {
+            upstream_request.insert_header(
+                ctx.snap.net.request_id_header().clone(),
+                event.request_id.as_str(),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The TCP peer's address (0.0.0.0 for a Unix socket).
+pub(super) fn peer_ip(session: &Session) -> IpAddr {
+    match session.client_addr() {
+        Some(PingoraAddr::Inet(addr)) => addr.ip(),
+        _ => IpAddr::from([0, 0, 0, 0]),
+    }
+}

@@ -1,0 +1,435 @@
+//! Classification: one request (method, target, headers, a form body) into what it is (the
+//! rule, action, interaction, resource) and which patients it names, with how complete that
+//! list is.
+
+use super::config::UnmatchedPolicy;
+use super::error::PathRejection;
+use super::file::AttributionClaim;
+use super::file::UNMATCHED_RULE;
+use super::path::{decode_path, segment_bounds, strip_base};
+use super::ruleset::{PatientPair, Rule, RuleSet, TypeFrom};
+use super::template::{match_template, MAX_CAPTURES};
+use crate::fhir::{is_fhir_id, patient_in_reference};
+use crate::record::{Action, Attribution, InteractionKind, PatientRef, PatientSource};
+use std::collections::HashSet;
+
+/// Headers some servers honour to run another method than the request line's: a request
+/// carrying one is never matched (it is journaled as unmatched, and denied under `deny`).
+pub const METHOD_OVERRIDE_HEADERS: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// What a request is, as far as the request line and headers tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classification {
+    /// The matching rule's name, or [`UNMATCHED_RULE`].
+    pub rule: String,
+    /// False for an unmatched request (then the [`UnmatchedPolicy`] applies).
+    pub matched: bool,
+    /// The rule's action, or the `[operations]` entry for its `{op}`; `E` when unmatched.
+    pub action: Action,
+    /// The rule's interaction; `unclassified` when unmatched.
+    pub interaction: InteractionKind,
+    /// From the `{type}` capture or the rule's `resource_type`.
+    pub resource_type: Option<String>,
+    /// From the rule's `resource_id` capture (default `{id}`).
+    pub resource_id: Option<String>,
+    /// Patients named by the request, deduplicated by id, in order of discovery (path, then
+    /// query parameter, header, search query, form body).
+    pub patients: Vec<PatientRef>,
+    pub attribution: Attribution,
+    /// The decoded path (for the journal).
+    pub path: String,
+    /// The raw query, as received, when not empty.
+    pub query: Option<String>,
+    /// The rule reads patients from a form body: call [`RuleSet::attribute_form_body`] with the
+    /// body if it is `application/x-www-form-urlencoded` and at most
+    /// [`RuleSet::max_form_body_bytes`]; otherwise the attribution stays `partial`.
+    pub needs_form_body: bool,
+    /// The rule reads the request body as FHIR JSON (`inspect_body`).
+    pub inspect_body: bool,
+    /// The rule reads the response as FHIR JSON (`inspect_response`).
+    pub inspect_response: bool,
+    /// The most the matched rule may claim (`partial` when unmatched).
+    pub claim: AttributionClaim,
+    /// The base path the request matched under (`/fhir`; empty for the root), for resolving
+    /// the relative URLs of Bundle entries. Empty when unmatched.
+    pub base_path: String,
+    /// What `attribute_form_body` needs to redo the search attribution.
+    pub(super) form: Option<Box<FormState>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct FormState {
+    pub(super) resource_type: String,
+    /// Patients from sources other than the search query (path, header, query parameter).
+    pub(super) base: Vec<PatientRef>,
+    /// The rule claims complete and every non-search source resolved.
+    pub(super) base_ok: bool,
+    /// A compartment search on a type whose compartment parameters all pin.
+    pub(super) compartment_pins: bool,
+}
+
+impl Classification {
+    pub(super) fn unmatched(path: String, query: Option<String>) -> Self {
+        Classification {
+            rule: UNMATCHED_RULE.to_string(),
+            matched: false,
+            action: Action::E,
+            interaction: InteractionKind::Unclassified,
+            resource_type: None,
+            resource_id: None,
+            patients: Vec::new(),
+            attribution: Attribution::Partial,
+            path,
+            query,
+            needs_form_body: false,
+            inspect_body: false,
+            inspect_response: false,
+            claim: AttributionClaim::Partial,
+            base_path: String::new(),
+            form: None,
+        }
+    }
+
+    /// The request takes the buffered path: its body or its response is read for patients.
+    pub fn buffered(&self) -> bool {
+        self.inspect_body || self.inspect_response
+    }
+}
+
+impl RuleSet {
+    /// Classify a request. `path_and_query` is the raw request target as received (still
+    /// percent-encoded). An `Err` means the path is refused (400); anything else is journaled.
+    pub fn classify(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        headers: &http::HeaderMap,
+    ) -> Result<Classification, PathRejection> {
+        let (raw_path, raw_query) = match path_and_query.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path_and_query, None),
+        };
+        let path = decode_path(raw_path)?;
+        let query = raw_query.filter(|q| !q.is_empty());
+        if METHOD_OVERRIDE_HEADERS
+            .iter()
+            .any(|h| headers.contains_key(*h))
+        {
+            // The EHR may act on another method than the one we would classify.
+            return Ok(Classification::unmatched(path, query.map(str::to_string)));
+        }
+        let segs = segment_bounds(&path);
+
+        let mut caps: [&str; MAX_CAPTURES] = [""; MAX_CAPTURES];
+        for file in &self.files {
+            for base in &file.bases {
+                let Some(rel) = strip_base(&path, &segs, base) else {
+                    continue;
+                };
+                for rule in &file.rules {
+                    if rule.methods.matches(method)
+                        && match_template(&rule.template, &path, rel, &mut caps)
+                    {
+                        let mut c = self.build(rule, &caps, path.clone(), query, headers);
+                        c.base_path = base.iter().map(|s| format!("/{s}")).collect();
+                        return Ok(c);
+                    }
+                }
+            }
+        }
+        Ok(Classification::unmatched(path, query.map(str::to_string)))
+    }
+
+    pub(super) fn build(
+        &self,
+        rule: &Rule,
+        caps: &[&str; MAX_CAPTURES],
+        path: String,
+        query: Option<&str>,
+        headers: &http::HeaderMap,
+    ) -> Classification {
+        let resource_type: Option<&str> = match &rule.resource_type {
+            TypeFrom::None => None,
+            TypeFrom::Literal(t) => Some(t),
+            TypeFrom::Capture(i) => Some(caps[*i]),
+        };
+        let resource_id = rule.resource_id.map(|i| caps[i]);
+        let action = match rule.op_cap {
+            Some(i) => {
+                let op = caps[i].trim_start_matches('$');
+                self.operations.get(op).copied().unwrap_or(rule.action)
+            }
+            None => rule.action,
+        };
+        let mut c = Classification {
+            rule: rule.name.clone(),
+            matched: true,
+            action,
+            interaction: rule.interaction,
+            resource_type: resource_type.map(str::to_string),
+            resource_id: resource_id.map(str::to_string),
+            patients: Vec::new(),
+            attribution: Attribution::None,
+            path,
+            query: query.map(str::to_string),
+            needs_form_body: false,
+            inspect_body: rule.inspect_body,
+            inspect_response: rule.inspect_response,
+            claim: rule.claim,
+            base_path: String::new(),
+            form: None,
+        };
+        if rule.claim == AttributionClaim::None {
+            return c;
+        }
+
+        let (base, path_patients, base_ok) = named_patients(rule, caps, query, headers);
+
+        let mut scan = Scan::default();
+        let mut compartment_pins = false;
+        if rule.search {
+            if let Some(rt) = resource_type {
+                if let Some(q) = query {
+                    self.scan_query(rt, q.as_bytes(), PatientSource::Query, &mut scan);
+                }
+                compartment_pins =
+                    path_patients && self.compartment.get(rt).is_some_and(|t| t.compartment_pins);
+            }
+        }
+        if rule.form_body {
+            if let Some(rt) = resource_type {
+                c.needs_form_body = true;
+                c.form = Some(Box::new(FormState {
+                    resource_type: rt.to_string(),
+                    base: base.clone(),
+                    base_ok,
+                    compartment_pins,
+                }));
+            }
+        }
+        let complete = base_ok
+            && !c.needs_form_body
+            && (!rule.search || (!scan.open && (scan.pinned || compartment_pins)));
+        finish(&mut c, base, scan.patients, complete);
+        c
+    }
+
+    /// Add the patients of an `application/x-www-form-urlencoded` body (`POST [type]/_search`)
+    /// to a classification with `needs_form_body`, and settle its attribution. A body larger
+    /// than [`RuleSet::max_form_body_bytes`] is not read: the attribution stays `partial`.
+    /// Does nothing when the classification does not need a body.
+    pub fn attribute_form_body(&self, c: &mut Classification, body: &[u8]) {
+        let Some(state) = c.form.take() else { return };
+        c.needs_form_body = false;
+        if body.len() as u64 > self.max_form_body_bytes {
+            c.attribution = Attribution::Partial;
+            return;
+        }
+        let mut scan = Scan::default();
+        if let Some(q) = &c.query {
+            self.scan_query(
+                &state.resource_type,
+                q.as_bytes(),
+                PatientSource::Query,
+                &mut scan,
+            );
+        }
+        self.scan_query(&state.resource_type, body, PatientSource::Body, &mut scan);
+        let complete = state.base_ok && !scan.open && (scan.pinned || state.compartment_pins);
+        finish(c, state.base, scan.patients, complete);
+    }
+
+    /// Read FHIR search parameters for patients (see "Patients from a FHIR search query").
+    pub(super) fn scan_query(
+        &self,
+        resource_type: &str,
+        raw: &[u8],
+        source: PatientSource,
+        scan: &mut Scan,
+    ) {
+        if raw.contains(&b';') {
+            // Some servers split parameters on `;` too: what they see may differ from this.
+            scan.open = true;
+        }
+        let table = self.compartment.get(resource_type);
+        let on_patient = resource_type == "Patient";
+        for (name, value) in form_urlencoded::parse(raw) {
+            let name: &str = &name;
+            if widens(name) {
+                scan.open = true;
+                continue;
+            }
+            if name.contains('.') {
+                continue; // chained parameter: a filter, names no patient by id
+            }
+            let (param, modifier) = match name.split_once(':') {
+                Some((p, m)) => (p, Some(m)),
+                None => (name, None),
+            };
+            if on_patient && param == "_id" {
+                if modifier.is_none() && push_id_list(&mut scan.patients, &value, source) {
+                    scan.pinned = true;
+                }
+                continue;
+            }
+            let Some(info) = table.and_then(|t| t.params.get(param)) else {
+                continue;
+            };
+            let bare_is_patient = match modifier {
+                None => info.bare,
+                Some("Patient") => true,
+                Some(_) => continue,
+            };
+            if push_reference_list(&mut scan.patients, &value, bare_is_patient, source) && info.pin
+            {
+                scan.pinned = true;
+            }
+        }
+    }
+}
+
+/// The patients a matched rule names outright: the path's `{patient}` capture and every
+/// `Patient/<id>` pair (source `path`), the rule's patient query parameter and header. Returns
+/// them, whether the path named any, and whether every source the rule declares resolved
+/// (the rule's claim allowing `complete`).
+fn named_patients(
+    rule: &Rule,
+    caps: &[&str; MAX_CAPTURES],
+    query: Option<&str>,
+    headers: &http::HeaderMap,
+) -> (Vec<PatientRef>, bool, bool) {
+    // Patients from the path: the {patient} capture, and every `Patient/<id>` pair.
+    let mut base: Vec<PatientRef> = Vec::new();
+    if let Some(i) = rule.patient_cap {
+        push_patient(&mut base, caps[i], PatientSource::Path);
+    }
+    for pair in &rule.patient_pairs {
+        match *pair {
+            PatientPair::Literal { id } => push_patient(&mut base, caps[id], PatientSource::Path),
+            PatientPair::TypeCapture { ty, id } if caps[ty] == "Patient" => {
+                push_patient(&mut base, caps[id], PatientSource::Path)
+            }
+            PatientPair::TypeCapture { .. } => {}
+        }
+    }
+    let path_patients = !base.is_empty();
+    let mut base_ok = rule.claim == AttributionClaim::Complete;
+
+    if let Some(name) = &rule.patient_query {
+        let mut found = false;
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            if k == name.as_str() {
+                found = true;
+                base_ok &= push_id_list(&mut base, &v, PatientSource::Query);
+            }
+        }
+        base_ok &= found;
+    }
+    if let Some(name) = &rule.patient_header {
+        let mut found = false;
+        for v in headers.get_all(name) {
+            found = true;
+            match v.to_str() {
+                Ok(s) => base_ok &= push_id_list(&mut base, s.trim(), PatientSource::Header),
+                Err(_) => base_ok = false,
+            }
+        }
+        base_ok &= found;
+    }
+    (base, path_patients, base_ok)
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Scan {
+    pub(super) patients: Vec<PatientRef>,
+    /// A `pin` parameter resolved every item to a patient.
+    pub(super) pinned: bool,
+    /// Something may add results outside the pinned patients.
+    pub(super) open: bool,
+}
+
+pub(super) fn widens(name: &str) -> bool {
+    let base = name.split(':').next().unwrap_or(name);
+    matches!(base, "_include" | "_revinclude" | "_contained" | "_query")
+}
+
+/// Merge, deduplicate by id (first source wins), and set the attribution.
+pub(super) fn finish(
+    c: &mut Classification,
+    base: Vec<PatientRef>,
+    more: Vec<PatientRef>,
+    complete: bool,
+) {
+    let mut all = base;
+    all.extend(more);
+    if all.len() > 1 {
+        let mut seen = HashSet::with_capacity(all.len());
+        all.retain(|p| seen.insert(p.id.clone()));
+    }
+    c.attribution = if complete && !all.is_empty() {
+        Attribution::Complete
+    } else {
+        Attribution::Partial
+    };
+    c.patients = all;
+}
+
+pub(super) fn push_patient(out: &mut Vec<PatientRef>, id: &str, source: PatientSource) {
+    out.push(PatientRef {
+        id: id.to_string(),
+        source,
+    });
+}
+
+/// A comma-separated list of bare ids. True when every item is a valid id. Only header lists
+/// (`a, b`: HTTP allows spaces after the comma) are trimmed; a query item is taken as is.
+pub(super) fn push_id_list(out: &mut Vec<PatientRef>, value: &str, source: PatientSource) -> bool {
+    if value.is_empty() {
+        return false;
+    }
+    let mut all = true;
+    for item in value.split(',') {
+        let item = if source == PatientSource::Header {
+            item.trim_matches([' ', '\t'])
+        } else {
+            item
+        };
+        if is_fhir_id(item) {
+            push_patient(out, item, source);
+        } else {
+            all = false;
+        }
+    }
+    all
+}
+
+/// A FHIR reference search value (OR list). True when every item named a patient.
+pub(super) fn push_reference_list(
+    out: &mut Vec<PatientRef>,
+    value: &str,
+    bare_is_patient: bool,
+    source: PatientSource,
+) -> bool {
+    if value.is_empty() || value.contains('\\') {
+        return false; // `\,` escapes: the items are not what a plain split gives
+    }
+    let mut all = true;
+    for item in value.split(',') {
+        match patient_in_reference(item, bare_is_patient) {
+            Some(id) => push_patient(out, id, source),
+            None => all = false,
+        }
+    }
+    all
+}
+
+impl RuleSet {
+    /// True when the proxy must answer 403: the request is unmatched and the policy is `deny`.
+    pub fn denies(&self, c: &Classification) -> bool {
+        !c.matched && self.unmatched == UnmatchedPolicy::Deny
+    }
+}

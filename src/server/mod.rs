@@ -1,0 +1,581 @@
+//! Assembling the gateway process: config → journal, identity, rules → pingora server.
+//!
+//! Owns start-up order and its failure modes. Everything that can be checked before the first
+//! request is checked here, and any failure stops start-up with a clear error (exit 2): the
+//! journal directory must open and recover, keys must load, rules must compile. Only then does
+//! the listener open, so the gateway never accepts a request it cannot record.
+
+pub mod admin;
+pub mod reload;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use pingora::apps::HttpServerOptions;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::BackgroundService;
+
+use crate::config::Config;
+use crate::journal::{CheckpointTiming, Checkpointing, Journal, JournalError, RecoveryReport};
+use crate::proxy::live::Live;
+use crate::proxy::Gateway;
+use crate::server::admin::{AdminApp, Readiness};
+use crate::server::reload::Reloader;
+use crate::tlog::checkpoint::CheckpointSigner;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+    #[error(transparent)]
+    Load(#[from] crate::server::reload::ReloadError),
+    #[error(transparent)]
+    Config(#[from] crate::config::error::ConfigError),
+    #[error("runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+    #[error("archive: {0}")]
+    Archive(#[from] crate::archive::ArchiveError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Listen {
+        addr: String,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Load everything [`prepare`] loads except the journal (keys and JWKS, rules, GeoIP, TLS
+/// material, the upstream's CA bundle, the checkpoint key), and drop it. For an upgrade this
+/// runs before the new process takes the listening sockets: a new binary or configuration that
+/// cannot start fails here, while the running process still serves.
+pub fn preflight(config: &Config, base_dir: &std::path::Path) -> Result<(), StartError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(crate::server::reload::load_snapshot(config, base_dir))?;
+    config.upstream.target()?;
+    if let Some(ca) = &config.upstream.ca_file {
+        crate::network::tls::load_certificates(ca)
+            .map_err(crate::server::reload::ReloadError::from)?;
+    }
+    crate::network::tls::TlsMaterial::load(&config.tls)
+        .map_err(crate::server::reload::ReloadError::from)?;
+    CheckpointSigner::load(
+        &config.checkpoint.key_file,
+        config.checkpoint.create_key_if_missing,
+        &format!("auditgate/{}", config.server.node),
+    )
+    .map_err(JournalError::from)?;
+    Ok(())
+}
+
+/// Check that every address the process listens on can be bound now: a port already in use is
+/// a start error with its address, not a service that silently never runs. (Not for an
+/// upgrade, where the running process holds them and hands them over.)
+pub fn check_listen_addresses(config: &Config) -> Result<(), StartError> {
+    let mut addresses: Vec<(&str, &'static str)> = config
+        .server
+        .listen
+        .iter()
+        .map(|a| (a.as_str(), "server.listen"))
+        .chain(config.tls.listen.iter().map(|a| (a.as_str(), "tls.listen")))
+        .collect();
+    if config.admin.enabled {
+        addresses.push((config.admin.listen.as_str(), "admin.listen"));
+    }
+    for (addr, what) in addresses {
+        std::net::TcpListener::bind(addr).map_err(|source| StartError::Listen {
+            addr: addr.to_string(),
+            what,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// What `prepare` built: the gateway logic and the runtime that runs its background tasks.
+pub struct Prepared {
+    pub gateway: Gateway,
+    pub recovery: RecoveryReport,
+    /// Runs the JWKS refresher and the archiver; kept alive for the life of the process.
+    pub background: tokio::runtime::Runtime,
+    /// The archiver's counters, when an archive is configured.
+    pub archive_stats: Option<Arc<crate::archive::ArchiveStats>>,
+    /// The admin listener's application (`/metrics`, `/healthz`, `/readyz`).
+    pub admin: AdminApp,
+    /// The TLS listeners' certificate, when there are TLS listeners.
+    pub tls_certs: Option<Arc<crate::network::tls::ServerCerts>>,
+}
+
+/// Open the journal, load keys and rules: everything but the listener. With `config_path`,
+/// SIGHUP reloads identity, rules and network policy from that file. `journal_wait`: how long
+/// to wait for another process to release the journal directory (an upgrade: the old process
+/// releases it once it has drained); zero fails at once.
+pub fn prepare(
+    config: &Config,
+    base_dir: &std::path::Path,
+    config_path: Option<&std::path::Path>,
+    journal_wait: Duration,
+) -> Result<Prepared, StartError> {
+    let background = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("auditgate-bg")
+        .enable_all()
+        .build()?;
+    let live = Arc::new(Live::new(
+        background.block_on(crate::server::reload::load_snapshot(config, base_dir))?,
+    ));
+    // TLS listeners' certificate: checked now, reloaded on SIGHUP.
+    let tls_certs = if config.tls.listen.is_empty() {
+        None
+    } else {
+        crate::network::tls::TlsMaterial::load(&config.tls)
+            .map_err(crate::server::reload::ReloadError::from)?
+            .map(|m| Arc::new(crate::network::tls::ServerCerts::new(m)))
+    };
+    let reloader = Arc::new(
+        Reloader::new(
+            config_path.unwrap_or(std::path::Path::new("")),
+            config.clone(),
+            live.clone(),
+        )
+        .with_tls_certs(tls_certs.clone()),
+    );
+    // JWKS URLs are refetched every `jwks_refresh_secs` for the life of the process (a key the
+    // IdP withdraws stops being trusted within that time); a reload restarts the refresher.
+    {
+        let _entered = background.enter();
+        reloader.start_refresher();
+    }
+    if config_path.is_some() {
+        reloader.clone().reload_on_sighup(&background)?;
+    }
+    background.spawn(crate::server::reload::watch_geoip_files(live.clone()));
+    let target = config.upstream.target()?;
+    let upstream_ca = match (&config.upstream.ca_file, target.tls) {
+        (Some(path), true) => Some(Arc::new(
+            crate::network::tls::load_certificates(path)
+                .map_err(crate::server::reload::ReloadError::from)?
+                .into_boxed_slice(),
+        )),
+        _ => None,
+    };
+    if target.tls && config.upstream.insecure_skip_verify {
+        tracing::error!(
+            "upstream.insecure_skip_verify is on: the EHR's certificate is NOT checked, so anyone on the path can read and change patient data; never use this in production"
+        );
+    }
+    // The archive must be able to take locked objects before anything is recorded.
+    let archive_store = background.block_on(crate::archive::open_store(&config.archive));
+    let mut archive_checked = false;
+    match &archive_store {
+        Some(store) => match background.block_on(async {
+            // An endpoint that accepts connections but never answers must not hold the start.
+            tokio::time::timeout(Duration::from_secs(15), store.check_ready())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(crate::archive::ArchiveError::Unreachable {
+                        target: store.target(),
+                        detail: "no answer within 15 s".into(),
+                    })
+                })
+        }) {
+            Ok(()) => archive_checked = true,
+            // A bucket that cannot lock objects is a configuration error: refuse to start.
+            Err(e @ crate::archive::ArchiveError::NotLocked { .. }) => return Err(e.into()),
+            // S3 unreachable right now: the local journal is the durable store, so serve; the
+            // archiver checks the bucket again before it ships anything.
+            Err(e) => tracing::error!(
+                error = %e,
+                category = e.category(),
+                "cannot check the archive now; starting anyway, nothing is shipped until the bucket is confirmed to have Object Lock"
+            ),
+        },
+        None => tracing::warn!(
+            "no archive configured ([archive] kind = \"none\"): sealed segments and checkpoints stay on this disk only"
+        ),
+    }
+    // The journal opens last of the checks (and before any listener): a start that fails on
+    // keys, rules or the upstream address leaves no journal directory behind.
+    let load_signer = |create: bool| {
+        CheckpointSigner::load(
+            &config.checkpoint.key_file,
+            create,
+            &format!("auditgate/{}", config.server.node),
+        )
+        .map_err(JournalError::from)
+    };
+    let checkpointing = |signer| Checkpointing {
+        signer,
+        timing: CheckpointTiming {
+            interval: Duration::from_secs(config.checkpoint.interval_secs),
+            heartbeat: Duration::from_secs(config.checkpoint.heartbeat_secs),
+        },
+    };
+    let signer = load_signer(config.checkpoint.create_key_if_missing)?;
+    // The verifier key is public: auditors need it to check checkpoints and proofs.
+    tracing::info!(
+        public_key = signer.public_key(),
+        "checkpoints are signed with this key"
+    );
+    let mut signer = Some(signer);
+    let wait_until = std::time::Instant::now() + journal_wait;
+    let (journal, recovery) = loop {
+        let attempt = match signer.take() {
+            Some(s) => s,
+            None => load_signer(false)?,
+        };
+        match Journal::open_with_checkpoints(
+            &config.journal.dir,
+            &config.server.node,
+            &config.journal,
+            Some(checkpointing(attempt)),
+        ) {
+            Err(JournalError::Locked(_)) if std::time::Instant::now() < wait_until => {
+                tracing::debug!(
+                    "the journal is held by the running process; waiting for its drain"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => break other?,
+        }
+    };
+    let archive_stats = match archive_store {
+        Some(store) => {
+            if !store.is_worm() {
+                tracing::warn!(target = %store.target(), "the archive is a local directory: NOT write-once; use kind = \"s3\" with Object Lock in production");
+            }
+            let archiver = crate::archive::Archiver::new(
+                &config.journal.dir,
+                &config.server.node,
+                &config.archive.prefix,
+                store,
+                config.archive.retention(),
+            )?
+            .compression(config.archive.compression)
+            .delete_local_after_ship(config.archive.delete_local_after_ship)
+            .store_checked(archive_checked);
+            let stats = archiver.stats();
+            background.spawn(archiver.run(
+                Duration::from_secs(config.archive.poll_interval_secs),
+                Duration::from_secs(config.archive.retry_max_secs),
+            ));
+            Some(stats)
+        }
+        None => None,
+    };
+    let listeners = config
+        .server
+        .listen
+        .iter()
+        .chain(&config.tls.listen)
+        .filter_map(|a| a.parse::<SocketAddr>().ok().map(|s| (s, a.clone())))
+        .collect();
+    let admin = AdminApp {
+        readiness: Readiness {
+            journal: journal.clone(),
+            live: live.clone(),
+            archive_configured: archive_stats.is_some(),
+            archive_grace: Duration::from_secs(config.admin.archive_unreachable_grace_secs),
+            draining: Arc::new(AtomicBool::new(false)),
+        },
+    };
+    let gateway = Gateway {
+        live,
+        in_flight: Arc::new(AtomicUsize::new(0)),
+        journal,
+        node: config.server.node.clone(),
+        listeners,
+        upstream: config.upstream.clone(),
+        upstream_authority: target.authority,
+        upstream_tls: target.tls,
+        upstream_sni: config.upstream.server_name.clone().unwrap_or(target.host),
+        upstream_ca,
+        connector: pingora::connectors::http::Connector::new(Some(
+            pingora::connectors::ConnectorOptions::new(UPSTREAM_POOL_SIZE),
+        )),
+        buffer_slots: Arc::new(tokio::sync::Semaphore::new(
+            config.attribution.max_buffered_requests,
+        )),
+        buffer_wait: Duration::from_secs(config.attribution.buffered_wait_secs),
+    };
+    Ok(Prepared {
+        gateway,
+        recovery,
+        background,
+        archive_stats,
+        admin,
+        tls_certs,
+    })
+}
+
+/// How long the clean stop waits for the journal to seal its open segment and store the
+/// checkpoint, after the drain.
+pub const JOURNAL_CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Idle connections to the upstream kept by the buffered path (pingora's default pool size).
+const UPSTREAM_POOL_SIZE: usize = 128;
+
+/// How long no request must be in flight before the drain counts as done (a keep-alive
+/// connection may still deliver one it had sent when the listeners closed).
+const DRAIN_QUIET: Duration = Duration::from_millis(200);
+
+/// The pingora server for `config`, bootstrapped: with `upgrade`, this takes the listening
+/// sockets from the running process (which hands them over on SIGQUIT).
+pub fn new_server(config: &Config, upgrade: bool) -> Server {
+    let conf = ServerConf {
+        threads: config.server.threads,
+        // Pingora's own drain is a fixed sleep; the drain monitor below ends the process as
+        // soon as nothing is in flight, so this is only the upper bound behind it.
+        grace_period_seconds: Some(
+            config.server.drain_timeout_secs + JOURNAL_CLOSE_TIMEOUT.as_secs() + 2,
+        ),
+        graceful_shutdown_timeout_seconds: Some(1),
+        pid_file: config.server.pid_file.to_string_lossy().into_owned(),
+        upgrade_sock: config.server.upgrade_sock.to_string_lossy().into_owned(),
+        ..ServerConf::default()
+    };
+    let opt = pingora::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    server.bootstrap();
+    server
+}
+
+/// Run the gateway until SIGTERM/SIGINT/SIGQUIT; never returns.
+pub fn run(config: &Config, server: Server, prepared: Prepared) -> ! {
+    run_with(config, server, prepared, Vec::new())
+}
+
+/// Run the gateway plus extra pingora services (the demo's sample upstream); never returns.
+///
+/// The stop, in order:
+/// 1. SIGTERM: `/readyz` answers 503 at once; the proxy keeps serving for
+///    `server.shutdown_delay_secs`. SIGQUIT (upgrade): the listening sockets go to the new
+///    process first. SIGINT: at once, no drain.
+/// 2. The listeners close. The drain monitor waits until no request is in flight (at most
+///    `server.drain_timeout_secs`).
+/// 3. The journal commits what is queued, seals the open segment and stores its signed
+///    checkpoint; the process exits 0 (1 if the journal could not close cleanly: the next start
+///    recovers it as after a crash).
+pub fn run_with(
+    config: &Config,
+    mut server: Server,
+    prepared: Prepared,
+    extra: Vec<Box<dyn pingora::services::ServiceWithDependents>>,
+) -> ! {
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    let journal = prepared.gateway.journal.clone();
+    let in_flight = prepared.gateway.in_flight.clone();
+    let draining = prepared.admin.readiness.draining.clone();
+    let mut service =
+        pingora::proxy::ProxyServiceBuilder::new(&server.configuration, prepared.gateway)
+            .name("auditgate")
+            .server_options(options)
+            .build();
+    for addr in &config.server.listen {
+        service.add_tcp(addr);
+    }
+    if let Some(certs) = &prepared.tls_certs {
+        for addr in &config.tls.listen {
+            match crate::network::tls::listener_settings(&config.tls, certs.clone()) {
+                Ok(settings) => service.add_tls_with_settings(addr, None, settings),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot set up the TLS listener");
+                    eprintln!("auditgate: cannot start: tls: {e}");
+                    std::process::exit(2);
+                }
+            }
+        }
+    }
+    server.add_service(service);
+    if config.admin.enabled {
+        let mut admin =
+            pingora::services::listening::Service::new("auditgate-admin".into(), prepared.admin);
+        admin.add_tcp(&config.admin.listen);
+        server.add_service(admin);
+    }
+    server.add_service(pingora::services::background::background_service(
+        "drain monitor",
+        DrainMonitor {
+            in_flight,
+            draining: draining.clone(),
+            journal: journal.clone(),
+            drain_timeout: Duration::from_secs(config.server.drain_timeout_secs),
+        },
+    ));
+    server.add_services(extra);
+    tracing::info!(
+        node = %config.server.node,
+        listeners = ?config.server.listen,
+        admin = if config.admin.enabled { config.admin.listen.as_str() } else { "off" },
+        head_seq = prepared.recovery.head_seq,
+        "auditgate listening"
+    );
+    // The background runtime (archiver, JWKS refresh, SIGHUP) lives until the exit.
+    std::mem::forget(prepared.background);
+    // Pingora builds each service's listeners in that service's runtime and panics there when
+    // it cannot: the rest of the process would run on without the listener. A gateway missing
+    // its proxy or admin listener must not run at all.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        if info.to_string().contains("Failed to build listeners") {
+            tracing::error!("a listener could not be opened; stopping");
+            std::process::exit(2);
+        }
+    }));
+    server.run(pingora::server::RunArgs {
+        shutdown_signal: Box::new(Signals {
+            draining,
+            shutdown_delay: Duration::from_secs(config.server.shutdown_delay_secs),
+        }),
+    });
+    // Reached after SIGINT, or when pingora's upper bound ran out before the drain monitor
+    // finished: every request is finished or cut off.
+    std::process::exit(close_journal(&journal))
+}
+
+/// Seal and close the journal, once per process; the exit code to use. The drain monitor and
+/// the path after pingora's own shutdown may both get here: the second waits for the first
+/// and reports its result.
+fn close_journal(journal: &Journal) -> i32 {
+    static CLOSED: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+    *CLOSED.get_or_init(|| close_journal_once(journal))
+}
+
+fn close_journal_once(journal: &Journal) -> i32 {
+    match journal.close(JOURNAL_CLOSE_TIMEOUT) {
+        Ok(report) => {
+            tracing::info!(
+                head_seq = report.head_seq,
+                sealed = report.sealed.is_some(),
+                "auditgate stopped cleanly"
+            );
+            0
+        }
+        Err(e) => {
+            tracing::error!(
+                error = %e,
+                category = e.category(),
+                "the journal did not close cleanly; the next start recovers it"
+            );
+            1
+        }
+    }
+}
+
+/// The shutdown signals, with the SIGTERM delay during which `/readyz` already fails.
+struct Signals {
+    draining: Arc<AtomicBool>,
+    shutdown_delay: Duration,
+}
+
+#[async_trait::async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut quit = signal(SignalKind::quit()).expect("SIGQUIT handler");
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = quit.recv() => {
+                tracing::info!("SIGQUIT: handing the listeners to the new process, then draining");
+                self.draining.store(true, Ordering::Release);
+                ShutdownSignal::GracefulUpgrade
+            }
+            _ = term.recv() => {
+                self.draining.store(true, Ordering::Release);
+                tracing::info!(
+                    delay_secs = self.shutdown_delay.as_secs(),
+                    "SIGTERM: /readyz now fails; serving through the delay, then draining"
+                );
+                // SIGINT still means "now" during the delay.
+                tokio::select! {
+                    _ = tokio::time::sleep(self.shutdown_delay) => ShutdownSignal::GracefulTerminate,
+                    _ = int.recv() => {
+                        tracing::info!("SIGINT during the delay: stopping now, without a drain");
+                        ShutdownSignal::FastShutdown
+                    }
+                }
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: stopping now, without a drain");
+                ShutdownSignal::FastShutdown
+            }
+        }
+    }
+}
+
+/// Ends the process once the listeners are closed and no request is in flight: closes the
+/// journal (sealing the open segment) and exits, instead of sleeping out pingora's fixed drain
+/// period.
+struct DrainMonitor {
+    in_flight: Arc<AtomicUsize>,
+    draining: Arc<AtomicBool>,
+    journal: Journal,
+    drain_timeout: Duration,
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for DrainMonitor {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                return;
+            }
+        }
+        self.draining.store(true, Ordering::Release);
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        let mut quiet_since: Option<tokio::time::Instant> = None;
+        // SIGINT (or a second SIGTERM) during the drain ends it at once.
+        let mut hurry =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+        let mut again =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        loop {
+            let now = tokio::time::Instant::now();
+            let busy = self.in_flight.load(Ordering::Acquire);
+            if busy == 0 {
+                if now.duration_since(*quiet_since.get_or_insert(now)) >= DRAIN_QUIET {
+                    tracing::info!("drained: no request in flight");
+                    break;
+                }
+            } else {
+                quiet_since = None;
+            }
+            if now >= deadline {
+                tracing::warn!(
+                    in_flight = busy,
+                    "drain timeout: cutting off the requests still in flight"
+                );
+                break;
+            }
+            let interrupted = tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(20)) => false,
+                Some(_) = async { hurry.as_mut()?.recv().await } => true,
+                Some(_) = async { again.as_mut()?.recv().await } => true,
+            };
+            if interrupted {
+                tracing::warn!(
+                    in_flight = busy,
+                    "asked again to stop: ending the drain now, cutting off the requests still in flight"
+                );
+                break;
+            }
+        }
+        let journal = self.journal.clone();
+        let code = tokio::task::spawn_blocking(move || close_journal(&journal))
+            .await
+            .unwrap_or(1);
+        std::process::exit(code)
+    }
+}

@@ -19,6 +19,11 @@
 //! (preallocated, zero-filled, 64 MiB, written round) and calls `fdatasync`, inline on the worker
 //! thread: no journal, no hashing, no other thread to wake. The cheapest way to make one record
 //! per request durable before answering; only meaningful at a moderate load (no group commit).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark peer that cannot start has nothing to measure: it stops with the reason"
+)]
 
 use std::process::ExitCode;
 use std::time::Duration;

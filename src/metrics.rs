@@ -159,61 +159,68 @@ pub const ACTIONS: [&str; 5] = ["C", "R", "U", "D", "E"];
 /// The outcome labels of `auditgate_requests_total`.
 pub const OUTCOMES: [&str; 5] = ["2xx", "3xx", "4xx", "5xx", "aborted"];
 
+/// Register a metric built from this file's constant names, help texts and labels.
+#[allow(
+    clippy::expect_used,
+    reason = "an invalid or duplicate metric name is a bug in this file, found by its unit tests \
+              and by any start; never a run-time condition"
+)]
+fn registered<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("metric names, help texts and labels are valid constants");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
+}
+
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("valid metric");
-    registry.register(Box::new(c.clone())).expect("unique name");
-    c
+    registered(registry, IntCounter::new(name, help))
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry.register(Box::new(c.clone())).expect("unique name");
-    c
+    registered(registry, IntCounterVec::new(Opts::new(name, help), labels))
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
-    let g = Gauge::new(name, help).expect("valid metric");
-    registry.register(Box::new(g.clone())).expect("unique name");
-    g
+    registered(registry, Gauge::new(name, help))
 }
 
 fn int_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("valid metric");
-    registry.register(Box::new(g.clone())).expect("unique name");
-    g
+    registered(registry, IntGauge::new(name, help))
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
-    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
-        .expect("valid metric");
-    registry.register(Box::new(h.clone())).expect("unique name");
-    h
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    registered(registry, Histogram::with_opts(opts))
 }
 
 impl Metrics {
     fn new() -> Metrics {
         let r = Registry::new();
-        let request_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "auditgate_request_duration_seconds",
-                "Time from the request head to the end of the response, by action.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["action"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(request_duration.clone()))
-            .expect("unique name");
-        let build_info = IntGaugeVec::new(
-            Opts::new(
-                "auditgate_build_info",
-                "Always 1; the version is the label.",
+        let request_duration = registered(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "auditgate_request_duration_seconds",
+                    "Time from the request head to the end of the response, by action.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["action"],
             ),
-            &["version"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(build_info.clone()))
-            .expect("unique name");
+        );
+        let build_info = registered(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "auditgate_build_info",
+                    "Always 1; the version is the label.",
+                ),
+                &["version"],
+            ),
+        );
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -441,18 +448,16 @@ impl Metrics {
                 "auditgate_config_last_reload_success_timestamp_seconds",
                 "Unix time of the last configuration load that took effect (start or reload).",
             ),
-            geoip_build_timestamp: {
-                let g = prometheus::GaugeVec::new(
+            geoip_build_timestamp: registered(
+                &r,
+                prometheus::GaugeVec::new(
                     Opts::new(
                         "auditgate_geoip_build_timestamp_seconds",
                         "When the loaded GeoIP database was built (its metadata's build epoch), by database (city, asn).",
                     ),
                     &["database"],
-                )
-                .expect("valid metric");
-                r.register(Box::new(g.clone())).expect("unique name");
-                g
-            },
+                ),
+            ),
             geoip_reloads: counter_vec(
                 &r,
                 "auditgate_geoip_reloads_total",
@@ -598,9 +603,10 @@ impl Metrics {
         self.clock_max_error.set(clock.max_error_ms as f64 / 1000.0);
         self.clock_est_error.set(clock.est_error_ms as f64 / 1000.0);
         let mut out = Vec::with_capacity(16 * 1024);
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding into a Vec cannot fail");
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            // Writing into a Vec does not fail; a metric family the encoder refuses is a bug.
+            tracing::error!(error = %e, "could not encode the metrics");
+        }
         out
     }
 }

@@ -400,8 +400,11 @@ pub struct Event {
 
 impl Event {
     /// Serialise to the JSON object the writer splices after the chain header.
+    #[allow(
+        clippy::expect_used,
+        reason = "plain structs of strings, numbers and string-keyed maps always serialise"
+    )]
     pub fn to_json(&self) -> Vec<u8> {
-        // Serialising plain structs of strings and numbers cannot fail.
         serde_json::to_vec(self).expect("an Event always serialises")
     }
 }
@@ -427,11 +430,16 @@ pub struct Record {
     pub event: Event,
 }
 
+/// `s` as a JSON string (quoted, escaped), as the chain header carries the node name.
+pub fn json_string(s: &str) -> Vec<u8> {
+    serde_json::Value::from(s).to_string().into_bytes()
+}
+
 /// Build the line bytes (without newline) from a chain header and an event's JSON object.
 ///
 /// `event_json` must be a JSON object with at least one field (an [`Event`] always is).
 pub fn splice_line(out: &mut Vec<u8>, header: &ChainHeader, event_json: &[u8]) {
-    let node_json = serde_json::to_vec(&header.node).expect("string serialises");
+    let node_json = json_string(&header.node);
     splice_parts(
         out,
         header.v,

@@ -2,7 +2,12 @@
 //! memory proportional to the bytes read (measured with a counting allocator: this binary has
 //! one test, so nothing else allocates while it measures) and time that grows linearly, not
 //! quadratically, with the number of entries. Deep nesting is refused by serde_json's depth
-//! limit (the unit tests in `src/extract.rs` show it becomes `invalid_json`).
+//! limit (the unit tests in `src/attribution/extract.rs` show it becomes `invalid_json`).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails by panicking, with the message of the unwrap or expect that found it"
+)]
 
 // A counting `GlobalAlloc` is `unsafe impl` by definition; it forwards to `System` unchanged.
 // Test-only: the crate itself denies unsafe code.

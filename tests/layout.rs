@@ -20,6 +20,11 @@
 //!
 //! On failure the test prints each circle with the arrows that tie it, as
 //! `src/a.rs -> src/b.rs (via crate::b::Thing)`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails by panicking, with the message of the unwrap or expect that found it"
+)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

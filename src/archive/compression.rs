@@ -46,19 +46,18 @@ impl SegmentCompression {
     }
 
     /// Compress a segment at the fastest level. Deterministic for a given library version (no
-    /// name or time in the header); a retry compares content, not compressed bytes.
-    pub fn compress(self, bytes: &[u8]) -> Vec<u8> {
+    /// name or time in the header); a retry compares content, not compressed bytes. Fails only
+    /// if the compressor cannot allocate its state.
+    pub fn compress(self, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
         match self {
-            SegmentCompression::Zstd => {
-                zstd::bulk::compress(bytes, ZSTD_LEVEL).expect("compressing into memory")
-            }
+            SegmentCompression::Zstd => zstd::bulk::compress(bytes, ZSTD_LEVEL),
             SegmentCompression::Gzip => {
                 let mut encoder = flate2::write::GzEncoder::new(
                     Vec::with_capacity(bytes.len() / 4),
                     flate2::Compression::fast(),
                 );
-                encoder.write_all(bytes).expect("writing to a Vec");
-                encoder.finish().expect("writing to a Vec")
+                encoder.write_all(bytes)?;
+                encoder.finish()
             }
         }
     }

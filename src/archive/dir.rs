@@ -52,7 +52,7 @@ impl ArchiveStore for DirStore {
         _retain_until: SystemTime,
     ) -> Result<PutResult, ArchiveError> {
         let path = self.path(key);
-        let dir = path.parent().expect("keys have a directory").to_path_buf();
+        let dir = path.parent().map_or_else(|| self.root.clone(), Path::to_path_buf);
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         if path.exists() {
             return Ok(PutResult::AlreadyExists);
@@ -98,8 +98,9 @@ impl ArchiveStore for DirStore {
                 if entry.file_type()?.is_dir() {
                     walk(root, &path, out)?;
                 } else if !entry.file_name().to_string_lossy().starts_with('.') {
-                    let rel = path.strip_prefix(root).expect("under root");
-                    out.push(rel.to_string_lossy().replace('\\', "/"));
+                    if let Ok(rel) = path.strip_prefix(root) {
+                        out.push(rel.to_string_lossy().replace('\\', "/"));
+                    }
                 }
             }
             Ok(())

@@ -278,8 +278,8 @@ impl Archiver {
             self.looked_for_other_compression = true;
             if stored_before {
                 // Compared by content (and its lock checked) as any retry's object is.
-                self.ship(&other_key, other.compress(&plain), Some(&plain))
-                    .await?;
+                let recompressed = other.compress(&plain).map_err(io_err(path))?;
+                self.ship(&other_key, recompressed, Some(&plain)).await?;
             } else {
                 self.ship(&key, compressed, Some(&plain)).await?;
             }
@@ -451,9 +451,9 @@ pub(super) async fn read_and_compress(
         .name("archive-compress".into())
         .spawn(move || {
             lower_this_threads_priority(COMPRESS_NICENESS);
-            let result = fs::read(&read_path).map(|plain| {
-                let compressed = compression.compress(&plain);
-                (plain, compressed)
+            let result = fs::read(&read_path).and_then(|plain| {
+                let compressed = compression.compress(&plain)?;
+                Ok((plain, compressed))
             });
             let _ = tx.send(result);
         })

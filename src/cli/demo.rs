@@ -54,17 +54,22 @@ impl SampleFhir {
     }
 
     fn answer(status: u16, body: &Value) -> Response<Vec<u8>> {
-        let bytes = serde_json::to_vec(body).expect("json");
-        Response::builder()
-            .status(status)
-            .header("content-type", "application/fhir+json")
-            .header("content-length", bytes.len())
-            .body(bytes)
-            .expect("response")
+        let bytes = body.to_string().into_bytes();
+        let mut response = Response::new(Vec::new());
+        *response.status_mut() =
+            http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/fhir+json"),
+        );
+        headers.insert(http::header::CONTENT_LENGTH, bytes.len().into());
+        *response.body_mut() = bytes;
+        response
     }
 
     fn search(&self, rtype: &str, query: &str) -> Value {
-        let store = self.store.lock().expect("store");
+        let store = self.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let wanted: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
             .into_owned()
             .collect();
@@ -110,7 +115,7 @@ impl ServeHttp for SampleFhir {
             ("GET", [rtype, id]) => match self
                 .store
                 .lock()
-                .expect("store")
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .get(&format!("{rtype}/{id}"))
             {
                 Some(r) => Self::answer(200, r),
@@ -118,11 +123,11 @@ impl ServeHttp for SampleFhir {
             },
             ("POST", [rtype]) => {
                 let mut resource: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
-                let id = format!("new{}", self.store.lock().expect("store").len());
+                let id = format!("new{}", self.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len());
                 resource["id"] = json!(id);
                 self.store
                     .lock()
-                    .expect("store")
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .insert(format!("{rtype}/{id}"), resource.clone());
                 Self::answer(201, &resource)
             }
@@ -130,14 +135,14 @@ impl ServeHttp for SampleFhir {
                 let resource: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
                 self.store
                     .lock()
-                    .expect("store")
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .insert(format!("{rtype}/{id}"), resource.clone());
                 Self::answer(200, &resource)
             }
             ("DELETE", [rtype, id]) => {
                 self.store
                     .lock()
-                    .expect("store")
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .remove(&format!("{rtype}/{id}"));
                 Self::answer(200, &json!({"resourceType": "OperationOutcome"}))
             }
@@ -258,23 +263,23 @@ enabled = false
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
-    let steps: Vec<(&str, String, Option<Value>, Option<&str>)> = vec![
-        ("GET", format!("{base}/metadata"), None, Some(&token)),
-        ("GET", format!("{base}/Patient/p1"), None, Some(&token)),
+    let steps: Vec<(reqwest::Method, String, Option<Value>, Option<&str>)> = vec![
+        (reqwest::Method::GET, format!("{base}/metadata"), None, Some(&token)),
+        (reqwest::Method::GET, format!("{base}/Patient/p1"), None, Some(&token)),
         (
-            "GET",
+            reqwest::Method::GET,
             format!("{base}/Observation?subject=Patient/p1"),
             None,
             Some(&token),
         ),
         (
-            "GET",
+            reqwest::Method::GET,
             format!("{base}/Patient/p2/Observation"),
             None,
             Some(&token),
         ),
         (
-            "POST",
+            reqwest::Method::POST,
             format!("{base}/Observation"),
             Some(
                 json!({"resourceType": "Observation", "status": "final", "subject": {"reference": "Patient/p2"}}),
@@ -282,20 +287,20 @@ enabled = false
             Some(&token),
         ),
         (
-            "PUT",
+            reqwest::Method::PUT,
             format!("{base}/Patient/p2"),
             Some(json!({"resourceType": "Patient", "id": "p2", "active": true})),
             Some(&token),
         ),
         (
-            "DELETE",
+            reqwest::Method::DELETE,
             format!("{base}/Observation/o3"),
             None,
             Some(&token),
         ),
-        ("GET", format!("{base}/Patient/p1"), None, None),
+        (reqwest::Method::GET, format!("{base}/Patient/p1"), None, None),
         (
-            "GET",
+            reqwest::Method::GET,
             format!("{base}/Patient/p1%2F..%2Fp2"),
             None,
             Some(&token),
@@ -304,7 +309,7 @@ enabled = false
     println!("== requests through the gateway (http://127.0.0.1:{gateway_port}/fhir)");
     rt.block_on(async {
         for (method, url, body, bearer) in &steps {
-            let mut req = client.request(method.parse().expect("method"), url);
+            let mut req = client.request(method.clone(), url);
             if let Some(t) = bearer {
                 req = req.bearer_auth(t);
             }
@@ -393,12 +398,11 @@ enabled = false
     };
     let report = crate::verify::verify_journal_with(&journal_dir, &options)?;
     crate::cli::print::print_report(&report);
-    if head > 0 {
+    if let (true, Some(verifier)) = (head > 0, options.key.as_ref()) {
         println!(
             "\n== auditgate prove --journal {} {head}   (then verify-proof with the public key)",
             journal_dir.display()
         );
-        let verifier = options.key.as_ref().expect("set above");
         let checked = crate::verify::proof::prove_record(&journal_dir, head, None)
             .and_then(|bundle| crate::verify::proof::check_bundle(&bundle, verifier));
         match checked {

@@ -633,7 +633,7 @@ fn rules_command(command: RulesCommand) -> ExitCode {
             if json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&x).expect("an explanation serialises")
+                    print::pretty_json(&x)
                 );
             } else {
                 print!("{}", render_explanation(&x));
@@ -873,7 +873,7 @@ fn emit_report<R: serde::Serialize>(
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(report).expect("report serialises")
+            print::pretty_json(report)
         );
     } else {
         print_text(report);
@@ -1048,7 +1048,7 @@ fn prove(
             return ExitCode::from(2);
         }
     };
-    let text = serde_json::to_string_pretty(&bundle).expect("bundle serialises") + "\n";
+    let text = print::pretty_json(&bundle) + "\n";
     match out {
         Some(path) => match std::fs::write(&path, text) {
             Ok(()) => {

@@ -1,4 +1,5 @@
-//! Human-readable verification reports, as `verify` and `demo` print them.
+//! Human-readable verification reports, as `verify` and `demo` print them, and the JSON the
+//! commands print with `--json`.
 
 /// Human-readable verify report.
 pub fn print_report(report: &crate::verify::Report) {
@@ -127,4 +128,14 @@ pub fn print_archive_report(report: &crate::verify::ArchiveReport) {
     } else {
         println!("FAILED: {count} finding(s)");
     }
+}
+
+/// `value` as indented JSON.
+#[allow(
+    clippy::expect_used,
+    reason = "the command line prints its own report types: structs of strings, numbers and \
+              string-keyed maps, which always serialise"
+)]
+pub fn pretty_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string_pretty(value).expect("a report serialises")
 }

@@ -178,7 +178,7 @@ impl Journal {
 
     /// Why the journal refuses records, if it does.
     pub fn failure(&self) -> Option<String> {
-        self.failure.lock().expect("failure lock").clone()
+        self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 }
 

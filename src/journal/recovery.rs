@@ -11,7 +11,7 @@ use super::segment::{
     zero_fill, Head, LineHead, SegmentName, SPARE_TMP,
 };
 use super::writer::{Checkpointing, Writer, WriterCheckpoints, LEAVES_PER_HANDOVER};
-use crate::record::{self};
+use crate::record;
 use crate::tlog::checkpoint::Checkpointer;
 use crate::tlog::merkle::{self, Frontier};
 use std::fs::{self, File, OpenOptions};
@@ -199,7 +199,7 @@ impl Journal {
         let failure = Arc::new(std::sync::Mutex::new(None));
         let writer = Writer {
             dir: dir.to_path_buf(),
-            node_json: serde_json::to_vec(node).expect("string serialises"),
+            node_json: record::json_string(node),
             cfg: cfg.clone(),
             file,
             path,

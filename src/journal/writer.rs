@@ -216,7 +216,7 @@ impl Writer {
     }
 
     pub(super) fn failed_reason(&self) -> Option<String> {
-        self.failure.lock().expect("failure lock").clone()
+        self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Stop taking records until restart. `category` is a fixed label (`write`, `seal`).
@@ -228,7 +228,7 @@ impl Writer {
             .inc();
         metrics.journal_failed.set(1);
         tracing::error!(reason = %reason, category, "journal failed: refusing all records until restart");
-        *self.failure.lock().expect("failure lock") = Some(reason);
+        *self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
         self.stats.failed.store(true, Ordering::Release);
     }
 
@@ -283,6 +283,10 @@ impl Writer {
 
     /// The batch's lines into `buf`: each event spliced behind its chain header (`seq`, `prev`,
     /// one `ts` for the batch), with the new head and a receipt per record. Nothing is written.
+    #[allow(
+        clippy::expect_used,
+        reason = "a 32-byte hash always encodes into 64 hex digits"
+    )]
     fn stamp(&self, batch: &[Pending], buf: &mut Vec<u8>) -> (Head, Vec<Receipt>) {
         buf.clear();
         let mut head = self.head;

@@ -122,14 +122,22 @@ pub struct AdminApp {
     pub readiness: Readiness,
 }
 
-fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
-    Response::builder()
-        .status(status)
-        .header("content-type", content_type)
-        .header("content-length", body.len())
-        .header("cache-control", "no-store")
-        .body(body)
-        .expect("static response parts are valid")
+fn respond(status: u16, content_type: &'static str, body: Vec<u8>) -> Response<Vec<u8>> {
+    let mut response = Response::new(Vec::new());
+    *response.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    headers.insert(http::header::CONTENT_LENGTH, body.len().into());
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    *response.body_mut() = body;
+    response
 }
 
 #[async_trait]
@@ -151,11 +159,14 @@ impl ServeHttp for AdminApp {
             "/readyz" => {
                 let checks = self.readiness.checks();
                 let ready = checks.iter().all(|c| c.ok);
-                let body = serde_json::to_vec_pretty(&serde_json::json!({
-                    "ready": ready,
-                    "checks": checks,
-                }))
-                .expect("json serialises");
+                let body = format!(
+                    "{:#}",
+                    serde_json::json!({
+                        "ready": ready,
+                        "checks": checks,
+                    })
+                )
+                .into_bytes();
                 respond(if ready { 200 } else { 503 }, "application/json", body)
             }
             _ => respond(404, "text/plain", b"not found\n".to_vec()),

@@ -481,6 +481,11 @@ struct Signals {
 
 #[async_trait::async_trait]
 impl ShutdownSignalWatch for Signals {
+    #[allow(
+        clippy::expect_used,
+        reason = "signal handlers install on pingora's runtime at start; a failure there is a \
+                  start-up bug, not a run-time condition"
+    )]
     async fn recv(&self) -> ShutdownSignal {
         use tokio::signal::unix::{signal, SignalKind};
         let mut quit = signal(SignalKind::quit()).expect("SIGQUIT handler");

@@ -167,7 +167,7 @@ impl Reloader {
     /// runtime.
     pub fn start_refresher(&self) {
         let task = tokio::spawn(self.live.identity().run_refresher());
-        if let Some(old) = self.refresher.lock().expect("refresher lock").replace(task) {
+        if let Some(old) = self.refresher.lock().unwrap_or_else(std::sync::PoisonError::into_inner).replace(task) {
             old.abort();
         }
     }
@@ -190,7 +190,7 @@ impl Reloader {
         match result {
             Ok((config, snapshot, pair)) => {
                 let ignored = {
-                    let mut current = self.current.lock().expect("config lock");
+                    let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     let ignored = restart_only_changes(&current, &config);
                     // Keep comparing against what actually runs: restart-only sections stay.
                     let mut effective = current.clone();

@@ -303,6 +303,11 @@ impl CheckpointSigner {
     }
 
     /// Sign the tree head (`size`, `root`) made at `time`: the signed note's bytes.
+    #[allow(
+        clippy::expect_used,
+        reason = "the origin was checked as a key name when the key loaded, the extension is one \
+                  line by construction, and Ed25519 signing has no failure mode"
+    )]
     pub fn sign(&self, size: u64, root: Hash, time: SystemTime) -> Vec<u8> {
         let extension = format!("{TIME_KEYWORD}{}\n", crate::record::format_ts(time));
         let body = tlog_tiles::Checkpoint::new(self.origin(), size, root, &extension)
@@ -483,6 +488,15 @@ pub struct MerkleState {
 }
 
 impl MerkleState {
+    /// The state as the JSON file holds it.
+    #[allow(
+        clippy::expect_used,
+        reason = "a struct of numbers and strings always serialises"
+    )]
+    fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a MerkleState serialises")
+    }
+
     pub fn of(frontier: &Frontier) -> Self {
         MerkleState {
             size: frontier.size(),
@@ -544,7 +558,7 @@ pub fn store(
     write_durably(&path, note)?;
     // Crash point: the checkpoint is stored, the state may still describe the previous one; a
     // restart then rehashes the records since that one (the state is only a shortcut).
-    let state = serde_json::to_vec(&MerkleState::of(frontier)).expect("state serialises");
+    let state = MerkleState::of(frontier).to_json();
     write_durably(&dir.join(STATE_FILE), &state)?;
     Ok(path)
 }
@@ -698,7 +712,7 @@ fn run(
             if seal {
                 // Kept for good: lets `verify` check roots from here on after the segments
                 // before it were shipped and removed locally.
-                let state = serde_json::to_vec(&MerkleState::of(&frontier)).expect("serialises");
+                let state = MerkleState::of(&frontier).to_json();
                 write_durably(&seal_state_path(&dir, frontier.size()), &state)?;
             }
             Ok(())

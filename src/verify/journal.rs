@@ -144,9 +144,11 @@ fn verify_once(dir: &Path, options: &Options) -> Result<Report, JournalError> {
         }
     });
     for (name, path) in &segments {
-        let bytes = ahead
-            .recv()
-            .expect("the reader sends one result per segment")?;
+        // The reader sends one result per segment; no result means it stopped (it panicked).
+        let bytes = ahead.recv().map_err(|_| JournalError::Io {
+            path: path.clone(),
+            source: std::io::Error::other("the segment reader thread stopped"),
+        })??;
         chain.feed(&file_label(path), name, &bytes, &mut report.findings);
     }
     drop(ahead);

@@ -558,7 +558,7 @@ fn other_content_under_our_key_is_a_conflict_and_is_never_overwritten() {
         last,
         SegmentCompression::Zstd,
     );
-    let forged = SegmentCompression::Zstd.compress(b"{\"seq\":1}\n");
+    let forged = SegmentCompression::Zstd.compress(b"{\"seq\":1}\n").unwrap();
     let sha = archive::sha256_b64(&forged);
     let until = SystemTime::now() + Duration::from_secs(86_400);
     assert_eq!(

@@ -220,7 +220,7 @@ fn changed_segment(
     assert_ne!(changed, lines[1]);
     lines[1] = &changed;
     let path = dir.join("changed-segment");
-    std::fs::write(&path, compression.compress(lines.join("\n").as_bytes())).unwrap();
+    std::fs::write(&path, compression.compress(lines.join("\n").as_bytes()).unwrap()).unwrap();
     path
 }
 

@@ -1,6 +1,11 @@
 //! auditgate's integration tests, one binary (as ripgrep does: one link step, one shared
 //! harness). The harness is `tests/support/` (real sekmet FHIR server, JWKS server, keys,
 //! Python FHIR clients); install its kit with `scripts/test-env.sh`. Add test modules below.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails by panicking, with the message of the unwrap or expect that found it"
+)]
 
 #[path = "../support/mod.rs"]
 mod support;

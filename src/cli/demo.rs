@@ -6,6 +6,11 @@
 //! an update, a delete and a few refused requests through the gateway, prints each journal record
 //! and the result of `verify`, and exits. The demo's key, upstream and (by default) journal exist
 //! only inside this command.
+//!
+//! With `--keep-running` it does not exit: the gateway and the sample upstream stay up, and a
+//! ready-to-paste `curl` line with a fresh token (valid for an hour) is printed, so a newcomer
+//! can send their own requests and watch the journal grow. Ctrl-C stops both (the journal's
+//! open segment is sealed as on any shutdown).
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -157,9 +162,10 @@ fn free_port() -> std::io::Result<u16> {
 
 const SECRET_ENV: &str = "AUDITGATE_DEMO_HS256_SECRET";
 
-/// Run the demo; see the module docs.
-pub fn run(keep: Option<PathBuf>) -> ExitCode {
-    match run_inner(keep) {
+/// Run the demo; see the module docs. `keep`: keep the journal in this directory;
+/// `keep_running`: leave the gateway up after the tour.
+pub fn run(keep: Option<PathBuf>, keep_running: bool) -> ExitCode {
+    match run_inner(keep, keep_running) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("auditgate demo: {e}");
@@ -168,7 +174,7 @@ pub fn run(keep: Option<PathBuf>) -> ExitCode {
     }
 }
 
-fn run_inner(keep: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+fn run_inner(keep: Option<PathBuf>, keep_running: bool) -> anyhow::Result<ExitCode> {
     let temp = tempdir()?;
     let journal_dir = keep.unwrap_or_else(|| temp.join("journal"));
     let upstream_port = free_port()?;
@@ -254,8 +260,12 @@ enabled = false
                "name": "Dr. Demo", "roles": ["physician"], "client_id": "demo-app",
                "purpose_of_use": "TREAT", "exp": now + 300, "nbf": now - 5, "jti": uuid::Uuid::new_v4().to_string()})
     };
-    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
-    let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims("dr.alice"), &key)?;
+    let signing_key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims("dr.alice"),
+        &signing_key,
+    )?;
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -413,6 +423,33 @@ enabled = false
             ),
             Ok(other) => println!("unexpected proof: {other:?}"),
             Err(e) => println!("FAILED: {e}"),
+        }
+    }
+    if keep_running {
+        let exp = now + 3600;
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &json!({"iss": "https://demo-idp.invalid", "aud": "auditgate-demo", "sub": "dr.you",
+                    "name": "You", "roles": ["physician"], "client_id": "curl",
+                    "purpose_of_use": "TREAT", "exp": exp, "nbf": now - 5,
+                    "jti": uuid::Uuid::new_v4().to_string()}),
+            &signing_key,
+        )?;
+        println!(
+            "\n== the gateway stays up: http://127.0.0.1:{gateway_port}/fhir (sample FHIR server behind it)"
+        );
+        println!("   a token for user dr.you, valid for an hour; paste:\n");
+        println!("curl -s -H 'Authorization: Bearer {token}' http://127.0.0.1:{gateway_port}/fhir/Patient/p1\n");
+        println!(
+            "   the journal: {}   (auditgate verify --journal {} --key {})",
+            journal_dir.display(),
+            journal_dir.display(),
+            public_key.display()
+        );
+        println!("   Ctrl-C stops the gateway (it seals the open segment first).");
+        // The gateway's own signal handling ends the process on Ctrl-C or SIGTERM.
+        loop {
+            std::thread::park();
         }
     }
     let _ = std::fs::remove_dir_all(&temp);

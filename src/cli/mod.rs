@@ -6,6 +6,7 @@
 pub mod demo;
 pub mod logging;
 pub mod print;
+pub mod token;
 
 use logging::init_logging;
 use print::{print_archive_report, print_report};
@@ -190,12 +191,20 @@ pub enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// FOR TESTING: mint a token for a configured HMAC issuer, signed with its shared secret
+    /// (read from the issuer's environment variable), and print it. Never use shared-secret
+    /// tokens for real users: they are for trying the gateway and for service tests.
+    Token(token::TokenArgs),
     /// A self-contained tour: a sample FHIR upstream, a throwaway key, a few requests, then the
     /// journal and its verification. Needs nothing but this binary.
     Demo {
         /// Keep the demo's journal in this directory (default: a temporary one, removed).
         #[arg(long)]
         journal: Option<PathBuf>,
+        /// After the tour, keep the gateway and the sample FHIR server running and print a
+        /// ready-to-paste curl line with a fresh token; Ctrl-C stops them.
+        #[arg(long)]
+        keep_running: bool,
     },
 }
 
@@ -305,7 +314,11 @@ pub fn main() -> ExitCode {
             out,
         } => prove(&journal, seq, checkpoint, consistency, out),
         Command::VerifyProof { file, key } => verify_proof(&file, &key),
-        Command::Demo { journal } => crate::cli::demo::run(journal),
+        Command::Demo {
+            journal,
+            keep_running,
+        } => crate::cli::demo::run(journal, keep_running),
+        Command::Token(args) => token::run(&args),
         Command::Rules { command } => rules_command(command),
         Command::Geoip {
             config,

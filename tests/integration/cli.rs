@@ -18,6 +18,7 @@ fn every_subcommand_has_help() {
         &["rules", "--help"],
         &["rules", "explain", "--help"],
         &["rules", "test", "--help"],
+        &["token", "--help"],
     ] {
         let (code, out, _) = auditgate(sub);
         assert_eq!(code, 0, "{sub:?}");
@@ -178,6 +179,111 @@ fn the_demo_runs_end_to_end_and_verifies() {
     assert!(out.contains("-> 400"), "{out}");
     let records = crate::support::gateway::read_journal(&journal);
     assert!(records.len() >= 12, "{}", records.len());
+}
+
+/// The newcomer's path: the demo stays up with `--keep-running`, and the curl line it prints
+/// (a real token for its gateway) gets a patient back, recorded in its journal; SIGTERM ends it.
+#[test]
+fn the_demo_keeps_running_and_its_curl_line_works() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_auditgate"))
+        .args(["demo", "--keep-running", "--journal", journal.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let curl = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.starts_with("curl ") => break line,
+            Ok(_) => {}
+            Err(e) => {
+                let _ = child.kill();
+                panic!("the demo printed no curl line: {e}");
+            }
+        }
+    };
+    // curl -s -H 'Authorization: Bearer TOKEN' URL
+    let token = curl
+        .split("Bearer ")
+        .nth(1)
+        .and_then(|t| t.split('\'').next())
+        .unwrap()
+        .to_string();
+    let url = curl.rsplit(' ').next().unwrap().to_string();
+    let response = crate::support::http_client()
+        .get(&url)
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.text().unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let exited = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        child.try_wait().unwrap().is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"resourceType\":\"Patient\""), "{body}");
+    assert!(exited, "the demo did not stop on SIGTERM");
+    let records = crate::support::gateway::read_journal(&journal);
+    assert!(
+        records
+            .iter()
+            .any(|r| serde_json::to_string(r).unwrap().contains("dr.you")),
+        "the curl request is in the journal"
+    );
+}
+
+/// `auditgate token` signs for the quickstart's issuer with the secret the quickstart reads
+/// (that such a token verifies is the unit test `cli::token`'s; here: the shipped config, the
+/// claims, the testing warning, and the refusal without the secret).
+#[test]
+fn token_mints_for_the_quickstart_issuer_and_refuses_without_its_secret() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let config = format!("{root}/config/quickstart.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_auditgate"))
+        .args(["token", "--config", &config, "--sub", "dr.newcomer"])
+        .env("AUDITGATE_QUICKSTART_SECRET", "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC0xMjM0")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap();
+    let token = token.trim();
+    assert_eq!(token.split('.').count(), 3, "{token}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FOR TESTING"));
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["sub"], "dr.newcomer");
+    assert_eq!(claims["iss"], "https://quickstart.invalid");
+    assert_eq!(claims["aud"], "auditgate");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_auditgate"))
+        .args(["token", "--config", &config, "--sub", "dr.newcomer"])
+        .env_remove("AUDITGATE_QUICKSTART_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("AUDITGATE_QUICKSTART_SECRET"));
 }
 
 #[test]

@@ -15,7 +15,6 @@
 use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,6 +24,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::{json, Value};
 
+use super::outcome::{CliError, Verdict};
 use crate::config::Config;
 
 /// The sample EHR: FHIR resources in memory, keyed by `Type/id`.
@@ -74,7 +74,10 @@ impl SampleFhir {
     }
 
     fn search(&self, rtype: &str, query: &str) -> Value {
-        let store = self.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let store = self
+            .store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let wanted: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
             .into_owned()
             .collect();
@@ -128,7 +131,13 @@ impl ServeHttp for SampleFhir {
             },
             ("POST", [rtype]) => {
                 let mut resource: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
-                let id = format!("new{}", self.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len());
+                let id = format!(
+                    "new{}",
+                    self.store
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .len()
+                );
                 resource["id"] = json!(id);
                 self.store
                     .lock()
@@ -164,17 +173,11 @@ const SECRET_ENV: &str = "AUDITGATE_DEMO_HS256_SECRET";
 
 /// Run the demo; see the module docs. `keep`: keep the journal in this directory;
 /// `keep_running`: leave the gateway up after the tour.
-pub fn run(keep: Option<PathBuf>, keep_running: bool) -> ExitCode {
-    match run_inner(keep, keep_running) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("auditgate demo: {e}");
-            ExitCode::from(2)
-        }
-    }
+pub fn run(keep: Option<PathBuf>, keep_running: bool) -> Result<Verdict, CliError> {
+    run_inner(keep, keep_running).map_err(CliError::failed)
 }
 
-fn run_inner(keep: Option<PathBuf>, keep_running: bool) -> anyhow::Result<ExitCode> {
+fn run_inner(keep: Option<PathBuf>, keep_running: bool) -> anyhow::Result<Verdict> {
     let temp = tempdir()?;
     let journal_dir = keep.unwrap_or_else(|| temp.join("journal"));
     let upstream_port = free_port()?;
@@ -274,8 +277,18 @@ enabled = false
         .timeout(Duration::from_secs(10))
         .build()?;
     let steps: Vec<(reqwest::Method, String, Option<Value>, Option<&str>)> = vec![
-        (reqwest::Method::GET, format!("{base}/metadata"), None, Some(&token)),
-        (reqwest::Method::GET, format!("{base}/Patient/p1"), None, Some(&token)),
+        (
+            reqwest::Method::GET,
+            format!("{base}/metadata"),
+            None,
+            Some(&token),
+        ),
+        (
+            reqwest::Method::GET,
+            format!("{base}/Patient/p1"),
+            None,
+            Some(&token),
+        ),
         (
             reqwest::Method::GET,
             format!("{base}/Observation?subject=Patient/p1"),
@@ -308,7 +321,12 @@ enabled = false
             None,
             Some(&token),
         ),
-        (reqwest::Method::GET, format!("{base}/Patient/p1"), None, None),
+        (
+            reqwest::Method::GET,
+            format!("{base}/Patient/p1"),
+            None,
+            None,
+        ),
         (
             reqwest::Method::GET,
             format!("{base}/Patient/p1%2F..%2Fp2"),
@@ -454,11 +472,7 @@ enabled = false
     }
     let _ = std::fs::remove_dir_all(&temp);
     // The gateway thread never returns; the process ends here.
-    Ok(if report.ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(Verdict::from_ok(report.ok()))
 }
 
 fn tempdir() -> std::io::Result<PathBuf> {

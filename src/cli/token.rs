@@ -12,13 +12,13 @@
 //! an identity provider's issuer (JWKS URL) instead.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Map, Value};
 
+use super::outcome::{CliError, Verdict};
 use crate::config::Config;
 use crate::identity::{ClaimMapping, IssuerConfig};
 
@@ -80,22 +80,15 @@ pub enum TokenError {
     Sign(#[from] jsonwebtoken::errors::Error),
 }
 
-/// Mint and print a token; 0 on success, 2 when none could be made.
-pub fn run(args: &TokenArgs) -> ExitCode {
-    match mint(args, SystemTime::now()) {
-        Ok(token) => {
-            eprintln!(
-                "auditgate token: FOR TESTING ONLY. A shared-secret token proves only that its \
-                 maker knows the secret; real users get tokens from an identity provider."
-            );
-            println!("{token}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("auditgate token: {e}");
-            ExitCode::from(2)
-        }
-    }
+/// Mint and print a token.
+pub fn run(args: &TokenArgs) -> Result<Verdict, CliError> {
+    let token = mint(args, SystemTime::now()).map_err(CliError::failed)?;
+    eprintln!(
+        "auditgate token: FOR TESTING ONLY. A shared-secret token proves only that its maker \
+         knows the secret; real users get tokens from an identity provider."
+    );
+    println!("{token}");
+    Ok(Verdict::Clean)
 }
 
 /// The signed token for `args`, issued at `now`.
@@ -122,7 +115,9 @@ pub fn mint(args: &TokenArgs, now: SystemTime) -> Result<String, TokenError> {
 }
 
 /// The issuer's first HMAC algorithm and its first secret, read as the gateway reads it.
-fn signing_key(issuer: &IssuerConfig) -> Result<(Algorithm, EncodingKey, Option<String>), TokenError> {
+fn signing_key(
+    issuer: &IssuerConfig,
+) -> Result<(Algorithm, EncodingKey, Option<String>), TokenError> {
     let alg = issuer
         .algorithms
         .iter()
@@ -278,7 +273,10 @@ hmac_secrets = [{ env_var = "AUDITGATE_TOKEN_TEST_SECRET", base64 = true }]
             .build()
             .unwrap();
         let identity = runtime
-            .block_on(crate::identity::Identity::load(&config.identity, dir.path()))
+            .block_on(crate::identity::Identity::load(
+                &config.identity,
+                dir.path(),
+            ))
             .unwrap();
         let mut headers = http::HeaderMap::new();
         headers.insert(

@@ -45,12 +45,15 @@ pub struct ClockConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UnsyncPolicy {
+    /// Record the request with the clock's state, and serve it (the default).
     #[default]
     Record,
+    /// Refuse the request with 503 (recorded) while the clock is not synchronised.
     Refuse,
 }
 
 impl ClockConfig {
+    /// Check the values are usable.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_error_ms == Some(0) {
             return Err(ConfigError::invalid(

@@ -31,7 +31,14 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod durable;
+
+// Unit tests share the integration tests' fixtures, which name the crate `auditgate`.
+#[cfg(test)]
+extern crate self as auditgate;
 pub mod fhir;
+#[cfg(test)]
+#[path = "../tests/support/journal.rs"]
+mod fixtures;
 pub mod identity;
 pub mod journal;
 pub mod metrics;

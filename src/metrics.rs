@@ -60,7 +60,9 @@ pub struct Metrics {
     /// `auditgate_inspected_bytes_total{part}`, and its two children, resolved once (the
     /// buffered path counts every request).
     pub inspected_bytes: IntCounterVec,
+    /// `auditgate_inspected_request_bytes_total`.
     pub inspected_request_bytes: IntCounter,
+    /// `auditgate_inspected_response_bytes_total`.
     pub inspected_response_bytes: IntCounter,
     /// `auditgate_extraction_duration_seconds`.
     pub extraction_seconds: Histogram,

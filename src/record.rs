@@ -98,17 +98,29 @@ impl Action {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum InteractionKind {
+    /// Read one resource by id (`GET [type]/[id]`).
     Read,
+    /// Read one version of a resource (`GET [type]/[id]/_history/[vid]`).
     Vread,
+    /// Search: any number of resources matching the query.
     Search,
+    /// Create a resource (`POST [type]`).
     Create,
+    /// Replace a resource (`PUT [type]/[id]`, or a conditional update).
     Update,
+    /// Change part of a resource (`PATCH`: JSON Patch or FHIRPath Patch).
     Patch,
+    /// Delete a resource.
     Delete,
+    /// A resource's, a type's or the server's change history.
     History,
+    /// An operation (`$everything`, `$export`, ...).
     Operation,
+    /// A batch Bundle: each entry processed on its own.
     Batch,
+    /// A transaction Bundle: every entry or none.
     Transaction,
+    /// The server's capability statement (`GET [base]/metadata`).
     Capabilities,
     /// A request that no rule matched (journaled under the `journal` unmatched policy).
     Unclassified,
@@ -139,11 +151,17 @@ impl InteractionKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PatientSource {
+    /// The request path (`Patient/[id]`, a compartment, a `{patient}` capture).
     Path,
+    /// A search parameter of the query string (or a POST `_search` form body).
     Query,
+    /// A request header the matched rule names.
     Header,
+    /// The request body (a resource written, a Bundle's entries, a patch).
     Body,
+    /// The response the EHR sent, read before it was released.
     Response,
+    /// The token's SMART launch context (`patient` claim).
     Token,
 }
 
@@ -203,13 +221,16 @@ pub struct Actor {
     /// A display name, if the token carries one.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub name: Option<String>,
+    /// The user's roles, as the token lists them.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub roles: Vec<String>,
     /// The client application (`client_id`, else `azp`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub client_id: Option<String>,
+    /// The declared purposes of use (e.g. `TREAT`), as the token lists them.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub purpose_of_use: Vec<String>,
+    /// The token's id (`jti`): ties every request made with one token together.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub jti: Option<String>,
     /// SMART on FHIR `fhirUser` claim.
@@ -228,8 +249,11 @@ pub struct Actor {
 pub enum Who {
     /// A verified JWT.
     Authenticated(Actor),
-    /// No valid token; `reason` is a fixed code (never token contents).
-    Unauthenticated { reason: String },
+    /// No valid token.
+    Unauthenticated {
+        /// Why: a fixed code (`missing_token`, `expired`, ...), never token contents.
+        reason: String,
+    },
 }
 
 /// The network vector of a request.
@@ -243,12 +267,16 @@ pub struct NetworkVector {
     /// Every hop claimed by `Forwarded` / `X-Forwarded-For`, left to right, as received.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub forwarded_chain: Vec<String>,
+    /// The device the request came from: a verified client certificate's fingerprint
+    /// (`sha256:HEX`), a trusted proxy's device header, or a signed token claim (see
+    /// `device_id_source`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub device_id: Option<String>,
     /// Where the device ID came from: `client_cert` (the SHA-256 fingerprint of a verified
     /// client certificate), `header` or `claim`, in that order of preference.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub device_id_source: Option<String>,
+    /// The `User-Agent` header, at most 256 characters.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub user_agent: Option<String>,
     /// Where the client IP is (`[geoip]` databases). Absent when no database is configured;
@@ -311,7 +339,9 @@ pub struct Geo {
 /// Which gateway process and listener carried a request.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GatewayId {
+    /// This gateway's node name (`server.node`), as in the chain header.
     pub node: String,
+    /// The name of the listener the request came in on (`unknown` if none matched).
     pub listener: String,
 }
 
@@ -364,33 +394,49 @@ impl Outcome {
 /// Everything a record says except the chain header. Serialised by appenders.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
+    /// `intent` (a change, recorded before the EHR saw it) or `outcome` (how it ended).
     pub phase: Phase,
+    /// The request's ID: a trusted proxy's `X-Request-Id`, else one made here; the intent and
+    /// outcome of one request share it, and the EHR receives it.
     pub request_id: String,
     /// For an outcome: the seq of the intent record of the same request, if any.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub intent_seq: Option<u64>,
+    /// Who made the request: the verified actor, or why there is none.
     pub who: Who,
+    /// What the request does: C, R, U, D or E (FHIR AuditEvent action codes).
     pub action: Action,
+    /// The FHIR interaction.
     pub interaction: InteractionKind,
     /// The rule that classified the request (`unmatched` or `rejected` otherwise).
     pub rule: String,
+    /// The resource type the request addresses, when the rule names one.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub resource_type: Option<String>,
+    /// The resource id the request addresses, when its path names one.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub resource_id: Option<String>,
+    /// The HTTP method, as sent.
     pub method: String,
+    /// The request path, as sent (undecoded).
     pub path: String,
+    /// The query string, as sent, with any `access_token` value redacted.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub query: Option<String>,
+    /// Every patient whose data the request touched, each with where it was found.
     pub patients: Vec<PatientRef>,
+    /// How complete `patients` is: `complete`, `partial` or `none` (touches no patient).
     pub attribution: Attribution,
     /// Why the attribution is `partial`, when the gateway knows (fixed names, see
     /// [`crate::attribution::extract::Gap`]): `too_large`, `not_json`, `contained_patient`, ...
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub attribution_gaps: Vec<String>,
+    /// From where: client IP, proxies, device, user agent, GeoIP, this gateway.
     pub net: NetworkVector,
+    /// How the request ended (outcome records only).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub outcome: Option<Outcome>,
+    /// The kernel's NTP state when the record was made: is `ts` trustworthy, and how far off.
     pub clock: ClockState,
     /// When the gateway read the request's head (UTC, microseconds); the chain's `ts` is when
     /// the record was written.
@@ -412,8 +458,11 @@ impl Event {
 /// The chain header every line starts with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainHeader {
+    /// The record format version ([`RECORD_VERSION`]).
     pub v: u32,
+    /// The gateway node that wrote the record (one chain per node).
     pub node: String,
+    /// The record's sequence number: 1, 2, 3 ... with no gap, across segments.
     pub seq: u64,
     /// Hex leaf hash of the previous record ([`GENESIS_PREV`] for the first).
     pub prev: String,
@@ -424,8 +473,10 @@ pub struct ChainHeader {
 /// A whole journal line, as read back by `verify`, `query` and tests.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
+    /// The chain header: `v`, `node`, `seq`, `prev`, `ts`.
     #[serde(flatten)]
     pub header: ChainHeader,
+    /// Everything else the line says.
     #[serde(flatten)]
     pub event: Event,
 }

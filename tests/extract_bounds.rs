@@ -8,7 +8,6 @@
     clippy::expect_used,
     reason = "a test fails by panicking, with the message of the unwrap or expect that found it"
 )]
-
 // A counting `GlobalAlloc` is `unsafe impl` by definition; it forwards to `System` unchanged.
 // Test-only: the crate itself denies unsafe code.
 #![allow(unsafe_code)]

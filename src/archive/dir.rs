@@ -15,6 +15,7 @@ pub struct DirStore {
 }
 
 impl DirStore {
+    /// The directory archive rooted at `root`.
     pub fn new(root: &Path) -> Self {
         DirStore {
             root: root.to_path_buf(),
@@ -52,7 +53,9 @@ impl ArchiveStore for DirStore {
         _retain_until: SystemTime,
     ) -> Result<PutResult, ArchiveError> {
         let path = self.path(key);
-        let dir = path.parent().map_or_else(|| self.root.clone(), Path::to_path_buf);
+        let dir = path
+            .parent()
+            .map_or_else(|| self.root.clone(), Path::to_path_buf);
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         if path.exists() {
             return Ok(PutResult::AlreadyExists);

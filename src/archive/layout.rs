@@ -12,6 +12,7 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// The layout under `prefix` (empty: the bucket's or directory's root).
     pub fn new(prefix: &str) -> Self {
         Layout {
             prefix: prefix.to_string(),

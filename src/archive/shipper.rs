@@ -21,11 +21,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// The archiver's counters (read by metrics and readiness).
 #[derive(Debug, Default)]
 pub struct ArchiveStats {
+    /// Sealed segments shipped and their locks confirmed.
     pub segments_shipped: AtomicU64,
+    /// Checkpoints shipped and their locks confirmed.
     pub checkpoints_shipped: AtomicU64,
+    /// Bytes uploaded (compressed).
     pub bytes_shipped: AtomicU64,
     /// Objects found already stored with the same content on a retry.
     pub already_present: AtomicU64,
+    /// Passes that ended in an error (retried with backoff).
     pub failures: AtomicU64,
     /// Objects found under our key with other content (alarm).
     pub conflicts: AtomicU64,
@@ -33,6 +37,7 @@ pub struct ArchiveStats {
     pub backlog_segments: AtomicU64,
     /// Age in seconds of the oldest sealed segment not yet confirmed shipped (0: none).
     pub oldest_unshipped_secs: AtomicU64,
+    /// Every sealed segment up to this seq is shipped and locked.
     pub shipped_through_seq: AtomicU64,
 }
 
@@ -110,10 +115,12 @@ impl Archiver {
         self
     }
 
+    /// The archiver's counters, shared with metrics and readiness.
     pub fn stats(&self) -> Arc<ArchiveStats> {
         self.stats.clone()
     }
 
+    /// What the progress file says is shipped.
     pub fn state(&self) -> &ShipState {
         &self.state
     }

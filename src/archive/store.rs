@@ -34,9 +34,13 @@ pub struct ObjectInfo {
 /// One entry of a version listing (for `verify --archive`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListedVersion {
+    /// The object key.
     pub key: String,
+    /// The version's id (`None`: an unversioned store).
     pub version_id: Option<String>,
+    /// This is the current version.
     pub is_latest: bool,
+    /// This version is a delete marker.
     pub is_delete_marker: bool,
 }
 

@@ -74,6 +74,7 @@ pub fn target_of_absolute_url(url: &str) -> Option<&str> {
 /// Classifies the entries of a transaction or batch Bundle with the route rules, as if each
 /// were its own request under the Bundle's base path.
 pub struct EntryRules<'r> {
+    /// The route rules.
     pub rules: &'r RuleSet,
     /// The base path the Bundle was posted to (`/fhir`).
     pub base_path: &'r str,

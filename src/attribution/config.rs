@@ -51,6 +51,7 @@ impl Default for AttributionConfig {
 }
 
 impl AttributionConfig {
+    /// Check the values are usable.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_body_bytes == 0 || self.max_body_bytes > MAX_BODY_BYTES_LIMIT {
             return Err(ConfigError::invalid(

@@ -12,8 +12,11 @@ use crate::rules::RuleSet;
 /// A record's patient list and attribution at one point of a request.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Settled {
+    /// Every patient, with where it was found.
     pub patients: Vec<PatientRef>,
+    /// How complete the list is.
     pub attribution: Attribution,
+    /// Why it is `partial`, when known.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub gaps: Vec<String>,
 }
@@ -21,16 +24,22 @@ pub struct Settled {
 /// What the gateway would record for a request (and its response): `rules explain`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Explanation {
+    /// The rule that matched (`unmatched` or `rejected` otherwise).
     pub rule: String,
+    /// The rule's description, from its file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// Why the path was refused (400), when it was.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rejected: Option<String>,
+    /// C, R, U, D or E.
     pub action: crate::record::Action,
+    /// The FHIR interaction.
     pub interaction: InteractionKind,
+    /// The resource type the request addresses.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resource_type: Option<String>,
+    /// The resource id the request addresses.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resource_id: Option<String>,
     /// The request body is read for patients (`inspect_body`).
@@ -46,8 +55,11 @@ pub struct Explanation {
 
 /// A response for [`explain`].
 pub struct ExplainResponse<'a> {
+    /// The HTTP status.
     pub status: u16,
+    /// Its headers (content type, location).
     pub headers: http::HeaderMap,
+    /// Its body.
     pub body: &'a [u8],
 }
 

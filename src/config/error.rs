@@ -12,16 +12,28 @@ pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config file {path}: {source}")]
     Read {
+        /// The config file.
         path: PathBuf,
+        /// What the operating system said.
         #[source]
         source: std::io::Error,
     },
     /// TOML syntax error, unknown key or wrong type; the message names the key and line.
     #[error("config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's message (it names the key and line).
+        message: String,
+    },
     /// A value parsed but is not acceptable.
     #[error("config key `{key}`: {reason}")]
-    Invalid { key: String, reason: String },
+    Invalid {
+        /// The key, dotted (`journal.segment_max_bytes`).
+        key: String,
+        /// Why the value is not acceptable.
+        reason: String,
+    },
 }
 
 impl ConfigError {

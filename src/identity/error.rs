@@ -18,8 +18,11 @@ pub enum IdentityError {
     /// A PEM key file could not be read.
     #[error("config key `{key}`: cannot read key file {path}: {source}")]
     ReadKey {
+        /// The config key, e.g. `identity.issuers[0].pem_keys[1]`.
         key: String,
+        /// The file.
         path: PathBuf,
+        /// What the operating system said.
         #[source]
         source: std::io::Error,
     },
@@ -27,61 +30,103 @@ pub enum IdentityError {
     #[error(
         "config key `{key}`: {path} holds no RSA, EC (P-256/P-384) or Ed25519 public key in PEM"
     )]
-    BadPem { key: String, path: PathBuf },
+    BadPem {
+        /// The config key, e.g. `identity.issuers[0].pem_keys[1]`.
+        key: String,
+        /// The file.
+        path: PathBuf,
+    },
     /// A key file holds a private key; the gateway takes public keys only.
     #[error(
         "config key `{key}`: {path} holds a private key; give the gateway the public key only"
     )]
-    PrivateKey { key: String, path: PathBuf },
+    PrivateKey {
+        /// The config key, e.g. `identity.issuers[0].pem_keys[1]`.
+        key: String,
+        /// The file.
+        path: PathBuf,
+    },
     /// A key's family (RSA, EC, Ed) serves none of the issuer's accepted algorithms.
     #[error("config key `{key}`: {path} holds a {family} key but the issuer accepts no {family} algorithm")]
     KeyNotUsable {
+        /// The config key, e.g. `identity.issuers[0].pem_keys[1]`.
         key: String,
+        /// The file.
         path: PathBuf,
+        /// The key's family (`RSA`, `EC`, `Ed25519`, `HMAC`).
         family: &'static str,
     },
     /// An HMAC secret's environment variable is unset, empty or not UTF-8.
     #[error("config key `{key}`: environment variable {var} is unset, empty or not UTF-8")]
-    MissingSecret { key: String, var: String },
+    MissingSecret {
+        /// The config key, e.g. `identity.issuers[0].pem_keys[1]`.
+        key: String,
+        /// The environment variable.
+        var: String,
+    },
     /// An HMAC secret declared `base64` does not decode.
     #[error("config key `{key}`: environment variable {var} is not valid base64")]
-    BadSecret { key: String, var: String },
+    BadSecret {
+        /// The config key, e.g. `identity.issuers[0].pem_keys[1]`.
+        key: String,
+        /// The environment variable.
+        var: String,
+    },
     /// An HMAC secret is shorter than the hash of the strongest accepted HS algorithm.
     #[error("config key `{key}`: the secret in {var} is {len_bytes} bytes; at least {min_bytes} are required")]
     WeakSecret {
+        /// The config key, e.g. `identity.issuers[0].pem_keys[1]`.
         key: String,
+        /// The environment variable.
         var: String,
+        /// The secret's length in bytes.
         len_bytes: usize,
+        /// The least the issuer's algorithms need.
         min_bytes: usize,
     },
     /// A JWKS file could not be read.
     #[error("config key `{key}`: cannot read JWKS file {path}: {source}")]
     ReadJwks {
+        /// The config key, e.g. `identity.issuers[0].pem_keys[1]`.
         key: String,
+        /// The file.
         path: PathBuf,
+        /// What the operating system said.
         #[source]
         source: std::io::Error,
     },
     /// A JWKS document (file or URL) is not a key set, is too large, or holds no usable key.
     #[error("config key `{key}`: JWKS {origin}: {reason}")]
     BadJwks {
+        /// The config key, e.g. `identity.issuers[0].pem_keys[1]`.
         key: String,
+        /// The file or URL (without its query).
         origin: String,
+        /// What was wrong.
         reason: String,
     },
     /// The first fetch of a JWKS URL failed (network, status, size or content).
     #[error("config key `{key}`: cannot fetch JWKS from {url}: {reason}")]
     FetchJwks {
+        /// The config key, e.g. `identity.issuers[0].pem_keys[1]`.
         key: String,
+        /// The URL, without its query.
         url: String,
+        /// What was wrong.
         reason: String,
     },
     /// After loading, an issuer has no key that serves any of its accepted algorithms.
     #[error("config key `{key}`: no loaded key serves any of the issuer's algorithms")]
-    NoUsableKeys { key: String },
+    NoUsableKeys {
+        /// The config key, e.g. `identity.issuers[0].pem_keys[1]`.
+        key: String,
+    },
     /// The HTTP client for JWKS fetches could not be built (TLS setup).
     #[error("cannot build the HTTP client for JWKS fetches: {reason}")]
-    HttpClient { reason: String },
+    HttpClient {
+        /// What was wrong.
+        reason: String,
+    },
 }
 
 /// Why a request is not authenticated. [`reason`](Self::reason) is the fixed code for the

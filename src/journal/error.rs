@@ -10,7 +10,9 @@ pub enum JournalError {
     /// An I/O error on a journal file while opening or recovering.
     #[error("journal I/O error on {path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What the operating system said.
         #[source]
         source: std::io::Error,
     },
@@ -22,10 +24,16 @@ pub enum JournalError {
     Corrupt(String),
     /// The queue to the writer holds `queue_max_records` records already.
     #[error("journal backlog is full ({limit} records waiting)")]
-    Backlog { limit: usize },
+    Backlog {
+        /// The queue's limit (`journal.queue_max_records`).
+        limit: usize,
+    },
     /// A write or sync failed earlier; the journal takes nothing until restart.
     #[error("journal failed and refuses records until restart: {reason}")]
-    Failed { reason: String },
+    Failed {
+        /// The first failure, as it was logged.
+        reason: String,
+    },
     /// The writer thread is gone (shutdown).
     #[error("journal is closed")]
     Closed,
@@ -34,7 +42,10 @@ pub enum JournalError {
     Checkpoint(#[from] CheckpointError),
     /// [`Journal::close`] did not finish in time.
     #[error("journal did not close within {secs} s")]
-    CloseTimeout { secs: u64 },
+    CloseTimeout {
+        /// How long was waited, in seconds.
+        secs: u64,
+    },
 }
 
 impl JournalError {

@@ -18,7 +18,9 @@ use tokio::sync::oneshot;
 /// Proof that a record is durable: its sequence number and leaf hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Receipt {
+    /// The record's sequence number.
     pub seq: u64,
+    /// The record's RFC 6962 leaf hash.
     pub leaf: LeafHash,
 }
 
@@ -40,11 +42,17 @@ pub struct RecoveryReport {
 /// Counters the writer keeps; read by metrics and `/readyz`.
 #[derive(Debug, Default)]
 pub struct JournalStats {
+    /// Records made durable.
     pub records_written: AtomicU64,
+    /// Bytes written to segments.
     pub bytes_written: AtomicU64,
+    /// Batches committed (one fdatasync each).
     pub batches: AtomicU64,
+    /// The seq of the newest durable record.
     pub head_seq: AtomicU64,
+    /// Segments sealed.
     pub segments_sealed: AtomicU64,
+    /// The journal has failed and takes no more records.
     pub failed: AtomicBool,
 }
 
@@ -178,7 +186,10 @@ impl Journal {
 
     /// Why the journal refuses records, if it does.
     pub fn failure(&self) -> Option<String> {
-        self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 

@@ -16,9 +16,17 @@ use std::thread;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SegmentName {
     /// `seg-FIRST-LAST.jsonl`
-    Sealed { first: u64, last: u64 },
+    Sealed {
+        /// The seq of its first record.
+        first: u64,
+        /// The seq of its last record.
+        last: u64,
+    },
     /// `seg-FIRST.open.jsonl`
-    Open { first: u64 },
+    Open {
+        /// The seq of its first record.
+        first: u64,
+    },
 }
 
 impl SegmentName {

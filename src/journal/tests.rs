@@ -26,32 +26,7 @@ use super::writer::*;
 use super::*;
 use crate::record::*;
 
-/// A small record for tests (also used by `verify`'s tests).
-pub(crate) fn event(n: usize) -> Event {
-    Event {
-        phase: Phase::Outcome,
-        request_id: format!("req-{n}"),
-        intent_seq: None,
-        who: Who::Unauthenticated {
-            reason: "missing_token".into(),
-        },
-        action: Action::R,
-        interaction: InteractionKind::Read,
-        rule: "test".into(),
-        resource_type: None,
-        resource_id: None,
-        method: "GET".into(),
-        path: "/fhir/metadata".into(),
-        query: None,
-        patients: vec![],
-        attribution: Attribution::None,
-        attribution_gaps: Vec::new(),
-        net: NetworkVector::default(),
-        outcome: None,
-        clock: ClockState::default(),
-        received: String::new(),
-    }
-}
+pub(crate) use crate::fixtures::event;
 
 fn small_cfg() -> JournalConfig {
     JournalConfig {

@@ -49,7 +49,9 @@ pub struct CheckpointTiming {
 
 /// Checkpoint signing for [`Journal::open_with_checkpoints`].
 pub struct Checkpointing {
+    /// The node's checkpoint key.
     pub signer: CheckpointSigner,
+    /// How often to sign.
     pub timing: CheckpointTiming,
 }
 
@@ -216,7 +218,10 @@ impl Writer {
     }
 
     pub(super) fn failed_reason(&self) -> Option<String> {
-        self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Stop taking records until restart. `category` is a fixed label (`write`, `seal`).
@@ -228,7 +233,10 @@ impl Writer {
             .inc();
         metrics.journal_failed.set(1);
         tracing::error!(reason = %reason, category, "journal failed: refusing all records until restart");
-        *self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
+        *self
+            .failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
         self.stats.failed.store(true, Ordering::Release);
     }
 

@@ -52,6 +52,7 @@ fn default_check_interval_secs() -> u64 {
 }
 
 impl GeoIpConfig {
+    /// Check the values are usable.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (key, path) in [
             ("geoip.city_db", &self.city_db),
@@ -73,24 +74,36 @@ impl GeoIpConfig {
 /// Why a database could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum GeoIpError {
+    /// A database file could not be read.
     #[error("geoip database {path}: {source}")]
     Io {
+        /// The database file.
         path: PathBuf,
+        /// What the operating system said.
         #[source]
         source: std::io::Error,
     },
+    /// A file is not a MaxMind database of the expected kind.
     #[error("geoip database {path} is not a usable MaxMind DB: {reason}")]
-    Invalid { path: PathBuf, reason: String },
+    Invalid {
+        /// The database file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
 }
 
 /// Which of the two databases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DbKind {
+    /// A GeoIP2/GeoLite2 City, Country or Enterprise database.
     City,
+    /// A GeoIP2/GeoLite2 ASN database.
     Asn,
 }
 
 impl DbKind {
+    /// The metric label (`city`, `asn`).
     pub fn label(self) -> &'static str {
         match self {
             DbKind::City => "city",
@@ -255,14 +268,18 @@ fn export_build(kind: DbKind, db: &OpenDb) {
 /// What [`GeoIp::reload_if_changed`] did to one database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReloadResult {
+    /// The file is the one already loaded.
     Unchanged,
+    /// A new file was opened and is in use.
     Reloaded,
+    /// A new file could not be opened; the old one serves on.
     Failed,
 }
 
 /// The lookup result for one address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GeoAnswer {
+    /// What the databases say of the address (fields they lack are absent).
     Found(Geo),
     /// Why there is no answer: a special-purpose address class, `not_found`, or
     /// `lookup_failed`.

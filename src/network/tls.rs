@@ -65,12 +65,15 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ClientCertMode {
+    /// Every client must present a certificate the client CAs signed (the default).
     #[default]
     Required,
+    /// A client may present one; one that is presented must verify.
     Optional,
 }
 
 impl TlsConfig {
+    /// Check the values are usable.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for addr in &self.listen {
             addr.parse::<std::net::SocketAddr>().map_err(|_| {
@@ -112,14 +115,24 @@ impl TlsConfig {
 /// Why TLS material could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// A certificate, key or CA file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The certificate, key or CA file.
         path: PathBuf,
+        /// What the operating system said.
         #[source]
         source: std::io::Error,
     },
+    /// A file holds no usable certificate or key, or the key does not belong to the
+    /// certificate.
     #[error("{path}: {reason}")]
-    Invalid { path: PathBuf, reason: String },
+    Invalid {
+        /// The certificate, key or CA file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -192,6 +205,7 @@ pub fn client_ca_store(path: &Path) -> Result<X509Store, TlsError> {
 
 /// What a reload puts in effect for the TLS listeners.
 pub struct TlsMaterial {
+    /// The server certificate and its key.
     pub pair: CertKey,
     /// The client CA store, when mutual TLS is on.
     pub client_cas: Option<X509Store>,
@@ -221,6 +235,7 @@ pub struct ServerCerts {
 }
 
 impl ServerCerts {
+    /// The certificates the TLS listeners start with.
     pub fn new(material: TlsMaterial) -> ServerCerts {
         export_expiry(&material.pair);
         ServerCerts {

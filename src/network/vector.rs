@@ -89,6 +89,7 @@ const MAX_ID_LEN: usize = 128;
 /// The client-IP result of walking the forwarded chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientAddr {
+    /// The client IP: the peer, or the nearest hop a trusted proxy reported.
     pub client_ip: IpAddr,
     /// Every hop claimed by the headers, left to right, as received (unparseable hops kept as
     /// text so tampering is visible).

@@ -25,10 +25,13 @@ pub struct Gateway {
     pub live: Arc<Live>,
     /// Requests between their head and their end (the drain at shutdown waits for 0).
     pub in_flight: Arc<AtomicUsize>,
+    /// The journal every record goes to.
     pub journal: Journal,
+    /// This gateway's node name, recorded in `gateway.node`.
     pub node: String,
     /// Listener address → name recorded in `gateway.listener`.
     pub listeners: Vec<(SocketAddr, String)>,
+    /// `[upstream]`: the EHR and its timeouts.
     pub upstream: UpstreamConfig,
     /// `host:port` of the upstream.
     pub upstream_authority: String,

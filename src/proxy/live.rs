@@ -16,8 +16,11 @@ use crate::rules::RuleSet;
 
 /// The parts of the configuration a request uses, loaded and ready.
 pub struct Snapshot {
+    /// The JWT verifier.
     pub identity: Arc<Identity>,
+    /// The route rules.
     pub rules: Arc<RuleSet>,
+    /// Trusted proxies, device and request ID headers.
     pub net: Arc<NetPolicy>,
     /// The GeoIP/ASN databases, when configured.
     pub geo: Option<Arc<GeoIp>>,
@@ -31,6 +34,7 @@ pub struct Snapshot {
 pub struct Live(ArcSwap<Snapshot>);
 
 impl Live {
+    /// The first snapshot.
     pub fn new(snapshot: Snapshot) -> Live {
         Live(ArcSwap::from_pointee(snapshot))
     }
@@ -40,10 +44,12 @@ impl Live {
         self.0.load_full()
     }
 
+    /// The JWT verifier in effect now.
     pub fn identity(&self) -> Arc<Identity> {
         self.0.load().identity.clone()
     }
 
+    /// The route rules in effect now.
     pub fn rules(&self) -> Arc<RuleSet> {
         self.0.load().rules.clone()
     }

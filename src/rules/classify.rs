@@ -39,6 +39,7 @@ pub struct Classification {
     /// Patients named by the request, deduplicated by id, in order of discovery (path, then
     /// query parameter, header, search query, form body).
     pub patients: Vec<PatientRef>,
+    /// How complete `patients` is, as far as the request line tells.
     pub attribution: Attribution,
     /// The decoded path (for the journal).
     pub path: String,

@@ -13,19 +13,30 @@ pub enum RulesError {
     /// A rule file could not be read.
     #[error("cannot read rule file {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// What the operating system said.
         #[source]
         source: std::io::Error,
     },
     /// TOML syntax error, unknown key or wrong type; the message names the key and the line.
     #[error("rule file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (it names the key and line).
+        message: String,
+    },
     /// A value parsed but is not acceptable.
     #[error("rule file {path}{}: key `{key}`: {reason}", in_rule(.rule))]
     Invalid {
+        /// The file.
         path: PathBuf,
+        /// The rule's name, when the problem is in one rule.
         rule: Option<String>,
+        /// The rule file key that is wrong (`template`, `methods`, ...).
         key: String,
+        /// What is wrong with it.
         reason: String,
     },
 }
@@ -59,40 +70,78 @@ pub enum PathRejection {
     NotOriginForm,
     /// The path is longer than [`MAX_PATH_BYTES`].
     #[error("request path is {len} bytes, longer than the {limit} allowed")]
-    TooLong { len: usize, limit: usize },
+    TooLong {
+        /// The path's length in bytes.
+        len: usize,
+        /// The longest accepted.
+        limit: usize,
+    },
     /// A raw character that is not legal in a URI path (space, `"`, `<`, `#`, non-ASCII, ...).
     #[error("character not allowed in a path at byte {at}")]
-    InvalidCharacter { at: usize },
+    InvalidCharacter {
+        /// The byte offset in the raw path where the problem starts.
+        at: usize,
+    },
     /// A control character, raw or percent-encoded (or a Unicode control after decoding).
     #[error("control character in the path at byte {at}")]
-    ControlCharacter { at: usize },
+    ControlCharacter {
+        /// The byte offset in the raw path where the problem starts.
+        at: usize,
+    },
     /// NUL, raw or `%00`.
     #[error("NUL in the path at byte {at}")]
-    Nul { at: usize },
+    Nul {
+        /// The byte offset in the raw path where the problem starts.
+        at: usize,
+    },
     /// A raw backslash.
     #[error("backslash in the path at byte {at}")]
-    Backslash { at: usize },
+    Backslash {
+        /// The byte offset in the raw path where the problem starts.
+        at: usize,
+    },
     /// A `;` (matrix / path parameter), raw or `%3B`.
     #[error("';' in the path at byte {at}")]
-    MatrixParam { at: usize },
+    MatrixParam {
+        /// The byte offset in the raw path where the problem starts.
+        at: usize,
+    },
     /// `%` not followed by two hex digits.
     #[error("invalid percent-encoding at byte {at}")]
-    InvalidPercentEncoding { at: usize },
+    InvalidPercentEncoding {
+        /// The byte offset in the raw path where the problem starts.
+        at: usize,
+    },
     /// `%2F` or `%5C`: a slash or backslash inside a segment.
     #[error("encoded slash or backslash at byte {at}")]
-    EncodedSlash { at: usize },
+    EncodedSlash {
+        /// The byte offset in the raw path where the problem starts.
+        at: usize,
+    },
     /// `%25`: an encoded `%`, i.e. a second layer of encoding (`%252F`).
     #[error("double percent-encoding at byte {at}")]
-    DoubleEncoding { at: usize },
+    DoubleEncoding {
+        /// The byte offset in the raw path where the problem starts.
+        at: usize,
+    },
     /// A `.` or `..` segment, raw or encoded.
     #[error("dot segment at byte {at}")]
-    DotSegment { at: usize },
+    DotSegment {
+        /// The byte offset in the raw path where the problem starts.
+        at: usize,
+    },
     /// An empty segment (`//`); one trailing `/` is allowed.
     #[error("empty path segment at byte {at}")]
-    EmptySegment { at: usize },
+    EmptySegment {
+        /// The byte offset in the raw path where the problem starts.
+        at: usize,
+    },
     /// A segment is not UTF-8 once decoded.
     #[error("segment at byte {at} is not UTF-8 once decoded")]
-    InvalidUtf8 { at: usize },
+    InvalidUtf8 {
+        /// The byte offset in the raw path where the problem starts.
+        at: usize,
+    },
 }
 
 impl PathRejection {

@@ -13,6 +13,7 @@ pub const REJECTED_RULE: &str = "rejected";
 /// Default rule file, relative to the config file's directory.
 /// The shipped FHIR R4 rule file, built in (used by `auditgate demo`).
 pub const BUILTIN_FHIR_R4: &str = include_str!("../../rules/fhir-r4.toml");
+/// The default rule file, relative to the config file's directory.
 pub const DEFAULT_RULE_FILE: &str = "rules/fhir-r4.toml";
 
 /// One rule file as written. See the module documentation for an example.
@@ -51,7 +52,9 @@ pub struct RuleFile {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleTest {
+    /// The case's name, shown when it fails.
     pub name: String,
+    /// The request's method.
     pub method: String,
     /// The request target: a path with its query (`/fhir/Observation?patient=1`).
     pub url: String,
@@ -76,6 +79,7 @@ pub struct RuleTest {
     /// The response status (default 200).
     #[serde(default)]
     pub status: Option<u16>,
+    /// What the gateway must record.
     pub expect: RuleTestExpect,
 }
 
@@ -85,10 +89,13 @@ pub struct RuleTest {
 pub struct RuleTestExpect {
     /// The rule name (`unmatched`, `rejected` for a refused path).
     pub rule: Option<String>,
+    /// The expected action.
     pub action: Option<Action>,
+    /// The expected interaction.
     pub interaction: Option<InteractionKind>,
     /// Patient ids, in any order.
     pub patients: Option<Vec<String>>,
+    /// The expected attribution.
     pub attribution: Option<Attribution>,
     /// Gap names, in any order.
     pub gaps: Option<Vec<String>>,

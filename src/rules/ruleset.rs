@@ -105,7 +105,9 @@ pub struct RuleSet {
 /// A short description of one rule, for `rules explain` and `check-config`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RuleSummary {
+    /// The rule's name.
     pub name: String,
+    /// Its description, from the rule file.
     pub description: Option<String>,
 }
 

@@ -33,10 +33,13 @@ use crate::rules::RuleSet;
 /// What `/readyz` looks at. The identity and rules are read through [`Live`] so a reload is
 /// seen at once.
 pub struct Readiness {
+    /// The journal: is it taking records?
     pub journal: Journal,
+    /// The configuration in effect (identity keys, rules).
     pub live: Arc<crate::proxy::live::Live>,
     /// Whether an archive is configured.
     pub archive_configured: bool,
+    /// How long the archive may fail before `/readyz` does (`admin.archive_unreachable_grace_secs`).
     pub archive_grace: Duration,
     /// Set when the process starts shutting down (SIGTERM, SIGQUIT): not ready any more.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
@@ -45,7 +48,9 @@ pub struct Readiness {
 /// One readiness check's result.
 #[derive(Debug, Serialize)]
 pub struct Check {
+    /// The check's name.
     pub name: &'static str,
+    /// It passed.
     pub ok: bool,
     /// A fixed reason code or a count; never PHI.
     pub detail: String,
@@ -119,6 +124,7 @@ impl Readiness {
 
 /// The admin HTTP application.
 pub struct AdminApp {
+    /// What `/readyz` checks.
     pub readiness: Readiness,
 }
 

@@ -30,20 +30,29 @@ use crate::tlog::checkpoint::CheckpointSigner;
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The journal directory could not be opened or recovered.
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),
+    /// Identity, rules, GeoIP or TLS material did not load.
     #[error(transparent)]
     Load(#[from] crate::server::reload::ReloadError),
+    /// The configuration is not valid.
     #[error(transparent)]
     Config(#[from] crate::config::error::ConfigError),
+    /// The background runtime could not start.
     #[error("runtime: {0}")]
     Runtime(#[from] std::io::Error),
+    /// The archive cannot take objects (not reachable, or not WORM when it must be).
     #[error("archive: {0}")]
     Archive(#[from] crate::archive::ArchiveError),
+    /// A listener's address is taken or not allowed.
     #[error("cannot listen on {addr} ({what}): {source}")]
     Listen {
+        /// The address, as configured.
         addr: String,
+        /// The config key it comes from (`server.listen`, `tls.listen`, `admin.listen`).
         what: &'static str,
+        /// What the operating system said.
         #[source]
         source: std::io::Error,
     },
@@ -100,7 +109,9 @@ pub fn check_listen_addresses(config: &Config) -> Result<(), StartError> {
 
 /// What `prepare` built: the gateway logic and the runtime that runs its background tasks.
 pub struct Prepared {
+    /// The proxy, ready to serve.
     pub gateway: Gateway,
+    /// What journal recovery found and did at this start.
     pub recovery: RecoveryReport,
     /// Runs the JWKS refresher and the archiver; kept alive for the life of the process.
     pub background: tokio::runtime::Runtime,

@@ -31,14 +31,19 @@ use crate::rules::RuleSet;
 /// Why a reload was rejected (the old configuration keeps serving).
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
+    /// The file did not load or is not valid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The identity section's keys did not load.
     #[error("identity: {0}")]
     Identity(String),
+    /// The rules did not load or compile.
     #[error("rules: {0}")]
     Rules(String),
+    /// A GeoIP database did not open.
     #[error(transparent)]
     GeoIp(#[from] crate::network::geoip::GeoIpError),
+    /// The TLS certificate, key or CA bundle did not load.
     #[error("tls: {0}")]
     Tls(#[from] crate::network::tls::TlsError),
 }
@@ -147,6 +152,8 @@ pub struct Reloader {
 }
 
 impl Reloader {
+    /// A reloader of the config file at `config_path` (now loaded as `config`), swapping into
+    /// `live`.
     pub fn new(config_path: &Path, config: Config, live: Arc<Live>) -> Reloader {
         Reloader {
             config_path: config_path.to_path_buf(),
@@ -167,7 +174,12 @@ impl Reloader {
     /// runtime.
     pub fn start_refresher(&self) {
         let task = tokio::spawn(self.live.identity().run_refresher());
-        if let Some(old) = self.refresher.lock().unwrap_or_else(std::sync::PoisonError::into_inner).replace(task) {
+        if let Some(old) = self
+            .refresher
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .replace(task)
+        {
             old.abort();
         }
     }
@@ -190,7 +202,10 @@ impl Reloader {
         match result {
             Ok((config, snapshot, pair)) => {
                 let ignored = {
-                    let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let mut current = self
+                        .current
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
                     let ignored = restart_only_changes(&current, &config);
                     // Keep comparing against what actually runs: restart-only sections stay.
                     let mut effective = current.clone();

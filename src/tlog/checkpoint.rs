@@ -137,26 +137,39 @@ pub enum CheckpointError {
     /// A key or checkpoint file could not be read or written.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What the operating system said.
         #[source]
         source: std::io::Error,
     },
     /// The key file is not a signed-note Ed25519 key of the expected kind.
     #[error("{path}: not a valid {kind} key ({reason})")]
     BadKey {
+        /// The file.
         path: PathBuf,
+        /// Which key was expected (`private`, `public`).
         kind: &'static str,
+        /// What is wrong with it.
         reason: String,
     },
     /// The key name cannot be a checkpoint origin.
     #[error("key name {name:?} is not valid: it must be non-empty, without spaces or '+'")]
-    BadKeyName { name: String },
+    BadKeyName {
+        /// The name.
+        name: String,
+    },
     /// The note does not parse, or its body is not a checkpoint.
     #[error("malformed checkpoint: {0}")]
     Malformed(String),
     /// The note carries no valid signature by the given key.
     #[error("checkpoint is not signed by {key}: {reason}")]
-    BadSignature { key: String, reason: String },
+    BadSignature {
+        /// The public key the note was checked with.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl CheckpointError {
@@ -395,8 +408,11 @@ impl CheckpointVerifier {
 /// A checkpoint whose signature was checked (or, from [`parse_unverified`], not).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SignedCheckpoint {
+    /// The log's origin line: the signing key's name (`auditgate/NODE`).
     pub origin: String,
+    /// How many records the signed tree holds.
     pub size: u64,
+    /// The Merkle root of those records.
     pub root: Hash,
     /// The signing time from the `time` extension line (RFC 3339, UTC), if present.
     pub time: Option<String>,
@@ -480,6 +496,7 @@ pub fn seal_state_path(journal_dir: &Path, size: u64) -> PathBuf {
 /// The tree's compact state as saved beside the newest checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct MerkleState {
+    /// How many leaves the tree holds.
     pub size: u64,
     /// Hex root (equal to the checkpoint's root at this size).
     pub root: String,
@@ -497,6 +514,7 @@ impl MerkleState {
         serde_json::to_vec(self).expect("a MerkleState serialises")
     }
 
+    /// The state of `frontier`.
     pub fn of(frontier: &Frontier) -> Self {
         MerkleState {
             size: frontier.size(),
@@ -566,7 +584,9 @@ pub fn store(
 /// Counters of the checkpoint thread.
 #[derive(Debug, Default)]
 pub struct CheckpointStats {
+    /// Checkpoints signed and stored.
     pub signed: AtomicU64,
+    /// Checkpoints that could not be stored.
     pub failures: AtomicU64,
     /// Tree size of the newest stored checkpoint.
     pub last_size: AtomicU64,
@@ -579,7 +599,12 @@ pub enum CheckpointMessage {
     /// Sign the tree as it is after every `Leaves` sent before this message, at `time`.
     /// `seal`: the tree ends a sealed segment; its compact state is kept for good (see
     /// [`seal_state_path`]).
-    Sign { time: SystemTime, seal: bool },
+    Sign {
+        /// The time the checkpoint states (and its file is named after).
+        time: SystemTime,
+        /// The tree ends a sealed segment: its compact state is kept for good.
+        seal: bool,
+    },
     /// Answer on the channel once every message before this one is done (stored or failed).
     Flush(mpsc::Sender<()>),
 }
@@ -658,6 +683,7 @@ impl Checkpointer {
         wait.recv_timeout(timeout).is_ok()
     }
 
+    /// The thread's counters.
     pub fn stats(&self) -> &Arc<CheckpointStats> {
         &self.stats
     }

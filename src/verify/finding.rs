@@ -12,63 +12,116 @@ use crate::tlog::checkpoint;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Finding {
     /// A complete line that is not a JSON record with `seq` and `prev`.
-    Unparseable { segment: String, line: u64 },
+    Unparseable {
+        /// The segment's file name (or archive key).
+        segment: String,
+        /// The line number in the segment, from 1.
+        line: u64,
+    },
     /// `seq` is not the previous record's seq + 1.
     SeqGap {
+        /// The segment's file name (or archive key).
         segment: String,
+        /// The line number in the segment, from 1.
         line: u64,
+        /// The seq that should be here.
         expected: u64,
+        /// The seq that is here.
         found: u64,
     },
     /// `prev` is not the leaf hash of the previous record: a record before it was changed,
     /// removed or reordered.
     ChainBreak {
+        /// The segment's file name (or archive key).
         segment: String,
+        /// The line number in the segment, from 1.
         line: u64,
+        /// The record's seq.
         seq: u64,
     },
     /// The segment does not end with a newline: bytes after the last complete line.
-    TornTail { segment: String, bytes: u64 },
+    TornTail {
+        /// The segment's file name (or archive key).
+        segment: String,
+        /// How many bytes follow the last complete line.
+        bytes: u64,
+    },
     /// A segment starts at a seq that does not follow the previous segment.
     SegmentGap {
+        /// The segment's file name (or archive key).
         segment: String,
+        /// The seq the segment should start at.
         expected_first: u64,
+        /// The seq it starts at.
         found_first: u64,
     },
     /// A sealed segment's name disagrees with its records.
     NameMismatch {
+        /// The segment's file name (or archive key).
         segment: String,
+        /// The first seq its name says.
         named_first: u64,
+        /// The last seq its name says.
         named_last: u64,
+        /// The first seq inside it.
         first: u64,
+        /// The last seq inside it.
         last: u64,
     },
     /// A sealed segment with no records.
-    EmptySealed { segment: String },
+    EmptySealed {
+        /// The segment's file name (or archive key).
+        segment: String,
+    },
     /// More than one open segment, or an open segment before a sealed one.
-    Layout { detail: String },
+    Layout {
+        /// What is wrong, in words.
+        detail: String,
+    },
     /// A checkpoint file that does not parse or is not signed by the given key.
-    CheckpointSignature { checkpoint: String, reason: String },
+    CheckpointSignature {
+        /// The checkpoint (a file under `checkpoints/`, or an archive key).
+        checkpoint: String,
+        /// Why, as the parser or reader said it.
+        reason: String,
+    },
     /// A validly signed checkpoint whose root is not the root of the records it covers: a
     /// record up to its size was changed, removed, inserted or reordered, or the chain was
     /// rewritten after it was signed.
-    CheckpointMismatch { checkpoint: String, size: u64 },
+    CheckpointMismatch {
+        /// The checkpoint (a file under `checkpoints/`, or an archive key).
+        checkpoint: String,
+        /// The tree size the checkpoint signs.
+        size: u64,
+    },
     /// After the first [`Finding::CheckpointMismatch`], every later checkpoint covers the same
     /// changed records and cannot match either: counted here instead of listed one by one.
-    LaterCheckpointMismatches { count: u64, last: String },
+    LaterCheckpointMismatches {
+        /// How many later checkpoints do not match.
+        count: u64,
+        /// The newest of them.
+        last: String,
+    },
     /// A validly signed checkpoint covers more records than the journal holds: records were
     /// cut off the end.
     Truncated {
+        /// The checkpoint (a file under `checkpoints/`, or an archive key).
         checkpoint: String,
+        /// The tree size the checkpoint signs.
         size: u64,
+        /// How many records the journal holds.
         records: u64,
     },
     /// Two consecutive checkpoints were signed further apart than the heartbeat allows: the
     /// gateway was stopped, or checkpoints were removed.
     CheckpointGap {
+        /// The earlier checkpoint.
         after: String,
+        /// The later checkpoint.
         before: String,
+        /// Seconds between their signing times.
         gap_secs: u64,
+        /// The most allowed (`--max-gap-secs`).
         max_secs: u64,
     },
     /// A key was given but the journal holds no checkpoint at all.
@@ -76,73 +129,131 @@ pub enum Finding {
     /// The records before `first_local_seq` were removed locally after shipping, and no tree
     /// state kept at that seal is vouched for by a signed checkpoint: the roots of the local
     /// records cannot be checked here (`verify --archive ... --journal` can).
-    Unanchored { first_local_seq: u64 },
+    Unanchored {
+        /// The seq of the first record still in the local journal.
+        first_local_seq: u64,
+    },
     /// Two validly signed checkpoints of the same size with different roots: the log forked,
     /// so at most one of them is consistent with the earlier checkpoints and the records.
     CheckpointConflict {
+        /// The tree size the checkpoint signs.
         size: u64,
+        /// The first checkpoint of that size.
         first: String,
+        /// The other one.
         second: String,
     },
 
     // ---- archive findings (`verify --archive`); `key` is the object key ----
     /// An archived object with a delete marker: `hidden` when the marker is the current
     /// version (a plain GET or listing no longer shows the object).
-    DeleteMarker { key: String, hidden: bool },
+    DeleteMarker {
+        /// The object key.
+        key: String,
+        /// The delete marker is the current version.
+        hidden: bool,
+    },
     /// An archived object with more than one version: it was written again after it was
     /// archived (the current version is what was checked).
-    SecondVersion { key: String, versions: usize },
+    SecondVersion {
+        /// The object key.
+        key: String,
+        /// How many versions the object has.
+        versions: usize,
+    },
     /// An archived object (its current version) that is not locked in COMPLIANCE mode until
     /// a retain-until date.
     LockMissing {
+        /// The object key.
         key: String,
+        /// The lock mode the store reports, if any.
         mode: Option<String>,
+        /// The retain-until date the store reports (Unix seconds), if any.
         retain_until: Option<i64>,
     },
     /// An archived object locked for less than the minimum retention (retain-until minus the
     /// time it was stored).
     RetentionShort {
+        /// The object key.
         key: String,
+        /// Days between the object's storing and its retain-until date.
         retained_days: u64,
+        /// The minimum retention asked for (`--min-retention-days`).
         min_days: u64,
     },
     /// The SHA-256 the store recorded at upload is not the SHA-256 of the bytes it returns.
     ChecksumMismatch {
+        /// The object key.
         key: String,
+        /// The checksum the store recorded (base64 SHA-256).
         recorded: String,
+        /// The checksum of the bytes it returned (base64 SHA-256).
         actual: String,
     },
     /// An archived segment that does not decompress.
-    Undecodable { key: String, reason: String },
+    Undecodable {
+        /// The object key.
+        key: String,
+        /// Why, as the parser or reader said it.
+        reason: String,
+    },
     /// A listed object that could not be read (gone between the listing and the read).
-    Unreadable { key: String, reason: String },
+    Unreadable {
+        /// The object key.
+        key: String,
+        /// Why, as the parser or reader said it.
+        reason: String,
+    },
     /// An object under the archive's prefix that is neither a segment nor a checkpoint of the
     /// layout.
-    UnexpectedObject { key: String },
+    UnexpectedObject {
+        /// The object key.
+        key: String,
+    },
     /// Records `first..=last` of a node are in no archived segment: a segment was removed, or
     /// (`after` the last archived one) the local progress file says it was shipped but it is
     /// not there. `local_copy`: the local journal still holds them (and they were checked).
     SegmentMissing {
+        /// The gateway node.
         node: String,
+        /// The first missing seq.
         first: u64,
+        /// The last missing seq.
         last: u64,
+        /// The archived segment before the gap, if any.
         after: Option<String>,
+        /// The archived segment after the gap, if any.
         before: Option<String>,
+        /// The local journal still holds these records, and they were checked there.
         local_copy: bool,
     },
     /// The local progress file says this checkpoint was shipped, but the archive lacks it.
-    CheckpointMissing { key: String },
+    CheckpointMissing {
+        /// The object key.
+        key: String,
+    },
     /// The local journal and the archive disagree about an object.
     LocalMismatch {
+        /// The object key.
         key: String,
+        /// The local file.
         local: String,
+        /// What is wrong, in words.
         detail: String,
     },
     /// Keys were given, but none is this node's (named `auditgate/NODE` or `NODE`): its
     /// checkpoints were not checked.
-    NoKeyForNode { node: String, keys: Vec<String> },
+    NoKeyForNode {
+        /// The gateway node.
+        node: String,
+        /// The keys that were given.
+        keys: Vec<String>,
+    },
     /// Nothing at all under the archive prefix.
-    EmptyArchive { prefix: String },
+    EmptyArchive {
+        /// The archive prefix that was listed.
+        prefix: String,
+    },
 }
 
 /// Where a checkpoint is: a journal file name is shown under `checkpoints/`; an archive key or

@@ -14,8 +14,11 @@ use crate::tlog::checkpoint::{self, CheckpointVerifier};
 /// The result of verifying a journal directory.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// The journal directory.
     pub journal: PathBuf,
+    /// Segments checked.
     pub segments: usize,
+    /// Records checked.
     pub records: u64,
     /// The seq of the last record checked (0 if none).
     pub head_seq: u64,
@@ -34,6 +37,7 @@ pub struct Report {
     /// and removed locally (`archive.delete_local_after_ship`): checked only by
     /// `verify --archive ... --journal`, as are checkpoint roots then.
     pub archived_records: u64,
+    /// Every problem found.
     pub findings: Vec<Finding>,
 }
 

@@ -49,18 +49,30 @@ pub const FORMAT: &str = "auditgate-proof/v1";
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Bundle {
+    /// Record `leaf_index + 1` is in the tree the checkpoint signs.
     Inclusion {
+        /// Always `auditgate-proof/v1`.
         format: String,
+        /// The record's journal line.
         record: String,
+        /// Its leaf index in the tree (seq - 1).
         leaf_index: u64,
+        /// The size of the tree the proof is in.
         tree_size: u64,
+        /// The proof's hashes, base64, leaf to root.
         proof: Vec<String>,
+        /// The signed checkpoint (note text) of that tree.
         checkpoint: String,
     },
+    /// The newer checkpoint's tree extends the older one's.
     Consistency {
+        /// Always `auditgate-proof/v1`.
         format: String,
+        /// The older signed checkpoint (note text).
         old_checkpoint: String,
+        /// The newer signed checkpoint (note text).
         new_checkpoint: String,
+        /// The proof's hashes, base64, leaf to root.
         proof: Vec<String>,
     },
 }
@@ -68,28 +80,48 @@ pub enum Bundle {
 /// Why a bundle could not be made or did not check out.
 #[derive(Debug, Error)]
 pub enum BundleError {
+    /// The journal could not be read.
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// A checkpoint or key could not be read or checked.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What the operating system said.
         #[source]
         source: std::io::Error,
     },
     /// The journal has no checkpoint that covers the record.
     #[error("no checkpoint covers seq {seq} yet (newest covers {newest}); wait for the next one")]
-    NotCovered { seq: u64, newest: u64 },
+    NotCovered {
+        /// The record's seq.
+        seq: u64,
+        /// The size of the newest checkpoint.
+        newest: u64,
+    },
     /// The bundle is not JSON of this format.
     #[error("not an {FORMAT} bundle: {0}")]
     Malformed(String),
     /// The record in the bundle is not the one at `leaf_index`.
     #[error("the record's seq is {seq}, but the bundle proves leaf index {leaf_index} (seq {})", leaf_index.saturating_add(1))]
-    WrongRecord { seq: u64, leaf_index: u64 },
+    WrongRecord {
+        /// The record's seq.
+        seq: u64,
+        /// The leaf index the bundle names (seq - 1).
+        leaf_index: u64,
+    },
     /// The checkpoint's size is not the bundle's tree size.
     #[error("the bundle says tree size {bundle}, the signed checkpoint says {signed}")]
-    WrongSize { bundle: u64, signed: u64 },
+    WrongSize {
+        /// The tree size the bundle states.
+        bundle: u64,
+        /// The size the checkpoint signs.
+        signed: u64,
+    },
     /// The proof does not lead to the signed root.
     #[error(transparent)]
     Proof(#[from] ProofError),
@@ -251,12 +283,16 @@ pub fn prove_consistency(dir: &Path, old: &Path, new: &Path) -> Result<Bundle, B
 pub enum Proven {
     /// Record `seq` is in the signed tree.
     Inclusion {
+        /// The record's seq.
         seq: u64,
+        /// The checkpoint that covers it.
         checkpoint: SignedCheckpoint,
     },
     /// The new signed tree extends the old one.
     Consistency {
+        /// The older checkpoint.
         old: SignedCheckpoint,
+        /// The newer one, which extends it.
         new: SignedCheckpoint,
     },
 }

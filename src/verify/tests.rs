@@ -179,7 +179,7 @@ fn a_removed_middle_segment_is_found() {
 mod checkpoints {
     use super::*;
     use crate::journal::{CheckpointTiming, Checkpointing};
-    use crate::tlog::checkpoint::{write_key_pair, CheckpointSigner};
+    use crate::tlog::checkpoint::CheckpointSigner;
     use std::time::{Duration, SystemTime};
 
     struct Signed {
@@ -213,36 +213,10 @@ mod checkpoints {
         }
     }
 
-    /// `n` records in 4 KiB segments, a checkpoint after every batch.
+    /// `n` records of node `n1` in 4 KiB segments, a checkpoint after every batch.
     fn signed_journal(n: usize) -> Signed {
         let tmp = tempfile::tempdir().unwrap();
-        let key = tmp.path().join("checkpoint.key");
-        write_key_pair(&key, "auditgate/n1").unwrap();
-        let dir = tmp.path().join("journal");
-        let cfg = JournalConfig {
-            segment_max_bytes: 4096,
-            ..JournalConfig::default()
-        };
-        let checkpointing = Checkpointing {
-            signer: CheckpointSigner::load(&key, false, "unused").unwrap(),
-            timing: CheckpointTiming {
-                interval: Duration::ZERO,
-                heartbeat: Duration::from_secs(3600),
-            },
-        };
-        let (j, _) = Journal::open_with_checkpoints(&dir, "n1", &cfg, Some(checkpointing)).unwrap();
-        for i in 0..n {
-            j.append_blocking(&event(i)).unwrap();
-        }
-        let stats = j.checkpoint_stats().unwrap().clone();
-        // The final head is signed as the writer stops, and dropping the last handle waits
-        // until the checkpoint thread stored it.
-        drop(j);
-        assert_eq!(
-            stats.last_size.load(std::sync::atomic::Ordering::Acquire),
-            n as u64,
-            "a checkpoint covers all {n} records"
-        );
+        let (dir, key) = crate::fixtures::signed_journal(tmp.path(), "n1", n);
         Signed {
             _tmp: tmp,
             dir,

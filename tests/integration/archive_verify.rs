@@ -8,18 +8,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use auditgate::archive::{
     ArchiveConfig, ArchiveKind, ArchiveStore, Archiver, Layout, S3Store, SegmentCompression,
 };
-use auditgate::journal::{CheckpointTiming, Checkpointing, Journal, JournalConfig};
-use auditgate::record::{
-    Action, Attribution, ClockState, Event, InteractionKind, NetworkVector, Phase, Who,
-};
-use auditgate::tlog::checkpoint::{public_key_path, write_key_pair, CheckpointSigner};
+use auditgate::tlog::checkpoint::public_key_path;
 
 use crate::support::python::assert_success;
 use crate::support::s3::{run_boto3, S3Server, ACCESS_KEY, BOTO3_PRELUDE, REGION, SECRET_KEY};
@@ -28,65 +23,10 @@ const NODE: &str = "gw-s3";
 const PREFIX: &str = "audit";
 const RECORDS: usize = 60;
 
-fn event(n: usize) -> Event {
-    Event {
-        phase: Phase::Outcome,
-        request_id: format!("req-{n}"),
-        intent_seq: None,
-        who: Who::Unauthenticated {
-            reason: "missing_token".into(),
-        },
-        action: Action::R,
-        interaction: InteractionKind::Read,
-        rule: "test".into(),
-        resource_type: None,
-        resource_id: None,
-        method: "GET".into(),
-        path: "/fhir/metadata".into(),
-        query: None,
-        patients: vec![],
-        attribution: Attribution::None,
-        attribution_gaps: Vec::new(),
-        net: NetworkVector::default(),
-        outcome: None,
-        clock: ClockState::default(),
-        received: String::new(),
-    }
-}
-
 /// A signed journal of [`RECORDS`] records in 4 KiB segments with a checkpoint after every
 /// record; returns (journal dir, private key path).
 fn signed_journal(root: &Path) -> (PathBuf, PathBuf) {
-    let key = root.join("checkpoint.key");
-    write_key_pair(&key, &format!("auditgate/{NODE}")).unwrap();
-    let dir = root.join("journal");
-    let cfg = JournalConfig {
-        segment_max_bytes: 4096,
-        ..JournalConfig::default()
-    };
-    let checkpointing = Checkpointing {
-        signer: CheckpointSigner::load(&key, false, "unused").unwrap(),
-        timing: CheckpointTiming {
-            interval: Duration::ZERO,
-            heartbeat: Duration::from_secs(3600),
-        },
-    };
-    let (j, _) = Journal::open_with_checkpoints(&dir, NODE, &cfg, Some(checkpointing)).unwrap();
-    for i in 0..RECORDS {
-        j.append_blocking(&event(i)).unwrap();
-    }
-    let stats = j.checkpoint_stats().unwrap().clone();
-    drop(j);
-    // The final head is signed as the writer stops.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while stats.last_size.load(std::sync::atomic::Ordering::Acquire) < RECORDS as u64 {
-        assert!(
-            Instant::now() < deadline,
-            "no checkpoint covers every record"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (dir, key)
+    crate::support::journal::signed_journal(root, NODE, RECORDS)
 }
 
 /// The SDK in this process takes its credentials from the environment, like the CLI's.
@@ -220,7 +160,11 @@ fn changed_segment(
     assert_ne!(changed, lines[1]);
     lines[1] = &changed;
     let path = dir.join("changed-segment");
-    std::fs::write(&path, compression.compress(lines.join("\n").as_bytes()).unwrap()).unwrap();
+    std::fs::write(
+        &path,
+        compression.compress(lines.join("\n").as_bytes()).unwrap(),
+    )
+    .unwrap();
     path
 }
 

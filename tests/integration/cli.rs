@@ -189,7 +189,12 @@ fn the_demo_keeps_running_and_its_curl_line_works() {
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal");
     let mut child = Command::new(env!("CARGO_BIN_EXE_auditgate"))
-        .args(["demo", "--keep-running", "--journal", journal.to_str().unwrap()])
+        .args([
+            "demo",
+            "--keep-running",
+            "--journal",
+            journal.to_str().unwrap(),
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -259,10 +264,17 @@ fn token_mints_for_the_quickstart_issuer_and_refuses_without_its_secret() {
     let config = format!("{root}/config/quickstart.toml");
     let out = Command::new(env!("CARGO_BIN_EXE_auditgate"))
         .args(["token", "--config", &config, "--sub", "dr.newcomer"])
-        .env("AUDITGATE_QUICKSTART_SECRET", "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC0xMjM0")
+        .env(
+            "AUDITGATE_QUICKSTART_SECRET",
+            "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC0xMjM0",
+        )
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let token = String::from_utf8(out.stdout).unwrap();
     let token = token.trim();
     assert_eq!(token.split('.').count(), 3, "{token}");

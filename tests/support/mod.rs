@@ -34,6 +34,7 @@ pub mod fhir;
 pub mod gateway;
 pub mod geoip;
 pub mod held;
+pub mod journal;
 pub mod jwks;
 pub mod keys;
 pub mod oracle;

@@ -1,0 +1,372 @@
+//! Unit tests of [`super`].
+
+use super::*;
+use serde_json::json;
+
+fn response(v: serde_json::Value) -> Findings {
+    response_patients(&serde_json::to_vec(&v).unwrap())
+}
+
+/// Sorted: `json!` objects serialise their keys in alphabetical order.
+fn ids(f: &Findings) -> Vec<&str> {
+    let mut v: Vec<&str> = f.patients.iter().map(String::as_str).collect();
+    v.sort_unstable();
+    v
+}
+
+fn gaps(f: &Findings) -> Vec<&'static str> {
+    f.gaps.iter().map(|g| g.as_str()).collect()
+}
+
+#[test]
+fn a_patient_and_its_links() {
+    let f = response(json!({
+        "resourceType": "Patient", "id": "example",
+        "generalPractitioner": [{"reference": "Practitioner/p1"}],
+        "managingOrganization": {"reference": "Organization/1"},
+        "link": [{"other": {"reference": "Patient/pat2"}, "type": "seealso"}]
+    }));
+    assert_eq!(ids(&f), ["example", "pat2"]);
+    assert!(f.gaps.is_empty());
+}
+
+#[test]
+fn reference_forms_and_other_types() {
+    let f = response(json!({
+        "resourceType": "Observation", "id": "o1",
+        "subject": {"reference": "Patient/a"},
+        "performer": [
+            {"reference": "http://ehr.example/fhir/Patient/b/_history/3"},
+            {"reference": "Practitioner/a"},
+            {"reference": "RelatedPerson/c"},
+            {"reference": "Group/g"}
+        ],
+        "focus": [{"reference": "Patient/c/_history/1"}],
+        "note": [{"authorReference": {"reference": "Patient/d"}, "text": "Patient/e"}],
+        "extension": [{"url": "http://x", "valueReference": {"reference": "Patient/f"}}],
+        "code": {"text": "Patient/z"}
+    }));
+    assert_eq!(ids(&f), ["a", "b", "c", "d", "f"]);
+    assert!(f.gaps.is_empty());
+}
+
+#[test]
+fn resource_type_after_other_keys() {
+    let f = response(json!({"id": "late", "name": [{"family": "X"}], "resourceType": "Patient"}));
+    assert_eq!(ids(&f), ["late"]);
+}
+
+#[test]
+fn contained_references_resolve_locally() {
+    let f = response(json!({
+        "resourceType": "Observation", "id": "o1",
+        "contained": [
+            {"resourceType": "Patient", "id": "p1", "name": [{"family": "Local"}]},
+            {"resourceType": "Practitioner", "id": "pr1"},
+            {"resourceType": "Provenance", "id": "prov",
+             "target": [{"reference": "#p1"}], "agent": [{"who": {"reference": "Patient/real"}}]}
+        ],
+        "subject": {"reference": "#p1"},
+        "performer": [{"reference": "#pr1"}]
+    }));
+    // Never Patient/p1; the contained patient is a gap. Real references inside contained
+    // resources count.
+    assert_eq!(ids(&f), ["real"]);
+    assert_eq!(gaps(&f), ["contained_patient"]);
+}
+
+#[test]
+fn contained_non_patient_target_is_no_gap() {
+    let f = response(json!({
+        "resourceType": "Observation",
+        "contained": [{"resourceType": "Practitioner", "id": "p1"}],
+        "subject": {"reference": "Patient/x"},
+        "performer": [{"reference": "#p1"}]
+    }));
+    assert_eq!(ids(&f), ["x"]);
+    assert!(f.gaps.is_empty());
+}
+
+#[test]
+fn searchset_with_includes_and_outcome() {
+    let f = response(json!({
+        "resourceType": "Bundle", "type": "searchset", "total": 2,
+        "link": [{"relation": "next", "url": "http://h/fhir/Observation?patient=zz&_offset=20"}],
+        "entry": [
+            {"fullUrl": "http://h/fhir/Observation/1", "resource": {"resourceType": "Observation", "id": "1", "subject": {"reference": "Patient/a"}}, "search": {"mode": "match"}},
+            {"fullUrl": "http://h/fhir/Observation/2", "resource": {"resourceType": "Observation", "id": "2", "subject": {"reference": "Patient/b"}}},
+            {"fullUrl": "http://h/fhir/Patient/a", "resource": {"resourceType": "Patient", "id": "a"}, "search": {"mode": "include"}},
+            {"resource": {"resourceType": "OperationOutcome", "issue": [{"severity": "warning", "code": "processing"}]}, "search": {"mode": "outcome"}}
+        ]
+    }));
+    assert_eq!(ids(&f), ["a", "b"]);
+    assert!(f.gaps.is_empty());
+}
+
+#[test]
+fn history_deletions_and_transaction_responses() {
+    let f = response(json!({
+        "resourceType": "Bundle", "type": "history",
+        "entry": [
+            {"fullUrl": "http://h/fhir/Patient/gone", "request": {"method": "DELETE", "url": "Patient/gone/_history/2"}, "response": {"status": "200"}},
+            {"request": {"method": "DELETE", "url": "Observation/o9"}}
+        ]
+    }));
+    assert_eq!(ids(&f), ["gone"]);
+    let f = response(json!({
+        "resourceType": "Bundle", "type": "transaction-response",
+        "entry": [
+            {"response": {"status": "201 Created", "location": "Patient/new1/_history/1"}},
+            {"response": {"status": "201 Created", "location": "Observation/o1/_history/1",
+                          "outcome": {"resourceType": "OperationOutcome"}}}
+        ]
+    }));
+    assert_eq!(ids(&f), ["new1"]);
+}
+
+#[test]
+fn bundle_urn_references() {
+    let f = response(json!({
+        "resourceType": "Bundle", "type": "document",
+        "entry": [
+            {"fullUrl": "urn:uuid:c1", "resource": {"resourceType": "Composition", "subject": {"reference": "urn:uuid:p1"}}},
+            {"fullUrl": "urn:uuid:p1", "resource": {"resourceType": "Patient", "id": "doc-pat"}},
+            {"fullUrl": "urn:uuid:p2", "resource": {"resourceType": "Patient"}}
+        ]
+    }));
+    assert_eq!(ids(&f), ["doc-pat"]);
+    assert_eq!(gaps(&f), ["patient_without_id"]);
+}
+
+#[test]
+fn gaps_are_named() {
+    let f = response(json!({
+        "resourceType": "Observation",
+        "subject": {"type": "Patient", "identifier": {"system": "urn:mrn", "value": "123"}},
+        "focus": [{"reference": "Patient?identifier=urn:mrn|9"}, {"reference": "Patient/not an id"}]
+    }));
+    assert!(f.patients.is_empty());
+    assert_eq!(
+        gaps(&f),
+        [
+            "logical_reference",
+            "conditional_reference",
+            "invalid_reference"
+        ]
+    );
+    // An identifier on a non-patient logical reference is no gap.
+    let f = response(
+        json!({"resourceType": "Observation", "performer": [{"type": "Practitioner", "identifier": {"value": "1"}}]}),
+    );
+    assert!(f.gaps.is_empty());
+}
+
+#[test]
+fn parameters_and_nested_resources() {
+    let f = response(json!({
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "return", "resource": {"resourceType": "Patient", "id": "pp"}},
+            {"name": "ref", "valueReference": {"reference": "Patient/qq"}}
+        ]
+    }));
+    assert_eq!(ids(&f), ["pp", "qq"]);
+}
+
+#[test]
+fn lists_groups_and_non_bundle_entries() {
+    let f = response(json!({
+        "resourceType": "List", "subject": {"reference": "Patient/s"},
+        "entry": [{"item": {"reference": "Patient/i1"}}, {"item": {"reference": "Observation/o"}}]
+    }));
+    assert_eq!(ids(&f), ["i1", "s"]);
+    let f = response(
+        json!({"resourceType": "Group", "member": [{"entity": {"reference": "Patient/m"}}]}),
+    );
+    assert_eq!(ids(&f), ["m"]);
+    let f = response(json!({
+        "resourceType": "Composition",
+        "section": [{"entry": [{"reference": "Patient/sec"}]}]
+    }));
+    assert_eq!(ids(&f), ["sec"]);
+}
+
+struct Routes;
+impl EntryClassifier for Routes {
+    fn classify_entry(&self, method: &str, url: &str) -> (Vec<String>, bool) {
+        let (patients, _) = ReferenceOnly.classify_entry(method, url);
+        let complete = !patients.is_empty();
+        (patients, complete)
+    }
+}
+
+#[test]
+fn transaction_requests() {
+    let body = serde_json::to_vec(&json!({
+        "resourceType": "Bundle", "type": "transaction",
+        "entry": [
+            {"fullUrl": "urn:uuid:np", "resource": {"resourceType": "Patient", "id": "ignored-on-create", "name": [{"family": "New"}]},
+             "request": {"method": "POST", "url": "Patient"}},
+            {"fullUrl": "urn:uuid:o1", "resource": {"resourceType": "Observation", "subject": {"reference": "urn:uuid:np"}},
+             "request": {"method": "POST", "url": "Observation"}},
+            {"resource": {"resourceType": "Observation", "id": "o2", "subject": {"reference": "Patient/known"}},
+             "request": {"method": "PUT", "url": "Observation/o2"}},
+            {"request": {"method": "DELETE", "url": "Patient/del"}},
+            {"request": {"method": "DELETE", "url": "Patient?identifier=x|1"}}
+        ]
+    }))
+    .unwrap();
+    let f = request_patients(&body, false, &Routes);
+    assert_eq!(ids(&f), ["del", "known"]);
+    assert_eq!(gaps(&f), ["conditional_reference", "created_patient"]);
+    assert_eq!(f.created_patients, 1);
+}
+
+#[test]
+fn an_entry_that_wrongly_carries_a_resource_type_keeps_its_request_and_location() {
+    // A lenient server ignores the stray element and runs the DELETE.
+    let body = br#"{"resourceType":"Bundle","type":"transaction","entry":[
+        {"resourceType":"Basic","subject":{"reference":"Patient/stray"},
+         "request":{"method":"DELETE","url":"Patient/victim"}}]}"#;
+    let f = request_patients(body, false, &Routes);
+    assert_eq!(ids(&f), ["stray", "victim"]);
+    let body = br#"{"resourceType":"Bundle","type":"transaction-response","entry":[
+        {"resourceType":"Basic","response":{"status":"201 Created","location":"Patient/made/_history/1"}}]}"#;
+    let f = response_patients(body);
+    assert_eq!(ids(&f), ["made"]);
+    assert_eq!(f.located, 1);
+    // Its fullUrl still resolves urn:uuid references.
+    let body = br#"{"resourceType":"Bundle","type":"collection","entry":[
+        {"resourceType":"Patient","id":"pu","fullUrl":"urn:uuid:pu"},
+        {"resource":{"resourceType":"Observation","subject":{"reference":"urn:uuid:pu"}}}]}"#;
+    assert_eq!(ids(&response_patients(body)), ["pu"]);
+}
+
+#[test]
+fn create_bodies() {
+    let body = br#"{"resourceType":"Patient","id":"client-chosen","name":[{"family":"X"}]}"#;
+    let f = request_patients(body, true, &ReferenceOnly);
+    assert!(f.patients.is_empty());
+    assert_eq!(f.created_patients, 1);
+    let f = request_patients(body, false, &ReferenceOnly);
+    assert_eq!(ids(&f), ["client-chosen"]);
+    let f = request_patients(
+        br#"{"resourceType":"Observation","subject":{"reference":"Patient/s1"}}"#,
+        true,
+        &ReferenceOnly,
+    );
+    assert_eq!(ids(&f), ["s1"]);
+    assert_eq!(f.created_patients, 0);
+}
+
+#[test]
+fn invalid_and_odd_documents() {
+    assert_eq!(
+        gaps(&response_patients(b"{\"resourceType\":")),
+        ["invalid_json"]
+    );
+    assert_eq!(gaps(&response_patients(b"<Patient/>")), ["invalid_json"]);
+    assert!(response_patients(b"[1, 2, {\"reference\": \"Patient/x\"}]")
+        .gaps
+        .is_empty());
+    assert!(response_patients(b"\"x\"").patients.is_empty());
+    // A JSON Patch body is an array: the references its operations write count.
+    let patch = br#"[{"op": "add", "path": "/link/0", "value": {"other": {"reference": "Patient/linked"}}}]"#;
+    let f = request_patients(patch, false, &ReferenceOnly);
+    assert_eq!(ids(&f), ["linked"]);
+    assert!(f.document_type.is_none());
+    assert!(f.bundle_type.is_none());
+    // A Bundle's `type` is kept (a batch is recorded as one); a resource's `type` is not.
+    let batch = br#"{"resourceType": "Bundle", "type": "batch", "identifier": {"value": "b"}, "entry": []}"#;
+    assert_eq!(
+        response_patients(batch).bundle_type.as_deref(),
+        Some("batch")
+    );
+    let device = br#"{"resourceType": "Device", "type": {"text": "pump"}}"#;
+    assert!(response_patients(device).bundle_type.is_none());
+    let nested = br#"{"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": {"resourceType": "Bundle", "type": "batch"}}]}"#;
+    assert_eq!(
+        response_patients(nested).bundle_type.as_deref(),
+        Some("searchset")
+    );
+    let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+    assert_eq!(gaps(&response_patients(deep.as_bytes())), ["invalid_json"]);
+    let deep = "{\"a\":".repeat(5_000) + "1" + &"}".repeat(5_000);
+    assert_eq!(gaps(&response_patients(deep.as_bytes())), ["invalid_json"]);
+    // Escapes in strings still resolve.
+    let f = response_patients(
+        br#"{"resourceType":"Observation","subject":{"reference":"Patient\/e1"}}"#,
+    );
+    assert_eq!(ids(&f), ["e1"]);
+}
+
+mod props {
+    use super::super::*;
+    use proptest::prelude::*;
+
+    fn arb_json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::Bool),
+            any::<i64>().prop_map(|n| serde_json::json!(n)),
+            prop_oneof![
+                Just("Patient/p1".to_string()),
+                Just("#c".to_string()),
+                Just("urn:uuid:u".to_string()),
+                Just("Patient".to_string()),
+                Just("Bundle".to_string()),
+                "[a-zA-Z0-9/#:?.|_-]{0,20}",
+            ]
+            .prop_map(serde_json::Value::String),
+        ];
+        leaf.prop_recursive(8, 256, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(serde_json::Value::Array),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("resourceType".to_string()),
+                        Just("id".to_string()),
+                        Just("reference".to_string()),
+                        Just("type".to_string()),
+                        Just("identifier".to_string()),
+                        Just("contained".to_string()),
+                        Just("entry".to_string()),
+                        Just("resource".to_string()),
+                        Just("request".to_string()),
+                        Just("response".to_string()),
+                        Just("fullUrl".to_string()),
+                        Just("url".to_string()),
+                        Just("method".to_string()),
+                        Just("location".to_string()),
+                        "[a-z]{1,6}",
+                    ],
+                    inner,
+                    0..8
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any JSON document: no panic, and every patient found is a valid id.
+        #[test]
+        fn arbitrary_json_never_panics(v in arb_json(), creating in any::<bool>()) {
+            let bytes = serde_json::to_vec(&v).unwrap();
+            for f in [response_patients(&bytes), request_patients(&bytes, creating, &ReferenceOnly)] {
+                for p in &f.patients {
+                    prop_assert!(is_fhir_id(p));
+                }
+            }
+        }
+
+        /// Arbitrary bytes: no panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = response_patients(&bytes);
+            let _ = request_patients(&bytes, false, &ReferenceOnly);
+        }
+    }
+}

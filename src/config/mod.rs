@@ -12,12 +12,14 @@ use serde::{Deserialize, Serialize};
 
 pub mod error;
 pub mod server;
+pub mod upstream;
 
 pub use error::ConfigError;
 
 use crate::archive::ArchiveConfig;
 use crate::clock::ClockConfig;
 use crate::config::server::{is_safe_token, AdminConfig, ServerConfig};
+use crate::config::upstream::UpstreamConfig;
 use crate::identity::IdentityConfig;
 use crate::journal::JournalConfig;
 use crate::network::geoip::GeoIpConfig;
@@ -70,137 +72,6 @@ pub struct Config {
     /// TLS listeners (and mutual TLS).
     #[serde(default)]
     pub tls: TlsConfig,
-}
-
-/// `[upstream]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamConfig {
-    /// Base URL of the EHR, `http://host:port` or `https://host:port`. A path prefix is not
-    /// allowed: the request path is forwarded unchanged.
-    pub url: String,
-    /// TCP connect timeout.
-    #[serde(default = "default_connect_timeout_ms")]
-    pub connect_timeout_ms: u64,
-    /// Longest wait for the upstream between reads (response head or body bytes).
-    #[serde(default = "default_read_timeout_ms")]
-    pub read_timeout_ms: u64,
-    /// Longest wait for a write to the upstream.
-    #[serde(default = "default_write_timeout_ms")]
-    pub write_timeout_ms: u64,
-    /// Idle pooled upstream connections are closed after this.
-    #[serde(default = "default_idle_timeout_ms")]
-    pub idle_timeout_ms: u64,
-    /// For `https://`: a CA bundle (PEM) the EHR's certificate must chain to. Unset: the
-    /// system's trusted roots.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// For `https://`: the name sent as SNI and required in the EHR's certificate. Default: the
-    /// URL's host (set it when the URL names the EHR by IP address but its certificate by name).
-    #[serde(default)]
-    pub server_name: Option<String>,
-    /// For `https://`: accept any certificate and host name. Never in production: it is logged
-    /// as an error at every start and by check-config.
-    #[serde(default)]
-    pub insecure_skip_verify: bool,
-}
-
-fn default_connect_timeout_ms() -> u64 {
-    2_000
-}
-fn default_read_timeout_ms() -> u64 {
-    60_000
-}
-fn default_write_timeout_ms() -> u64 {
-    60_000
-}
-fn default_idle_timeout_ms() -> u64 {
-    60_000
-}
-
-/// The upstream's address, parsed from [`UpstreamConfig::url`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UpstreamTarget {
-    /// `host:port` to connect to.
-    pub authority: String,
-    /// The Host header value to send when the client's is replaced (kept as the client sent it);
-    /// also the TLS server name (SNI) and the name the certificate must carry.
-    pub host: String,
-    /// `https://`.
-    pub tls: bool,
-}
-
-impl UpstreamConfig {
-    /// Parse and check the URL.
-    pub fn target(&self) -> Result<UpstreamTarget, ConfigError> {
-        let uri: http::Uri = self
-            .url
-            .parse()
-            .map_err(|e| ConfigError::invalid("upstream.url", format!("not a URL: {e}")))?;
-        let tls = match uri.scheme_str() {
-            Some("http") => false,
-            Some("https") => true,
-            Some(other) => {
-                return Err(ConfigError::invalid(
-                    "upstream.url",
-                    format!("scheme `{other}` is not supported; use http:// or https://"),
-                ))
-            }
-            None => {
-                return Err(ConfigError::invalid(
-                    "upstream.url",
-                    "must start with http:// or https://",
-                ))
-            }
-        };
-        // `Uri::host` keeps the brackets of an IPv6 literal; the authority adds its own.
-        let host = uri
-            .host()
-            .ok_or_else(|| ConfigError::invalid("upstream.url", "has no host"))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err(ConfigError::invalid(
-                "upstream.url",
-                "must not have a path or query: request paths are forwarded unchanged",
-            ));
-        }
-        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let authority = if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
-        Ok(UpstreamTarget {
-            authority,
-            host,
-            tls,
-        })
-    }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        let target = self.target()?;
-        if !target.tls
-            && (self.ca_file.is_some() || self.insecure_skip_verify || self.server_name.is_some())
-        {
-            return Err(ConfigError::invalid(
-                "upstream.ca_file",
-                "ca_file, server_name and insecure_skip_verify are for an https:// upstream",
-            ));
-        }
-        for (key, v) in [
-            ("upstream.connect_timeout_ms", self.connect_timeout_ms),
-            ("upstream.read_timeout_ms", self.read_timeout_ms),
-            ("upstream.write_timeout_ms", self.write_timeout_ms),
-            ("upstream.idle_timeout_ms", self.idle_timeout_ms),
-        ] {
-            if v == 0 {
-                return Err(ConfigError::invalid(key, "must be above 0"));
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Log output format.
@@ -355,19 +226,6 @@ impl Config {
 mod tests {
     use super::*;
 
-    fn upstream(url: &str) -> UpstreamConfig {
-        UpstreamConfig {
-            url: url.into(),
-            connect_timeout_ms: 1,
-            read_timeout_ms: 1,
-            write_timeout_ms: 1,
-            idle_timeout_ms: 1,
-            ca_file: None,
-            server_name: None,
-            insecure_skip_verify: false,
-        }
-    }
-
     #[test]
     fn the_checkpoint_key_file_can_name_the_node() {
         let dir = tempfile::tempdir().unwrap();
@@ -395,31 +253,5 @@ hmac_secrets = [{ env_var = "X" }]
             config.checkpoint.key_file,
             dir.path().join("keys/checkpoint-auditgate-1.key")
         );
-    }
-
-    #[test]
-    fn upstream_addresses_parse_for_ipv4_ipv6_and_names() {
-        assert_eq!(
-            upstream("http://127.0.0.1:8000")
-                .target()
-                .unwrap()
-                .authority,
-            "127.0.0.1:8000"
-        );
-        assert_eq!(
-            upstream("http://[::1]:8080").target().unwrap().authority,
-            "[::1]:8080"
-        );
-        assert_eq!(
-            upstream("http://ehr.local").target().unwrap().authority,
-            "ehr.local:80"
-        );
-        assert_eq!(
-            upstream("https://ehr.local").target().unwrap().authority,
-            "ehr.local:443"
-        );
-        assert!(upstream("https://ehr.local").target().unwrap().tls);
-        assert!(upstream("ftp://ehr.local").target().is_err());
-        assert!(upstream("http://ehr.local/fhir").target().is_err());
     }
 }

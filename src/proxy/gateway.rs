@@ -14,7 +14,7 @@ use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpUpstreamRequestPolicy;
 
 use super::live::{Live, Snapshot};
-use crate::config::UpstreamConfig;
+use crate::config::upstream::UpstreamConfig;
 use crate::journal::Journal;
 use crate::record::Event;
 use crate::rules::Classification;
@@ -33,12 +33,6 @@ pub struct Gateway {
     pub listeners: Vec<(SocketAddr, String)>,
     /// `[upstream]`: the EHR and its timeouts.
     pub upstream: UpstreamConfig,
-    /// `host:port` of the upstream.
-    pub upstream_authority: String,
-    /// The upstream is `https://`.
-    pub upstream_tls: bool,
-    /// The name the upstream's certificate must carry (and the SNI sent).
-    pub upstream_sni: String,
     /// `upstream.ca_file`, loaded; `None`: the system's roots.
     pub upstream_ca: Option<Arc<Box<[pingora::tls::x509::X509]>>>,
     /// The buffered path's connections to the upstream (see [`crate::attribution::inspect`]); pingora's
@@ -132,16 +126,17 @@ impl Drop for InFlight {
 impl Gateway {
     /// The upstream, with the configured TLS checks and timeouts (both paths).
     pub(super) fn make_peer(&self) -> HttpPeer {
+        let tls = self.upstream.url.tls;
         let mut peer = HttpPeer::new(
-            self.upstream_authority.as_str(),
-            self.upstream_tls,
-            if self.upstream_tls {
-                self.upstream_sni.clone()
+            self.upstream.url.authority.as_str(),
+            tls,
+            if tls {
+                self.upstream.server_name().to_string()
             } else {
                 String::new()
             },
         );
-        if self.upstream_tls {
+        if tls {
             // Certificate and host name are checked unless explicitly (and loudly) turned off.
             let verify = !self.upstream.insecure_skip_verify;
             peer.options.verify_cert = verify;

@@ -67,7 +67,6 @@ pub fn preflight(config: &Config, base_dir: &std::path::Path) -> Result<(), Star
         .enable_all()
         .build()?;
     runtime.block_on(crate::server::reload::load_snapshot(config, base_dir))?;
-    config.upstream.target()?;
     if let Some(ca) = &config.upstream.ca_file {
         crate::network::tls::load_certificates(ca)
             .map_err(crate::server::reload::ReloadError::from)?;
@@ -167,8 +166,7 @@ pub fn prepare(
         reloader.clone().reload_on_sighup(&background)?;
     }
     background.spawn(crate::server::reload::watch_geoip_files(live.clone()));
-    let target = config.upstream.target()?;
-    let upstream_ca = match (&config.upstream.ca_file, target.tls) {
+    let upstream_ca = match (&config.upstream.ca_file, config.upstream.url.tls) {
         (Some(path), true) => Some(Arc::new(
             crate::network::tls::load_certificates(path)
                 .map_err(crate::server::reload::ReloadError::from)?
@@ -176,7 +174,7 @@ pub fn prepare(
         )),
         _ => None,
     };
-    if target.tls && config.upstream.insecure_skip_verify {
+    if config.upstream.url.tls && config.upstream.insecure_skip_verify {
         tracing::error!(
             "upstream.insecure_skip_verify is on: the EHR's certificate is NOT checked, so anyone on the path can read and change patient data; never use this in production"
         );
@@ -303,9 +301,6 @@ pub fn prepare(
         node: config.server.node.clone(),
         listeners,
         upstream: config.upstream.clone(),
-        upstream_authority: target.authority,
-        upstream_tls: target.tls,
-        upstream_sni: config.upstream.server_name.clone().unwrap_or(target.host),
         upstream_ca,
         connector: pingora::connectors::http::Connector::new(Some(
             pingora::connectors::ConnectorOptions::new(UPSTREAM_POOL_SIZE),

@@ -194,8 +194,16 @@ fn a_paused_server_times_out_and_loses_nothing() {
 
     s3.pause();
     assert!(s3.is_paused());
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", s3.pid())).unwrap();
-    assert!(stat.contains(") T "), "LocalStack is not stopped: {stat}");
+    // SIGSTOP is delivered asynchronously: a process on another CPU can still be in state R
+    // for a moment after kill() returned. Wait for the stop (bounded) instead of looking once.
+    let stat_path = format!("/proc/{}/stat", s3.pid());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut stat = std::fs::read_to_string(&stat_path).unwrap();
+    while !stat.contains(") T ") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        stat = std::fs::read_to_string(&stat_path).unwrap();
+    }
+    assert!(stat.contains(") T "), "LocalStack is not stopped after 5 s: {stat}");
     let t0 = Instant::now();
     let during = boto3_json(&endpoint, GET_OR_ERROR, &["audit-pause", "seg/1", "2"]);
     assert_eq!(during["error"], "ReadTimeoutError", "{during}");

@@ -283,8 +283,8 @@ fn main() {
                 if round == 0 {
                     let t = Instant::now();
                     let r = auditgate::verify::verify_journal(&dir).unwrap();
-                    assert!(r.ok(), "{:?}", r.findings);
-                    verify = report("verify", r.records, t.elapsed(), "records");
+                    assert!(r.ok(), "{:?}", r.chain.findings);
+                    verify = report("verify", r.chain.records, t.elapsed(), "records");
                 }
                 std::fs::remove_dir_all(&dir).unwrap();
             } else {
@@ -439,7 +439,7 @@ fn main() {
             None,
         ))
         .unwrap();
-    let archived_records: u64 = archived.nodes.iter().map(|n| n.records).sum();
+    let archived_records: u64 = archived.nodes.iter().map(|n| n.chain.records).sum();
     assert!(
         archived.ok(),
         "{:?}",
@@ -457,8 +457,8 @@ fn main() {
         max_gap: None,
     };
     let r = auditgate::verify::verify_journal_with(&signed_dir, &options).unwrap();
-    assert!(r.ok(), "{:?}", r.findings);
-    let verify_signed = report("verify --key", r.records, t.elapsed(), "records");
+    assert!(r.ok(), "{:?}", r.chain.findings);
+    let verify_signed = report("verify --key", r.chain.records, t.elapsed(), "records");
     println!(
         "checkpoints signed: {}",
         checkpoint_stats

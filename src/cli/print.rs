@@ -6,11 +6,11 @@ pub fn print_report(report: &crate::verify::Report) {
     println!(
         "journal {}: {} segments, {} records, head seq {}",
         report.journal.display(),
-        report.segments,
-        report.records,
-        report.head_seq
+        report.chain.segments,
+        report.chain.records,
+        report.chain.head_seq
     );
-    if let Some(leaf) = &report.head_leaf {
+    if let Some(leaf) = &report.chain.head_leaf {
         println!("head leaf hash {leaf}");
     }
     for q in &report.quarantined {
@@ -27,24 +27,24 @@ pub fn print_report(report: &crate::verify::Report) {
             report.archived_records + 1
         );
     }
-    match &report.key {
+    match &report.chain.key {
         Some(key) => println!(
             "{} signed checkpoints checked with {key}; {} newest records not yet covered by one",
-            report.checkpoints, report.uncovered_records
+            report.chain.checkpoints, report.chain.uncovered_records
         ),
         None => println!(
             "checkpoints NOT checked (no --key): a rewrite of the whole chain or a cut tail cannot be seen without them"
         ),
     }
     if report.ok() {
-        if report.key.is_some() {
+        if report.chain.key.is_some() {
             println!("OK: every record hashes and chains, every checkpoint is signed and matches the records");
         } else {
             println!("OK: every record hashes and chains");
         }
     } else {
-        println!("FAILED: {} finding(s)", report.findings.len());
-        for f in &report.findings {
+        println!("FAILED: {} finding(s)", report.chain.findings.len());
+        for f in &report.chain.findings {
             println!("  {f}");
         }
     }
@@ -67,15 +67,19 @@ pub fn print_archive_report(report: &crate::verify::ArchiveReport) {
     for node in &report.nodes {
         println!(
             "node {}: {} archived segments, {} records (through seq {}), head seq {}",
-            node.node, node.segments, node.records, node.archived_through_seq, node.head_seq
+            node.node,
+            node.chain.segments,
+            node.chain.records,
+            node.archived_through_seq,
+            node.chain.head_seq
         );
-        if let Some(leaf) = &node.head_leaf {
+        if let Some(leaf) = &node.chain.head_leaf {
             println!("  head leaf hash {leaf}");
         }
-        match &node.key {
+        match &node.chain.key {
             Some(key) => println!(
                 "  {} signed checkpoints checked with {key}; {} newest records not yet covered by one",
-                node.checkpoints, node.uncovered_records
+                node.chain.checkpoints, node.chain.uncovered_records
             ),
             None => println!(
                 "  checkpoints NOT checked (no --key): a rewrite of the whole chain cannot be seen without them"
@@ -103,7 +107,7 @@ pub fn print_archive_report(report: &crate::verify::ArchiveReport) {
                 None => println!("  it has no progress file for this archive"),
             }
         }
-        for f in &node.findings {
+        for f in &node.chain.findings {
             println!("  {f}");
         }
     }
@@ -119,7 +123,7 @@ pub fn print_archive_report(report: &crate::verify::ArchiveReport) {
             } else {
                 ""
             },
-            if report.nodes.iter().all(|n| n.key.is_some()) {
+            if report.nodes.iter().all(|n| n.chain.key.is_some()) {
                 ", every checkpoint is signed and matches the records"
             } else {
                 ""

@@ -56,6 +56,7 @@ use serde::{Deserialize, Serialize};
 
 use super::chain::{read_checkpoint_notes, ChainCheck, CheckpointCheck};
 use super::finding::Finding;
+use super::report::ChainReport;
 use crate::archive::{
     sha256_b64, ArchiveError, ArchiveStore, Layout, ListedVersion, ObjectInfo, SegmentCompression,
     SIX_YEARS_DAYS,
@@ -131,14 +132,14 @@ pub struct ArchiveReport {
 impl ArchiveReport {
     /// True when nothing was found.
     pub fn ok(&self) -> bool {
-        self.findings.is_empty() && self.nodes.iter().all(|n| n.findings.is_empty())
+        self.findings.is_empty() && self.nodes.iter().all(|n| n.chain.findings.is_empty())
     }
 
     /// Every finding, the archive's and each node's.
     pub fn all_findings(&self) -> impl Iterator<Item = &Finding> {
         self.findings
             .iter()
-            .chain(self.nodes.iter().flat_map(|n| n.findings.iter()))
+            .chain(self.nodes.iter().flat_map(|n| n.chain.findings.iter()))
     }
 }
 
@@ -147,30 +148,18 @@ impl ArchiveReport {
 pub struct NodeReport {
     /// The node.
     pub node: String,
-    /// Archived segments read and checked.
-    pub segments: usize,
-    /// Records in them.
-    pub records: u64,
+    /// The chain as checked: archived segments (and with `--journal` the local journal's
+    /// head), the checkpoints checked (archived, and with `--journal` local ones too), and
+    /// every problem found for this node.
+    #[serde(flatten)]
+    pub chain: ChainReport,
     /// The last seq of the last archived segment (0: none).
     pub archived_through_seq: u64,
-    /// The seq of the last record checked: the archive's, or, with `--journal`, the local
-    /// journal's head.
-    pub head_seq: u64,
-    /// Hex leaf hash of that record.
-    pub head_leaf: Option<String>,
-    /// Checkpoints checked (archived, and with `--journal` local ones too).
-    pub checkpoints: usize,
-    /// The key they were checked with; `None`: not checked.
-    pub key: Option<String>,
-    /// Records after the newest checkpoint that matched its records.
-    pub uncovered_records: u64,
     /// Without `--journal`: validly signed checkpoints that cover records the archive does not
     /// hold yet (the open segment's), so not checked against records.
     pub checkpoints_beyond_archive: usize,
     /// With `--journal`: what was compared with the local journal.
     pub local: Option<LocalReport>,
-    /// Every problem found for this node.
-    pub findings: Vec<Finding>,
 }
 
 /// What was checked against the local journal.
@@ -848,14 +837,8 @@ async fn verify_node(
     let node_prefix = layout.node(node);
     let mut report = NodeReport {
         node: node.to_string(),
-        segments: 0,
-        records: 0,
+        chain: ChainReport::default(),
         archived_through_seq: 0,
-        head_seq: 0,
-        head_leaf: None,
-        checkpoints: 0,
-        key: None,
-        uncovered_records: 0,
         checkpoints_beyond_archive: 0,
         local: local.map(|l| LocalReport {
             journal: l.dir.clone(),
@@ -865,9 +848,8 @@ async fn verify_node(
             records_not_archived: 0,
             shipped_through_seq: l.shipped.as_ref().map(|s| s.segments_through_seq),
         }),
-        findings: Vec::new(),
     };
-    let findings = &mut report.findings;
+    let findings = &mut report.chain.findings;
     if versions.is_empty() && local.is_none() {
         // `--node` names a node the archive does not have.
         findings.push(Finding::EmptyArchive {
@@ -887,7 +869,7 @@ async fn verify_node(
         findings.push(finding);
         None
     });
-    report.key = key.map(|k| k.text().to_string());
+    report.chain.key = key.map(|k| k.text().to_string());
     let notes = gather_notes(
         store,
         layout,
@@ -901,7 +883,7 @@ async fn verify_node(
     .await?;
     let checkpoints = key.map(|key| {
         let (check, count) = CheckpointCheck::new(notes, key, options.max_gap, findings);
-        report.checkpoints = count;
+        report.chain.checkpoints = count;
         check
     });
 
@@ -970,8 +952,8 @@ async fn verify_node(
                     (Some(plain), local_copy) => {
                         let before = chain.records;
                         blocking(|| chain.feed(&key, &name, &plain, findings));
-                        report.segments += 1;
-                        report.records += chain.records - before;
+                        report.chain.segments += 1;
+                        report.chain.records += chain.records - before;
                         if let (Some(path), Some(l)) = (local_copy, local) {
                             let local_bytes = read_local(&l.dir, &name, &path)?;
                             if let Some(r) = report.local.as_mut() {
@@ -1012,8 +994,8 @@ async fn verify_node(
     }
 
     let (head_seq, head_leaf) = chain.head;
-    report.head_seq = head_seq;
-    report.head_leaf = (head_seq > 0).then(|| hex::encode(head_leaf));
+    report.chain.head_seq = head_seq;
+    report.chain.head_leaf = (head_seq > 0).then(|| hex::encode(head_leaf));
     if let Some(check) = &chain.checkpoints {
         if local.is_some() {
             check.finish(head_seq, findings);
@@ -1022,7 +1004,7 @@ async fn verify_node(
             check.finish_mismatches(findings);
             report.checkpoints_beyond_archive = check.beyond(head_seq).count();
         }
-        report.uncovered_records = head_seq.saturating_sub(check.newest_valid_size);
+        report.chain.uncovered_records = head_seq.saturating_sub(check.newest_valid_size);
     }
     Ok(report)
 }

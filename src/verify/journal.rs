@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::chain::{file_label, read_checkpoint_notes, ChainCheck, CheckpointCheck};
 use super::finding::Finding;
+use super::report::ChainReport;
 use crate::journal::{list_segments, JournalError};
 use crate::tlog::checkpoint::{self, CheckpointVerifier};
 
@@ -16,35 +17,21 @@ use crate::tlog::checkpoint::{self, CheckpointVerifier};
 pub struct Report {
     /// The journal directory.
     pub journal: PathBuf,
-    /// Segments checked.
-    pub segments: usize,
-    /// Records checked.
-    pub records: u64,
-    /// The seq of the last record checked (0 if none).
-    pub head_seq: u64,
-    /// Hex leaf hash of the last record (the chain head), if any.
-    pub head_leaf: Option<String>,
+    /// How much of the chain was checked, where it ends, and every problem found.
+    #[serde(flatten)]
+    pub chain: ChainReport,
     /// Files recovery moved aside after a crash (unacknowledged bytes; informational).
     pub quarantined: Vec<String>,
-    /// Signed checkpoints checked (0 when no key was given).
-    pub checkpoints: usize,
-    /// The public key checkpoints were checked with; `None`: not checked.
-    pub key: Option<String>,
-    /// Records after the newest valid checkpoint: not yet covered by a signature (normal for
-    /// the last few seconds of a running gateway).
-    pub uncovered_records: u64,
     /// Records before the first local segment that the archive progress file says were shipped
     /// and removed locally (`archive.delete_local_after_ship`): checked only by
     /// `verify --archive ... --journal`, as are checkpoint roots then.
     pub archived_records: u64,
-    /// Every problem found.
-    pub findings: Vec<Finding>,
 }
 
 impl Report {
     /// True when nothing was found.
     pub fn ok(&self) -> bool {
-        self.findings.is_empty()
+        self.chain.ok()
     }
 }
 
@@ -93,23 +80,20 @@ fn verify_once(dir: &Path, options: &Options) -> Result<Report, JournalError> {
 
     let mut report = Report {
         journal: dir.to_path_buf(),
-        segments: segments.len(),
-        records: 0,
-        head_seq: 0,
-        head_leaf: None,
+        chain: ChainReport {
+            segments: segments.len(),
+            key: options.key.as_ref().map(|k| k.text().to_string()),
+            ..ChainReport::default()
+        },
         quarantined,
-        checkpoints: 0,
-        key: options.key.as_ref().map(|k| k.text().to_string()),
-        uncovered_records: 0,
         archived_records: 0,
-        findings: Vec::new(),
     };
     let checkpoints = match &options.key {
         Some(key) => {
             let notes = read_checkpoint_notes(dir)?;
             let (check, count) =
-                CheckpointCheck::new(notes, key, options.max_gap, &mut report.findings);
-            report.checkpoints = count;
+                CheckpointCheck::new(notes, key, options.max_gap, &mut report.chain.findings);
+            report.chain.checkpoints = count;
             Some(check)
         }
         None => None,
@@ -129,7 +113,7 @@ fn verify_once(dir: &Path, options: &Options) -> Result<Report, JournalError> {
                 let seal_state = checkpoint::MerkleState::load_at_seal(dir, first - 1)?
                     .and_then(|s| s.frontier());
                 if !seal_state.is_some_and(|f| check.start_at(f)) {
-                    report.findings.push(Finding::Unanchored {
+                    report.chain.findings.push(Finding::Unanchored {
                         first_local_seq: first,
                     });
                 }
@@ -153,26 +137,26 @@ fn verify_once(dir: &Path, options: &Options) -> Result<Report, JournalError> {
             path: path.clone(),
             source: std::io::Error::other("the segment reader thread stopped"),
         })??;
-        chain.feed(&file_label(path), name, &bytes, &mut report.findings);
+        chain.feed(&file_label(path), name, &bytes, &mut report.chain.findings);
     }
     drop(ahead);
     let _ = reader.join();
     if no_segments {
         // A journal always has an open segment once the gateway has started.
-        report.findings.push(Finding::Layout {
+        report.chain.findings.push(Finding::Layout {
             detail: "no segment at all (an empty or wrong directory, or every segment removed)"
                 .into(),
         });
     }
-    report.records = chain.records;
+    report.chain.records = chain.records;
     let (seq, leaf) = chain.head;
-    report.head_seq = seq;
+    report.chain.head_seq = seq;
     if seq > 0 {
-        report.head_leaf = Some(hex::encode(leaf));
+        report.chain.head_leaf = Some(hex::encode(leaf));
     }
     if let Some(check) = &chain.checkpoints {
-        check.finish(seq, &mut report.findings);
-        report.uncovered_records = seq.saturating_sub(check.newest_valid_size);
+        check.finish(seq, &mut report.chain.findings);
+        report.chain.uncovered_records = seq.saturating_sub(check.newest_valid_size);
     }
     Ok(report)
 }

@@ -28,10 +28,12 @@ mod chain;
 pub mod finding;
 pub mod journal;
 pub mod proof;
+pub mod report;
 
 pub use archive::{verify_archive, ArchiveOptions, ArchiveReport, ArchiveVerifyError};
 pub use finding::Finding;
 pub use journal::{verify_journal, verify_journal_with, Options, Report};
+pub use report::ChainReport;
 
 #[cfg(test)]
 mod tests;

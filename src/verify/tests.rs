@@ -74,9 +74,9 @@ fn an_untouched_journal_verifies() {
     let (tmp, paths) = journal(60);
     assert!(paths.len() >= 3);
     let r = verify_journal(tmp.path()).unwrap();
-    assert!(r.ok(), "{:?}", r.findings);
-    assert_eq!(r.records, 60);
-    assert_eq!(r.head_seq, 60);
+    assert!(r.ok(), "{:?}", r.chain.findings);
+    assert_eq!(r.chain.records, 60);
+    assert_eq!(r.chain.head_seq, 60);
 }
 
 #[test]
@@ -88,11 +88,11 @@ fn one_changed_byte_is_a_chain_break_at_the_next_record() {
     let r = verify_journal(tmp.path()).unwrap();
     let label = file_label(&paths[1]);
     assert!(
-        r.findings.iter().any(
+        r.chain.findings.iter().any(
             |f| matches!(f, Finding::ChainBreak { segment, line: 4, .. } if *segment == label)
         ),
         "{:?}",
-        r.findings
+        r.chain.findings
     );
 }
 
@@ -104,7 +104,7 @@ fn a_deleted_line_is_a_seq_gap_and_a_name_mismatch() {
     write_lines(&paths[0], &l);
     let r = verify_journal(tmp.path()).unwrap();
     assert!(
-        r.findings.iter().any(|f| matches!(
+        r.chain.findings.iter().any(|f| matches!(
             f,
             Finding::SeqGap {
                 line: 4,
@@ -114,9 +114,9 @@ fn a_deleted_line_is_a_seq_gap_and_a_name_mismatch() {
             }
         )),
         "{:?}",
-        r.findings
+        r.chain.findings
     );
-    assert!(r.findings.iter().any(|f| matches!(
+    assert!(r.chain.findings.iter().any(|f| matches!(
         f,
         Finding::ChainBreak {
             line: 4,
@@ -134,11 +134,12 @@ fn swapped_lines_are_found() {
     write_lines(&paths[0], &l);
     let r = verify_journal(tmp.path()).unwrap();
     assert!(
-        r.findings
+        r.chain
+            .findings
             .iter()
             .any(|f| matches!(f, Finding::SeqGap { line: 2, .. })),
         "{:?}",
-        r.findings
+        r.chain.findings
     );
 }
 
@@ -149,13 +150,15 @@ fn a_truncated_sealed_segment_is_found() {
     fs::write(&paths[0], &bytes[..bytes.len() - 40]).unwrap();
     let r = verify_journal(tmp.path()).unwrap();
     assert!(
-        r.findings
+        r.chain
+            .findings
             .iter()
             .any(|f| matches!(f, Finding::TornTail { .. })),
         "{:?}",
-        r.findings
+        r.chain.findings
     );
     assert!(r
+        .chain
         .findings
         .iter()
         .any(|f| matches!(f, Finding::NameMismatch { .. })));
@@ -168,11 +171,12 @@ fn a_removed_middle_segment_is_found() {
     let r = verify_journal(tmp.path()).unwrap();
     let label = file_label(&paths[2]);
     assert!(
-        r.findings
+        r.chain
+            .findings
             .iter()
             .any(|f| matches!(f, Finding::SegmentGap { segment, .. } if *segment == label)),
         "{:?}",
-        r.findings
+        r.chain.findings
     );
 }
 
@@ -253,10 +257,10 @@ mod checkpoints {
     fn a_signed_journal_verifies_with_its_key() {
         let j = signed_journal(40);
         let report = j.check();
-        assert!(report.ok(), "{:?}", report.findings);
-        assert!(report.checkpoints >= 2, "{report:?}");
+        assert!(report.ok(), "{:?}", report.chain.findings);
+        assert!(report.chain.checkpoints >= 2, "{report:?}");
         assert!(j.segments().len() > 2, "several sealed segments");
-        assert_eq!(report.uncovered_records, 0);
+        assert_eq!(report.chain.uncovered_records, 0);
         // Every sealed segment ends on a checkpoint.
         let sizes: Vec<u64> = checkpoint::list_checkpoint_files(&j.dir)
             .unwrap()
@@ -284,21 +288,22 @@ mod checkpoints {
         rewrite_chain(&paths);
         // The chain alone cannot see it...
         let plain = verify_journal(&j.dir).unwrap();
-        assert!(plain.ok(), "{:?}", plain.findings);
+        assert!(plain.ok(), "{:?}", plain.chain.findings);
         // ...the signed roots can.
         let report = j.check();
         assert!(!report.ok());
         assert!(report
+            .chain
             .findings
             .iter()
             .any(|f| matches!(f, Finding::CheckpointMismatch { .. })));
         assert!(
-            report.findings.iter().all(|f| matches!(
+            report.chain.findings.iter().all(|f| matches!(
                 f,
                 Finding::CheckpointMismatch { .. } | Finding::LaterCheckpointMismatches { .. }
             )),
             "{:?}",
-            report.findings
+            report.chain.findings
         );
     }
 
@@ -316,7 +321,7 @@ mod checkpoints {
         );
         let report = j.check();
         assert!(
-            report.findings.iter().any(|f| matches!(
+            report.chain.findings.iter().any(|f| matches!(
                 f,
                 Finding::Truncated {
                     size: 40,
@@ -325,7 +330,7 @@ mod checkpoints {
                 }
             )),
             "{:?}",
-            report.findings
+            report.chain.findings
         );
     }
 
@@ -340,10 +345,11 @@ mod checkpoints {
         };
         let report = verify_journal_with(&j.dir, &options).unwrap();
         assert!(report
+            .chain
             .findings
             .iter()
             .all(|f| matches!(f, Finding::CheckpointSignature { .. })));
-        assert!(!report.findings.is_empty());
+        assert!(!report.chain.findings.is_empty());
 
         // The right key signing a tree that is not this journal's (a checkpoint not
         // consistent with the earlier ones), and one signed an hour before the others.
@@ -357,12 +363,15 @@ mod checkpoints {
         .unwrap();
         let report = j.check();
         assert!(
-            report.findings.contains(&Finding::CheckpointMismatch {
-                checkpoint: forged_name,
-                size: 6
-            }),
+            report
+                .chain
+                .findings
+                .contains(&Finding::CheckpointMismatch {
+                    checkpoint: forged_name,
+                    size: 6
+                }),
             "{:?}",
-            report.findings
+            report.chain.findings
         );
 
         let old = SystemTime::now() - Duration::from_secs(3600);
@@ -383,9 +392,9 @@ mod checkpoints {
         .unwrap();
         let report = j.check();
         assert!(report
-            .findings
+            .chain.findings
             .iter()
-            .any(|f| matches!(f, Finding::CheckpointGap { gap_secs, max_secs: 180, .. } if *gap_secs >= 3599)), "{:?}", report.findings);
+            .any(|f| matches!(f, Finding::CheckpointGap { gap_secs, max_secs: 180, .. } if *gap_secs >= 3599)), "{:?}", report.chain.findings);
     }
 
     #[test]
@@ -404,15 +413,19 @@ mod checkpoints {
         .unwrap();
         let report = j.check();
         assert!(
-            report.findings.contains(&Finding::CheckpointConflict {
-                size,
-                first: existing,
-                second: forged.clone(),
-            }),
+            report
+                .chain
+                .findings
+                .contains(&Finding::CheckpointConflict {
+                    size,
+                    first: existing,
+                    second: forged.clone(),
+                }),
             "{:?}",
-            report.findings
+            report.chain.findings
         );
         assert!(report
+            .chain
             .findings
             .iter()
             .any(|f| f.to_string().contains(&format!("checkpoints/{forged}"))));
@@ -436,11 +449,12 @@ mod checkpoints {
         fs::remove_file(&sealed[1].1).unwrap();
         let gap = j.check();
         assert!(
-            gap.findings
+            gap.chain
+                .findings
                 .iter()
                 .any(|f| matches!(f, Finding::SegmentGap { .. })),
             "without the progress file the hole is a finding: {:?}",
-            gap.findings
+            gap.chain.findings
         );
         let state = crate::journal::shipped::ShipState {
             target: "s3://b/p".into(),
@@ -453,11 +467,11 @@ mod checkpoints {
         )
         .unwrap();
         let report = j.check();
-        assert!(report.ok(), "{:?}", report.findings);
+        assert!(report.ok(), "{:?}", report.chain.findings);
         assert_eq!(report.archived_records, sealed[1].0);
-        assert_eq!(report.head_seq, 40);
+        assert_eq!(report.chain.head_seq, 40);
         // The roots are still checked, from the tree state kept at that seal.
-        assert_eq!(report.uncovered_records, 0, "{report:?}");
+        assert_eq!(report.chain.uncovered_records, 0, "{report:?}");
         // A rewrite of the local records is still found...
         let local = j.segments();
         let saved: Vec<(PathBuf, Vec<u8>)> = local
@@ -489,6 +503,7 @@ mod checkpoints {
         );
         assert!(
             j.check()
+                .chain
                 .findings
                 .iter()
                 .any(|f| matches!(f, Finding::CheckpointMismatch { .. })),
@@ -500,11 +515,11 @@ mod checkpoints {
         // ...and without the kept tree state the roots cannot be checked: a finding.
         fs::remove_file(checkpoint::seal_state_path(&j.dir, sealed[1].0)).unwrap();
         assert!(
-            j.check().findings.contains(&Finding::Unanchored {
+            j.check().chain.findings.contains(&Finding::Unanchored {
                 first_local_seq: sealed[1].0 + 1
             }),
             "{:?}",
-            j.check().findings
+            j.check().chain.findings
         );
         // A cut tail is still found: checkpoints beyond the head need no old records.
         let open = j.segments().last().unwrap().clone();
@@ -513,11 +528,12 @@ mod checkpoints {
         let report = j.check();
         assert!(
             report
+                .chain
                 .findings
                 .iter()
                 .any(|f| matches!(f, Finding::Truncated { .. })),
             "{:?}",
-            report.findings
+            report.chain.findings
         );
     }
 
@@ -526,8 +542,8 @@ mod checkpoints {
         let j = signed_journal(5);
         fs::remove_dir_all(j.dir.join(checkpoint::CHECKPOINT_DIR)).unwrap();
         let report = j.check();
-        assert_eq!(report.findings, vec![Finding::NoCheckpoints]);
-        assert_eq!(report.uncovered_records, 5);
+        assert_eq!(report.chain.findings, vec![Finding::NoCheckpoints]);
+        assert_eq!(report.chain.uncovered_records, 5);
     }
 
     #[test]
@@ -557,9 +573,9 @@ mod checkpoints {
             37
         );
         let report = j.check();
-        assert!(report.ok(), "{:?}", report.findings);
-        assert_eq!(report.head_seq, 37);
-        assert_eq!(report.uncovered_records, 0);
+        assert!(report.ok(), "{:?}", report.chain.findings);
+        assert_eq!(report.chain.head_seq, 37);
+        assert_eq!(report.chain.uncovered_records, 0);
     }
 
     #[test]

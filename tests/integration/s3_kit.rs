@@ -203,7 +203,10 @@ fn a_paused_server_times_out_and_loses_nothing() {
         std::thread::sleep(Duration::from_millis(10));
         stat = std::fs::read_to_string(&stat_path).unwrap();
     }
-    assert!(stat.contains(") T "), "LocalStack is not stopped after 5 s: {stat}");
+    assert!(
+        stat.contains(") T "),
+        "LocalStack is not stopped after 5 s: {stat}"
+    );
     let t0 = Instant::now();
     let during = boto3_json(&endpoint, GET_OR_ERROR, &["audit-pause", "seg/1", "2"]);
     assert_eq!(during["error"], "ReadTimeoutError", "{during}");

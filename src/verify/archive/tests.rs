@@ -203,28 +203,28 @@ async fn a_shipped_journal_verifies_with_and_without_the_journal() {
     assert_eq!(report.nodes.len(), 1);
     let node = &report.nodes[0];
     assert_eq!(node.node, "n1");
-    assert_eq!(node.segments, s.segments().len());
-    assert_eq!(node.head_seq, node.archived_through_seq);
-    assert_eq!(node.records, node.archived_through_seq);
+    assert_eq!(node.chain.segments, s.segments().len());
+    assert_eq!(node.chain.head_seq, node.archived_through_seq);
+    assert_eq!(node.chain.records, node.archived_through_seq);
     assert!(
-        node.head_seq < s.records,
+        node.chain.head_seq < s.records,
         "the open segment is not archived"
     );
-    assert_eq!(node.checkpoints, s.checkpoints().len());
+    assert_eq!(node.chain.checkpoints, s.checkpoints().len());
     assert!(
         node.checkpoints_beyond_archive > 0,
         "the open segment's checkpoints are archived: {node:?}"
     );
     assert_eq!(
-        node.uncovered_records, 0,
+        node.chain.uncovered_records, 0,
         "every segment ends on a checkpoint"
     );
 
     let report = s.check_with_journal().await;
     assert!(report.ok(), "{:?}", findings(&report));
     let node = &report.nodes[0];
-    assert_eq!(node.head_seq, s.records);
-    assert_eq!(node.uncovered_records, 0);
+    assert_eq!(node.chain.head_seq, s.records);
+    assert_eq!(node.chain.uncovered_records, 0);
     assert_eq!(node.checkpoints_beyond_archive, 0);
     let local = node.local.as_ref().unwrap();
     assert_eq!(local.segments_compared, s.segments().len());
@@ -314,8 +314,8 @@ async fn a_removed_segment_is_missing_and_the_journal_fills_the_hole() {
     };
     assert_eq!((*f, *l, *local_copy), (first, last, true));
     assert_eq!(findings(&report).len(), 1, "{:?}", findings(&report));
-    assert_eq!(report.nodes[0].head_seq, s.records);
-    assert_eq!(report.nodes[0].uncovered_records, 0);
+    assert_eq!(report.nodes[0].chain.head_seq, s.records);
+    assert_eq!(report.nodes[0].chain.uncovered_records, 0);
 }
 
 #[tokio::test]
@@ -329,8 +329,8 @@ async fn a_journal_whose_shipped_segments_were_deleted_locally_verifies_against_
     let report = s.check_with_journal().await;
     assert!(report.ok(), "{:?}", findings(&report));
     let node = &report.nodes[0];
-    assert_eq!(node.head_seq, s.records);
-    assert_eq!(node.uncovered_records, 0);
+    assert_eq!(node.chain.head_seq, s.records);
+    assert_eq!(node.chain.uncovered_records, 0);
     assert_eq!(
         node.local.as_ref().unwrap().segments_compared,
         s.segments().len() - 2
@@ -534,7 +534,7 @@ async fn nodes_are_checked_separately_with_their_own_keys() {
     assert!(report.ok(), "{:?}", findings(&report));
     let nodes: Vec<&str> = report.nodes.iter().map(|n| n.node.as_str()).collect();
     assert_eq!(nodes, ["n1", "n2"]);
-    assert!(report.nodes.iter().all(|n| n.checkpoints > 0));
+    assert!(report.nodes.iter().all(|n| n.chain.checkpoints > 0));
 
     // --node n2 checks that node only.
     let report = a
@@ -554,7 +554,7 @@ async fn nodes_are_checked_separately_with_their_own_keys() {
     let report = b.check_with(&both, true).await;
     assert!(report.ok(), "{:?}", findings(&report));
     assert!(report.nodes[0].local.is_none());
-    assert_eq!(report.nodes[1].head_seq, 20);
+    assert_eq!(report.nodes[1].chain.head_seq, 20);
 
     // Two keys, none of them n2's.
     let (_, other) = checkpoint::generate_key("auditgate/n3").unwrap();
@@ -810,6 +810,6 @@ async fn versions_delete_markers_and_locks_are_checked_on_a_worm_store() {
     let mut found = findings(&report);
     found.sort_by_key(|f| f.to_string());
     assert_eq!(found, expected);
-    assert_eq!(report.nodes[0].head_seq, s.records);
-    assert_eq!(report.nodes[0].uncovered_records, 0);
+    assert_eq!(report.nodes[0].chain.head_seq, s.records);
+    assert_eq!(report.nodes[0].chain.uncovered_records, 0);
 }

@@ -10,6 +10,28 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+/// An I/O error on a named file: what the `Io` variant of the journal's, the archive's and the
+/// checkpoints' error types carries, so that the file is named once, here.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+pub struct FileError {
+    /// The file (or directory).
+    pub path: PathBuf,
+    /// What the operating system said.
+    #[source]
+    pub source: io::Error,
+}
+
+impl FileError {
+    /// For `map_err(FileError::on(path))?`: an I/O error on `path`.
+    pub fn on(path: &Path) -> impl FnOnce(io::Error) -> FileError + '_ {
+        move |source| FileError {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 /// fsync a directory, so that names created, renamed or removed in it survive power loss.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir).and_then(|d| d.sync_all())

@@ -1,9 +1,10 @@
 //! A local directory as the archive (`kind = "dir"`): the same keys as files, created
 //! whole or not at all. **Not WORM**: anyone with write access to the directory can change it.
 
-use super::error::{io_err, ArchiveError};
+use super::error::ArchiveError;
 use super::store::to_unix;
 use super::store::{sha256_b64, ArchiveStore, ListedVersion, ObjectInfo, PutResult};
+use crate::durable::FileError;
 use async_trait::async_trait;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -28,7 +29,7 @@ impl DirStore {
 }
 
 pub(super) fn sync_dir(dir: &Path) -> Result<(), ArchiveError> {
-    crate::durable::sync_dir(dir).map_err(io_err(dir))
+    Ok(crate::durable::sync_dir(dir).map_err(FileError::on(dir))?)
 }
 
 #[async_trait]
@@ -42,7 +43,7 @@ impl ArchiveStore for DirStore {
     }
 
     async fn check_ready(&self) -> Result<(), ArchiveError> {
-        fs::create_dir_all(&self.root).map_err(io_err(&self.root))
+        Ok(fs::create_dir_all(&self.root).map_err(FileError::on(&self.root))?)
     }
 
     async fn put_new(
@@ -56,12 +57,12 @@ impl ArchiveStore for DirStore {
         let dir = path
             .parent()
             .map_or_else(|| self.root.clone(), Path::to_path_buf);
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        fs::create_dir_all(&dir).map_err(FileError::on(&dir))?;
         if path.exists() {
             return Ok(PutResult::AlreadyExists);
         }
         // Create-only: a complete file appears under its name at once, or not at all.
-        match crate::durable::create_new(&path, &bytes).map_err(io_err(&path))? {
+        match crate::durable::create_new(&path, &bytes).map_err(FileError::on(&path))? {
             crate::durable::Created::Created => Ok(PutResult::Created),
             crate::durable::Created::AlreadyExists => Ok(PutResult::AlreadyExists),
         }
@@ -79,13 +80,13 @@ impl ArchiveStore for DirStore {
                 ..ObjectInfo::default()
             })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(&path)(e)),
+            Err(e) => Err(FileError::on(&path)(e).into()),
         }
     }
 
     async fn get(&self, key: &str) -> Result<Vec<u8>, ArchiveError> {
         let path = self.path(key);
-        fs::read(&path).map_err(io_err(&path))
+        Ok(fs::read(&path).map_err(FileError::on(&path))?)
     }
 
     async fn list_versions(&self, prefix: &str) -> Result<Vec<ListedVersion>, ArchiveError> {
@@ -109,7 +110,7 @@ impl ArchiveStore for DirStore {
             Ok(())
         }
         let mut keys = Vec::new();
-        walk(&self.root, &self.root, &mut keys).map_err(io_err(&self.root))?;
+        walk(&self.root, &self.root, &mut keys).map_err(FileError::on(&self.root))?;
         keys.retain(|k| k.starts_with(prefix));
         keys.sort();
         Ok(keys

@@ -1,6 +1,6 @@
 //! What went wrong talking to the archive, with a bounded [`ArchiveError::category`].
 
-use std::path::{Path, PathBuf};
+use crate::durable::FileError;
 use thiserror::Error;
 
 /// What went wrong talking to the archive.
@@ -51,14 +51,8 @@ pub enum ArchiveError {
         detail: String,
     },
     /// A local file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// What the operating system said.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
 }
 
 impl ArchiveError {
@@ -70,14 +64,7 @@ impl ArchiveError {
             ArchiveError::Request { .. } => "request",
             ArchiveError::Conflict { .. } => "conflict",
             ArchiveError::LockNotConfirmed { .. } => "lock_not_confirmed",
-            ArchiveError::Io { .. } => "io",
+            ArchiveError::Io(_) => "io",
         }
-    }
-}
-
-pub(super) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError + '_ {
-    move |source| ArchiveError::Io {
-        path: path.to_path_buf(),
-        source,
     }
 }

@@ -4,10 +4,11 @@
 
 use super::compression::SegmentCompression;
 use super::dir::sync_dir;
-use super::error::{io_err, ArchiveError};
+use super::error::ArchiveError;
 use super::layout::Layout;
 use super::store::to_unix;
 use super::store::{sha256_b64, ArchiveStore, PutResult};
+use crate::durable::FileError;
 use crate::journal::shipped::{ShipState, SHIP_STATE_FILE};
 use crate::journal::{self, SegmentName};
 use crate::tlog::checkpoint;
@@ -73,7 +74,7 @@ impl Archiver {
         retention: Duration,
     ) -> Result<Self, ArchiveError> {
         let state = ShipState::load(journal_dir, &store.target())
-            .map_err(io_err(&journal_dir.join(SHIP_STATE_FILE)))?;
+            .map_err(FileError::on(&journal_dir.join(SHIP_STATE_FILE)))?;
         let stats = Arc::new(ArchiveStats::default());
         stats
             .shipped_through_seq
@@ -247,9 +248,11 @@ impl Archiver {
     /// failure (the next pass starts there). Returns how many objects were shipped.
     pub async fn ship_pending(&mut self) -> Result<usize, ArchiveError> {
         let mut shipped = 0;
-        let segments = journal::list_segments(&self.journal_dir).map_err(|e| ArchiveError::Io {
-            path: self.journal_dir.clone(),
-            source: std::io::Error::other(e.to_string()),
+        let segments = journal::list_segments(&self.journal_dir).map_err(|e| {
+            ArchiveError::Io(FileError {
+                path: self.journal_dir.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })
         })?;
         let pending: Vec<(u64, u64, PathBuf)> = segments
             .into_iter()
@@ -285,7 +288,7 @@ impl Archiver {
             self.looked_for_other_compression = true;
             if stored_before {
                 // Compared by content (and its lock checked) as any retry's object is.
-                let recompressed = other.compress(&plain).map_err(io_err(path))?;
+                let recompressed = other.compress(&plain).map_err(FileError::on(path))?;
                 self.ship(&other_key, recompressed, Some(&plain)).await?;
             } else {
                 self.ship(&key, compressed, Some(&plain)).await?;
@@ -295,7 +298,7 @@ impl Archiver {
             self.state.segments_through_seq = *last;
             self.state
                 .store(&self.journal_dir)
-                .map_err(io_err(&self.journal_dir.join(SHIP_STATE_FILE)))?;
+                .map_err(FileError::on(&self.journal_dir.join(SHIP_STATE_FILE)))?;
             self.stats.segments_shipped.fetch_add(1, Ordering::Relaxed);
             self.stats
                 .shipped_through_seq
@@ -309,11 +312,12 @@ impl Archiver {
         if self.delete_local {
             self.delete_shipped_segments()?;
         }
-        let checkpoints =
-            checkpoint::list_checkpoint_files(&self.journal_dir).map_err(|e| ArchiveError::Io {
+        let checkpoints = checkpoint::list_checkpoint_files(&self.journal_dir).map_err(|e| {
+            ArchiveError::Io(FileError {
                 path: self.journal_dir.clone(),
                 source: std::io::Error::other(e.to_string()),
-            })?;
+            })
+        })?;
         for path in checkpoints {
             let name = path
                 .file_name()
@@ -323,13 +327,13 @@ impl Archiver {
             if name <= self.state.checkpoints_through {
                 continue;
             }
-            let note = fs::read(&path).map_err(io_err(&path))?;
+            let note = fs::read(&path).map_err(FileError::on(&path))?;
             let key = self.layout.checkpoint(&self.node, &name);
             self.ship(&key, note, None).await?;
             self.state.checkpoints_through = name;
             self.state
                 .store(&self.journal_dir)
-                .map_err(io_err(&self.journal_dir.join(SHIP_STATE_FILE)))?;
+                .map_err(FileError::on(&self.journal_dir.join(SHIP_STATE_FILE)))?;
             self.stats
                 .checkpoints_shipped
                 .fetch_add(1, Ordering::Relaxed);
@@ -340,9 +344,11 @@ impl Archiver {
 
     /// Remove shipped sealed segments but the newest sealed one.
     pub(super) fn delete_shipped_segments(&self) -> Result<(), ArchiveError> {
-        let segments = journal::list_segments(&self.journal_dir).map_err(|e| ArchiveError::Io {
-            path: self.journal_dir.clone(),
-            source: std::io::Error::other(e.to_string()),
+        let segments = journal::list_segments(&self.journal_dir).map_err(|e| {
+            ArchiveError::Io(FileError {
+                path: self.journal_dir.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })
         })?;
         let sealed: Vec<(u64, PathBuf)> = segments
             .into_iter()
@@ -365,7 +371,7 @@ impl Archiver {
             if last < newest && *last <= self.state.segments_through_seq && *last <= tree_state {
                 // Crash point: the progress file already says shipped and locked; a segment
                 // that survives a crash here is deleted on the next pass.
-                fs::remove_file(path).map_err(io_err(path))?;
+                fs::remove_file(path).map_err(FileError::on(path))?;
                 removed = true;
             }
         }
@@ -464,10 +470,11 @@ pub(super) async fn read_and_compress(
             });
             let _ = tx.send(result);
         })
-        .map_err(io_err(path))?;
-    rx.await
-        .map_err(|_| io_err(path)(std::io::Error::other("the compression thread died")))?
-        .map_err(io_err(path))
+        .map_err(FileError::on(path))?;
+    let read = rx
+        .await
+        .map_err(|_| FileError::on(path)(std::io::Error::other("the compression thread died")))?;
+    Ok(read.map_err(FileError::on(path))?)
 }
 
 /// Raise the calling thread's nice value by `by` (Linux: nice is per thread). Best effort.

@@ -1,6 +1,7 @@
 //! Why the journal could not take a record or could not open, with a bounded
 //! [`JournalError::category`] for metric labels.
 
+use crate::durable::FileError;
 use crate::tlog::checkpoint::CheckpointError;
 use std::path::{Path, PathBuf};
 
@@ -8,14 +9,8 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     /// An I/O error on a journal file while opening or recovering.
-    #[error("journal I/O error on {path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// What the operating system said.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("journal I/O error on {0}")]
+    Io(#[from] FileError),
     /// Another process holds the journal directory's lock.
     #[error("journal directory {0} is locked by another process")]
     Locked(PathBuf),
@@ -52,7 +47,7 @@ impl JournalError {
     /// A fixed label for metrics and the 503 body.
     pub fn category(&self) -> &'static str {
         match self {
-            JournalError::Io { .. } => "io",
+            JournalError::Io(_) => "io",
             JournalError::Locked(_) => "locked",
             JournalError::Corrupt(_) => "corrupt",
             JournalError::Backlog { .. } => "backlog",
@@ -64,13 +59,6 @@ impl JournalError {
     }
 }
 
-pub(super) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
-    move |source| JournalError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 pub(super) fn sync_dir(dir: &Path) -> Result<(), JournalError> {
-    crate::durable::sync_dir(dir).map_err(io_err(dir))
+    Ok(crate::durable::sync_dir(dir).map_err(FileError::on(dir))?)
 }

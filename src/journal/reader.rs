@@ -1,7 +1,8 @@
 //! Reading records back: the leaf hashes of a range of seqs, for proofs and checkpoints.
 
-use super::error::{io_err, JournalError};
+use super::error::JournalError;
 use super::segment::{list_segments, used_len, SegmentName};
+use crate::durable::FileError;
 use crate::record::{self, LeafHash};
 use std::fs::{self};
 use std::path::Path;
@@ -24,7 +25,7 @@ pub fn read_leaf_hashes(dir: &Path, from: u64, to: u64) -> Result<Vec<LeafHash>,
         if name.first() > to {
             break;
         }
-        let mut bytes = fs::read(&path).map_err(io_err(&path))?;
+        let mut bytes = fs::read(&path).map_err(FileError::on(&path))?;
         if matches!(name, SegmentName::Open { .. }) {
             bytes.truncate(used_len(&bytes));
         }

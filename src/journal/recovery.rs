@@ -3,7 +3,7 @@
 //! checkpoints, before the writer starts.
 
 use super::config::JournalConfig;
-use super::error::{io_err, sync_dir, JournalError};
+use super::error::{sync_dir, JournalError};
 use super::handle::{Journal, JournalStats, RecoveryReport, WriterThread};
 use super::reader::read_leaf_hashes;
 use super::segment::{
@@ -11,6 +11,7 @@ use super::segment::{
     zero_fill, Head, LineHead, SegmentName, SPARE_TMP,
 };
 use super::writer::{Checkpointing, Writer, WriterCheckpoints, LEAVES_PER_HANDOVER};
+use crate::durable::FileError;
 use crate::record;
 use crate::tlog::checkpoint::Checkpointer;
 use crate::tlog::merkle::{self, Frontier};
@@ -33,7 +34,7 @@ impl Journal {
         cfg: &JournalConfig,
         checkpointing: Option<Checkpointing>,
     ) -> Result<(Journal, RecoveryReport), JournalError> {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        fs::create_dir_all(dir).map_err(FileError::on(dir))?;
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             sync_dir(parent)?;
         }
@@ -43,11 +44,11 @@ impl Journal {
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
+            .map_err(FileError::on(&lock_path))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => return Err(JournalError::Locked(dir.into())),
-            Err(fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
+            Err(fs::TryLockError::Error(e)) => return Err(FileError::on(&lock_path)(e).into()),
         }
 
         let segments = list_segments(dir)?;
@@ -147,12 +148,12 @@ impl Journal {
         let file = OpenOptions::new()
             .write(true)
             .open(&path)
-            .map_err(io_err(&path))?;
+            .map_err(FileError::on(&path))?;
         // Whatever recovery kept must be on disk before anything chains onto it; a failure
         // here stops the start (on this very file handle: never carry on past a failed sync).
-        file.sync_all().map_err(io_err(&path))?;
+        file.sync_all().map_err(FileError::on(&path))?;
         if cfg.preallocate {
-            let size = file.metadata().map_err(io_err(&path))?.len();
+            let size = file.metadata().map_err(FileError::on(&path))?.len();
             if size < cfg.segment_max_bytes {
                 match zero_fill(&file, size, cfg.segment_max_bytes) {
                     Ok(()) => {}
@@ -160,7 +161,7 @@ impl Journal {
                     Err(e) if e.kind() == std::io::ErrorKind::StorageFull => {
                         tracing::warn!(error = %e, "journal: no room to preallocate the open segment; it will grow as written");
                     }
-                    Err(e) => return Err(io_err(&path)(e)),
+                    Err(e) => return Err(FileError::on(&path)(e).into()),
                 }
             }
         }
@@ -174,7 +175,7 @@ impl Journal {
                 let frontier = recover_frontier(dir, head.seq, &verifier)?;
                 let size = frontier.size();
                 let checkpointer =
-                    Checkpointer::start(dir, signer, frontier).map_err(io_err(dir))?;
+                    Checkpointer::start(dir, signer, frontier).map_err(FileError::on(dir))?;
                 let mut checkpoints = WriterCheckpoints {
                     checkpointer,
                     timing,
@@ -224,7 +225,7 @@ impl Journal {
         let writer_thread = thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || writer.run(rx))
-            .map_err(io_err(dir))?;
+            .map_err(FileError::on(dir))?;
         Ok((
             Journal {
                 queue,
@@ -274,7 +275,7 @@ pub(super) fn recover_frontier(
             if checkpoint::size_of_file_name(&name).is_none_or(|size| size < from) {
                 continue;
             }
-            let note = fs::read(path).map_err(io_err(path))?;
+            let note = fs::read(path).map_err(FileError::on(path))?;
             match verifier.open(&note) {
                 Ok(cp) => signed.push((cp.size, cp.root, path.clone())),
                 Err(_) => foreign += 1,
@@ -362,7 +363,7 @@ pub(super) fn recover_open_segment(
     mut head: Head,
     report: &mut RecoveryReport,
 ) -> Result<(Head, u64), JournalError> {
-    let bytes = fs::read(path).map_err(io_err(path))?;
+    let bytes = fs::read(path).map_err(FileError::on(path))?;
     let mut good_len = 0usize;
     let mut rest = &bytes[..];
     while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
@@ -388,7 +389,7 @@ pub(super) fn recover_open_segment(
         report.dropped_bytes = dropped.len() as u64;
         report.dropped_lines = dropped.iter().filter(|&&b| b == b'\n').count() as u64;
         let qdir = dir.join("quarantine");
-        fs::create_dir_all(&qdir).map_err(io_err(&qdir))?;
+        fs::create_dir_all(&qdir).map_err(FileError::on(&qdir))?;
         sync_dir(dir)?;
         let stamp = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -402,16 +403,16 @@ pub(super) fn recover_open_segment(
         ));
         // Crash point: the quarantine copy is made durable before the segment is truncated, so
         // a crash here leaves both (recovery runs again and makes a second copy: harmless).
-        let mut q = File::create(&qpath).map_err(io_err(&qpath))?;
-        q.write_all(dropped).map_err(io_err(&qpath))?;
-        q.sync_all().map_err(io_err(&qpath))?;
+        let mut q = File::create(&qpath).map_err(FileError::on(&qpath))?;
+        q.write_all(dropped).map_err(FileError::on(&qpath))?;
+        q.sync_all().map_err(FileError::on(&qpath))?;
         sync_dir(&qdir)?;
         let file = OpenOptions::new()
             .write(true)
             .open(path)
-            .map_err(io_err(path))?;
-        file.set_len(good_len as u64).map_err(io_err(path))?;
-        file.sync_all().map_err(io_err(path))?;
+            .map_err(FileError::on(path))?;
+        file.set_len(good_len as u64).map_err(FileError::on(path))?;
+        file.sync_all().map_err(FileError::on(path))?;
         report.quarantine_file = Some(qpath);
         tracing::warn!(
             dropped_bytes = report.dropped_bytes,

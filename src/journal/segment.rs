@@ -2,7 +2,8 @@
 //! segment is visible), listing a directory in seq order, and the zero-filled spare that
 //! becomes the next open segment; the chain head a segment's last line gives.
 
-use super::error::{io_err, sync_dir, JournalError};
+use super::error::{sync_dir, JournalError};
+use crate::durable::FileError;
 use crate::record::{self, LeafHash};
 use serde::Deserialize;
 use std::fs::{self, File, OpenOptions};
@@ -73,8 +74,8 @@ pub(super) fn parse_seq(digits: &str) -> Option<u64> {
 /// The segments of a journal directory, sealed ones in order, then the open one.
 pub fn list_segments(dir: &Path) -> Result<Vec<(SegmentName, PathBuf)>, JournalError> {
     let mut found = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-        let entry = entry.map_err(io_err(dir))?;
+    for entry in fs::read_dir(dir).map_err(FileError::on(dir))? {
+        let entry = entry.map_err(FileError::on(dir))?;
         if let Some(name) = entry.file_name().to_str().and_then(SegmentName::parse) {
             found.push((name, entry.path()));
         }
@@ -154,14 +155,14 @@ pub(super) fn create_open_segment(dir: &Path, first: u64) -> Result<(File, PathB
             .create_new(true)
             .write(true)
             .open(&path)
-            .map_err(io_err(&path))?;
+            .map_err(FileError::on(&path))?;
     }
     // Crash point: the new open file may not exist after power loss; recovery creates it.
     sync_dir(dir)?;
     let file = OpenOptions::new()
         .write(true)
         .open(&path)
-        .map_err(io_err(&path))?;
+        .map_err(FileError::on(&path))?;
     Ok((file, path))
 }
 
@@ -191,15 +192,16 @@ pub(super) fn genesis() -> Head {
 
 /// Read the last complete line of a sealed segment.
 pub(super) fn last_line_of(path: &Path) -> Result<Option<Vec<u8>>, JournalError> {
-    let mut file = File::open(path).map_err(io_err(path))?;
-    let len = file.metadata().map_err(io_err(path))?.len();
+    let mut file = File::open(path).map_err(FileError::on(path))?;
+    let len = file.metadata().map_err(FileError::on(path))?.len();
     // Lines are small; read a growing window from the end until a full line is inside it.
     let mut window = 64 * 1024u64;
     loop {
         let start = len.saturating_sub(window);
-        file.seek(SeekFrom::Start(start)).map_err(io_err(path))?;
+        file.seek(SeekFrom::Start(start))
+            .map_err(FileError::on(path))?;
         let mut buf = Vec::with_capacity((len - start) as usize);
-        file.read_to_end(&mut buf).map_err(io_err(path))?;
+        file.read_to_end(&mut buf).map_err(FileError::on(path))?;
         let body = buf.strip_suffix(b"\n").unwrap_or(&buf);
         if let Some(pos) = body.iter().rposition(|&b| b == b'\n') {
             return Ok(Some(body[pos + 1..].to_vec()));

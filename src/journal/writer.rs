@@ -2,10 +2,11 @@
 //! woken), sealing segments, and asking the checkpoint thread for signed checkpoints.
 
 use super::config::JournalConfig;
-use super::error::{io_err, sync_dir, JournalError};
+use super::error::{sync_dir, JournalError};
 use super::handle::{CloseReport, Command, JournalStats, Pending, Receipt};
 use super::segment::Head;
 use super::segment::{create_open_segment, spawn_spare, SegmentName};
+use crate::durable::FileError;
 use crate::record::{self, RECORD_VERSION};
 use crate::tlog::checkpoint::{CheckpointSigner, Checkpointer};
 use crate::tlog::merkle::{self};
@@ -376,8 +377,10 @@ impl Writer {
     /// Afterwards nothing may be written until [`Writer::open_next_segment`].
     pub(super) fn seal_open_segment(&mut self) -> Result<(), JournalError> {
         // A sealed segment holds exactly its records: cut the preallocated zeros.
-        self.file.set_len(self.len).map_err(io_err(&self.path))?;
-        self.file.sync_all().map_err(io_err(&self.path))?;
+        self.file
+            .set_len(self.len)
+            .map_err(FileError::on(&self.path))?;
+        self.file.sync_all().map_err(FileError::on(&self.path))?;
         let sealed = self.dir.join(
             SegmentName::Sealed {
                 first: self.first_seq,
@@ -387,7 +390,7 @@ impl Writer {
         );
         // Crash point: before the rename the segment is a complete open segment; recovery keeps
         // using it as the open one.
-        fs::rename(&self.path, &sealed).map_err(io_err(&sealed))?;
+        fs::rename(&self.path, &sealed).map_err(FileError::on(&sealed))?;
         // Crash point: renamed but the directory not synced: after power loss either name may be
         // found, both are valid states for recovery.
         sync_dir(&self.dir)?;

@@ -41,6 +41,7 @@
 //! so signing and the extra fsyncs never delay an append. A checkpoint covers only records that
 //! were already durable when it was requested.
 
+use crate::durable::FileError;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -135,14 +136,8 @@ impl CheckpointConfig {
 #[derive(Debug, Error)]
 pub enum CheckpointError {
     /// A key or checkpoint file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// What the operating system said.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
     /// The key file is not a signed-note Ed25519 key of the expected kind.
     #[error("{path}: not a valid {kind} key ({reason})")]
     BadKey {
@@ -176,18 +171,11 @@ impl CheckpointError {
     /// A bounded label for metrics.
     pub fn category(&self) -> &'static str {
         match self {
-            CheckpointError::Io { .. } => "io",
+            CheckpointError::Io(_) => "io",
             CheckpointError::BadKey { .. } | CheckpointError::BadKeyName { .. } => "key",
             CheckpointError::Malformed(_) => "malformed",
             CheckpointError::BadSignature { .. } => "signature",
         }
-    }
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::Io {
-        path: path.to_path_buf(),
-        source,
     }
 }
 
@@ -205,7 +193,7 @@ pub fn write_key_pair(path: &Path, name: &str) -> Result<(PathBuf, String), Chec
     let (private, public) = generate_key(name)?;
     let pub_path = public_key_path(path);
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        fs::create_dir_all(dir).map_err(FileError::on(dir))?;
     }
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
@@ -214,10 +202,10 @@ pub fn write_key_pair(path: &Path, name: &str) -> Result<(PathBuf, String), Chec
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(path).map_err(io_err(path))?;
+    let mut file = options.open(path).map_err(FileError::on(path))?;
     file.write_all(format!("{private}\n").as_bytes())
         .and_then(|()| file.sync_all())
-        .map_err(io_err(path))?;
+        .map_err(FileError::on(path))?;
     write_durably(&pub_path, format!("{public}\n").as_bytes())?;
     Ok((pub_path, public))
 }
@@ -254,12 +242,12 @@ impl CheckpointSigner {
                 "created a new checkpoint signing key (create_key_if_missing); give auditors its .pub file"
             );
         }
-        let text = fs::read_to_string(path).map_err(io_err(path))?;
+        let text = fs::read_to_string(path).map_err(FileError::on(path))?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = fs::metadata(path)
-                .map_err(io_err(path))?
+                .map_err(FileError::on(path))?
                 .permissions()
                 .mode();
             if mode & 0o077 != 0 {
@@ -357,7 +345,7 @@ impl CheckpointVerifier {
     pub fn load(path_or_key: &str) -> Result<Self, CheckpointError> {
         let path = Path::new(path_or_key);
         if path.exists() {
-            let text = fs::read_to_string(path).map_err(io_err(path))?;
+            let text = fs::read_to_string(path).map_err(FileError::on(path))?;
             Self::from_text(&text).map_err(|e| match e {
                 CheckpointError::BadKey { kind, reason, .. } => CheckpointError::BadKey {
                     path: path.to_path_buf(),
@@ -472,11 +460,11 @@ pub fn list_checkpoint_files(journal_dir: &Path) -> Result<Vec<PathBuf>, Checkpo
     let entries = match fs::read_dir(&dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err(&dir)(e)),
+        Err(e) => return Err(FileError::on(&dir)(e).into()),
     };
     let mut files = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(io_err(&dir))?;
+        let entry = entry.map_err(FileError::on(&dir))?;
         let name = entry.file_name();
         if size_of_file_name(&name.to_string_lossy()).is_some() {
             files.push(entry.path());
@@ -552,14 +540,14 @@ impl MerkleState {
                 .map(Some)
                 .map_err(|e| CheckpointError::Malformed(format!("{}: {e}", path.display()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(&path)(e)),
+            Err(e) => Err(FileError::on(&path)(e).into()),
         }
     }
 }
 
 /// [`crate::durable::replace`], its error naming the file.
 fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    crate::durable::replace(path, bytes).map_err(io_err(path))
+    Ok(crate::durable::replace(path, bytes).map_err(FileError::on(path))?)
 }
 
 /// Write one signed checkpoint and the state it belongs to into the journal directory
@@ -571,7 +559,7 @@ pub fn store(
     time: SystemTime,
 ) -> Result<PathBuf, CheckpointError> {
     let dir = journal_dir.join(CHECKPOINT_DIR);
-    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    fs::create_dir_all(&dir).map_err(FileError::on(&dir))?;
     let path = dir.join(file_name(frontier.size(), time));
     write_durably(&path, note)?;
     // Crash point: the checkpoint is stored, the state may still describe the previous one; a

@@ -45,6 +45,7 @@
 //! overwritten by a newer version is not read (the store interface reads the current version):
 //! the finding names the key; compare its versions by hand.
 
+use crate::durable::FileError;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::future::Future;
@@ -205,9 +206,11 @@ fn same_target(a: &str, b: &str) -> bool {
 
 /// The progress file, if it is about `target`.
 fn read_progress(dir: &Path, target: &str) -> Result<Option<ShipState>, JournalError> {
-    let state = ShipState::read(dir).map_err(|source| JournalError::Io {
-        path: dir.join(SHIP_STATE_FILE),
-        source,
+    let state = ShipState::read(dir).map_err(|source| {
+        JournalError::Io(FileError {
+            path: dir.join(SHIP_STATE_FILE),
+            source,
+        })
     })?;
     Ok(state.filter(|s| same_target(&s.target, target)))
 }
@@ -237,15 +240,19 @@ fn read_local(dir: &Path, name: &SegmentName, path: &Path) -> Result<Vec<u8>, Jo
                 .into_iter()
                 .find(|(n, _)| n.first() == name.first())
                 .map(|(_, p)| p)
-                .ok_or_else(|| JournalError::Io {
-                    path: path.to_path_buf(),
-                    source: e,
+                .ok_or_else(|| {
+                    JournalError::Io(FileError {
+                        path: path.to_path_buf(),
+                        source: e,
+                    })
                 })?;
-            fs::read(&now).map_err(|source| JournalError::Io { path: now, source })
+            fs::read(&now).map_err(|source| JournalError::Io(FileError { path: now, source }))
         }
-        other => other.map_err(|source| JournalError::Io {
-            path: path.to_path_buf(),
-            source,
+        other => other.map_err(|source| {
+            JournalError::Io(FileError {
+                path: path.to_path_buf(),
+                source,
+            })
         }),
     }
 }

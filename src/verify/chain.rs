@@ -5,6 +5,7 @@
 //! Segment bytes and checkpoint notes come from any source: the journal directory
 //! ([`super::journal`]) or the archive's objects ([`super::archive`]).
 
+use crate::durable::FileError;
 use std::fs;
 use std::path::Path;
 use std::time::Duration;
@@ -189,9 +190,11 @@ pub(super) struct CheckpointCheck {
 pub(super) fn read_checkpoint_notes(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, JournalError> {
     let mut notes = Vec::new();
     for path in checkpoint::list_checkpoint_files(dir)? {
-        let bytes = fs::read(&path).map_err(|source| JournalError::Io {
-            path: path.clone(),
-            source,
+        let bytes = fs::read(&path).map_err(|source| {
+            JournalError::Io(FileError {
+                path: path.clone(),
+                source,
+            })
         })?;
         notes.push((file_label(&path), bytes));
     }

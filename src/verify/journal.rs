@@ -1,5 +1,6 @@
 //! `auditgate verify --journal DIR`: one journal directory, from its bytes alone.
 
+use crate::durable::FileError;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -60,7 +61,7 @@ pub fn verify_journal_with(dir: &Path, options: &Options) -> Result<Report, Jour
     loop {
         attempts += 1;
         match verify_once(dir, options) {
-            Err(JournalError::Io { source, .. })
+            Err(JournalError::Io(FileError { source, .. }))
                 if source.kind() == std::io::ErrorKind::NotFound && attempts < 3 => {}
             other => return other,
         }
@@ -125,7 +126,8 @@ fn verify_once(dir: &Path, options: &Options) -> Result<Report, JournalError> {
     let reader_segments: Vec<PathBuf> = segments.iter().map(|(_, p)| p.clone()).collect();
     let reader = std::thread::spawn(move || {
         for path in reader_segments {
-            let read = fs::read(&path).map_err(|source| JournalError::Io { path, source });
+            let read =
+                fs::read(&path).map_err(|source| JournalError::Io(FileError { path, source }));
             if ahead_tx.send(read).is_err() {
                 break;
             }
@@ -133,9 +135,11 @@ fn verify_once(dir: &Path, options: &Options) -> Result<Report, JournalError> {
     });
     for (name, path) in &segments {
         // The reader sends one result per segment; no result means it stopped (it panicked).
-        let bytes = ahead.recv().map_err(|_| JournalError::Io {
-            path: path.clone(),
-            source: std::io::Error::other("the segment reader thread stopped"),
+        let bytes = ahead.recv().map_err(|_| {
+            JournalError::Io(FileError {
+                path: path.clone(),
+                source: std::io::Error::other("the segment reader thread stopped"),
+            })
         })??;
         chain.feed(&file_label(path), name, &bytes, &mut report.chain.findings);
     }

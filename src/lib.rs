@@ -37,7 +37,11 @@ pub mod durable;
 extern crate self as auditgate;
 pub mod fhir;
 #[cfg(test)]
-#[path = "../tests/support/journal.rs"]
+#[path = "../tests/support/fixtures.rs"]
+#[allow(
+    dead_code,
+    reason = "shared with the integration tests, which use the rest"
+)]
 mod fixtures;
 pub mod identity;
 pub mod journal;

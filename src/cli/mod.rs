@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use outcome::{exit_code, CliError};
+use outcome::exit_code;
 
 /// auditgate: a HIPAA audit gateway for EHR (FHIR) APIs.
 ///
@@ -76,48 +76,7 @@ pub enum Command {
     /// under `--prefix`.
     ///
     /// Exit 0 when nothing is wrong, 1 with a list of findings, 2 if it could not run.
-    Verify {
-        /// The journal directory of one node.
-        #[arg(long, required_unless_present = "archive")]
-        journal: Option<PathBuf>,
-        /// The archive: `s3://BUCKET/PREFIX`, or a directory archive's path.
-        #[arg(long, value_name = "ARCHIVE")]
-        archive: Option<String>,
-        /// A checkpoint public key: a `.pub` file from `keygen`, or the key text. With
-        /// `--archive`, give one per node: each node's checkpoints are checked with the key
-        /// named `auditgate/NODE` (or the only key given).
-        #[arg(long, value_name = "PUBKEY")]
-        key: Vec<String>,
-        /// With `--key`: report two consecutive checkpoints signed more than this many
-        /// seconds apart (set it above the gateway's `checkpoint.heartbeat_secs`; 0 turns the
-        /// check off).
-        #[arg(long, default_value_t = 180)]
-        max_gap_secs: u64,
-        /// Check only this node of the archive. With `--journal`, the journal's node (default:
-        /// the `node` of its records).
-        #[arg(long, requires = "archive")]
-        node: Option<String>,
-        /// A directory archive's key prefix (`[archive] prefix`; default `auditgate`). For
-        /// `s3://` the prefix is part of ARCHIVE.
-        #[arg(long, requires = "archive")]
-        prefix: Option<String>,
-        /// An S3-compatible endpoint instead of AWS, e.g. `http://127.0.0.1:4566`.
-        #[arg(long, requires = "archive")]
-        endpoint_url: Option<String>,
-        /// The bucket's AWS region (default: the standard AWS configuration chain).
-        #[arg(long, requires = "archive")]
-        region: Option<String>,
-        /// Path-style addressing (`endpoint/bucket/key`), needed by most S3-compatible servers.
-        #[arg(long, requires = "archive")]
-        force_path_style: bool,
-        /// Every archived object must be locked (COMPLIANCE) for at least this many days after
-        /// it was stored (one day of slack; 2192 days is six years).
-        #[arg(long, default_value_t = crate::archive::SIX_YEARS_DAYS, requires = "archive")]
-        min_retention_days: u64,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Verify(verify::VerifyArgs),
     /// Make a checkpoint signing key pair: FILE (private, mode 0600) and FILE.pub (public).
     Keygen {
         /// Where to write the private key (never overwritten).
@@ -276,44 +235,7 @@ pub fn main() -> ExitCode {
     let (name, result) = match cli.command {
         Command::Run { config, upgrade } => ("", run::run(&config, upgrade)),
         Command::CheckConfig { config } => ("", run::check_config(&config)),
-        Command::Verify {
-            journal,
-            archive,
-            key,
-            max_gap_secs,
-            node,
-            prefix,
-            endpoint_url,
-            region,
-            force_path_style,
-            min_retention_days,
-            json,
-        } => (
-            "verify",
-            match (archive, journal, key.as_slice()) {
-                (Some(archive), journal, _) => verify::verify_archive(&verify::VerifyArchiveArgs {
-                    archive,
-                    journal,
-                    keys: key,
-                    max_gap_secs,
-                    node,
-                    prefix,
-                    endpoint_url,
-                    region,
-                    force_path_style,
-                    min_retention_days,
-                    json,
-                }),
-                (None, Some(journal), []) => verify::verify(&journal, None, max_gap_secs, json),
-                (None, Some(journal), [key]) => {
-                    verify::verify(&journal, Some(key), max_gap_secs, json)
-                }
-                (None, Some(_), _) => Err(CliError::Usage(
-                    "a journal is one node's: give one --key".into(),
-                )),
-                (None, None, _) => Err(CliError::Usage("give --journal or --archive".into())),
-            },
-        ),
+        Command::Verify(args) => ("verify", verify::run(args)),
         Command::Keygen { out, name } => ("keygen", proofs::keygen(&out, name)),
         Command::Prove {
             journal,

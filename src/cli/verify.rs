@@ -40,24 +40,70 @@ fn emit_report<R: serde::Serialize>(
     Verdict::from_ok(ok)
 }
 
-/// `verify --archive`'s arguments.
-pub struct VerifyArchiveArgs {
-    pub archive: String,
+/// `auditgate verify`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// The journal directory of one node.
+    #[arg(long, required_unless_present = "archive")]
     pub journal: Option<PathBuf>,
-    pub keys: Vec<String>,
+    /// The archive: `s3://BUCKET/PREFIX`, or a directory archive's path.
+    #[arg(long, value_name = "ARCHIVE")]
+    pub archive: Option<String>,
+    /// A checkpoint public key: a `.pub` file from `keygen`, or the key text. With
+    /// `--archive`, give one per node: each node's checkpoints are checked with the key
+    /// named `auditgate/NODE` (or the only key given).
+    #[arg(long, value_name = "PUBKEY")]
+    pub key: Vec<String>,
+    /// With `--key`: report two consecutive checkpoints signed more than this many
+    /// seconds apart (set it above the gateway's `checkpoint.heartbeat_secs`; 0 turns the
+    /// check off).
+    #[arg(long, default_value_t = 180)]
     pub max_gap_secs: u64,
+    /// Check only this node of the archive. With `--journal`, the journal's node (default:
+    /// the `node` of its records).
+    #[arg(long, requires = "archive")]
     pub node: Option<String>,
+    /// A directory archive's key prefix (`[archive] prefix`; default `auditgate`). For
+    /// `s3://` the prefix is part of ARCHIVE.
+    #[arg(long, requires = "archive")]
     pub prefix: Option<String>,
+    /// An S3-compatible endpoint instead of AWS, e.g. `http://127.0.0.1:4566`.
+    #[arg(long, requires = "archive")]
     pub endpoint_url: Option<String>,
+    /// The bucket's AWS region (default: the standard AWS configuration chain).
+    #[arg(long, requires = "archive")]
     pub region: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), needed by most S3-compatible servers.
+    #[arg(long, requires = "archive")]
     pub force_path_style: bool,
+    /// Every archived object must be locked (COMPLIANCE) for at least this many days after
+    /// it was stored (one day of slack; 2192 days is six years).
+    #[arg(long, default_value_t = crate::archive::SIX_YEARS_DAYS, requires = "archive")]
     pub min_retention_days: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
     pub json: bool,
+}
+
+/// `auditgate verify`: the archive when `--archive` is given, else the journal.
+pub fn run(args: VerifyArgs) -> Result<Verdict, CliError> {
+    match (&args.archive, &args.journal, args.key.as_slice()) {
+        (Some(archive), _, _) => verify_archive(archive, &args),
+        (None, Some(journal), []) => verify(journal, None, args.max_gap_secs, args.json),
+        (None, Some(journal), [key]) => verify(journal, Some(key), args.max_gap_secs, args.json),
+        (None, Some(_), _) => Err(CliError::Usage(
+            "a journal is one node's: give one --key".into(),
+        )),
+        (None, None, _) => Err(CliError::Usage("give --journal or --archive".into())),
+    }
 }
 
 /// What `--archive` names: `s3://BUCKET/PREFIX`, or a directory archive (the `[archive] dir`)
 /// with its objects under `--prefix` (as `[archive] dir` and `prefix` in the config).
-fn archive_config(args: &VerifyArchiveArgs) -> Result<crate::archive::ArchiveConfig, String> {
+fn archive_config(
+    archive: &str,
+    args: &VerifyArgs,
+) -> Result<crate::archive::ArchiveConfig, String> {
     use crate::archive::{ArchiveConfig, ArchiveKind};
     let mut cfg = ArchiveConfig {
         region: args.region.clone(),
@@ -65,22 +111,22 @@ fn archive_config(args: &VerifyArchiveArgs) -> Result<crate::archive::ArchiveCon
         force_path_style: args.force_path_style,
         ..ArchiveConfig::default()
     };
-    if let Some(rest) = args.archive.strip_prefix("s3://") {
+    if let Some(rest) = archive.strip_prefix("s3://") {
         if args.prefix.is_some() {
             return Err("--prefix is for a directory archive; for S3 the prefix is part of s3://BUCKET/PREFIX".into());
         }
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
-            return Err(format!("{}: no bucket (s3://BUCKET/PREFIX)", args.archive));
+            return Err(format!("{}: no bucket (s3://BUCKET/PREFIX)", archive));
         }
         cfg.kind = ArchiveKind::S3;
         cfg.bucket = bucket.to_string();
         cfg.prefix = prefix.trim_end_matches('/').to_string();
     } else {
-        if args.archive.contains("://") {
+        if archive.contains("://") {
             return Err(format!(
                 "{}: not s3://BUCKET/PREFIX or a directory",
-                args.archive
+                archive
             ));
         }
         if args.endpoint_url.is_some() || args.region.is_some() || args.force_path_style {
@@ -88,7 +134,7 @@ fn archive_config(args: &VerifyArchiveArgs) -> Result<crate::archive::ArchiveCon
                 "--endpoint-url, --region and --force-path-style are for s3:// archives".into(),
             );
         }
-        let dir = PathBuf::from(&args.archive);
+        let dir = PathBuf::from(&archive);
         if !dir.is_dir() {
             return Err(format!("{}: no such directory", dir.display()));
         }
@@ -108,10 +154,10 @@ fn archive_config(args: &VerifyArchiveArgs) -> Result<crate::archive::ArchiveCon
 }
 
 /// `auditgate verify --archive ARCHIVE [--journal DIR] [--key KEY ...]`.
-pub fn verify_archive(args: &VerifyArchiveArgs) -> Result<Verdict, CliError> {
-    let cfg = archive_config(args).map_err(CliError::Usage)?;
+pub fn verify_archive(archive: &str, args: &VerifyArgs) -> Result<Verdict, CliError> {
+    let cfg = archive_config(archive, args).map_err(CliError::Usage)?;
     let mut keys = Vec::new();
-    for key in &args.keys {
+    for key in &args.key {
         keys.push(
             crate::tlog::checkpoint::CheckpointVerifier::load(key)
                 .map_err(|e| CliError::part("--key", e))?,

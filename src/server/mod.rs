@@ -7,17 +7,17 @@
 
 pub mod admin;
 pub mod reload;
+pub mod signals;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 
 use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
-use pingora::services::background::BackgroundService;
+use pingora::server::Server;
 
 use crate::config::Config;
 use crate::journal::{CheckpointTiming, Checkpointing, Journal, JournalError, RecoveryReport};
@@ -26,6 +26,7 @@ use crate::proxy::Gateway;
 use crate::server::admin::{AdminApp, Readiness};
 use crate::server::reload::Reloader;
 use crate::tlog::checkpoint::CheckpointSigner;
+use signals::{close_journal, DrainMonitor, Signals, JOURNAL_CLOSE_TIMEOUT};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -320,23 +321,15 @@ pub fn prepare(
     })
 }
 
-/// How long the clean stop waits for the journal to seal its open segment and store the
-/// checkpoint, after the drain.
-pub const JOURNAL_CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
-
 /// Idle connections to the upstream kept by the buffered path (pingora's default pool size).
 const UPSTREAM_POOL_SIZE: usize = 128;
-
-/// How long no request must be in flight before the drain counts as done (a keep-alive
-/// connection may still deliver one it had sent when the listeners closed).
-const DRAIN_QUIET: Duration = Duration::from_millis(200);
 
 /// The pingora server for `config`, bootstrapped: with `upgrade`, this takes the listening
 /// sockets from the running process (which hands them over on SIGQUIT).
 pub fn new_server(config: &Config, upgrade: bool) -> Server {
     let conf = ServerConf {
         threads: config.server.threads,
-        // Pingora's own drain is a fixed sleep; the drain monitor below ends the process as
+        // Pingora's own drain is a fixed sleep; the drain monitor (signals.rs) ends the process as
         // soon as nothing is in flight, so this is only the upper bound behind it.
         grace_period_seconds: Some(
             config.server.drain_timeout_secs + JOURNAL_CLOSE_TIMEOUT.as_secs() + 2,
@@ -448,145 +441,4 @@ pub fn run_with(
     // Reached after SIGINT, or when pingora's upper bound ran out before the drain monitor
     // finished: every request is finished or cut off.
     std::process::exit(close_journal(&journal))
-}
-
-/// Seal and close the journal, once per process; the exit code to use. The drain monitor and
-/// the path after pingora's own shutdown may both get here: the second waits for the first
-/// and reports its result.
-fn close_journal(journal: &Journal) -> i32 {
-    static CLOSED: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
-    *CLOSED.get_or_init(|| close_journal_once(journal))
-}
-
-fn close_journal_once(journal: &Journal) -> i32 {
-    match journal.close(JOURNAL_CLOSE_TIMEOUT) {
-        Ok(report) => {
-            tracing::info!(
-                head_seq = report.head_seq,
-                sealed = report.sealed.is_some(),
-                "auditgate stopped cleanly"
-            );
-            0
-        }
-        Err(e) => {
-            tracing::error!(
-                error = %e,
-                category = e.category(),
-                "the journal did not close cleanly; the next start recovers it"
-            );
-            1
-        }
-    }
-}
-
-/// The shutdown signals, with the SIGTERM delay during which `/readyz` already fails.
-struct Signals {
-    draining: Arc<AtomicBool>,
-    shutdown_delay: Duration,
-}
-
-#[async_trait::async_trait]
-impl ShutdownSignalWatch for Signals {
-    #[allow(
-        clippy::expect_used,
-        reason = "signal handlers install on pingora's runtime at start; a failure there is a \
-                  start-up bug, not a run-time condition"
-    )]
-    async fn recv(&self) -> ShutdownSignal {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut quit = signal(SignalKind::quit()).expect("SIGQUIT handler");
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-        tokio::select! {
-            _ = quit.recv() => {
-                tracing::info!("SIGQUIT: handing the listeners to the new process, then draining");
-                self.draining.store(true, Ordering::Release);
-                ShutdownSignal::GracefulUpgrade
-            }
-            _ = term.recv() => {
-                self.draining.store(true, Ordering::Release);
-                tracing::info!(
-                    delay_secs = self.shutdown_delay.as_secs(),
-                    "SIGTERM: /readyz now fails; serving through the delay, then draining"
-                );
-                // SIGINT still means "now" during the delay.
-                tokio::select! {
-                    _ = tokio::time::sleep(self.shutdown_delay) => ShutdownSignal::GracefulTerminate,
-                    _ = int.recv() => {
-                        tracing::info!("SIGINT during the delay: stopping now, without a drain");
-                        ShutdownSignal::FastShutdown
-                    }
-                }
-            }
-            _ = int.recv() => {
-                tracing::info!("SIGINT: stopping now, without a drain");
-                ShutdownSignal::FastShutdown
-            }
-        }
-    }
-}
-
-/// Ends the process once the listeners are closed and no request is in flight: closes the
-/// journal (sealing the open segment) and exits, instead of sleeping out pingora's fixed drain
-/// period.
-struct DrainMonitor {
-    in_flight: Arc<AtomicUsize>,
-    draining: Arc<AtomicBool>,
-    journal: Journal,
-    drain_timeout: Duration,
-}
-
-#[async_trait::async_trait]
-impl BackgroundService for DrainMonitor {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        while !*shutdown.borrow() {
-            if shutdown.changed().await.is_err() {
-                return;
-            }
-        }
-        self.draining.store(true, Ordering::Release);
-        let deadline = tokio::time::Instant::now() + self.drain_timeout;
-        let mut quiet_since: Option<tokio::time::Instant> = None;
-        // SIGINT (or a second SIGTERM) during the drain ends it at once.
-        let mut hurry =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
-        let mut again =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        loop {
-            let now = tokio::time::Instant::now();
-            let busy = self.in_flight.load(Ordering::Acquire);
-            if busy == 0 {
-                if now.duration_since(*quiet_since.get_or_insert(now)) >= DRAIN_QUIET {
-                    tracing::info!("drained: no request in flight");
-                    break;
-                }
-            } else {
-                quiet_since = None;
-            }
-            if now >= deadline {
-                tracing::warn!(
-                    in_flight = busy,
-                    "drain timeout: cutting off the requests still in flight"
-                );
-                break;
-            }
-            let interrupted = tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(20)) => false,
-                Some(_) = async { hurry.as_mut()?.recv().await } => true,
-                Some(_) = async { again.as_mut()?.recv().await } => true,
-            };
-            if interrupted {
-                tracing::warn!(
-                    in_flight = busy,
-                    "asked again to stop: ending the drain now, cutting off the requests still in flight"
-                );
-                break;
-            }
-        }
-        let journal = self.journal.clone();
-        let code = tokio::task::spawn_blocking(move || close_journal(&journal))
-            .await
-            .unwrap_or(1);
-        std::process::exit(code)
-    }
 }

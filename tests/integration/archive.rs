@@ -6,11 +6,10 @@
 //! before a restart is not stored twice; a bucket without Object Lock stops the start.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use async_trait::async_trait;
 use auditgate::archive::{
     self, ArchiveConfig, ArchiveError, ArchiveKind, ArchiveStore, Archiver, ListedVersion,
     ObjectInfo, PutResult, S3Store, SegmentCompression,
@@ -18,6 +17,7 @@ use auditgate::archive::{
 use auditgate::journal::shipped::ShipState;
 use auditgate::journal::SegmentName;
 
+use crate::support::fixtures::FaultStore;
 use crate::support::gateway::{Gateway, GatewayOptions};
 use crate::support::s3::{run_boto3, S3Server, ACCESS_KEY, BOTO3_PRELUDE, REGION, SECRET_KEY};
 use crate::support::{http_client, FhirServer};
@@ -380,65 +380,19 @@ fn an_s3_outage_costs_no_request_and_no_record() {
     assert!(!gw.log().contains("ARCHIVE CONFLICT"));
 }
 
-/// A store that performs the real upload, then reports a failure: the "failed but actually
-/// stored" case (a timeout after the server stored the object).
-struct StoredThenFailed {
-    inner: S3Store,
-    fail_next_put: AtomicBool,
-}
-
-#[async_trait]
-impl ArchiveStore for StoredThenFailed {
-    fn target(&self) -> String {
-        self.inner.target()
-    }
-    fn is_worm(&self) -> bool {
-        self.inner.is_worm()
-    }
-    async fn check_ready(&self) -> Result<(), ArchiveError> {
-        self.inner.check_ready().await
-    }
-    async fn put_new(
-        &self,
-        key: &str,
-        bytes: Vec<u8>,
-        sha256: &str,
-        retain_until: SystemTime,
-    ) -> Result<PutResult, ArchiveError> {
-        let result = self.inner.put_new(key, bytes, sha256, retain_until).await?;
-        if self.fail_next_put.swap(false, Ordering::SeqCst) {
-            return Err(ArchiveError::Unreachable {
-                target: self.target(),
-                detail: "injected: the response was lost after the object was stored".into(),
-            });
-        }
-        Ok(result)
-    }
-    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, ArchiveError> {
-        self.inner.head(key).await
-    }
-    async fn get(&self, key: &str) -> Result<Vec<u8>, ArchiveError> {
-        self.inner.get(key).await
-    }
-    async fn list_versions(&self, prefix: &str) -> Result<Vec<ListedVersion>, ArchiveError> {
-        self.inner.list_versions(prefix).await
-    }
-}
-
 /// A new bucket with Object Lock, behind a store whose next PUT stores the object and then
 /// reports a failure.
 fn stored_then_failed(
     s3: &S3Server,
     rt: &tokio::runtime::Runtime,
     bucket: &str,
-) -> Arc<StoredThenFailed> {
+) -> Arc<FaultStore<S3Store>> {
     set_aws_env();
     s3.create_locked_bucket(bucket);
     let inner = rt.block_on(S3Store::connect(&archive_config(s3, bucket)));
-    Arc::new(StoredThenFailed {
-        inner,
-        fail_next_put: AtomicBool::new(true),
-    })
+    let store = FaultStore::new(inner);
+    store.lose_next_put_answer.store(true, Ordering::SeqCst);
+    Arc::new(store)
 }
 
 /// A journal with sealed segments and checkpoints, written by the real gateway.

@@ -26,7 +26,7 @@ const RECORDS: usize = 60;
 /// A signed journal of [`RECORDS`] records in 4 KiB segments with a checkpoint after every
 /// record; returns (journal dir, private key path).
 fn signed_journal(root: &Path) -> (PathBuf, PathBuf) {
-    crate::support::journal::signed_journal(root, NODE, RECORDS)
+    crate::support::fixtures::signed_journal(root, NODE, RECORDS)
 }
 
 /// The SDK in this process takes its credentials from the environment, like the CLI's.

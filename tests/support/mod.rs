@@ -31,10 +31,10 @@
 
 pub mod certs;
 pub mod fhir;
+pub mod fixtures;
 pub mod gateway;
 pub mod geoip;
 pub mod held;
-pub mod journal;
 pub mod jwks;
 pub mod keys;
 pub mod oracle;

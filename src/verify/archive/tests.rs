@@ -2,8 +2,7 @@
 
 use super::*;
 use crate::archive::{Archiver, DirStore, PutResult};
-use crate::journal::tests::event;
-use crate::journal::{CheckpointTiming, Checkpointing, Journal, JournalConfig};
+use crate::fixtures::FaultStore;
 use crate::record;
 use crate::tlog::checkpoint::{write_key_pair, CheckpointSigner};
 use crate::tlog::merkle::{self, Frontier, Hash};
@@ -23,41 +22,14 @@ struct Shipped {
 /// sealed segment and every checkpoint shipped (the open segment stays local).
 async fn shipped(node: &str, n: usize, archive: Option<&Path>) -> Shipped {
     let tmp = tempfile::tempdir().unwrap();
-    let key = tmp.path().join("checkpoint.key");
-    write_key_pair(&key, &format!("auditgate/{node}")).unwrap();
-    let journal = tmp.path().join("journal");
-    let cfg = JournalConfig {
-        segment_max_bytes: 4096,
-        ..JournalConfig::default()
-    };
-    let checkpointing = Checkpointing {
-        signer: CheckpointSigner::load(&key, false, "unused").unwrap(),
-        timing: CheckpointTiming {
-            interval: Duration::ZERO,
-            heartbeat: Duration::from_secs(3600),
-        },
-    };
-    // The journal's blocking appends run off the test's runtime.
-    let stats = std::thread::scope(|scope| {
+    // The journal's blocking appends run off the test's runtime; when the fixture returns, a
+    // signed checkpoint covers all `n` records.
+    let (journal, key) = std::thread::scope(|scope| {
         scope
-            .spawn(|| {
-                let (j, _) =
-                    Journal::open_with_checkpoints(&journal, node, &cfg, Some(checkpointing))
-                        .unwrap();
-                for i in 0..n {
-                    j.append_blocking(&event(i)).unwrap();
-                }
-                j.checkpoint_stats().unwrap().clone()
-            })
+            .spawn(|| crate::fixtures::signed_journal(tmp.path(), node, n))
             .join()
             .unwrap()
     });
-    // The journal was dropped in the thread: its final checkpoint is stored.
-    assert_eq!(
-        stats.last_size.load(std::sync::atomic::Ordering::Acquire),
-        n as u64,
-        "a checkpoint covers all {n} records"
-    );
     let archive = archive.map_or_else(|| tmp.path().join("archive"), Path::to_path_buf);
     let store = Arc::new(DirStore::new(&archive));
     let mut archiver =
@@ -622,81 +594,6 @@ async fn an_empty_archive_is_a_finding() {
     );
 }
 
-/// A directory archive dressed up as a versioned, locked store: extra versions and delete
-/// markers in the listing, and the HEAD answers a test sets.
-struct Versioned {
-    inner: DirStore,
-    /// Extra listing entries; a delete marker on top makes `get` of its key fail with 404.
-    extra: Vec<ListedVersion>,
-    heads: HashMap<String, ObjectInfo>,
-}
-
-#[async_trait::async_trait]
-impl ArchiveStore for Versioned {
-    fn target(&self) -> String {
-        self.inner.target()
-    }
-    fn is_worm(&self) -> bool {
-        true
-    }
-    async fn check_ready(&self) -> Result<(), ArchiveError> {
-        Ok(())
-    }
-    async fn put_new(
-        &self,
-        key: &str,
-        bytes: Vec<u8>,
-        sha256: &str,
-        retain_until: SystemTime,
-    ) -> Result<PutResult, ArchiveError> {
-        self.inner.put_new(key, bytes, sha256, retain_until).await
-    }
-    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, ArchiveError> {
-        if self.hidden(key) {
-            return Ok(None);
-        }
-        let Some(stored) = self.inner.head(key).await? else {
-            return Ok(None);
-        };
-        Ok(Some(self.heads.get(key).cloned().unwrap_or(ObjectInfo {
-            lock_mode: Some("COMPLIANCE".into()),
-            retain_until: Some(1_000_000_000 + 2192 * 86_400),
-            last_modified: Some(1_000_000_000),
-            ..stored
-        })))
-    }
-    async fn get(&self, key: &str) -> Result<Vec<u8>, ArchiveError> {
-        if self.hidden(key) {
-            return Err(ArchiveError::Request {
-                key: key.into(),
-                status: 404,
-                detail: "NoSuchKey".into(),
-            });
-        }
-        self.inner.get(key).await
-    }
-    async fn list_versions(&self, prefix: &str) -> Result<Vec<ListedVersion>, ArchiveError> {
-        let mut out = self.inner.list_versions(prefix).await?;
-        for extra in &self.extra {
-            if extra.is_latest {
-                for v in out.iter_mut().filter(|v| v.key == extra.key) {
-                    v.is_latest = false;
-                }
-            }
-            out.push(extra.clone());
-        }
-        Ok(out)
-    }
-}
-
-impl Versioned {
-    fn hidden(&self, key: &str) -> bool {
-        self.extra
-            .iter()
-            .any(|v| v.key == key && v.is_latest && v.is_delete_marker)
-    }
-}
-
 #[tokio::test]
 async fn versions_delete_markers_and_locks_are_checked_on_a_worm_store() {
     let s = shipped("n1", 60, None).await;
@@ -741,9 +638,9 @@ async fn versions_delete_markers_and_locks_are_checked_on_a_worm_store() {
             ..ObjectInfo::default()
         },
     );
-    let store = Arc::new(Versioned {
-        inner: DirStore::new(&s.archive),
-        extra: vec![
+    let store = Arc::new(FaultStore {
+        dressed_as_worm: true,
+        extra_versions: vec![
             marker(&hidden, true),
             ListedVersion {
                 key: rewritten.clone(),
@@ -754,6 +651,7 @@ async fn versions_delete_markers_and_locks_are_checked_on_a_worm_store() {
             marker(&s.key_of(&cps[2]), false),
         ],
         heads,
+        ..FaultStore::new(DirStore::new(&s.archive))
     });
     let options = ArchiveOptions {
         min_retention_days: SIX_YEARS_DAYS,

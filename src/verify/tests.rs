@@ -391,10 +391,13 @@ mod checkpoints {
         )
         .unwrap();
         let report = j.check();
+        // The gap runs from `old` to the next checkpoint in time: the one signed when the
+        // journal opened, a moment (seconds, on a loaded machine) before `old` was taken, so
+        // an hour less that moment.
         assert!(report
             .chain.findings
             .iter()
-            .any(|f| matches!(f, Finding::CheckpointGap { gap_secs, max_secs: 180, .. } if *gap_secs >= 3599)), "{:?}", report.chain.findings);
+            .any(|f| matches!(f, Finding::CheckpointGap { gap_secs, max_secs: 180, .. } if *gap_secs >= 3500)), "{:?}", report.chain.findings);
     }
 
     #[test]

@@ -39,7 +39,7 @@
 //! # Bounds
 //!
 //! Time and memory are linear in the input, which the caller bounds
-//! ([`crate::config::AttributionConfig`]). Nesting is bounded by `serde_json`'s recursion limit
+//! ([`crate::attribution::config::AttributionConfig`]). Nesting is bounded by `serde_json`'s recursion limit
 //! (128 levels: deeper input is [`Gap::InvalidJson`], not a stack overflow). Nothing here
 //! panics on any input (property-tested).
 

@@ -8,11 +8,11 @@ use std::path::PathBuf;
 /// The realm named in every `WWW-Authenticate` challenge.
 pub const REALM: &str = "auditgate";
 
-/// Why [`Identity::load`] could not build the verifier. Messages name config keys and files,
+/// Why [`Identity::load`](super::Identity::load) could not build the verifier. Messages name config keys and files,
 /// never secret or key material.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    /// The configuration failed [`IdentityConfig::validate`].
+    /// The configuration failed [`IdentityConfig::validate`](super::IdentityConfig::validate).
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// A PEM key file could not be read.

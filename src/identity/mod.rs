@@ -2,7 +2,7 @@
 //!
 //! This module owns token extraction, signature and claim verification, the keys (PEM files,
 //! HMAC secrets from the environment, JWKS files, JWKS URLs refreshed in the background), the
-//! cache of verified tokens, and the mapping of claims to the journal's [`Actor`]. The proxy
+//! cache of verified tokens, and the mapping of claims to the journal's [`Actor`](crate::record::Actor). The proxy
 //! calls [`Identity::authenticate`] once per request and journals either the actor or the
 //! failure's [`AuthFailure::reason`].
 //!

@@ -35,7 +35,7 @@ pub enum JournalError {
     /// The checkpoint state or key could not be used at start.
     #[error("journal checkpoints: {0}")]
     Checkpoint(#[from] CheckpointError),
-    /// [`Journal::close`] did not finish in time.
+    /// [`Journal::close`](super::Journal::close) did not finish in time.
     #[error("journal did not close within {secs} s")]
     CloseTimeout {
         /// How long was waited, in seconds.

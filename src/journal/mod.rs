@@ -13,7 +13,7 @@
 //!
 //! # Group commit
 //!
-//! One writer thread owns the open segment. Appenders serialise their [`Event`] (in parallel,
+//! One writer thread owns the open segment. Appenders serialise their [`Event`](crate::record::Event) (in parallel,
 //! on their own threads), send it through a bounded queue, and wait on a oneshot channel. The
 //! writer takes every waiting record (up to `batch_max_records`), stamps the chain header
 //! (`seq`, `prev`, `ts`), writes the whole batch with one `write`, calls `fdatasync` once, and

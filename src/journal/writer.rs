@@ -48,7 +48,7 @@ pub struct CheckpointTiming {
     pub heartbeat: Duration,
 }
 
-/// Checkpoint signing for [`Journal::open_with_checkpoints`].
+/// Checkpoint signing for [`Journal::open_with_checkpoints`](super::Journal::open_with_checkpoints).
 pub struct Checkpointing {
     /// The node's checkpoint key.
     pub signer: CheckpointSigner,

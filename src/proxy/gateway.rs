@@ -21,7 +21,7 @@ use crate::rules::Classification;
 
 /// Everything a request needs, shared by all requests.
 pub struct Gateway {
-    /// Identity, rules and network policy; a SIGHUP swaps them (see [`live`]).
+    /// Identity, rules and network policy; a SIGHUP swaps them (see [`crate::proxy::live`]).
     pub live: Arc<Live>,
     /// Requests between their head and their end (the drain at shutdown waits for 0).
     pub in_flight: Arc<AtomicUsize>,
@@ -35,7 +35,7 @@ pub struct Gateway {
     pub upstream: UpstreamConfig,
     /// `upstream.ca_file`, loaded; `None`: the system's roots.
     pub upstream_ca: Option<Arc<Box<[pingora::tls::x509::X509]>>>,
-    /// The buffered path's connections to the upstream (see [`crate::attribution::inspect`]); pingora's
+    /// The buffered path's connections to the upstream (see the buffered path, `proxy/buffered.rs`); pingora's
     /// proxy path keeps its own pool.
     pub connector: pingora::connectors::http::Connector,
     /// Slots of the buffered path (`attribution.max_buffered_requests`): a buffered exchange

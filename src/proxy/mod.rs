@@ -1,16 +1,16 @@
 //! The pingora phase map: where each audit step happens in a request's life.
 //!
 //! This module is deliberately thin: the phases below, each a few lines that call into the
-//! rooms beside it ([`admission`]: the record under construction and the refusal ladder;
-//! [`refusal`] and [`answer`]: the answers the gateway makes itself, journaled first;
-//! [`buffered`] and [`exchange`]: the buffered path; [`live`]: the configuration a request
+//! rooms beside it (`admission`: the record under construction and the refusal ladder;
+//! `refusal` and `answer`: the answers the gateway makes itself, journaled first;
+//! `buffered` and `exchange`: the buffered path; [`live`]: the configuration a request
 //! reads) and below it ([`crate::identity`], [`crate::rules`], [`crate::network`],
 //! [`crate::attribution`], [`crate::journal`]). What it owns is the *order*, because the order
 //! is the guarantee:
 //!
 //! | phase | what happens | if the journal fails |
 //! | --- | --- | --- |
-//! | `request_filter` | request ID, network vector, JWT, rules. A refused request (401, 400, 403) gets its outcome record, then its answer. A change (POST, PUT, PATCH, DELETE) gets an **intent** record, fsync'd, before anything is forwarded. A rule that reads bodies takes the [`buffered`] path here and answers the request itself. | 503, nothing forwarded |
+//! | `request_filter` | request ID, network vector, JWT, rules. A refused request (401, 400, 403) gets its outcome record, then its answer. A change (POST, PUT, PATCH, DELETE) gets an **intent** record, fsync'd, before anything is forwarded. A rule that reads bodies takes the `buffered` path here and answers the request itself. | 503, nothing forwarded |
 //! | `request_body_filter` | POST `_search` form bodies are copied (bounded) for query attribution; the body still streams. | - |
 //! | `upstream_request_filter` | `X-Forwarded-For` and the request ID are added; nothing else changes. | - |
 //! | `response_filter` | the upstream's status and headers are known but **not yet sent**: the **outcome** record is appended and awaited here. | `Err(503)`: the upstream's head and body are dropped, the client gets a 503 |

@@ -1,5 +1,5 @@
 //! Compiling rule files: base paths, templates, methods and patient sources checked and
-//! turned into [`Rule`](super::ruleset::Rule)s; a rule that another shadows is an error.
+//! turned into `Rule`s; a rule that another shadows is an error.
 
 use super::config::RulesConfig;
 use super::error::RulesError;

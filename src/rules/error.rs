@@ -68,7 +68,7 @@ pub enum PathRejection {
     /// The request target does not start with `/` (absolute-form, authority-form, `*`).
     #[error("request target is not an origin-form path")]
     NotOriginForm,
-    /// The path is longer than [`MAX_PATH_BYTES`].
+    /// The path is longer than [`MAX_PATH_BYTES`](super::MAX_PATH_BYTES).
     #[error("request path is {len} bytes, longer than the {limit} allowed")]
     TooLong {
         /// The path's length in bytes.

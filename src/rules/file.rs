@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 /// Rule name recorded for a request no rule matched.
 pub const UNMATCHED_RULE: &str = "unmatched";
-/// Rule name the proxy records for a request refused with a [`PathRejection`].
+/// Rule name the proxy records for a request refused with a [`PathRejection`](super::PathRejection).
 pub const REJECTED_RULE: &str = "rejected";
 
 /// Default rule file, relative to the config file's directory.

@@ -1,9 +1,9 @@
 //! Route rules: from method + request target (+ headers, + a form body) to what the access is.
 //!
 //! This module owns the answer to "what did this request do, and to which patients": the CRUDE
-//! [`Action`], the FHIR [`InteractionKind`], the resource type and id, the patient IDs named by
+//! [`Action`](crate::record::Action), the FHIR [`InteractionKind`](crate::record::InteractionKind), the resource type and id, the patient IDs named by
 //! the path, the query, a header or a form body, and how complete that list is
-//! ([`Attribution`]). It also owns the safe reading of the request path, which is a security
+//! ([`Attribution`](crate::record::Attribution)). It also owns the safe reading of the request path, which is a security
 //! boundary: the gateway journals and attributes what this module decodes, so the decoded path
 //! must mean exactly one thing to us and to the EHR behind us.
 //!
@@ -23,11 +23,11 @@
 //!   value is `Patient`) directly followed by an id capture, that id is a patient of the request
 //!   (source `path`), whatever the rule says: removing the Patient-specific rules cannot hide a
 //!   patient.
-//! * **`complete` is a promise.** [`Attribution::Complete`] is only reported when the rule
+//! * **`complete` is a promise.** [`Attribution::Complete`](crate::record::Attribution::Complete) is only reported when the rule
 //!   allows it *and* every patient source of the rule resolved *and* at least one patient was
 //!   found *and*, for a search, the query pins every result to listed patients (below). Anything
-//!   less is [`Attribution::Partial`]; the response-side extraction (a later stage) can add
-//!   what is missing. [`Attribution::None`] is only for rules that declare the request touches
+//!   less is [`Attribution::Partial`](crate::record::Attribution::Partial); the response-side extraction (a later stage) can add
+//!   what is missing. [`Attribution::None`](crate::record::Attribution::None) is only for rules that declare the request touches
 //!   no patient data (the CapabilityStatement).
 //! * [`RuleSet`] is immutable after load (`Send + Sync`), compiled once: classifying is segment
 //!   comparisons and hash lookups, no regex, a handful of small allocations.
@@ -115,7 +115,7 @@
 //!
 //! # The rooms
 //!
-//! [`config`] (`[rules]`), [`file`] (the rule file as written), [`error`] (why rules cannot
+//! [`config`] (`[rules]`), [`file`](mod@file) (the rule file as written), [`error`] (why rules cannot
 //! load, why a path is refused), [`path`] (percent-decoding and refusing ambiguous paths: the
 //! security boundary, alone in its file), [`template`] (route templates and their captures),
 //! [`compile`] (rule files into a [`RuleSet`]), [`ruleset`] (the compiled set and its

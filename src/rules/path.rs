@@ -1,6 +1,6 @@
 //! Path decoding: the security boundary. The raw path is percent-decoded exactly once, and a
 //! path that could mean two things (to us and to the EHR) is refused with a
-//! [`PathRejection`](super::error::PathRejection) instead of guessed at.
+//! [`PathRejection`] instead of guessed at.
 
 use std::collections::HashSet;
 

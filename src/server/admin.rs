@@ -30,7 +30,7 @@ use crate::identity::Identity;
 use crate::journal::Journal;
 use crate::rules::RuleSet;
 
-/// What `/readyz` looks at. The identity and rules are read through [`Live`] so a reload is
+/// What `/readyz` looks at. The identity and rules are read through [`Live`](crate::proxy::live::Live) so a reload is
 /// seen at once.
 pub struct Readiness {
     /// The journal: is it taking records?

@@ -27,18 +27,11 @@ use crate::network::geoip::GeoAnswer;
 use crate::record::{
     Action, Attribution, ClientCert, Event, GatewayId, InteractionKind, NetworkVector, Phase, Who,
 };
-use crate::rules::{Classification, PathRejection};
-
-/// Headers by which a client may ask the EHR to run another method than the request line's.
-const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-];
+use crate::rules::{Classification, PathRejection, METHOD_OVERRIDE_HEADERS};
 
 /// Whether a request may change data, and so gets an intent record before it is forwarded:
 /// every method but GET, HEAD and OPTIONS (POST, PUT, PATCH, DELETE and any extension method),
-/// and any request that carries a method-override header.
+/// and any request that carries a method-override header ([`METHOD_OVERRIDE_HEADERS`]).
 fn needs_intent(method: &str, headers: &http::HeaderMap) -> bool {
     !matches!(method, "GET" | "HEAD" | "OPTIONS")
         || METHOD_OVERRIDE_HEADERS

@@ -480,7 +480,6 @@ fn no_module_imports_a_module_that_imports_it_back() {
         edges.len()
     );
     let found = circles(&edges);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut report = String::new();
     for (n, circle) in found.iter().enumerate() {
         report.push_str(&format!("circle {}: {} files\n", n + 1, circle.len()));
@@ -488,13 +487,7 @@ fn no_module_imports_a_module_that_imports_it_back() {
         for from in circle {
             for (to, via) in &edges[from] {
                 if members.contains(to) {
-                    let show = |m: &Vec<String>| {
-                        locations[m]
-                            .strip_prefix(root)
-                            .unwrap_or(&locations[m])
-                            .display()
-                            .to_string()
-                    };
+                    let show = |m: &Module| shown(&locations, m);
                     report.push_str(&format!("  {} -> {} (via {via})\n", show(from), show(to)));
                 }
             }
@@ -504,6 +497,16 @@ fn no_module_imports_a_module_that_imports_it_back() {
         found.is_empty(),
         "import circles in src/ (every arrow must point down; see README, Layout):\n{report}"
     );
+}
+
+/// A module's file, relative to the crate root (`src/journal/writer.rs`).
+fn shown(locations: &BTreeMap<Module, PathBuf>, module: &Module) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = &locations[module];
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .display()
+        .to_string()
 }
 
 /// The room a file belongs to: its top-level module (`journal` for `journal/writer.rs`).
@@ -531,14 +534,7 @@ fn no_stage_folder_imports_one_that_imports_it_back() {
     }
     // Stage -> stage, each arrow with one file-level arrow that makes it.
     let mut stages: BTreeMap<Vec<String>, BTreeMap<Vec<String>, String>> = BTreeMap::new();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let show = |m: &Vec<String>| {
-        locations[m]
-            .strip_prefix(root)
-            .unwrap_or(&locations[m])
-            .display()
-            .to_string()
-    };
+    let show = |m: &Module| shown(&locations, m);
     for (from, targets) in &edges {
         if from.is_empty() {
             continue; // lib.rs: the module map

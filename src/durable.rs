@@ -3,8 +3,8 @@
 //! Owns the three steps every durable file in the journal directory and the directory archive
 //! goes through: write a temporary file and fsync it, give it its final name, fsync the
 //! directory. After a crash at any point the final name holds either the old complete file (or
-//! nothing) or the new complete file, never a torn one. Plain `std::io` results: callers add
-//! which file it was to their own error types.
+//! nothing) or the new complete file, never a torn one. Plain `std::io` results; [`FileError`]
+//! is how every stage's error type says which file an I/O error was on.
 
 use std::fs::{self, File};
 use std::io::{self, Write};

@@ -96,7 +96,7 @@ fn rate(doc: &[u8], f: &dyn Fn(&[u8]) -> usize) -> f64 {
 fn main() {
     let doc = bundle();
     let ours = |b: &[u8]| {
-        auditgate::attribution::extract::response_patients(b)
+        auditgate::attribution::extract::response_patients(b, &Default::default())
             .patients
             .len()
     };

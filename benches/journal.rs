@@ -70,6 +70,8 @@ fn event(n: u64) -> Event {
         }],
         attribution: Attribution::Partial,
         attribution_gaps: Vec::new(),
+        external_refs: Vec::new(),
+        external_refs_omitted: None,
         net: NetworkVector {
             client_ip: "10.20.30.40".into(),
             peer_ip: "10.0.0.5".into(),

@@ -122,7 +122,8 @@ pub enum InteractionKind {
     Transaction,
     /// The server's capability statement (`GET [base]/metadata`).
     Capabilities,
-    /// A request that no rule matched (journaled under the `journal` unmatched policy).
+    /// A request that no rule matched (journaled under the `inspect` and `stream` unmatched
+    /// policies).
     Unclassified,
 }
 
@@ -431,6 +432,14 @@ pub struct Event {
     /// [`crate::attribution::extract::Gap`]): `too_large`, `not_json`, `contained_patient`, ...
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub attribution_gaps: Vec<String>,
+    /// Absolute Patient references on another server's base (not this EHR's), whole: patients
+    /// of other systems the exchange referenced. Never taken for a local patient that shares
+    /// the id. At most 64, each at most 512 bytes.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub external_refs: Vec<String>,
+    /// External references beyond those bounds: counted, not kept.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub external_refs_omitted: Option<u64>,
     /// From where: client IP, proxies, device, user agent, GeoIP, this gateway.
     pub net: NetworkVector,
     /// How the request ended (outcome records only).
@@ -553,6 +562,8 @@ mod tests {
             }],
             attribution: Attribution::Complete,
             attribution_gaps: Vec::new(),
+            external_refs: Vec::new(),
+            external_refs_omitted: None,
             net: NetworkVector::default(),
             outcome: Some(Outcome {
                 status: 401,

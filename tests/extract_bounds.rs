@@ -16,7 +16,11 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use auditgate::attribution::extract::response_patients;
+use auditgate::attribution::extract::Findings;
+
+fn response_patients(body: &[u8]) -> Findings {
+    auditgate::attribution::extract::response_patients(body, &Default::default())
+}
 
 struct Counting;
 

@@ -8,6 +8,7 @@ use std::io::Read;
 
 use super::extract::{EntryClassifier, Findings, Gap};
 use super::settle::Inspection;
+use crate::fhir::LocalBases;
 use crate::record::{Attribution, InteractionKind};
 use crate::rules::{Classification, RuleSet};
 
@@ -136,8 +137,12 @@ pub fn inspect_request_body(
             };
             let creating = c.interaction == InteractionKind::Create;
             let started = std::time::Instant::now();
-            let findings =
-                crate::attribution::extract::request_patients(&bytes, creating, &entries);
+            let findings = crate::attribution::extract::request_patients(
+                &bytes,
+                creating,
+                &entries,
+                rules.local_bases(),
+            );
             // `POST [base]` is a batch or a transaction by its Bundle's `type`, which only the
             // body says: the route rule records a transaction until the body is read.
             if c.interaction == InteractionKind::Transaction
@@ -156,21 +161,25 @@ pub fn inspect_request_body(
 }
 
 /// Read a whole response body (at most `limit` bytes) for patients, as the buffered path
-/// does for a rule with `inspect_response`. Returns the response's media type (for the
-/// record) and the time spent extracting.
+/// does for a rule with `inspect_response`; absolute references are local patients only on
+/// `local` bases. Returns the response's media type (for the record) and the time spent
+/// extracting.
 pub fn inspect_response_body(
     headers: &http::HeaderMap,
     body: &[u8],
     head_request: bool,
     limit: usize,
+    local: &LocalBases,
     inspection: &mut Inspection,
 ) -> (Option<String>, Option<std::time::Duration>) {
     let media = media_type(headers.get(http::header::CONTENT_TYPE));
-    // A create answered without a body names the new resource in `Location`.
+    // A create answered without a body names the new resource in `Location` (on this server:
+    // a Location elsewhere names no local patient, and the created patient stays a gap).
     inspection.location_patient = headers
         .get(http::header::LOCATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|l| crate::fhir::patient_in_reference(l, false))
+        .and_then(|l| crate::fhir::patient_reference(l, false))
+        .and_then(|r| local.local_patient(r))
         .map(str::to_string);
     if body.is_empty() || head_request {
         inspection.response = Some(Findings::default());
@@ -183,7 +192,9 @@ pub fn inspect_response_body(
         }
         Ok(bytes) if media.as_deref().is_none_or(is_json) => {
             let started = std::time::Instant::now();
-            inspection.response = Some(crate::attribution::extract::response_patients(&bytes));
+            inspection.response = Some(crate::attribution::extract::response_patients(
+                &bytes, local,
+            ));
             Some(started.elapsed())
         }
         Ok(_) => {

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::body::{inspect_request_body, inspect_response_body};
 use super::extract::Gap;
-use super::settle::{settle, Inspection};
+use super::settle::{external_refs, settle, Inspection};
 use crate::record::{Attribution, InteractionKind, PatientRef};
 use crate::rules::RuleSet;
 
@@ -19,6 +19,9 @@ pub struct Settled {
     /// Why it is `partial`, when known.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub gaps: Vec<String>,
+    /// Patient references on other servers' bases (not local patients).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub external_refs: Vec<String>,
 }
 
 /// What the gateway would record for a request (and its response): `rules explain`.
@@ -81,6 +84,7 @@ pub fn explain(
                 patients: Vec::new(),
                 attribution: Attribution::Partial,
                 gaps: Vec::new(),
+                external_refs: Vec::new(),
             };
             return Explanation {
                 rule: crate::rules::REJECTED_RULE.into(),
@@ -104,22 +108,24 @@ pub fn explain(
     } else {
         inspect_request_body(&mut c, rules, headers, body, limit, &mut inspection);
     }
-    let settled = |(patients, attribution, gaps)| Settled {
+    let settled = |(patients, attribution, gaps), inspection: &Inspection| Settled {
         patients,
         attribution,
         gaps,
+        external_refs: external_refs(inspection).0,
     };
-    let request = settled(settle(&c, &inspection, None));
+    let request = settled(settle(&c, &inspection, None), &inspection);
     let outcome = response.map(|r| {
         if c.inspect_response {
             if r.body.len() > limit {
                 inspection.gaps.insert(Gap::TooLarge);
             } else {
                 let head = method == "HEAD";
-                inspect_response_body(&r.headers, r.body, head, limit, &mut inspection);
+                let local = rules.local_bases();
+                inspect_response_body(&r.headers, r.body, head, limit, local, &mut inspection);
             }
         }
-        settled(settle(&c, &inspection, Some(r.status)))
+        settled(settle(&c, &inspection, Some(r.status)), &inspection)
     });
     Explanation {
         description: rules.description(&c.rule).map(str::to_string),

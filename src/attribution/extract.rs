@@ -18,7 +18,11 @@
 //!   `Provenance.target`, `Annotation.authorReference`, an extension's `valueReference`, a
 //!   `Patient.link.other` all count. References to any other type (Group, Practitioner,
 //!   RelatedPerson, Device, ...) name no patient. The accepted forms are exactly those the
-//!   query attribution accepts ([`crate::fhir::patient_in_reference`]): one definition.
+//!   query attribution accepts ([`crate::fhir::patient_reference`]): one definition.
+//! * **Other servers' patients.** An absolute reference whose base is not this server's
+//!   ([`LocalBases`]: the EHR's address under the rules' base paths, `rules.public_base_urls`)
+//!   names a patient somewhere else: it is kept whole in [`Findings::external_refs`] (the
+//!   record's `external_refs`), never taken for the local patient that happens to share its id.
 //! * **Contained resources.** A reference `#p1` resolves inside its own resource and never to
 //!   a real `Patient/p1`. A contained Patient has no server id, so it is a [`Gap`] (the record
 //!   says the attribution is partial and why), never a guess.
@@ -49,7 +53,7 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use crate::fhir::{is_fhir_id, patient_in_reference};
+use crate::fhir::{is_fhir_id, patient_reference, LocalBases};
 
 /// Why an attribution is not complete. Recorded (as [`Gap::as_str`]) in the record's
 /// `attribution_gaps`; a fixed set, so it is also a metric label.
@@ -142,8 +146,18 @@ pub struct Findings {
     pub document_type: Option<String>,
     /// The top-level Bundle's `type` (`transaction`, `batch`, `searchset` ...), if any.
     pub bundle_type: Option<String>,
+    /// Absolute Patient references on another server's base, whole, each once, in the order
+    /// found; at most [`MAX_EXTERNAL_REFS`], each at most [`MAX_EXTERNAL_REF_BYTES`].
+    pub external_refs: Vec<String>,
+    /// External references beyond those bounds, counted and not kept.
+    pub external_refs_omitted: u64,
     seen: HashSet<String>,
 }
+
+/// Most external references one record keeps (the rest are counted).
+pub const MAX_EXTERNAL_REFS: usize = 64;
+/// Longest external reference kept (a longer one is counted, not kept).
+pub const MAX_EXTERNAL_REF_BYTES: usize = 512;
 
 impl Findings {
     /// Add a patient id (ignored if already present).
@@ -157,6 +171,31 @@ impl Findings {
     /// Add `gap` to what makes the list incomplete.
     pub fn gap(&mut self, gap: Gap) {
         self.gaps.insert(gap);
+    }
+
+    /// Keep an absolute reference to another server's patient (bounded, each once).
+    pub fn add_external(&mut self, url: &str) {
+        if self.external_refs.iter().any(|u| u == url) {
+            return;
+        }
+        if self.external_refs.len() < MAX_EXTERNAL_REFS && url.len() <= MAX_EXTERNAL_REF_BYTES {
+            self.external_refs.push(url.to_string());
+        } else {
+            self.external_refs_omitted += 1;
+        }
+    }
+
+    /// Note the Patient a reference or URL names, if any: a local one as a patient, one on
+    /// another server's base as an external reference. True when it named a Patient.
+    fn note_patient(&mut self, text: &str, local: &LocalBases) -> bool {
+        let Some(r) = patient_reference(text, false) else {
+            return false;
+        };
+        match local.local_patient(r) {
+            Some(id) => self.add(id),
+            None => self.add_external(text),
+        }
+        true
     }
 }
 
@@ -178,24 +217,31 @@ impl EntryClassifier for ReferenceOnly {
     fn classify_entry(&self, _method: &str, url: &str) -> (Vec<String>, bool) {
         let path = url.split('?').next().unwrap_or("");
         (
-            patient_in_reference(path, false)
-                .map(|p| vec![p.to_string()])
+            patient_reference(path, false)
+                .map(|p| vec![p.id.to_string()])
                 .unwrap_or_default(),
             false,
         )
     }
 }
 
-/// Patients in a response body (a resource, a Bundle, a `Parameters` ...).
-pub fn response_patients(body: &[u8]) -> Findings {
-    extract(body, &Scope::response())
+/// Patients in a response body (a resource, a Bundle, a `Parameters` ...). Absolute
+/// references count as local patients only on `local` bases.
+pub fn response_patients(body: &[u8], local: &LocalBases) -> Findings {
+    extract(body, &Scope::response(local))
 }
 
 /// Patients in a request body. `creating`: the body is created by a `POST` (the EHR assigns
 /// the id, so a Patient in it is [`Gap::CreatedPatient`], not its `id`). A transaction or
-/// batch Bundle's entries are classified by `entries`.
-pub fn request_patients(body: &[u8], creating: bool, entries: &dyn EntryClassifier) -> Findings {
-    extract(body, &Scope::request(creating, entries))
+/// batch Bundle's entries are classified by `entries`. Absolute references count as local
+/// patients only on `local` bases.
+pub fn request_patients(
+    body: &[u8],
+    creating: bool,
+    entries: &dyn EntryClassifier,
+    local: &LocalBases,
+) -> Findings {
+    extract(body, &Scope::request(creating, entries, local))
 }
 
 fn extract(body: &[u8], scope: &Scope<'_>) -> Findings {
@@ -223,26 +269,34 @@ fn extract(body: &[u8], scope: &Scope<'_>) -> Findings {
 // Interpretation
 // ---------------------------------------------------------------------------------------------
 
-/// Whose bytes a document is, and how request entries are classified.
+/// Whose bytes a document is, how request entries are classified, and which bases are local.
 struct Scope<'c> {
     /// `None` for a response; the entry classifier for a request.
     request: Option<&'c dyn EntryClassifier>,
     /// The document is created by the request (its Patient ids are not real yet).
     creating: bool,
+    /// This server's bases.
+    local: &'c LocalBases,
 }
 
 impl<'c> Scope<'c> {
-    fn response() -> Scope<'static> {
+    fn response(local: &'c LocalBases) -> Scope<'c> {
         Scope {
             request: None,
             creating: false,
+            local,
         }
     }
 
-    fn request(creating: bool, entries: &'c dyn EntryClassifier) -> Scope<'c> {
+    fn request(
+        creating: bool,
+        entries: &'c dyn EntryClassifier,
+        local: &'c LocalBases,
+    ) -> Scope<'c> {
         Scope {
             request: Some(entries),
             creating,
+            local,
         }
     }
 
@@ -250,6 +304,7 @@ impl<'c> Scope<'c> {
         Scope {
             request: self.request,
             creating,
+            local: self.local,
         }
     }
 }
@@ -305,7 +360,7 @@ fn walk_resource_in(
     // `#id` references inside a contained resource resolve against its container.
     let local = container.unwrap_or(res);
     for r in &res.refs {
-        resolve_reference(r, local, bundle, out);
+        resolve_reference(r, local, bundle, scope.local, out);
     }
     for c in &res.contained {
         walk_resource_in(c, scope, bundle, Some(local), out);
@@ -360,15 +415,10 @@ fn walk_bundle(
             None => {
                 // A history entry without a resource (a deletion) still discloses the id.
                 if let Some(url) = entry.url.as_deref() {
-                    if let Some(p) =
-                        patient_in_reference(url.split('?').next().unwrap_or(""), false)
-                    {
-                        out.add(p);
-                    }
+                    out.note_patient(url.split('?').next().unwrap_or(""), scope.local);
                 }
                 if let Some(loc) = entry.location.as_deref() {
-                    if let Some(p) = patient_in_reference(loc, false) {
-                        out.add(p);
+                    if out.note_patient(loc, scope.local) {
                         out.located += 1;
                     }
                 }
@@ -383,7 +433,7 @@ fn walk_bundle(
         }
         for r in &entry.refs {
             // References outside the entry's resource (rare: extensions on the entry).
-            resolve_reference(r, res, Some(&index), out);
+            resolve_reference(r, res, Some(&index), scope.local, out);
         }
     }
 }
@@ -392,6 +442,7 @@ fn resolve_reference(
     r: &Ref<'_>,
     local: &Res<'_>,
     bundle: Option<&BundleIndex<'_, '_>>,
+    bases: &LocalBases,
     out: &mut Findings,
 ) {
     let typed_patient = r.type_name.as_deref() == Some("Patient");
@@ -442,8 +493,7 @@ fn resolve_reference(
         }
         return;
     }
-    if let Some(p) = patient_in_reference(text, false) {
-        out.add(p);
+    if out.note_patient(text, bases) {
         return;
     }
     // Not a plain Patient reference: conditional, malformed, or another type.

@@ -20,6 +20,25 @@ pub struct Inspection {
     pub gaps: BTreeSet<Gap>,
 }
 
+/// The absolute references to other servers' patients that the request body and the response
+/// carried (each once, bounded like [`Findings::external_refs`]), and how many more were
+/// counted than kept.
+pub fn external_refs(inspection: &Inspection) -> (Vec<String>, Option<u64>) {
+    let mut all = Findings::default();
+    let mut omitted = 0;
+    for f in [&inspection.body, &inspection.response]
+        .into_iter()
+        .flatten()
+    {
+        for url in &f.external_refs {
+            all.add_external(url);
+        }
+        omitted += f.external_refs_omitted;
+    }
+    omitted += all.external_refs_omitted;
+    (all.external_refs, (omitted > 0).then_some(omitted))
+}
+
 /// The record's patients, attribution and gaps, from the route rules' answer and what the
 /// buffered path read. `status`: the response status for an outcome record, `None` for an
 /// intent (written before the request is forwarded).

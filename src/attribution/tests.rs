@@ -3,7 +3,16 @@
 use super::body::*;
 use super::config::*;
 use super::settle::*;
-use crate::attribution::extract::{request_patients, response_patients, ReferenceOnly};
+use crate::attribution::extract::ReferenceOnly;
+use crate::fhir::LocalBases;
+
+fn response_patients(body: &[u8]) -> Findings {
+    crate::attribution::extract::response_patients(body, &LocalBases::default())
+}
+
+fn request_patients(body: &[u8], creating: bool, entries: &dyn EntryClassifier) -> Findings {
+    crate::attribution::extract::request_patients(body, creating, entries, &LocalBases::default())
+}
 use crate::attribution::extract::{EntryClassifier, Findings, Gap};
 use crate::record::{Attribution, PatientRef, PatientSource};
 use crate::rules::Classification;
@@ -45,7 +54,7 @@ fn attribution_config_names_the_key_it_rejects() {
 }
 
 fn rules() -> RuleSet {
-    RuleSet::from_toml_str(crate::rules::BUILTIN_FHIR_R4, UnmatchedPolicy::Journal).unwrap()
+    RuleSet::from_toml_str(crate::rules::BUILTIN_FHIR_R4, UnmatchedPolicy::default()).unwrap()
 }
 
 fn classify(method: &str, target: &str) -> Classification {

@@ -130,13 +130,14 @@ fn load_rules(config: Option<&Path>) -> Result<(RuleSet, usize), CliError> {
         Some(path) => {
             let config = Config::load(path)?;
             let rules = RuleSet::load(&config.rules, &Config::base_dir(path))
-                .map_err(|e| CliError::part("rules", e))?;
+                .map_err(|e| CliError::part("rules", e))?
+                .with_upstream(&config.upstream.url.authority);
             Ok((rules, config.attribution.limit()))
         }
         None => {
             let rules = RuleSet::from_toml_str(
                 crate::rules::BUILTIN_FHIR_R4,
-                crate::rules::UnmatchedPolicy::Journal,
+                crate::rules::UnmatchedPolicy::default(),
             )
             .map_err(|e| CliError::part("built-in rules", e))?;
             Ok((

@@ -27,7 +27,7 @@ use crate::network::geoip::GeoAnswer;
 use crate::record::{
     Action, Attribution, ClientCert, Event, GatewayId, InteractionKind, NetworkVector, Phase, Who,
 };
-use crate::rules::{Classification, PathRejection, METHOD_OVERRIDE_HEADERS};
+use crate::rules::{Classification, RequestRejection, METHOD_OVERRIDE_HEADERS};
 
 /// Whether a request may change data, and so gets an intent record before it is forwarded:
 /// every method but GET, HEAD and OPTIONS (POST, PUT, PATCH, DELETE and any extension method),
@@ -42,20 +42,25 @@ fn needs_intent(method: &str, headers: &http::HeaderMap) -> bool {
 /// The request line, as the rules read it and as the record keeps it.
 struct RequestLine {
     method: String,
-    /// Path and query, as sent.
+    /// Path and query in origin form: as sent, or the origin form of an absolute-form target.
     target: String,
+    /// The target was absolute-form (`http://host/path`): the request goes upstream with
+    /// `target` instead, so the EHR reads exactly what was classified and recorded.
+    rewritten: bool,
     path: String,
     query: Option<String>,
 }
 
 impl RequestLine {
     fn of(req: &RequestHeader) -> RequestLine {
-        let target = req
-            .uri
-            .path_and_query()
-            .map(|pq| pq.as_str())
-            .unwrap_or("/")
-            .to_string();
+        // The target's bytes as received (HTTP/2: the :path), not `req.uri`: the URI parser
+        // reads some targets a lenient EHR reads otherwise (`x:/fhir/Patient/1` has the path
+        // `/` to it). Non-UTF-8 bytes become U+FFFD, which the path decoder refuses.
+        let raw = String::from_utf8_lossy(req.raw_path());
+        let (target, rewritten) = match origin_form_of_absolute(&raw) {
+            Some(origin) => (origin.to_string(), true),
+            None => (raw.into_owned(), false),
+        };
         let (path, query) = match target.split_once('?') {
             Some((p, q)) => (p.to_string(), Some(q.to_string())),
             None => (target.clone(), None),
@@ -63,10 +68,39 @@ impl RequestLine {
         RequestLine {
             method: req.method.as_str().to_string(),
             target,
+            rewritten,
             path,
             query,
         }
     }
+}
+
+/// The origin form (`/path?query`) of an absolute-form request target (`http://host/path?query`,
+/// RFC 9112 section 3.2.2), which a server must accept and reads as that path. `None` for any
+/// other target: an origin-form one is used as it is; the path decoder refuses the rest
+/// (authority-form, asterisk-form, other schemes, `x:/path`).
+fn origin_form_of_absolute(raw: &str) -> Option<&str> {
+    let scheme_len = if raw.len() >= 8 && raw[..8].eq_ignore_ascii_case("https://") {
+        8
+    } else if raw.len() >= 7 && raw[..7].eq_ignore_ascii_case("http://") {
+        7
+    } else {
+        return None;
+    };
+    let rest = &raw[scheme_len..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let authority_ok = !authority.is_empty()
+        && authority
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+    if !authority_ok {
+        return None;
+    }
+    let origin = &rest[authority_end..];
+    // `http://host` and `http://host?q` are `/` and `/?q`; the empty path has no slice of its
+    // own, so such a target is refused instead of rebuilt.
+    origin.starts_with('/').then_some(origin)
 }
 
 /// A request that passed admission: its classification, and whether it changes data.
@@ -88,7 +122,9 @@ impl Gateway {
         let line = RequestLine::of(session.req_header());
         let mut net = self.network_vector(session, &snap, peer);
         let headers = &session.req_header().headers;
-        let intent_needed = needs_intent(&line.method, headers);
+        if line.rewritten {
+            ctx.upstream_target = Some(line.target.clone());
+        }
         let request_id = snap.net.request_id(peer, headers);
         let auth = snap
             .identity
@@ -110,6 +146,11 @@ impl Gateway {
             },
         };
         let classified = snap.rules.classify(&line.method, &line.target, headers);
+        // A change by its request line, or by the method a method-override asked for.
+        let intent_needed = needs_intent(&line.method, headers)
+            || classified
+                .as_ref()
+                .is_ok_and(|c| needs_intent(&c.method, headers));
         let received = crate::record::format_ts(ctx.received);
         let mut event = new_event(request_id.clone(), who, line, net, intent_needed, received);
         if let Ok(c) = &classified {
@@ -243,6 +284,8 @@ fn new_event(
         patients: Vec::new(),
         attribution: Attribution::Partial,
         attribution_gaps: Vec::new(),
+        external_refs: Vec::new(),
+        external_refs_omitted: None,
         net,
         outcome: None,
         clock: clock::current(),
@@ -257,7 +300,7 @@ fn ladder(
     snap: &Snapshot,
     event: &Event,
     auth: &std::result::Result<Authenticated, AuthFailure>,
-    classified: std::result::Result<Classification, PathRejection>,
+    classified: std::result::Result<Classification, RequestRejection>,
 ) -> std::result::Result<Classification, Refusal> {
     // Trusted time, when the site requires it: a request that cannot be time-stamped reliably
     // is refused (with a record that says so).
@@ -267,7 +310,7 @@ fn ladder(
     if let Err(f) = auth {
         return Err(Refusal::unauthenticated(f));
     }
-    let classification = classified.map_err(|r| Refusal::bad_path(&r))?;
+    let classification = classified.map_err(Refusal::Rejected)?;
     if session.is_upgrade_req() {
         // A protocol upgrade (WebSocket) would turn the exchange into a tunnel whose bytes no
         // record covers.

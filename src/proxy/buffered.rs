@@ -58,7 +58,7 @@ use super::refusal::Refusal;
 use crate::attribution::body::{inspect_request_body, inspect_response_body};
 use crate::attribution::config::OversizePolicy;
 use crate::attribution::extract::Gap;
-use crate::attribution::settle::{settle, Inspection};
+use crate::attribution::settle::{external_refs, settle, Inspection};
 use crate::metrics;
 use crate::rules::Classification;
 
@@ -156,6 +156,7 @@ impl Gateway {
             event.patients = patients;
             event.attribution = attribution;
             event.attribution_gaps = gaps;
+            (event.external_refs, event.external_refs_omitted) = external_refs(&inspection);
         }
         // 5. The outcome record, durable before any byte of the response is released.
         let Some(answer) = self.journal_answer(session, ctx, answer).await? else {
@@ -222,6 +223,7 @@ impl Gateway {
             event.patients = patients;
             event.attribution = attribution;
             event.attribution_gaps = gaps;
+            (event.external_refs, event.external_refs_omitted) = external_refs(inspection);
         }
         Ok(Some(body))
     }
@@ -235,7 +237,7 @@ impl Gateway {
         body: &RequestBody,
     ) -> Result<Option<Answer>> {
         let mut req = upstream_request(session.req_header(), &body.bytes, body.complete)?;
-        self.add_forwarding_headers(session, &mut req, ctx)?;
+        self.prepare_upstream_request(session, &mut req, ctx)?;
         ctx.upstream_started = Some(Instant::now());
         let peer = self.make_peer();
         let limit = ctx.snap.attribution.limit();
@@ -290,8 +292,15 @@ impl Gateway {
             return true;
         }
         let headers = &answer.header.headers;
-        let (media, took) =
-            inspect_response_body(headers, &answer.body, head_request, limit, inspection);
+        let local = ctx.snap.rules.local_bases();
+        let (media, took) = inspect_response_body(
+            headers,
+            &answer.body,
+            head_request,
+            limit,
+            local,
+            inspection,
+        );
         if let Some(took) = took {
             metrics::global()
                 .extraction_seconds

@@ -73,6 +73,9 @@ pub struct RequestCtx {
     /// The rules' answer, kept when the form body must still be attributed.
     pub(super) classification: Option<Classification>,
     pub(super) upstream_started: Option<Instant>,
+    /// The origin-form target an absolute-form request was classified by: sent upstream in
+    /// place of the client's.
+    pub(super) upstream_target: Option<String>,
     /// The response's media type, recorded when the buffered path read the response.
     pub(super) content_type: Option<String>,
 }
@@ -94,6 +97,7 @@ impl RequestCtx {
             form_body_truncated: false,
             classification: None,
             upstream_started: None,
+            upstream_target: None,
             content_type: None,
         }
     }
@@ -155,13 +159,31 @@ impl Gateway {
         peer
     }
 
-    /// `X-Forwarded-For` and the request ID, on the request to the upstream (both paths).
-    pub(super) fn add_forwarding_headers(
+    /// The request as the EHR gets it (both paths): the target the gateway classified (the
+    /// origin form of an absolute-form target), only the content codings the gateway can decode
+    /// in `Accept-Encoding`, then `X-Forwarded-For` and the request ID.
+    pub(super) fn prepare_upstream_request(
         &self,
         session: &Session,
         upstream_request: &mut RequestHeader,
         ctx: &RequestCtx,
     ) -> Result<()> {
+        if let Some(target) = &ctx.upstream_target {
+            let uri = http::Uri::try_from(target.as_str()).map_err(|e| {
+                Error::because(InvalidHTTPHeader, "classified target is not a URI", e)
+            })?;
+            upstream_request.set_uri(uri);
+        }
+        let offered = upstream_request
+            .headers
+            .get_all(http::header::ACCEPT_ENCODING)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect::<Vec<_>>();
+        if !offered.is_empty() {
+            let decodable = decodable_codings(&offered.join(","));
+            upstream_request.insert_header(http::header::ACCEPT_ENCODING, decodable)?;
+        }
         let peer = peer_ip(session).to_string();
         let xff = match upstream_request
             .headers
@@ -182,10 +204,80 @@ impl Gateway {
     }
 }
 
+/// Content codings the gateway decodes to read a response (see
+/// [`crate::attribution::body::decoded`]).
+const DECODABLE_CODINGS: [&str; 5] = ["gzip", "x-gzip", "deflate", "br", "zstd"];
+
+/// A client's `Accept-Encoding`, cut to the codings the gateway can decode (their q-values
+/// kept; `*` becomes each of them), or `identity` when none is left: the EHR never answers in
+/// a coding that would hide the patients from the record.
+pub(super) fn decodable_codings(accept_encoding: &str) -> String {
+    let mut kept: Vec<String> = Vec::new();
+    for item in accept_encoding.split(',') {
+        let item = item.trim();
+        let (coding, params) = match item.split_once(';') {
+            Some((c, p)) => (c.trim(), Some(p.trim())),
+            None => (item, None),
+        };
+        let coding = coding.to_ascii_lowercase();
+        let refused = params.is_some_and(|p| {
+            p.split(';').any(|kv| {
+                kv.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            })
+        });
+        if refused {
+            continue; // `q=0`: not acceptable to the client
+        }
+        let with_params = |c: &str| match params {
+            Some(p) => format!("{c};{p}"),
+            None => c.to_string(),
+        };
+        if coding == "*" {
+            kept.extend(
+                DECODABLE_CODINGS
+                    .iter()
+                    .filter(|c| **c != "x-gzip")
+                    .map(|c| with_params(c)),
+            );
+        } else if DECODABLE_CODINGS.contains(&coding.as_str()) || coding == "identity" {
+            kept.push(with_params(&coding));
+        }
+    }
+    if kept.is_empty() {
+        "identity".to_string()
+    } else {
+        kept.join(", ")
+    }
+}
+
 /// The TCP peer's address (0.0.0.0 for a Unix socket).
 pub(super) fn peer_ip(session: &Session) -> IpAddr {
     match session.client_addr() {
         Some(PingoraAddr::Inet(addr)) => addr.ip(),
         _ => IpAddr::from([0, 0, 0, 0]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decodable_codings;
+
+    #[test]
+    fn only_codings_the_gateway_decodes_are_offered_upstream() {
+        assert_eq!(
+            decodable_codings("gzip, deflate, br, zstd"),
+            "gzip, deflate, br, zstd"
+        );
+        assert_eq!(decodable_codings("compress, x-snappy"), "identity");
+        assert_eq!(decodable_codings("BR;q=1.0, lz4;q=0.9"), "br;q=1.0");
+        assert_eq!(
+            decodable_codings("*;q=0.5"),
+            "gzip;q=0.5, deflate;q=0.5, br;q=0.5, zstd;q=0.5"
+        );
+        assert_eq!(decodable_codings(""), "identity");
+        assert_eq!(decodable_codings("identity;q=0, gzip"), "gzip");
     }
 }

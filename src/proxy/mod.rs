@@ -129,7 +129,7 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        self.add_forwarding_headers(session, upstream_request, ctx)?;
+        self.prepare_upstream_request(session, upstream_request, ctx)?;
         ctx.upstream_started = Some(Instant::now());
         Ok(())
     }

@@ -8,7 +8,7 @@
 
 use crate::identity::AuthFailure;
 use crate::metrics;
-use crate::rules::PathRejection;
+use crate::rules::RequestRejection;
 
 /// Why the gateway answers a request itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,8 +23,9 @@ pub enum Refusal {
         /// The RFC 6750 `WWW-Authenticate` challenge.
         challenge: String,
     },
-    /// The request path is not acceptable (400); the reason is the path decoder's code.
-    BadPath(&'static str),
+    /// Refused before any rule was tried: the path or the target form (400), a method override
+    /// (400), a method no rule knows (405).
+    Rejected(RequestRejection),
     /// A protocol upgrade (WebSocket): its tunnel's bytes would be covered by no record (501).
     UpgradeNotSupported,
     /// The matched rule requires an identified device and none was found (403).
@@ -49,17 +50,12 @@ impl Refusal {
         }
     }
 
-    /// The refusal of a path the decoder rejected.
-    pub fn bad_path(rejection: &PathRejection) -> Refusal {
-        Refusal::BadPath(rejection.reason())
-    }
-
     /// The HTTP status of the answer.
     pub fn status(&self) -> u16 {
         match self {
             Refusal::ClockUnsynced(_) | Refusal::GatewayBusy => 503,
             Refusal::Unauthenticated { status, .. } => *status,
-            Refusal::BadPath(_) => 400,
+            Refusal::Rejected(r) => r.status(),
             Refusal::UpgradeNotSupported => 501,
             Refusal::DeviceIdRequired | Refusal::UnmatchedRoute => 403,
             Refusal::BodyTooLarge => 413,
@@ -71,9 +67,8 @@ impl Refusal {
     /// label.
     pub fn error(&self) -> &'static str {
         match self {
-            Refusal::ClockUnsynced(reason)
-            | Refusal::Unauthenticated { reason, .. }
-            | Refusal::BadPath(reason) => reason,
+            Refusal::ClockUnsynced(reason) | Refusal::Unauthenticated { reason, .. } => reason,
+            Refusal::Rejected(r) => r.reason(),
             Refusal::UpgradeNotSupported => "upgrade_not_supported",
             Refusal::DeviceIdRequired => "device_id_required",
             Refusal::UnmatchedRoute => "unmatched_route",
@@ -90,7 +85,13 @@ impl Refusal {
                 "the gateway's clock is not synchronised, so this access cannot be time-stamped reliably"
             }
             Refusal::Unauthenticated { .. } => "a valid bearer token is required",
-            Refusal::BadPath(_) => "the request path is not acceptable",
+            Refusal::Rejected(RequestRejection::Path(_)) => "the request target is not acceptable",
+            Refusal::Rejected(RequestRejection::MethodOverride) => {
+                "method overrides are not forwarded: send the request with its own method"
+            }
+            Refusal::Rejected(RequestRejection::UnknownMethod) => {
+                "the gateway does not forward this method"
+            }
             Refusal::UpgradeNotSupported => {
                 "protocol upgrades are not audited, so they are not forwarded"
             }
@@ -129,7 +130,7 @@ impl Refusal {
             Refusal::Unauthenticated { .. } => &m.identity_failures,
             Refusal::ResponseTooLarge => &m.upstream_errors,
             Refusal::UnmatchedRoute => return,
-            Refusal::BadPath(_)
+            Refusal::Rejected(_)
             | Refusal::UpgradeNotSupported
             | Refusal::DeviceIdRequired
             | Refusal::GatewayBusy
@@ -152,7 +153,11 @@ mod tests {
                 reason: "missing_token",
                 challenge: "Bearer realm=\"auditgate\"".into(),
             },
-            Refusal::BadPath("dot_segment"),
+            Refusal::Rejected(RequestRejection::Path(
+                crate::rules::PathRejection::DotSegment { at: 1 },
+            )),
+            Refusal::Rejected(RequestRejection::MethodOverride),
+            Refusal::Rejected(RequestRejection::UnknownMethod),
             Refusal::UpgradeNotSupported,
             Refusal::DeviceIdRequired,
             Refusal::UnmatchedRoute,

@@ -2,19 +2,20 @@
 //! rule, action, interaction, resource) and which patients it names, with how complete that
 //! list is.
 
-use super::config::UnmatchedPolicy;
-use super::error::PathRejection;
+use super::config::{MethodOverridePolicy, UnmatchedPolicy};
+use super::error::RequestRejection;
 use super::file::AttributionClaim;
 use super::file::UNMATCHED_RULE;
 use super::path::{decode_path, segment_bounds, strip_base};
 use super::ruleset::{PatientPair, Rule, RuleSet, TypeFrom};
 use super::template::{match_template, MAX_CAPTURES};
-use crate::fhir::{is_fhir_id, patient_in_reference};
+use crate::fhir::{is_fhir_id, patient_reference, LocalBases};
 use crate::record::{Action, Attribution, InteractionKind, PatientRef, PatientSource};
 use std::collections::HashSet;
 
 /// Headers some servers honour to run another method than the request line's: a request
-/// carrying one is never matched (it is journaled as unmatched, and denied under `deny`).
+/// carrying one (or a `_method` query parameter) is refused under `method_override = "refuse"`
+/// (the default), or classified as the method it asks for under `"classify"`.
 pub const METHOD_OVERRIDE_HEADERS: &[&str] = &[
     "x-http-method-override",
     "x-http-method",
@@ -26,6 +27,9 @@ pub const METHOD_OVERRIDE_HEADERS: &[&str] = &[
 pub struct Classification {
     /// The matching rule's name, or [`UNMATCHED_RULE`].
     pub rule: String,
+    /// The method the request was classified as: the request line's, or the one a
+    /// method-override asked for under `method_override = "classify"`.
+    pub method: String,
     /// False for an unmatched request (then the [`UnmatchedPolicy`] applies).
     pub matched: bool,
     /// The rule's action, or the `[operations]` entry for its `{op}`; `E` when unmatched.
@@ -74,9 +78,18 @@ pub(super) struct FormState {
 }
 
 impl Classification {
-    pub(super) fn unmatched(path: String, query: Option<String>) -> Self {
+    /// An unmatched request: under [`UnmatchedPolicy::Inspect`] its body and response are read
+    /// like a search's.
+    pub(super) fn unmatched(
+        method: String,
+        path: String,
+        query: Option<String>,
+        policy: UnmatchedPolicy,
+    ) -> Self {
+        let inspect = policy == UnmatchedPolicy::Inspect;
         Classification {
             rule: UNMATCHED_RULE.to_string(),
+            method,
             matched: false,
             action: Action::E,
             interaction: InteractionKind::Unclassified,
@@ -87,8 +100,8 @@ impl Classification {
             path,
             query,
             needs_form_body: false,
-            inspect_body: false,
-            inspect_response: false,
+            inspect_body: inspect,
+            inspect_response: inspect,
             claim: AttributionClaim::Partial,
             base_path: String::new(),
             form: None,
@@ -103,26 +116,26 @@ impl Classification {
 
 impl RuleSet {
     /// Classify a request. `path_and_query` is the raw request target as received (still
-    /// percent-encoded). An `Err` means the path is refused (400); anything else is journaled.
+    /// percent-encoded). An `Err` means the request is refused (400 or 405, journaled) before
+    /// any rule is tried: its path, a method override under `refuse`, or a method no rule knows.
+    /// Anything else is journaled, and an unmatched request is handled by the
+    /// [`UnmatchedPolicy`].
     pub fn classify(
         &self,
         method: &str,
         path_and_query: &str,
         headers: &http::HeaderMap,
-    ) -> Result<Classification, PathRejection> {
+    ) -> Result<Classification, RequestRejection> {
         let (raw_path, raw_query) = match path_and_query.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (path_and_query, None),
         };
         let path = decode_path(raw_path)?;
         let query = raw_query.filter(|q| !q.is_empty());
-        if METHOD_OVERRIDE_HEADERS
-            .iter()
-            .any(|h| headers.contains_key(*h))
-        {
-            // The EHR may act on another method than the one we would classify.
-            return Ok(Classification::unmatched(path, query.map(str::to_string)));
+        if !self.knows_method(method) {
+            return Err(RequestRejection::UnknownMethod);
         }
+        let method = self.effective_method(method, query, headers)?;
         let segs = segment_bounds(&path);
 
         let mut caps: [&str; MAX_CAPTURES] = [""; MAX_CAPTURES];
@@ -132,17 +145,62 @@ impl RuleSet {
                     continue;
                 };
                 for rule in &file.rules {
-                    if rule.methods.matches(method)
+                    if rule.methods.matches(&method)
                         && match_template(&rule.template, &path, rel, &mut caps)
                     {
                         let mut c = self.build(rule, &caps, path.clone(), query, headers);
+                        c.method = method;
                         c.base_path = base.iter().map(|s| format!("/{s}")).collect();
                         return Ok(c);
                     }
                 }
             }
         }
-        Ok(Classification::unmatched(path, query.map(str::to_string)))
+        Ok(Classification::unmatched(
+            method,
+            path,
+            query.map(str::to_string),
+            self.unmatched,
+        ))
+    }
+
+    /// The method the rules classify: the request line's, unless the request asks for another
+    /// with a method-override header or a `_method` query parameter (any case of the name).
+    /// Under `refuse` any such request is refused; under `classify` the overriding method is
+    /// used, upper-cased, when every override agrees and some rule knows it.
+    fn effective_method(
+        &self,
+        method: &str,
+        query: Option<&str>,
+        headers: &http::HeaderMap,
+    ) -> Result<String, RequestRejection> {
+        let mut asked: Vec<String> = Vec::new();
+        for name in METHOD_OVERRIDE_HEADERS {
+            for value in headers.get_all(*name) {
+                let v = value
+                    .to_str()
+                    .map_err(|_| RequestRejection::MethodOverride)?;
+                asked.push(v.trim().to_ascii_uppercase());
+            }
+        }
+        if let Some(q) = query {
+            for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+                if k.eq_ignore_ascii_case("_method") {
+                    asked.push(v.trim().to_ascii_uppercase());
+                }
+            }
+        }
+        let Some(first) = asked.first() else {
+            return Ok(method.to_string());
+        };
+        if self.method_override == MethodOverridePolicy::Refuse || asked.iter().any(|m| m != first)
+        {
+            return Err(RequestRejection::MethodOverride);
+        }
+        if !self.knows_method(first) {
+            return Err(RequestRejection::UnknownMethod);
+        }
+        Ok(first.clone())
     }
 
     pub(super) fn build(
@@ -168,6 +226,7 @@ impl RuleSet {
         };
         let mut c = Classification {
             rule: rule.name.clone(),
+            method: String::new(),
             matched: true,
             action,
             interaction: rule.interaction,
@@ -285,7 +344,13 @@ impl RuleSet {
                 Some("Patient") => true,
                 Some(_) => continue,
             };
-            if push_reference_list(&mut scan.patients, &value, bare_is_patient, source) && info.pin
+            if push_reference_list(
+                &mut scan.patients,
+                &value,
+                bare_is_patient,
+                source,
+                &self.local_bases,
+            ) && info.pin
             {
                 scan.pinned = true;
             }
@@ -408,19 +473,21 @@ pub(super) fn push_id_list(out: &mut Vec<PatientRef>, value: &str, source: Patie
     all
 }
 
-/// A FHIR reference search value (OR list). True when every item named a patient.
+/// A FHIR reference search value (OR list). True when every item named a local patient (an
+/// absolute reference on another server's base names none here).
 pub(super) fn push_reference_list(
     out: &mut Vec<PatientRef>,
     value: &str,
     bare_is_patient: bool,
     source: PatientSource,
+    local: &LocalBases,
 ) -> bool {
     if value.is_empty() || value.contains('\\') {
         return false; // `\,` escapes: the items are not what a plain split gives
     }
     let mut all = true;
     for item in value.split(',') {
-        match patient_in_reference(item, bare_is_patient) {
+        match patient_reference(item, bare_is_patient).and_then(|r| local.local_patient(r)) {
             Some(id) => push_patient(out, id, source),
             None => all = false,
         }

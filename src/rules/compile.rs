@@ -10,9 +10,9 @@ use super::ruleset::{
     CompiledFile, Methods, ParamInfo, PatientPair, Rule, RuleSet, TypeFrom, TypeParams,
 };
 use super::template::{cap_accepts, is_op_name, parse_template, CapKind, Seg};
-use crate::fhir::is_resource_type;
+use crate::fhir::{is_resource_type, LocalBases};
 use crate::record::InteractionKind;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 
 impl RuleSet {
@@ -25,7 +25,11 @@ impl RuleSet {
             compartment: HashMap::new(),
             operations: HashMap::new(),
             unmatched: cfg.unmatched,
+            method_override: cfg.method_override,
+            known_methods: Some(BTreeSet::new()),
             max_form_body_bytes: cfg.max_form_body_bytes,
+            local_bases: LocalBases::new(&[], &[], &cfg.public_base_urls),
+            public_base_urls: cfg.public_base_urls.clone(),
             tests: Vec::new(),
         };
         let mut names = HashSet::new();
@@ -94,6 +98,14 @@ impl RuleSet {
                             earlier.name
                         ),
                     ));
+                }
+                match &rule.methods {
+                    Methods::Any => set.known_methods = None,
+                    Methods::List(list) => {
+                        if let Some(known) = set.known_methods.as_mut() {
+                            known.extend(list.iter().cloned());
+                        }
+                    }
                 }
                 rules.push(rule);
             }

@@ -20,14 +20,28 @@ pub struct RulesConfig {
     /// Rule files, tried in this order (first matching rule wins). Relative paths are resolved
     /// against the configuration file's directory. Default: `["rules/fhir-r4.toml"]`.
     pub files: Vec<PathBuf>,
-    /// What happens to a request no rule matches: `journal` (record it as unclassified and
-    /// forward it; the default) or `deny` (record it and answer 403). Production gateways in
-    /// front of one known API should use `deny`.
+    /// What happens to a request no rule matches: `inspect` (the default: record it as
+    /// unclassified, read its body and its whole response for patients like a search's, and
+    /// release the response only after that record), `deny` (record it and answer 403), or
+    /// `stream` (record it and stream the response unread: its record names nobody; a warning
+    /// at start). Production gateways in front of one known API should use `deny`.
     pub unmatched: UnmatchedPolicy,
+    /// A request that asks the EHR to run another method than its request line's
+    /// (`X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`, a `_method` query
+    /// parameter): `refuse` (the default: 400 `method_override`, recorded) or `classify`
+    /// (classified, recorded and forwarded as the overriding method, for clients that need
+    /// it behind a proxy that only passes GET and POST).
+    pub method_override: MethodOverridePolicy,
     /// Largest `application/x-www-form-urlencoded` body (`POST [type]/_search`) the gateway
     /// buffers to find patients in it, in bytes. A larger body is forwarded unread and the
     /// attribution stays `partial`. Default 1 MiB, at most 64 MiB.
     pub max_form_body_bytes: u64,
+    /// The FHIR base URLs that are this server's, as clients and the EHR write them in absolute
+    /// references (`https://ehr.hospital.example/fhir`): a reference on such a base names a
+    /// local patient. The EHR's own address (`upstream.url`) under each base path always
+    /// counts. A reference on any other base names a patient of another server: recorded in
+    /// `external_refs`, never as a local patient. Default: none.
+    pub public_base_urls: Vec<String>,
     /// Replace a rule file's own `base_paths`, keyed by the file exactly as written in `files`,
     /// for an EHR whose FHIR base is elsewhere, e.g. `"rules/fhir-r4.toml" = ["/api/FHIR/R4"]`.
     pub base_paths: BTreeMap<PathBuf, Vec<String>>,
@@ -38,7 +52,9 @@ impl Default for RulesConfig {
         RulesConfig {
             files: vec![PathBuf::from(DEFAULT_RULE_FILE)],
             unmatched: UnmatchedPolicy::default(),
+            method_override: MethodOverridePolicy::default(),
             max_form_body_bytes: DEFAULT_MAX_FORM_BODY_BYTES,
+            public_base_urls: Vec::new(),
             base_paths: BTreeMap::new(),
         }
     }
@@ -74,6 +90,17 @@ impl RulesConfig {
                 ),
             ));
         }
+        for url in &self.public_base_urls {
+            let ok = crate::fhir::normalise_base(url).is_some()
+                && !url.contains(['?', '#'])
+                && url.bytes().all(|b| b.is_ascii_graphic());
+            if !ok {
+                return Err(ConfigError::invalid(
+                    "rules.public_base_urls",
+                    format!("{url:?} is not an http:// or https:// base URL"),
+                ));
+            }
+        }
         for (file, bases) in &self.base_paths {
             let key = format!("rules.base_paths.\"{}\"", file.display());
             if !self.files.contains(file) {
@@ -92,19 +119,45 @@ impl RulesConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UnmatchedPolicy {
-    /// Journal it as `unclassified` (action E, attribution partial) and forward it.
+    /// Record it as `unclassified` (action E), read its body and whole response for patients
+    /// (the buffered path), and release the response only after that record is durable.
     #[default]
-    Journal,
-    /// Journal it and answer 403 without forwarding.
+    Inspect,
+    /// Record it and answer 403 without forwarding.
     Deny,
+    /// Record it as `unclassified` (attribution partial, no patients) and stream the response
+    /// unread. Explicit only: its records name nobody whatever the response carried.
+    Stream,
 }
 
 impl UnmatchedPolicy {
     /// Fixed label for metrics and `check-config`.
     pub fn as_str(self) -> &'static str {
         match self {
-            UnmatchedPolicy::Journal => "journal",
+            UnmatchedPolicy::Inspect => "inspect",
             UnmatchedPolicy::Deny => "deny",
+            UnmatchedPolicy::Stream => "stream",
+        }
+    }
+}
+
+/// What the gateway does with a request that asks for another method than its request line's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MethodOverridePolicy {
+    /// Answer 400 `method_override`, with a record; nothing is forwarded.
+    #[default]
+    Refuse,
+    /// Classify (and record) the request as the overriding method, then forward it unchanged.
+    Classify,
+}
+
+impl MethodOverridePolicy {
+    /// Fixed label for `check-config`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MethodOverridePolicy::Refuse => "refuse",
+            MethodOverridePolicy::Classify => "classify",
         }
     }
 }

@@ -181,3 +181,43 @@ impl PathRejection {
         }
     }
 }
+
+/// Why a request is refused before any rule is tried: its path ([`PathRejection`], 400), a
+/// request for another method than its request line's (400), or a method no rule knows (405).
+/// Messages never contain the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RequestRejection {
+    /// The path is not acceptable.
+    #[error(transparent)]
+    Path(#[from] PathRejection),
+    /// A method-override header or a `_method` parameter, under `method_override = "refuse"`
+    /// (or two of them that disagree, under `classify`).
+    #[error("the request asks the server to run another method than its request line's")]
+    MethodOverride,
+    /// A method no rule lists, or one that is not upper case (HTTP methods are
+    /// case-sensitive: a lenient server may still read `get` as GET).
+    #[error("no rule knows the request's method")]
+    UnknownMethod,
+}
+
+impl RequestRejection {
+    /// The codes beyond [`PathRejection::REASONS`], for pre-registering metric label values.
+    pub const REASONS: &'static [&'static str] = &["method_override", "unknown_method"];
+
+    /// A fixed code for the journal's error field and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RequestRejection::Path(p) => p.reason(),
+            RequestRejection::MethodOverride => "method_override",
+            RequestRejection::UnknownMethod => "unknown_method",
+        }
+    }
+
+    /// The HTTP status of the refusal.
+    pub fn status(&self) -> u16 {
+        match self {
+            RequestRejection::UnknownMethod => 405,
+            _ => 400,
+        }
+    }
+}

@@ -37,13 +37,18 @@
 //! Rule files are tried in the order of [`RulesConfig::files`]; within a file, its base paths
 //! (longest first), then its rules **in file order; the first rule whose methods and path
 //! template match wins**. A request under no base path, or matched by no rule, is *unmatched*:
-//! it is recorded with rule `unmatched`, action `E`, interaction `unclassified`, no patients,
-//! attribution `partial`, and then the [`UnmatchedPolicy`] decides: `journal` (default)
-//! forwards it, `deny` makes the proxy answer 403 (still journaled). Loading refuses a rule
-//! that can never match because an earlier rule of the same file matches everything it would
-//! (for example `/{type}/{id}` placed before `/Patient/{patient}`). A request carrying a
-//! method-override header ([`METHOD_OVERRIDE_HEADERS`]) is always unmatched: the EHR might
-//! run another method than the one the rules would see.
+//! it is recorded with rule `unmatched`, action `E`, interaction `unclassified`, and then the
+//! [`UnmatchedPolicy`] decides: `inspect` (default) reads its body and its whole response for
+//! patients like a search's before releasing it, `deny` makes the proxy answer 403 (still
+//! journaled), `stream` forwards it unread (no patients, attribution `partial`). Loading
+//! refuses a rule that can never match because an earlier rule of the same file matches
+//! everything it would (for example `/{type}/{id}` placed before `/Patient/{patient}`).
+//!
+//! Before any rule is tried, a request is refused ([`RequestRejection`]) when its method is
+//! one no rule lists or is not upper case (405: a lenient EHR may read `get` as GET), or when
+//! it asks the EHR to run another method ([`METHOD_OVERRIDE_HEADERS`], a `_method` query
+//! parameter) under `method_override = "refuse"` (the default; 400). Under `"classify"` it is
+//! classified as the method it asks for.
 //!
 //! # Rule file format (TOML, every table `deny_unknown_fields`)
 //!
@@ -137,9 +142,10 @@ mod tests;
 
 pub use classify::{Classification, METHOD_OVERRIDE_HEADERS};
 pub use config::{
-    RulesConfig, UnmatchedPolicy, DEFAULT_MAX_FORM_BODY_BYTES, MAX_FORM_BODY_BYTES_LIMIT,
+    MethodOverridePolicy, RulesConfig, UnmatchedPolicy, DEFAULT_MAX_FORM_BODY_BYTES,
+    MAX_FORM_BODY_BYTES_LIMIT,
 };
-pub use error::{PathRejection, RulesError};
+pub use error::{PathRejection, RequestRejection, RulesError};
 pub use file::{
     AttributionClaim, CompartmentDef, RuleDef, RuleFile, RuleTest, RuleTestExpect, BUILTIN_FHIR_R4,
     DEFAULT_RULE_FILE, REJECTED_RULE, UNMATCHED_RULE,

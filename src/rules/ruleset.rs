@@ -1,13 +1,14 @@
 //! The compiled rule set: rules in match order, the compartment tables, and its accessors
 //! (loading from the configured files, the policy, the `[[test]]` cases, descriptions).
 
-use super::config::{RulesConfig, UnmatchedPolicy};
+use super::config::{MethodOverridePolicy, RulesConfig, UnmatchedPolicy};
 use super::error::RulesError;
 use super::file::{AttributionClaim, CompartmentDef, RuleTest};
 use super::template::Template;
+use crate::fhir::LocalBases;
 use crate::record::{Action, InteractionKind};
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 /// Where a template says `Patient/<id>`: the id capture, after a literal `Patient` or a type
@@ -97,7 +98,14 @@ pub struct RuleSet {
     pub(super) compartment: HashMap<String, TypeParams>,
     pub(super) operations: HashMap<String, Action>,
     pub(super) unmatched: UnmatchedPolicy,
+    pub(super) method_override: MethodOverridePolicy,
+    /// Every method some rule lists; `None` when a rule accepts any (`"*"`).
+    pub(super) known_methods: Option<BTreeSet<String>>,
     pub(super) max_form_body_bytes: u64,
+    /// This server's FHIR bases: absolute references elsewhere name no local patient.
+    pub(super) local_bases: LocalBases,
+    /// `rules.public_base_urls`, kept to rebuild `local_bases` with the upstream.
+    pub(super) public_base_urls: Vec<String>,
     /// The files' `[[test]]` cases, with the file they came from.
     pub(super) tests: Vec<(PathBuf, RuleTest)>,
 }
@@ -148,6 +156,44 @@ impl RuleSet {
     /// The policy for unmatched requests.
     pub fn unmatched_policy(&self) -> UnmatchedPolicy {
         self.unmatched
+    }
+
+    /// Add the EHR's address (`upstream.url`'s `host:port`) under every file's base paths to
+    /// the bases whose absolute references are local (with `rules.public_base_urls`).
+    pub fn with_upstream(mut self, authority: &str) -> RuleSet {
+        let paths = self.base_paths();
+        self.local_bases = LocalBases::new(&[authority], &paths, &self.public_base_urls);
+        self
+    }
+
+    /// This server's FHIR bases (see [`LocalBases`]).
+    pub fn local_bases(&self) -> &LocalBases {
+        &self.local_bases
+    }
+
+    /// Every file's base paths (`/fhir`; the root is empty).
+    fn base_paths(&self) -> Vec<String> {
+        self.files
+            .iter()
+            .flat_map(|f| f.bases.iter())
+            .map(|segs| segs.iter().map(|s| format!("/{s}")).collect())
+            .collect()
+    }
+
+    /// The policy for method-override headers and `_method`.
+    pub fn method_override_policy(&self) -> MethodOverridePolicy {
+        self.method_override
+    }
+
+    /// Whether some rule lists `method` (any upper-case method when a rule accepts `"*"`).
+    /// A method no rule knows is refused (405 `unknown_method`), whatever the path.
+    pub fn knows_method(&self, method: &str) -> bool {
+        let upper = !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase());
+        upper
+            && self
+                .known_methods
+                .as_ref()
+                .is_none_or(|known| known.contains(method))
     }
 
     /// The largest form body [`RuleSet::attribute_form_body`] reads, in bytes.

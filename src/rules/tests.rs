@@ -19,7 +19,8 @@ use super::*;
 use crate::fhir::*;
 use http::{HeaderMap, HeaderValue};
 
-/// The shipped rule file, loaded once for all tests.
+/// The shipped rule file, loaded once for all tests, in front of an EHR at
+/// `ehr.example.org` (so `http(s)://ehr.example.org/fhir/...` references are local).
 fn fhir() -> &'static RuleSet {
     static RULES: std::sync::OnceLock<RuleSet> = std::sync::OnceLock::new();
     RULES.get_or_init(|| {
@@ -27,8 +28,30 @@ fn fhir() -> &'static RuleSet {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/fhir-r4.toml"),
         )
         .unwrap();
-        RuleSet::from_toml_str(&text, UnmatchedPolicy::Journal).unwrap()
+        RuleSet::from_toml_str(&text, UnmatchedPolicy::default())
+            .unwrap()
+            .with_upstream("ehr.example.org")
     })
+}
+
+#[test]
+fn search_values_on_another_servers_base_name_no_local_patient() {
+    let rs = fhir();
+    let c = get(
+        rs,
+        "GET",
+        "/fhir/Observation?subject=http://other.example.org/fhir/Patient/123",
+    );
+    assert!(c.patients.is_empty());
+    assert_eq!(c.attribution, Partial);
+    let c = get(
+        rs,
+        "GET",
+        "/fhir/Observation?subject=https://ehr.example.org/fhir/Patient/123,http://x.example/Patient/9",
+    );
+    let got: Vec<&str> = c.patients.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(got, ["123"]);
+    assert_eq!(c.attribution, Partial, "one item named no local patient");
 }
 
 fn get(rs: &RuleSet, method: &str, target: &str) -> Classification {
@@ -372,7 +395,10 @@ fn path_attacks_are_rejected() {
     let e = rs
         .classify("GET", "/fhir/Patient/secret%2F", &HeaderMap::new())
         .unwrap_err();
-    assert_eq!(e, PathRejection::EncodedSlash { at: 20 });
+    assert_eq!(
+        e,
+        RequestRejection::Path(PathRejection::EncodedSlash { at: 20 })
+    );
     assert!(!e.to_string().contains("secret"));
 }
 
@@ -416,7 +442,7 @@ const GENERIC: &str = r#"
 
 #[test]
 fn generic_rules_capture_query_and_header() {
-    let rs = RuleSet::from_toml_str(GENERIC, UnmatchedPolicy::Journal).unwrap();
+    let rs = RuleSet::from_toml_str(GENERIC, UnmatchedPolicy::default()).unwrap();
     let c = get(&rs, "GET", "/api/v2/patients/p-1/notes/n7");
     assert_eq!(
         (c.rule.as_str(), c.action, c.interaction),
@@ -480,21 +506,104 @@ fn generic_rules_capture_query_and_header() {
 }
 
 #[test]
-fn method_override_headers_are_never_matched() {
+fn method_overrides_are_refused_by_default() {
     let rs = fhir();
+    assert_eq!(rs.method_override_policy(), MethodOverridePolicy::Refuse);
     for h in METHOD_OVERRIDE_HEADERS {
-        let mut headers = HeaderMap::new();
-        headers.insert(*h, HeaderValue::from_static("GET"));
-        let c = rs.classify("POST", "/fhir/Patient", &headers).unwrap();
-        assert!(!c.matched, "{h}");
-        assert_eq!(c.interaction, InteractionKind::Unclassified);
+        for value in ["GET", "DELETE", ""] {
+            let mut headers = HeaderMap::new();
+            headers.insert(*h, HeaderValue::from_static(value));
+            let e = rs
+                .classify("GET", "/fhir/Observation", &headers)
+                .unwrap_err();
+            assert_eq!(e, RequestRejection::MethodOverride, "{h}: {value}");
+            assert_eq!((e.reason(), e.status()), ("method_override", 400));
+        }
     }
+    for target in [
+        "/fhir/Patient/1?_method=DELETE",
+        "/fhir/Patient/1?_METHOD=get",
+        "/fhir/Patient/1?x=1&%5Fmethod=PUT",
+        "/fhir/Patient/1?_method",
+    ] {
+        let e = rs.classify("GET", target, &HeaderMap::new()).unwrap_err();
+        assert_eq!(e, RequestRejection::MethodOverride, "{target}");
+    }
+    // `_method` is a parameter name, not a value.
+    assert!(rs
+        .classify("GET", "/fhir/Observation?code=_method", &HeaderMap::new())
+        .is_ok());
+}
+
+#[test]
+fn method_overrides_are_classified_as_the_method_they_ask_for_when_configured() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cfg = RulesConfig {
+        method_override: MethodOverridePolicy::Classify,
+        ..RulesConfig::default()
+    };
+    let rs = RuleSet::load(&cfg, dir).unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert("x-http-method-override", HeaderValue::from_static("delete"));
+    let c = rs.classify("POST", "/fhir/Patient/p1", &headers).unwrap();
+    assert_eq!(
+        (c.method.as_str(), c.rule.as_str(), c.action),
+        ("DELETE", "fhir-patient-delete", D)
+    );
+    let c = rs
+        .classify("POST", "/fhir/Patient/p1?_method=GET", &HeaderMap::new())
+        .unwrap();
+    assert_eq!((c.method.as_str(), c.action), ("GET", R));
+    // Two overrides that disagree, or one asking for a method no rule knows: refused.
+    headers.insert("x-http-method", HeaderValue::from_static("GET"));
+    assert_eq!(
+        rs.classify("POST", "/fhir/Patient/p1", &headers)
+            .unwrap_err(),
+        RequestRejection::MethodOverride
+    );
+    let mut headers = HeaderMap::new();
+    headers.insert("x-method-override", HeaderValue::from_static("PROPFIND"));
+    assert_eq!(
+        rs.classify("POST", "/fhir/Patient/p1", &headers)
+            .unwrap_err(),
+        RequestRejection::UnknownMethod
+    );
+    let toml = toml::from_str::<RulesConfig>("method_override = \"classify\"\n").unwrap();
+    assert_eq!(toml.method_override, MethodOverridePolicy::Classify);
+}
+
+#[test]
+fn methods_no_rule_knows_are_refused_whatever_the_path() {
+    let rs = fhir();
+    for (method, target) in [
+        ("get", "/fhir/Patient/1"),
+        ("Get", "/fhir/Observation"),
+        ("PROPFIND", "/fhir/Patient/1"),
+        ("TRACE", "/"),
+        ("CONNECT", "/fhir"),
+        ("", "/fhir/Patient/1"),
+    ] {
+        let e = rs.classify(method, target, &HeaderMap::new()).unwrap_err();
+        assert_eq!(
+            (e, e.reason(), e.status()),
+            (RequestRejection::UnknownMethod, "unknown_method", 405),
+            "{method} {target}"
+        );
+    }
+    assert!(rs.knows_method("OPTIONS") && rs.knows_method("PATCH"));
+    // A rule that accepts any method makes every upper-case one known.
+    let any = RuleSet::from_toml_str(
+        "base_paths = [\"/\"]\n[[rule]]\nname = \"all\"\nmethods = [\"*\"]\npath = \"/{*rest}\"\naction = \"E\"\ninteraction = \"operation\"\nattribution = \"partial\"\n",
+        UnmatchedPolicy::default(),
+    )
+    .unwrap();
+    assert!(any.knows_method("PROPFIND") && !any.knows_method("get"));
 }
 
 #[test]
 fn base_paths_and_unmatched_policy() {
     let rs = fhir();
-    assert_eq!(rs.unmatched_policy(), UnmatchedPolicy::Journal);
+    assert_eq!(rs.unmatched_policy(), UnmatchedPolicy::Inspect);
     for t in [
         "/Patient/1",
         "/fhirx/Patient/1",
@@ -504,10 +613,20 @@ fn base_paths_and_unmatched_policy() {
         let c = get(rs, "GET", t);
         assert!(!c.matched, "{t}");
         assert!(!rs.denies(&c));
+        // Unmatched is never unread: its body and response are read like a search's.
+        assert!(c.inspect_body && c.inspect_response && c.buffered(), "{t}");
     }
-    let c = get(rs, "OPTIONS", "/fhir/Patient/1");
+    let c = get(rs, "GET", "/fhir/Patient/a_b");
     assert!(!c.matched);
-    assert_eq!(c.path, "/fhir/Patient/1");
+    assert_eq!(c.path, "/fhir/Patient/a_b");
+    let stream = RuleSet::from_toml_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/fhir-r4.toml"))
+            .unwrap(),
+        UnmatchedPolicy::Stream,
+    )
+    .unwrap();
+    let c = get(&stream, "GET", "/fhir/Patient/a_b");
+    assert!(!c.matched && !c.buffered() && !stream.denies(&c));
 
     let text =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/fhir-r4.toml"))
@@ -548,7 +667,7 @@ fn first_match_wins_and_shadowed_rules_are_refused() {
         action = "E"
         interaction = "operation"
     "#;
-    let rs = RuleSet::from_toml_str(two, UnmatchedPolicy::Journal).unwrap();
+    let rs = RuleSet::from_toml_str(two, UnmatchedPolicy::default()).unwrap();
     assert_eq!(get(&rs, "GET", "/a/1").rule, "specific");
     assert_eq!(get(&rs, "POST", "/a/1").rule, "general");
     assert_eq!(get(&rs, "GET", "/b/1").rule, "general");
@@ -578,7 +697,7 @@ fn first_match_wins_and_shadowed_rules_are_refused() {
         interaction = "read"
         attribution = "complete"
     "#;
-    let e = RuleSet::from_toml_str(shadowed, UnmatchedPolicy::Journal).unwrap_err();
+    let e = RuleSet::from_toml_str(shadowed, UnmatchedPolicy::default()).unwrap_err();
     let msg = e.to_string();
     assert!(
         msg.contains("fhir-patient-read") && msg.contains("fhir-read"),
@@ -608,7 +727,7 @@ fn patient_pairs_attribute_even_without_patient_rules() {
         search = true
         attribution = "complete"
     "#;
-    let rs = RuleSet::from_toml_str(generic_only, UnmatchedPolicy::Journal).unwrap();
+    let rs = RuleSet::from_toml_str(generic_only, UnmatchedPolicy::default()).unwrap();
     let c = get(&rs, "GET", "/fhir/Patient/5");
     assert_eq!(
         (ids(&c), c.attribution),
@@ -623,7 +742,7 @@ fn patient_pairs_attribute_even_without_patient_rules() {
 #[test]
 fn rule_file_errors_name_the_file_rule_and_key() {
     let bad = |text: &str| {
-        RuleSet::from_toml_str(text, UnmatchedPolicy::Journal)
+        RuleSet::from_toml_str(text, UnmatchedPolicy::default())
             .unwrap_err()
             .to_string()
     };
@@ -672,7 +791,10 @@ fn config_validation_and_loading() {
     cfg.validate().unwrap();
     assert_eq!(cfg.files, [PathBuf::from("rules/fhir-r4.toml")]);
     assert_eq!(cfg.max_form_body_bytes, 1 << 20);
-    assert_eq!(cfg.unmatched, UnmatchedPolicy::Journal);
+    assert_eq!(cfg.unmatched, UnmatchedPolicy::Inspect);
+    // The old default's name is gone: streaming unread must be asked for by its own name.
+    let e = toml::from_str::<RulesConfig>("unmatched = \"journal\"\n").unwrap_err();
+    assert!(e.to_string().contains("stream"), "{e}");
 
     let parsed: RulesConfig =
         toml::from_str("unmatched = \"deny\"\nmax_form_body_bytes = 2048\n").unwrap();
@@ -820,7 +942,7 @@ mod props {
             let _ = rs.classify(&method, &path, &HeaderMap::new());
             let _ = rs.classify(&method, &format!("/{path}"), &HeaderMap::new());
             let _ = rs.classify(&method, &raw, &HeaderMap::new());
-            let mut c = Classification::unmatched(String::new(), None);
+            let mut c = Classification::unmatched(String::new(), String::new(), None, UnmatchedPolicy::Stream);
             if let Ok(cl) = rs.classify("POST", &format!("/fhir/Observation/_search?{path}"), &HeaderMap::new()) {
                 c = cl;
             }

@@ -66,8 +66,9 @@ pub async fn load_snapshot(config: &Config, base_dir: &Path) -> Result<Snapshot,
     let identity = Identity::load(&config.identity, base_dir)
         .await
         .map_err(|e| ReloadError::Identity(e.to_string()))?;
-    let rules =
-        RuleSet::load(&config.rules, base_dir).map_err(|e| ReloadError::Rules(e.to_string()))?;
+    let rules = RuleSet::load(&config.rules, base_dir)
+        .map_err(|e| ReloadError::Rules(e.to_string()))?
+        .with_upstream(&config.upstream.url.authority);
     // A device-ID requirement naming no rule would silently require nothing.
     let known: std::collections::HashSet<String> =
         rules.rules().into_iter().map(|r| r.name).collect();
@@ -80,6 +81,16 @@ pub async fn load_snapshot(config: &Config, base_dir: &Path) -> Result<Snapshot,
         return Err(ReloadError::Rules(format!(
             "network.require_device_id_rules names `{unknown}`, which no rule file defines"
         )));
+    }
+    if config.rules.unmatched == crate::rules::UnmatchedPolicy::Stream {
+        tracing::warn!(
+            "rules.unmatched = \"stream\": requests no rule covers are forwarded and their responses streamed unread; their records name no patient"
+        );
+    }
+    if config.rules.method_override == crate::rules::MethodOverridePolicy::Classify {
+        tracing::info!(
+            "rules.method_override = \"classify\": method-override headers and _method are honoured and classified as the method they ask for"
+        );
     }
     let geo = GeoIp::load(&config.geoip, base_dir)?.map(Arc::new);
     Ok(Snapshot {

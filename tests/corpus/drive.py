@@ -49,9 +49,27 @@ ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 # ---- the walker ------------------------------------------------------------------------------
 
 
-def patient_of(ref):
-    """`Patient/{id}` in a reference or URL: relative, or absolute on any http(s) base, with or
-    without `/_history/{v}`; None otherwise."""
+# This server's FHIR bases, `host[:port]/path` (set in main() from --fhir): an absolute
+# reference on any other base names a patient of another server, never a local one.
+LOCAL_BASES = set()
+
+
+def normalise_base(url):
+    """`host[:port]/path` of an http(s) base: no scheme, lower-case host, no default port, no
+    trailing slash; None for anything else."""
+    m = re.match(r"^(https?)://([^/?#@]+)(/[^?#]*)?$", url, re.IGNORECASE)
+    if not m:
+        return None
+    scheme, authority, path = m.group(1).lower(), m.group(2).lower(), m.group(3) or ""
+    default = ":443" if scheme == "https" else ":80"
+    if authority.endswith(default):
+        authority = authority[: -len(default)]
+    return authority + path.rstrip("/")
+
+
+def patient_ref(ref):
+    """(id, base) of `Patient/{id}` in a reference or URL: relative (base None), or absolute
+    on any http(s) base, with or without `/_history/{v}`; None otherwise."""
     path = ref.split("?", 1)[0]
     parts = path.split("/")
     if len(parts) >= 4 and parts[-2] == "_history":
@@ -59,15 +77,32 @@ def patient_of(ref):
     if len(parts) < 2 or parts[-2] != "Patient" or not ID.match(parts[-1]):
         return None
     rest = parts[:-2]
-    if not rest or (rest[0] in ("http:", "https:") and len(rest) >= 3 and rest[1] == "" and rest[2]):
-        return parts[-1]
+    if not rest:
+        return parts[-1], None
+    if rest[0] in ("http:", "https:") and len(rest) >= 3 and rest[1] == "" and rest[2]:
+        return parts[-1], "/".join(rest)
     return None
+
+
+def note_patient(ref, found):
+    """Record the Patient a reference names: a local one as a patient, one on another server's
+    base as an external reference. True when it named a Patient."""
+    p = patient_ref(ref)
+    if p is None:
+        return False
+    pid, base = p
+    if base is None or normalise_base(base) in LOCAL_BASES:
+        found.patients.add(pid)
+    else:
+        found.external.add(ref)
+    return True
 
 
 class Found:
     def __init__(self):
         self.patients = set()
         self.gaps = set()
+        self.external = set()
 
 
 def walk_resource(res, found, urns, contained=False):
@@ -96,9 +131,8 @@ def walk_entry(entry, found, urns):
             walk_resource(value, found, urns)
         elif key in ("request", "response"):
             for k in ("url", "location"):
-                p = patient_of(value.get(k, "")) if isinstance(value.get(k), str) else None
-                if p:
-                    found.patients.add(p)
+                if isinstance(value.get(k), str):
+                    note_patient(value[k].split("?", 1)[0], found)
             if isinstance(value.get("outcome"), dict):
                 walk_resource(value["outcome"], found, urns)
         else:
@@ -121,9 +155,7 @@ def walk_value(v, found, urns):
                 if target is not None and target.get("resourceType") == "Patient" and ID.match(str(target.get("id", ""))):
                     found.patients.add(target["id"])
             elif not ref.startswith("#"):
-                p = patient_of(ref)
-                if p:
-                    found.patients.add(p)
+                note_patient(ref, found)
         elif v.get("type") == "Patient" and "identifier" in v:
             found.gaps.add("logical_reference")
         for key, x in v.items():
@@ -290,6 +322,7 @@ def expected_for(case, dataset, variables):
         f = referenced(res)
         found.patients |= f.patients
         found.gaps |= f.gaps
+        found.external |= f.external
     return found, len(returned)
 
 
@@ -340,6 +373,7 @@ def main():
     ap.add_argument("--token", required=True)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    LOCAL_BASES.add(normalise_base(args.fhir))
 
     with open(args.corpus, "rb") as f:
         corpus = tomllib.load(f)
@@ -386,6 +420,7 @@ def main():
             if isinstance(body, list):  # JSON Patch: the references it writes
                 walk_value(body, f, {})
             found.patients |= f.patients
+            found.external |= f.external
         resp = driver.send(case, body)
         if (
             case.get("method") == "PUT"
@@ -421,6 +456,7 @@ def main():
                     "interaction": case["interaction"],
                     "patients": sorted(found.patients),
                     "gaps": sorted(gaps),
+                    "external_refs": sorted(found.external),
                     "attribution": case.get("attribution", "complete" if not gaps else "partial"),
                     "returned": returned,
                 },

@@ -384,7 +384,7 @@ fn path_tricks_aimed_at_another_patient_are_refused_and_recorded() {
 }
 
 #[test]
-fn upgrades_are_refused_and_method_overrides_get_an_intent() {
+fn upgrades_and_method_overrides_are_refused_with_a_record() {
     let fhir = FhirServer::seeded();
     let gw = Gateway::start(GatewayOptions::new(format!("127.0.0.1:{}", fhir.port())));
     let token = gw.token("mallory");
@@ -414,21 +414,32 @@ fn upgrades_are_refused_and_method_overrides_get_an_intent() {
         "the upgrade reached the EHR"
     );
 
-    // A GET that asks the EHR to act as a DELETE gets an intent record before it is forwarded.
+    // A GET that asks the EHR to act as a DELETE: refused, recorded, never forwarded.
     let resp = http_client()
         .get(gw.url("/fhir/Observation/override-target"))
         .bearer_auth(&token)
         .header("X-HTTP-Method-Override", "DELETE")
         .send()
         .unwrap();
+    assert_eq!(resp.status(), 400);
     let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert!(resp.text().unwrap().contains("method_override"));
     let records = gw.records();
     let mine: Vec<_> = records
         .iter()
         .filter(|r| r.event.request_id == request_id)
         .collect();
-    assert_eq!(mine.len(), 2, "intent and outcome");
-    assert_eq!(mine[0].event.phase, Phase::Intent);
-    assert_eq!(mine[1].event.phase, Phase::Outcome);
-    assert_eq!(mine[1].event.intent_seq, Some(mine[0].header.seq));
+    assert_eq!(mine.len(), 1, "one outcome record");
+    assert_eq!(mine[0].event.rule, "rejected");
+    assert_eq!(
+        mine[0].event.outcome.as_ref().unwrap().error.as_deref(),
+        Some("method_override")
+    );
+    assert!(
+        !fhir
+            .upstream_requests()
+            .iter()
+            .any(|r| r.target.contains("override-target")),
+        "the override reached the EHR"
+    );
 }

@@ -49,6 +49,7 @@ struct Expect {
     interaction: String,
     patients: BTreeSet<String>,
     gaps: BTreeSet<String>,
+    external_refs: BTreeSet<String>,
     attribution: String,
     returned: usize,
 }
@@ -202,6 +203,13 @@ fn every_corpus_request_is_attributed_to_exactly_the_patients_its_data_names() {
         let gaps: BTreeSet<String> = ev.attribution_gaps.iter().cloned().collect();
         if gaps != e.gaps {
             fail(format!("gaps {gaps:?}, expected {:?}", e.gaps));
+        }
+        let external: BTreeSet<String> = ev.external_refs.iter().cloned().collect();
+        if external != e.external_refs {
+            fail(format!(
+                "external_refs {external:?}, expected {:?}",
+                e.external_refs
+            ));
         }
         match ev.outcome.as_ref() {
             Some(o) if o.status == c.status => {}

@@ -316,7 +316,7 @@ fn each_interaction_is_recorded_and_passed_through_unchanged() {
             c.patients.iter().map(|p| p.to_string()).collect();
         if c.interaction != I::Capabilities {
             if let Ok(doc) = serde_json::from_slice::<serde_json::Value>(body) {
-                expected.extend(referenced_patients(&doc));
+                expected.extend(referenced_patients(&doc, fhir.base_url()));
             }
         }
         let ids: std::collections::BTreeSet<String> =

@@ -290,7 +290,7 @@ fn sighup_under_load_applies_new_rules_and_keys_and_a_broken_config_keeps_the_ol
     let gw = Gateway::start(GatewayOptions::new(format!("127.0.0.1:{}", fhir.port())));
     let token = gw.token("dr.reload");
     let original = std::fs::read_to_string(&gw.config_path).unwrap();
-    // Under `unmatched = "journal"` a path no rule covers is forwarded (sekmet answers 404).
+    // Under `unmatched = "inspect"` a path no rule covers is forwarded (sekmet answers 404).
     assert_eq!(get_status(&gw, "/not-fhir/anything", Some(&token)), 404);
 
     let load = Load::start(gw.url("/fhir/Patient/example"), token.clone(), 4);
@@ -298,7 +298,7 @@ fn sighup_under_load_applies_new_rules_and_keys_and_a_broken_config_keeps_the_ol
 
     // 1. New rules (deny unmatched routes) and a restart-only change (the heartbeat).
     let denying = original
-        .replace(r#"unmatched = "journal""#, r#"unmatched = "deny""#)
+        .replace(r#"unmatched = "inspect""#, r#"unmatched = "deny""#)
         .replace("heartbeat_secs = 2", "heartbeat_secs = 3");
     assert_ne!(denying, original);
     std::fs::write(&gw.config_path, &denying).unwrap();

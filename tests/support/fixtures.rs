@@ -38,6 +38,8 @@ pub fn event(n: usize) -> Event {
         patients: vec![],
         attribution: Attribution::None,
         attribution_gaps: Vec::new(),
+        external_refs: Vec::new(),
+        external_refs_omitted: None,
         net: NetworkVector::default(),
         outcome: None,
         clock: ClockState::default(),

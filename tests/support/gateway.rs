@@ -109,7 +109,7 @@ impl GatewayOptions {
             network_toml: String::new(),
             upstream_scheme: "http",
             upstream_toml: String::new(),
-            unmatched: "journal",
+            unmatched: "inspect",
             journal_dir: None,
             port: None,
             extra_toml: String::new(),

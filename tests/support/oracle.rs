@@ -5,7 +5,8 @@
 //! Rules (the README's "What is attributed"): a Patient resource's `id` (not a contained
 //! one), every `reference` string of the form `[...]/Patient/{id}[/_history/{v}]`, a
 //! `urn:uuid:` reference to a Bundle entry holding a Patient with an id, and, in a Bundle, each
-//! entry's `response.location` and `request.url` naming a Patient.
+//! entry's `response.location` and `request.url` naming a Patient. An absolute reference
+//! counts only on the server's own base (another server's patient is not a local one).
 
 use std::collections::BTreeSet;
 
@@ -18,9 +19,9 @@ fn is_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
-/// `Patient/{id}` in a reference, a location or an entry URL (relative or absolute, with or
-/// without `/_history/{v}`).
-pub fn patient_of(reference: &str) -> Option<String> {
+/// `Patient/{id}` in a reference, a location or an entry URL (relative, or absolute on the
+/// base `local` (`http://127.0.0.1:PORT/fhir`), with or without `/_history/{v}`).
+pub fn patient_of(reference: &str, local: &str) -> Option<String> {
     let path = reference.split('?').next()?;
     let parts: Vec<&str> = path.split('/').collect();
     let n = parts.len();
@@ -38,17 +39,22 @@ pub fn patient_of(reference: &str) -> Option<String> {
             2
         };
         let rest = &parts[..n - consumed];
-        rest.is_empty() || rest[0] == "http:" || rest[0] == "https:"
+        let base = rest.join("/");
+        let without_scheme = |u: &str| {
+            u.split_once("://")
+                .map(|(_, r)| r.trim_end_matches('/').to_ascii_lowercase())
+        };
+        rest.is_empty() || (base.contains("://") && without_scheme(&base) == without_scheme(local))
     };
     (ty == "Patient" && is_id(id) && prefix_ok).then(|| id.to_string())
 }
 
-/// Every patient `doc` references.
-pub fn referenced_patients(doc: &Value) -> BTreeSet<String> {
+/// Every local patient `doc` references; `local` is the server's base URL.
+pub fn referenced_patients(doc: &Value, local: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut urn_patients = std::collections::HashMap::new();
     collect_urns(doc, &mut urn_patients);
-    walk(doc, false, &urn_patients, &mut out);
+    walk(doc, false, &urn_patients, local, &mut out);
     out
 }
 
@@ -75,6 +81,7 @@ fn walk(
     v: &Value,
     contained: bool,
     urns: &std::collections::HashMap<String, String>,
+    local: &str,
     out: &mut BTreeSet<String>,
 ) {
     match v {
@@ -87,7 +94,7 @@ fn walk(
                 }
             }
             if let Some(Value::String(r)) = m.get("reference") {
-                if let Some(p) = patient_of(r) {
+                if let Some(p) = patient_of(r, local) {
                     out.insert(p);
                 } else if let Some(p) = urns.get(r) {
                     out.insert(p.clone());
@@ -97,17 +104,17 @@ fn walk(
                 // Bundle entry `response.location` / history `request.url`.
                 if let Some(Value::String(s)) = m.get(key) {
                     if m.contains_key("status") || m.contains_key("method") {
-                        if let Some(p) = patient_of(s) {
+                        if let Some(p) = patient_of(s, local) {
                             out.insert(p);
                         }
                     }
                 }
             }
             for (k, x) in m {
-                walk(x, contained || k == "contained", urns, out);
+                walk(x, contained || k == "contained", urns, local, out);
             }
         }
-        Value::Array(a) => a.iter().for_each(|x| walk(x, contained, urns, out)),
+        Value::Array(a) => a.iter().for_each(|x| walk(x, contained, urns, local, out)),
         _ => {}
     }
 }

@@ -3,6 +3,19 @@
 use super::*;
 use serde_json::json;
 
+/// The bases of the EHR these tests read from: `http://ehr.example/fhir` and `http://h/fhir`.
+fn test_bases() -> LocalBases {
+    LocalBases::new(&["ehr.example", "h"], &["/fhir".to_string()], &[])
+}
+
+fn response_patients(body: &[u8]) -> Findings {
+    super::response_patients(body, &test_bases())
+}
+
+fn request_patients(body: &[u8], creating: bool, entries: &dyn EntryClassifier) -> Findings {
+    super::request_patients(body, creating, entries, &test_bases())
+}
+
 fn response(v: serde_json::Value) -> Findings {
     response_patients(&serde_json::to_vec(&v).unwrap())
 }
@@ -300,8 +313,48 @@ fn invalid_and_odd_documents() {
     assert_eq!(ids(&f), ["e1"]);
 }
 
+#[test]
+fn references_to_other_servers_are_external_never_local_patients() {
+    let f = response(json!({
+        "resourceType": "ServiceRequest",
+        "id": "myringotomy",
+        "subject": {"reference": "http://other.example.org/fhir/Patient/77662"},
+        "requester": {"reference": "http://ehr.example/fhir/Patient/local1"},
+        "performer": [{"reference": "https://ehr.example/fhir/Patient/local2/_history/1"}],
+        "note": [{"authorReference": {"reference": "http://other.example.org/fhir/Patient/77662"}}],
+        "supportingInfo": [{"reference": "http://third.example/Patient/9"}]
+    }));
+    assert_eq!(ids(&f), ["local1", "local2"]);
+    assert_eq!(
+        f.external_refs,
+        [
+            "http://other.example.org/fhir/Patient/77662",
+            "http://third.example/Patient/9"
+        ]
+    );
+    assert!(f.gaps.is_empty(), "{:?}", f.gaps);
+    // A request body (a create naming a patient of another server) names nobody here.
+    let f = request_patients(
+        br#"{"resourceType":"Observation","subject":{"reference":"http://elsewhere.example/fhir/Patient/pat3"}}"#,
+        true,
+        &ReferenceOnly,
+    );
+    assert!(f.patients.is_empty());
+    assert_eq!(
+        f.external_refs,
+        ["http://elsewhere.example/fhir/Patient/pat3"]
+    );
+    // Bounded: at most MAX_EXTERNAL_REFS kept, the rest counted.
+    let many: Vec<_> = (0..100)
+        .map(|i| json!({"reference": format!("http://o.example/Patient/p{i}")}))
+        .collect();
+    let f = response(json!({"resourceType": "List", "entry": [{"item": many}]}));
+    assert_eq!(f.external_refs.len(), MAX_EXTERNAL_REFS);
+    assert_eq!(f.external_refs_omitted, 100 - MAX_EXTERNAL_REFS as u64);
+}
 mod props {
     use super::super::*;
+    use super::{request_patients, response_patients};
     use proptest::prelude::*;
 
     fn arb_json() -> impl Strategy<Value = serde_json::Value> {

@@ -6,8 +6,13 @@
 //! ([`auditgate::attribution::extract::response_patients`], what the buffered path runs on every response)
 //! is timed against the parse any client does anyway, `serde_json::from_slice` into a
 //! `serde_json::Value`, on the same bytes in the same run: median of 7 rounds in ABBA order.
-//! The target: the extractor is faster than that parse. Results also go to
-//! target/bench-results/extract.json.
+//! The target: the extractor is faster than that parse.
+//!
+//! The same Bundle in FHIR XML (converted element for key, narrative as XHTML) is read by the
+//! XML extractor ([`auditgate::attribution::extract::response_patients_xml`]) in the same
+//! rounds, and must find the same patients: its speed is reported in MB/s of XML and as a
+//! ratio to the JSON extractor's (documents per second, the same data in both formats).
+//! Results also go to target/bench-results/extract.json.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -18,6 +23,9 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use serde_json::json;
+
+#[path = "../tests/support/fhir_xml.rs"]
+mod fhir_xml;
 
 const ROUNDS: usize = 7;
 /// Passes over the document per round.
@@ -61,7 +69,7 @@ fn observation(i: usize) -> serde_json::Value {
     })
 }
 
-fn bundle() -> Vec<u8> {
+fn bundle_value() -> serde_json::Value {
     let entries: Vec<_> = (0..100)
         .map(|i| {
             json!({
@@ -71,12 +79,11 @@ fn bundle() -> Vec<u8> {
             })
         })
         .collect();
-    serde_json::to_vec(&json!({
+    json!({
         "resourceType": "Bundle", "id": "b1", "type": "searchset", "total": 100,
         "link": [{"relation": "self", "url": "http://ehr.example/fhir/Observation?code=29463-7&_count=100"}],
         "entry": entries
-    }))
-    .unwrap()
+    })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -94,9 +101,16 @@ fn rate(doc: &[u8], f: &dyn Fn(&[u8]) -> usize) -> f64 {
 }
 
 fn main() {
-    let doc = bundle();
+    let value = bundle_value();
+    let doc = serde_json::to_vec(&value).unwrap();
+    let xml = fhir_xml::to_fhir_xml(&value).unwrap().into_bytes();
     let ours = |b: &[u8]| {
         auditgate::attribution::extract::response_patients(b, &Default::default())
+            .patients
+            .len()
+    };
+    let ours_xml = |b: &[u8]| {
+        auditgate::attribution::extract::response_patients_xml(b, &Default::default())
             .patients
             .len()
     };
@@ -107,24 +121,33 @@ fn main() {
     };
     let found = ours(&doc);
     assert_eq!(found, 11, "the extractor finds the Bundle's 11 patients");
-    // Warm both.
+    assert_eq!(ours_xml(&xml), 11, "the XML extractor finds the same 11");
+    // Warm all three.
     rate(&doc, &ours);
     rate(&doc, &peer);
-    let (mut ours_mbs, mut peer_mbs) = (Vec::new(), Vec::new());
+    rate(&xml, &ours_xml);
+    let (mut ours_mbs, mut peer_mbs, mut xml_mbs) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         // ABBA: neither always runs first.
         if round % 2 == 0 {
             ours_mbs.push(rate(&doc, &ours));
             peer_mbs.push(rate(&doc, &peer));
+            xml_mbs.push(rate(&xml, &ours_xml));
         } else {
+            xml_mbs.push(rate(&xml, &ours_xml));
             peer_mbs.push(rate(&doc, &peer));
             ours_mbs.push(rate(&doc, &ours));
         }
     }
-    let (o, p) = (median(ours_mbs.clone()), median(peer_mbs.clone()));
+    let (o, p, x) = (
+        median(ours_mbs.clone()),
+        median(peer_mbs.clone()),
+        median(xml_mbs.clone()),
+    );
     let kib = doc.len() as f64 / 1024.0;
+    let xml_kib = xml.len() as f64 / 1024.0;
     println!(
-        "Bundle of 100 Observations, {kib:.0} KiB, {found} patients; median of {ROUNDS} rounds of {PASSES} passes"
+        "Bundle of 100 Observations, {kib:.0} KiB as JSON, {xml_kib:.0} KiB as XML, {found} patients; median of {ROUNDS} rounds of {PASSES} passes"
     );
     println!(
         "  auditgate extract::response_patients      {o:>8.0} MB/s  {:>7.0} us/doc   rounds {ours_mbs:.0?}",
@@ -135,12 +158,20 @@ fn main() {
         doc.len() as f64 / p
     );
     println!(
+        "  auditgate extract::response_patients_xml  {x:>8.0} MB/s  {:>7.0} us/doc   rounds {xml_mbs:.0?}",
+        xml.len() as f64 / x
+    );
+    println!(
         "  extractor speed / Value parse speed       {:>8.2}x   (target: above 1.0)",
         o / p
     );
+    // Documents per second: the same data in both formats.
+    let xml_vs_json = (x / xml.len() as f64) / (o / doc.len() as f64);
+    println!("  XML extractor / JSON extractor (docs/s)   {xml_vs_json:>8.2}x");
     let results = format!(
-        "{{\"benchmark\":\"extract\",\"bytes\":{},\"patients\":{found},\"rounds\":{ROUNDS},\"extract_mb_s\":{o:.1},\"value_parse_mb_s\":{p:.1},\"speed_ratio\":{:.3}}}\n",
+        "{{\"benchmark\":\"extract\",\"bytes\":{},\"xml_bytes\":{},\"patients\":{found},\"rounds\":{ROUNDS},\"extract_mb_s\":{o:.1},\"value_parse_mb_s\":{p:.1},\"xml_extract_mb_s\":{x:.1},\"speed_ratio\":{:.3},\"xml_vs_json_docs_ratio\":{xml_vs_json:.3}}}\n",
         doc.len(),
+        xml.len(),
         o / p
     );
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-results");

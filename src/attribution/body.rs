@@ -1,7 +1,8 @@
 //! Reading a request or response body for patients, as the buffered path and `rules explain`
 //! both do: the media type and content encoding decide whether and how the extractor reads it
-//! (gzip and deflate are decoded within the same bound; anything else is a named gap), and a
-//! transaction or batch Bundle's entries are classified by the route rules.
+//! (FHIR JSON and FHIR XML, the current and the legacy media types; gzip, deflate, br and zstd
+//! decoded within the same bound; anything else is a named gap), and a transaction or batch
+//! Bundle's entries are classified by the route rules.
 
 use std::borrow::Cow;
 use std::io::Read;
@@ -25,12 +26,66 @@ pub fn media_type(value: Option<&http::HeaderValue>) -> Option<String> {
     ok.then_some(mt)
 }
 
-/// Whether a media type is JSON (`application/json`, `application/fhir+json`, any `+json`).
+/// Whether a media type is JSON: `application/json`, `application/fhir+json`, any `+json`,
+/// and the legacy `application/json+fhir` (DSTU2, still served by some servers) and
+/// `text/json`.
 pub fn is_json(media_type: &str) -> bool {
-    media_type == "application/json" || media_type.ends_with("+json")
+    matches!(
+        media_type,
+        "application/json" | "application/json+fhir" | "text/json"
+    ) || media_type.ends_with("+json")
 }
 
-/// The body as the extractor must read it: gzip and deflate are decoded (bounded by `limit`).
+/// Whether a media type is XML: `application/xml`, `text/xml`, `application/fhir+xml`, any
+/// `+xml`, and the legacy `application/xml+fhir`.
+pub fn is_xml(media_type: &str) -> bool {
+    matches!(
+        media_type,
+        "application/xml" | "text/xml" | "application/xml+fhir"
+    ) || media_type.ends_with("+xml")
+}
+
+/// How a body is read for patients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// FHIR JSON.
+    Json,
+    /// FHIR XML.
+    Xml,
+}
+
+/// How to read a body with media type `media` (`None`: no `Content-Type`), or `None` when it
+/// is neither JSON nor XML (the gap `not_json`). A body without a media type, or labelled
+/// JSON, whose first non-blank byte is `<` is read as XML: a lenient server that mislabels
+/// its XML must not make its patients unreadable.
+pub fn body_format(media: Option<&str>, decoded: &[u8]) -> Option<BodyFormat> {
+    let looks_like_xml = decoded
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'<');
+    match media {
+        Some(m) if is_xml(m) => Some(BodyFormat::Xml),
+        None => Some(if looks_like_xml {
+            BodyFormat::Xml
+        } else {
+            BodyFormat::Json
+        }),
+        Some(m) if is_json(m) => Some(if looks_like_xml {
+            BodyFormat::Xml
+        } else {
+            BodyFormat::Json
+        }),
+        Some(_) => None,
+    }
+}
+
+/// Largest zstd window the decoder accepts: 8 MiB, what RFC 9659 asks of HTTP decoders
+/// (a larger window could make one response cost far more memory than its size).
+const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+
+/// The body as the extractor must read it: gzip, deflate, br and zstd are decoded (bounded by
+/// `limit`); any other coding is the gap `content_encoding`, a body that does not decode the
+/// gap `invalid_json`.
 pub fn decoded<'b>(
     body: &'b [u8],
     encoding: Option<&http::HeaderValue>,
@@ -42,23 +97,54 @@ pub fn decoded<'b>(
     let enc = encoding
         .to_str()
         .map_err(|_| Gap::ContentEncoding)?
-        .trim()
         .to_ascii_lowercase();
+    // Codings are listed in the order they were applied: undone last first.
+    let codings: Vec<&str> = enc
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && *c != "identity")
+        .collect();
+    if codings.len() > MAX_STACKED_CODINGS {
+        return Err(Gap::ContentEncoding);
+    }
+    let mut current = Cow::Borrowed(body);
+    for coding in codings.iter().rev() {
+        current = Cow::Owned(decode_one(&current, coding, limit)?);
+    }
+    Ok(current)
+}
+
+/// Most content codings stacked on one body that the gateway undoes.
+const MAX_STACKED_CODINGS: usize = 3;
+
+/// Undo one content coding, reading at most `limit` bytes of output.
+fn decode_one(body: &[u8], coding: &str, limit: usize) -> Result<Vec<u8>, Gap> {
     let mut out = Vec::new();
-    let read = match enc.as_str() {
-        "" | "identity" => return Ok(Cow::Borrowed(body)),
+    let bound = limit as u64 + 1;
+    let read = match coding {
         "gzip" | "x-gzip" => flate2::read::MultiGzDecoder::new(body)
-            .take(limit as u64 + 1)
+            .take(bound)
             .read_to_end(&mut out),
         // HTTP's "deflate" is the zlib format.
         "deflate" => flate2::read::ZlibDecoder::new(body)
-            .take(limit as u64 + 1)
+            .take(bound)
             .read_to_end(&mut out),
+        "br" => brotli::Decompressor::new(body, 4096)
+            .take(bound)
+            .read_to_end(&mut out),
+        "zstd" => {
+            let mut decoder =
+                zstd::stream::read::Decoder::new(body).map_err(|_| Gap::InvalidJson)?;
+            decoder
+                .window_log_max(ZSTD_WINDOW_LOG_MAX)
+                .map_err(|_| Gap::InvalidJson)?;
+            decoder.take(bound).read_to_end(&mut out)
+        }
         _ => return Err(Gap::ContentEncoding),
     };
     match read {
         Ok(n) if n > limit => Err(Gap::TooLarge),
-        Ok(_) => Ok(Cow::Owned(out)),
+        Ok(_) => Ok(out),
         Err(_) => Err(Gap::InvalidJson),
     }
 }
@@ -129,20 +215,19 @@ pub fn inspect_request_body(
             inspection.gaps.insert(gap);
             None
         }
-        // No Content-Type: FHIR servers read the body as JSON.
-        Ok(bytes) if media.as_deref().is_none_or(is_json) => {
+        // No Content-Type: FHIR servers read the body as JSON (or XML, when it is).
+        Ok(bytes) if body_format(media.as_deref(), &bytes).is_some() => {
             let entries = EntryRules {
                 rules,
                 base_path: &c.base_path,
             };
             let creating = c.interaction == InteractionKind::Create;
             let started = std::time::Instant::now();
-            let findings = crate::attribution::extract::request_patients(
-                &bytes,
-                creating,
-                &entries,
-                rules.local_bases(),
-            );
+            let read = match body_format(media.as_deref(), &bytes) {
+                Some(BodyFormat::Xml) => crate::attribution::extract::request_patients_xml,
+                _ => crate::attribution::extract::request_patients,
+            };
+            let findings = read(&bytes, creating, &entries, rules.local_bases());
             // `POST [base]` is a batch or a transaction by its Bundle's `type`, which only the
             // body says: the route rule records a transaction until the body is read.
             if c.interaction == InteractionKind::Transaction
@@ -190,11 +275,13 @@ pub fn inspect_response_body(
             inspection.gaps.insert(gap);
             None
         }
-        Ok(bytes) if media.as_deref().is_none_or(is_json) => {
+        Ok(bytes) if body_format(media.as_deref(), &bytes).is_some() => {
             let started = std::time::Instant::now();
-            inspection.response = Some(crate::attribution::extract::response_patients(
-                &bytes, local,
-            ));
+            let read = match body_format(media.as_deref(), &bytes) {
+                Some(BodyFormat::Xml) => crate::attribution::extract::response_patients_xml,
+                _ => crate::attribution::extract::response_patients,
+            };
+            inspection.response = Some(read(&bytes, local));
             Some(started.elapsed())
         }
         Ok(_) => {

@@ -61,7 +61,10 @@ use crate::fhir::{is_fhir_id, patient_reference, LocalBases};
 pub enum Gap {
     /// The body is not valid JSON (or nests deeper than 128 levels).
     InvalidJson,
-    /// The body is not JSON (XML, a binary attachment ...): not inspected.
+    /// The body is not well-formed FHIR XML (or nests deeper than 128 levels, or declares a
+    /// document type).
+    InvalidXml,
+    /// The body is neither JSON nor XML (a binary attachment, a PDF ...): not inspected.
     NotJson,
     /// The body is compressed with an encoding the gateway does not decode (br, zstd, ...).
     ContentEncoding,
@@ -88,8 +91,9 @@ pub enum Gap {
 
 impl Gap {
     /// Every gap, for metrics and documentation.
-    pub const ALL: [Gap; 12] = [
+    pub const ALL: [Gap; 13] = [
         Gap::InvalidJson,
+        Gap::InvalidXml,
         Gap::NotJson,
         Gap::ContentEncoding,
         Gap::TooLarge,
@@ -107,6 +111,7 @@ impl Gap {
     pub fn as_str(self) -> &'static str {
         match self {
             Gap::InvalidJson => "invalid_json",
+            Gap::InvalidXml => "invalid_xml",
             Gap::NotJson => "not_json",
             Gap::ContentEncoding => "content_encoding",
             Gap::TooLarge => "too_large",
@@ -244,14 +249,36 @@ pub fn request_patients(
     extract(body, &Scope::request(creating, entries, local))
 }
 
+/// Patients in a FHIR XML response body; as [`response_patients`].
+pub fn response_patients_xml(body: &[u8], local: &LocalBases) -> Findings {
+    interpret(
+        xml::parse(body).ok(),
+        Gap::InvalidXml,
+        &Scope::response(local),
+    )
+}
+
+/// Patients in a FHIR XML request body; as [`request_patients`].
+pub fn request_patients_xml(
+    body: &[u8],
+    creating: bool,
+    entries: &dyn EntryClassifier,
+    local: &LocalBases,
+) -> Findings {
+    let scope = Scope::request(creating, entries, local);
+    interpret(xml::parse(body).ok(), Gap::InvalidXml, &scope)
+}
+
 fn extract(body: &[u8], scope: &Scope<'_>) -> Findings {
+    interpret(parse(body).ok(), Gap::InvalidJson, scope)
+}
+
+/// The findings of a parsed document; `None`: it did not parse (the gap `unreadable`).
+fn interpret(doc: Option<Res<'_>>, unreadable: Gap, scope: &Scope<'_>) -> Findings {
     let mut out = Findings::default();
-    let doc = match parse(body) {
-        Ok(doc) => doc,
-        Err(_) => {
-            out.gap(Gap::InvalidJson);
-            return out;
-        }
+    let Some(doc) = doc else {
+        out.gap(unreadable);
+        return out;
     };
     if !doc.resource_type.is_empty() {
         out.document_type = Some(doc.resource_type.to_string());
@@ -1057,6 +1084,8 @@ impl<'de> Visitor<'de> for ObjVisitor {
         Ok(o)
     }
 }
+
+mod xml;
 
 #[cfg(test)]
 mod tests;

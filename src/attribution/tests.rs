@@ -197,11 +197,56 @@ fn decoding() {
     assert_eq!(&*decoded(&gz, Some(&h("gzip")), 100).unwrap(), b"{\"a\":1}");
     assert_eq!(decoded(&gz, Some(&h("gzip")), 3), Err(Gap::TooLarge));
     assert_eq!(
-        decoded(b"x", Some(&h("br")), 100),
+        decoded(b"x", Some(&h("compress")), 100),
         Err(Gap::ContentEncoding)
     );
     assert_eq!(decoded(b"x", Some(&h("gzip")), 100), Err(Gap::InvalidJson));
+    assert_eq!(decoded(b"x", Some(&h("br")), 100), Err(Gap::InvalidJson));
+    assert_eq!(decoded(b"x", Some(&h("zstd")), 100), Err(Gap::InvalidJson));
     assert_eq!(&*decoded(b"x", None, 100).unwrap(), b"x");
+    assert_eq!(&*decoded(b"x", Some(&h("identity")), 100).unwrap(), b"x");
+
+    // br and zstd, within the same bound.
+    let plain = br#"{"resourceType":"Patient","id":"p1"}"#.repeat(50);
+    let mut br = Vec::new();
+    brotli::CompressorWriter::new(&mut br, 4096, 5, 22)
+        .write_all(&plain)
+        .unwrap();
+    let zst = zstd::encode_all(&plain[..], 3).unwrap();
+    for (coding, body) in [("br", &br), ("zstd", &zst), ("ZSTD", &zst)] {
+        assert_eq!(
+            &*decoded(body, Some(&h(coding)), plain.len()).unwrap(),
+            &plain[..]
+        );
+        assert_eq!(
+            decoded(body, Some(&h(coding)), plain.len() - 1),
+            Err(Gap::TooLarge),
+            "{coding}"
+        );
+    }
+    // Stacked codings are undone in reverse order of application.
+    let mut gz_of_br = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz_of_br.write_all(&br).unwrap();
+    let gz_of_br = gz_of_br.finish().unwrap();
+    assert_eq!(
+        &*decoded(&gz_of_br, Some(&h("br, gzip")), 10_000).unwrap(),
+        &plain[..]
+    );
+    assert_eq!(
+        decoded(&gz_of_br, Some(&h("gzip, gzip, gzip, gzip")), 10_000),
+        Err(Gap::ContentEncoding)
+    );
+    // A zstd frame asking for a window larger than 8 MiB is refused, not allocated.
+    let mut big_window = zstd::stream::Encoder::new(Vec::new(), 1).unwrap();
+    big_window.window_log(27).unwrap();
+    big_window.long_distance_matching(true).unwrap();
+    big_window.include_contentsize(false).unwrap();
+    big_window.write_all(&vec![7u8; 20 << 20]).unwrap();
+    let big_window = big_window.finish().unwrap();
+    assert_eq!(
+        decoded(&big_window, Some(&h("zstd")), 64 << 20),
+        Err(Gap::InvalidJson)
+    );
 }
 
 #[test]
@@ -216,4 +261,31 @@ fn media_types() {
     assert!(is_json("application/json-patch+json"));
     assert!(!is_json("application/fhir+xml"));
     assert_eq!(media_type(Some(&h("a b"))), None);
+    // Legacy FHIR media types (DSTU2, still served by some servers).
+    assert!(is_json("application/json+fhir") && is_json("text/json"));
+    for xml in [
+        "application/fhir+xml",
+        "application/xml+fhir",
+        "application/xml",
+        "text/xml",
+    ] {
+        assert!(is_xml(xml) && !is_json(xml), "{xml}");
+    }
+    use BodyFormat::*;
+    assert_eq!(
+        body_format(Some("application/json+fhir"), b"{}"),
+        Some(Json)
+    );
+    assert_eq!(
+        body_format(Some("application/xml+fhir"), b"<a/>"),
+        Some(Xml)
+    );
+    assert_eq!(body_format(None, b"  <Patient/>"), Some(Xml));
+    assert_eq!(body_format(None, b"{}"), Some(Json));
+    // XML labelled JSON is still read (as XML): a mislabel does not hide its patients.
+    assert_eq!(
+        body_format(Some("application/fhir+json"), b"\n<Patient/>"),
+        Some(Xml)
+    );
+    assert_eq!(body_format(Some("application/pdf"), b"%PDF"), None);
 }

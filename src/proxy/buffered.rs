@@ -21,8 +21,9 @@
 //! 2. a change gets its **intent** record, fsync'd, with those patients;
 //! 3. send the request to the EHR over pingora's own connector (the same pool, TLS settings and
 //!    timeouts as the proxy path: [`super::exchange`]);
-//! 4. read the whole response (bounded; gzip and deflate are decoded for reading, never for the
-//!    client), find its patients, [`settle`] the record's patient list and attribution;
+//! 4. read the whole response (bounded; gzip, deflate, br and zstd are decoded for reading,
+//!    never for the client), find its patients, [`settle`] the record's patient list and
+//!    attribution;
 //! 5. append the **outcome** record and await its fsync;
 //! 6. only then write the response head and body to the client, the EHR's bytes unchanged.
 //!
@@ -38,9 +39,11 @@
 //!
 //! # What is not inspected
 //!
-//! A body that is not JSON (`application/fhir+xml`, a PDF ...) is passed through with the gap
-//! `not_json` and its media type in the record; an encoding other than gzip or deflate (br,
-//! zstd) with the gap `content_encoding`. Empty bodies (204, 304, HEAD) have nothing to read.
+//! FHIR JSON and FHIR XML are read (the current and the legacy media types). A body that is
+//! neither (a PDF, an image ...) is passed through with the gap `not_json` and its media type
+//! in the record. The EHR is only offered the codings the gateway decodes (gzip, deflate, br,
+//! zstd: [`super::gateway::decodable_codings`]); a body in another one anyway is the gap
+//! `content_encoding`. Empty bodies (204, 304, HEAD) have nothing to read.
 
 use std::time::Instant;
 

@@ -16,9 +16,26 @@ fn request_patients(body: &[u8], creating: bool, entries: &dyn EntryClassifier) 
     super::request_patients(body, creating, entries, &test_bases())
 }
 
+/// The findings of `v` read as JSON, checked against the same document in FHIR XML: the two
+/// formats must name the same patients, gaps and external references.
 fn response(v: serde_json::Value) -> Findings {
-    response_patients(&serde_json::to_vec(&v).unwrap())
+    let json = response_patients(&serde_json::to_vec(&v).unwrap());
+    if let Some(xml) = to_fhir_xml(&v) {
+        let from_xml = super::response_patients_xml(xml.as_bytes(), &test_bases());
+        assert_eq!(
+            (ids(&from_xml), gaps(&from_xml), &from_xml.external_refs),
+            (ids(&json), gaps(&json), &json.external_refs),
+            "XML and JSON disagree on {xml}"
+        );
+        assert_eq!(from_xml.bundle_type, json.bundle_type);
+        assert_eq!(from_xml.document_type, json.document_type);
+    }
+    json
 }
+
+#[path = "../../../tests/support/fhir_xml.rs"]
+mod fhir_xml;
+use fhir_xml::to_fhir_xml;
 
 /// Sorted: `json!` objects serialise their keys in alphabetical order.
 fn ids(f: &Findings) -> Vec<&str> {
@@ -422,4 +439,93 @@ mod props {
             let _ = request_patients(&bytes, false, &ReferenceOnly);
         }
     }
+}
+
+#[test]
+fn fhir_xml_is_read_like_json() {
+    let xml = br#"<?xml version="1.0" encoding="UTF-8"?>
+<!-- a searchset -->
+<Bundle xmlns="http://hl7.org/fhir">
+  <id value="s1"/>
+  <type value="searchset"/>
+  <entry>
+    <fullUrl value="http://h/fhir/Observation/o1"/>
+    <resource>
+      <Observation>
+        <id value="o1"/>
+        <text><status value="generated"/><div xmlns="http://www.w3.org/1999/xhtml"><p>see <a href="Patient/nope">Patient/nope</a></p><reference value="Patient/hidden"/></div></text>
+        <contained><Patient><id value="c1"/></Patient></contained>
+        <status value="final"><extension url="x"><valueReference><reference value="Patient/ext"/></valueReference></extension></status>
+        <subject><reference value="Patient/a"/><display value="A &amp; B"/></subject>
+        <performer><reference value="http://other.example/fhir/Patient/far"/></performer>
+        <performer><type value="Patient"/><identifier><system value="urn:x"/><value value="1"/></identifier></performer>
+      </Observation>
+    </resource>
+    <search><mode value="match"/></search>
+  </entry>
+  <entry>
+    <fullUrl value="urn:uuid:9a"/>
+    <resource><Patient><id value="b"/></Patient></resource>
+  </entry>
+  <entry>
+    <resource><List><id value="l"/><entry><item><reference value="urn:uuid:9a"/></item></entry></List></resource>
+  </entry>
+  <entry>
+    <response><status value="200"/><location value="Patient/loc/_history/1"/>
+      <outcome><OperationOutcome><issue><details><text value="x"/></details></issue></OperationOutcome></outcome>
+    </response>
+  </entry>
+</Bundle>
+"#;
+    let f = super::response_patients_xml(xml, &test_bases());
+    assert_eq!(ids(&f), ["a", "b", "ext", "loc"]);
+    assert_eq!(gaps(&f), ["contained_patient", "logical_reference"]);
+    assert_eq!(f.external_refs, ["http://other.example/fhir/Patient/far"]);
+    assert_eq!(f.bundle_type.as_deref(), Some("searchset"));
+    assert_eq!(f.document_type.as_deref(), Some("Bundle"));
+    // A created Patient in XML, a transaction with entries classified by the rules.
+    let body = br#"<Patient xmlns="http://hl7.org/fhir"><id value="client-chosen"/></Patient>"#;
+    let f = super::request_patients_xml(body, true, &ReferenceOnly, &test_bases());
+    assert_eq!(gaps(&f), ["created_patient"]);
+    assert!(f.patients.is_empty());
+    let body = br#"<Bundle xmlns="http://hl7.org/fhir"><type value="transaction"/>
+        <entry><request><method value="DELETE"/><url value="Patient/gone"/></request></entry>
+        <entry><resource><Observation><subject><reference value="Patient/p9"/></subject></Observation></resource>
+               <request><method value="PUT"/><url value="Observation/o9"/></request></entry>
+      </Bundle>"#;
+    let f = super::request_patients_xml(body, false, &ReferenceOnly, &test_bases());
+    assert_eq!(ids(&f), ["gone", "p9"]);
+    assert_eq!(f.bundle_type.as_deref(), Some("transaction"));
+}
+
+#[test]
+fn xml_that_is_not_well_formed_or_declares_a_dtd_is_invalid_never_expanded() {
+    let invalid = |body: &[u8]| gaps(&super::response_patients_xml(body, &test_bases()));
+    for body in [
+        &b"<Patient xmlns=\"http://hl7.org/fhir\"><id value=\"a\"/>"[..],
+        b"<Patient><id value=\"a\"></Patient>",
+        b"<Patient><id value=\"&ent;\"/></Patient>",
+        b"<!DOCTYPE Patient [<!ENTITY x \"Patient/a\">]><Observation><subject><reference value=\"&x;\"/></subject></Observation>",
+        b"<Patient/><Patient/>",
+        b"",
+        b"{\"resourceType\": \"Patient\"}",
+        b"\xff\xfe<\x00P\x00",
+    ] {
+        assert_eq!(invalid(body), ["invalid_xml"], "{}", String::from_utf8_lossy(body));
+    }
+    // Nesting is bounded like JSON's: deeper input is invalid, not a stack overflow.
+    let deep = format!(
+        "<Basic>{}{}</Basic>",
+        "<a>".repeat(200_000),
+        "</a>".repeat(200_000)
+    );
+    assert_eq!(invalid(deep.as_bytes()), ["invalid_xml"]);
+    let ok = format!("<Basic>{}{}</Basic>", "<a>".repeat(100), "</a>".repeat(100));
+    assert!(invalid(ok.as_bytes()).is_empty());
+    // Character references and the predefined entities are plain text.
+    let f = super::response_patients_xml(
+        b"<Observation><subject><reference value=\"Patient&#x2F;p&#49;\"/></subject></Observation>",
+        &test_bases(),
+    );
+    assert_eq!(ids(&f), ["p1"]);
 }

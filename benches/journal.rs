@@ -64,6 +64,7 @@ fn event(n: u64) -> Event {
         method: "GET".into(),
         path: "/fhir/Observation".into(),
         query: Some("subject=Patient/example&code=8867-4".into()),
+        forwarded_query: None,
         patients: vec![PatientRef {
             id: "example".into(),
             source: PatientSource::Query,

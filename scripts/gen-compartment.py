@@ -19,6 +19,8 @@ For each resource type the script writes one table (types sorted, parameters sor
     refs = ["patient", "performer", ...]     # every reference parameter that can hold a Patient
     bare = ["patient"]                       # a bare id means Patient (targets are Patient only)
     pin = ["patient", "subject"]             # a match confines every result to that patient
+    elements = ["performer", "subject"]      # top-level elements holding those references
+    summary = true                           # every one of them is a summary element
 
 `refs` is the compartment parameters plus every reference parameter whose targets include
 Patient, except parameters that may point at any resource type (`Observation.focus`) when they
@@ -31,6 +33,10 @@ patient as its subject; multi-valued or nested paths (`Patient.link.other`,
 record's subject (the W5 mapping `FiveWs.subject` in the StructureDefinition), so participants
 such as `AllergyIntolerance.asserter` (an allergy of another patient, asserted by this one) never
 pin. Two documented overrides (NEVER_PIN, ALWAYS_PIN_ELEMENTS) cover what the data gets wrong.
+`elements`: the top-level elements (`[x]` dropped) the `refs` parameters' expressions for this
+type start with: what `_elements` must keep for a returned resource to still name its patients
+(the gateway adds them upstream). `summary`: each of those elements is `isSummary` in the
+type's StructureDefinition, so `_summary=true` keeps every patient reference of the type.
 
 The output replaces everything between the two marker lines in the rule file:
 
@@ -171,6 +177,28 @@ def pieces_for(expression, rtype):
     return out
 
 
+def top_elements(sp, rtype):
+    """The top-level elements (`[x]` dropped) a parameter's expression reads on `rtype`."""
+    out = set()
+    for piece in pieces_for(sp.get("expression", ""), rtype):
+        path = element_path(piece)
+        if path is None:
+            die("%s.%s: expression %r has no element path" % (rtype, sp["code"], piece))
+        out.add(path.split(".")[1].replace("[x]", ""))
+    if not out:
+        die("%s.%s: no expression for the type" % (rtype, sp["code"]))
+    return out
+
+
+def is_summary(pkg, rtype, element):
+    """Whether `rtype.element` (or `rtype.element[x]`) is a summary element."""
+    sd = pkg.load("StructureDefinition-%s.json" % rtype)
+    for el in sd["snapshot"]["element"]:
+        if el["path"] in ("%s.%s" % (rtype, element), "%s.%s[x]" % (rtype, element)):
+            return bool(el.get("isSummary"))
+    die("%s.%s: no such element in the StructureDefinition" % (rtype, element))
+
+
 def analyse(pkg, sp, rtype):
     """Targets (for rtype), and whether the parameter pins results to one patient."""
     declared = set(sp.get("target", []))
@@ -215,6 +243,7 @@ def build(pkg):
     any_types = set(all_types)
 
     table = {}  # type -> {param: (bare, pin)}
+    elements = {}  # type -> top-level elements of its reference params
     for sp in pkg.search_parameters():
         if sp.get("type") != "reference" or "Patient" not in sp.get("target", []):
             continue
@@ -228,16 +257,20 @@ def build(pkg):
             if targets >= any_types and not in_compartment:
                 continue  # "any resource" parameters (focus, entity) only when in the compartment
             table.setdefault(rtype, {})[sp["code"]] = (targets == {"Patient"}, pin)
+            elements.setdefault(rtype, set()).update(top_elements(sp, rtype))
 
     # Every compartment parameter must have been found as a search parameter.
     for rtype, params in compartment.items():
         for p in params:
             if p not in table.get(rtype, {}):
                 die("compartment parameter %s.%s has no reference SearchParameter" % (rtype, p))
-    return cd, compartment, table
+    summary = {
+        rtype: all(is_summary(pkg, rtype, e) for e in els) for rtype, els in elements.items()
+    }
+    return cd, compartment, table, elements, summary
 
 
-def render(cd, compartment, table):
+def render(cd, compartment, table, elements, summary):
     lines = [
         BEGIN,
         "# Do not edit by hand. Regenerate with:",
@@ -250,7 +283,9 @@ def render(cd, compartment, table):
         "#   refs = every reference search param that can hold a Patient;",
         "#   bare = params whose bare ids are Patient ids (targets are Patient only);",
         "#   pin = params that confine each result to the referenced patient (a 0..1 direct",
-        "#   child element), so a search pinned by one lists every patient it can return.",
+        "#   child element), so a search pinned by one lists every patient it can return;",
+        "#   elements = the top-level elements those params read (what _elements must keep);",
+        "#   summary = every one of those elements is a summary element (_summary=true keeps them).",
         "",
     ]
     for rtype in sorted(table):
@@ -263,6 +298,8 @@ def render(cd, compartment, table):
         lines.append("refs = %s" % toml_list(refs))
         lines.append("bare = %s" % toml_list(bare))
         lines.append("pin = %s" % toml_list(pin))
+        lines.append("elements = %s" % toml_list(sorted(elements.get(rtype, set()))))
+        lines.append("summary = %s" % ("true" if summary.get(rtype) else "false"))
         lines.append("")
     lines.append(END)
     return "\n".join(lines) + "\n"
@@ -294,8 +331,8 @@ def main():
     args = ap.parse_args()
 
     pkg = Package(args.package)
-    cd, compartment, table = build(pkg)
-    generated = render(cd, compartment, table)
+    cd, compartment, table, elements, summary = build(pkg)
+    generated = render(cd, compartment, table, elements, summary)
     with io.open(args.rules, "r", encoding="utf-8") as f:
         old = f.read()
     new = splice(old, generated)

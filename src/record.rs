@@ -424,6 +424,10 @@ pub struct Event {
     /// The query string, as sent, with any `access_token` value redacted.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub query: Option<String>,
+    /// The query the EHR got, when the gateway changed it (`_elements` augmented with the
+    /// patient-reference elements, so the answer still names its patients).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub forwarded_query: Option<String>,
     /// Every patient whose data the request touched, each with where it was found.
     pub patients: Vec<PatientRef>,
     /// How complete `patients` is: `complete`, `partial` or `none` (touches no patient).
@@ -556,6 +560,7 @@ mod tests {
             method: "GET".into(),
             path: "/fhir/Patient/example".into(),
             query: None,
+            forwarded_query: None,
             patients: vec![PatientRef {
                 id: "example".into(),
                 source: PatientSource::Path,

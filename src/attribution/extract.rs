@@ -87,11 +87,17 @@ pub enum Gap {
     NoRepresentation,
     /// A response the gateway could not read to the end (the EHR broke the connection).
     Truncated,
+    /// `_summary` forwarded under `rules.summary = "forward"`: the answer may leave out the
+    /// references naming its patients.
+    Subsetted,
+    /// `$graphql` forwarded under `rules.graphql = "forward"`: the answer holds the fields the
+    /// query chose, references or not.
+    Graphql,
 }
 
 impl Gap {
     /// Every gap, for metrics and documentation.
-    pub const ALL: [Gap; 13] = [
+    pub const ALL: [Gap; 15] = [
         Gap::InvalidJson,
         Gap::InvalidXml,
         Gap::NotJson,
@@ -105,6 +111,8 @@ impl Gap {
         Gap::CreatedPatient,
         Gap::NoRepresentation,
         Gap::Truncated,
+        Gap::Subsetted,
+        Gap::Graphql,
     ];
 
     /// The name recorded in the journal and used as a metric label.
@@ -123,6 +131,8 @@ impl Gap {
             Gap::CreatedPatient => "created_patient",
             Gap::NoRepresentation => "no_representation",
             Gap::Truncated => "truncated",
+            Gap::Subsetted => "subsetted",
+            Gap::Graphql => "graphql",
         }
     }
 }

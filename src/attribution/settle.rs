@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, HashSet};
 
 use super::extract::{Findings, Gap};
 use crate::record::{Attribution, InteractionKind, PatientRef, PatientSource};
+use crate::rules::classify::SubsetGap;
 use crate::rules::{AttributionClaim, Classification};
 
 /// What the buffered path learnt, for [`settle`].
@@ -62,6 +63,12 @@ pub fn settle(
     }
     let mut list = PatientList::new(&c.patients);
     let mut gaps = inspection.gaps.clone();
+    if let Some(gap) = c.subset_gap {
+        gaps.insert(match gap {
+            SubsetGap::Summary => Gap::Subsetted,
+            SubsetGap::Graphql => Gap::Graphql,
+        });
+    }
     let request_complete = c.attribution == Attribution::Complete;
     let writes_resource = matches!(
         c.interaction,

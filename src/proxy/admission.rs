@@ -155,6 +155,11 @@ impl Gateway {
         let mut event = new_event(request_id.clone(), who, line, net, intent_needed, received);
         if let Ok(c) = &classified {
             apply_classification(&mut event, c);
+            if let Some(q) = &c.forwarded_query {
+                // The EHR gets the query that was classified and recorded.
+                let path = event.path.clone();
+                ctx.upstream_target = Some(format!("{path}?{q}"));
+            }
         }
         // A journal that failed takes nothing: answer 503 before anything is forwarded.
         if self.journal.has_failed() {
@@ -281,6 +286,7 @@ fn new_event(
         path: line.path,
         // A token sent in the query string is refused, and must not reach the journal either.
         query: line.query.as_deref().map(redact_query_tokens),
+        forwarded_query: None,
         patients: Vec::new(),
         attribution: Attribution::Partial,
         attribution_gaps: Vec::new(),
@@ -337,6 +343,12 @@ pub(super) fn apply_classification(event: &mut Event, c: &Classification) {
     event.resource_id = c.resource_id.clone();
     event.patients = c.patients.clone();
     event.attribution = c.attribution;
+    event.forwarded_query = c.forwarded_query.as_deref().map(redact_query_tokens);
+    if let Some(gap) = c.subset_gap {
+        if !event.attribution_gaps.iter().any(|g| g == gap.as_str()) {
+            event.attribution_gaps.push(gap.as_str().to_string());
+        }
+    }
 }
 
 /// The query string with the value of every `access_token` parameter (however encoded)

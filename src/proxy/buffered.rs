@@ -63,6 +63,7 @@ use crate::attribution::config::OversizePolicy;
 use crate::attribution::extract::Gap;
 use crate::attribution::settle::{external_refs, settle, Inspection};
 use crate::metrics;
+use crate::rules::classify::Subset;
 use crate::rules::Classification;
 
 /// A held slot of the buffered path: released, and the in-progress gauge lowered, on drop
@@ -125,11 +126,12 @@ impl Gateway {
         let mut inspection = Inspection::default();
 
         // 1. The request body, read whole (bounded) and inspected.
-        let body = self
+        let body = match self
             .read_request(session, ctx, &mut c, &mut inspection)
-            .await?;
-        let Some(body) = body else {
-            return self.refuse(session, ctx, Refusal::BodyTooLarge).await;
+            .await?
+        {
+            Ok(body) => body,
+            Err(refusal) => return self.refuse(session, ctx, refusal).await,
         };
         // 2. A change: its intent, durable before the EHR sees it.
         if intent_needed && self.write_intent(session, ctx).await? {
@@ -186,18 +188,19 @@ impl Gateway {
         }
     }
 
-    /// Read the client's body (bounded) and settle the intent's patients from it. `None`: the
-    /// body is over the limit and `oversize = "refuse"`.
+    /// Read the client's body (bounded) and settle the intent's patients from it. `Err`: the
+    /// request is refused (a body over the limit under `oversize = "refuse"`, a search form
+    /// body whose `_elements` or `_summary` the policy refuses).
     async fn read_request(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
         c: &mut Classification,
         inspection: &mut Inspection,
-    ) -> Result<Option<RequestBody>> {
+    ) -> Result<std::result::Result<RequestBody, Refusal>> {
         let snap = ctx.snap.clone();
         let limit = snap.attribution.limit();
-        let body = if session.is_body_empty() {
+        let mut body = if session.is_body_empty() {
             RequestBody {
                 bytes: Vec::new(),
                 complete: true,
@@ -209,11 +212,21 @@ impl Gateway {
         m.inspected_request_bytes.inc_by(body.bytes.len() as u64);
         if !body.complete {
             if snap.attribution.oversize == OversizePolicy::Refuse {
-                return Ok(None);
+                return Ok(Err(Refusal::BodyTooLarge));
             }
             inspection.gaps.insert(Gap::TooLarge);
         } else {
             let headers = &session.req_header().headers;
+            if c.needs_form_body && is_form_body(headers) {
+                // `_elements` and `_summary` in a search's form body: as in its query.
+                let params = String::from_utf8_lossy(&body.bytes).into_owned();
+                match snap.rules.subset(c.resource_type.as_deref(), &params) {
+                    Err(rejection) => return Ok(Err(Refusal::Rejected(rejection))),
+                    Ok(Subset::Augmented(forwarded)) => body.bytes = forwarded.into_bytes(),
+                    Ok(Subset::Partial(gap)) => c.subset_gap = Some(gap),
+                    Ok(Subset::Whole) => {}
+                }
+            }
             if let Some(took) =
                 inspect_request_body(c, &snap.rules, headers, &body.bytes, limit, inspection)
             {
@@ -228,7 +241,7 @@ impl Gateway {
             event.attribution_gaps = gaps;
             (event.external_refs, event.external_refs_omitted) = external_refs(inspection);
         }
-        Ok(Some(body))
+        Ok(Ok(body))
     }
 
     /// Send the request to the EHR and read its answer as far as the limit. `None`: the
@@ -413,4 +426,10 @@ impl Gateway {
             .await
             .map_err(|e| e.into_down())
     }
+}
+
+/// Whether a request body is `application/x-www-form-urlencoded` (a search's parameters).
+fn is_form_body(headers: &http::HeaderMap) -> bool {
+    crate::attribution::body::media_type(headers.get(http::header::CONTENT_TYPE)).as_deref()
+        == Some("application/x-www-form-urlencoded")
 }

@@ -92,6 +92,15 @@ impl Refusal {
             Refusal::Rejected(RequestRejection::UnknownMethod) => {
                 "the gateway does not forward this method"
             }
+            Refusal::Rejected(RequestRejection::ElementsNotAudited) => {
+                "_elements in this form could leave out the reference naming the patient"
+            }
+            Refusal::Rejected(RequestRejection::SummaryHidesPatients) => {
+                "this _summary would leave out the reference naming the patient: ask for _summary=data or whole resources"
+            }
+            Refusal::Rejected(RequestRejection::GraphqlNotAudited) => {
+                "$graphql answers cannot be attributed to patients, so they are not forwarded"
+            }
             Refusal::UpgradeNotSupported => {
                 "protocol upgrades are not audited, so they are not forwarded"
             }
@@ -158,6 +167,7 @@ mod tests {
             )),
             Refusal::Rejected(RequestRejection::MethodOverride),
             Refusal::Rejected(RequestRejection::UnknownMethod),
+            Refusal::Rejected(RequestRejection::SummaryHidesPatients),
             Refusal::UpgradeNotSupported,
             Refusal::DeviceIdRequired,
             Refusal::UnmatchedRoute,

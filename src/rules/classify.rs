@@ -2,7 +2,7 @@
 //! rule, action, interaction, resource) and which patients it names, with how complete that
 //! list is.
 
-use super::config::{MethodOverridePolicy, UnmatchedPolicy};
+use super::config::{MethodOverridePolicy, SubsetPolicy, UnmatchedPolicy};
 use super::error::RequestRejection;
 use super::file::AttributionClaim;
 use super::file::UNMATCHED_RULE;
@@ -62,6 +62,12 @@ pub struct Classification {
     /// The base path the request matched under (`/fhir`; empty for the root), for resolving
     /// the relative URLs of Bundle entries. Empty when unmatched.
     pub base_path: String,
+    /// The query as the EHR gets it, when the gateway changed it (`_elements` augmented with
+    /// the patient-reference elements): forwarded and recorded beside the client's query.
+    pub forwarded_query: Option<String>,
+    /// The request asks for less than whole resources in a way the record cannot make up for
+    /// (under a `forward` policy): the attribution stays `partial` with this gap.
+    pub subset_gap: Option<SubsetGap>,
     /// What `attribute_form_body` needs to redo the search attribution.
     pub(super) form: Option<Box<FormState>>,
 }
@@ -75,6 +81,36 @@ pub(super) struct FormState {
     pub(super) base_ok: bool,
     /// A compartment search on a type whose compartment parameters all pin.
     pub(super) compartment_pins: bool,
+}
+
+/// What [`RuleSet::subset`] makes of a request's `_elements` and `_summary`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subset {
+    /// Whole resources, or a subset that keeps every patient reference.
+    Whole,
+    /// Forward these parameters instead (the patient-reference elements added to `_elements`).
+    Augmented(String),
+    /// Forwarded as asked under a `forward` policy: the attribution is `partial`.
+    Partial(SubsetGap),
+}
+
+/// Why a forwarded subset leaves the attribution `partial` (the record's gap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubsetGap {
+    /// `_summary` that may leave out patient references (gap `subsetted`).
+    Summary,
+    /// `$graphql` (gap `graphql`).
+    Graphql,
+}
+
+impl SubsetGap {
+    /// The gap's name in the record.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubsetGap::Summary => "subsetted",
+            SubsetGap::Graphql => "graphql",
+        }
+    }
 }
 
 impl Classification {
@@ -104,6 +140,8 @@ impl Classification {
             inspect_response: inspect,
             claim: AttributionClaim::Partial,
             base_path: String::new(),
+            forwarded_query: None,
+            subset_gap: None,
             form: None,
         }
     }
@@ -151,17 +189,171 @@ impl RuleSet {
                         let mut c = self.build(rule, &caps, path.clone(), query, headers);
                         c.method = method;
                         c.base_path = base.iter().map(|s| format!("/{s}")).collect();
+                        if rule.op_cap.is_some_and(|i| caps[i] == "$graphql") {
+                            match self.graphql {
+                                SubsetPolicy::Forward => c.subset_gap = Some(SubsetGap::Graphql),
+                                _ => return Err(RequestRejection::GraphqlNotAudited),
+                            }
+                        }
+                        self.apply_subset(&mut c, query)?;
                         return Ok(c);
                     }
                 }
             }
         }
-        Ok(Classification::unmatched(
-            method,
-            path,
-            query.map(str::to_string),
-            self.unmatched,
-        ))
+        let mut c =
+            Classification::unmatched(method, path, query.map(str::to_string), self.unmatched);
+        if c.path.split('/').any(|seg| seg == "$graphql") {
+            match self.graphql {
+                SubsetPolicy::Forward => c.subset_gap = Some(SubsetGap::Graphql),
+                _ => return Err(RequestRejection::GraphqlNotAudited),
+            }
+        }
+        self.apply_subset(&mut c, query)?;
+        Ok(c)
+    }
+
+    /// Apply [`RuleSet::subset`] to a classified request's query: refuse it, record the query
+    /// to forward instead, or mark the attribution `partial`.
+    fn apply_subset(
+        &self,
+        c: &mut Classification,
+        query: Option<&str>,
+    ) -> Result<(), RequestRejection> {
+        let Some(q) = query else { return Ok(()) };
+        if c.claim == AttributionClaim::None {
+            return Ok(()); // no patient data to leave out (the CapabilityStatement)
+        }
+        match self.subset(c.resource_type.as_deref(), q)? {
+            Subset::Whole => {}
+            Subset::Augmented(forwarded) => c.forwarded_query = Some(forwarded),
+            Subset::Partial(gap) => c.subset_gap = Some(gap),
+        }
+        if c.subset_gap.is_some() && c.attribution == Attribution::Complete {
+            c.attribution = Attribution::Partial;
+        }
+        Ok(())
+    }
+
+    /// What `_elements` and `_summary` in `params` (a raw query or form body) do to an answer
+    /// about `resource_type` (`None`: any type, as for a system search): nothing, an augmented
+    /// `params` to forward instead, a gap, or a refusal ([`RequestRejection`]).
+    ///
+    /// * `_elements`: under `augment`, every patient-reference element of the type (of every
+    ///   compartment type when the type is unknown or `_include`/`_revinclude` widens the
+    ///   answer) is added to each `_elements` value that lacks it; a FHIR server may always
+    ///   return more elements than asked. `_elements` with a modifier (`:exclude`) cannot be
+    ///   augmented and is refused.
+    /// * `_summary=data`, `false`, `count`: nothing leaves out references. `_summary=true` on a
+    ///   type whose patient-reference elements are all summary elements (the compartment
+    ///   table's `summary`), without `_include`/`_revinclude`: the same. Anything else
+    ///   (`text`, `true` on other types, an unknown value): the `summary` policy.
+    pub fn subset(
+        &self,
+        resource_type: Option<&str>,
+        params: &str,
+    ) -> Result<Subset, RequestRejection> {
+        let lower = params.to_ascii_lowercase();
+        if !lower.contains("_elements") && !lower.contains("_summary") && !lower.contains('%') {
+            return Ok(Subset::Whole);
+        }
+        let mut elements = false;
+        let mut widened = false;
+        let mut summary: Option<String> = None;
+        for (k, v) in form_urlencoded::parse(params.as_bytes()) {
+            let (name, modifier) = match k.split_once(':') {
+                Some((n, m)) => (n, Some(m)),
+                None => (&*k, None),
+            };
+            match name {
+                "_elements" if modifier.is_some() => {
+                    return Err(RequestRejection::ElementsNotAudited)
+                }
+                "_elements" => elements = true,
+                "_summary" => summary = Some(v.trim().to_ascii_lowercase()),
+                _ if widens(name) => widened = true,
+                _ => {}
+            }
+        }
+        let table = resource_type
+            .filter(|_| !widened)
+            .map(|t| self.compartment.get(t));
+        let mut gap = None;
+        if let Some(value) = summary {
+            let keeps_refs = match value.as_str() {
+                "data" | "false" | "count" => true,
+                // A type outside the compartment carries no patient data of its own.
+                "true" => table.is_some_and(|t| t.is_none_or(|t| t.def.summary)),
+                _ => false,
+            };
+            if !keeps_refs {
+                match self.summary {
+                    SubsetPolicy::Forward => gap = Some(SubsetGap::Summary),
+                    _ => return Err(RequestRejection::SummaryHidesPatients),
+                }
+            }
+        }
+        if !elements {
+            return Ok(gap.map_or(Subset::Whole, Subset::Partial));
+        }
+        if self.elements != SubsetPolicy::Augment {
+            return Err(RequestRejection::ElementsNotAudited);
+        }
+        let needed: Vec<&str> = match table {
+            // A type outside the compartment: nothing to keep.
+            Some(None) => Vec::new(),
+            Some(Some(t)) => t.def.elements.iter().map(String::as_str).collect(),
+            None => self.all_reference_elements(),
+        };
+        let forwarded = params
+            .split('&')
+            .map(|pair| {
+                let (raw_key, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+                let key: String = form_urlencoded::parse(raw_key.as_bytes())
+                    .next()
+                    .map(|(k, _)| k.into_owned())
+                    .unwrap_or_default();
+                if key != "_elements" {
+                    return pair.to_string();
+                }
+                let value: String = form_urlencoded::parse(pair.as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default();
+                let present: HashSet<&str> = value.split(',').map(str::trim).collect();
+                let missing: Vec<&str> = needed
+                    .iter()
+                    .copied()
+                    .filter(|e| !present.contains(e))
+                    .collect();
+                if missing.is_empty() {
+                    return pair.to_string();
+                }
+                let sep = if raw_value.is_empty() { "" } else { "," };
+                format!("{raw_key}={raw_value}{sep}{}", missing.join(","))
+            })
+            .collect::<Vec<_>>()
+            .join("&");
+        if let Some(gap) = gap {
+            return Ok(Subset::Partial(gap));
+        }
+        Ok(if forwarded == params {
+            Subset::Whole
+        } else {
+            Subset::Augmented(forwarded)
+        })
+    }
+
+    /// Every compartment type's patient-reference elements, each once, sorted.
+    fn all_reference_elements(&self) -> Vec<&str> {
+        let mut all: Vec<&str> = self
+            .compartment
+            .values()
+            .flat_map(|t| t.def.elements.iter().map(String::as_str))
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        all
     }
 
     /// The method the rules classify: the request line's, unless the request asks for another
@@ -241,6 +433,8 @@ impl RuleSet {
             inspect_response: rule.inspect_response,
             claim: rule.claim,
             base_path: String::new(),
+            forwarded_query: None,
+            subset_gap: None,
             form: None,
         };
         if rule.claim == AttributionClaim::None {

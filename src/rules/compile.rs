@@ -26,6 +26,9 @@ impl RuleSet {
             operations: HashMap::new(),
             unmatched: cfg.unmatched,
             method_override: cfg.method_override,
+            elements: cfg.elements,
+            summary: cfg.summary,
+            graphql: cfg.graphql,
             known_methods: Some(BTreeSet::new()),
             max_form_body_bytes: cfg.max_form_body_bytes,
             local_bases: LocalBases::new(&[], &[], &cfg.public_base_urls),
@@ -317,6 +320,13 @@ pub(super) fn compile_compartment(ty: &str, def: &CompartmentDef) -> Result<Type
                 "pin" => info.pin = true,
                 _ => {}
             }
+        }
+    }
+    for e in &def.elements {
+        let ok = e.as_bytes().first().is_some_and(u8::is_ascii_lowercase)
+            && e.bytes().all(|b| b.is_ascii_alphanumeric());
+        if !ok {
+            return Err(format!("elements: {e:?} is not an element name"));
         }
     }
     let compartment_pins =

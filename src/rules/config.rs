@@ -32,6 +32,20 @@ pub struct RulesConfig {
     /// (classified, recorded and forwarded as the overriding method, for clients that need
     /// it behind a proxy that only passes GET and POST).
     pub method_override: MethodOverridePolicy,
+    /// `_elements` asks the EHR to leave elements out, which can leave a resource's patient
+    /// reference out of the answer: `augment` (the default: the gateway adds the type's
+    /// patient-reference elements to `_elements` upstream, which FHIR allows a server to return
+    /// anyway, and records the query it forwarded) or `refuse` (400 `elements_not_audited`).
+    pub elements: SubsetPolicy,
+    /// `_summary=text`, and `_summary=true` on a type whose patient references are not all
+    /// summary elements, answer patient data without the reference that names the patient:
+    /// `refuse` (the default: 400 `summary_hides_patients`) or `forward` (the record says
+    /// `partial`, gap `subsetted`). `_summary=data`, `false` and `count` keep the references.
+    pub summary: SubsetPolicy,
+    /// `$graphql` answers whatever fields the query selects, references included or not:
+    /// `refuse` (the default: 400 `graphql_not_audited`) or `forward` (its response is read
+    /// like any other, and the record says `partial`, gap `graphql`).
+    pub graphql: SubsetPolicy,
     /// Largest `application/x-www-form-urlencoded` body (`POST [type]/_search`) the gateway
     /// buffers to find patients in it, in bytes. A larger body is forwarded unread and the
     /// attribution stays `partial`. Default 1 MiB, at most 64 MiB.
@@ -53,6 +67,9 @@ impl Default for RulesConfig {
             files: vec![PathBuf::from(DEFAULT_RULE_FILE)],
             unmatched: UnmatchedPolicy::default(),
             method_override: MethodOverridePolicy::default(),
+            elements: SubsetPolicy::Augment,
+            summary: SubsetPolicy::Refuse,
+            graphql: SubsetPolicy::Refuse,
             max_form_body_bytes: DEFAULT_MAX_FORM_BODY_BYTES,
             public_base_urls: Vec::new(),
             base_paths: BTreeMap::new(),
@@ -88,6 +105,24 @@ impl RulesConfig {
                     "must be between 1 and {MAX_FORM_BODY_BYTES_LIMIT}, got {}",
                     self.max_form_body_bytes
                 ),
+            ));
+        }
+        if self.summary == SubsetPolicy::Augment {
+            return Err(ConfigError::invalid(
+                "rules.summary",
+                "must be \"refuse\" or \"forward\" (_summary cannot be augmented)",
+            ));
+        }
+        if self.graphql == SubsetPolicy::Augment {
+            return Err(ConfigError::invalid(
+                "rules.graphql",
+                "must be \"refuse\" or \"forward\" (a GraphQL query cannot be augmented)",
+            ));
+        }
+        if self.elements == SubsetPolicy::Forward {
+            return Err(ConfigError::invalid(
+                "rules.elements",
+                "must be \"augment\" or \"refuse\"",
             ));
         }
         for url in &self.public_base_urls {
@@ -158,6 +193,31 @@ impl MethodOverridePolicy {
         match self {
             MethodOverridePolicy::Refuse => "refuse",
             MethodOverridePolicy::Classify => "classify",
+        }
+    }
+}
+
+/// What the gateway does with a request that asks the EHR for less than whole resources
+/// (`_elements`, `_summary`, `$graphql`), which could leave out the reference naming a
+/// resource's patient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubsetPolicy {
+    /// Add what the answer needs to stay attributable (`_elements` only).
+    Augment,
+    /// Refuse it (400, recorded).
+    Refuse,
+    /// Forward it as asked; the record says `partial` with the gap naming why.
+    Forward,
+}
+
+impl SubsetPolicy {
+    /// Fixed label for `check-config`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubsetPolicy::Augment => "augment",
+            SubsetPolicy::Refuse => "refuse",
+            SubsetPolicy::Forward => "forward",
         }
     }
 }

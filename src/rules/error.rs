@@ -198,11 +198,27 @@ pub enum RequestRejection {
     /// case-sensitive: a lenient server may still read `get` as GET).
     #[error("no rule knows the request's method")]
     UnknownMethod,
+    /// `_elements` under `rules.elements = "refuse"`, or in a form the gateway cannot augment
+    /// (`_elements:exclude`).
+    #[error("_elements could leave out the reference naming the patient")]
+    ElementsNotAudited,
+    /// `_summary` that leaves out patient references, under `rules.summary = "refuse"`.
+    #[error("_summary would leave out the reference naming the patient")]
+    SummaryHidesPatients,
+    /// `$graphql` under `rules.graphql = "refuse"`.
+    #[error("$graphql answers are not attributable")]
+    GraphqlNotAudited,
 }
 
 impl RequestRejection {
     /// The codes beyond [`PathRejection::REASONS`], for pre-registering metric label values.
-    pub const REASONS: &'static [&'static str] = &["method_override", "unknown_method"];
+    pub const REASONS: &'static [&'static str] = &[
+        "method_override",
+        "unknown_method",
+        "elements_not_audited",
+        "summary_hides_patients",
+        "graphql_not_audited",
+    ];
 
     /// A fixed code for the journal's error field and metric labels.
     pub fn reason(&self) -> &'static str {
@@ -210,6 +226,9 @@ impl RequestRejection {
             RequestRejection::Path(p) => p.reason(),
             RequestRejection::MethodOverride => "method_override",
             RequestRejection::UnknownMethod => "unknown_method",
+            RequestRejection::ElementsNotAudited => "elements_not_audited",
+            RequestRejection::SummaryHidesPatients => "summary_hides_patients",
+            RequestRejection::GraphqlNotAudited => "graphql_not_audited",
         }
     }
 

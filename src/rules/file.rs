@@ -181,4 +181,12 @@ pub struct CompartmentDef {
     pub bare: Vec<String>,
     /// Parameters that confine every result to the referenced patient.
     pub pin: Vec<String>,
+    /// The top-level elements those parameters read: what `_elements` must keep for a returned
+    /// resource of the type to still name its patients (the gateway adds them upstream).
+    #[serde(default)]
+    pub elements: Vec<String>,
+    /// Every one of `elements` is a summary element: `_summary=true` keeps the type's patient
+    /// references.
+    #[serde(default)]
+    pub summary: bool,
 }

@@ -142,7 +142,7 @@ mod tests;
 
 pub use classify::{Classification, METHOD_OVERRIDE_HEADERS};
 pub use config::{
-    MethodOverridePolicy, RulesConfig, UnmatchedPolicy, DEFAULT_MAX_FORM_BODY_BYTES,
+    MethodOverridePolicy, RulesConfig, SubsetPolicy, UnmatchedPolicy, DEFAULT_MAX_FORM_BODY_BYTES,
     MAX_FORM_BODY_BYTES_LIMIT,
 };
 pub use error::{PathRejection, RequestRejection, RulesError};

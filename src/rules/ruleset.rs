@@ -1,7 +1,7 @@
 //! The compiled rule set: rules in match order, the compartment tables, and its accessors
 //! (loading from the configured files, the policy, the `[[test]]` cases, descriptions).
 
-use super::config::{MethodOverridePolicy, RulesConfig, UnmatchedPolicy};
+use super::config::{MethodOverridePolicy, RulesConfig, SubsetPolicy, UnmatchedPolicy};
 use super::error::RulesError;
 use super::file::{AttributionClaim, CompartmentDef, RuleTest};
 use super::template::Template;
@@ -99,6 +99,9 @@ pub struct RuleSet {
     pub(super) operations: HashMap<String, Action>,
     pub(super) unmatched: UnmatchedPolicy,
     pub(super) method_override: MethodOverridePolicy,
+    pub(super) elements: SubsetPolicy,
+    pub(super) summary: SubsetPolicy,
+    pub(super) graphql: SubsetPolicy,
     /// Every method some rule lists; `None` when a rule accepts any (`"*"`).
     pub(super) known_methods: Option<BTreeSet<String>>,
     pub(super) max_form_body_bytes: u64,

@@ -997,3 +997,164 @@ mod props {
         }
     }
 }
+
+#[test]
+fn elements_are_augmented_with_the_patient_reference_elements_upstream() {
+    let rs = fhir();
+    let c = get(
+        rs,
+        "GET",
+        "/fhir/Observation?_count=20&_elements=code,valueQuantity",
+    );
+    assert_eq!(
+        c.forwarded_query.as_deref(),
+        Some("_count=20&_elements=code,valueQuantity,performer,subject")
+    );
+    assert_eq!(
+        c.query.as_deref(),
+        Some("_count=20&_elements=code,valueQuantity")
+    );
+    // Already there: nothing to add.
+    let c = get(
+        rs,
+        "GET",
+        "/fhir/Observation?_elements=subject,performer,code",
+    );
+    assert_eq!(c.forwarded_query, None);
+    // Encoded, on a read, on a type outside the compartment (nothing to keep).
+    let c = get(rs, "GET", "/fhir/AllergyIntolerance/a1?%5Felements=code");
+    assert_eq!(
+        c.forwarded_query.as_deref(),
+        Some("%5Felements=code,asserter,patient,recorder")
+    );
+    assert_eq!(
+        get(rs, "GET", "/fhir/Organization?_elements=name").forwarded_query,
+        None
+    );
+    // Widened (_include) or untyped (unmatched): every compartment type's elements.
+    let c = get(
+        rs,
+        "GET",
+        "/fhir/Observation?_elements=code&_include=Observation:patient",
+    );
+    let forwarded = c.forwarded_query.unwrap();
+    for e in [
+        "subject",
+        "performer",
+        "patient",
+        "asserter",
+        "participant",
+        "member",
+    ] {
+        assert!(
+            forwarded.split([',', '=']).any(|x| x == e),
+            "{e}: {forwarded}"
+        );
+    }
+    let c = get(rs, "GET", "/fhir/Observation/_search?_elements=code");
+    assert!(!c.matched);
+    assert!(c.forwarded_query.unwrap().contains(",subject"));
+    // `_elements:exclude` cannot be augmented: refused.
+    let e = rs
+        .classify(
+            "GET",
+            "/fhir/Observation?_elements:exclude=subject",
+            &HeaderMap::new(),
+        )
+        .unwrap_err();
+    assert_eq!(e, RequestRejection::ElementsNotAudited);
+    // Under `elements = "refuse"`, any `_elements` is refused.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cfg = RulesConfig {
+        elements: SubsetPolicy::Refuse,
+        ..RulesConfig::default()
+    };
+    let refusing = RuleSet::load(&cfg, dir).unwrap();
+    assert_eq!(
+        refusing
+            .classify("GET", "/fhir/Observation?_elements=code", &HeaderMap::new())
+            .unwrap_err()
+            .reason(),
+        "elements_not_audited"
+    );
+    // Form bodies (POST _search) go through the same function.
+    assert_eq!(
+        rs.subset(Some("Observation"), "_elements=code&patient=p1")
+            .unwrap(),
+        Subset::Augmented("_elements=code,performer,subject&patient=p1".into())
+    );
+}
+
+#[test]
+fn summaries_that_hide_patient_references_and_graphql_are_refused_by_default() {
+    let rs = fhir();
+    let refused = |t: &str| {
+        rs.classify("GET", t, &HeaderMap::new())
+            .map(|c| c.subset_gap)
+    };
+    for ok in [
+        "/fhir/Observation?_summary=data",
+        "/fhir/Observation?_summary=count",
+        "/fhir/Observation?_summary=false",
+        // Observation's subject and performer are summary elements.
+        "/fhir/Observation?_summary=true",
+        "/fhir/Organization?_summary=true",
+    ] {
+        assert_eq!(refused(ok), Ok(None), "{ok}");
+    }
+    for bad in [
+        "/fhir/Observation?_summary=text",
+        "/fhir/Observation?_summary=TEXT",
+        "/fhir/Observation?_summary=maybe",
+        // AllergyIntolerance.asserter is not a summary element.
+        "/fhir/AllergyIntolerance?_summary=true",
+        "/fhir/Observation?_summary=true&_revinclude=Provenance:target",
+        "/fhir/Patient/p1/Observation?_summary=text",
+    ] {
+        assert_eq!(
+            refused(bad),
+            Err(RequestRejection::SummaryHidesPatients),
+            "{bad}"
+        );
+    }
+    for graphql in [
+        "/fhir/$graphql?query=x",
+        "/fhir/Patient/p1/$graphql?query=x",
+    ] {
+        for method in ["GET", "POST"] {
+            assert_eq!(
+                rs.classify(method, graphql, &HeaderMap::new()).unwrap_err(),
+                RequestRejection::GraphqlNotAudited,
+                "{method} {graphql}"
+            );
+        }
+    }
+    // Under `forward`, both go through with a gap that keeps the attribution partial.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cfg = RulesConfig {
+        summary: SubsetPolicy::Forward,
+        graphql: SubsetPolicy::Forward,
+        ..RulesConfig::default()
+    };
+    let forwarding = RuleSet::load(&cfg, dir).unwrap();
+    let c = forwarding
+        .classify("GET", "/fhir/Patient/p1?_summary=text", &HeaderMap::new())
+        .unwrap();
+    assert_eq!(
+        (c.subset_gap, c.attribution),
+        (Some(SubsetGap::Summary), Partial)
+    );
+    let c = forwarding
+        .classify("POST", "/fhir/$graphql", &HeaderMap::new())
+        .unwrap();
+    assert_eq!(c.subset_gap, Some(SubsetGap::Graphql));
+    // `augment` is no policy for _summary or $graphql.
+    for bad in [
+        "summary = \"augment\"\n",
+        "graphql = \"augment\"\n",
+        "elements = \"forward\"\n",
+    ] {
+        let cfg: RulesConfig = toml::from_str(bad).unwrap();
+        assert!(cfg.validate().is_err(), "{bad}");
+    }
+}

@@ -35,6 +35,7 @@ pub fn event(n: usize) -> Event {
         method: "GET".into(),
         path: "/fhir/metadata".into(),
         query: None,
+        forwarded_query: None,
         patients: vec![],
         attribution: Attribution::None,
         attribution_gaps: Vec::new(),

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub rejected_requests: IntCounterVec,
     /// `auditgate_unmatched_routes_total`.
     pub unmatched_routes: IntCounter,
+    /// `auditgate_refused_by_pingora_total{reason}`.
+    pub refused_by_pingora: IntCounterVec,
     /// `auditgate_fail_closed_refusals_total{reason}`.
     pub fail_closed_refusals: IntCounterVec,
     /// `auditgate_upstream_errors_total{kind}`.
@@ -257,6 +259,12 @@ impl Metrics {
                 &r,
                 "auditgate_rejected_requests_total",
                 "Requests refused before forwarding, by reason: an unacceptable path, a protocol upgrade, a body over attribution.max_body_bytes (oversize = refuse), or no buffered slot in time (gateway_busy).",
+                &["reason"],
+            ),
+            refused_by_pingora: counter_vec(
+                &r,
+                "auditgate_refused_by_pingora_total",
+                "Request heads the HTTP layer refused before any audit phase ran, so without a record (no peer is known there): malformed_head (400: an unparseable or oversize head), connection_error (the connection failed while the head was read).",
                 &["reason"],
             ),
             unmatched_routes: counter(
@@ -519,6 +527,9 @@ impl Metrics {
         }
         for reason in ["failed", "backlog", "closed"] {
             m.fail_closed_refusals.with_label_values(&[reason]);
+        }
+        for reason in ["malformed_head", "connection_error"] {
+            m.refused_by_pingora.with_label_values(&[reason]);
         }
         for kind in [
             "unreachable",

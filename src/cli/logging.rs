@@ -1,7 +1,8 @@
 //! The gateway's own operational log: stderr, text or JSON, never PHI.
 //!
 //! Pingora's crates are held at `info` whatever level is asked for: at debug and trace they log
-//! request and response headers (tokens included) and raw bytes.
+//! request and response headers (tokens included) and raw bytes. One more layer, never printed,
+//! counts the request heads pingora refuses on its own ([`crate::server::refused_heads`]).
 
 use crate::config::{LogConfig, LogFormat};
 
@@ -20,12 +21,18 @@ pub fn init_logging(log: &LogConfig) {
     .iter()
     .filter_map(|d| d.parse().ok())
     .fold(filter, |f, d| f.add_directive(d));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let refused_heads = crate::server::refused_heads::RefusedHeads
+        .with_filter(crate::server::refused_heads::refused_heads_filter());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(refused_heads);
     let result = match log.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => registry
+            .with(fmt.json().flatten_event(true).with_filter(filter))
+            .try_init(),
+        LogFormat::Text => registry.with(fmt.with_filter(filter)).try_init(),
     };
     // A second initialisation (tests, demo) keeps the first subscriber.
     let _ = result;

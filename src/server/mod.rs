@@ -6,6 +6,7 @@
 //! the listener open, so the gateway never accepts a request it cannot record.
 
 pub mod admin;
+pub mod refused_heads;
 pub mod reload;
 pub mod signals;
 
@@ -372,6 +373,9 @@ pub fn run_with(
 ) -> ! {
     let mut options = HttpServerOptions::default();
     options.h2c = true;
+    // CONNECT reaches the proxy's phases, where the rules refuse it with a record, instead of
+    // pingora's own unrecorded 405. Nothing is ever tunnelled: no rule matches CONNECT.
+    options.allow_connect_method_proxying = true;
     let journal = prepared.gateway.journal.clone();
     let in_flight = prepared.gateway.in_flight.clone();
     let draining = prepared.admin.readiness.draining.clone();

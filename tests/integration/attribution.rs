@@ -1,8 +1,9 @@
 //! The buffered path's limits and what it cannot read, through the real gateway in front of
 //! the real FHIR server: a response over `attribution.max_body_bytes` is forwarded whole with
 //! a `partial / too_large` record (or refused with a record under `oversize = "refuse"`); a
-//! request body over the limit is refused before the EHR sees it; an XML response and a PDF
-//! attachment are passed through byte for byte with `partial / not_json` and their media type;
+//! request body over the limit is refused before the EHR sees it; an XML response is read for
+//! its patients like JSON, and a PDF attachment is passed through byte for byte with
+//! `partial / not_json` and its media type;
 //! at most `max_buffered_requests` exchanges are buffered at once (the next waits, then gets
 //! `503 gateway_busy`); a client that stalls mid-body loses its slot (`client_timeout`).
 
@@ -142,7 +143,7 @@ fn oversize_refuse_answers_502_and_413_with_records_and_forwards_no_oversize_wri
 }
 
 #[test]
-fn an_xml_response_is_passed_through_and_recorded_as_not_json() {
+fn an_xml_response_is_passed_through_unchanged_and_read_for_its_patients() {
     let fhir = FhirServer::seeded();
     let gw = gateway(fhir, "");
     let token = gw.token("dr.xml");
@@ -157,8 +158,14 @@ fn an_xml_response_is_passed_through_and_recorded_as_not_json() {
     let direct = direct.bytes().unwrap();
 
     let e = &passed_through(&gw, &token, "/fhir/Patient/example?_format=xml", &direct);
-    assert_eq!(e.attribution, Attribution::Partial);
-    assert_eq!(e.attribution_gaps, ["not_json"]);
+    assert_eq!(e.attribution, Attribution::Complete);
+    assert!(e.attribution_gaps.is_empty(), "{:?}", e.attribution_gaps);
+    let ids: Vec<&str> = e.patients.iter().map(|p| p.id.as_str()).collect();
+    // Patient/example links to Patient/pat1 (`link.other`), in XML as in JSON.
+    let json_doc = fhir.get_json("Patient/example");
+    let expected = crate::support::oracle::referenced_patients(&json_doc, fhir.base_url());
+    let got: std::collections::BTreeSet<String> = ids.iter().map(|s| s.to_string()).collect();
+    assert_eq!(got, expected);
     assert_eq!(
         e.outcome.as_ref().unwrap().content_type.as_deref(),
         Some("application/fhir+xml")

@@ -18,6 +18,7 @@ mod cli;
 mod corpus;
 mod crash;
 mod deploy;
+mod evasion;
 mod fail_closed;
 mod harness_selftest;
 mod interactions;

@@ -101,6 +101,8 @@ fn event(n: u64) -> Event {
             upstream_ms: Some(3),
             content_type: None,
         }),
+        truncated: Default::default(),
+        summary: None,
         clock: ClockState {
             synced: true,
             max_error_ms: 12,

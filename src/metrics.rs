@@ -47,6 +47,10 @@ pub struct Metrics {
     pub unmatched_routes: IntCounter,
     /// `auditgate_refused_by_pingora_total{reason}`.
     pub refused_by_pingora: IntCounterVec,
+    /// `auditgate_summarised_requests_total{reason}`.
+    pub summarised_requests: IntCounterVec,
+    /// `auditgate_summary_records_total`.
+    pub summary_records: IntCounter,
     /// `auditgate_fail_closed_refusals_total{reason}`.
     pub fail_closed_refusals: IntCounterVec,
     /// `auditgate_upstream_errors_total{kind}`.
@@ -266,6 +270,17 @@ impl Metrics {
                 "auditgate_refused_by_pingora_total",
                 "Request heads the HTTP layer refused before any audit phase ran, so without a record (no peer is known there): malformed_head (400: an unparseable or oversize head), connection_error (the connection failed while the head was read).",
                 &["reason"],
+            ),
+            summarised_requests: counter_vec(
+                &r,
+                "auditgate_summarised_requests_total",
+                "Requests without a valid token answered without a record of their own, beyond [records]'s per-client or total rate: counted into their client IP's summary record instead (a flood).",
+                &["reason"],
+            ),
+            summary_records: counter(
+                &r,
+                "auditgate_summary_records_total",
+                "Summary records written (one per client IP per [records] summary_interval_secs with summarised requests).",
             ),
             unmatched_routes: counter(
                 &r,
@@ -514,6 +529,7 @@ impl Metrics {
             "unknown_issuer",
         ] {
             m.identity_failures.with_label_values(&[reason]);
+            m.summarised_requests.with_label_values(&[reason]);
         }
         for reason in [
             "dot_segment",
@@ -522,6 +538,12 @@ impl Metrics {
             "body_too_large",
             "gateway_busy",
             "device_id_required",
+            "not_origin_form",
+            "method_override",
+            "unknown_method",
+            "elements_not_audited",
+            "summary_hides_patients",
+            "graphql_not_audited",
         ] {
             m.rejected_requests.with_label_values(&[reason]);
         }

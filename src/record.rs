@@ -22,6 +22,7 @@
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 
 /// Format a UTC time as RFC 3339 with microseconds, the record's `ts` format, e.g. `2026-11-26T06:00:00.000001Z`.
 pub fn format_ts(t: std::time::SystemTime) -> String {
@@ -392,6 +393,19 @@ impl Outcome {
     }
 }
 
+/// Requests counted into one summary record (see [`Event::summary`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestSummary {
+    /// How many requests.
+    pub count: u64,
+    /// When the first of them arrived (UTC, microseconds).
+    pub first: String,
+    /// When the last of them arrived.
+    pub last: String,
+    /// How many were refused for each reason (`missing_token`, `invalid_token` ...).
+    pub reasons: BTreeMap<String, u64>,
+}
+
 /// Everything a record says except the chain header. Serialised by appenders.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -449,6 +463,14 @@ pub struct Event {
     /// How the request ended (outcome records only).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub outcome: Option<Outcome>,
+    /// Fields cut to their `[records]` bound, each with its original length in bytes
+    /// (`forwarded_chain`: the number of hops received).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub truncated: BTreeMap<String, u64>,
+    /// A summary record: requests without a valid token from one client IP, beyond
+    /// `[records]`'s rate, counted here instead of recorded one by one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub summary: Option<RequestSummary>,
     /// The kernel's NTP state when the record was made: is `ts` trustworthy, and how far off.
     pub clock: ClockState,
     /// When the gateway read the request's head (UTC, microseconds); the chain's `ts` is when
@@ -575,6 +597,8 @@ mod tests {
                 code: 4,
                 ..Default::default()
             }),
+            truncated: Default::default(),
+            summary: None,
             clock: ClockState::default(),
             received: String::new(),
         }

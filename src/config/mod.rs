@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub mod error;
+pub mod records;
 pub mod server;
 pub mod upstream;
 
@@ -72,6 +73,9 @@ pub struct Config {
     /// TLS listeners (and mutual TLS).
     #[serde(default)]
     pub tls: TlsConfig,
+    /// How much one request may write into the journal; the flood summary.
+    #[serde(default)]
+    pub records: records::RecordsConfig,
 }
 
 /// Log output format.
@@ -173,6 +177,7 @@ impl Config {
         self.geoip.validate()?;
         self.clock.validate()?;
         self.tls.validate()?;
+        self.records.validate()?;
         for addr in &self.tls.listen {
             if self.server.listen.contains(addr)
                 || (self.admin.enabled && self.admin.listen == *addr)

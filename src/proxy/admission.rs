@@ -16,10 +16,12 @@ use pingora::prelude::*;
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::proxy::Session;
 
+use super::bounds::clip;
 use super::gateway::{peer_ip, Gateway, RequestCtx};
 use super::live::Snapshot;
 use super::refusal::Refusal;
 use crate::clock;
+use crate::config::records::RecordsConfig;
 use crate::identity::{AuthFailure, Authenticated};
 use crate::journal::JournalError;
 use crate::metrics;
@@ -161,6 +163,7 @@ impl Gateway {
                 ctx.upstream_target = Some(format!("{path}?{q}"));
             }
         }
+        bound_fields(&mut event, &self.record_bounds);
         // A journal that failed takes nothing: answer 503 before anything is forwarded.
         if self.journal.has_failed() {
             ctx.event = Some(event);
@@ -172,12 +175,20 @@ impl Gateway {
             return Ok(None);
         }
         let refused = ladder(session, &snap, &event, &auth, classified);
+        let unauthenticated = matches!(event.who, Who::Unauthenticated { .. });
+        let client_ip = event.net.client_ip.parse().unwrap_or(peer);
         ctx.event = Some(event);
         match refused {
             Ok(classification) => Ok(Some(Admitted {
                 classification,
                 intent_needed,
             })),
+            // Nobody authenticated it, and its client (or all such clients) is over the rate:
+            // counted into the client's summary record instead of a record of its own.
+            Err(refusal) if unauthenticated && !self.flood.admit(client_ip, refusal.error()) => {
+                self.refuse_summarised(session, ctx, refusal).await?;
+                Ok(None)
+            }
             Err(refusal) => {
                 self.refuse(session, ctx, refusal).await?;
                 Ok(None)
@@ -200,7 +211,7 @@ impl Gateway {
             user_agent: headers
                 .get(http::header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())
-                .map(|s| s.chars().take(256).collect()),
+                .map(str::to_string),
             geo: None,
             geo_unavailable: None,
             client_cert: None,
@@ -294,9 +305,48 @@ fn new_event(
         external_refs_omitted: None,
         net,
         outcome: None,
+        truncated: Default::default(),
+        summary: None,
         clock: clock::current(),
         received,
     }
+}
+
+/// Cut every field copied from the request to its `[records]` bound, and note in the record
+/// what was cut (its original length; for the forwarded chain, the number of hops).
+fn bound_fields(event: &mut Event, bounds: &RecordsConfig) {
+    let mut cut = std::collections::BTreeMap::new();
+    let mut bound = |name: &str, value: &mut String, max: usize| {
+        let (kept, original) = clip(value, max);
+        if let Some(len) = original {
+            *value = kept;
+            let longest = cut.entry(name.to_string()).or_insert(0u64);
+            *longest = (*longest).max(len);
+        }
+    };
+    bound("path", &mut event.path, bounds.max_path_bytes);
+    if let Some(q) = event.query.as_mut() {
+        bound("query", q, bounds.max_query_bytes);
+    }
+    if let Some(q) = event.forwarded_query.as_mut() {
+        bound("forwarded_query", q, bounds.max_query_bytes);
+    }
+    if let Some(ua) = event.net.user_agent.as_mut() {
+        bound("user_agent", ua, bounds.max_header_bytes);
+    }
+    for hop in &mut event.net.forwarded_chain {
+        bound("forwarded_hop", hop, bounds.max_header_bytes);
+    }
+    let hops = event.net.forwarded_chain.len();
+    if hops > bounds.max_forwarded_hops {
+        // The hops nearest the gateway are the ones the trusted proxies wrote.
+        event
+            .net
+            .forwarded_chain
+            .drain(..hops - bounds.max_forwarded_hops);
+        cut.insert("forwarded_chain".to_string(), hops as u64);
+    }
+    event.truncated = cut;
 }
 
 /// The refusal ladder, in order: an untrusted clock, a failed token, an unacceptable path, a
@@ -343,7 +393,10 @@ pub(super) fn apply_classification(event: &mut Event, c: &Classification) {
     event.resource_id = c.resource_id.clone();
     event.patients = c.patients.clone();
     event.attribution = c.attribution;
-    event.forwarded_query = c.forwarded_query.as_deref().map(redact_query_tokens);
+    if event.forwarded_query.is_none() {
+        // Set once, at admission (where it is also bounded); later calls keep it.
+        event.forwarded_query = c.forwarded_query.as_deref().map(redact_query_tokens);
+    }
     if let Some(gap) = c.subset_gap {
         if !event.attribution_gaps.iter().any(|g| g == gap.as_str()) {
             event.attribution_gaps.push(gap.as_str().to_string());

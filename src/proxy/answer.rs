@@ -229,6 +229,33 @@ impl Gateway {
         Ok(true)
     }
 
+    /// Send the answer of a refusal without a record of its own: an unauthenticated request
+    /// beyond `[records]`'s rate, already counted into its client IP's summary record
+    /// ([`super::bounds::FloodGuard`]). The client gets exactly what [`Gateway::refuse`] sends.
+    pub(super) async fn refuse_summarised(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        refusal: Refusal,
+    ) -> Result<bool> {
+        refusal.count();
+        // Its summary stands for its record: `logging` must not write one.
+        ctx.outcome_written = true;
+        let request_id = ctx.request_id();
+        let (status, error) = (refusal.status(), refusal.error());
+        write_answer(
+            session,
+            false,
+            status,
+            ctx.snap.net.request_id_header(),
+            &request_id,
+            &refusal.headers(),
+            error_body(status, error, refusal.detail(), &request_id),
+        )
+        .await?;
+        Ok(true)
+    }
+
     /// The fail-closed answer (counted in `auditgate_fail_closed_refusals_total`).
     pub(super) async fn unavailable(
         &self,

@@ -44,6 +44,10 @@ pub struct Gateway {
     pub buffer_slots: Arc<tokio::sync::Semaphore>,
     /// How long a request waits for a slot (`attribution.buffered_wait_secs`).
     pub buffer_wait: std::time::Duration,
+    /// `[records]`: the bounds on what a request writes into the journal.
+    pub record_bounds: crate::config::records::RecordsConfig,
+    /// Which unauthenticated requests get a record of their own (the rest are summarised).
+    pub flood: Arc<super::bounds::FloodGuard>,
 }
 
 /// Per-request state carried across phases.

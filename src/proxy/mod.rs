@@ -26,6 +26,7 @@
 
 mod admission;
 mod answer;
+pub mod bounds;
 mod buffered;
 mod exchange;
 mod gateway;

@@ -22,6 +22,7 @@ use pingora::server::Server;
 
 use crate::config::Config;
 use crate::journal::{CheckpointTiming, Checkpointing, Journal, JournalError, RecoveryReport};
+use crate::proxy::bounds::{FloodGuard, SummaryWriter};
 use crate::proxy::live::Live;
 use crate::proxy::Gateway;
 use crate::server::admin::{AdminApp, Readiness};
@@ -122,6 +123,8 @@ pub struct Prepared {
     pub admin: AdminApp,
     /// The TLS listeners' certificate, when there are TLS listeners.
     pub tls_certs: Option<Arc<crate::network::tls::ServerCerts>>,
+    /// Writes the flood summaries (also once more before the journal closes).
+    pub summaries: SummaryWriter,
 }
 
 /// Open the journal, load keys and rules: everything but the listener. With `config_path`,
@@ -296,6 +299,7 @@ pub fn prepare(
             draining: Arc::new(AtomicBool::new(false)),
         },
     };
+    let flood = Arc::new(FloodGuard::new(&config.records));
     let gateway = Gateway {
         live,
         in_flight: Arc::new(AtomicUsize::new(0)),
@@ -311,7 +315,19 @@ pub fn prepare(
             config.attribution.max_buffered_requests,
         )),
         buffer_wait: Duration::from_secs(config.attribution.buffered_wait_secs),
+        record_bounds: config.records.clone(),
+        flood: flood.clone(),
     };
+    let summaries = SummaryWriter {
+        flood,
+        journal: gateway.journal.clone(),
+        node: config.server.node.clone(),
+    };
+    background.spawn(
+        summaries
+            .clone()
+            .run(Duration::from_secs(config.records.summary_interval_secs)),
+    );
     Ok(Prepared {
         gateway,
         recovery,
@@ -319,6 +335,7 @@ pub fn prepare(
         archive_stats,
         admin,
         tls_certs,
+        summaries,
     })
 }
 
@@ -377,6 +394,7 @@ pub fn run_with(
     // pingora's own unrecorded 405. Nothing is ever tunnelled: no rule matches CONNECT.
     options.allow_connect_method_proxying = true;
     let journal = prepared.gateway.journal.clone();
+    let prepared_summaries = prepared.summaries.clone();
     let in_flight = prepared.gateway.in_flight.clone();
     let draining = prepared.admin.readiness.draining.clone();
     let mut service =
@@ -412,6 +430,7 @@ pub fn run_with(
             in_flight,
             draining: draining.clone(),
             journal: journal.clone(),
+            summaries: prepared.summaries.clone(),
             drain_timeout: Duration::from_secs(config.server.drain_timeout_secs),
         },
     ));
@@ -444,5 +463,6 @@ pub fn run_with(
     });
     // Reached after SIGINT, or when pingora's upper bound ran out before the drain monitor
     // finished: every request is finished or cut off.
+    prepared_summaries.flush_blocking();
     std::process::exit(close_journal(&journal))
 }

@@ -127,6 +127,9 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if differs(&old.admin, &new.admin) {
         changed.push("admin");
     }
+    if differs(&old.records, &new.records) {
+        changed.push("records");
+    }
     if differs(&old.log, &new.log) {
         changed.push("log");
     }

@@ -106,6 +106,8 @@ pub(super) struct DrainMonitor {
     pub(super) in_flight: Arc<AtomicUsize>,
     pub(super) draining: Arc<AtomicBool>,
     pub(super) journal: Journal,
+    /// The flood summaries of the last interval, written before the journal closes.
+    pub(super) summaries: crate::proxy::bounds::SummaryWriter,
     pub(super) drain_timeout: Duration,
 }
 
@@ -157,9 +159,13 @@ impl BackgroundService for DrainMonitor {
             }
         }
         let journal = self.journal.clone();
-        let code = tokio::task::spawn_blocking(move || close_journal(&journal))
-            .await
-            .unwrap_or(1);
+        let summaries = self.summaries.clone();
+        let code = tokio::task::spawn_blocking(move || {
+            summaries.flush_blocking();
+            close_journal(&journal)
+        })
+        .await
+        .unwrap_or(1);
         std::process::exit(code)
     }
 }

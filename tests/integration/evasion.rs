@@ -344,3 +344,123 @@ fn heads_pingora_refuses_are_counted() {
         );
     }
 }
+
+/// Bytes in the journal directory's segment files.
+fn journal_bytes(gw: &Gateway) -> u64 {
+    std::fs::read_dir(&gw.journal)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".jsonl"))
+        .map(|e| {
+            // Preallocated segments are zero-filled: count up to the last record.
+            let bytes = std::fs::read(e.path()).unwrap();
+            bytes
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |i| i as u64 + 1)
+        })
+        .sum()
+}
+
+/// A client without a token sends as fast as it can for a fixed time: it gets its answers, the
+/// journal takes a record each only up to the configured rates and one summary per interval
+/// for the rest (every request accounted for), and authenticated requests meanwhile keep
+/// working, each with its own records.
+#[test]
+fn an_unauthenticated_flood_is_summarised_and_authenticated_requests_keep_working() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const FLOOD: Duration = Duration::from_secs(4);
+    let fhir = FhirServer::seeded();
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
+    opts.records_toml = "unauthenticated_per_ip_per_sec = 2\nunauthenticated_burst = 5\n\
+                         unauthenticated_total_per_sec = 10\nsummary_interval_secs = 1\n"
+        .into();
+    let gw = Gateway::start(opts);
+    let token = gw.token("dr.during-flood");
+    let (records_before, bytes_before) = (gw.records().len(), journal_bytes(&gw));
+
+    let stop = AtomicBool::new(false);
+    let sent = AtomicU64::new(0);
+    let started = std::time::Instant::now();
+    let mut authenticated = Vec::new();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                let client = http_client();
+                while !stop.load(Ordering::Relaxed) {
+                    let r = client.get(gw.url("/fhir/Patient/example")).send().unwrap();
+                    assert_eq!(r.status(), 401);
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        let client = http_client();
+        while started.elapsed() < FLOOD {
+            let t = std::time::Instant::now();
+            let r = client
+                .get(gw.url("/fhir/Patient/example"))
+                .bearer_auth(&token)
+                .send()
+                .unwrap();
+            assert_eq!(
+                r.status(),
+                200,
+                "an authenticated request failed during the flood"
+            );
+            let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+            authenticated.push((id, t.elapsed()));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    let flood_secs = started.elapsed().as_secs_f64();
+    // The last interval's summary is written within the next second.
+    std::thread::sleep(Duration::from_millis(2500));
+    let sent = sent.load(Ordering::Relaxed);
+    let records = gw.records();
+    let new = &records[records_before..];
+    let unauthenticated =
+        |r: &&Record| matches!(r.event.who, auditgate::record::Who::Unauthenticated { .. });
+    let own: Vec<_> = new
+        .iter()
+        .filter(unauthenticated)
+        .filter(|r| r.event.summary.is_none())
+        .collect();
+    let summaries: Vec<_> = new
+        .iter()
+        .filter_map(|r| r.event.summary.as_ref())
+        .collect();
+    let summarised: u64 = summaries.iter().map(|s| s.count).sum();
+    eprintln!(
+        "flood: {sent} requests in {flood_secs:.1} s; {} records of their own, {} summary records \
+         covering {summarised}; journal grew {} bytes",
+        own.len(),
+        summaries.len(),
+        journal_bytes(&gw) - bytes_before
+    );
+    assert!(sent > 200, "the flood sent only {sent} requests");
+    // Every request is accounted for: a record of its own or a summary count.
+    assert_eq!(own.len() as u64 + summarised, sent);
+    // A record each only within the rate: the burst plus 2 a second.
+    let allowed = 5.0 + 2.0 * (flood_secs + 1.0);
+    assert!((own.len() as f64) <= allowed, "{} > {allowed}", own.len());
+    // One summary per interval (one client IP), plus the partial ones at each end.
+    assert!(
+        summaries.len() as f64 <= flood_secs + 3.0,
+        "{}",
+        summaries.len()
+    );
+    for s in &summaries {
+        assert!(s.reasons.contains_key("missing_token"), "{:?}", s.reasons);
+    }
+    // Authenticated requests: all answered, each with its intent-free outcome record, none
+    // summarised.
+    assert!(authenticated.len() >= 20, "{}", authenticated.len());
+    for (id, _) in &authenticated {
+        let r = outcome_of(&gw, id);
+        assert!(r.event.summary.is_none());
+        assert!(ids(&r).contains("example"));
+    }
+    let slowest = authenticated.iter().map(|(_, t)| *t).max().unwrap();
+    assert!(slowest < Duration::from_secs(2), "{slowest:?}");
+}

@@ -43,6 +43,8 @@ pub fn event(n: usize) -> Event {
         external_refs_omitted: None,
         net: NetworkVector::default(),
         outcome: None,
+        truncated: Default::default(),
+        summary: None,
         clock: ClockState::default(),
         received: String::new(),
     }

@@ -86,8 +86,11 @@ pub struct GatewayOptions {
     pub upstream_scheme: &'static str,
     /// Extra keys for the `[upstream]` section.
     pub upstream_toml: String,
-    /// Unmatched policy: `journal` or `deny`.
+    /// Unmatched policy: `inspect` (the default), `deny` or `stream`.
     pub unmatched: &'static str,
+    /// The `[records]` section's keys. Default: flood rates far above what any test sends, so
+    /// every refused request has its own record (the flood tests set their own).
+    pub records_toml: String,
     /// Journal directory (default: inside the gateway's temp dir).
     pub journal_dir: Option<PathBuf>,
     /// Listen port (default: a free one).
@@ -110,6 +113,7 @@ impl GatewayOptions {
             upstream_scheme: "http",
             upstream_toml: String::new(),
             unmatched: "inspect",
+            records_toml: "unauthenticated_per_ip_per_sec = 100000\nunauthenticated_burst = 100000\nunauthenticated_total_per_sec = 100000\n".into(),
             journal_dir: None,
             port: None,
             extra_toml: String::new(),
@@ -221,6 +225,9 @@ trusted_proxies = {trusted_proxies}
 device_id_header = "X-Device-Id"
 {network_toml}
 
+[records]
+{records_toml}
+
 [log]
 format = "json"
 level = "info"
@@ -246,6 +253,7 @@ listen = "127.0.0.1:{admin_port}"
             jwks_url = jwks.url(),
             rules = rules.display(),
             unmatched = opts.unmatched,
+            records_toml = opts.records_toml,
             extra_toml = opts.extra_toml,
         );
         let config_path = dir.path().join("auditgate.toml");

@@ -97,13 +97,18 @@ impl<'a> Frame<'a> {
     fn open(start: &BytesStart<'a>) -> Result<Frame<'a>, XmlError> {
         let name = Name::of(start.local_name().as_ref());
         let mut value = None;
-        for attr in start.attributes() {
-            let attr = attr.map_err(|_| XmlError::Syntax)?;
-            if attr.key.local_name().as_ref() == "value" {
-                let v = attr
-                    .normalized_value(XmlVersion::Implicit1_0)
-                    .map_err(|_| XmlError::Syntax)?;
-                value = Some(Cow::Owned(v.into_owned()));
+        // Only the elements attribution reads need their value (most elements are codes,
+        // displays, dates ...: their attributes are skipped unread).
+        let wanted = !matches!(name, Name::Other | Name::Resource(_));
+        if wanted {
+            for attr in start.attributes() {
+                let attr = attr.map_err(|_| XmlError::Syntax)?;
+                if attr.key.local_name().as_ref() == "value" {
+                    let v = attr
+                        .normalized_value(XmlVersion::Implicit1_0)
+                        .map_err(|_| XmlError::Syntax)?;
+                    value = Some(Cow::Owned(v.into_owned()));
+                }
             }
         }
         let mut obj = Obj::default();

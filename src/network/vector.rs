@@ -23,7 +23,8 @@ pub struct NetworkConfig {
     /// `X-Forwarded-For` / `X-Request-Id` headers are believed. Empty: believe nobody.
     #[serde(default)]
     pub trusted_proxies: Vec<IpNet>,
-    /// Request header carrying a device identifier (e.g. `X-Device-Id`); unset: none.
+    /// Request header carrying a device identifier (e.g. `X-Device-Id`), believed only when the
+    /// TCP peer is a trusted proxy (which must then set or strip it); unset: none.
     #[serde(default)]
     pub device_id_header: Option<String>,
     /// Header carrying the request ID, kept from trusted proxies and sent upstream.
@@ -34,8 +35,9 @@ pub struct NetworkConfig {
     /// Only this header is walked; the other one is whatever the client sent, never believed.
     #[serde(default)]
     pub forwarded_header: ForwardedHeader,
-    /// Rules (by name) whose requests must carry a device ID (from the header, a token claim
-    /// or a client certificate); one without gets 403 `device_id_required`, with a record.
+    /// Rules (by name) whose requests must carry a device ID (from, in this order, a verified
+    /// client certificate, a signed token claim, or the header from a trusted proxy); one
+    /// without gets 403 `device_id_required`, with a record.
     /// `"*"`: every request, unmatched ones included. Default: none.
     #[serde(default)]
     pub require_device_id_rules: Vec<String>,

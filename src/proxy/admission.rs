@@ -134,8 +134,8 @@ impl Gateway {
             .await;
         let who = match &auth {
             Ok(a) => {
-                // A signed device claim ranks below a client certificate and the header.
-                if net.device_id.is_none() {
+                // A signed device claim ranks below a client certificate, above the header.
+                if net.device_id_source.as_deref() != Some("client_cert") {
                     if let Some(device) = &a.device_id {
                         net.device_id = Some(device.clone());
                         net.device_id_source = Some("claim".into());
@@ -198,7 +198,9 @@ impl Gateway {
 
     /// From where: peer and client IP (trusted-proxy walk), user agent, GeoIP, this gateway,
     /// and the device, most trustworthy first: a client certificate the TLS handshake
-    /// verified, then the configured header (a signed token claim comes after authentication).
+    /// verified, then a signed token claim (set after authentication, above this), then the
+    /// configured header, believed only from a trusted proxy (anyone else could name any
+    /// workstation). The record's `device_id_source` says which.
     fn network_vector(&self, session: &Session, snap: &Snapshot, peer: IpAddr) -> NetworkVector {
         let headers = &session.req_header().headers;
         let addr = snap.net.client_addr(peer, headers);
@@ -233,7 +235,11 @@ impl Gateway {
             net.device_id = Some(format!("sha256:{}", cert.sha256));
             net.device_id_source = Some("client_cert".into());
             net.client_cert = Some(cert);
-        } else if let Some(device) = snap.net.device_id(headers) {
+        } else if let Some(device) = snap
+            .net
+            .device_id(headers)
+            .filter(|_| snap.net.is_trusted(peer))
+        {
             net.device_id = Some(device);
             net.device_id_source = Some("header".into());
         }

@@ -435,6 +435,22 @@ fn rules_can_require_a_device_id() {
         1.0
     );
     drop(gw);
+    // The header is believed only from a trusted proxy: a client that sends it itself names
+    // no device (it could name any workstation), so the requirement still refuses it.
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
+    opts.network_toml = "require_device_id_rules = [\"fhir-patient-read\"]".into();
+    opts.trusted_proxies = Vec::new();
+    let gw = Gateway::start(opts);
+    let token = gw.token("dr.device");
+    let (status, id) = get_with(&gw, &token, &[("X-Device-Id", "ward3-ws12")]);
+    assert_eq!(status, 403);
+    let r = record_of(&gw, &id);
+    assert_eq!(r.event.net.device_id, None);
+    assert_eq!(
+        r.event.outcome.as_ref().unwrap().error.as_deref(),
+        Some("device_id_required")
+    );
+    drop(gw);
     // A rule name that does not exist is a start error, not a requirement that never applies.
     let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
     opts.network_toml = "require_device_id_rules = [\"fhir-patient-raed\"]".into();

@@ -4,7 +4,9 @@
 //! goes through: write a temporary file and fsync it, give it its final name, fsync the
 //! directory. After a crash at any point the final name holds either the old complete file (or
 //! nothing) or the new complete file, never a torn one. Plain `std::io` results; [`FileError`]
-//! is how every stage's error type says which file an I/O error was on.
+//! is how every stage's error type says which file an I/O error was on. Every file and
+//! directory made here ([`private_file`], [`private_dir_all`]) is its owner's alone (0600,
+//! 0700): the journal, its checkpoints and state files are PHI.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -45,9 +47,39 @@ fn parent_of(path: &Path) -> &Path {
     }
 }
 
+/// Open `path` for writing, created (or truncated) readable and writable by its owner only
+/// (mode 0600 on Unix). `new`: fail if it exists.
+pub fn private_file(path: &Path, new: bool) -> io::Result<File> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true);
+    if new {
+        options.create_new(true);
+    } else {
+        options.create(true).truncate(true);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
+}
+
+/// Create `dir` and its missing parents, each new one its owner's only (0700 on Unix).
+pub fn private_dir_all(dir: &Path) -> io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
 /// Write `bytes` to `tmp`, fsync'd.
 fn write_synced(tmp: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = File::create(tmp)?;
+    let mut file = private_file(tmp, false)?;
     file.write_all(bytes)?;
     file.sync_all()
 }
@@ -99,6 +131,22 @@ pub fn create_new(path: &Path, bytes: &[u8]) -> io::Result<Created> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[cfg(unix)]
+    fn files_and_directories_made_here_are_their_owners_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("a/b");
+        private_dir_all(&sub).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&sub), 0o700);
+        assert_eq!(mode(&dir.path().join("a")), 0o700);
+        replace(&sub.join("state.json"), b"x").unwrap();
+        assert_eq!(mode(&sub.join("state.json")), 0o600);
+        create_new(&sub.join("seg"), b"y").unwrap();
+        assert_eq!(mode(&sub.join("seg")), 0o600);
+    }
 
     #[test]
     fn replace_writes_and_overwrites_whole_files_without_leaving_a_temp_file() {

@@ -78,13 +78,20 @@ pub enum Command {
     /// Exit 0 when nothing is wrong, 1 with a list of findings, 2 if it could not run.
     Verify(verify::VerifyArgs),
     /// Make a checkpoint signing key pair: FILE (private, mode 0600) and FILE.pub (public).
+    ///
+    /// With `--install-from SECRET`, copy an existing private key to FILE (mode 0600) instead:
+    /// the gateway refuses a key other users can read, and a Kubernetes Secret mounted under
+    /// `fsGroup` is group-readable (see deploy/kubernetes/statefulset.yaml's init container).
     Keygen {
-        /// Where to write the private key (never overwritten).
+        /// Where to write the private key (never overwritten, unless installing).
         #[arg(long)]
         out: PathBuf,
         /// The key's name, which is also the checkpoint origin (default: auditgate/HOSTNAME).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "install_from")]
         name: Option<String>,
+        /// An existing private key to copy to `--out` with mode 0600.
+        #[arg(long, value_name = "SECRET")]
+        install_from: Option<PathBuf>,
     },
     /// Write a proof bundle: record SEQ is in a signed checkpoint (inclusion), or, with
     /// `--consistency OLD NEW`, the newer checkpoint extends the older one.
@@ -236,7 +243,16 @@ pub fn main() -> ExitCode {
         Command::Run { config, upgrade } => ("", run::run(&config, upgrade)),
         Command::CheckConfig { config } => ("", run::check_config(&config)),
         Command::Verify(args) => ("verify", verify::run(args)),
-        Command::Keygen { out, name } => ("keygen", proofs::keygen(&out, name)),
+        Command::Keygen {
+            out,
+            name,
+            install_from: None,
+        } => ("keygen", proofs::keygen(&out, name)),
+        Command::Keygen {
+            out,
+            install_from: Some(from),
+            ..
+        } => ("keygen", proofs::install_key(&from, &out)),
         Command::Prove {
             journal,
             seq,

@@ -31,6 +31,14 @@ pub fn keygen(out: &Path, name: Option<String>) -> Result<Verdict, CliError> {
     Ok(Verdict::Clean)
 }
 
+/// `auditgate keygen --install-from`: copy a private key to `out`, mode 0600.
+pub fn install_key(from: &Path, out: &Path) -> Result<Verdict, CliError> {
+    let public = crate::tlog::checkpoint::install_key(from, out).map_err(CliError::failed)?;
+    println!("private key: {} (mode 0600)", out.display());
+    println!("{public}");
+    Ok(Verdict::Clean)
+}
+
 /// `auditgate prove`: an inclusion proof of one record, or a consistency proof of two
 /// checkpoints, as a JSON bundle.
 pub fn prove(

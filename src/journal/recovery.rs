@@ -15,7 +15,7 @@ use crate::durable::FileError;
 use crate::record;
 use crate::tlog::checkpoint::Checkpointer;
 use crate::tlog::merkle::{self, Frontier};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,15 +34,19 @@ impl Journal {
         cfg: &JournalConfig,
         checkpointing: Option<Checkpointing>,
     ) -> Result<(Journal, RecoveryReport), JournalError> {
-        fs::create_dir_all(dir).map_err(FileError::on(dir))?;
+        crate::durable::private_dir_all(dir).map_err(FileError::on(dir))?;
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             sync_dir(parent)?;
         }
         let lock_path = dir.join("LOCK");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
+        let mut lock_options = OpenOptions::new();
+        lock_options.create(true).truncate(false).write(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            lock_options.mode(0o600);
+        }
+        let lock = lock_options
             .open(&lock_path)
             .map_err(FileError::on(&lock_path))?;
         match lock.try_lock() {
@@ -389,7 +393,7 @@ pub(super) fn recover_open_segment(
         report.dropped_bytes = dropped.len() as u64;
         report.dropped_lines = dropped.iter().filter(|&&b| b == b'\n').count() as u64;
         let qdir = dir.join("quarantine");
-        fs::create_dir_all(&qdir).map_err(FileError::on(&qdir))?;
+        crate::durable::private_dir_all(&qdir).map_err(FileError::on(&qdir))?;
         sync_dir(dir)?;
         let stamp = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -403,7 +407,7 @@ pub(super) fn recover_open_segment(
         ));
         // Crash point: the quarantine copy is made durable before the segment is truncated, so
         // a crash here leaves both (recovery runs again and makes a second copy: harmless).
-        let mut q = File::create(&qpath).map_err(FileError::on(&qpath))?;
+        let mut q = crate::durable::private_file(&qpath, false).map_err(FileError::on(&qpath))?;
         q.write_all(dropped).map_err(FileError::on(&qpath))?;
         q.sync_all().map_err(FileError::on(&qpath))?;
         sync_dir(&qdir)?;

@@ -129,7 +129,7 @@ pub(super) fn spawn_spare(dir: PathBuf, size: u64, busy: Arc<AtomicBool>) {
         .name("journal-spare".into())
         .spawn(move || {
             let tmp = dir.join(SPARE_TMP);
-            let result = File::create(&tmp)
+            let result = crate::durable::private_file(&tmp, false)
                 .and_then(|f| zero_fill(&f, 0, size))
                 // Crash point: a half-filled spare keeps its temporary name and is removed on
                 // the next open; only a complete one is renamed.
@@ -151,11 +151,7 @@ pub(super) fn spawn_spare(dir: PathBuf, size: u64, busy: Arc<AtomicBool>) {
 pub(super) fn create_open_segment(dir: &Path, first: u64) -> Result<(File, PathBuf), JournalError> {
     let path = dir.join(SegmentName::Open { first }.file_name());
     if fs::rename(dir.join(SPARE), &path).is_err() {
-        OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .open(&path)
-            .map_err(FileError::on(&path))?;
+        crate::durable::private_file(&path, true).map_err(FileError::on(&path))?;
     }
     // Crash point: the new open file may not exist after power loss; recovery creates it.
     sync_dir(dir)?;

@@ -43,6 +43,36 @@ pub struct Readiness {
     pub archive_grace: Duration,
     /// Set when the process starts shutting down (SIGTERM, SIGQUIT): not ready any more.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// The proxy's listeners (plain and TLS): not ready until each accepts a connection.
+    pub listeners: Vec<std::net::SocketAddr>,
+    /// Set once every listener has accepted a connection (they stay open until shutdown).
+    pub listening: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Whether every listener in `addrs` accepts connections: connect to each (its loopback
+/// address when it listens on all) until all have answered once; then `accepted` is set and
+/// no more connections are made.
+fn listeners_accept(
+    addrs: &[std::net::SocketAddr],
+    accepted: &std::sync::atomic::AtomicBool,
+) -> Result<(), String> {
+    use std::sync::atomic::Ordering;
+    if accepted.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    for addr in addrs {
+        let mut target = *addr;
+        if target.ip().is_unspecified() {
+            target.set_ip(match target.ip() {
+                std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        std::net::TcpStream::connect_timeout(&target, Duration::from_millis(500))
+            .map_err(|e| format!("{addr} does not accept connections yet: {e}"))?;
+    }
+    accepted.store(true, Ordering::Release);
+    Ok(())
 }
 
 /// One readiness check's result.
@@ -86,6 +116,15 @@ impl Readiness {
             name: "keys",
             ok: keys > 0,
             detail: format!("{keys} verification keys loaded"),
+        });
+        let listeners = listeners_accept(&self.listeners, &self.listening);
+        checks.push(Check {
+            name: "listeners",
+            ok: listeners.is_ok(),
+            detail: match listeners {
+                Ok(()) => format!("{} accepting", self.listeners.len()),
+                Err(why) => why,
+            },
         });
         let rules: Arc<RuleSet> = self.live.rules();
         let rule_count = rules.rules().len();
@@ -177,5 +216,32 @@ impl ServeHttp for AdminApp {
             }
             _ => respond(404, "text/plain", b"not found\n".to_vec()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listeners_accept;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[test]
+    fn readiness_waits_until_every_listener_accepts() {
+        let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let open_addr = open.local_addr().unwrap();
+        let closed_addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let accepted = AtomicBool::new(false);
+        let e = listeners_accept(&[open_addr, closed_addr], &accepted).unwrap_err();
+        assert!(e.contains(&closed_addr.to_string()), "{e}");
+        assert!(!accepted.load(Ordering::Acquire));
+        // Listening on all addresses: checked on loopback.
+        let all: std::net::SocketAddr = format!("0.0.0.0:{}", open_addr.port()).parse().unwrap();
+        listeners_accept(&[open_addr, all], &accepted).unwrap();
+        assert!(accepted.load(Ordering::Acquire));
+        drop(open);
+        // Once all accepted, no more connections are made.
+        listeners_accept(&[closed_addr], &accepted).unwrap();
     }
 }

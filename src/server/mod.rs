@@ -283,7 +283,7 @@ pub fn prepare(
         }
         None => None,
     };
-    let listeners = config
+    let listeners: Vec<(SocketAddr, String)> = config
         .server
         .listen
         .iter()
@@ -297,6 +297,8 @@ pub fn prepare(
             archive_configured: archive_stats.is_some(),
             archive_grace: Duration::from_secs(config.admin.archive_unreachable_grace_secs),
             draining: Arc::new(AtomicBool::new(false)),
+            listeners: listeners.iter().map(|(addr, _)| *addr).collect(),
+            listening: Arc::new(AtomicBool::new(false)),
         },
     };
     let flood = Arc::new(FloodGuard::new(&config.records));

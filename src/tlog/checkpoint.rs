@@ -210,6 +210,21 @@ pub fn write_key_pair(path: &Path, name: &str) -> Result<(PathBuf, String), Chec
     Ok((pub_path, public))
 }
 
+/// Copy the private key at `from` (checked to be one) to `to`, readable by its owner only
+/// (mode 0600), replacing what is there; returns its public key. For platforms that can only
+/// hand the gateway a file others may read: a Kubernetes Secret mounted under `fsGroup` is
+/// group-readable, and the gateway refuses to sign with such a key.
+pub fn install_key(from: &Path, to: &Path) -> Result<String, CheckpointError> {
+    let text = fs::read_to_string(from).map_err(FileError::on(from))?;
+    let signer = CheckpointSigner::from_text(text.trim(), from)?;
+    if let Some(dir) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
+        crate::durable::private_dir_all(dir).map_err(FileError::on(dir))?;
+    }
+    crate::durable::replace(to, format!("{}\n", text.trim()).as_bytes())
+        .map_err(FileError::on(to))?;
+    Ok(signer.public_key().to_string())
+}
+
 /// Where the public key of the private key at `path` is written.
 pub fn public_key_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
@@ -251,7 +266,15 @@ impl CheckpointSigner {
                 .permissions()
                 .mode();
             if mode & 0o077 != 0 {
-                tracing::warn!(key_file = %path.display(), mode = format!("{:o}", mode & 0o777), "the checkpoint signing key is readable by other users; chmod 600 it");
+                // Whoever can read the key can sign a checkpoint over a rewritten journal.
+                return Err(CheckpointError::BadKey {
+                    path: path.to_path_buf(),
+                    kind: "private",
+                    reason: format!(
+                        "mode {:o} lets other users read it; the key must be its owner's only (chmod 600)",
+                        mode & 0o777
+                    ),
+                });
             }
         }
         Self::from_text(text.trim(), path)
@@ -559,7 +582,7 @@ pub fn store(
     time: SystemTime,
 ) -> Result<PathBuf, CheckpointError> {
     let dir = journal_dir.join(CHECKPOINT_DIR);
-    fs::create_dir_all(&dir).map_err(FileError::on(&dir))?;
+    crate::durable::private_dir_all(&dir).map_err(FileError::on(&dir))?;
     let path = dir.join(file_name(frontier.size(), time));
     write_durably(&path, note)?;
     // Crash point: the checkpoint is stored, the state may still describe the previous one; a
@@ -775,6 +798,28 @@ mod tests {
 
         let signer = CheckpointSigner::load(&key, false, "unused").unwrap();
         assert_eq!(signer.public_key(), public);
+        #[cfg(unix)]
+        {
+            // A key other users can read is refused: they could sign a rewritten journal.
+            use std::os::unix::fs::PermissionsExt;
+            for mode in [0o640, 0o604, 0o644] {
+                fs::set_permissions(&key, fs::Permissions::from_mode(mode)).unwrap();
+                let e = CheckpointSigner::load(&key, false, "unused").unwrap_err();
+                assert!(e.to_string().contains("chmod 600"), "{e}");
+            }
+            // Installed from such a file, it is its owner's only, and loads.
+            let installed = dir.path().join("installed/k");
+            assert_eq!(install_key(&key, &installed).unwrap(), public);
+            assert_eq!(
+                fs::metadata(&installed).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+            CheckpointSigner::load(&installed, false, "unused").unwrap();
+            fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+            CheckpointSigner::load(&key, false, "unused").unwrap();
+            // Anything but a private key is not installed.
+            assert!(install_key(&pub_path, &dir.path().join("x")).is_err());
+        }
         assert_eq!(signer.origin(), "auditgate/test-node");
         let root = Hash([7; 32]);
         let note = signer.sign(

@@ -183,7 +183,7 @@ fn every_dashboard_query_parses_and_uses_exported_metrics() {
     assert!(!out.status.success(), "{}", text(&out));
 }
 
-const CORE_MANIFESTS: [&str; 7] = [
+const CORE_MANIFESTS: [&str; 8] = [
     "namespace.yaml",
     "serviceaccount.yaml",
     "configmap.yaml",
@@ -191,6 +191,7 @@ const CORE_MANIFESTS: [&str; 7] = [
     "service.yaml",
     "statefulset.yaml",
     "poddisruptionbudget.yaml",
+    "networkpolicy.yaml",
 ];
 
 #[test]
@@ -208,6 +209,8 @@ fn kubernetes_manifests_validate_against_the_kubernetes_schemas() {
         "poddisruptionbudget/auditgate",
         "configmap/auditgate",
         "secret/auditgate-checkpoint-keys",
+        "networkpolicy/auditgate-ingress",
+        "networkpolicy/ehr-only-from-auditgate",
     ] {
         assert!(
             report.contains(&format!("passed for resource {kind}")),
@@ -230,11 +233,32 @@ fn kubernetes_manifests_validate_against_the_kubernetes_schemas() {
         "requests:",
         "runAsNonRoot: true",
         "readOnlyRootFilesystem: true",
+        // The key is installed mode 0600: the gateway refuses one others can read.
+        "--install-from",
     ] {
         assert!(sts.contains(needle), "statefulset.yaml lacks {needle}");
     }
     // The grace period outlasts the gateway's own shutdown.
     let config = configmap_toml();
+    // Only the ingress is a trusted proxy, never the whole pod network.
+    let trusted = config
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("trusted_proxies = "))
+        .expect("trusted_proxies in the ConfigMap");
+    for cidr in trusted.trim_matches(['[', ']']).split(',') {
+        let prefix: u8 = cidr
+            .trim()
+            .trim_matches('"')
+            .split('/')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            prefix >= 24,
+            "trusted_proxies {cidr} is wider than an ingress"
+        );
+    }
     let number = |key: &str| -> u64 {
         config
             .lines()

@@ -63,6 +63,8 @@ pub struct Metrics {
     pub buffered_in_progress: IntGauge,
     /// `auditgate_buffered_waiting`: requests waiting for a buffered slot now.
     pub buffered_waiting: IntGauge,
+    /// `auditgate_buffered_bytes`: bytes buffered exchanges hold of the budget now.
+    pub buffered_bytes: IntGauge,
     /// `auditgate_inspected_bytes_total{part}`, and its two children, resolved once (the
     /// buffered path counts every request).
     pub inspected_bytes: IntCounterVec,
@@ -308,6 +310,11 @@ impl Metrics {
                 &r,
                 "auditgate_buffered_in_progress",
                 "Buffered exchanges in progress (each holds one of attribution.max_buffered_requests slots).",
+            ),
+            buffered_bytes: int_gauge(
+                &r,
+                "auditgate_buffered_bytes",
+                "Bytes the buffered exchanges hold now of attribution.max_buffered_bytes (counted in KiB steps).",
             ),
             buffered_waiting: int_gauge(
                 &r,

@@ -14,6 +14,13 @@ pub const DEFAULT_MAX_BUFFERED_REQUESTS: usize = 64;
 pub const DEFAULT_BUFFERED_WAIT_SECS: u64 = 10;
 /// Default `attribution.client_timeout_secs`.
 pub const DEFAULT_CLIENT_TIMEOUT_SECS: u64 = 60;
+/// Default `attribution.exchange_timeout_secs`.
+pub const DEFAULT_EXCHANGE_TIMEOUT_SECS: u64 = 300;
+/// Default `attribution.min_transfer_bytes_per_sec`.
+pub const DEFAULT_MIN_TRANSFER_BYTES_PER_SEC: u64 = 4096;
+/// Default `attribution.max_buffered_bytes`: 192 MiB, which with extraction's working set
+/// (up to 3x what it reads) stays under the shipped Kubernetes limit of 1 GiB.
+pub const DEFAULT_MAX_BUFFERED_BYTES: u64 = 192 << 20;
 
 /// The `[attribution]` section: bounds of the buffered path.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -36,6 +43,20 @@ pub struct AttributionConfig {
     /// answer to it must progress within this many seconds, so a stalled client does not hold
     /// a slot. Default 60, 1 to 3,600.
     pub client_timeout_secs: u64,
+    /// The most one buffered exchange may take, from its slot to the last byte of the answer
+    /// (client body, EHR, answer). Default 300, 1 to 86,400.
+    pub exchange_timeout_secs: u64,
+    /// After `client_timeout_secs`, the client's body and the answer to it must move at least
+    /// this fast on average (bytes a second), so a client that drips one byte at a time does not
+    /// hold a slot for long. Default 4096; 0 turns it off.
+    pub min_transfer_bytes_per_sec: u64,
+    /// Bytes all buffered exchanges may hold together (request bodies and responses read for
+    /// patients); a request that would go over waits for others to finish (at most
+    /// `buffered_wait_secs`), then gets 503 `gateway_busy`, journaled. Peak memory of the
+    /// buffered path is about 4x this (the buffers, plus extraction's working set of up to 3x
+    /// what it reads): the default 192 MiB fits the shipped 1 GiB Kubernetes limit. At least
+    /// `max_body_bytes`. Needs a restart to change.
+    pub max_buffered_bytes: u64,
 }
 
 impl Default for AttributionConfig {
@@ -46,6 +67,9 @@ impl Default for AttributionConfig {
             max_buffered_requests: DEFAULT_MAX_BUFFERED_REQUESTS,
             buffered_wait_secs: DEFAULT_BUFFERED_WAIT_SECS,
             client_timeout_secs: DEFAULT_CLIENT_TIMEOUT_SECS,
+            exchange_timeout_secs: DEFAULT_EXCHANGE_TIMEOUT_SECS,
+            min_transfer_bytes_per_sec: DEFAULT_MIN_TRANSFER_BYTES_PER_SEC,
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
         }
     }
 }
@@ -84,6 +108,30 @@ impl AttributionConfig {
                     "must be between 1 and 3600, got {}",
                     self.client_timeout_secs
                 ),
+            ));
+        }
+        if !(1..=86_400).contains(&self.exchange_timeout_secs) {
+            return Err(ConfigError::invalid(
+                "attribution.exchange_timeout_secs",
+                format!(
+                    "must be between 1 and 86400, got {}",
+                    self.exchange_timeout_secs
+                ),
+            ));
+        }
+        if self.max_buffered_bytes < self.max_body_bytes {
+            return Err(ConfigError::invalid(
+                "attribution.max_buffered_bytes",
+                format!(
+                    "must be at least max_body_bytes ({}), got {}",
+                    self.max_body_bytes, self.max_buffered_bytes
+                ),
+            ));
+        }
+        if self.max_buffered_bytes > (1u64 << 40) {
+            return Err(ConfigError::invalid(
+                "attribution.max_buffered_bytes",
+                "must be at most 1 TiB",
             ));
         }
         Ok(())

@@ -53,6 +53,7 @@ use pingora::proxy::Session;
 
 use super::admission::apply_classification;
 use super::answer::upstream_error_status;
+use super::budget::{Held, Pace, BUDGET_SPENT};
 use super::exchange::{
     downstream_response, exchange, read_request_body, upstream_request, Answer, RequestBody,
 };
@@ -122,12 +123,21 @@ impl Gateway {
         let client_timeout = Some(ctx.snap.attribution.client_timeout());
         session.set_read_timeout(client_timeout);
         session.set_write_timeout(client_timeout);
+        // The whole exchange has a deadline, and after the client timeout its client must keep
+        // up a minimum rate; what it buffers counts against the byte budget.
+        let bounds = &ctx.snap.attribution;
+        let pace = Pace::new(
+            std::time::Duration::from_secs(bounds.exchange_timeout_secs),
+            bounds.client_timeout(),
+            bounds.min_transfer_bytes_per_sec,
+        );
+        let mut held = self.buffer_bytes.hold();
         metrics::global().buffered_requests.inc();
         let mut inspection = Inspection::default();
 
         // 1. The request body, read whole (bounded) and inspected.
         let body = match self
-            .read_request(session, ctx, &mut c, &mut inspection)
+            .read_request(session, ctx, &mut c, &mut inspection, &pace, &mut held)
             .await?
         {
             Ok(body) => body,
@@ -138,7 +148,7 @@ impl Gateway {
             return Ok(true);
         }
         // 3. The exchange with the EHR.
-        let Some(answer) = self.fetch(session, ctx, &body).await? else {
+        let Some(answer) = self.fetch(session, ctx, &body, &pace, &mut held).await? else {
             return Ok(true);
         };
         // 4. The response's patients.
@@ -168,7 +178,8 @@ impl Gateway {
             return Ok(true);
         };
         // 6. Release: the EHR's head and body, unchanged but for hop-by-hop headers.
-        self.release(session, ctx, answer, head_request).await?;
+        self.release(session, ctx, answer, head_request, &pace)
+            .await?;
         Ok(true)
     }
 
@@ -197,6 +208,8 @@ impl Gateway {
         ctx: &mut RequestCtx,
         c: &mut Classification,
         inspection: &mut Inspection,
+        pace: &Pace,
+        held: &mut Held,
     ) -> Result<std::result::Result<RequestBody, Refusal>> {
         let snap = ctx.snap.clone();
         let limit = snap.attribution.limit();
@@ -206,7 +219,11 @@ impl Gateway {
                 complete: true,
             }
         } else {
-            read_request_body(session, limit).await?
+            match read_request_body(session, limit, pace, held).await {
+                Ok(body) => body,
+                Err(e) if e.etype() == &BUDGET_SPENT => return Ok(Err(Refusal::GatewayBusy)),
+                Err(e) => return Err(e),
+            }
         };
         let m = metrics::global();
         m.inspected_request_bytes.inc_by(body.bytes.len() as u64);
@@ -251,6 +268,8 @@ impl Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
         body: &RequestBody,
+        pace: &Pace,
+        held: &mut Held,
     ) -> Result<Option<Answer>> {
         let mut req = upstream_request(session.req_header(), &body.bytes, body.complete)?;
         self.prepare_upstream_request(session, &mut req, ctx)?;
@@ -265,9 +284,15 @@ impl Gateway {
             body.complete,
             session,
             limit,
+            pace,
+            held,
         )
         .await;
         match exchanged {
+            Err(e) if e.etype() == &BUDGET_SPENT => {
+                self.refuse(session, ctx, Refusal::GatewayBusy).await?;
+                Ok(None)
+            }
             Ok(answer) => {
                 metrics::global()
                     .inspected_response_bytes
@@ -371,6 +396,7 @@ impl Gateway {
         ctx: &RequestCtx,
         answer: Answer,
         head_request: bool,
+        pace: &Pace,
     ) -> Result<()> {
         let client_is_h1 = session.req_header().version != http::Version::HTTP_2;
         let mut resp = downstream_response(&answer, head_request, client_is_h1)?;
@@ -383,21 +409,29 @@ impl Gateway {
         } = answer;
         let nothing_more = head_request || (complete && buffered.is_empty());
         // Errors writing to the client are the client's side (a timeout, a closed socket).
-        session
-            .write_response_header(Box::new(resp), nothing_more)
-            .await
-            .map_err(|e| e.into_down())?;
+        pace.client(
+            0,
+            true,
+            session.write_response_header(Box::new(resp), nothing_more),
+        )
+        .await
+        .map_err(|e| e.into_down())?;
         if nothing_more {
             if let Some(mut rest) = rest {
                 rest.shutdown().await;
             }
             return Ok(());
         }
+        let mut written = 0;
         if !buffered.is_empty() {
-            session
-                .write_response_body(Some(Bytes::from(buffered)), complete)
-                .await
-                .map_err(|e| e.into_down())?;
+            written = buffered.len();
+            pace.client(
+                0,
+                true,
+                session.write_response_body(Some(Bytes::from(buffered)), complete),
+            )
+            .await
+            .map_err(|e| e.into_down())?;
         }
         let Some(mut rest) = rest else {
             return Ok(());
@@ -406,10 +440,17 @@ impl Gateway {
         // streams.
         loop {
             match rest.read_response_body().await {
-                Ok(Some(chunk)) => session
-                    .write_response_body(Some(chunk), false)
+                Ok(Some(chunk)) => {
+                    let n = chunk.len();
+                    pace.client(
+                        written,
+                        true,
+                        session.write_response_body(Some(chunk), false),
+                    )
                     .await
-                    .map_err(|e| e.into_down())?,
+                    .map_err(|e| e.into_down())?;
+                    written += n;
+                }
                 Ok(None) => break,
                 Err(e) => {
                     rest.shutdown().await;

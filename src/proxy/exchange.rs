@@ -13,6 +13,8 @@ use pingora::prelude::*;
 use pingora::protocols::http::client::HttpSession;
 use pingora::proxy::Session;
 
+use super::budget::{Held, Pace};
+
 /// A request body read from the client.
 pub struct RequestBody {
     /// What was read (all of it when `complete`).
@@ -21,15 +23,22 @@ pub struct RequestBody {
     pub complete: bool,
 }
 
-/// Read the client's request body, stopping after the first chunk that goes past `limit`.
-pub async fn read_request_body(session: &mut Session, limit: usize) -> Result<RequestBody> {
+/// Read the client's request body, stopping after the first chunk that goes past `limit`; at
+/// the client's `pace`, within the byte budget (`held`).
+pub async fn read_request_body(
+    session: &mut Session,
+    limit: usize,
+    pace: &Pace,
+    held: &mut Held,
+) -> Result<RequestBody> {
     let mut bytes = Vec::new();
     // An error reading the client's body is the client's side (its timeout, a closed socket).
-    while let Some(chunk) = session
-        .read_request_body()
+    while let Some(chunk) = pace
+        .client(bytes.len(), false, session.read_request_body())
         .await
         .map_err(|e| e.into_down())?
     {
+        held.cover(bytes.len() + chunk.len()).await?;
         bytes.extend_from_slice(&chunk);
         if bytes.len() > limit {
             return Ok(RequestBody {
@@ -166,7 +175,12 @@ fn retryable(e: &Error, reused: bool, method: &http::Method, body_complete: bool
 }
 
 /// Send `req` (and `body`, then the rest of the client's body when `!body_complete`) to the
-/// EHR and read its response, buffering at most `limit` bytes of body.
+/// EHR and read its response, buffering at most `limit` bytes of body, within the byte budget
+/// (`held`) and the exchange's deadline.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "each is one part of the exchange; a struct would only rename them"
+)]
 pub async fn exchange(
     connector: &Connector,
     peer: &HttpPeer,
@@ -175,6 +189,8 @@ pub async fn exchange(
     body_complete: bool,
     client: &mut Session,
     limit: usize,
+    pace: &Pace,
+    held: &mut Held,
 ) -> Result<Answer> {
     let mut attempt = 0;
     loop {
@@ -182,8 +198,16 @@ pub async fn exchange(
         let (mut up, reused) = connector.get_http_session(peer).await?;
         up.set_read_timeout(peer.options.read_timeout);
         up.set_write_timeout(peer.options.write_timeout);
-        match send_and_read_head(&mut up, req, body, body_complete, client).await {
-            Ok(()) => return read_body(connector, peer, up, limit).await,
+        let sent = tokio::time::timeout_at(
+            pace.deadline(),
+            send_and_read_head(&mut up, req, body, body_complete, client),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Error::e_explain(ReadTimedout, "the buffered exchange's deadline passed")
+        });
+        match sent {
+            Ok(()) => return read_body(connector, peer, up, limit, pace, held).await,
             Err(e) => {
                 up.shutdown().await;
                 if attempt < 2 && retryable(&e, reused, &req.method, body_complete) {
@@ -231,6 +255,8 @@ async fn read_body(
     peer: &HttpPeer,
     mut up: HttpSession,
     limit: usize,
+    pace: &Pace,
+    held: &mut Held,
 ) -> Result<Answer> {
     let header = up
         .response_header()
@@ -238,8 +264,21 @@ async fn read_body(
         .ok_or_else(|| Error::explain(InvalidHTTPHeader, "no response header"))?;
     let mut body = Vec::new();
     loop {
-        match up.read_response_body().await? {
-            Some(chunk) => {
+        let read = tokio::time::timeout_at(pace.deadline(), up.read_response_body())
+            .await
+            .unwrap_or_else(|_| {
+                Error::e_explain(ReadTimedout, "the buffered exchange's deadline passed")
+            });
+        match read {
+            Err(e) => {
+                up.shutdown().await;
+                return Err(e);
+            }
+            Ok(Some(chunk)) => {
+                if let Err(e) = held.cover(body.len() + chunk.len()).await {
+                    up.shutdown().await;
+                    return Err(e);
+                }
                 body.extend_from_slice(&chunk);
                 if body.len() > limit && !up.response_done() {
                     return Ok(Answer {
@@ -250,7 +289,7 @@ async fn read_body(
                     });
                 }
             }
-            None => break,
+            Ok(None) => break,
         }
         if up.response_done() {
             break;

@@ -44,6 +44,8 @@ pub struct Gateway {
     pub buffer_slots: Arc<tokio::sync::Semaphore>,
     /// How long a request waits for a slot (`attribution.buffered_wait_secs`).
     pub buffer_wait: std::time::Duration,
+    /// The bytes all buffered exchanges may hold together (`attribution.max_buffered_bytes`).
+    pub buffer_bytes: Arc<super::budget::ByteBudget>,
     /// `[records]`: the bounds on what a request writes into the journal.
     pub record_bounds: crate::config::records::RecordsConfig,
     /// Which unauthenticated requests get a record of their own (the rest are summarised).

@@ -27,6 +27,7 @@
 mod admission;
 mod answer;
 pub mod bounds;
+pub mod budget;
 mod buffered;
 mod exchange;
 mod gateway;

@@ -317,6 +317,10 @@ pub fn prepare(
             config.attribution.max_buffered_requests,
         )),
         buffer_wait: Duration::from_secs(config.attribution.buffered_wait_secs),
+        buffer_bytes: Arc::new(crate::proxy::budget::ByteBudget::new(
+            config.attribution.max_buffered_bytes,
+            Duration::from_secs(config.attribution.buffered_wait_secs),
+        )),
         record_bounds: config.records.clone(),
         flood: flood.clone(),
     };

@@ -464,3 +464,167 @@ fn an_unauthenticated_flood_is_summarised_and_authenticated_requests_keep_workin
     let slowest = authenticated.iter().map(|(_, t)| *t).max().unwrap();
     assert!(slowest < Duration::from_secs(2), "{slowest:?}");
 }
+
+/// The `[attribution]` bounds of the slow-drip and budget tests: 4 slots, 1 s wait, 2 s grace
+/// then 1000 bytes a second, bodies up to 512 KiB, 1 MiB buffered in all.
+const TIGHT_BUFFERED_PATH: &str = "[attribution]\nmax_buffered_requests = 4\n\
+    buffered_wait_secs = 1\nclient_timeout_secs = 2\nmin_transfer_bytes_per_sec = 1000\n\
+    max_body_bytes = 524288\nmax_buffered_bytes = 1048576\n";
+
+/// Sample a gauge every 50 ms until `stop`; its highest value.
+fn sample_max(gw: &Gateway, series: &str, stop: &std::sync::atomic::AtomicBool) -> f64 {
+    let mut max: f64 = 0.0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        max = max.max(gw.metric(series));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    max
+}
+
+/// Clients that declare a large body and send it a byte at a time: each loses its slot once it
+/// is behind the minimum rate (after the grace), the slots and the bytes held stay within their
+/// bounds all along, and the gateway serves normally afterwards.
+#[test]
+fn slow_drip_clients_lose_their_slots_and_the_buffered_path_stays_within_its_budget() {
+    use crate::support::held::HeldUpstream;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let upstream = HeldUpstream::start();
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", upstream.port));
+    opts.extra_toml = TIGHT_BUFFERED_PATH.into();
+    let gw = Gateway::start(opts);
+    let token = gw.token("mallory.drip");
+    let stop = AtomicBool::new(false);
+    let (max_slots, max_bytes, cut_after) = std::thread::scope(|s| {
+        let slots = s.spawn(|| sample_max(&gw, "auditgate_buffered_in_progress", &stop));
+        let bytes = s.spawn(|| sample_max(&gw, "auditgate_buffered_bytes", &stop));
+        let drips: Vec<_> = (0..6)
+            .map(|_| {
+                let token = token.clone();
+                let gw = &gw;
+                s.spawn(move || {
+                    let started = std::time::Instant::now();
+                    let mut c = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+                    c.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+                    let head = format!(
+                        "POST /fhir/Observation HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer \
+                         {token}\r\nContent-Type: application/fhir+json\r\n\
+                         Content-Length: 400000\r\n\r\n"
+                    );
+                    c.write_all(head.as_bytes()).unwrap();
+                    let mut answer = Vec::new();
+                    while started.elapsed() < Duration::from_secs(20) {
+                        if c.write_all(b" ").is_err() {
+                            break;
+                        }
+                        let mut buf = [0u8; 4096];
+                        match c.read(&mut buf) {
+                            Ok(0) => break,
+                            Ok(n) => answer.extend_from_slice(&buf[..n]),
+                            Err(_) => {}
+                        }
+                        std::thread::sleep(Duration::from_millis(300));
+                    }
+                    (
+                        started.elapsed(),
+                        String::from_utf8_lossy(&answer).into_owned(),
+                    )
+                })
+            })
+            .collect();
+        let cut: Vec<_> = drips.into_iter().map(|d| d.join().unwrap()).collect();
+        stop.store(true, Ordering::Relaxed);
+        (slots.join().unwrap(), bytes.join().unwrap(), cut)
+    });
+    eprintln!("slow drip: most slots held {max_slots}, most bytes held {max_bytes}");
+    assert!(max_slots <= 4.0, "{max_slots} slots");
+    assert!(max_bytes <= 1_048_576.0, "{max_bytes} bytes");
+    for (elapsed, answer) in &cut_after {
+        // Cut off (or refused) long before the 20 s the drip would take, and never forwarded.
+        assert!(*elapsed < Duration::from_secs(10), "{elapsed:?}: {answer}");
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 503"),
+            "{answer}"
+        );
+    }
+    assert_eq!(
+        upstream.requests_seen(),
+        0,
+        "a dripped body reached the EHR"
+    );
+    let records = gw.records();
+    let errors: Vec<_> = records
+        .iter()
+        .filter(|r| r.event.phase == Phase::Outcome)
+        .filter_map(|r| r.event.outcome.as_ref()?.error.clone())
+        .collect();
+    assert_eq!(errors.len(), 6, "{errors:?}");
+    assert!(errors
+        .iter()
+        .all(|e| e == "client_timeout" || e == "gateway_busy"));
+    assert!(errors.iter().any(|e| e == "client_timeout"), "{errors:?}");
+    // The gateway serves normally afterwards; nothing is held any more.
+    let resp = http_client()
+        .get(gw.url("/fhir/Patient/after-drip"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(gw.metric("auditgate_buffered_bytes"), 0.0);
+}
+
+/// Bodies that together would go over `max_buffered_bytes`: the ones that fit are held, the
+/// next waits, then is refused `503 gateway_busy` with a record, before anything is forwarded.
+#[test]
+fn the_buffered_byte_budget_is_never_exceeded() {
+    use crate::support::held::HeldUpstream;
+    let upstream = HeldUpstream::start();
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", upstream.port));
+    opts.extra_toml = TIGHT_BUFFERED_PATH.into();
+    let gw = Gateway::start(opts);
+    let token = gw.token("dr.budget");
+    let body = format!(
+        "{{\"resourceType\":\"Basic\",\"note\":\"{}\"}}",
+        "x".repeat(400_000)
+    );
+    let post = |path: String| {
+        let (token, body) = (token.clone(), body.clone());
+        let url = gw.url(&path);
+        std::thread::spawn(move || {
+            let resp = http_client()
+                .put(url)
+                .bearer_auth(token)
+                .header("Content-Type", "application/fhir+json")
+                .body(body)
+                .send()
+                .unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.text().unwrap())
+        })
+    };
+    // Two 400 KB bodies fit in 1 MiB; both reach the EHR, which holds them.
+    let first = post("/fhir/Basic/hold-1".into());
+    let second = post("/fhir/Basic/hold-2".into());
+    for _ in 0..2 {
+        upstream
+            .held
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the held request reached the upstream");
+    }
+    let held_bytes = gw.metric("auditgate_buffered_bytes");
+    assert!(
+        (800_000.0..=1_048_576.0).contains(&held_bytes),
+        "{held_bytes}"
+    );
+    // A third does not fit: refused after the wait, with a record, not forwarded.
+    let before = upstream.requests_seen();
+    let (status, answer) = post("/fhir/Basic/third".into()).join().unwrap();
+    assert_eq!(status, 503, "{answer}");
+    assert!(answer.contains("gateway_busy"), "{answer}");
+    assert_eq!(upstream.requests_seen(), before);
+    assert!(gw.metric("auditgate_buffered_bytes") <= 1_048_576.0);
+    upstream.release();
+    upstream.release();
+    assert_eq!(first.join().unwrap().0, 200);
+    assert_eq!(second.join().unwrap().0, 200);
+    assert_eq!(gw.metric("auditgate_buffered_bytes"), 0.0);
+}

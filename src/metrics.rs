@@ -65,6 +65,8 @@ pub struct Metrics {
     pub buffered_waiting: IntGauge,
     /// `auditgate_buffered_bytes`: bytes buffered exchanges hold of the budget now.
     pub buffered_bytes: IntGauge,
+    /// `auditgate_pre_image_reads_total{result}`.
+    pub pre_image_reads: IntCounterVec,
     /// `auditgate_inspected_bytes_total{part}`, and its two children, resolved once (the
     /// buffered path counts every request).
     pub inspected_bytes: IntCounterVec,
@@ -311,6 +313,12 @@ impl Metrics {
                 "auditgate_buffered_in_progress",
                 "Buffered exchanges in progress (each holds one of attribution.max_buffered_requests slots).",
             ),
+            pre_image_reads: counter_vec(
+                &r,
+                "auditgate_pre_image_reads_total",
+                "Reads of the current version of a resource before a delete, patch or update changes it (attribution.pre_image_reads), by result: ok, absent (404/410: nothing to change), failed (the intent record says partial, gap no_pre_image).",
+                &["result"],
+            ),
             buffered_bytes: int_gauge(
                 &r,
                 "auditgate_buffered_bytes",
@@ -556,6 +564,9 @@ impl Metrics {
         }
         for reason in ["failed", "backlog", "closed"] {
             m.fail_closed_refusals.with_label_values(&[reason]);
+        }
+        for result in ["ok", "absent", "failed"] {
+            m.pre_image_reads.with_label_values(&[result]);
         }
         for reason in ["malformed_head", "connection_error"] {
             m.refused_by_pingora.with_label_values(&[reason]);

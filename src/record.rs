@@ -165,6 +165,10 @@ pub enum PatientSource {
     Response,
     /// The token's SMART launch context (`patient` claim).
     Token,
+    /// The current version of the resource a delete or patch changes, which the gateway read
+    /// from the EHR (with the caller's authorization) before forwarding the change.
+    #[serde(rename = "pre_image")]
+    PreImage,
 }
 
 impl PatientSource {
@@ -177,6 +181,7 @@ impl PatientSource {
             PatientSource::Body => "body",
             PatientSource::Response => "response",
             PatientSource::Token => "token",
+            PatientSource::PreImage => "pre_image",
         }
     }
 }
@@ -607,7 +612,15 @@ mod tests {
     #[test]
     fn names_match_the_serialised_form() {
         use PatientSource as S;
-        for s in [S::Path, S::Query, S::Header, S::Body, S::Response, S::Token] {
+        for s in [
+            S::Path,
+            S::Query,
+            S::Header,
+            S::Body,
+            S::Response,
+            S::Token,
+            S::PreImage,
+        ] {
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }
         for a in [

@@ -227,7 +227,20 @@ pub fn inspect_request_body(
                 Some(BodyFormat::Xml) => crate::attribution::extract::request_patients_xml,
                 _ => crate::attribution::extract::request_patients,
             };
-            let findings = read(&bytes, creating, &entries, rules.local_bases());
+            let mut findings = read(&bytes, creating, &entries, rules.local_bases());
+            if c.interaction == InteractionKind::Patch {
+                // A patch may name the patient as a plain string (`"value": "Patient/p9"`).
+                let strings = crate::attribution::extract::patch_string_references(
+                    &bytes,
+                    rules.local_bases(),
+                );
+                for p in &strings.patients {
+                    findings.add(p);
+                }
+                for url in &strings.external_refs {
+                    findings.add_external(url);
+                }
+            }
             // `POST [base]` is a batch or a transaction by its Bundle's `type`, which only the
             // body says: the route rule records a transaction until the body is read.
             if c.interaction == InteractionKind::Transaction

@@ -57,6 +57,11 @@ pub struct AttributionConfig {
     /// what it reads): the default 192 MiB fits the shipped 1 GiB Kubernetes limit. At least
     /// `max_body_bytes`. Needs a restart to change.
     pub max_buffered_bytes: u64,
+    /// Before forwarding a delete or a patch (or an update whose body names no patient) of a
+    /// resource whose patient the request line does not name, read its current version from
+    /// the EHR (a GET of the same target, with the caller's own `Authorization`) and name its
+    /// patient in the intent record. Off: such an intent says `partial`. Default true.
+    pub pre_image_reads: bool,
 }
 
 impl Default for AttributionConfig {
@@ -70,6 +75,7 @@ impl Default for AttributionConfig {
             exchange_timeout_secs: DEFAULT_EXCHANGE_TIMEOUT_SECS,
             min_transfer_bytes_per_sec: DEFAULT_MIN_TRANSFER_BYTES_PER_SEC,
             max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
+            pre_image_reads: true,
         }
     }
 }

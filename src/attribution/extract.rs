@@ -93,11 +93,14 @@ pub enum Gap {
     /// `$graphql` forwarded under `rules.graphql = "forward"`: the answer holds the fields the
     /// query chose, references or not.
     Graphql,
+    /// The current version of the resource a delete or patch changes could not be read first
+    /// (the pre-image GET failed), so whose it was is not known.
+    NoPreImage,
 }
 
 impl Gap {
     /// Every gap, for metrics and documentation.
-    pub const ALL: [Gap; 15] = [
+    pub const ALL: [Gap; 16] = [
         Gap::InvalidJson,
         Gap::InvalidXml,
         Gap::NotJson,
@@ -113,6 +116,7 @@ impl Gap {
         Gap::Truncated,
         Gap::Subsetted,
         Gap::Graphql,
+        Gap::NoPreImage,
     ];
 
     /// The name recorded in the journal and used as a metric label.
@@ -133,6 +137,7 @@ impl Gap {
             Gap::Truncated => "truncated",
             Gap::Subsetted => "subsetted",
             Gap::Graphql => "graphql",
+            Gap::NoPreImage => "no_pre_image",
         }
     }
 }
@@ -257,6 +262,31 @@ pub fn request_patients(
     local: &LocalBases,
 ) -> Findings {
     extract(body, &Scope::request(creating, entries, local))
+}
+
+/// Patient references a patch carries as plain strings, which the resource reading above does not
+/// take for references: a JSON Patch `{"op": "replace", "path": "/subject/reference",
+/// "value": "Patient/p9"}`, or a FHIRPath Patch `valueString` / `valueUri` part naming one.
+/// Every string value in the body that is a Patient reference counts (local ones as patients,
+/// others as external references); objects with a `reference` are already read by
+/// [`request_patients`]. A body that is not JSON adds nothing (its gap is already recorded).
+pub fn patch_string_references(body: &[u8], local: &LocalBases) -> Findings {
+    let mut out = Findings::default();
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return out;
+    };
+    let mut stack = vec![&value];
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_json::Value::String(s) => {
+                out.note_patient(s, local);
+            }
+            serde_json::Value::Array(items) => stack.extend(items.iter()),
+            serde_json::Value::Object(map) => stack.extend(map.values()),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Patients in a FHIR XML response body; as [`response_patients`].

@@ -17,6 +17,9 @@ pub struct Inspection {
     pub response: Option<Findings>,
     /// The patient a `Location` response header names (a create answered without a body).
     pub location_patient: Option<String>,
+    /// The current version of the resource a delete or patch changes, read from the EHR before
+    /// the change was forwarded (the pre-image); empty findings when it did not exist.
+    pub pre_image: Option<Findings>,
     /// Gaps found outside the extractor (`too_large`, `not_json`, `content_encoding`).
     pub gaps: BTreeSet<Gap>,
 }
@@ -27,9 +30,13 @@ pub struct Inspection {
 pub fn external_refs(inspection: &Inspection) -> (Vec<String>, Option<u64>) {
     let mut all = Findings::default();
     let mut omitted = 0;
-    for f in [&inspection.body, &inspection.response]
-        .into_iter()
-        .flatten()
+    for f in [
+        &inspection.body,
+        &inspection.response,
+        &inspection.pre_image,
+    ]
+    .into_iter()
+    .flatten()
     {
         for url in &f.external_refs {
             all.add_external(url);
@@ -85,11 +92,18 @@ pub fn settle(
         }
         gaps.extend(b.gaps.iter().copied());
     }
+    if let Some(pre) = &inspection.pre_image {
+        for p in &pre.patients {
+            list.add(p, PatientSource::PreImage);
+        }
+        gaps.extend(pre.gaps.iter().copied());
+    }
     let complete = match status {
         None => {
             gaps.is_empty()
                 && (request_complete
                     || body_is_the_resource
+                    || inspection.pre_image.is_some()
                     || (matches!(
                         c.interaction,
                         InteractionKind::Transaction | InteractionKind::Batch
@@ -153,7 +167,8 @@ fn add_response_patients(
         InteractionKind::Patch | InteractionKind::Delete
     );
     let request_complete = c.attribution == Attribution::Complete;
-    if success && changes_existing && !request_complete && !representation {
+    let pre_image = inspection.pre_image.is_some();
+    if success && changes_existing && !request_complete && !representation && !pre_image {
         gaps.insert(Gap::NoRepresentation);
     }
 }

@@ -143,6 +143,9 @@ impl Gateway {
             Ok(body) => body,
             Err(refusal) => return self.refuse(session, ctx, refusal).await,
         };
+        // 1b. A change whose patient only the EHR knows: read the resource's current version.
+        self.read_pre_image(session, ctx, &c, &pace, &mut held, &mut inspection)
+            .await?;
         // 2. A change: its intent, durable before the EHR sees it.
         if intent_needed && self.write_intent(session, ctx).await? {
             return Ok(true);
@@ -259,6 +262,99 @@ impl Gateway {
             (event.external_refs, event.external_refs_omitted) = external_refs(inspection);
         }
         Ok(Ok(body))
+    }
+
+    /// The pre-image: before a delete or patch (or an update whose body named no patient) of a
+    /// resource whose patient the request line does not name, read its current version from
+    /// the EHR, a GET of the same target with the caller's own `Authorization`, and name its
+    /// patients in the intent record. 404 or 410: nothing is there to change. Any other failure
+    /// leaves the gap `no_pre_image`. Off under `attribution.pre_image_reads = false`.
+    async fn read_pre_image(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        c: &Classification,
+        pace: &Pace,
+        held: &mut Held,
+        inspection: &mut Inspection,
+    ) -> Result<()> {
+        if !ctx.snap.attribution.pre_image_reads || !needs_pre_image(c, inspection, &ctx.snap) {
+            return Ok(());
+        }
+        let client = session.req_header();
+        let target = ctx
+            .upstream_target
+            .clone()
+            .unwrap_or_else(|| String::from_utf8_lossy(client.raw_path()).into_owned());
+        let mut req = pingora::http::RequestHeader::build("GET", target.as_bytes(), None)?;
+        for name in [http::header::AUTHORIZATION, http::header::HOST] {
+            for value in client.headers.get_all(&name) {
+                req.append_header(name.clone(), value.clone())?;
+            }
+        }
+        req.insert_header(http::header::ACCEPT, "application/fhir+json")?;
+        if !req.headers.contains_key(http::header::HOST) {
+            // An HTTP/2 client names the host in :authority.
+            if let Some(authority) = client.uri.authority().map(|a| a.as_str().to_string()) {
+                req.insert_header(http::header::HOST, authority)?;
+            }
+        }
+        self.prepare_upstream_request(session, &mut req, ctx)?;
+        let limit = ctx.snap.attribution.limit();
+        let peer = self.make_peer();
+        let read = exchange(
+            &self.connector,
+            &peer,
+            &req,
+            &[],
+            true,
+            session,
+            limit,
+            pace,
+            held,
+        )
+        .await;
+        let m = metrics::global();
+        let result = match read {
+            Ok(answer) if answer.complete && answer.header.status.is_success() => {
+                let mut pre = Inspection::default();
+                let local = ctx.snap.rules.local_bases();
+                inspect_response_body(
+                    &answer.header.headers,
+                    &answer.body,
+                    false,
+                    limit,
+                    local,
+                    &mut pre,
+                );
+                match pre.response {
+                    Some(findings) if pre.gaps.is_empty() => {
+                        inspection.pre_image = Some(findings);
+                        "ok"
+                    }
+                    _ => "failed",
+                }
+            }
+            Ok(answer) if matches!(answer.header.status.as_u16(), 404 | 410) => {
+                inspection.pre_image = Some(Default::default());
+                "absent"
+            }
+            Ok(_) => "failed",
+            Err(e) if *e.esource() == ErrorSource::Downstream => return Err(e),
+            Err(_) => "failed",
+        };
+        m.pre_image_reads.with_label_values(&[result]).inc();
+        if result == "failed" {
+            inspection.gaps.insert(Gap::NoPreImage);
+        }
+        if let Some(event) = ctx.event.as_mut() {
+            let (patients, attribution, gaps) = settle(c, inspection, None);
+            event.patients = patients;
+            event.attribution = attribution;
+            event.attribution_gaps = gaps;
+            (event.external_refs, event.external_refs_omitted) = external_refs(inspection);
+        }
+        Ok(())
     }
 
     /// Send the request to the EHR and read its answer as far as the limit. `None`: the
@@ -473,4 +569,27 @@ impl Gateway {
 fn is_form_body(headers: &http::HeaderMap) -> bool {
     crate::attribution::body::media_type(headers.get(http::header::CONTENT_TYPE)).as_deref()
         == Some("application/x-www-form-urlencoded")
+}
+
+/// Whether a change needs its pre-image: a delete or patch, or an update whose body named no
+/// patient, whose request line does not name every patient, of a resource type in the Patient
+/// compartment (or of no known type).
+fn needs_pre_image(
+    c: &Classification,
+    inspection: &Inspection,
+    snap: &super::live::Snapshot,
+) -> bool {
+    let changes = match c.method.as_str() {
+        "DELETE" | "PATCH" => true,
+        "PUT" => inspection
+            .body
+            .as_ref()
+            .is_none_or(|b| b.patients.is_empty()),
+        _ => false,
+    };
+    let in_compartment = c
+        .resource_type
+        .as_deref()
+        .is_none_or(|t| snap.rules.compartment_params(t).is_some());
+    changes && c.attribution != crate::record::Attribution::Complete && in_compartment
 }

@@ -323,6 +323,13 @@ def expected_for(case, dataset, variables):
         found.patients |= f.patients
         found.gaps |= f.gaps
         found.external |= f.external
+    if "pre_image" in case:
+        # A change whose patient only the EHR knows: the gateway reads the resource first.
+        rtype, rid = substitute(case["pre_image"], variables).split("/")
+        f = referenced(dataset[(rtype, rid)])
+        found.patients |= f.patients
+        found.gaps |= f.gaps
+        found.external |= f.external
     return found, len(returned)
 
 

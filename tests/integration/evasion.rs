@@ -628,3 +628,128 @@ fn the_buffered_byte_budget_is_never_exceeded() {
     assert_eq!(second.join().unwrap().0, 200);
     assert_eq!(gw.metric("auditgate_buffered_bytes"), 0.0);
 }
+
+/// Writes whose patient only the EHR knows: a delete and a patch of an Observation name its
+/// patient in the intent record (read from the EHR first, the pre-image), a JSON Patch that
+/// moves it to another patient names both, and a delete of what is not there names nobody,
+/// completely. Without pre-image reads the intent says partial.
+#[test]
+fn deletes_and_patches_name_the_patient_of_the_resource_they_change() {
+    let fhir = FhirServer::start();
+    for id in ["pi-a", "pi-b"] {
+        fhir.put_resource(&serde_json::json!({"resourceType": "Patient", "id": id}));
+    }
+    for id in ["pi-o1", "pi-o2", "pi-o3"] {
+        fhir.put_resource(&serde_json::json!({
+            "resourceType": "Observation", "id": id, "status": "final",
+            "code": {"text": "weight"}, "subject": {"reference": "Patient/pi-a"}
+        }));
+    }
+    let foreign = "http://example.org/fhir/Patient/pat2/_history/1";
+    fhir.put_resource(&serde_json::json!({
+        "resourceType": "Observation", "id": "pi-far", "status": "final",
+        "code": {"text": "weight"}, "subject": {"reference": foreign}
+    }));
+    let gw = Gateway::start(GatewayOptions::new(format!("127.0.0.1:{}", fhir.port())));
+    let token = gw.token("dr.writes");
+    let client = http_client();
+    let intent_of = |resp: reqwest::blocking::Response| -> (u16, Record) {
+        let status = resp.status().as_u16();
+        let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+        let intent = records_of(&gw, &id)
+            .into_iter()
+            .find(|r| r.event.phase == Phase::Intent)
+            .expect("an intent record");
+        (status, intent)
+    };
+    let sources = |r: &Record| -> Vec<(String, &'static str)> {
+        r.event
+            .patients
+            .iter()
+            .map(|p| (p.id.clone(), p.source.as_str()))
+            .collect()
+    };
+
+    // A delete: the Observation's subject, read first.
+    let (status, intent) = intent_of(
+        client
+            .delete(gw.url("/fhir/Observation/pi-o1"))
+            .bearer_auth(&token)
+            .send()
+            .unwrap(),
+    );
+    assert!(status < 300, "{status}");
+    assert_eq!(sources(&intent), [("pi-a".to_string(), "pre_image")]);
+    assert_eq!(intent.event.attribution, Attribution::Complete);
+
+    // A JSON Patch moving the subject to another patient with a plain string: both named.
+    let (status, intent) = intent_of(
+        client
+            .patch(gw.url("/fhir/Observation/pi-o2"))
+            .bearer_auth(&token)
+            .header("Content-Type", "application/json-patch+json")
+            .header("Prefer", "return=minimal")
+            .body(r#"[{"op": "replace", "path": "/subject/reference", "value": "Patient/pi-b"}]"#)
+            .send()
+            .unwrap(),
+    );
+    assert!(status < 300, "{status}");
+    let mut named = sources(&intent);
+    named.sort();
+    assert_eq!(
+        named,
+        [
+            ("pi-a".to_string(), "pre_image"),
+            ("pi-b".to_string(), "body")
+        ]
+    );
+    assert_eq!(intent.event.attribution, Attribution::Complete);
+
+    // A resource of another server's patient: no local patient, its reference kept, in the
+    // intent and the outcome.
+    let resp = client
+        .delete(gw.url("/fhir/Observation/pi-far"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    for r in records_of(&gw, &id) {
+        assert!(r.event.patients.is_empty(), "{:?}", r.event.phase);
+        assert_eq!(r.event.external_refs, [foreign], "{:?}", r.event.phase);
+        assert_eq!(r.event.attribution, Attribution::Complete);
+    }
+
+    // Nothing there: nobody's data, completely.
+    let (_, intent) = intent_of(
+        client
+            .delete(gw.url("/fhir/Observation/pi-never-existed"))
+            .bearer_auth(&token)
+            .send()
+            .unwrap(),
+    );
+    assert!(intent.event.patients.is_empty());
+    assert_eq!(intent.event.attribution, Attribution::Complete);
+    assert_eq!(
+        gw.metric(r#"auditgate_pre_image_reads_total{result="ok"}"#),
+        3.0
+    );
+    drop(gw);
+
+    // Without pre-image reads the intent of a delete cannot name the patient: partial.
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
+    opts.extra_toml = "[attribution]\npre_image_reads = false\n".into();
+    let gw = Gateway::start(opts);
+    let token = gw.token("dr.writes");
+    let resp = client
+        .delete(gw.url("/fhir/Observation/pi-o3"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let intent = records_of(&gw, &id)
+        .into_iter()
+        .find(|r| r.event.phase == Phase::Intent)
+        .unwrap();
+    assert!(intent.event.patients.is_empty());
+    assert_eq!(intent.event.attribution, Attribution::Partial);
+}

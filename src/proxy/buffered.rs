@@ -65,7 +65,7 @@ use crate::attribution::extract::Gap;
 use crate::attribution::settle::{external_refs, settle, Inspection};
 use crate::metrics;
 use crate::rules::classify::Subset;
-use crate::rules::Classification;
+use crate::rules::{Classification, RuleOversize};
 
 /// A held slot of the buffered path: released, and the in-progress gauge lowered, on drop
 /// (also when the client goes away mid-exchange).
@@ -422,7 +422,12 @@ impl Gateway {
         // Over the limit, whether or not the last chunk happened to end the body (the same
         // line `rules explain` and the request side draw).
         if !answer.complete || answer.body.len() > limit {
-            if ctx.snap.attribution.oversize == OversizePolicy::Refuse {
+            let refuse = match c.oversize {
+                Some(RuleOversize::Refuse) => true,
+                Some(RuleOversize::Forward) => false,
+                None => ctx.snap.attribution.oversize == OversizePolicy::Refuse,
+            };
+            if refuse {
                 return false;
             }
             inspection.gaps.insert(Gap::TooLarge);

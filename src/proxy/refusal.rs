@@ -113,7 +113,7 @@ impl Refusal {
                 "the request body is larger than the gateway reads for the audit record"
             }
             Refusal::ResponseTooLarge => {
-                "the EHR's response is larger than the gateway reads for the audit record"
+                "the EHR's response is larger than the gateway reads for the audit record: page the search (_count) or use $export"
             }
         }
     }

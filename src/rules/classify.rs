@@ -4,8 +4,8 @@
 
 use super::config::{MethodOverridePolicy, SubsetPolicy, UnmatchedPolicy};
 use super::error::RequestRejection;
-use super::file::AttributionClaim;
 use super::file::UNMATCHED_RULE;
+use super::file::{AttributionClaim, RuleOversize};
 use super::path::{decode_path, segment_bounds, strip_base};
 use super::ruleset::{PatientPair, Rule, RuleSet, TypeFrom};
 use super::template::{match_template, MAX_CAPTURES};
@@ -57,6 +57,10 @@ pub struct Classification {
     pub inspect_body: bool,
     /// The rule reads the response as FHIR JSON (`inspect_response`).
     pub inspect_response: bool,
+    /// What to do with a response over the body limit: the rule's `oversize`, else `refuse`
+    /// for searches, history, operations and unmatched requests; `None`: the
+    /// `attribution.oversize` default.
+    pub oversize: Option<RuleOversize>,
     /// The most the matched rule may claim (`partial` when unmatched).
     pub claim: AttributionClaim,
     /// The base path the request matched under (`/fhir`; empty for the root), for resolving
@@ -138,6 +142,8 @@ impl Classification {
             needs_form_body: false,
             inspect_body: inspect,
             inspect_response: inspect,
+            // Anything could be in its answer: a bulk answer is not released unread.
+            oversize: Some(RuleOversize::Refuse),
             claim: AttributionClaim::Partial,
             base_path: String::new(),
             forwarded_query: None,
@@ -431,6 +437,12 @@ impl RuleSet {
             needs_form_body: false,
             inspect_body: rule.inspect_body,
             inspect_response: rule.inspect_response,
+            oversize: rule.oversize.or(match rule.interaction {
+                InteractionKind::Search | InteractionKind::History | InteractionKind::Operation => {
+                    Some(RuleOversize::Refuse)
+                }
+                _ => None,
+            }),
             claim: rule.claim,
             base_path: String::new(),
             forwarded_query: None,

@@ -284,6 +284,7 @@ pub(super) fn compile_rule(def: RuleDef) -> Result<Rule, CompileError> {
         form_body: def.form_body,
         inspect_body: def.inspect_body,
         inspect_response: def.inspect_response,
+        oversize: def.oversize,
         description: def.description,
     })
 }

@@ -154,6 +154,22 @@ pub struct RuleDef {
     /// request takes the buffered path (see [`crate::proxy`], the buffered path).
     #[serde(default)]
     pub inspect_response: bool,
+    /// A response larger than `attribution.max_body_bytes`: `refuse` it (502, journaled) or
+    /// `forward` it (the record says `partial`, gap `too_large`). Default: `refuse` for
+    /// searches, history and operations (an answer that large is a bulk export, which pages or
+    /// `$export` serve attributably), `attribution.oversize` for everything else.
+    #[serde(default)]
+    pub oversize: Option<RuleOversize>,
+}
+
+/// What a rule does with a response over the body limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleOversize {
+    /// Refuse it: 502 `response_too_large`, journaled; none of it is released.
+    Refuse,
+    /// Release it; the record says `partial` (gap `too_large`).
+    Forward,
 }
 
 /// The `attribution` a rule may claim.

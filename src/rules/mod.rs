@@ -147,8 +147,8 @@ pub use config::{
 };
 pub use error::{PathRejection, RequestRejection, RulesError};
 pub use file::{
-    AttributionClaim, CompartmentDef, RuleDef, RuleFile, RuleTest, RuleTestExpect, BUILTIN_FHIR_R4,
-    DEFAULT_RULE_FILE, REJECTED_RULE, UNMATCHED_RULE,
+    AttributionClaim, CompartmentDef, RuleDef, RuleFile, RuleOversize, RuleTest, RuleTestExpect,
+    BUILTIN_FHIR_R4, DEFAULT_RULE_FILE, REJECTED_RULE, UNMATCHED_RULE,
 };
 pub use path::MAX_PATH_BYTES;
 pub use ruleset::{RuleSet, RuleSummary};

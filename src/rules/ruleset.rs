@@ -68,6 +68,7 @@ pub(super) struct Rule {
     pub(super) form_body: bool,
     pub(super) inspect_body: bool,
     pub(super) inspect_response: bool,
+    pub(super) oversize: Option<super::file::RuleOversize>,
     pub(super) description: Option<String>,
 }
 

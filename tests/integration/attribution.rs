@@ -73,26 +73,17 @@ fn a_response_over_the_limit_is_forwarded_whole_and_recorded_as_partial() {
         1.0
     );
 
-    // Far over the limit (many reads from the EHR): the record is written after the first
-    // chunks, the rest streams, and the client still gets the whole Bundle.
-    let direct: serde_json::Value = http_client()
-        .get(fhir.url("Patient/example/$everything"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    // An operation far over the limit ($everything: many patients' worth of Bundle) is
+    // refused by default, like a search: none of it is released unread.
     let (status, id, body) = get(&gw, &token, "/fhir/Patient/example/$everything");
-    assert_eq!(status, 200);
-    assert!(body.len() > 64 * 1024, "{}", body.len());
-    let got: serde_json::Value = serde_json::from_slice(&body).expect("a whole JSON Bundle");
-    assert_eq!(
-        got["entry"].as_array().map(Vec::len),
-        direct["entry"].as_array().map(Vec::len)
-    );
+    assert_eq!(status, 502);
+    assert!(String::from_utf8_lossy(&body).contains("response_too_large"));
     let records = gw.records();
     let e = &outcome(&records, &id).event;
-    assert_eq!(e.attribution, Attribution::Partial);
-    assert_eq!(e.attribution_gaps, ["too_large"]);
+    assert_eq!(
+        e.outcome.as_ref().unwrap().error.as_deref(),
+        Some("response_too_large")
+    );
 }
 
 #[test]

@@ -753,3 +753,46 @@ fn deletes_and_patches_name_the_patient_of_the_resource_they_change() {
     assert!(intent.event.patients.is_empty());
     assert_eq!(intent.event.attribution, Attribution::Partial);
 }
+
+/// A search whose answer is over the body limit (a population in one page) is refused, not
+/// released unread; a read over the limit keeps the site's `attribution.oversize` (forward,
+/// partial); a rule may say otherwise.
+#[test]
+fn an_oversize_search_is_refused_by_default() {
+    let fhir = FhirServer::seeded();
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
+    opts.extra_toml = "[attribution]\nmax_body_bytes = 1024\nmax_buffered_bytes = 1048576\n".into();
+    let gw = Gateway::start(opts);
+    let token = gw.token("mallory.bulk");
+    let resp = http_client()
+        .get(gw.url("/fhir/Observation?_count=100"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let body = resp.text().unwrap();
+    assert!(
+        body.contains("response_too_large") && body.contains("_count"),
+        "{body}"
+    );
+    assert!(!body.contains("\"resourceType\":\"Bundle\""), "{body}");
+    let r = outcome_of(&gw, &id);
+    assert_eq!(
+        r.event.outcome.as_ref().unwrap().error.as_deref(),
+        Some("response_too_large")
+    );
+    // A read over the limit: forwarded, recorded partial (too_large), its patient named by
+    // the path.
+    let resp = http_client()
+        .get(gw.url("/fhir/Patient/example"))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert!(resp.bytes().unwrap().len() > 1024);
+    let r = outcome_of(&gw, &id);
+    assert_eq!(r.event.attribution_gaps, ["too_large"]);
+    assert!(ids(&r).contains("example"));
+}

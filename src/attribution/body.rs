@@ -45,6 +45,15 @@ pub fn is_xml(media_type: &str) -> bool {
     ) || media_type.ends_with("+xml")
 }
 
+/// Whether a media type is newline-delimited JSON (FHIR Bulk Data files):
+/// `application/fhir+ndjson`, `application/ndjson`, `application/x-ndjson`.
+pub fn is_ndjson(media_type: &str) -> bool {
+    matches!(
+        media_type,
+        "application/fhir+ndjson" | "application/ndjson" | "application/x-ndjson"
+    )
+}
+
 /// How a body is read for patients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyFormat {
@@ -52,6 +61,8 @@ pub enum BodyFormat {
     Json,
     /// FHIR XML.
     Xml,
+    /// One FHIR JSON resource per line (a Bulk Data file).
+    Ndjson,
 }
 
 /// How to read a body with media type `media` (`None`: no `Content-Type`), or `None` when it
@@ -65,6 +76,7 @@ pub fn body_format(media: Option<&str>, decoded: &[u8]) -> Option<BodyFormat> {
         .is_some_and(|b| *b == b'<');
     match media {
         Some(m) if is_xml(m) => Some(BodyFormat::Xml),
+        Some(m) if is_ndjson(m) => Some(BodyFormat::Ndjson),
         None => Some(if looks_like_xml {
             BodyFormat::Xml
         } else {
@@ -292,6 +304,7 @@ pub fn inspect_response_body(
             let started = std::time::Instant::now();
             let read = match body_format(media.as_deref(), &bytes) {
                 Some(BodyFormat::Xml) => crate::attribution::extract::response_patients_xml,
+                Some(BodyFormat::Ndjson) => crate::attribution::extract::ndjson_patients,
                 _ => crate::attribution::extract::response_patients,
             };
             inspection.response = Some(read(&bytes, local));

@@ -289,6 +289,28 @@ pub fn patch_string_references(body: &[u8], local: &LocalBases) -> Findings {
     out
 }
 
+/// Patients in newline-delimited FHIR JSON (a Bulk Data file): each non-blank line is one
+/// resource, read like a response body; a line that is not JSON is the gap `invalid_json`.
+/// Memory is bounded by the longest line, not the file.
+pub fn ndjson_patients(body: &[u8], local: &LocalBases) -> Findings {
+    let mut out = Findings::default();
+    for line in body.split(|b| *b == b'\n') {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let f = response_patients(line, local);
+        for p in &f.patients {
+            out.add(p);
+        }
+        for url in &f.external_refs {
+            out.add_external(url);
+        }
+        out.external_refs_omitted += f.external_refs_omitted;
+        out.gaps.extend(f.gaps.iter().copied());
+    }
+    out
+}
+
 /// Patients in a FHIR XML response body; as [`response_patients`].
 pub fn response_patients_xml(body: &[u8], local: &LocalBases) -> Findings {
     interpret(

@@ -529,3 +529,21 @@ fn xml_that_is_not_well_formed_or_declares_a_dtd_is_invalid_never_expanded() {
     );
     assert_eq!(ids(&f), ["p1"]);
 }
+
+#[test]
+fn bulk_data_ndjson_is_read_line_by_line() {
+    let body = b"{\"resourceType\":\"Observation\",\"subject\":{\"reference\":\"Patient/n1\"}}\n\
+{\"resourceType\":\"Patient\",\"id\":\"n2\"}\r\n\
+\n\
+{\"resourceType\":\"Condition\",\"subject\":{\"reference\":\"http://far.example/Patient/x\"}}\n";
+    let f = super::ndjson_patients(body, &test_bases());
+    assert_eq!(ids(&f), ["n1", "n2"]);
+    assert_eq!(f.external_refs, ["http://far.example/Patient/x"]);
+    assert!(f.gaps.is_empty());
+    let f = super::ndjson_patients(
+        b"{\"resourceType\":\"Patient\",\"id\":\"ok\"}\nnot json\n",
+        &test_bases(),
+    );
+    assert_eq!(ids(&f), ["ok"]);
+    assert_eq!(gaps(&f), ["invalid_json"]);
+}

@@ -51,7 +51,7 @@ fn rules_test_passes_on_the_shipped_rules_and_fails_on_a_wrong_expectation() {
         &format!("{root}/config/quickstart.toml"),
     ]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("17 of 17 rule tests passed"), "{out}");
+    assert!(out.contains("18 of 18 rule tests passed"), "{out}");
 
     // A rule file whose case expects the wrong patient: exit 1, and the failure says why.
     let dir = tempfile::tempdir().unwrap();

@@ -582,8 +582,9 @@ fn the_buffered_byte_budget_is_never_exceeded() {
     opts.extra_toml = TIGHT_BUFFERED_PATH.into();
     let gw = Gateway::start(opts);
     let token = gw.token("dr.budget");
+    // An update that names its patient (so no pre-image read is needed first).
     let body = format!(
-        "{{\"resourceType\":\"Basic\",\"note\":\"{}\"}}",
+        "{{\"resourceType\":\"Basic\",\"subject\":{{\"reference\":\"Patient/p1\"}},\"note\":\"{}\"}}",
         "x".repeat(400_000)
     );
     let post = |path: String| {

@@ -183,7 +183,8 @@ fn each_interaction_is_recorded_and_passed_through_unchanged() {
             I::Delete,
             Some("Observation"),
             &[],
-            At::Partial,
+            // Its patient is read first (the pre-image), so the record is complete.
+            At::Complete,
         ),
     ];
     let mut create = case(

@@ -58,7 +58,7 @@ fn the_admin_listener_reports_traffic_health_and_readiness_without_phi() {
         .collect();
     assert_eq!(
         checks,
-        ["serving", "journal", "keys", "rules"],
+        ["serving", "journal", "keys", "listeners", "rules"],
         "no archive configured"
     );
 

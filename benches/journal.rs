@@ -73,6 +73,7 @@ fn event(n: u64) -> Event {
         attribution_gaps: Vec::new(),
         external_refs: Vec::new(),
         external_refs_omitted: None,
+        bulk_files: Vec::new(),
         net: NetworkVector {
             client_ip: "10.20.30.40".into(),
             peer_ip: "10.0.0.5".into(),

@@ -463,6 +463,10 @@ pub struct Event {
     /// External references beyond those bounds: counted, not kept.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub external_refs_omitted: Option<u64>,
+    /// The files of a FHIR Bulk Data manifest this response carried, each saying whether its
+    /// download passes through the gateway (and is recorded with its patients) or not.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub bulk_files: Vec<crate::attribution::extract::BulkFile>,
     /// From where: client IP, proxies, device, user agent, GeoIP, this gateway.
     pub net: NetworkVector,
     /// How the request ended (outcome records only).
@@ -596,6 +600,7 @@ mod tests {
             attribution_gaps: Vec::new(),
             external_refs: Vec::new(),
             external_refs_omitted: None,
+            bulk_files: Vec::new(),
             net: NetworkVector::default(),
             outcome: Some(Outcome {
                 status: 401,

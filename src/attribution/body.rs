@@ -308,6 +308,12 @@ pub fn inspect_response_body(
                 _ => crate::attribution::extract::response_patients,
             };
             inspection.response = Some(read(&bytes, local));
+            if let Some(files) = crate::attribution::extract::bulk_manifest_files(&bytes, local) {
+                if files.iter().any(|f| !f.through_gateway) {
+                    inspection.gaps.insert(Gap::BulkFilesElsewhere);
+                }
+                inspection.bulk_files = files;
+            }
             Some(started.elapsed())
         }
         Ok(_) => {

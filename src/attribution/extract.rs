@@ -96,11 +96,15 @@ pub enum Gap {
     /// The current version of the resource a delete or patch changes could not be read first
     /// (the pre-image GET failed), so whose it was is not known.
     NoPreImage,
+    /// A Bulk Data manifest lists files served somewhere else than this EHR's base (a
+    /// pre-signed storage URL): their downloads bypass the gateway, so their patients are not
+    /// recorded. The record's `bulk_files` lists them.
+    BulkFilesElsewhere,
 }
 
 impl Gap {
     /// Every gap, for metrics and documentation.
-    pub const ALL: [Gap; 16] = [
+    pub const ALL: [Gap; 17] = [
         Gap::InvalidJson,
         Gap::InvalidXml,
         Gap::NotJson,
@@ -117,6 +121,7 @@ impl Gap {
         Gap::Subsetted,
         Gap::Graphql,
         Gap::NoPreImage,
+        Gap::BulkFilesElsewhere,
     ];
 
     /// The name recorded in the journal and used as a metric label.
@@ -138,6 +143,7 @@ impl Gap {
             Gap::Subsetted => "subsetted",
             Gap::Graphql => "graphql",
             Gap::NoPreImage => "no_pre_image",
+            Gap::BulkFilesElsewhere => "bulk_files_elsewhere",
         }
     }
 }
@@ -309,6 +315,58 @@ pub fn ndjson_patients(body: &[u8], local: &LocalBases) -> Findings {
         out.gaps.extend(f.gaps.iter().copied());
     }
     out
+}
+
+/// The files a FHIR Bulk Data manifest (the completed status poll's answer: `transactionTime`,
+/// `request`, `output`) lists, each with whether it is served under this EHR's base (its
+/// download passes through the gateway, where its patients are recorded) or elsewhere. `None`
+/// when `body` is not a manifest.
+pub fn bulk_manifest_files(body: &[u8], local: &LocalBases) -> Option<Vec<BulkFile>> {
+    let doc: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let manifest = doc.as_object()?;
+    if !manifest.contains_key("transactionTime") || !manifest.contains_key("output") {
+        return None;
+    }
+    let mut files = Vec::new();
+    for key in ["output", "error", "deleted"] {
+        for item in manifest
+            .get(key)
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+        {
+            if let Some(url) = item.get("url").and_then(|u| u.as_str()) {
+                let through_gateway = url
+                    .rsplit_once('/')
+                    .and_then(|(dir, _)| {
+                        // A file under the base: some prefix of its directory is a local base.
+                        let mut prefix = dir;
+                        loop {
+                            if local.is_local(prefix) {
+                                return Some(());
+                            }
+                            prefix = prefix.rsplit_once('/')?.0;
+                        }
+                    })
+                    .is_some();
+                files.push(BulkFile {
+                    url: url.chars().take(MAX_EXTERNAL_REF_BYTES).collect(),
+                    through_gateway,
+                });
+            }
+        }
+    }
+    Some(files)
+}
+
+/// One file of a Bulk Data manifest (see [`bulk_manifest_files`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BulkFile {
+    /// Its URL, as the manifest gives it (at most 512 bytes kept).
+    pub url: String,
+    /// Served under this EHR's base: its download passes through the gateway and is recorded
+    /// with its patients. False: downloaded around the gateway (no per-file record).
+    pub through_gateway: bool,
 }
 
 /// Patients in a FHIR XML response body; as [`response_patients`].

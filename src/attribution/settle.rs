@@ -22,6 +22,8 @@ pub struct Inspection {
     pub pre_image: Option<Findings>,
     /// Gaps found outside the extractor (`too_large`, `not_json`, `content_encoding`).
     pub gaps: BTreeSet<Gap>,
+    /// The files a Bulk Data manifest in the response lists (empty: not a manifest).
+    pub bulk_files: Vec<crate::attribution::extract::BulkFile>,
 }
 
 /// The absolute references to other servers' patients that the request body and the response

@@ -309,6 +309,7 @@ fn new_event(
         attribution_gaps: Vec::new(),
         external_refs: Vec::new(),
         external_refs_omitted: None,
+        bulk_files: Vec::new(),
         net,
         outcome: None,
         truncated: Default::default(),

@@ -262,6 +262,7 @@ fn summary_event(node: &str, ip: Option<IpAddr>, s: &Summary) -> Event {
         attribution_gaps: Vec::new(),
         external_refs: Vec::new(),
         external_refs_omitted: None,
+        bulk_files: Vec::new(),
         net: NetworkVector {
             client_ip: client.clone(),
             peer_ip: client,

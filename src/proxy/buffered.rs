@@ -175,6 +175,7 @@ impl Gateway {
             event.attribution = attribution;
             event.attribution_gaps = gaps;
             (event.external_refs, event.external_refs_omitted) = external_refs(&inspection);
+            event.bulk_files = std::mem::take(&mut inspection.bulk_files);
         }
         // 5. The outcome record, durable before any byte of the response is released.
         let Some(answer) = self.journal_answer(session, ctx, answer).await? else {

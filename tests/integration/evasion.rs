@@ -797,3 +797,79 @@ fn an_oversize_search_is_refused_by_default() {
     assert_eq!(r.event.attribution_gaps, ["too_large"]);
     assert!(ids(&r).contains("example"));
 }
+
+/// FHIR Bulk Data through the gateway against sekmet's `$export`: the kick-off and every status
+/// poll are recorded; the manifest's record lists its files and that they pass through the
+/// gateway; each file downloaded through it names exactly the patients in its lines.
+#[test]
+fn a_bulk_data_export_is_attributed_file_by_file() {
+    let fhir = FhirServer::seeded();
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
+    opts.extra_toml =
+        "[attribution]\nmax_body_bytes = 67108864\nmax_buffered_bytes = 134217728\n".into();
+    let gw = Gateway::start(opts);
+    let token = gw.token("dr.bulk");
+    let client = http_client();
+    // Kick-off: 202 and the status URL (on the EHR's base; the client goes through the
+    // gateway's address for it).
+    let resp = client
+        .get(gw.url("/fhir/Patient/$export?_type=Patient,Observation"))
+        .bearer_auth(&token)
+        .header("Prefer", "respond-async")
+        .header("Accept", "application/fhir+json")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 202, "{:?}", resp.text());
+    let kickoff_id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let status_url = resp.headers()["content-location"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let through = |url: &str| url.replace(fhir.base_url(), &gw.url("/fhir"));
+    let kickoff = outcome_of(&gw, &kickoff_id);
+    assert_eq!(kickoff.event.interaction.as_str(), "operation");
+    // Poll until the manifest.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (manifest, manifest_id) = loop {
+        let resp = client
+            .get(through(&status_url))
+            .bearer_auth(&token)
+            .send()
+            .unwrap();
+        let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+        if resp.status() == 200 {
+            break (resp.json::<serde_json::Value>().unwrap(), id);
+        }
+        assert_eq!(resp.status(), 202);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the export never finished"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let record = outcome_of(&gw, &manifest_id);
+    let outputs = manifest["output"].as_array().unwrap();
+    assert_eq!(record.event.bulk_files.len(), outputs.len());
+    assert!(record.event.bulk_files.iter().all(|f| f.through_gateway));
+    assert!(!record
+        .event
+        .attribution_gaps
+        .iter()
+        .any(|g| g == "bulk_files_elsewhere"));
+    // Each file, downloaded through the gateway: its record names the patients of its lines.
+    for output in outputs {
+        let url = output["url"].as_str().unwrap();
+        let resp = client.get(through(url)).bearer_auth(&token).send().unwrap();
+        assert_eq!(resp.status(), 200, "{url}");
+        let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+        let text = resp.text().unwrap();
+        let mut expected = BTreeSet::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let doc: serde_json::Value = serde_json::from_str(line).unwrap();
+            expected.extend(referenced_patients(&doc, fhir.base_url()));
+        }
+        assert!(!expected.is_empty(), "{url}");
+        let r = outcome_of(&gw, &id);
+        assert_eq!(ids(&r), expected, "{url}");
+    }
+}

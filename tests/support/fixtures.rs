@@ -41,6 +41,7 @@ pub fn event(n: usize) -> Event {
         attribution_gaps: Vec::new(),
         external_refs: Vec::new(),
         external_refs_omitted: None,
+        bulk_files: Vec::new(),
         net: NetworkVector::default(),
         outcome: None,
         truncated: Default::default(),

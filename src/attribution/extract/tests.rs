@@ -547,3 +547,21 @@ fn bulk_data_ndjson_is_read_line_by_line() {
     assert_eq!(ids(&f), ["ok"]);
     assert_eq!(gaps(&f), ["invalid_json"]);
 }
+
+#[test]
+fn a_bulk_data_manifest_says_which_files_bypass_the_gateway() {
+    let manifest = br#"{"transactionTime": "2026-12-04T00:00:00Z", "request": "http://h/fhir/$export",
+        "requiresAccessToken": true,
+        "output": [
+            {"type": "Patient", "url": "http://h/fhir/bulk-files/j1/Patient.ndjson"},
+            {"type": "Observation", "url": "https://bucket.s3.example/j1/Observation.ndjson?X-Amz-Signature=abc"}
+        ],
+        "error": [{"type": "OperationOutcome", "url": "http://h/fhir/bulk-files/j1/errors.ndjson"}]}"#;
+    let files = super::bulk_manifest_files(manifest, &test_bases()).unwrap();
+    let through: Vec<bool> = files.iter().map(|f| f.through_gateway).collect();
+    assert_eq!(through, [true, false, true]);
+    assert!(files[1].url.starts_with("https://bucket.s3.example/"));
+    // Anything else is no manifest.
+    assert!(super::bulk_manifest_files(br#"{"resourceType": "Patient"}"#, &test_bases()).is_none());
+    assert!(super::bulk_manifest_files(b"not json", &test_bases()).is_none());
+}

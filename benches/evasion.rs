@@ -47,6 +47,8 @@ fn start_ehr() -> u16 {
 }
 
 fn serve(stream: TcpStream) {
+    // One write per answer, no Nagle delay: the EHR must not be what is measured.
+    stream.set_nodelay(true).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut out = stream;
     loop {
@@ -86,11 +88,11 @@ fn serve(stream: TcpStream) {
             ),
             _ => r#"{"resourceType":"Patient","id":"x"}"#.to_string(),
         };
-        let head = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\n\r\n",
+        let whole = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\n\r\n{answer}",
             answer.len()
         );
-        if out.write_all(head.as_bytes()).is_err() || out.write_all(answer.as_bytes()).is_err() {
+        if out.write_all(whole.as_bytes()).is_err() {
             return;
         }
     }
@@ -153,17 +155,22 @@ listen = "127.0.0.1:{admin}"
         );
         let config_path = dir.path().join("auditgate.toml");
         std::fs::write(&config_path, config).unwrap();
+        let log_path = dir.path().join("gateway.log");
         let child = Command::new(env!("CARGO_BIN_EXE_auditgate"))
             .args(["run", "--config"])
             .arg(&config_path)
             .env("BENCH_SECRET", std::str::from_utf8(SECRET).unwrap())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the gateway did not listen");
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not listen:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Gw {
@@ -304,7 +311,7 @@ fn main() {
     let ehr = start_ehr();
 
     // 1. Flood: before (nothing summarised) and after (the shipped defaults).
-    let unlimited = "[records]\nunauthenticated_per_ip_per_sec = 1000000\nunauthenticated_burst = 1000000\nunauthenticated_total_per_sec = 1000000\nsummary_interval_secs = 1\n";
+    let unlimited = "[records]\nunauthenticated_per_ip_per_sec = 100000\nunauthenticated_burst = 1000000\nunauthenticated_total_per_sec = 1000000\nsummary_interval_secs = 1\n";
     let shipped = "[records]\nsummary_interval_secs = 1\n";
     let before = {
         let gw = Gw::start(ehr, unlimited);

@@ -38,6 +38,7 @@ pub mod held;
 pub mod jwks;
 pub mod keys;
 pub mod oracle;
+pub mod permissive;
 pub mod prometheus;
 pub mod python;
 pub mod s3;

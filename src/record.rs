@@ -398,6 +398,16 @@ impl Outcome {
     }
 }
 
+/// One file of a FHIR Bulk Data manifest (see [`Event::bulk_files`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BulkFile {
+    /// Its URL, as the manifest gives it (at most 512 bytes kept).
+    pub url: String,
+    /// Served under this EHR's base: its download passes through the gateway and is recorded
+    /// with its patients. False: downloaded around the gateway (no per-file record).
+    pub through_gateway: bool,
+}
+
 /// Requests counted into one summary record (see [`Event::summary`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestSummary {
@@ -466,7 +476,7 @@ pub struct Event {
     /// The files of a FHIR Bulk Data manifest this response carried, each saying whether its
     /// download passes through the gateway (and is recorded with its patients) or not.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
-    pub bulk_files: Vec<crate::attribution::extract::BulkFile>,
+    pub bulk_files: Vec<BulkFile>,
     /// From where: client IP, proxies, device, user agent, GeoIP, this gateway.
     pub net: NetworkVector,
     /// How the request ended (outcome records only).

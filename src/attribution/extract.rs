@@ -359,15 +359,7 @@ pub fn bulk_manifest_files(body: &[u8], local: &LocalBases) -> Option<Vec<BulkFi
     Some(files)
 }
 
-/// One file of a Bulk Data manifest (see [`bulk_manifest_files`]).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct BulkFile {
-    /// Its URL, as the manifest gives it (at most 512 bytes kept).
-    pub url: String,
-    /// Served under this EHR's base: its download passes through the gateway and is recorded
-    /// with its patients. False: downloaded around the gateway (no per-file record).
-    pub through_gateway: bool,
-}
+pub use crate::record::BulkFile;
 
 /// Patients in a FHIR XML response body; as [`response_patients`].
 pub fn response_patients_xml(body: &[u8], local: &LocalBases) -> Findings {

@@ -23,7 +23,7 @@ pub struct Inspection {
     /// Gaps found outside the extractor (`too_large`, `not_json`, `content_encoding`).
     pub gaps: BTreeSet<Gap>,
     /// The files a Bulk Data manifest in the response lists (empty: not a manifest).
-    pub bulk_files: Vec<crate::attribution::extract::BulkFile>,
+    pub bulk_files: Vec<crate::record::BulkFile>,
 }
 
 /// The absolute references to other servers' patients that the request body and the response

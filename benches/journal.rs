@@ -103,6 +103,7 @@ fn event(n: u64) -> Event {
             content_type: None,
         }),
         truncated: Default::default(),
+        part: None,
         summary: None,
         clock: ClockState {
             synced: true,

@@ -65,6 +65,9 @@ pub enum Phase {
     Intent,
     /// Written and fsync'd before any byte of the response is released to the client.
     Outcome,
+    /// Written and fsync'd before the next part of an answer too large to read whole (a Bulk
+    /// Data file, released window by window) leaves the gateway: the patients of that part.
+    Continuation,
 }
 
 /// The CRUDE action of the access (FHIR AuditEvent.action codes).
@@ -486,6 +489,10 @@ pub struct Event {
     /// (`forwarded_chain`: the number of hops received).
     #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
     pub truncated: BTreeMap<String, u64>,
+    /// The part of an answer released window by window this record covers: 0 for the outcome
+    /// record (the head and the first window), 1, 2 ... for the continuation records.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub part: Option<u32>,
     /// A summary record: requests without a valid token from one client IP, beyond
     /// `[records]`'s rate, counted here instead of recorded one by one.
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -618,6 +625,7 @@ mod tests {
                 ..Default::default()
             }),
             truncated: Default::default(),
+            part: None,
             summary: None,
             clock: ClockState::default(),
             received: String::new(),

@@ -313,6 +313,7 @@ fn new_event(
         net,
         outcome: None,
         truncated: Default::default(),
+        part: None,
         summary: None,
         clock: clock::current(),
         received,

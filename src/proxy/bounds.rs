@@ -279,6 +279,7 @@ fn summary_event(node: &str, ip: Option<IpAddr>, s: &Summary) -> Event {
             ..Outcome::default()
         }),
         truncated: BTreeMap::new(),
+        part: None,
         summary: Some(RequestSummary {
             count: s.count,
             first: format_ts(s.first),

@@ -36,6 +36,9 @@
 //! `attribution.oversize = "forward"` (the default) forwards them anyway, never silently: the
 //! record says `partial` with the gap `too_large` and is durable before the first byte is
 //! released; the rest then streams. `"refuse"` answers 413 (request) or 502 (response), journaled.
+//! Answers to searches, history, operations and unmatched requests are refused by default (the
+//! rule's `oversize`). Newline-delimited JSON (a Bulk Data file) is instead released window by
+//! window, each after a record naming its lines' patients ([`super::progressive`]).
 //!
 //! # What is not inspected
 //!
@@ -156,7 +159,24 @@ impl Gateway {
         };
         // 4. The response's patients.
         let head_request = session.req_header().method == http::Method::HEAD;
-        if !self.read_response(ctx, &c, &answer, head_request, &mut inspection) {
+        let progressive = progressive_ndjson(&answer, head_request);
+        if progressive {
+            // Too large to read whole, but line by line: the outcome record names the
+            // patients of the first window's whole lines; each further window gets its own.
+            let first =
+                super::progressive::window_end(&answer.body, ctx.snap.attribution.limit(), false);
+            let lines = &answer.body[..first];
+            inspection.response = Some(crate::attribution::extract::ndjson_patients(
+                lines,
+                ctx.snap.rules.local_bases(),
+            ));
+            ctx.content_type = crate::attribution::body::media_type(
+                answer.header.headers.get(http::header::CONTENT_TYPE),
+            );
+            if let Some(event) = ctx.event.as_mut() {
+                event.part = Some(0);
+            }
+        } else if !self.read_response(ctx, &c, &answer, head_request, &mut inspection) {
             if let Some(mut rest) = answer.rest {
                 rest.shutdown().await;
             }
@@ -182,8 +202,13 @@ impl Gateway {
             return Ok(true);
         };
         // 6. Release: the EHR's head and body, unchanged but for hop-by-hop headers.
-        self.release(session, ctx, answer, head_request, &pace)
-            .await?;
+        if progressive {
+            self.release_progressively(session, ctx, answer, &pace, &mut held)
+                .await?;
+        } else {
+            self.release(session, ctx, answer, head_request, &pace)
+                .await?;
+        }
         Ok(true)
     }
 
@@ -598,4 +623,17 @@ fn needs_pre_image(
         .as_deref()
         .is_none_or(|t| snap.rules.compartment_params(t).is_some());
     changes && c.attribution != crate::record::Attribution::Complete && in_compartment
+}
+
+/// Whether an answer is released window by window ([`super::progressive`]): newline-delimited
+/// JSON (a Bulk Data file), uncompressed, too large to read whole.
+fn progressive_ndjson(answer: &Answer, head_request: bool) -> bool {
+    let headers = &answer.header.headers;
+    let ndjson = crate::attribution::body::media_type(headers.get(http::header::CONTENT_TYPE))
+        .is_some_and(|m| crate::attribution::body::is_ndjson(&m));
+    let identity = headers
+        .get(http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.trim().is_empty() || v.trim().eq_ignore_ascii_case("identity"));
+    !head_request && !answer.complete && answer.rest.is_some() && ndjson && identity
 }

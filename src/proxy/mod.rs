@@ -32,6 +32,7 @@ mod buffered;
 mod exchange;
 mod gateway;
 pub mod live;
+mod progressive;
 mod refusal;
 
 pub use gateway::Gateway;

@@ -1050,3 +1050,80 @@ fn every_evasion_corpus_case_is_refused_or_attributed_exactly() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A Bulk Data file larger than `max_body_bytes` is released window by window: the outcome
+/// record and each continuation record name the patients of the lines they cover, each durable
+/// before its window left, and together they name every patient of the file, which reaches the
+/// client whole.
+#[test]
+fn a_bulk_data_file_over_the_limit_is_released_window_by_window() {
+    let fhir = FhirServer::seeded();
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
+    opts.extra_toml = "[attribution]\nmax_body_bytes = 8192\nmax_buffered_bytes = 1048576\n".into();
+    let gw = Gateway::start(opts);
+    let token = gw.token("dr.bulk.large");
+    let client = http_client();
+    // Kick off straight at sekmet (the export itself is not what is tested here).
+    let kick = client
+        .get(fhir.url("Patient/$export?_type=Observation"))
+        .header("Prefer", "respond-async")
+        .send()
+        .unwrap();
+    assert_eq!(kick.status(), 202);
+    let status_url = kick.headers()["content-location"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let manifest: serde_json::Value = loop {
+        let r = client.get(&status_url).send().unwrap();
+        if r.status() == 200 {
+            break r.json().unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let url = manifest["output"][0]["url"].as_str().unwrap().to_string();
+    let direct = client.get(&url).send().unwrap().bytes().unwrap();
+    assert!(
+        direct.len() > 4 * 8192,
+        "{} bytes: too small to need windows",
+        direct.len()
+    );
+    let resp = client
+        .get(url.replace(fhir.base_url(), &gw.url("/fhir")))
+        .bearer_auth(&token)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let got = resp.bytes().unwrap();
+    assert!(
+        got == direct,
+        "the client got other bytes than the EHR sent"
+    );
+    let mut expected = BTreeSet::new();
+    for line in std::str::from_utf8(&direct).unwrap().lines() {
+        let doc: serde_json::Value = serde_json::from_str(line).unwrap();
+        expected.extend(referenced_patients(&doc, fhir.base_url()));
+    }
+    let records = records_of(&gw, &id);
+    let parts: Vec<u32> = records.iter().filter_map(|r| r.event.part).collect();
+    assert!(parts.len() >= 4, "{parts:?}");
+    assert_eq!(parts, (0..parts.len() as u32).collect::<Vec<_>>());
+    assert_eq!(records[0].event.phase, Phase::Outcome);
+    assert!(records[1..]
+        .iter()
+        .all(|r| r.event.phase == Phase::Continuation));
+    let named: BTreeSet<String> = records.iter().flat_map(ids).collect();
+    assert_eq!(named, expected);
+    // Each record covers whole lines only, and only its own: every line's patients are in
+    // the record of the window that carried it.
+    for r in &records {
+        assert!(
+            r.event.attribution_gaps.is_empty(),
+            "{:?}",
+            r.event.attribution_gaps
+        );
+    }
+}

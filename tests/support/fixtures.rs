@@ -45,6 +45,7 @@ pub fn event(n: usize) -> Event {
         net: NetworkVector::default(),
         outcome: None,
         truncated: Default::default(),
+        part: None,
         summary: None,
         clock: ClockState::default(),
         received: String::new(),

@@ -215,7 +215,18 @@ fn sealed_segments_and_checkpoints_are_shipped_locked_and_cannot_be_deleted() {
     wait_until_shipped(&gw);
     let rt = runtime();
     let store = rt.block_on(S3Store::connect(&archive_config(&s3, "e2e")));
-    let listed = versions(&store, &rt);
+    // Checkpoints ship on their own schedule (signed every interval, picked up at the next
+    // poll): under load the first one may follow the segments by a few seconds.
+    let checkpoint_prefix = format!("{PREFIX}/v1/node=test-gw/checkpoints/");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let listed = loop {
+        let listed = versions(&store, &rt);
+        if listed.iter().any(|v| v.key.starts_with(&checkpoint_prefix)) || Instant::now() > deadline
+        {
+            break listed;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let keys = assert_one_version_each(&listed);
     let segments: Vec<&String> = keys.iter().filter(|k| k.ends_with(".jsonl.zst")).collect();
     assert!(segments.len() >= sealed_segments(&gw.journal).len());

@@ -209,18 +209,7 @@ impl Gateway {
         let net = ctx.snap.net.clone();
         let (status, error) = (refusal.status(), refusal.error());
         match self.journal_outcome(ctx, status, Some(error), None).await {
-            Ok(()) => {
-                write_answer(
-                    session,
-                    false,
-                    status,
-                    net.request_id_header(),
-                    &request_id,
-                    &refusal.headers(),
-                    error_body(status, error, refusal.detail(), &request_id),
-                )
-                .await?
-            }
+            Ok(()) => send_refusal(session, &net, &request_id, &refusal).await?,
             Err(e) => {
                 self.unavailable(session, &net, false, &e, &request_id)
                     .await?
@@ -241,18 +230,7 @@ impl Gateway {
         refusal.count();
         // Its summary stands for its record: `logging` must not write one.
         ctx.outcome_written = true;
-        let request_id = ctx.request_id();
-        let (status, error) = (refusal.status(), refusal.error());
-        write_answer(
-            session,
-            false,
-            status,
-            ctx.snap.net.request_id_header(),
-            &request_id,
-            &refusal.headers(),
-            error_body(status, error, refusal.detail(), &request_id),
-        )
-        .await?;
+        send_refusal(session, &ctx.snap.net, &ctx.request_id(), &refusal).await?;
         Ok(true)
     }
 
@@ -290,4 +268,24 @@ impl Gateway {
         )
         .await
     }
+}
+
+/// The answer of a refusal: its status, error body and headers (its record is the caller's).
+async fn send_refusal(
+    session: &mut Session,
+    net: &NetPolicy,
+    request_id: &str,
+    refusal: &Refusal,
+) -> Result<()> {
+    let (status, error) = (refusal.status(), refusal.error());
+    write_answer(
+        session,
+        false,
+        status,
+        net.request_id_header(),
+        request_id,
+        &refusal.headers(),
+        error_body(status, error, refusal.detail(), request_id),
+    )
+    .await
 }

@@ -184,17 +184,13 @@ impl Gateway {
         }
         let status = answer.header.status.as_u16();
         if let Some(event) = ctx.event.as_mut() {
-            let (patients, attribution, gaps) = settle(&c, &inspection, Some(status));
-            for gap in &gaps {
+            settle_into(event, &c, &inspection, Some(status));
+            for gap in &event.attribution_gaps {
                 metrics::global()
                     .attribution_gaps
                     .with_label_values(&[gap.as_str()])
                     .inc();
             }
-            event.patients = patients;
-            event.attribution = attribution;
-            event.attribution_gaps = gaps;
-            (event.external_refs, event.external_refs_omitted) = external_refs(&inspection);
             event.bulk_files = std::mem::take(&mut inspection.bulk_files);
         }
         // 5. The outcome record, durable before any byte of the response is released.
@@ -281,11 +277,7 @@ impl Gateway {
         }
         if let Some(event) = ctx.event.as_mut() {
             apply_classification(event, c);
-            let (patients, attribution, gaps) = settle(c, inspection, None);
-            event.patients = patients;
-            event.attribution = attribution;
-            event.attribution_gaps = gaps;
-            (event.external_refs, event.external_refs_omitted) = external_refs(inspection);
+            settle_into(event, c, inspection, None);
         }
         Ok(Ok(body))
     }
@@ -374,11 +366,7 @@ impl Gateway {
             inspection.gaps.insert(Gap::NoPreImage);
         }
         if let Some(event) = ctx.event.as_mut() {
-            let (patients, attribution, gaps) = settle(c, inspection, None);
-            event.patients = patients;
-            event.attribution = attribution;
-            event.attribution_gaps = gaps;
-            (event.external_refs, event.external_refs_omitted) = external_refs(inspection);
+            settle_into(event, c, inspection, None);
         }
         Ok(())
     }
@@ -636,4 +624,19 @@ fn progressive_ndjson(answer: &Answer, head_request: bool) -> bool {
         .and_then(|v| v.to_str().ok())
         .is_none_or(|v| v.trim().is_empty() || v.trim().eq_ignore_ascii_case("identity"));
     !head_request && !answer.complete && answer.rest.is_some() && ndjson && identity
+}
+
+/// The record's patients, attribution, gaps and external references from the rules' answer
+/// and what was read ([`settle`]), for an intent (`status` `None`) or an outcome.
+fn settle_into(
+    event: &mut crate::record::Event,
+    c: &Classification,
+    inspection: &Inspection,
+    status: Option<u16>,
+) {
+    let (patients, attribution, gaps) = settle(c, inspection, status);
+    event.patients = patients;
+    event.attribution = attribution;
+    event.attribution_gaps = gaps;
+    (event.external_refs, event.external_refs_omitted) = external_refs(inspection);
 }

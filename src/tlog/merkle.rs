@@ -62,6 +62,16 @@ pub enum ProofError {
     Mismatch,
 }
 
+/// Why a frontier could not take a block ([`Frontier::push_subtree`]).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("a block of 2^{level} leaves cannot start at leaf {at}: it is not aligned there")]
+pub struct NotAligned {
+    /// The block's height.
+    pub level: u8,
+    /// Where the frontier ends.
+    pub at: u64,
+}
+
 /// Convert a record leaf hash into the tree's hash type.
 pub fn hash_of(leaf: &LeafHash) -> Hash {
     Hash(*leaf)
@@ -114,6 +124,33 @@ impl Frontier {
         }
         self.nodes.push(carry);
         self.size += 1;
+    }
+
+    /// Append a whole perfect subtree of `2^level` leaves (its root hash). The tree's size must
+    /// be a multiple of `2^level`, as it is where such a block starts.
+    #[allow(
+        clippy::expect_used,
+        reason = "the frontier holds one node per set bit of its size: the invariant this type keeps"
+    )]
+    pub fn push_subtree(&mut self, level: u8, hash: Hash) -> Result<(), NotAligned> {
+        let width = 1u64.checked_shl(u32::from(level)).unwrap_or(0);
+        if level >= 64 || self.size % width != 0 || self.size.checked_add(width).is_none() {
+            return Err(NotAligned {
+                level,
+                at: self.size,
+            });
+        }
+        let mut carry = hash;
+        let mut bit = u32::from(level);
+        // Each one bit of the size from `level` up is a perfect subtree the block completes.
+        while bit < 64 && (self.size >> bit) & 1 == 1 {
+            let left = self.nodes.pop().expect("one node per set bit");
+            carry = tlog_tiles::node_hash(left, carry);
+            bit += 1;
+        }
+        self.nodes.push(carry);
+        self.size += width;
+        Ok(())
     }
 
     /// The tree's root hash (the RFC 6962 Merkle Tree Hash of all leaves so far).

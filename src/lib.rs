@@ -17,6 +17,7 @@
 //! * [`attribution`]: the patients a request or response body references, and the settled list;
 //! * [`journal`]: group commit, segments, recovery, the archive's progress file;
 //! * [`tlog`]: the RFC 6962 tree and signed checkpoints;
+//! * [`columnar`]: the Parquet copy of each sealed segment and its signed seal;
 //! * [`archive`]: shipping sealed segments and checkpoints to WORM storage (S3 Object Lock);
 //! * [`verify`]: re-checking a journal directory and an archive; proof bundles;
 //! * [`config`]: the one TOML file, parsed once into typed, validated sections;
@@ -29,6 +30,7 @@ pub mod archive;
 pub mod attribution;
 pub mod cli;
 pub mod clock;
+pub mod columnar;
 pub mod config;
 pub mod durable;
 

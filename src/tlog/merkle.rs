@@ -134,7 +134,8 @@ impl Frontier {
     )]
     pub fn push_subtree(&mut self, level: u8, hash: Hash) -> Result<(), NotAligned> {
         let width = 1u64.checked_shl(u32::from(level)).unwrap_or(0);
-        if level >= 64 || self.size % width != 0 || self.size.checked_add(width).is_none() {
+        if level >= 64 || !self.size.is_multiple_of(width) || self.size.checked_add(width).is_none()
+        {
             return Err(NotAligned {
                 level,
                 at: self.size,

@@ -156,6 +156,11 @@ impl Subtrees {
         Ok(())
     }
 
+    /// Add blocks with their hashes.
+    pub fn add_blocks(&mut self, blocks: impl IntoIterator<Item = (Block, Hash)>) {
+        self.blocks.extend(blocks);
+    }
+
     /// Add the nodes of a frontier (the blocks of `[0, frontier.size())`).
     pub fn add_frontier(&mut self, frontier: &Frontier) {
         let blocks = decompose(0, frontier.size());

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant, SystemTime};
 use auditgate::archive::{ArchiveError, ArchiveStore, ListedVersion, ObjectInfo, PutResult};
 use auditgate::journal::{CheckpointTiming, Checkpointing, Journal, JournalConfig};
 use auditgate::record::{
-    Action, Attribution, ClockState, Event, InteractionKind, NetworkVector, Phase, Who,
+    self, Action, Actor, Attribution, BulkFile, ChainHeader, ClientCert, ClockState, Event,
+    GatewayId, Geo, InteractionKind, NetworkVector, Outcome, PatientRef, PatientSource, Phase,
+    RequestSummary, Who,
 };
 use auditgate::tlog::checkpoint::{write_key_pair, CheckpointSigner};
 
@@ -50,6 +52,178 @@ pub fn event(n: usize) -> Event {
         clock: ClockState::default(),
         received: String::new(),
     }
+}
+
+/// A record that fills every field the record format has, varied by `n`: authenticated or
+/// not, several patients from several sources, geo or not, a client certificate, bulk files,
+/// a summary, truncated fields.
+pub fn rich_event(n: usize) -> Event {
+    let mut e = event(n);
+    let user = format!("user-{}", n % 7);
+    if n % 5 != 4 {
+        e.who = Who::Authenticated(Actor {
+            user,
+            issuer: "https://idp.example".into(),
+            name: (n.is_multiple_of(2)).then(|| format!("Dr. {}", n % 7)),
+            roles: vec!["clinician".into(), format!("ward-{}", n % 3)],
+            client_id: Some(format!("app-{}", n % 3)),
+            purpose_of_use: if n.is_multiple_of(3) {
+                vec!["TREAT".into()]
+            } else {
+                vec![]
+            },
+            jti: Some(format!("jti-{n}")),
+            fhir_user: (n.is_multiple_of(4)).then(|| format!("Practitioner/{}", n % 7)),
+            smart_patient: (n.is_multiple_of(6)).then(|| format!("p{}", n % 11)),
+            break_glass: n.is_multiple_of(13),
+        });
+    }
+    e.action = [Action::R, Action::C, Action::U, Action::D, Action::E][n % 5];
+    e.interaction = [
+        InteractionKind::Read,
+        InteractionKind::Search,
+        InteractionKind::Update,
+        InteractionKind::Delete,
+        InteractionKind::Operation,
+    ][n % 5];
+    e.phase = if n % 5 == 1 {
+        Phase::Intent
+    } else {
+        Phase::Outcome
+    };
+    e.intent_seq = (n % 5 == 2).then_some(n as u64);
+    e.rule = format!("rule-{}", n % 4);
+    e.resource_type = Some(["Patient", "Observation", "Encounter"][n % 3].into());
+    e.resource_id = (n.is_multiple_of(2)).then(|| format!("r{n}"));
+    e.method = ["GET", "POST", "PUT", "DELETE"][n % 4].into();
+    e.path = format!("/fhir/Observation/{n}");
+    e.query = (n % 3 == 1).then(|| format!("patient=p{}&_count=10", n % 11));
+    e.forwarded_query = (n % 9 == 1).then(|| "_elements=subject".into());
+    let sources = [
+        PatientSource::Path,
+        PatientSource::Query,
+        PatientSource::Response,
+        PatientSource::Body,
+    ];
+    e.patients = (0..n % 4)
+        .map(|k| PatientRef {
+            id: format!("p{}", (n + k * 3) % 11),
+            source: sources[(n + k) % 4],
+        })
+        .collect();
+    // The same patient from two sources, now and then.
+    if n % 8 == 3 {
+        e.patients.push(PatientRef {
+            id: e.patients[0].id.clone(),
+            source: PatientSource::Token,
+        });
+    }
+    e.attribution = if e.patients.is_empty() {
+        Attribution::None
+    } else if n % 10 == 7 {
+        Attribution::Partial
+    } else {
+        Attribution::Complete
+    };
+    if n % 10 == 7 {
+        e.attribution_gaps = vec!["too_large".into()];
+    }
+    if n % 17 == 5 {
+        e.external_refs = vec!["https://other.example/fhir/Patient/x".into()];
+        e.external_refs_omitted = Some(3);
+    }
+    if n % 19 == 2 {
+        e.bulk_files = vec![
+            BulkFile {
+                url: "https://ehr.example/bulk/1.ndjson".into(),
+                through_gateway: true,
+            },
+            BulkFile {
+                url: "https://cdn.example/2.ndjson".into(),
+                through_gateway: false,
+            },
+        ];
+    }
+    e.net = NetworkVector {
+        client_ip: format!("10.0.{}.{}", n % 3, n % 200),
+        peer_ip: "127.0.0.1".into(),
+        forwarded_chain: if n.is_multiple_of(4) {
+            vec![format!("10.0.{}.{}", n % 3, n % 200), "10.9.9.9".into()]
+        } else {
+            vec![]
+        },
+        device_id: (!n.is_multiple_of(3)).then(|| format!("dev-{}", n % 5)),
+        device_id_source: (!n.is_multiple_of(3)).then(|| "header".into()),
+        user_agent: Some(format!("client/{}", n % 4)),
+        geo: match n % 3 {
+            0 => None,
+            1 => Some(None),
+            _ => Some(Some(Geo {
+                country: Some(["GB", "US", "SE"][n % 3].into()),
+                city: (n.is_multiple_of(2)).then(|| "London".into()),
+                asn: Some(1221 + (n % 2) as u32),
+                org: Some("Telstra".into()),
+            })),
+        },
+        geo_unavailable: (n % 3 == 1).then(|| "private".into()),
+        client_cert: (n % 7 == 3).then(|| ClientCert {
+            sha256: "ab".repeat(32),
+            subject: Some("CN=device".into()),
+        }),
+        gateway: GatewayId {
+            node: "n1".into(),
+            listener: "main".into(),
+        },
+    };
+    e.outcome = (e.phase == Phase::Outcome).then(|| Outcome {
+        status: [200, 201, 403, 404, 503][n % 5],
+        code: Outcome::code_for_status([200, 201, 403, 404, 503][n % 5]),
+        error: (n % 5 == 4).then(|| "journal_unavailable".into()),
+        bytes_out: Some(100 + n as u64),
+        upstream_ms: (n.is_multiple_of(2)).then_some(3),
+        content_type: Some("application/fhir+json".into()),
+    });
+    if n % 11 == 4 {
+        e.truncated.insert("user_agent".into(), 9000);
+    }
+    e.part = (n % 23 == 1).then_some(2);
+    if n % 29 == 6 {
+        e.summary = Some(RequestSummary {
+            count: 40,
+            first: "2026-12-01T00:00:00.000001Z".into(),
+            last: "2026-12-01T00:00:09.000001Z".into(),
+            reasons: [("missing_token".to_string(), 40u64)].into_iter().collect(),
+        });
+    }
+    e.clock = ClockState {
+        synced: !n.is_multiple_of(31),
+        max_error_ms: (n % 40) as u64,
+        est_error_ms: (n % 4) as u64,
+    };
+    e.received = format!("2026-12-01T10:{:02}:{:02}.000123Z", (n / 60) % 60, n % 60);
+    e
+}
+
+/// The lines of a segment of node `node` from seq `first`, chained from `prev` (hex), one
+/// second apart from `start` (seconds since the epoch): the bytes as the journal writes them.
+pub fn segment_bytes(node: &str, first: u64, prev: &str, events: &[Event], start: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut prev = prev.to_string();
+    for (i, e) in events.iter().enumerate() {
+        let header = ChainHeader {
+            v: record::RECORD_VERSION,
+            node: node.into(),
+            seq: first + i as u64,
+            prev: prev.clone(),
+            ts: record::format_ts(SystemTime::UNIX_EPOCH + Duration::from_secs(start + i as u64)),
+        };
+        let mut line = Vec::new();
+        record::splice_line(&mut line, &header, &e.to_json());
+        prev = hex::encode(record::leaf_hash(&line));
+        out.extend_from_slice(&line);
+        out.push(b'\n');
+    }
+    out
 }
 
 /// A journal of node `node` under `root/journal` holding `records` records in 4 KiB segments,

@@ -24,10 +24,12 @@
 //! * [`metrics`] and [`clock`]: Prometheus metrics; the kernel's NTP state;
 //! * [`record`]: the journal line format, its timestamps and hashes;
 //! * [`fhir`]: FHIR id grammar and reference parsing, shared by rules and extraction;
-//! * [`durable`]: files that survive a crash whole or not at all.
+//! * [`durable`]: files that survive a crash whole or not at all;
+//! * [`background`]: batch work (compression, columnar copies) at low CPU priority.
 
 pub mod archive;
 pub mod attribution;
+pub mod background;
 pub mod cli;
 pub mod clock;
 pub mod columnar;

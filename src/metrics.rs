@@ -114,6 +114,10 @@ pub struct Metrics {
     pub archive_uploads: IntCounterVec,
     /// `auditgate_archive_uploaded_bytes_total`.
     pub archive_bytes: IntCounter,
+    /// `auditgate_columnar_copies_total{result}`.
+    pub columnar_copies: IntCounterVec,
+    /// `auditgate_columnar_written_bytes_total`.
+    pub columnar_bytes: IntCounter,
     /// `auditgate_archive_backlog_segments`.
     pub archive_backlog_segments: IntGauge,
     /// `auditgate_archive_oldest_unshipped_age_seconds` (set at scrape time).
@@ -416,13 +420,24 @@ impl Metrics {
             archive_uploads: counter_vec(
                 &r,
                 "auditgate_archive_uploads_total",
-                "Objects sent to the archive, by kind (segment, checkpoint) and result (created, already_present, conflict, failed).",
+                "Objects sent to the archive, by kind (segment, checkpoint, columnar, seal) and result (created, already_present, conflict, failed).",
                 &["kind", "result"],
             ),
             archive_bytes: counter(
                 &r,
                 "auditgate_archive_uploaded_bytes_total",
                 "Bytes of objects created in the archive (compressed size).",
+            ),
+            columnar_copies: counter_vec(
+                &r,
+                "auditgate_columnar_copies_total",
+                "Columnar (Parquet) copies of sealed segments, by result (written, failed).",
+                &["result"],
+            ),
+            columnar_bytes: counter(
+                &r,
+                "auditgate_columnar_written_bytes_total",
+                "Bytes of Parquet copies written beside sealed segments.",
             ),
             archive_backlog_segments: int_gauge(
                 &r,
@@ -529,7 +544,10 @@ impl Metrics {
             let histogram = m.request_duration.with_label_values(&[action]);
             m.request_histograms.push(histogram);
         }
-        for kind in ["segment", "checkpoint"] {
+        for result in ["written", "failed"] {
+            m.columnar_copies.with_label_values(&[result]);
+        }
+        for kind in ["segment", "checkpoint", "columnar", "seal"] {
             for result in ["created", "already_present", "conflict", "failed"] {
                 m.archive_uploads.with_label_values(&[kind, result]);
             }

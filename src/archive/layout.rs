@@ -53,6 +53,29 @@ impl Layout {
         ))
     }
 
+    /// A segment's columnar copy: `PREFIX/v1/columnar/node=NODE/dt=DATE/seg-FIRST-LAST.parquet`,
+    /// under a root of its own (engines read every file of a partition directory, so the
+    /// Parquet and JSON tables must not share one).
+    pub fn columnar(&self, node: &str, date: &str, first: u64, last: u64) -> String {
+        self.join(&format!(
+            "v1/columnar/node={node}/dt={date}/{}",
+            crate::columnar::local::file_name(first, last, "parquet")
+        ))
+    }
+
+    /// Everything of the columnar copies: `PREFIX/v1/columnar/`.
+    pub fn columnar_root(&self) -> String {
+        self.join("v1/columnar/")
+    }
+
+    /// A columnar copy's seal: `PREFIX/v1/node=NODE/seals/seg-FIRST-LAST.seal`.
+    pub fn seal(&self, node: &str, first: u64, last: u64) -> String {
+        self.join(&format!(
+            "v1/node={node}/seals/{}",
+            crate::columnar::local::file_name(first, last, "seal")
+        ))
+    }
+
     /// A checkpoint's key (`file_name` as in the journal's `checkpoints/`).
     pub fn checkpoint(&self, node: &str, file_name: &str) -> String {
         self.join(&format!("v1/node={node}/checkpoints/{file_name}"))

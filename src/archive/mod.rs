@@ -47,6 +47,7 @@
 //! decompression), [`dir`] (the local directory store), [`s3`] (S3 Object Lock), [`shipper`]
 //! (the [`Archiver`]: what to ship, in which order, and what is durable at each step).
 
+pub mod backfill;
 pub mod compression;
 pub mod config;
 pub mod dir;
@@ -64,7 +65,7 @@ pub use dir::DirStore;
 pub use error::ArchiveError;
 pub use layout::Layout;
 pub use s3::S3Store;
-pub use shipper::{ArchiveStats, Archiver, COMPRESS_NICENESS, RETENTION_SLACK};
+pub use shipper::{ArchiveStats, Archiver, Uploader, COMPRESS_NICENESS, RETENTION_SLACK};
 pub use store::{sha256_b64, ArchiveStore, ListedVersion, ObjectInfo, PutResult};
 
 use std::sync::Arc;

@@ -8,6 +8,7 @@ use super::error::ArchiveError;
 use super::layout::Layout;
 use super::store::to_unix;
 use super::store::{sha256_b64, ArchiveStore, PutResult};
+use crate::columnar::local::{self as columnar_local, CopyMaker, MadeCopy};
 use crate::durable::FileError;
 use crate::journal::shipped::{ShipState, SHIP_STATE_FILE};
 use crate::journal::{self, SegmentName};
@@ -58,89 +59,35 @@ pub struct Archiver {
     /// The first pending segment of this process was looked for under the other compression's
     /// key (see [`Archiver::ship_pending`]).
     pub(super) looked_for_other_compression: bool,
+    /// Make and ship each segment's columnar copy and seal (`[columnar] enabled`).
+    pub(super) columnar: Option<CopyMaker>,
 }
 
-/// How far a confirmed retain-until date may fall short of upload time + retention (clock
-/// differences between the gateway and the store).
-pub const RETENTION_SLACK: Duration = Duration::from_secs(86_400);
+/// Puts objects into a store the archive's way: create-only, checksummed, locked until now +
+/// `retention`, the lock confirmed; a retry that finds the object compares content. Used by
+/// the [`Archiver`] and by `auditgate backfill`.
+pub struct Uploader {
+    /// The store.
+    pub store: Arc<dyn ArchiveStore>,
+    /// How long each object is locked.
+    pub retention: Duration,
+    /// Counters the uploads add to.
+    pub stats: Arc<ArchiveStats>,
+}
 
-impl Archiver {
-    /// An archiver for `journal_dir`, continuing from its progress file.
-    pub fn new(
-        journal_dir: &Path,
-        node: &str,
-        prefix: &str,
-        store: Arc<dyn ArchiveStore>,
-        retention: Duration,
-    ) -> Result<Self, ArchiveError> {
-        let state = ShipState::load(journal_dir, &store.target())
-            .map_err(FileError::on(&journal_dir.join(SHIP_STATE_FILE)))?;
-        let stats = Arc::new(ArchiveStats::default());
-        stats
-            .shipped_through_seq
-            .store(state.segments_through_seq, Ordering::Relaxed);
-        crate::metrics::global()
-            .archive_shipped_through_seq
-            .set(state.segments_through_seq as i64);
-        Ok(Archiver {
-            journal_dir: journal_dir.to_path_buf(),
-            node: node.to_string(),
-            layout: Layout::new(prefix),
-            store,
-            retention,
-            state,
-            stats,
-            delete_local: false,
-            compression: SegmentCompression::default(),
-            ready: false,
-            looked_for_other_compression: false,
-        })
-    }
-
-    /// How segments are compressed (default zstd).
-    pub fn compression(mut self, compression: SegmentCompression) -> Self {
-        self.compression = compression;
-        self
-    }
-
-    /// The caller already checked the store (at start); skip the check before the first pass.
-    pub fn store_checked(mut self, checked: bool) -> Self {
-        self.ready = checked;
-        self
-    }
-
-    /// Delete each shipped sealed segment from the local journal once its lock is confirmed
-    /// and its progress recorded, except the newest sealed segment. Only for WORM stores.
-    pub fn delete_local_after_ship(mut self, enabled: bool) -> Self {
-        self.delete_local = enabled && self.store.is_worm();
-        self
-    }
-
-    /// The archiver's counters, shared with metrics and readiness.
-    pub fn stats(&self) -> Arc<ArchiveStats> {
-        self.stats.clone()
-    }
-
-    /// What the progress file says is shipped.
-    pub fn state(&self) -> &ShipState {
-        &self.state
-    }
-
+impl Uploader {
     /// Ship one object: create-only PUT, a retry's comparison, then the lock check.
     /// `plain` is the uncompressed content when `bytes` is a compressed segment (a retry after
     /// an upgrade may compress differently: the content is what must match).
-    /// Counted in `auditgate_archive_uploads_total` by kind and result.
-    pub(super) async fn ship(
+    /// Counted in `auditgate_archive_uploads_total` by `kind` (segment, checkpoint, columnar,
+    /// seal) and result.
+    pub async fn ship(
         &self,
+        kind: &'static str,
         key: &str,
         bytes: Vec<u8>,
         plain: Option<&[u8]>,
     ) -> Result<(), ArchiveError> {
-        let kind = if plain.is_some() {
-            "segment"
-        } else {
-            "checkpoint"
-        };
         let result = self.ship_once(key, bytes, plain).await;
         let label = match &result {
             Ok(true) => "created",
@@ -155,8 +102,8 @@ impl Archiver {
         result.map(|_| ())
     }
 
-    /// [`Archiver::ship`]'s work; `Ok(true)` when this call created the object.
-    pub(super) async fn ship_once(
+    /// [`Uploader::ship`]'s work; `Ok(true)` when this call created the object.
+    pub async fn ship_once(
         &self,
         key: &str,
         bytes: Vec<u8>,
@@ -243,6 +190,104 @@ impl Archiver {
         }
         Ok(created)
     }
+}
+
+/// How long after its seal a segment waits for the tree state its columnar copy needs before
+/// it ships without one (counted as a failed copy; `auditgate backfill` makes it later).
+pub const TREE_STATE_WAIT: Duration = Duration::from_secs(60);
+
+/// How far a confirmed retain-until date may fall short of upload time + retention (clock
+/// differences between the gateway and the store).
+pub const RETENTION_SLACK: Duration = Duration::from_secs(86_400);
+
+impl Archiver {
+    /// An archiver for `journal_dir`, continuing from its progress file.
+    pub fn new(
+        journal_dir: &Path,
+        node: &str,
+        prefix: &str,
+        store: Arc<dyn ArchiveStore>,
+        retention: Duration,
+    ) -> Result<Self, ArchiveError> {
+        let state = ShipState::load(journal_dir, &store.target())
+            .map_err(FileError::on(&journal_dir.join(SHIP_STATE_FILE)))?;
+        let stats = Arc::new(ArchiveStats::default());
+        stats
+            .shipped_through_seq
+            .store(state.segments_through_seq, Ordering::Relaxed);
+        crate::metrics::global()
+            .archive_shipped_through_seq
+            .set(state.segments_through_seq as i64);
+        Ok(Archiver {
+            journal_dir: journal_dir.to_path_buf(),
+            node: node.to_string(),
+            layout: Layout::new(prefix),
+            store,
+            retention,
+            state,
+            stats,
+            delete_local: false,
+            compression: SegmentCompression::default(),
+            ready: false,
+            looked_for_other_compression: false,
+            columnar: None,
+        })
+    }
+
+    /// How segments are compressed (default zstd).
+    pub fn compression(mut self, compression: SegmentCompression) -> Self {
+        self.compression = compression;
+        self
+    }
+
+    /// Make a columnar copy (Parquet and seal) of each segment beside it and ship both with it.
+    pub fn columnar(mut self, columnar: Option<CopyMaker>) -> Self {
+        self.columnar = columnar;
+        self
+    }
+
+    /// The caller already checked the store (at start); skip the check before the first pass.
+    pub fn store_checked(mut self, checked: bool) -> Self {
+        self.ready = checked;
+        self
+    }
+
+    /// Delete each shipped sealed segment from the local journal once its lock is confirmed
+    /// and its progress recorded, except the newest sealed segment. Only for WORM stores.
+    pub fn delete_local_after_ship(mut self, enabled: bool) -> Self {
+        self.delete_local = enabled && self.store.is_worm();
+        self
+    }
+
+    /// The archiver's counters, shared with metrics and readiness.
+    pub fn stats(&self) -> Arc<ArchiveStats> {
+        self.stats.clone()
+    }
+
+    /// What the progress file says is shipped.
+    pub fn state(&self) -> &ShipState {
+        &self.state
+    }
+
+    /// Ship one object (see [`Uploader::ship`]).
+    pub(super) async fn ship(
+        &self,
+        kind: &'static str,
+        key: &str,
+        bytes: Vec<u8>,
+        plain: Option<&[u8]>,
+    ) -> Result<(), ArchiveError> {
+        self.uploader().ship(kind, key, bytes, plain).await
+    }
+
+    /// What ships this archiver's objects.
+    pub fn uploader(&self) -> Uploader {
+        Uploader {
+            store: self.store.clone(),
+            retention: self.retention,
+            stats: self.stats.clone(),
+        }
+    }
 
     /// Ship every sealed segment and checkpoint not shipped yet, in order; stops at the first
     /// failure (the next pass starts there). Returns how many objects were shipped.
@@ -274,6 +319,32 @@ impl Archiver {
         for (i, (first, last, path)) in pending.iter().enumerate() {
             let (plain, compressed) = read_and_compress(path, self.compression).await?;
             let date = first_record_date(&plain).unwrap_or_else(|| "unknown".into());
+            let (plain, copy) = match self.columnar.clone() {
+                None => (plain, None),
+                Some(columnar) => {
+                    let (plain, made) = self.copy_of(&columnar, *first, *last, plain).await?;
+                    match made {
+                        Some(MadeCopy::Ready(parquet, seal)) => (plain, Some((parquet, seal))),
+                        Some(MadeCopy::NotYet) if sealed_within(path, TREE_STATE_WAIT) => {
+                            // The checkpointer stores the tree state at the seal; wait for it.
+                            break;
+                        }
+                        Some(MadeCopy::NotYet) => {
+                            crate::metrics::global()
+                                .columnar_copies
+                                .with_label_values(&["failed"])
+                                .inc();
+                            tracing::error!(
+                                first_seq = first,
+                                last_seq = last,
+                                "no tree state before this segment: it ships without a columnar copy; run `auditgate backfill` to make it"
+                            );
+                            (plain, None)
+                        }
+                        None => (plain, None),
+                    }
+                }
+            };
             let key = self
                 .layout
                 .segment(&self.node, &date, *first, *last, self.compression);
@@ -289,9 +360,19 @@ impl Archiver {
             if stored_before {
                 // Compared by content (and its lock checked) as any retry's object is.
                 let recompressed = other.compress(&plain).map_err(FileError::on(path))?;
-                self.ship(&other_key, recompressed, Some(&plain)).await?;
+                self.ship("segment", &other_key, recompressed, Some(&plain))
+                    .await?;
             } else {
-                self.ship(&key, compressed, Some(&plain)).await?;
+                self.ship("segment", &key, compressed, Some(&plain)).await?;
+            }
+            if let Some((parquet, seal)) = copy {
+                // Crash point (here and between the two): the segment is shipped, its copy
+                // not yet; progress is not recorded, so the next pass ships all three again
+                // and finds the first ones present with the same content.
+                let key = self.layout.columnar(&self.node, &date, *first, *last);
+                self.ship("columnar", &key, parquet, None).await?;
+                let key = self.layout.seal(&self.node, *first, *last);
+                self.ship("seal", &key, seal, None).await?;
             }
             // Crash point: shipped and lock confirmed, progress not yet recorded: the next run
             // ships it again and finds it present with the same content.
@@ -329,7 +410,7 @@ impl Archiver {
             }
             let note = fs::read(&path).map_err(FileError::on(&path))?;
             let key = self.layout.checkpoint(&self.node, &name);
-            self.ship(&key, note, None).await?;
+            self.ship("checkpoint", &key, note, None).await?;
             self.state.checkpoints_through = name;
             self.state
                 .store(&self.journal_dir)
@@ -373,12 +454,73 @@ impl Archiver {
                 // that survives a crash here is deleted on the next pass.
                 fs::remove_file(path).map_err(FileError::on(path))?;
                 removed = true;
+                if let SegmentName::Sealed { first, last } =
+                    SegmentName::parse(&path.file_name().unwrap_or_default().to_string_lossy())
+                        .unwrap_or(SegmentName::Open { first: 0 })
+                {
+                    for copy in [
+                        columnar_local::parquet_path(&self.journal_dir, first, last),
+                        columnar_local::seal_path(&self.journal_dir, first, last),
+                    ] {
+                        match fs::remove_file(&copy) {
+                            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                                return Err(FileError::on(&copy)(e).into())
+                            }
+                            _ => {}
+                        }
+                    }
+                }
             }
         }
         if removed {
             sync_dir(&self.journal_dir)?;
         }
         Ok(())
+    }
+
+    /// The columnar copy of a segment (made on a background thread), and the segment's bytes
+    /// back. `None`: making it failed (logged and counted); the segment ships without it. An
+    /// error: the thread could not run; the pass stops and is retried.
+    async fn copy_of(
+        &self,
+        columnar: &CopyMaker,
+        first: u64,
+        last: u64,
+        plain: Vec<u8>,
+    ) -> Result<(Vec<u8>, Option<MadeCopy>), ArchiveError> {
+        let dir = self.journal_dir.clone();
+        let columnar = columnar.clone();
+        let made = crate::background::run_niced("columnar-copy", move || {
+            let made = columnar_local::make_copy(
+                &dir,
+                first,
+                last,
+                &plain,
+                &columnar.signer,
+                &columnar.options,
+            );
+            (plain, made)
+        })
+        .await;
+        let result = match made {
+            Ok((plain, Ok(made))) => (plain, Some(made)),
+            Ok((plain, Err(e))) => {
+                crate::metrics::global()
+                    .columnar_copies
+                    .with_label_values(&["failed"])
+                    .inc();
+                tracing::error!(error = %e, category = e.category(), "making a columnar copy failed: the segment ships without it; run `auditgate backfill` to make it");
+                (plain, None)
+            }
+            Err(e) => {
+                // The thread could not start (or died): the pass stops and is retried.
+                let path = self
+                    .journal_dir
+                    .join(SegmentName::Sealed { first, last }.file_name());
+                return Err(FileError::on(&path)(e).into());
+            }
+        };
+        Ok(result)
     }
 
     pub(super) fn update_backlog(&self, pending: &[(u64, u64, PathBuf)]) {
@@ -448,50 +590,35 @@ impl Archiver {
     }
 }
 
-/// How much lower than the gateway's own threads the compression thread runs (`nice`): shipping
-/// is background work and must not take CPU from requests; it catches up when they leave some.
-pub const COMPRESS_NICENESS: i32 = 10;
+/// How much lower than the gateway's own threads the compression thread runs (`nice`).
+pub const COMPRESS_NICENESS: i32 = crate::background::NICENESS;
 
-/// Read and compress a segment (up to its 64 MiB: blocking work) on a thread of its own, at
-/// lower CPU priority, off the async workers (which also refresh JWKS keys).
+/// Read and compress a segment (up to its 64 MiB: blocking work) on a background thread.
 pub(super) async fn read_and_compress(
     path: &Path,
     compression: SegmentCompression,
 ) -> Result<(Vec<u8>, Vec<u8>), ArchiveError> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
     let read_path = path.to_path_buf();
-    std::thread::Builder::new()
-        .name("archive-compress".into())
-        .spawn(move || {
-            lower_this_threads_priority(COMPRESS_NICENESS);
-            let result = fs::read(&read_path).and_then(|plain| {
-                let compressed = compression.compress(&plain)?;
-                Ok((plain, compressed))
-            });
-            let _ = tx.send(result);
+    let read = crate::background::run_niced("archive-compress", move || {
+        fs::read(&read_path).and_then(|plain| {
+            let compressed = compression.compress(&plain)?;
+            Ok((plain, compressed))
         })
-        .map_err(FileError::on(path))?;
-    let read = rx
-        .await
-        .map_err(|_| FileError::on(path)(std::io::Error::other("the compression thread died")))?;
-    Ok(read.map_err(FileError::on(path))?)
+    })
+    .await
+    .and_then(|r| r)
+    .map_err(FileError::on(path))?;
+    Ok(read)
 }
 
-/// Raise the calling thread's nice value by `by` (Linux: nice is per thread). Best effort.
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)] // setpriority has no safe wrapper in std; it only changes this thread's priority.
-pub(super) fn lower_this_threads_priority(by: i32) {
-    // SAFETY: plain syscalls with integer arguments; `gettid` cannot fail and `setpriority` on
-    // the calling thread only affects its scheduling.
-    unsafe {
-        let tid = libc::gettid();
-        let current = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, current + by);
-    }
+/// True when the file at `path` was modified (a sealed segment: sealed) less than `window` ago.
+fn sealed_within(path: &Path, window: Duration) -> bool {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < window)
 }
-
-#[cfg(not(target_os = "linux"))]
-pub(super) fn lower_this_threads_priority(_by: i32) {}
 
 /// `YYYY-MM-DD` of a segment's first record (its `ts`).
 pub(super) fn first_record_date(segment: &[u8]) -> Option<String> {

@@ -5,6 +5,8 @@
 //! turns that into 0 (fine), 1 (it ran and found a problem) or 2 (it could not run: bad
 //! config, unreadable journal, start-up failure).
 
+mod archive_args;
+mod backfill;
 pub mod demo;
 mod geoip;
 pub mod logging;
@@ -77,6 +79,14 @@ pub enum Command {
     ///
     /// Exit 0 when nothing is wrong, 1 with a list of findings, 2 if it could not run.
     Verify(verify::VerifyArgs),
+    /// Make the columnar (Parquet) copies and seals an archive lacks: for segments archived
+    /// before copies existed, or whose copy failed. Each copy is made from the archived
+    /// segment, signed with the node's key and stored with the archive's lock. Safe to run
+    /// again (nothing is made twice) and after a crash.
+    ///
+    /// Exit 0 when every segment has its copy, 1 with a list of problems, 2 if it could not
+    /// run.
+    Backfill(backfill::BackfillArgs),
     /// Make a checkpoint signing key pair: FILE (private, mode 0600) and FILE.pub (public).
     ///
     /// With `--install-from SECRET`, copy an existing private key to FILE (mode 0600) instead:
@@ -243,6 +253,7 @@ pub fn main() -> ExitCode {
         Command::Run { config, upgrade } => ("", run::run(&config, upgrade)),
         Command::CheckConfig { config } => ("", run::check_config(&config)),
         Command::Verify(args) => ("verify", verify::run(args)),
+        Command::Backfill(args) => ("backfill", backfill::run(args)),
         Command::Keygen {
             out,
             name,

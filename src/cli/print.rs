@@ -36,6 +36,7 @@ pub fn print_report(report: &crate::verify::Report) {
             "checkpoints NOT checked (no --key): a rewrite of the whole chain or a cut tail cannot be seen without them"
         ),
     }
+    print_columnar(&report.chain, "");
     if report.ok() {
         if report.chain.key.is_some() {
             println!("OK: every record hashes and chains, every checkpoint is signed and matches the records");
@@ -48,6 +49,17 @@ pub fn print_report(report: &crate::verify::Report) {
             println!("  {f}");
         }
     }
+}
+
+/// The columnar copies line of a chain report.
+fn print_columnar(chain: &crate::verify::report::ChainReport, indent: &str) {
+    if chain.columnar_copies + chain.segments_without_columnar == 0 {
+        return;
+    }
+    println!(
+        "{indent}{} columnar copies (Parquet and seal) checked row by row against their segments; {} sealed segment(s) without one (`auditgate backfill` makes them)",
+        chain.columnar_copies, chain.segments_without_columnar
+    );
 }
 
 /// Human-readable `verify --archive` report.
@@ -85,6 +97,7 @@ pub fn print_archive_report(report: &crate::verify::ArchiveReport) {
                 "  checkpoints NOT checked (no --key): a rewrite of the whole chain cannot be seen without them"
             ),
         }
+        print_columnar(&node.chain, "  ");
         if node.checkpoints_beyond_archive > 0 {
             println!(
                 "  {} checkpoints cover records not archived yet (the open segment's): give --journal to check them",

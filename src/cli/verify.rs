@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::archive_args::ArchiveLocation;
 use super::outcome::{CliError, Verdict};
 use super::print::{pretty_json, print_archive_report, print_report};
 
@@ -46,9 +47,9 @@ pub struct VerifyArgs {
     /// The journal directory of one node.
     #[arg(long, required_unless_present = "archive")]
     pub journal: Option<PathBuf>,
-    /// The archive: `s3://BUCKET/PREFIX`, or a directory archive's path.
-    #[arg(long, value_name = "ARCHIVE")]
-    pub archive: Option<String>,
+    /// Where the archive is.
+    #[command(flatten)]
+    pub location: ArchiveLocation,
     /// A checkpoint public key: a `.pub` file from `keygen`, or the key text. With
     /// `--archive`, give one per node: each node's checkpoints are checked with the key
     /// named `auditgate/NODE` (or the only key given).
@@ -63,19 +64,6 @@ pub struct VerifyArgs {
     /// the `node` of its records).
     #[arg(long, requires = "archive")]
     pub node: Option<String>,
-    /// A directory archive's key prefix (`[archive] prefix`; default `auditgate`). For
-    /// `s3://` the prefix is part of ARCHIVE.
-    #[arg(long, requires = "archive")]
-    pub prefix: Option<String>,
-    /// An S3-compatible endpoint instead of AWS, e.g. `http://127.0.0.1:4566`.
-    #[arg(long, requires = "archive")]
-    pub endpoint_url: Option<String>,
-    /// The bucket's AWS region (default: the standard AWS configuration chain).
-    #[arg(long, requires = "archive")]
-    pub region: Option<String>,
-    /// Path-style addressing (`endpoint/bucket/key`), needed by most S3-compatible servers.
-    #[arg(long, requires = "archive")]
-    pub force_path_style: bool,
     /// Every archived object must be locked (COMPLIANCE) for at least this many days after
     /// it was stored (one day of slack; 2192 days is six years).
     #[arg(long, default_value_t = crate::archive::SIX_YEARS_DAYS, requires = "archive")]
@@ -87,7 +75,7 @@ pub struct VerifyArgs {
 
 /// `auditgate verify`: the archive when `--archive` is given, else the journal.
 pub fn run(args: VerifyArgs) -> Result<Verdict, CliError> {
-    match (&args.archive, &args.journal, args.key.as_slice()) {
+    match (&args.location.archive, &args.journal, args.key.as_slice()) {
         (Some(archive), _, _) => verify_archive(archive, &args),
         (None, Some(journal), []) => verify(journal, None, args.max_gap_secs, args.json),
         (None, Some(journal), [key]) => verify(journal, Some(key), args.max_gap_secs, args.json),
@@ -98,64 +86,9 @@ pub fn run(args: VerifyArgs) -> Result<Verdict, CliError> {
     }
 }
 
-/// What `--archive` names: `s3://BUCKET/PREFIX`, or a directory archive (the `[archive] dir`)
-/// with its objects under `--prefix` (as `[archive] dir` and `prefix` in the config).
-fn archive_config(
-    archive: &str,
-    args: &VerifyArgs,
-) -> Result<crate::archive::ArchiveConfig, String> {
-    use crate::archive::{ArchiveConfig, ArchiveKind};
-    let mut cfg = ArchiveConfig {
-        region: args.region.clone(),
-        endpoint_url: args.endpoint_url.clone(),
-        force_path_style: args.force_path_style,
-        ..ArchiveConfig::default()
-    };
-    if let Some(rest) = archive.strip_prefix("s3://") {
-        if args.prefix.is_some() {
-            return Err("--prefix is for a directory archive; for S3 the prefix is part of s3://BUCKET/PREFIX".into());
-        }
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
-            return Err(format!("{}: no bucket (s3://BUCKET/PREFIX)", archive));
-        }
-        cfg.kind = ArchiveKind::S3;
-        cfg.bucket = bucket.to_string();
-        cfg.prefix = prefix.trim_end_matches('/').to_string();
-    } else {
-        if archive.contains("://") {
-            return Err(format!(
-                "{}: not s3://BUCKET/PREFIX or a directory",
-                archive
-            ));
-        }
-        if args.endpoint_url.is_some() || args.region.is_some() || args.force_path_style {
-            return Err(
-                "--endpoint-url, --region and --force-path-style are for s3:// archives".into(),
-            );
-        }
-        let dir = PathBuf::from(&archive);
-        if !dir.is_dir() {
-            return Err(format!("{}: no such directory", dir.display()));
-        }
-        cfg.kind = ArchiveKind::Dir;
-        cfg.dir = dir;
-        if let Some(prefix) = &args.prefix {
-            cfg.prefix = prefix.trim_end_matches('/').to_string();
-        }
-    }
-    if cfg.prefix.starts_with('/') || cfg.prefix.contains("//") {
-        return Err(format!(
-            "prefix {:?}: must not start with '/' or contain '//'",
-            cfg.prefix
-        ));
-    }
-    Ok(cfg)
-}
-
 /// `auditgate verify --archive ARCHIVE [--journal DIR] [--key KEY ...]`.
 pub fn verify_archive(archive: &str, args: &VerifyArgs) -> Result<Verdict, CliError> {
-    let cfg = archive_config(archive, args).map_err(CliError::Usage)?;
+    let cfg = args.location.config(archive).map_err(CliError::Usage)?;
     let mut keys = Vec::new();
     for key in &args.key {
         keys.push(
@@ -175,12 +108,7 @@ pub fn verify_archive(archive: &str, args: &VerifyArgs) -> Result<Verdict, CliEr
         .map_err(|e| CliError::part("cannot start the async runtime", e))?;
     let report = runtime
         .block_on(async {
-            let store: std::sync::Arc<dyn crate::archive::ArchiveStore> = match cfg.kind {
-                crate::archive::ArchiveKind::S3 => {
-                    std::sync::Arc::new(crate::archive::S3Store::connect(&cfg).await)
-                }
-                _ => std::sync::Arc::new(crate::archive::DirStore::new(&cfg.dir)),
-            };
+            let store = super::archive_args::open_store(&cfg).await;
             crate::verify::verify_archive(store, &cfg.prefix, &options, args.journal.as_deref())
                 .await
         })

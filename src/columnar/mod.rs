@@ -20,14 +20,19 @@
 //! of a partition directory: a table over the JSON copies must never meet a Parquet file, nor
 //! the other way round. Seals sit beside the checkpoints, outside both tables.
 //!
+//! * [`config`]: the `[columnar]` section;
+//! * [`local`]: the copies beside the segments in the journal directory;
 //! * [`rows`]: the schema (versioned) and the rows built from journal lines;
 //! * [`write`]: a segment to Parquet bytes, cut into units at every page;
 //! * [`seal`]: the signed statement tying the file to the records and to the signed tree.
 
+pub mod config;
+pub mod local;
 pub mod rows;
 pub mod seal;
 pub mod write;
 
+pub use config::ColumnarConfig;
 pub use rows::{schema, Rows, SCHEMA_VERSION};
 pub use seal::{Seal, SealError};
 pub use write::{write_segment, ColumnarCopy, WriteError, WriteOptions};

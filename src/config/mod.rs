@@ -47,6 +47,9 @@ pub struct Config {
     /// The WORM archive sealed segments and checkpoints are shipped to.
     #[serde(default)]
     pub archive: ArchiveConfig,
+    /// The Parquet copy of each sealed segment.
+    #[serde(default)]
+    pub columnar: crate::columnar::ColumnarConfig,
     /// JWT verification.
     pub identity: IdentityConfig,
     /// Route rules.
@@ -169,6 +172,7 @@ impl Config {
         self.journal.validate()?;
         self.checkpoint.validate()?;
         self.archive.validate()?;
+        self.columnar.validate()?;
         self.identity.validate()?;
         self.rules.validate()?;
         self.attribution.validate()?;

@@ -259,6 +259,23 @@ pub fn prepare(
             other => break other?,
         }
     };
+    // Columnar copies are signed with the checkpoint key (loaded again: the checkpointer owns
+    // its instance).
+    let copy_maker = if config.columnar.enabled {
+        Some(crate::columnar::local::CopyMaker {
+            signer: Arc::new(load_signer(false)?),
+            options: config.columnar.write_options(),
+        })
+    } else {
+        None
+    };
+    if let (None, Some(maker)) = (&archive_store, &copy_maker) {
+        background.spawn(crate::columnar::local::keep_copies(
+            config.journal.dir.clone(),
+            maker.clone(),
+            Duration::from_secs(config.archive.poll_interval_secs),
+        ));
+    }
     let archive_stats = match archive_store {
         Some(store) => {
             if !store.is_worm() {
@@ -272,6 +289,7 @@ pub fn prepare(
                 config.archive.retention(),
             )?
             .compression(config.archive.compression)
+            .columnar(copy_maker.clone())
             .delete_local_after_ship(config.archive.delete_local_after_ship)
             .store_checked(archive_checked);
             let stats = archiver.stats();

@@ -56,6 +56,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::chain::{read_checkpoint_notes, ChainCheck, CheckpointCheck};
+use super::columnar::{ColumnarCheck, CopyFiles};
 use super::finding::Finding;
 use super::report::ChainReport;
 use crate::archive::{
@@ -329,7 +330,12 @@ pub async fn verify_archive(
         Some(node) => layout.node(node),
         None => root.clone(),
     };
-    let listing = store.list_versions(&listed).await?;
+    let mut listing = store.list_versions(&listed).await?;
+    if let Some(node) = &options.node {
+        // The node's columnar copies live under their own root.
+        let copies = format!("{}node={node}/", layout.columnar_root());
+        listing.extend(store.list_versions(&copies).await?);
+    }
     let mut report = ArchiveReport {
         archive: target,
         listed: listed.clone(),
@@ -345,6 +351,7 @@ pub async fn verify_archive(
         let node = version
             .key
             .strip_prefix(&root)
+            .map(|rest| rest.strip_prefix("columnar/").unwrap_or(rest))
             .and_then(|rest| rest.strip_prefix("node="))
             .and_then(|rest| rest.split_once('/'))
             .map(|(node, _)| node.to_string())
@@ -448,14 +455,34 @@ enum Step {
     SkipTo(u64),
 }
 
-/// Split a key under `PREFIX/v1/node=NODE/` into a segment or checkpoint of the layout.
+/// Split a key under `PREFIX/v1/node=NODE/` (or `PREFIX/v1/columnar/node=NODE/`, `columnar`)
+/// into a segment, checkpoint, seal or columnar copy of the layout.
 enum Kind {
     Segment { first: u64, last: u64 },
     Checkpoint { name: String },
+    Seal { first: u64, last: u64 },
+    Columnar { first: u64, last: u64 },
     Other,
 }
 
-fn classify(rest: &str) -> Kind {
+fn classify(rest: &str, columnar: bool) -> Kind {
+    if columnar {
+        return match rest.split_once('/') {
+            Some((partition, file)) if partition.starts_with("dt=") && !file.contains('/') => {
+                match crate::columnar::local::parse_file_name(file, "parquet") {
+                    Some((first, last)) => Kind::Columnar { first, last },
+                    None => Kind::Other,
+                }
+            }
+            _ => Kind::Other,
+        };
+    }
+    if let Some(name) = rest.strip_prefix("seals/") {
+        return match crate::columnar::local::parse_file_name(name, "seal") {
+            Some((first, last)) => Kind::Seal { first, last },
+            None => Kind::Other,
+        };
+    }
     if let Some(name) = rest.strip_prefix("checkpoints/") {
         if !name.contains('/') && checkpoint::size_of_file_name(name).is_some() {
             return Kind::Checkpoint {
@@ -474,6 +501,38 @@ fn classify(rest: &str) -> Kind {
         Some(SegmentName::Sealed { first, last }) => Kind::Segment { first, last },
         _ => Kind::Other,
     }
+}
+
+/// The archived columnar copy and seal of segment `(first, last)`, read (their checksums
+/// checked against the store's).
+async fn archived_copy_files(
+    store: &Arc<dyn ArchiveStore>,
+    survey: &Survey,
+    heads: &HashMap<String, ObjectInfo>,
+    range: (u64, u64),
+    findings: &mut Vec<Finding>,
+) -> Result<CopyFiles, ArchiveError> {
+    let mut files = CopyFiles::default();
+    for (listed, slot) in [
+        (&survey.columnar, &mut files.parquet),
+        (&survey.seals, &mut files.seal),
+    ] {
+        let Some(key) = listed.get(&range) else {
+            continue;
+        };
+        match store.get(key).await {
+            Ok(bytes) => {
+                check_checksum(heads, key, &bytes, findings);
+                *slot = Some((key.clone(), bytes));
+            }
+            Err(ArchiveError::Request { status: 404, .. }) => findings.push(Finding::Unreadable {
+                key: key.clone(),
+                reason: "GET found no object".into(),
+            }),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(files)
 }
 
 /// Where two byte strings first differ, as a 1-based line number of `a`.
@@ -501,11 +560,19 @@ struct Survey {
     segments: Vec<ArchivedSegment>,
     /// Checkpoint file name -> (key, hidden).
     checkpoints: BTreeMap<String, (String, bool)>,
+    /// Columnar copies and seals by (first, last) -> key (visible ones).
+    columnar: HashMap<(u64, u64), String>,
+    seals: HashMap<(u64, u64), String>,
 }
 
 /// Sort a node's listing into segments and checkpoints; report delete markers, second
 /// versions and objects that are not part of the layout.
-fn survey(node_prefix: &str, versions: Vec<ListedVersion>, findings: &mut Vec<Finding>) -> Survey {
+fn survey(
+    node_prefix: &str,
+    columnar_prefix: &str,
+    versions: Vec<ListedVersion>,
+    findings: &mut Vec<Finding>,
+) -> Survey {
     let mut by_key: BTreeMap<String, Vec<ListedVersion>> = BTreeMap::new();
     for v in versions {
         by_key.entry(v.key.clone()).or_default().push(v);
@@ -532,7 +599,18 @@ fn survey(node_prefix: &str, versions: Vec<ListedVersion>, findings: &mut Vec<Fi
             // Only delete markers: nothing is stored under this key.
             continue;
         }
-        match classify(key.strip_prefix(node_prefix).unwrap_or(&key)) {
+        let kind = match key.strip_prefix(columnar_prefix) {
+            Some(rest) => classify(rest, true),
+            None => classify(key.strip_prefix(node_prefix).unwrap_or(&key), false),
+        };
+        match kind {
+            Kind::Columnar { first, last } if !hidden => {
+                survey.columnar.insert((first, last), key.clone());
+            }
+            Kind::Seal { first, last } if !hidden => {
+                survey.seals.insert((first, last), key.clone());
+            }
+            Kind::Columnar { .. } | Kind::Seal { .. } => {}
             Kind::Segment { first, last } => survey.segments.push(ArchivedSegment {
                 key: key.clone(),
                 first,
@@ -864,10 +942,17 @@ async fn verify_node(
         });
         return Ok(report);
     }
-    let survey = survey(&node_prefix, versions, findings);
+    let columnar_prefix = format!("{}node={node}/", layout.columnar_root());
+    let survey = survey(&node_prefix, &columnar_prefix, versions, findings);
     report.archived_through_seq = survey.segments.last().map_or(0, |s| s.last);
     let heads = if store.is_worm() {
-        check_locks(store, survey.visible, options.min_retention_days, findings).await?
+        check_locks(
+            store,
+            survey.visible.clone(),
+            options.min_retention_days,
+            findings,
+        )
+        .await?
     } else {
         HashMap::new()
     };
@@ -914,10 +999,12 @@ async fn verify_node(
         }
     }));
     let mut chain = ChainCheck::new(checkpoints);
+    let mut columnar = ColumnarCheck::new(key);
     for step in steps {
         let (name, path) = match step {
             Step::SkipTo(first) => {
                 chain.skip_to(first);
+                columnar.skip_to(first);
                 continue;
             }
             Step::Local { name, path } => (name, path),
@@ -961,6 +1048,10 @@ async fn verify_node(
                         blocking(|| chain.feed(&key, &name, &plain, findings));
                         report.chain.segments += 1;
                         report.chain.records += chain.records - before;
+                        let files =
+                            archived_copy_files(store, &survey, &heads, (first, last), findings)
+                                .await?;
+                        blocking(|| columnar.segment(first, last, &plain, files, findings));
                         if let (Some(path), Some(l)) = (local_copy, local) {
                             let local_bytes = read_local(&l.dir, &name, &path)?;
                             if let Some(r) = report.local.as_mut() {
@@ -983,6 +1074,7 @@ async fn verify_node(
                     (None, Some(path)) => (name, path),
                     (None, None) => {
                         chain.skip_to(last.saturating_add(1));
+                        columnar.skip_to(last.saturating_add(1));
                         continue;
                     }
                 }
@@ -994,12 +1086,18 @@ async fn verify_node(
         let before = chain.records;
         let label = path.display().to_string();
         blocking(|| chain.feed(&label, &name, &bytes, findings));
+        if let SegmentName::Sealed { first, last } = name {
+            let files = super::journal::local_copy_files(dir, first, last);
+            blocking(|| columnar.segment(first, last, &bytes, files, findings));
+        }
         if let Some(r) = report.local.as_mut() {
             r.segments_not_archived += 1;
             r.records_not_archived += chain.records - before;
         }
     }
 
+    report.chain.columnar_copies = columnar.copies;
+    report.chain.segments_without_columnar = columnar.without_copy;
     let (head_seq, head_leaf) = chain.head;
     report.chain.head_seq = head_seq;
     report.chain.head_leaf = (head_seq > 0).then(|| hex::encode(head_leaf));

@@ -204,6 +204,31 @@ pub enum Finding {
         /// Why, as the parser or reader said it.
         reason: String,
     },
+    /// A columnar copy (Parquet file) does not hold what its segment holds: a row differs
+    /// from its journal line, a row is missing or extra, or the file is not the one its seal
+    /// states.
+    ColumnarMismatch {
+        /// The Parquet file's name (or archive key).
+        copy: String,
+        /// What differs (first differing seq and column, or the file's hash).
+        detail: String,
+    },
+    /// A columnar seal does not open with the node's key, does not parse, or states a tree
+    /// that is not the one of its records.
+    SealInvalid {
+        /// The seal's file name (or archive key).
+        seal: String,
+        /// Why.
+        reason: String,
+    },
+    /// A columnar copy without its seal, or a seal without its copy (one of the pair was
+    /// removed or never written).
+    ColumnarUnpaired {
+        /// The file that is there.
+        present: String,
+        /// The one that is not.
+        missing: String,
+    },
     /// An object under the archive's prefix that is neither a segment nor a checkpoint of the
     /// layout.
     UnexpectedObject {
@@ -370,6 +395,17 @@ impl fmt::Display for Finding {
             Finding::Unreadable { key, reason } => {
                 write!(f, "{key}: listed but could not be read: {reason}")
             }
+            Finding::ColumnarMismatch { copy, detail } => write!(
+                f,
+                "{copy}: the columnar copy does not match its segment: {detail}"
+            ),
+            Finding::SealInvalid { seal, reason } => {
+                write!(f, "{seal}: the columnar seal does not hold: {reason}")
+            }
+            Finding::ColumnarUnpaired { present, missing } => write!(
+                f,
+                "{present} is there but {missing} is not: a columnar copy and its seal come in pairs"
+            ),
             Finding::UnexpectedObject { key } => write!(
                 f,
                 "{key}: not a segment or checkpoint of the archive layout (written by something else)"

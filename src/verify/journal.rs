@@ -8,9 +8,11 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::chain::{file_label, read_checkpoint_notes, ChainCheck, CheckpointCheck};
+use super::columnar::{ColumnarCheck, CopyFiles};
 use super::finding::Finding;
 use super::report::ChainReport;
-use crate::journal::{list_segments, JournalError};
+use crate::columnar::local::{parquet_path, seal_path};
+use crate::journal::{list_segments, JournalError, SegmentName};
 use crate::tlog::checkpoint::{self, CheckpointVerifier};
 
 /// The result of verifying a journal directory.
@@ -68,6 +70,15 @@ pub fn verify_journal_with(dir: &Path, options: &Options) -> Result<Report, Jour
     }
 }
 
+/// The columnar files beside a local sealed segment, as they are.
+pub(super) fn local_copy_files(dir: &Path, first: u64, last: u64) -> CopyFiles {
+    let read = |path: PathBuf| fs::read(&path).ok().map(|bytes| (file_label(&path), bytes));
+    CopyFiles {
+        parquet: read(parquet_path(dir, first, last)),
+        seal: read(seal_path(dir, first, last)),
+    }
+}
+
 fn verify_once(dir: &Path, options: &Options) -> Result<Report, JournalError> {
     let segments = list_segments(dir)?;
     let no_segments = segments.is_empty();
@@ -102,6 +113,7 @@ fn verify_once(dir: &Path, options: &Options) -> Result<Report, JournalError> {
     // Segments one at a time (memory stays bounded by the segment size), the lines of each on
     // every core.
     let mut chain = ChainCheck::new(checkpoints);
+    let mut columnar = ColumnarCheck::new(options.key.as_ref());
     // Segments shipped to the archive and then removed locally: the chain starts after them,
     // and the roots are checked from the tree state kept at the seal before them, if a
     // checkpoint signed by the key vouches for it.
@@ -109,6 +121,7 @@ fn verify_once(dir: &Path, options: &Options) -> Result<Report, JournalError> {
         let first = name.first();
         if first > 1 && crate::journal::shipped::shipped_through_seq(dir) >= first - 1 {
             chain.start_after_archived(first);
+            columnar.skip_to(first);
             report.archived_records = first - 1;
             if let Some(check) = chain.checkpoints.as_mut() {
                 let seal_state = checkpoint::MerkleState::load_at_seal(dir, first - 1)?
@@ -142,7 +155,13 @@ fn verify_once(dir: &Path, options: &Options) -> Result<Report, JournalError> {
             })
         })??;
         chain.feed(&file_label(path), name, &bytes, &mut report.chain.findings);
+        if let SegmentName::Sealed { first, last } = name {
+            let files = local_copy_files(dir, *first, *last);
+            columnar.segment(*first, *last, &bytes, files, &mut report.chain.findings);
+        }
     }
+    report.chain.columnar_copies = columnar.copies;
+    report.chain.segments_without_columnar = columnar.without_copy;
     drop(ahead);
     let _ = reader.join();
     if no_segments {

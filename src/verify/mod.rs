@@ -25,6 +25,7 @@
 
 pub mod archive;
 mod chain;
+mod columnar;
 pub mod finding;
 pub mod journal;
 pub mod proof;

@@ -26,6 +26,10 @@ pub struct ChainReport {
     /// Records after the newest checkpoint that matched its records: not yet covered by a
     /// signature (normal for the last few seconds of a running gateway).
     pub uncovered_records: u64,
+    /// Columnar copies (Parquet file and seal) checked against their segments.
+    pub columnar_copies: usize,
+    /// Sealed segments checked that have no columnar copy (queries read them as JSON).
+    pub segments_without_columnar: usize,
     /// Every problem found.
     pub findings: Vec<Finding>,
 }

@@ -15,6 +15,7 @@ mod archive_verify;
 mod attacks;
 mod attribution;
 mod cli;
+mod columnar;
 mod corpus;
 mod crash;
 mod deploy;

@@ -1,0 +1,288 @@
+//! `verify` of the columnar copies: each Parquet file and its seal, against the segment they
+//! were made from.
+//!
+//! For each segment in seq order (fed whether it has a copy or not, so the tree is known):
+//!
+//! * a copy and a seal come in pairs ([`Finding::ColumnarUnpaired`] otherwise);
+//! * the seal opens with the node's key (when one is given) and names the segment's records;
+//!   its tree hashes (range blocks, tiles) are those of the records' leaves, and its tree
+//!   before the records is the journal's, when the check has seen every record since seq 1
+//!   ([`Finding::SealInvalid`]);
+//! * the Parquet file is the one the seal states (size, SHA-256, every unit's hash), its
+//!   metadata names the same node and records, and every row equals the row made from its
+//!   journal line, column by column ([`Finding::ColumnarMismatch`] names the first differing
+//!   seq and column).
+//!
+//! So a report read from a verified copy says exactly what the chain says.
+
+use arrow::array::{Array, RecordBatch};
+use bytes::Bytes;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use sha2::{Digest, Sha256};
+
+use super::finding::Finding;
+use crate::columnar::rows::schema;
+use crate::columnar::seal::{tiles_within, Seal};
+use crate::columnar::write::{self, keys};
+use crate::tlog::checkpoint::CheckpointVerifier;
+use crate::tlog::merkle::{Frontier, Hash};
+use crate::tlog::range;
+
+/// One segment's columnar files, as found: (label, bytes) of each.
+#[derive(Default)]
+pub(super) struct CopyFiles {
+    /// The Parquet file.
+    pub(super) parquet: Option<(String, Vec<u8>)>,
+    /// Its seal.
+    pub(super) seal: Option<(String, Vec<u8>)>,
+}
+
+/// The columnar side of one node's check.
+pub(super) struct ColumnarCheck<'k> {
+    key: Option<&'k CheckpointVerifier>,
+    /// The tree of every record before the next segment, while every record since seq 1 was
+    /// fed.
+    tree: Option<Frontier>,
+    /// Copies checked (a copy and its seal).
+    pub(super) copies: usize,
+    /// Segments fed without a copy.
+    pub(super) without_copy: usize,
+}
+
+impl<'k> ColumnarCheck<'k> {
+    /// A check whose seals are opened with `key` (none: their signatures are not checked).
+    pub(super) fn new(key: Option<&'k CheckpointVerifier>) -> Self {
+        ColumnarCheck {
+            key,
+            tree: Some(Frontier::new()),
+            copies: 0,
+            without_copy: 0,
+        }
+    }
+
+    /// The records before `first` will not be fed: the tree before later segments is unknown.
+    pub(super) fn skip_to(&mut self, first: u64) {
+        if self.tree.as_ref().is_some_and(|t| t.size() + 1 != first) {
+            self.tree = None;
+        }
+    }
+
+    /// Check the copy (if any) of the sealed segment `first..=last` whose bytes are `segment`.
+    pub(super) fn segment(
+        &mut self,
+        first: u64,
+        last: u64,
+        segment: &[u8],
+        files: CopyFiles,
+        findings: &mut Vec<Finding>,
+    ) {
+        self.skip_to(first);
+        let leaves: Vec<Hash> = write::lines(segment)
+            .map(|line| Hash(crate::record::leaf_hash(line)))
+            .collect();
+        match files {
+            CopyFiles {
+                parquet: Some((copy_label, parquet)),
+                seal: Some((seal_label, note)),
+            } => {
+                self.copies += 1;
+                let tree = self.tree.as_ref();
+                check_seal(
+                    self.key,
+                    (first, last),
+                    &leaves,
+                    tree,
+                    (&seal_label, &note),
+                    (&copy_label, &parquet),
+                    findings,
+                );
+                check_rows(first, last, segment, &copy_label, &parquet, findings);
+            }
+            CopyFiles {
+                parquet: Some((present, _)),
+                seal: None,
+            } => findings.push(Finding::ColumnarUnpaired {
+                missing: crate::columnar::local::file_name(first, last, "seal"),
+                present,
+            }),
+            CopyFiles {
+                parquet: None,
+                seal: Some((present, _)),
+            } => findings.push(Finding::ColumnarUnpaired {
+                missing: crate::columnar::local::file_name(first, last, "parquet"),
+                present,
+            }),
+            CopyFiles {
+                parquet: None,
+                seal: None,
+            } => self.without_copy += 1,
+        }
+        if let Some(tree) = &mut self.tree {
+            if tree.size() + 1 == first && first + leaves.len() as u64 == last + 1 {
+                for leaf in leaves {
+                    tree.push(leaf);
+                }
+            } else {
+                self.tree = None;
+            }
+        }
+    }
+}
+
+/// The seal: signature, records, tree hashes, and the file it states.
+fn check_seal(
+    key: Option<&CheckpointVerifier>,
+    (first, last): (u64, u64),
+    leaves: &[Hash],
+    tree_before: Option<&Frontier>,
+    (seal_label, note): (&str, &[u8]),
+    (copy_label, parquet): (&str, &[u8]),
+    findings: &mut Vec<Finding>,
+) {
+    let invalid = |reason: String| Finding::SealInvalid {
+        seal: seal_label.to_string(),
+        reason,
+    };
+    let opened = match key {
+        Some(key) => Seal::open(note, key),
+        None => Seal::open_unverified(note),
+    };
+    let seal = match opened {
+        Ok(seal) => seal,
+        Err(e) => {
+            findings.push(invalid(e.to_string()));
+            return;
+        }
+    };
+    if (seal.first, seal.last) != (first, last) {
+        findings.push(invalid(format!(
+            "it states records {}..={}, the segment holds {first}..={last}",
+            seal.first, seal.last
+        )));
+        return;
+    }
+    if seal.range != range::range_hashes(first - 1, leaves) {
+        findings.push(invalid(
+            "its tree hashes (range) are not those of the segment's records".into(),
+        ));
+    }
+    let tiles: Vec<Hash> = tiles_within(first - 1, last)
+        .map(|tile| {
+            let from = (tile.start() - (first - 1)) as usize;
+            range::perfect_root(&leaves[from..from + (tile.end() - tile.start()) as usize])
+        })
+        .collect();
+    if seal.tiles != tiles {
+        findings.push(invalid(
+            "its tile hashes are not those of the segment's records".into(),
+        ));
+    }
+    if let Some(tree) = tree_before {
+        if seal.frontier != tree.nodes() {
+            findings.push(invalid(format!(
+                "its tree of the {} records before the segment is not the journal's",
+                first - 1
+            )));
+        }
+    }
+    let sha: [u8; 32] = Sha256::digest(parquet).into();
+    if seal.file_size != parquet.len() as u64 || seal.file_sha256 != sha {
+        findings.push(Finding::ColumnarMismatch {
+            copy: copy_label.to_string(),
+            detail: "the file is not the one its seal states (size or SHA-256 differs)".into(),
+        });
+        return;
+    }
+    for (i, (start, hash)) in seal.units.iter().enumerate() {
+        let end = seal.units.get(i + 1).map_or(seal.file_size, |u| u.0);
+        let unit: [u8; 32] = Sha256::digest(&parquet[*start as usize..end as usize]).into();
+        if unit != *hash {
+            findings.push(invalid(format!(
+                "the hash it states for bytes {start}..{end} of the file is not theirs"
+            )));
+            return;
+        }
+    }
+}
+
+/// Every row of the file against the row made from its journal line.
+fn check_rows(
+    first: u64,
+    last: u64,
+    segment: &[u8],
+    label: &str,
+    parquet: &[u8],
+    findings: &mut Vec<Finding>,
+) {
+    let mismatch = |detail: String| Finding::ColumnarMismatch {
+        copy: label.to_string(),
+        detail,
+    };
+    let read = ParquetRecordBatchReaderBuilder::try_new(Bytes::copy_from_slice(parquet)).and_then(
+        |builder| {
+            let metadata = builder.metadata().clone();
+            let batches = builder.build()?.collect::<Result<Vec<RecordBatch>, _>>()?;
+            Ok((metadata, batches))
+        },
+    );
+    let (metadata, batches) = match read {
+        Ok(read) => read,
+        Err(e) => {
+            findings.push(mismatch(format!("it does not read as Parquet: {e}")));
+            return;
+        }
+    };
+    let kv = |name: &str| {
+        metadata
+            .file_metadata()
+            .key_value_metadata()
+            .and_then(|kv| kv.iter().find(|k| k.key == name))
+            .and_then(|k| k.value.clone())
+    };
+    let stated = (kv(keys::FIRST), kv(keys::LAST));
+    if stated != (Some(first.to_string()), Some(last.to_string())) {
+        findings.push(mismatch(format!(
+            "its metadata names records {:?}..={:?}, not {first}..={last}",
+            stated.0, stated.1
+        )));
+    }
+    let (_, _, expected, _) = match write::segment_batches(segment, usize::MAX) {
+        Ok(rows) => rows,
+        // The segment itself is broken: the chain check reports it.
+        Err(_) => return,
+    };
+    let concat = |batches: &[RecordBatch]| arrow::compute::concat_batches(&schema(), batches);
+    let (read, expected) = match (concat(&batches), concat(&expected)) {
+        (Ok(read), Ok(expected)) => (read, expected),
+        (Err(e), _) | (_, Err(e)) => {
+            findings.push(mismatch(format!(
+                "its columns are not those of schema version {}: {e}",
+                crate::columnar::SCHEMA_VERSION
+            )));
+            return;
+        }
+    };
+    if read.num_rows() != expected.num_rows() {
+        findings.push(mismatch(format!(
+            "{} rows for {} records",
+            read.num_rows(),
+            expected.num_rows()
+        )));
+        return;
+    }
+    for (index, field) in schema().fields().iter().enumerate() {
+        let (got, want) = (read.column(index), expected.column(index));
+        if got.to_data() == want.to_data() {
+            continue;
+        }
+        let row = (0..want.len())
+            .find(|&row| got.slice(row, 1).to_data() != want.slice(row, 1).to_data())
+            .unwrap_or(0);
+        findings.push(mismatch(format!(
+            "the row of seq {} differs from its journal line in column {}",
+            first + row as u64,
+            field.name()
+        )));
+        return;
+    }
+}

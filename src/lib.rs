@@ -20,6 +20,7 @@
 //! * [`columnar`]: the Parquet copy of each sealed segment and its signed seal;
 //! * [`archive`]: shipping sealed segments and checkpoints to WORM storage (S3 Object Lock);
 //! * [`verify`]: re-checking a journal directory and an archive; proof bundles;
+//! * [`query`]: the auditor's questions, verified answers with proof of completeness;
 //! * [`config`]: the one TOML file, parsed once into typed, validated sections;
 //! * [`metrics`] and [`clock`]: Prometheus metrics; the kernel's NTP state;
 //! * [`record`]: the journal line format, its timestamps and hashes;
@@ -52,6 +53,7 @@ pub mod journal;
 pub mod metrics;
 pub mod network;
 pub mod proxy;
+pub mod query;
 pub mod record;
 pub mod rules;
 pub mod server;

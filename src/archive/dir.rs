@@ -89,6 +89,18 @@ impl ArchiveStore for DirStore {
         Ok(fs::read(&path).map_err(FileError::on(&path))?)
     }
 
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>, ArchiveError> {
+        use std::os::unix::fs::FileExt;
+        let path = self.path(key);
+        let file = fs::File::open(&path).map_err(FileError::on(&path))?;
+        let size = file.metadata().map_err(FileError::on(&path))?.len();
+        let len = len.min(size.saturating_sub(start));
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact_at(&mut buf, start)
+            .map_err(FileError::on(&path))?;
+        Ok(buf)
+    }
+
     async fn list_versions(&self, prefix: &str) -> Result<Vec<ListedVersion>, ArchiveError> {
         fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
             let entries = match fs::read_dir(dir) {

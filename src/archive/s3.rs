@@ -200,6 +200,30 @@ impl ArchiveStore for S3Store {
         Ok(body.into_bytes().to_vec())
     }
 
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>, ArchiveError> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={start}-{}", start + len - 1))
+            .send()
+            .await
+            .map_err(|e| self.error(key, e))?;
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| ArchiveError::Unreachable {
+                target: self.target(),
+                detail: e.to_string(),
+            })?;
+        Ok(body.into_bytes().to_vec())
+    }
+
     async fn list_versions(&self, prefix: &str) -> Result<Vec<ListedVersion>, ArchiveError> {
         let mut out = Vec::new();
         let mut key_marker: Option<String> = None;

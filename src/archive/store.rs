@@ -66,6 +66,14 @@ pub trait ArchiveStore: Send + Sync {
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, ArchiveError>;
     /// The object's bytes (the current version).
     async fn get(&self, key: &str) -> Result<Vec<u8>, ArchiveError>;
+    /// `len` bytes of the object from byte `start` (fewer at its end). For reading parts of
+    /// a columnar copy: a footer, a page. The default reads the whole object.
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>, ArchiveError> {
+        let all = self.get(key).await?;
+        let from = (start as usize).min(all.len());
+        let to = from.saturating_add(len as usize).min(all.len());
+        Ok(all[from..to].to_vec())
+    }
     /// Every version and delete marker under `prefix`.
     async fn list_versions(&self, prefix: &str) -> Result<Vec<ListedVersion>, ArchiveError>;
 }

@@ -13,6 +13,7 @@ pub mod logging;
 pub mod outcome;
 pub mod print;
 mod proofs;
+mod query;
 mod rules;
 mod run;
 pub mod token;
@@ -79,6 +80,34 @@ pub enum Command {
     ///
     /// Exit 0 when nothing is wrong, 1 with a list of findings, 2 if it could not run.
     Verify(verify::VerifyArgs),
+    /// Answer an auditor's question over journals and archives: who saw this patient, what did
+    /// this user touch, everything from this IP or device in a window.
+    ///
+    /// Reads the local journal (the open segment too), a directory archive or an S3 archive
+    /// (`s3://BUCKET/PREFIX`, the standard AWS credential chain), using the columnar copies
+    /// where they exist and the segments where not, several nodes at once. Every answer is
+    /// verified: each segment's chain or seal, the records scanned against a checkpoint signed
+    /// by the node's key, and an inclusion proof for each record returned; `--proof FILE`
+    /// writes them for `auditgate verify-report`. Unverifiable data is refused unless
+    /// `--no-verify`.
+    ///
+    /// Filters of one kind are alternatives (`--patient a --patient b`); different filters must
+    /// all hold. Exit 0 with an answer, 1 when it was refused or a columnar copy did not check
+    /// out (the answer then comes from the segments, and says so), 2 if it could not run.
+    Query(Box<query::QueryArgs>),
+    /// Check a query's proof file offline with the nodes' public keys: each node's scanned
+    /// range is a contiguous piece of the log its checkpoint signs, and each returned record
+    /// is in that log. Exit 0 when it holds, 1 when not, 2 if it could not be read.
+    VerifyReport {
+        /// The proof file (`auditgate query --proof FILE`).
+        file: PathBuf,
+        /// A node's checkpoint public key (a `.pub` file or the key text; repeatable).
+        #[arg(long, required = true)]
+        key: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Make the columnar (Parquet) copies and seals an archive lacks: for segments archived
     /// before copies existed, or whose copy failed. Each copy is made from the archived
     /// segment, signed with the node's key and stored with the archive's lock. Safe to run
@@ -254,6 +283,10 @@ pub fn main() -> ExitCode {
         Command::CheckConfig { config } => ("", run::check_config(&config)),
         Command::Verify(args) => ("verify", verify::run(args)),
         Command::Backfill(args) => ("backfill", backfill::run(args)),
+        Command::Query(args) => ("query", query::run(*args)),
+        Command::VerifyReport { file, key, json } => {
+            ("verify-report", query::verify_report(&file, &key, json))
+        }
         Command::Keygen {
             out,
             name,

@@ -139,7 +139,10 @@ impl QueryArgs {
 /// `auditgate query`.
 pub fn run(args: QueryArgs) -> Result<Verdict, CliError> {
     let columns: Vec<String> = if args.columns.is_empty() {
-        output::DEFAULT_COLUMNS.iter().map(|c| c.to_string()).collect()
+        output::DEFAULT_COLUMNS
+            .iter()
+            .map(|c| c.to_string())
+            .collect()
     } else {
         args.columns.clone()
     };
@@ -181,10 +184,9 @@ pub fn run(args: QueryArgs) -> Result<Verdict, CliError> {
         .enable_all()
         .build()
         .map_err(|e| CliError::part("cannot start the async runtime", e))?;
-    let store = match &archive {
-        Some(cfg) => Some(runtime.block_on(open_store(cfg))),
-        None => None,
-    };
+    let store = archive
+        .as_ref()
+        .map(|cfg| runtime.block_on(open_store(cfg)));
     let fetcher = Fetcher {
         store: store.clone(),
         runtime: runtime.handle().clone(),
@@ -204,7 +206,10 @@ pub fn run(args: QueryArgs) -> Result<Verdict, CliError> {
         let node = source::node_of_journal(dir)
             .map_err(CliError::failed)?
             .ok_or_else(|| {
-                CliError::Usage(format!("{}: holds no record (not a journal?)", dir.display()))
+                CliError::Usage(format!(
+                    "{}: holds no record (not a journal?)",
+                    dir.display()
+                ))
             })?;
         let local = source::local_sources(dir, &node).map_err(CliError::failed)?;
         let merged = match nodes.remove(&node) {
@@ -220,7 +225,10 @@ pub fn run(args: QueryArgs) -> Result<Verdict, CliError> {
     // Blocking reads call into the runtime from this thread (not one of its workers).
     let answer = match answer(&request, &sources, &fetcher, &keys) {
         Ok(answer) => answer,
-        Err(e @ (QueryError::Unverified { .. } | QueryError::Scan(crate::query::scan::ScanError::Integrity { .. }))) => {
+        Err(
+            e @ (QueryError::Unverified { .. }
+            | QueryError::Scan(crate::query::scan::ScanError::Integrity { .. })),
+        ) => {
             println!("REFUSED: {e}");
             println!("the answer cannot be proven from the trail; `auditgate verify` says what is wrong (or --no-verify to see it anyway)");
             return Ok(Verdict::Findings);

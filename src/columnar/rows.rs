@@ -202,7 +202,7 @@ pub struct Rows {
 }
 
 fn utc() -> TimestampMicrosecondBuilder {
-    TimestampMicrosecondBuilder::new().with_timezone("UTC")
+    TimestampMicrosecondBuilder::new().with_timezone("+00:00")
 }
 
 fn string_list() -> StringList {

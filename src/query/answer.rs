@@ -34,7 +34,9 @@ impl std::str::FromStr for SortKey {
             .map_err(|_| format!("{column:?} is not a column (see the README's schema)"))?
             .clone();
         if field.data_type().is_nested() {
-            return Err(format!("{column:?} is a list or map: it cannot be sorted by"));
+            return Err(format!(
+                "{column:?} is a list or map: it cannot be sorted by"
+            ));
         }
         Ok(SortKey {
             column: column.to_string(),
@@ -109,7 +111,9 @@ pub fn answer(
         _ => sorted,
     };
     // The proofs of the rows returned, in their order.
-    let nodes = rows.column_by_name("node").map(|c| c.as_string::<i32>().clone());
+    let nodes = rows
+        .column_by_name("node")
+        .map(|c| c.as_string::<i32>().clone());
     let seqs = rows
         .column_by_name("seq")
         .map(|c| c.as_primitive::<arrow::datatypes::Int64Type>().clone());

@@ -10,8 +10,7 @@
 use std::net::IpAddr;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, RecordBatch, Scalar,
-    StringArray,
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, RecordBatch, Scalar, StringArray,
 };
 use arrow::compute::kernels::{boolean, cmp};
 use arrow::datatypes::{Int32Type, TimestampMicrosecondType};
@@ -103,7 +102,10 @@ pub struct Filters {
 fn string_in(column: &ArrayRef, values: &[String]) -> Result<BooleanArray, ArrowError> {
     let mut mask = BooleanArray::from(vec![false; column.len()]);
     for value in values {
-        let one = cmp::eq(column, &Scalar::new(StringArray::from(vec![value.as_str()])))?;
+        let one = cmp::eq(
+            column,
+            &Scalar::new(StringArray::from(vec![value.as_str()])),
+        )?;
         mask = boolean::or_kleene(&mask, &one)?;
     }
     Ok(mask)
@@ -187,7 +189,10 @@ impl Filters {
             and(list_has_any(column(batch, "patient_ids")?, &self.patients)?)?;
         }
         if !self.purposes.is_empty() {
-            and(list_has_any(column(batch, "purpose_of_use")?, &self.purposes)?)?;
+            and(list_has_any(
+                column(batch, "purpose_of_use")?,
+                &self.purposes,
+            )?)?;
         }
         for (values, name) in [
             (&self.users, "user_id"),
@@ -250,7 +255,8 @@ impl Filters {
 
     /// Whether a time (µs) is inside the window.
     pub fn in_window(&self, micros: i64) -> bool {
-        self.since_micros.is_none_or(|s| micros >= s) && self.until_micros.is_none_or(|u| micros < u)
+        self.since_micros.is_none_or(|s| micros >= s)
+            && self.until_micros.is_none_or(|u| micros < u)
     }
 
     /// Whether records written between `min` and `max` (µs, inclusive) can be in the window.
@@ -322,7 +328,14 @@ mod tests {
             patients: vec!["p3".into(), "p7".into()],
             ..Default::default()
         };
-        assert!(agrees(&f, |r| r.event.patients.iter().any(|p| p.id == "p3" || p.id == "p7")) > 0);
+        assert!(
+            agrees(&f, |r| r
+                .event
+                .patients
+                .iter()
+                .any(|p| p.id == "p3" || p.id == "p7"))
+                > 0
+        );
         let f = Filters {
             users: vec!["user-2".into()],
             actions: vec!["R".into(), "D".into()],
@@ -339,11 +352,17 @@ mod tests {
             ..Default::default()
         };
         agrees(&f, |r| {
-            r.event.outcome.as_ref().is_some_and(|o| o.status / 100 == 4)
+            r.event
+                .outcome
+                .as_ref()
+                .is_some_and(|o| o.status / 100 == 4)
                 && r.event.interaction.as_str() == "read"
         });
         let f = Filters {
-            client_ips: vec!["10.0.1.0/24".parse().unwrap(), "10.0.2.7/32".parse().unwrap()],
+            client_ips: vec![
+                "10.0.1.0/24".parse().unwrap(),
+                "10.0.2.7/32".parse().unwrap(),
+            ],
             ..Default::default()
         };
         assert!(
@@ -404,7 +423,10 @@ mod tests {
     fn times_parse_as_days_or_rfc3339() {
         assert_eq!(parse_time("1970-01-02"), Ok(86_400_000_000));
         assert_eq!(parse_time("1970-01-01T00:00:01.5Z"), Ok(1_500_000));
-        assert_eq!(parse_time("2026-03-01T09:00:00+01:00"), parse_time("2026-03-01T08:00:00Z"));
+        assert_eq!(
+            parse_time("2026-03-01T09:00:00+01:00"),
+            parse_time("2026-03-01T08:00:00Z")
+        );
         assert!(parse_time("yesterday").is_err());
     }
 

@@ -48,7 +48,10 @@ pub fn check_columns(columns: &[String]) -> Result<(), String> {
 }
 
 /// The chosen columns, lists and maps written as text (`a; b`, `{k: 1}`).
-fn display_batch(rows: &RecordBatch, columns: &[String]) -> Result<RecordBatch, arrow::error::ArrowError> {
+fn display_batch(
+    rows: &RecordBatch,
+    columns: &[String],
+) -> Result<RecordBatch, arrow::error::ArrowError> {
     let options = FormatOptions::default();
     let mut fields = Vec::new();
     let mut arrays: Vec<ArrayRef> = Vec::new();
@@ -89,7 +92,9 @@ pub fn print_rows(
         }
         Format::Csv => {
             let batch = display_batch(&answer.rows, columns).map_err(other)?;
-            let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(out);
+            let mut writer = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(out);
             writer.write(&batch).map_err(other)?;
         }
         Format::Table => {
@@ -107,7 +112,11 @@ pub fn print_rows(
 pub fn print_summary(answer: &Answer, verified: bool, out: &mut dyn Write) -> std::io::Result<()> {
     let returned = answer.rows.num_rows();
     if returned < answer.matched {
-        writeln!(out, "{returned} of {} matching records shown (--limit)", answer.matched)?;
+        writeln!(
+            out,
+            "{returned} of {} matching records shown (--limit)",
+            answer.matched
+        )?;
     } else {
         writeln!(out, "{returned} matching records")?;
     }

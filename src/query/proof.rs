@@ -174,7 +174,10 @@ fn check_node(part: &NodeProof, keys: &[CheckpointVerifier]) -> NodeCheck {
     let checkpoint = match key.open(part.checkpoint.as_bytes()) {
         Ok(cp) => cp,
         Err(e) => {
-            problems.push(format!("the checkpoint does not open with {}: {e}", key.name()));
+            problems.push(format!(
+                "the checkpoint does not open with {}: {e}",
+                key.name()
+            ));
             return result;
         }
     };
@@ -196,8 +199,12 @@ fn check_node(part: &NodeProof, keys: &[CheckpointVerifier]) -> NodeCheck {
     let folded = (|| -> Result<Frontier, String> {
         let mut tree = Frontier::from_parts(part.first - 1, hashes(&part.before)?)
             .ok_or("the tree before the range has the wrong number of subtrees")?;
-        range::extend(&mut tree, part.last - part.first + 1, &hashes(&part.scanned)?)
-            .map_err(|e| format!("the scanned range's blocks: {e}"))?;
+        range::extend(
+            &mut tree,
+            part.last - part.first + 1,
+            &hashes(&part.scanned)?,
+        )
+        .map_err(|e| format!("the scanned range's blocks: {e}"))?;
         range::extend(&mut tree, part.tree_size - part.last, &hashes(&part.after)?)
             .map_err(|e| format!("the blocks after the range: {e}"))?;
         Ok(tree)
@@ -220,7 +227,10 @@ fn check_node(part: &NodeProof, keys: &[CheckpointVerifier]) -> NodeCheck {
             continue;
         }
         if entry.seq <= previous {
-            problems.push(format!("record seq {} is out of order or repeated", entry.seq));
+            problems.push(format!(
+                "record seq {} is out of order or repeated",
+                entry.seq
+            ));
         }
         previous = entry.seq;
         let record: Result<crate::record::ChainHeader, _> = serde_json::from_str(&entry.record);

@@ -116,11 +116,7 @@ pub struct NodeAnswer {
 
 /// The segments whose records can fall in the window, as indices into `segments`.
 fn window(segments: &[Segment], filters: &Filters) -> std::ops::Range<usize> {
-    let date_micros = |s: &Segment| {
-        s.date
-            .as_deref()
-            .and_then(super::filter::day_start_micros)
-    };
+    let date_micros = |s: &Segment| s.date.as_deref().and_then(super::filter::day_start_micros);
     let mut from = 0;
     let mut to = segments.len();
     if let Some(since) = filters.since_micros {
@@ -132,7 +128,8 @@ fn window(segments: &[Segment], filters: &Filters) -> std::ops::Range<usize> {
         }
     }
     if let Some(until) = filters.until_micros {
-        while to > from + 1 && date_micros(&segments[to - 1]).is_some_and(|d| d > until + DAY_MICROS)
+        while to > from + 1
+            && date_micros(&segments[to - 1]).is_some_and(|d| d > until + DAY_MICROS)
         {
             to -= 1;
         }
@@ -206,6 +203,13 @@ pub fn query_node(
     let mut scans: Vec<Scanned> = Vec::new();
     let mut prev_leaf = None;
     for segment in &segments[chosen.clone()] {
+        if let Some(present) = &segment.unpaired {
+            coverage.notes.push(format!(
+                "the columnar copy of records {}..={} did not check out ({present} is there without its pair); read from its segment instead",
+                segment.first,
+                segment.last.unwrap_or_default()
+            ));
+        }
         let scanned = match &segment.copy {
             Some(_) => match scan_copy(segment, fetcher, filters, key) {
                 Ok(s) => s,
@@ -232,14 +236,12 @@ pub fn query_node(
     }
     coverage.first = scans.first().map_or(0, |s| s.first);
     coverage.last = scans.last().map_or(0, |s| s.last);
-    let rows = arrow::compute::concat_batches(
-        &schema(),
-        scans.iter().map(|s| &s.rows),
-    )
-    .map_err(|source| ScanError::Arrow {
-        place: format!("node={node}"),
-        source,
-    })?;
+    let rows = arrow::compute::concat_batches(&schema(), scans.iter().map(|s| &s.rows)).map_err(
+        |source| ScanError::Arrow {
+            place: format!("node={node}"),
+            source,
+        },
+    )?;
     let Some(key) = key else {
         coverage
             .notes
@@ -290,8 +292,10 @@ pub fn query_node(
             .column_by_name("seq")
             .map(|c| c.as_primitive::<arrow::datatypes::Int64Type>().clone());
         if let Some(seq) = seq {
-            let keep: arrow::array::BooleanArray =
-                seq.iter().map(|s| Some(s.is_some_and(|s| s as u64 <= cp.size))).collect();
+            let keep: arrow::array::BooleanArray = seq
+                .iter()
+                .map(|s| Some(s.is_some_and(|s| s as u64 <= cp.size)))
+                .collect();
             rows = arrow::compute::filter_record_batch(&rows, &keep).map_err(|source| {
                 ScanError::Arrow {
                     place: format!("node={node}"),
@@ -308,7 +312,11 @@ pub fn query_node(
             range::extend(&mut tree, scanned.last - scanned.first + 1, &scanned.range)
                 .map_err(|e| unverified(e.to_string()))?;
             pieces
-                .add_range(scanned.first - 1, scanned.last - scanned.first + 1, &scanned.range)
+                .add_range(
+                    scanned.first - 1,
+                    scanned.last - scanned.first + 1,
+                    &scanned.range,
+                )
                 .map_err(|e| unverified(e.to_string()))?;
         } else {
             // The checkpoint ends inside this segment: its leaves up to there.
@@ -390,7 +398,9 @@ pub fn query_node(
                 .inclusion_proof(seq - 1, cp.size)
                 .ok_or_else(|| unverified(format!("no inclusion proof for seq {seq}")))?;
             merkle::verify_inclusion(&proof, seq - 1, cp.size, leaf, cp.root).map_err(|e| {
-                unverified(format!("the record of seq {seq} is not in the signed log: {e}"))
+                unverified(format!(
+                    "the record of seq {seq} is not in the signed log: {e}"
+                ))
             })?;
             proofs.push(RecordProof {
                 node: node.clone(),
@@ -459,14 +469,17 @@ fn frontier_before(
     Ok(tree)
 }
 
-/// A segment's blocks up to `limit` (a checkpoint's size): (records, block hashes, leaves if
-/// read), from its seal when it has one and ends by `limit`, else from its lines.
+/// A segment's piece of the tree: (records, block hashes, leaves if read).
+type TreePiece = (u64, Vec<Hash>, Option<Vec<Hash>>);
+
+/// A segment's blocks up to `limit` (a checkpoint's size), from its seal when it has one and
+/// ends by `limit`, else from its lines.
 fn segment_tree(
     segment: &Segment,
     fetcher: &Fetcher,
     key: &CheckpointVerifier,
     limit: u64,
-) -> Result<(u64, Vec<Hash>, Option<Vec<Hash>>), QueryError> {
+) -> Result<TreePiece, QueryError> {
     if let (Some((_, seal_place)), Some(last)) = (&segment.copy, segment.last) {
         if last <= limit {
             let note = fetcher.get(seal_place)?;
@@ -506,13 +519,14 @@ fn covering_checkpoint(
             by_size.entry(size).or_default().push(place);
         }
     }
-    let open = |place: &super::source::Place| -> Result<Option<(SignedCheckpoint, String)>, QueryError> {
-        let note = fetcher.get(place)?;
-        Ok(key
-            .open(&note)
-            .ok()
-            .map(|cp| (cp, String::from_utf8_lossy(&note).into_owned())))
-    };
+    let open =
+        |place: &super::source::Place| -> Result<Option<(SignedCheckpoint, String)>, QueryError> {
+            let note = fetcher.get(place)?;
+            Ok(key
+                .open(&note)
+                .ok()
+                .map(|cp| (cp, String::from_utf8_lossy(&note).into_owned())))
+        };
     for places in by_size.range(last..).map(|(_, p)| p) {
         for place in places {
             if let Some(found) = open(place)? {
@@ -528,4 +542,59 @@ fn covering_checkpoint(
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::query::filter::parse_time;
+    use crate::query::source::Place;
+
+    fn segment(first: u64, date: &str) -> Segment {
+        Segment {
+            first,
+            last: Some(first + 99),
+            json: Place::Local(format!("{first}").into()),
+            compression: None,
+            copy: None,
+            unpaired: None,
+            date: Some(date.into()),
+        }
+    }
+
+    #[test]
+    fn the_window_keeps_the_segments_that_can_hold_its_records() {
+        let days = [
+            "2026-11-01",
+            "2026-11-01",
+            "2026-11-02",
+            "2026-11-02",
+            "2026-11-03",
+            "2026-11-05",
+        ];
+        let segments: Vec<Segment> = days
+            .iter()
+            .enumerate()
+            .map(|(i, d)| segment(1 + 100 * i as u64, d))
+            .collect();
+        let filters = |since: &str, until: &str| Filters {
+            since_micros: Some(parse_time(since).unwrap()),
+            until_micros: Some(parse_time(until).unwrap()),
+            ..Default::default()
+        };
+        assert_eq!(window(&segments, &Filters::default()), 0..6);
+        // A day's margin each side: Nov 2 noon to Nov 2 evening reads from the last segment
+        // that started Nov 1 through the one that started Nov 3.
+        assert_eq!(
+            window(
+                &segments,
+                &filters("2026-11-02T12:00:00Z", "2026-11-02T18:00:00Z")
+            ),
+            1..5
+        );
+        assert_eq!(
+            window(&segments, &filters("2026-11-05", "2026-11-06")),
+            4..6
+        );
+    }
 }

@@ -13,11 +13,11 @@
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::filter_record_batch;
+use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
 use parquet::arrow::arrow_reader::{
     ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
     RowFilter, RowSelection, RowSelector,
 };
-use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
 use parquet::arrow::ProjectionMask;
 use parquet::bloom_filter::Sbbf;
 use parquet::file::metadata::PageIndexPolicy;
@@ -99,10 +99,12 @@ pub fn scan_copy(
     filters: &Filters,
     key: Option<&CheckpointVerifier>,
 ) -> Result<Scanned, ScanError> {
-    let (copy_place, seal_place) = segment
-        .copy
-        .clone()
-        .expect("scan_copy is called for segments with a copy");
+    let Some((copy_place, seal_place)) = segment.copy.clone() else {
+        return Err(ScanError::Integrity {
+            place: segment.json.label(),
+            detail: "the segment has no columnar copy".into(),
+        });
+    };
     let place = copy_place.label();
     let seal_label = seal_place.label();
     let note = fetcher.get(&seal_place)?;
@@ -142,9 +144,10 @@ pub fn scan_copy(
     }
     let row_groups = metadata.metadata().row_groups();
     let selected = prune(&metadata, &file, filters).map_err(parquet_error)?;
-    let mut builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file.clone(), metadata.clone())
-        .with_row_groups(selected.clone())
-        .with_batch_size(8192);
+    let mut builder =
+        ParquetRecordBatchReaderBuilder::new_with_metadata(file.clone(), metadata.clone())
+            .with_row_groups(selected.clone())
+            .with_batch_size(8192);
     if !filters.is_empty() {
         let descr = metadata.parquet_schema();
         let indices: Vec<usize> = filters
@@ -153,21 +156,21 @@ pub fn scan_copy(
             .filter_map(|c| schema().index_of(c).ok())
             .collect();
         let predicate_filters = filters.clone();
-        let predicate = ArrowPredicateFn::new(ProjectionMask::roots(descr, indices), move |batch| {
-            predicate_filters.mask(&batch)
-        });
+        let predicate =
+            ArrowPredicateFn::new(ProjectionMask::roots(descr, indices), move |batch| {
+                predicate_filters.mask(&batch)
+            });
         builder = builder.with_row_filter(RowFilter::new(vec![Box::new(predicate)]));
     }
     let reader = builder.build().map_err(parquet_error)?;
     let batches = reader
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| parquet_error(e.into()))?;
-    let rows = arrow::compute::concat_batches(&schema(), &batches).map_err(|source| {
-        ScanError::Arrow {
+    let rows =
+        arrow::compute::concat_batches(&schema(), &batches).map_err(|source| ScanError::Arrow {
             place: place.clone(),
             source,
-        }
-    })?;
+        })?;
     if check {
         check_rows(&rows, &place)?;
     }
@@ -314,7 +317,10 @@ fn tile_leaves(
     }
     let leaf_index = schema().index_of("leaf").unwrap_or_default();
     let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file.clone(), metadata.clone())
-        .with_projection(ProjectionMask::roots(metadata.parquet_schema(), [leaf_index]))
+        .with_projection(ProjectionMask::roots(
+            metadata.parquet_schema(),
+            [leaf_index],
+        ))
         .with_row_selection(RowSelection::from(selectors))
         .build()?;
     let mut hashes = Vec::new();
@@ -331,7 +337,10 @@ fn tile_leaves(
     let mut taken = 0usize;
     for (start, end) in runs {
         let n = (end - start) as usize;
-        out.push((start, hashes.get(taken..taken + n).unwrap_or_default().to_vec()));
+        out.push((
+            start,
+            hashes.get(taken..taken + n).unwrap_or_default().to_vec(),
+        ));
         taken += n;
     }
     Ok(out)
@@ -416,12 +425,11 @@ pub fn scan_json(
             )));
         }
     }
-    let rows = arrow::compute::concat_batches(&schema(), &matched).map_err(|source| {
-        ScanError::Arrow {
+    let rows =
+        arrow::compute::concat_batches(&schema(), &matched).map_err(|source| ScanError::Arrow {
             place: place.clone(),
             source,
-        }
-    })?;
+        })?;
     Ok(Scanned {
         rows,
         first: segment.first,

@@ -48,6 +48,8 @@ pub struct Segment {
     pub compression: Option<SegmentCompression>,
     /// Its columnar copy and seal, when both are there.
     pub copy: Option<(Place, Place)>,
+    /// One of the pair is there without the other (a removed copy or seal): which one.
+    pub unpaired: Option<String>,
     /// `YYYY-MM-DD` of its first record (archive keys carry it; local segments: read).
     pub date: Option<String>,
 }
@@ -148,11 +150,14 @@ impl Fetcher {
 /// The node of a journal directory: its records' `node` (from the first line of its first
 /// segment).
 pub fn node_of_journal(dir: &Path) -> Result<Option<String>, SourceError> {
-    let segments = list_segments(dir)
-        .map_err(|e| FileError::on(dir)(std::io::Error::other(e.to_string())))?;
+    let segments =
+        list_segments(dir).map_err(|e| FileError::on(dir)(std::io::Error::other(e.to_string())))?;
     for (_, path) in segments {
         let bytes = std::fs::read(&path).map_err(FileError::on(&path))?;
-        if let Some(line) = bytes.split(|&b| b == b'\n').find(|l| !l.is_empty() && l[0] == b'{') {
+        if let Some(line) = bytes
+            .split(|&b| b == b'\n')
+            .find(|l| !l.is_empty() && l[0] == b'{')
+        {
             #[derive(serde::Deserialize)]
             struct Node {
                 node: String,
@@ -182,16 +187,28 @@ pub fn local_sources(dir: &Path, node: &str) -> Result<NodeSources, SourceError>
         journal: Some(dir.to_path_buf()),
         ..NodeSources::default()
     };
-    let listed = list_segments(dir)
-        .map_err(|e| FileError::on(dir)(std::io::Error::other(e.to_string())))?;
+    let listed =
+        list_segments(dir).map_err(|e| FileError::on(dir)(std::io::Error::other(e.to_string())))?;
     for (name, path) in listed {
         let (first, last) = match name {
             SegmentName::Sealed { first, last } => (first, Some(last)),
             SegmentName::Open { first } => (first, None),
         };
+        let mut unpaired = None;
         let copy = last.and_then(|last| {
             let (p, s) = (parquet_path(dir, first, last), seal_path(dir, first, last));
-            (p.exists() && s.exists()).then(|| (Place::Local(p), Place::Local(s)))
+            match (p.exists(), s.exists()) {
+                (true, true) => Some((Place::Local(p), Place::Local(s))),
+                (true, false) => {
+                    unpaired = Some(p.display().to_string());
+                    None
+                }
+                (false, true) => {
+                    unpaired = Some(s.display().to_string());
+                    None
+                }
+                (false, false) => None,
+            }
         });
         sources.segments.push(Segment {
             first,
@@ -200,6 +217,7 @@ pub fn local_sources(dir: &Path, node: &str) -> Result<NodeSources, SourceError>
             json: Place::Local(path),
             compression: None,
             copy,
+            unpaired,
         });
     }
     for path in checkpoint::list_checkpoint_files(dir)
@@ -251,10 +269,7 @@ pub async fn archive_sources(
                 None => continue,
             },
         };
-        let Some((node, rest)) = rest
-            .strip_prefix("node=")
-            .and_then(|r| r.split_once('/'))
-        else {
+        let Some((node, rest)) = rest.strip_prefix("node=").and_then(|r| r.split_once('/')) else {
             continue;
         };
         let node = node.to_string();
@@ -290,6 +305,7 @@ pub async fn archive_sources(
                         json: Place::Archived(key.clone()),
                         compression: Some(compression),
                         copy: None,
+                        unpaired: None,
                         date: Some(date),
                     });
                 }
@@ -300,11 +316,13 @@ pub async fn archive_sources(
         for segment in &mut sources.segments {
             let Some(last) = segment.last else { continue };
             let id = (node.clone(), segment.first, last);
-            if let (Some(copy), Some(seal)) = (copies.get(&id), seals.get(&id)) {
-                segment.copy = Some((
-                    Place::Archived(copy.clone()),
-                    Place::Archived(seal.clone()),
-                ));
+            match (copies.get(&id), seals.get(&id)) {
+                (Some(copy), Some(seal)) => {
+                    segment.copy =
+                        Some((Place::Archived(copy.clone()), Place::Archived(seal.clone())))
+                }
+                (Some(one), None) | (None, Some(one)) => segment.unpaired = Some(one.clone()),
+                (None, None) => {}
             }
         }
         sources.segments.sort_by_key(|s| s.first);
@@ -324,6 +342,11 @@ pub fn merge(archived: NodeSources, local: NodeSources) -> NodeSources {
         if let Some(archived) = by_first.get(&segment.first) {
             if archived.last == segment.last && segment.copy.is_none() {
                 segment.copy = archived.copy.clone();
+                if segment.copy.is_some() {
+                    segment.unpaired = None;
+                } else if segment.unpaired.is_none() {
+                    segment.unpaired = archived.unpaired.clone();
+                }
             }
         }
         by_first.insert(segment.first, segment);

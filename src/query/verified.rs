@@ -138,10 +138,11 @@ impl ChunkReader for VerifiedFile {
         let mut out = Vec::with_capacity(length);
         let mut at = start;
         while at < end {
-            let (index, unit_start, unit_end) =
-                self.inner.seal.unit_at(at).ok_or_else(|| {
-                    ParquetError::EOF(format!("offset {at} is past the file"))
-                })?;
+            let (index, unit_start, unit_end) = self
+                .inner
+                .seal
+                .unit_at(at)
+                .ok_or_else(|| ParquetError::EOF(format!("offset {at} is past the file")))?;
             let unit = self.unit(index)?;
             let to = unit_end.min(end);
             out.extend_from_slice(&unit[(at - unit_start) as usize..(to - unit_start) as usize]);

@@ -26,6 +26,7 @@ mod interactions;
 mod network;
 mod operations;
 mod proofs;
+mod query;
 mod s3_kit;
 mod tamper;
 mod tls;

@@ -226,6 +226,151 @@ pub fn segment_bytes(node: &str, first: u64, prev: &str, events: &[Event], start
     out
 }
 
+/// How [`synthetic_trail`] stores one segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// In the archive as zstd, with its columnar copy and seal.
+    ZstdWithCopy,
+    /// In the archive as gzip, with its columnar copy and seal.
+    GzipWithCopy,
+    /// In the archive as zstd, without a columnar copy.
+    ZstdOnly,
+    /// Only in the local journal, sealed, with its copy and seal beside it.
+    LocalWithCopy,
+    /// Only in the local journal, sealed, without a copy.
+    LocalOnly,
+    /// Only in the local journal, the open segment (must be last).
+    LocalOpen,
+}
+
+/// A node's trail written as the gateway and its archiver write it, without running them:
+/// `events` (each with its time, µs since the epoch) cut into consecutive segments of the
+/// given sizes, each stored as `Stored` says, under a directory archive at `archive` (with
+/// `prefix`) or in the journal directory `journal`; a checkpoint signed by `signer` at each
+/// segment's end (in the archive for archived segments, in the journal for local ones), and
+/// the tree state the checkpointer keeps at each seal. Returns every line, in seq order.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "a fixture: every argument is one independent choice of the trail"
+)]
+pub fn synthetic_trail(
+    archive: &Path,
+    prefix: &str,
+    journal: &Path,
+    node: &str,
+    signer: &CheckpointSigner,
+    events: &[(Event, i64)],
+    segments: &[(usize, Stored)],
+    options: &auditgate::columnar::WriteOptions,
+) -> Vec<Vec<u8>> {
+    use auditgate::archive::{Layout, SegmentCompression};
+    use auditgate::tlog::checkpoint::{file_name, seal_state_path, MerkleState, CHECKPOINT_DIR};
+    use auditgate::tlog::merkle::{Frontier, Hash};
+    let layout = Layout::new(prefix);
+    let put = |key: &str, bytes: &[u8]| {
+        let path = archive.join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    };
+    std::fs::create_dir_all(journal.join(CHECKPOINT_DIR)).unwrap();
+    let mut lines = Vec::new();
+    let mut tree = Frontier::new();
+    let mut prev = record::GENESIS_PREV.to_string();
+    let mut at = 0usize;
+    for (count, stored) in segments {
+        let first = at as u64 + 1;
+        let mut bytes = Vec::new();
+        for (i, (event, micros)) in events[at..at + count].iter().enumerate() {
+            let header = ChainHeader {
+                v: record::RECORD_VERSION,
+                node: node.into(),
+                seq: first + i as u64,
+                prev: prev.clone(),
+                ts: record::format_ts(
+                    SystemTime::UNIX_EPOCH + Duration::from_micros(*micros as u64),
+                ),
+            };
+            let mut line = Vec::new();
+            record::splice_line(&mut line, &header, &event.to_json());
+            prev = hex::encode(record::leaf_hash(&line));
+            bytes.extend_from_slice(&line);
+            bytes.push(b'\n');
+            lines.push(line);
+        }
+        let last = first + *count as u64 - 1;
+        let before = tree.clone();
+        for line in &lines[at..at + count] {
+            tree.push(Hash(record::leaf_hash(line)));
+        }
+        at += count;
+        let date = record::format_ts(
+            SystemTime::UNIX_EPOCH + Duration::from_micros(events[first as usize - 1].1 as u64),
+        )[..10]
+            .to_string();
+        let end_time = SystemTime::UNIX_EPOCH + Duration::from_micros(events[at - 1].1 as u64);
+        let note = signer.sign(tree.size(), tree.root(), end_time);
+        let copy = || {
+            let copy = auditgate::columnar::write_segment(&bytes, &before, options).unwrap();
+            let seal = copy.seal.sign(signer).unwrap();
+            (copy.parquet, seal)
+        };
+        let seg_name = format!("seg-{first:020}-{last:020}");
+        match stored {
+            Stored::ZstdWithCopy | Stored::GzipWithCopy | Stored::ZstdOnly => {
+                let compression = if *stored == Stored::GzipWithCopy {
+                    SegmentCompression::Gzip
+                } else {
+                    SegmentCompression::Zstd
+                };
+                put(
+                    &layout.segment(node, &date, first, last, compression),
+                    &compression.compress(&bytes).unwrap(),
+                );
+                if *stored != Stored::ZstdOnly {
+                    let (parquet, seal) = copy();
+                    put(&layout.columnar(node, &date, first, last), &parquet);
+                    put(&layout.seal(node, first, last), &seal);
+                }
+                put(
+                    &layout.checkpoint(node, &file_name(tree.size(), end_time)),
+                    &note,
+                );
+            }
+            Stored::LocalWithCopy | Stored::LocalOnly => {
+                std::fs::write(journal.join(format!("{seg_name}.jsonl")), &bytes).unwrap();
+                if *stored == Stored::LocalWithCopy {
+                    let (parquet, seal) = copy();
+                    std::fs::write(journal.join(format!("{seg_name}.parquet")), parquet).unwrap();
+                    std::fs::write(journal.join(format!("{seg_name}.seal")), seal).unwrap();
+                }
+                std::fs::write(
+                    journal
+                        .join(CHECKPOINT_DIR)
+                        .join(file_name(tree.size(), end_time)),
+                    &note,
+                )
+                .unwrap();
+            }
+            Stored::LocalOpen => {
+                std::fs::write(journal.join(format!("seg-{first:020}.open.jsonl")), &bytes)
+                    .unwrap();
+                std::fs::write(
+                    journal
+                        .join(CHECKPOINT_DIR)
+                        .join(file_name(tree.size(), end_time)),
+                    &note,
+                )
+                .unwrap();
+            }
+        }
+        if *stored != Stored::LocalOpen {
+            let state = serde_json::to_vec(&MerkleState::of(&tree)).unwrap();
+            std::fs::write(seal_state_path(journal, tree.size()), state).unwrap();
+        }
+    }
+    lines
+}
+
 /// A journal of node `node` under `root/journal` holding `records` records in 4 KiB segments,
 /// signed with a new key at `root/checkpoint.key` (`auditgate/NODE`) and checkpointed after
 /// every batch. Returns once a signed checkpoint covers every record (the final head is signed

@@ -62,6 +62,10 @@ if [[ "$scope" == test ]]; then
         need "prometheus and promtool" prometheus
     fi
     have systemd-analyze || need "systemd-analyze" systemd
+    # Spark (the documented SQL's test in local mode) needs Java 17 or newer.
+    if ! have java || ! java -version 2>&1 | grep -qE 'version "(1[7-9]|[2-9][0-9])'; then
+        need "a Java 17+ runtime (java)" openjdk-17-jre-headless
+    fi
 fi
 
 if [[ ${#missing[@]} -eq 0 ]]; then

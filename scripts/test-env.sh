@@ -12,6 +12,8 @@
 #   .venv-deploy/
 #               Python venv with tests/requirements-deploy.txt (kubernetes-validate, hadolint,
 #               check-jsonschema): the checkers tests/integration/deploy.rs runs on deploy/.
+#   .venv-sql/  Python venv with tests/requirements-sql.txt (duckdb, pyspark, sqlglot): the engines
+#               tests/integration/sql.rs runs the documented SQL of deploy/sql/ with.
 #   .venv-synthea/
 #               Python venv with tests/requirements-synthea.txt (tietai-synthea, a Python port of
 #               Synthea): the synthetic patients the attribution corpus loads.
@@ -37,6 +39,8 @@ DEPLOY_REQUIREMENTS=tests/requirements-deploy.txt
 DEPLOY_VENV=.venv-deploy
 SYNTHEA_REQUIREMENTS=tests/requirements-synthea.txt
 SYNTHEA_VENV=.venv-synthea
+SQL_REQUIREMENTS=tests/requirements-sql.txt
+SQL_VENV=.venv-sql
 NPM_MANIFEST_DIR=tests/testdata
 TESTDATA=.testdata
 EXAMPLES="$TESTDATA/node_modules/hl7.fhir.r4.examples"
@@ -119,6 +123,12 @@ check_deploy_venv() {
     "$1/bin/check-jsonschema" --version >/dev/null || die "check-jsonschema does not run from $1"
 }
 ensure_venv "$DEPLOY_VENV" "$DEPLOY_REQUIREMENTS" check_deploy_venv
+
+check_sql_venv() {
+    "$1/bin/python" -c 'import duckdb, pyspark, sqlglot' || die "duckdb, pyspark or sqlglot does not import in $1"
+    command -v java >/dev/null 2>&1 || die "no java on PATH: Spark needs a Java 17+ runtime (apt-get install -y openjdk-17-jre-headless)"
+}
+ensure_venv "$SQL_VENV" "$SQL_REQUIREMENTS" check_sql_venv
 
 check_synthea_venv() {
     "$1/bin/synthea" --help >/dev/null || die "synthea does not run from $1"

@@ -28,5 +28,6 @@ mod operations;
 mod proofs;
 mod query;
 mod s3_kit;
+mod sql;
 mod tamper;
 mod tls;

@@ -1,0 +1,137 @@
+-- Trino (Hive connector): the columnar copies and the JSON segments of an auditgate archive.
+--
+-- Replace BUCKET and PREFIX; `hive` is your Hive catalog, `auditgate` a schema in it. Set
+-- hive.timestamp-precision=MICROSECONDS in the catalog to keep the records' microseconds.
+-- After new days or nodes ship, register their partitions (or run it on a schedule):
+--   CALL hive.system.sync_partition_metadata('auditgate', 'records', 'ADD');
+--   CALL hive.system.sync_partition_metadata('auditgate', 'journal', 'ADD');
+
+CREATE SCHEMA IF NOT EXISTS hive.auditgate;
+
+CREATE TABLE IF NOT EXISTS hive.auditgate.records (
+  seq bigint,
+  v integer,
+  prev varchar,
+  leaf varchar,
+  ts timestamp(6),
+  received timestamp(6),
+  phase varchar,
+  request_id varchar,
+  intent_seq bigint,
+  authenticated boolean,
+  unauthenticated_reason varchar,
+  user_id varchar,
+  issuer varchar,
+  user_name varchar,
+  roles array(varchar),
+  client_id varchar,
+  purpose_of_use array(varchar),
+  jti varchar,
+  fhir_user varchar,
+  smart_patient varchar,
+  break_glass boolean,
+  action varchar,
+  interaction varchar,
+  rule varchar,
+  resource_type varchar,
+  resource_id varchar,
+  method varchar,
+  path varchar,
+  query varchar,
+  forwarded_query varchar,
+  patient_ids array(varchar),
+  patients array(row(id varchar, source varchar)),
+  attribution varchar,
+  attribution_gaps array(varchar),
+  external_refs array(varchar),
+  external_refs_omitted bigint,
+  bulk_files array(row(url varchar, through_gateway boolean)),
+  client_ip varchar,
+  peer_ip varchar,
+  forwarded_chain array(varchar),
+  device_id varchar,
+  device_id_source varchar,
+  user_agent varchar,
+  geo_country varchar,
+  geo_city varchar,
+  geo_asn bigint,
+  geo_org varchar,
+  geo_unavailable varchar,
+  client_cert_sha256 varchar,
+  client_cert_subject varchar,
+  gateway_node varchar,
+  gateway_listener varchar,
+  status integer,
+  outcome_code integer,
+  error varchar,
+  bytes_out bigint,
+  upstream_ms bigint,
+  content_type varchar,
+  truncated map(varchar, bigint),
+  part integer,
+  summary_count bigint,
+  summary_first timestamp(6),
+  summary_last timestamp(6),
+  summary_reasons map(varchar, bigint),
+  clock_synced boolean,
+  clock_max_error_ms bigint,
+  clock_est_error_ms bigint,
+  line varchar,
+  node varchar,
+  dt varchar
+)
+WITH (
+  format = 'PARQUET',
+  external_location = 's3://BUCKET/PREFIX/v1/columnar/',
+  partitioned_by = ARRAY['node', 'dt']
+);
+
+CREATE TABLE IF NOT EXISTS hive.auditgate.journal (
+  v integer,
+  seq bigint,
+  prev varchar,
+  ts varchar,
+  phase varchar,
+  request_id varchar,
+  intent_seq bigint,
+  who row(
+    kind varchar, "user" varchar, issuer varchar, name varchar, roles array(varchar),
+    client_id varchar, purpose_of_use array(varchar), jti varchar, fhir_user varchar,
+    smart_patient varchar, break_glass boolean, reason varchar),
+  action varchar,
+  interaction varchar,
+  rule varchar,
+  resource_type varchar,
+  resource_id varchar,
+  method varchar,
+  path varchar,
+  query varchar,
+  forwarded_query varchar,
+  patients array(row(id varchar, source varchar)),
+  attribution varchar,
+  attribution_gaps array(varchar),
+  external_refs array(varchar),
+  external_refs_omitted bigint,
+  bulk_files array(row(url varchar, through_gateway boolean)),
+  net row(
+    client_ip varchar, peer_ip varchar, forwarded_chain array(varchar), device_id varchar,
+    device_id_source varchar, user_agent varchar,
+    geo row(country varchar, city varchar, asn bigint, org varchar), geo_unavailable varchar,
+    client_cert row(sha256 varchar, subject varchar),
+    gateway row(node varchar, listener varchar)),
+  outcome row(
+    status integer, code integer, error varchar, bytes_out bigint, upstream_ms bigint,
+    content_type varchar),
+  truncated map(varchar, bigint),
+  part integer,
+  summary row("count" bigint, "first" varchar, "last" varchar, reasons map(varchar, bigint)),
+  clock row(synced boolean, max_error_ms bigint, est_error_ms bigint),
+  received varchar,
+  node varchar,
+  dt varchar
+)
+WITH (
+  format = 'JSON',
+  external_location = 's3://BUCKET/PREFIX/v1/',
+  partitioned_by = ARRAY['node', 'dt']
+);

@@ -1,0 +1,715 @@
+//! `cargo bench --bench query`: the auditor's questions over a large archive, `auditgate query`
+//! against DuckDB over the same Parquet files, in the same run; the columnar copy's size and
+//! write cost; journal append throughput with and without the copies being made.
+//!
+//! 1. **The archive.** `AUDITGATE_BENCH_RECORDS` (default 10,000,000) synthetic records over
+//!    3 nodes and 10 days, with a realistic skew (Zipf-like): 1,000,000 patients (s = 0.9),
+//!    5,000 users (s = 1.1), each user at one or two workstations (IP and device) most of the
+//!    time; reads, searches naming 1 to 5 patients, writes. Written as the gateway and its
+//!    archiver write them: 64 MiB segments (zstd), each with its columnar copy (the default
+//!    `[columnar]` options) and signed seal, a signed checkpoint at each segment's end. Kept
+//!    under `target/bench-data/` and reused while its parameters do not change.
+//! 2. **Questions**, each run 3 times (median; the page cache is warm, as on a query server):
+//!    one patient's access report (a patient of rank 400,000: a few accesses, as most patients
+//!    have), a popular patient's (rank 5,000: a few hundred), one user's activity (rank 100),
+//!    everything from one IP in one day; `auditgate query` (release binary,
+//!    verified, with proofs, the whole process timed, its peak RSS read with wait4) against
+//!    DuckDB (`read_parquet` over the same files, `hive_partitioning`, the query alone timed
+//!    inside Python, 2 threads), both returning the full records (`line`). The answers are
+//!    compared.
+//! 3. **Copy cost**: per segment, write time (median) and bytes of Parquet against the JSON and
+//!    its zstd archive copy.
+//! 4. **Append throughput** with 64 appenders on the real disk for 8 s, with a thread making
+//!    columnar copies of the segments as they seal (8 MiB segments, so several seal) and
+//!    without, interleaved, 2 rounds each.
+//!
+//! Results: a table on stdout and `target/bench-results/query.json`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a benchmark that cannot set up its fixture has nothing to measure: it stops with the reason"
+)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use auditgate::archive::{Layout, SegmentCompression};
+use auditgate::columnar::{write_segment, WriteOptions};
+use auditgate::journal::{CheckpointTiming, Checkpointing, Journal, JournalConfig};
+use auditgate::record::*;
+use auditgate::tlog::checkpoint::{file_name, write_key_pair, CheckpointSigner};
+use auditgate::tlog::merkle::{Frontier, Hash};
+
+const NODES: usize = 3;
+const DAYS: u64 = 10;
+const PATIENTS: usize = 1_000_000;
+const USERS: usize = 5_000;
+const SEGMENT_BYTES: usize = 64 * 1024 * 1024;
+/// 2026-11-01T00:00:00Z.
+const START_SECS: u64 = 1_793_491_200;
+/// Changes when what is generated changes: a cached archive of another version is remade.
+const GENERATOR_VERSION: u32 = 1;
+
+/// xorshift64*: a fast, reproducible generator (no need for cryptographic quality here).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Ranks 0..n drawn with probability proportional to 1 / (rank + 1)^s.
+struct Zipf {
+    cumulative: Vec<f64>,
+}
+
+impl Zipf {
+    fn new(n: usize, s: f64) -> Self {
+        let mut total = 0.0;
+        let cumulative = (0..n)
+            .map(|r| {
+                total += 1.0 / ((r + 1) as f64).powf(s);
+                total
+            })
+            .collect::<Vec<_>>();
+        let cumulative = cumulative.into_iter().map(|c| c / total).collect();
+        Zipf { cumulative }
+    }
+
+    fn sample(&self, rng: &mut Rng) -> usize {
+        let u = rng.unit();
+        self.cumulative
+            .partition_point(|c| *c < u)
+            .min(self.cumulative.len() - 1)
+    }
+}
+
+/// A patient's ID: scattered, so popularity does not follow the ID's order.
+fn patient_id(rank: usize) -> String {
+    format!(
+        "pt-{:07}",
+        (rank as u64).wrapping_mul(2_654_435_761) % 10_000_000
+    )
+}
+
+fn user_ip(user: usize, alt: bool) -> String {
+    let n = if alt { user * 7 + 3 } else { user } % 2000;
+    format!("10.{}.{}.{}", 20 + n / 250, (n % 250) / 16, 10 + n % 16)
+}
+
+fn event(rng: &mut Rng, patients: &Zipf, users: &Zipf, node: &str) -> Event {
+    let user = users.sample(rng);
+    let alt = rng.below(10) == 0;
+    let kind = rng.below(100);
+    let (action, interaction, method, resource, count) = match kind {
+        0..=49 => (Action::R, InteractionKind::Read, "GET", "Observation", 1),
+        50..=84 => (
+            Action::R,
+            InteractionKind::Search,
+            "GET",
+            "Observation",
+            1 + rng.below(5),
+        ),
+        85..=92 => (Action::U, InteractionKind::Update, "PUT", "Observation", 1),
+        93..=96 => (
+            Action::C,
+            InteractionKind::Create,
+            "POST",
+            "MedicationRequest",
+            1,
+        ),
+        _ => (Action::R, InteractionKind::Read, "GET", "Patient", 1),
+    };
+    let patient_list: Vec<PatientRef> = (0..count)
+        .map(|i| PatientRef {
+            id: patient_id(patients.sample(rng)),
+            source: if i == 0 {
+                PatientSource::Query
+            } else {
+                PatientSource::Response
+            },
+        })
+        .collect();
+    let first = patient_list[0].id.clone();
+    let request = rng.next();
+    Event {
+        phase: Phase::Outcome,
+        request_id: format!(
+            "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+            request >> 32,
+            (request >> 16) & 0xffff,
+            request & 0xfff,
+            (request >> 4) & 0xfff,
+            rng.next() & 0xffff_ffff_ffff
+        ),
+        intent_seq: None,
+        who: Who::Authenticated(Actor {
+            user: format!("u{user:05}"),
+            issuer: "https://idp.hospital.example/realms/clinical".into(),
+            name: Some(format!("Clinician {user}")),
+            roles: vec![if user % 5 == 0 { "nurse" } else { "physician" }.into()],
+            client_id: Some(["ehr-viewer", "mobile-rounds", "lab-portal"][user % 3].into()),
+            purpose_of_use: vec!["TREAT".into()],
+            jti: Some(format!("{:016x}", rng.next())),
+            fhir_user: Some(format!("Practitioner/{user}")),
+            smart_patient: None,
+            break_glass: rng.below(2000) == 0,
+        }),
+        action,
+        interaction,
+        rule: format!("fhir-{}", interaction.as_str()),
+        resource_type: Some(resource.into()),
+        resource_id: (interaction != InteractionKind::Search)
+            .then(|| format!("{:x}", rng.next() & 0xff_ffff)),
+        method: method.into(),
+        path: format!("/fhir/{resource}"),
+        query: (interaction == InteractionKind::Search)
+            .then(|| format!("patient={first}&_count=50&_sort=-date")),
+        forwarded_query: None,
+        patients: patient_list,
+        attribution: Attribution::Complete,
+        attribution_gaps: Vec::new(),
+        external_refs: Vec::new(),
+        external_refs_omitted: None,
+        bulk_files: Vec::new(),
+        net: NetworkVector {
+            client_ip: user_ip(user, alt),
+            peer_ip: "10.0.0.5".into(),
+            forwarded_chain: vec![user_ip(user, alt)],
+            device_id: Some(format!(
+                "ws-{:05}",
+                if alt { user * 7 + 3 } else { user } % 3000
+            )),
+            device_id_source: Some("header".into()),
+            user_agent: Some("Mozilla/5.0 (Windows NT 10.0; Win64; x64) EHR/24.1".into()),
+            geo: None,
+            geo_unavailable: Some("private".into()),
+            client_cert: None,
+            gateway: GatewayId {
+                node: node.into(),
+                listener: "0.0.0.0:8443".into(),
+            },
+        },
+        outcome: Some(Outcome {
+            status: if rng.below(100) < 2 { 403 } else { 200 },
+            code: 0,
+            error: None,
+            bytes_out: Some(800 + rng.below(40_000)),
+            upstream_ms: Some(2 + rng.below(40)),
+            content_type: Some("application/fhir+json".into()),
+        }),
+        truncated: Default::default(),
+        part: None,
+        summary: None,
+        clock: ClockState {
+            synced: true,
+            max_error_ms: 8,
+            est_error_ms: 1,
+        },
+        received: String::new(),
+    }
+}
+
+/// What generating the archive measured and what the questions need.
+#[derive(serde::Serialize, serde::Deserialize, Default, Clone)]
+struct Generated {
+    version: u32,
+    records: u64,
+    segments: u64,
+    json_bytes: u64,
+    zst_bytes: u64,
+    parquet_bytes: u64,
+    seal_bytes: u64,
+    /// Per segment: seconds to write its copy (Parquet + seal).
+    copy_secs: Vec<f64>,
+    /// Per segment: records.
+    segment_records: Vec<u64>,
+    /// The patient, user and IP the questions ask for.
+    patient: String,
+    user: String,
+    ip: String,
+    ip_day: String,
+}
+
+fn generate(dir: &Path, records: u64) -> Generated {
+    let stamp = dir.join("generated.json");
+    if let Ok(text) = std::fs::read_to_string(&stamp) {
+        if let Ok(g) = serde_json::from_str::<Generated>(&text) {
+            if g.version == GENERATOR_VERSION && g.records == records {
+                println!("archive: reusing {} ({} records)", dir.display(), records);
+                return g;
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    println!(
+        "archive: generating {records} records over {NODES} nodes and {DAYS} days in {} (once)",
+        dir.display()
+    );
+    let patients = Arc::new(Zipf::new(PATIENTS, 0.9));
+    let users = Arc::new(Zipf::new(USERS, 1.1));
+    let started = Instant::now();
+    let per_node = records / NODES as u64;
+    let handles: Vec<_> = (0..NODES)
+        .map(|n| {
+            let (dir, patients, users) = (dir.to_path_buf(), patients.clone(), users.clone());
+            std::thread::spawn(move || generate_node(&dir, n, per_node, &patients, &users))
+        })
+        .collect();
+    let mut total = Generated {
+        version: GENERATOR_VERSION,
+        records,
+        ..Default::default()
+    };
+    for h in handles {
+        let g = h.join().unwrap();
+        total.records = records;
+        total.segments += g.segments;
+        total.json_bytes += g.json_bytes;
+        total.zst_bytes += g.zst_bytes;
+        total.parquet_bytes += g.parquet_bytes;
+        total.seal_bytes += g.seal_bytes;
+        total.copy_secs.extend(g.copy_secs);
+        total.segment_records.extend(g.segment_records);
+    }
+    // The questions' subjects: a patient of median popularity among the top 10,000 (a few
+    // dozen accesses), a user of rank 100, the IP of user 100 on day 5.
+    let mut rng = Rng(42);
+    let _ = rng.next();
+    total.patient = patient_id(5_000);
+    total.user = format!("u{:05}", 100);
+    total.ip = user_ip(100, false);
+    total.ip_day = "2026-11-06".into();
+    println!("archive: generated in {:.0?}", started.elapsed());
+    std::fs::write(&stamp, serde_json::to_vec_pretty(&total).unwrap()).unwrap();
+    total
+}
+
+fn generate_node(dir: &Path, n: usize, records: u64, patients: &Zipf, users: &Zipf) -> Generated {
+    let node = format!("gw-{}", n + 1);
+    let key = dir.join(format!("{node}.key"));
+    write_key_pair(&key, &format!("auditgate/{node}")).unwrap();
+    let signer = CheckpointSigner::load(&key, false, "").unwrap();
+    let layout = Layout::new("bench");
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (n as u64 + 1));
+    let mut g = Generated::default();
+    let mut tree = Frontier::new();
+    let mut prev = GENESIS_PREV.to_string();
+    let span_micros = DAYS * 86_400 * 1_000_000;
+    let mut seq = 0u64;
+    let put = |key: &str, bytes: &[u8]| {
+        let path = dir.join("archive").join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    };
+    let options = WriteOptions::default();
+    while seq < records {
+        let first = seq + 1;
+        let before = tree.clone();
+        let mut segment = Vec::with_capacity(SEGMENT_BYTES + 4096);
+        let mut first_ts = String::new();
+        let mut end_time = SystemTime::UNIX_EPOCH;
+        while segment.len() < SEGMENT_BYTES && seq < records {
+            seq += 1;
+            let micros = START_SECS * 1_000_000 + seq * span_micros / records;
+            let t = SystemTime::UNIX_EPOCH + Duration::from_micros(micros);
+            let mut e = event(&mut rng, patients, users, &node);
+            e.received = format_ts(t);
+            let header = ChainHeader {
+                v: RECORD_VERSION,
+                node: node.clone(),
+                seq,
+                prev: prev.clone(),
+                ts: format_ts(t),
+            };
+            if first_ts.is_empty() {
+                first_ts = header.ts.clone();
+            }
+            let start = segment.len();
+            splice_line(&mut segment, &header, &e.to_json());
+            let leaf = leaf_hash(&segment[start..]);
+            prev = hex::encode(leaf);
+            tree.push(Hash(leaf));
+            segment.push(b'\n');
+            end_time = t;
+        }
+        let last = seq;
+        let date = &first_ts[..10];
+        let zst = SegmentCompression::Zstd.compress(&segment).unwrap();
+        put(
+            &layout.segment(&node, date, first, last, SegmentCompression::Zstd),
+            &zst,
+        );
+        let t = Instant::now();
+        let copy = write_segment(&segment, &before, &options).unwrap();
+        let seal = copy.seal.sign(&signer).unwrap();
+        g.copy_secs.push(t.elapsed().as_secs_f64());
+        put(&layout.columnar(&node, date, first, last), &copy.parquet);
+        put(&layout.seal(&node, first, last), &seal);
+        let note = signer.sign(tree.size(), tree.root(), end_time);
+        put(
+            &layout.checkpoint(&node, &file_name(tree.size(), end_time)),
+            &note,
+        );
+        g.segments += 1;
+        g.json_bytes += segment.len() as u64;
+        g.zst_bytes += zst.len() as u64;
+        g.parquet_bytes += copy.parquet.len() as u64;
+        g.seal_bytes += seal.len() as u64;
+        g.segment_records.push(last - first + 1);
+    }
+    g
+}
+
+/// Run `cmd`, returning (seconds, peak RSS in KiB, stdout).
+fn run_measured(cmd: &mut Command) -> (f64, u64, Vec<u8>) {
+    use std::io::Read;
+    let started = Instant::now();
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    let mut err = Vec::new();
+    child.stderr.take().unwrap().read_to_end(&mut err).unwrap();
+    let mut status = 0;
+    // SAFETY: wait4 on our own child's pid, with valid pointers to locals.
+    #[allow(unsafe_code)]
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage);
+        usage
+    };
+    let secs = started.elapsed().as_secs_f64();
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&err)
+    );
+    (secs, usage.ru_maxrss as u64, out)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+const DUCKDB: &str = r#"
+import json, sys, time, duckdb
+root, where = sys.argv[1], sys.argv[2]
+con = duckdb.connect()
+con.execute("SET threads = 2")
+sql = ("SELECT line FROM read_parquet('" + root + "/v1/columnar/*/*/*.parquet', "
+       "hive_partitioning = true) WHERE " + where + " ORDER BY ts, node, seq")
+times = []
+for _ in range(3):
+    t = time.perf_counter()
+    rows = con.execute(sql).fetchall()
+    times.append(time.perf_counter() - t)
+print(json.dumps({"times": times, "rows": len(rows)}))
+"#;
+
+fn sql_python() -> PathBuf {
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-sql/bin/python");
+    assert!(
+        python.exists(),
+        "{} not found: run scripts/test-env.sh (it makes .venv-sql with DuckDB)",
+        python.display()
+    );
+    python
+}
+
+struct Question {
+    name: &'static str,
+    args: Vec<String>,
+    duckdb_where: String,
+}
+
+fn append_throughput(with_copies: bool, root: &Path, round: usize) -> f64 {
+    let dir = root.join(format!("append-{with_copies}-{round}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("k");
+    write_key_pair(&key, "auditgate/bench").unwrap();
+    let cfg = JournalConfig {
+        segment_max_bytes: 8 * 1024 * 1024,
+        ..JournalConfig::default()
+    };
+    let checkpointing = Checkpointing {
+        signer: CheckpointSigner::load(&key, false, "").unwrap(),
+        timing: CheckpointTiming {
+            interval: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(60),
+        },
+    };
+    let journal_dir = dir.join("journal");
+    let (journal, _) =
+        Journal::open_with_checkpoints(&journal_dir, "bench", &cfg, Some(checkpointing)).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let copies_made = Arc::new(AtomicU64::new(0));
+    let copier = with_copies.then(|| {
+        let (stop, made, dir) = (stop.clone(), copies_made.clone(), journal_dir.clone());
+        let signer = CheckpointSigner::load(&key, false, "").unwrap();
+        std::thread::spawn(move || {
+            auditgate::background::lower_this_threads_priority(auditgate::background::NICENESS);
+            while !stop.load(Ordering::Relaxed) {
+                for (name, path) in auditgate::journal::list_segments(&dir).unwrap() {
+                    if let auditgate::journal::SegmentName::Sealed { first, last } = name {
+                        if auditgate::columnar::local::seal_path(&dir, first, last).exists() {
+                            continue;
+                        }
+                        let bytes = std::fs::read(&path).unwrap();
+                        if let Ok(auditgate::columnar::local::MadeCopy::Ready(..)) =
+                            auditgate::columnar::local::make_copy(
+                                &dir,
+                                first,
+                                last,
+                                &bytes,
+                                &signer,
+                                &WriteOptions::default(),
+                            )
+                        {
+                            made.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let appended = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let patients = Arc::new(Zipf::new(10_000, 0.9));
+    let users = Arc::new(Zipf::new(USERS, 1.1));
+    let t = Instant::now();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for task in 0..64u64 {
+            let (j, n, p, u) = (
+                journal.clone(),
+                appended.clone(),
+                patients.clone(),
+                users.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut rng = Rng(task + 1);
+                while Instant::now() < deadline {
+                    let e = event(&mut rng, &p, &u, "bench");
+                    j.append(&e).await.unwrap();
+                    n.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let rate = appended.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    if let Some(c) = copier {
+        c.join().unwrap();
+    }
+    drop(journal);
+    println!(
+        "append, 64 appenders, {}: {rate:.0} records/s ({} copies made during the run)",
+        if with_copies {
+            "copies being made"
+        } else {
+            "no copies"
+        },
+        copies_made.load(Ordering::Relaxed)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    rate
+}
+
+fn main() {
+    let records: u64 = std::env::var("AUDITGATE_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000_000);
+    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");
+    let data = target.join(format!("bench-data/query-{records}"));
+    let generated = generate(&data, records);
+    let archive = data.join("archive");
+    let root = archive.join("bench");
+    let auditgate_bin = env!("CARGO_BIN_EXE_auditgate");
+    let keys: Vec<String> = (1..=NODES)
+        .flat_map(|n| {
+            [
+                "--key".to_string(),
+                data.join(format!("gw-{n}.key.pub")).display().to_string(),
+            ]
+        })
+        .collect();
+
+    let day_end = format!("{}T23:59:59.999999Z", generated.ip_day);
+    let typical = patient_id(400_000);
+    let questions = [
+        Question {
+            name: "patient access report",
+            args: vec!["--patient".into(), typical.clone()],
+            duckdb_where: format!("list_contains(patient_ids, '{typical}')"),
+        },
+        Question {
+            name: "popular patient report",
+            args: vec!["--patient".into(), generated.patient.clone()],
+            duckdb_where: format!("list_contains(patient_ids, '{}')", generated.patient),
+        },
+        Question {
+            name: "user activity",
+            args: vec!["--user".into(), generated.user.clone()],
+            duckdb_where: format!("user_id = '{}'", generated.user),
+        },
+        Question {
+            name: "one IP, one day",
+            args: vec![
+                "--ip".into(),
+                generated.ip.clone(),
+                "--since".into(),
+                generated.ip_day.clone(),
+                "--until".into(),
+                day_end.clone(),
+            ],
+            duckdb_where: format!(
+                "client_ip = '{}' AND ts >= TIMESTAMPTZ '{}T00:00:00Z' AND ts <= TIMESTAMPTZ '{}'",
+                generated.ip, generated.ip_day, day_end
+            ),
+        },
+    ];
+    let mut results = Vec::new();
+    println!();
+    println!(
+        "{:24} {:>10} {:>12} {:>12} {:>8} {:>10}",
+        "question", "records", "auditgate s", "duckdb s", "ratio", "peak RSS"
+    );
+    for q in &questions {
+        let mut times = Vec::new();
+        let mut rss = 0;
+        let mut rows = 0;
+        for _ in 0..3 {
+            let (secs, peak, out) = run_measured(
+                Command::new(auditgate_bin)
+                    .args(["query", "--archive"])
+                    .arg(&archive)
+                    .args(["--prefix", "bench", "--format", "jsonl"])
+                    .args(&keys)
+                    .args(&q.args),
+            );
+            times.push(secs);
+            rss = rss.max(peak);
+            rows = out.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count();
+        }
+        let out = Command::new(sql_python())
+            .arg("-c")
+            .arg(DUCKDB)
+            .arg(&root)
+            .arg(&q.duckdb_where)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let duck: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let duck_rows = duck["rows"].as_u64().unwrap() as usize;
+        assert_eq!(rows, duck_rows, "{}: auditgate and DuckDB disagree", q.name);
+        let duck_times: Vec<f64> = duck["times"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_f64().unwrap())
+            .collect();
+        let (ours, theirs) = (median(times), median(duck_times));
+        println!(
+            "{:24} {:>10} {:>12.3} {:>12.3} {:>8.2} {:>7} MiB",
+            q.name,
+            rows,
+            ours,
+            theirs,
+            ours / theirs,
+            rss / 1024
+        );
+        results.push(serde_json::json!({
+            "question": q.name, "records_returned": rows, "auditgate_secs": ours,
+            "duckdb_secs": theirs, "ratio": ours / theirs, "auditgate_peak_rss_kib": rss,
+        }));
+    }
+
+    let copy = median(generated.copy_secs.clone());
+    let per_segment = generated.json_bytes as f64 / generated.segments as f64;
+    println!();
+    println!(
+        "columnar copy: {} segments of {:.1} MiB ({} records each on average); write {:.2} s per segment (median), {:.0} MB/s of JSON",
+        generated.segments,
+        per_segment / 1048576.0,
+        generated.records / generated.segments,
+        copy,
+        per_segment / copy / 1e6
+    );
+    println!(
+        "sizes: JSON {:.0} MiB, archived .jsonl.zst {:.0} MiB ({:.3}x), Parquet {:.0} MiB ({:.3}x of JSON, {:.2}x of zst), seals {:.1} MiB; {:.0} bytes of Parquet a record",
+        generated.json_bytes as f64 / 1048576.0,
+        generated.zst_bytes as f64 / 1048576.0,
+        generated.zst_bytes as f64 / generated.json_bytes as f64,
+        generated.parquet_bytes as f64 / 1048576.0,
+        generated.parquet_bytes as f64 / generated.json_bytes as f64,
+        generated.parquet_bytes as f64 / generated.zst_bytes as f64,
+        generated.seal_bytes as f64 / 1048576.0,
+        generated.parquet_bytes as f64 / generated.records as f64
+    );
+
+    let scratch = target.join("bench-tmp/query-append");
+    let mut with = Vec::new();
+    let mut without = Vec::new();
+    for round in 0..2 {
+        without.push(append_throughput(false, &scratch, round));
+        with.push(append_throughput(true, &scratch, round));
+    }
+    let (with, without) = (median(with), median(without));
+    println!(
+        "append throughput with copies being made / without: {:.0} / {:.0} records/s = {:.3}x",
+        with,
+        without,
+        with / without
+    );
+    let json = serde_json::json!({
+        "records": generated.records, "nodes": NODES, "days": DAYS,
+        "questions": results,
+        "copy": {
+            "segments": generated.segments, "median_write_secs": copy,
+            "json_bytes": generated.json_bytes, "zst_bytes": generated.zst_bytes,
+            "parquet_bytes": generated.parquet_bytes, "seal_bytes": generated.seal_bytes,
+        },
+        "append": {"with_copies": with, "without": without, "ratio": with / without},
+    });
+    let out_dir = target.join("bench-results");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let mut f = std::fs::File::create(out_dir.join("query.json")).unwrap();
+    writeln!(f, "{json:#}").unwrap();
+}

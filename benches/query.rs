@@ -13,7 +13,7 @@
 //!    one patient's access report (a patient of rank 400,000: a few accesses, as most patients
 //!    have), a popular patient's (rank 5,000: a few hundred), one user's activity (rank 100),
 //!    everything from one IP in one day; `auditgate query` (release binary,
-//!    verified, with proofs, the whole process timed, its peak RSS read with wait4) against
+//!    verified, with proofs, the whole process timed, its peak RSS read by GNU time) against
 //!    DuckDB (`read_parquet` over the same files, `hive_partitioning`, the query alone timed
 //!    inside Python, 2 threads), both returning the full records (`line`). The answers are
 //!    compared.
@@ -378,34 +378,26 @@ fn generate_node(dir: &Path, n: usize, records: u64, patients: &Zipf, users: &Zi
     g
 }
 
-/// Run `cmd`, returning (seconds, peak RSS in KiB, stdout).
-fn run_measured(cmd: &mut Command) -> (f64, u64, Vec<u8>) {
-    use std::io::Read;
+/// Run `program args` under GNU time (`/usr/bin/time`, Debian package `time`: the peak RSS of
+/// the process itself; a forked child's own rusage would count the bench's memory too),
+/// returning (seconds, peak RSS in KiB, stdout).
+fn run_measured(program: &str, args: &[String]) -> (f64, u64, Vec<u8>) {
     let started = Instant::now();
-    let mut child = cmd
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = Vec::new();
-    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
-    let mut err = Vec::new();
-    child.stderr.take().unwrap().read_to_end(&mut err).unwrap();
-    let mut status = 0;
-    // SAFETY: wait4 on our own child's pid, with valid pointers to locals.
-    #[allow(unsafe_code)]
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage);
-        usage
-    };
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "%M"])
+        .arg(program)
+        .args(args)
+        .output()
+        .expect("/usr/bin/time (Debian package `time`)");
     let secs = started.elapsed().as_secs_f64();
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&err)
-    );
-    (secs, usage.ru_maxrss as u64, out)
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{program} {args:?} failed: {err}");
+    let rss = err
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0);
+    (secs, rss, out.stdout)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -418,6 +410,7 @@ import json, sys, time, duckdb
 root, where = sys.argv[1], sys.argv[2]
 con = duckdb.connect()
 con.execute("SET threads = 2")
+con.execute("SET enable_progress_bar = false")
 sql = ("SELECT line FROM read_parquet('" + root + "/v1/columnar/*/*/*.parquet', "
        "hive_partitioning = true) WHERE " + where + " ORDER BY ts, node, seq")
 times = []
@@ -612,14 +605,18 @@ fn main() {
         let mut rss = 0;
         let mut rows = 0;
         for _ in 0..3 {
-            let (secs, peak, out) = run_measured(
-                Command::new(auditgate_bin)
-                    .args(["query", "--archive"])
-                    .arg(&archive)
-                    .args(["--prefix", "bench", "--format", "jsonl"])
-                    .args(&keys)
-                    .args(&q.args),
-            );
+            let mut args = vec![
+                "query".to_string(),
+                "--archive".into(),
+                archive.display().to_string(),
+                "--prefix".into(),
+                "bench".into(),
+                "--format".into(),
+                "jsonl".into(),
+            ];
+            args.extend(keys.iter().cloned());
+            args.extend(q.args.iter().cloned());
+            let (secs, peak, out) = run_measured(auditgate_bin, &args);
             times.push(secs);
             rss = rss.max(peak);
             rows = out.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count();

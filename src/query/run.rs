@@ -199,31 +199,22 @@ pub fn query_node(
             coverage.notes.push(detail);
         }
     }
-    let check = key.is_some();
     let mut scans: Vec<Scanned> = Vec::new();
-    let mut prev_leaf = None;
-    for segment in &segments[chosen.clone()] {
-        if let Some(present) = &segment.unpaired {
-            coverage.notes.push(format!(
-                "the columnar copy of records {}..={} did not check out ({present} is there without its pair); read from its segment instead",
-                segment.first,
-                segment.last.unwrap_or_default()
-            ));
+    let mut prev_leaf: Option<crate::record::LeafHash> = None;
+    for (segment, scanned) in scan_all(&segments[chosen.clone()], fetcher, filters, key) {
+        let (scanned, note) = scanned?;
+        if let Some(note) = note {
+            coverage.notes.push(note);
         }
-        let scanned = match &segment.copy {
-            Some(_) => match scan_copy(segment, fetcher, filters, key) {
-                Ok(s) => s,
-                Err(e) => {
-                    coverage.notes.push(format!(
-                        "the columnar copy of records {}..={} did not check out ({e}); read from its segment instead",
-                        segment.first,
-                        segment.last.unwrap_or_default()
-                    ));
-                    scan_json(segment, fetcher, filters, None, check)?
-                }
-            },
-            None => scan_json(segment, fetcher, filters, prev_leaf, check)?,
-        };
+        // Consecutive segments read as lines chain into each other.
+        if let (Some(prev), Some(first_prev)) = (prev_leaf, &scanned.first_prev) {
+            if key.is_some() && *first_prev != hex::encode(prev) {
+                return Err(QueryError::Scan(ScanError::Integrity {
+                    place: segment.json.label(),
+                    detail: "its first record's prev is not the previous segment's last record (a record between them was changed or removed)".into(),
+                }));
+            }
+        }
         prev_leaf = scanned.last_leaf;
         match scanned.read_as {
             "parquet" => coverage.segments_from_copies += 1,
@@ -415,6 +406,101 @@ pub fn query_node(
         coverage,
         proofs,
     })
+}
+
+/// One segment's scan and what the reader should know of it.
+type SegmentScan = Result<(Scanned, Option<String>), QueryError>;
+
+/// Scan one segment: its copy if it has one (a copy that does not check out is reported and
+/// its lines read instead), else its lines.
+fn scan_one(
+    segment: &Segment,
+    fetcher: &Fetcher,
+    filters: &Filters,
+    key: Option<&CheckpointVerifier>,
+) -> SegmentScan {
+    let check = key.is_some();
+    let label = |why: String| {
+        format!(
+            "the columnar copy of records {}..={} did not check out ({why}); read from its segment instead",
+            segment.first,
+            segment.last.unwrap_or_default()
+        )
+    };
+    if let Some(present) = &segment.unpaired {
+        let scanned = scan_json(segment, fetcher, filters, None, check)?;
+        return Ok((
+            scanned,
+            Some(label(format!("{present} is there without its pair"))),
+        ));
+    }
+    match &segment.copy {
+        Some(_) => match scan_copy(segment, fetcher, filters, key) {
+            Ok(s) => Ok((s, None)),
+            Err(e) => {
+                let scanned = scan_json(segment, fetcher, filters, None, check)?;
+                Ok((scanned, Some(label(e.to_string()))))
+            }
+        },
+        None => Ok((scan_json(segment, fetcher, filters, None, check)?, None)),
+    }
+}
+
+/// Scan `segments` on every core, each worker taking the next segment; results in order.
+fn scan_all<'a>(
+    segments: &'a [Segment],
+    fetcher: &Fetcher,
+    filters: &Filters,
+    key: Option<&CheckpointVerifier>,
+) -> Vec<(&'a Segment, SegmentScan)> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(segments.len());
+    if workers <= 1 {
+        return segments
+            .iter()
+            .map(|s| (s, scan_one(s, fetcher, filters, key)))
+            .collect();
+    }
+    // A key is not shared between threads: each worker opens its own from its text.
+    let key_text = key.map(|k| k.text().to_string());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<SegmentScan>>> = segments
+        .iter()
+        .map(|_| std::sync::Mutex::new(None))
+        .collect();
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                let own_key = key_text
+                    .as_deref()
+                    .and_then(|t| CheckpointVerifier::from_text(t).ok());
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(segment) = segments.get(i) else {
+                        break;
+                    };
+                    let result = scan_one(segment, fetcher, filters, own_key.as_ref());
+                    if let Ok(mut slot) = results[i].lock() {
+                        *slot = Some(result);
+                    }
+                }
+            });
+        }
+    });
+    segments
+        .iter()
+        .zip(results)
+        .map(|(segment, slot)| {
+            let result = slot.into_inner().ok().flatten().unwrap_or_else(|| {
+                Err(QueryError::Unverified {
+                    node: String::new(),
+                    detail: "a scan worker stopped".into(),
+                })
+            });
+            (segment, result)
+        })
+        .collect()
 }
 
 /// The tree of the records before segment `index`: from the local journal's kept state, the

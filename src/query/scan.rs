@@ -11,7 +11,7 @@
 //! * JSON: every line's seq follows the previous one and its `prev` is the previous line's
 //!   leaf hash.
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{Array, AsArray, RecordBatch, RecordBatchReader};
 use arrow::compute::filter_record_batch;
 use parquet::arrow::arrow_reader::statistics::StatisticsConverter;
 use parquet::arrow::arrow_reader::{
@@ -84,6 +84,8 @@ pub struct Scanned {
     pub leaves: Vec<(u64, Vec<Hash>)>,
     /// The last record's leaf hash (JSON only: the chain continues from it).
     pub last_leaf: Option<LeafHash>,
+    /// The first record's `prev` (JSON only: it must be the previous segment's last leaf).
+    pub first_prev: Option<String>,
     /// `parquet` or `json`.
     pub read_as: &'static str,
     /// Bytes fetched.
@@ -144,35 +146,45 @@ pub fn scan_copy(
     }
     let row_groups = metadata.metadata().row_groups();
     let selected = prune(&metadata, &file, filters).map_err(parquet_error)?;
+    // Only the filter columns, the line and what ties it to the tree are read: every other
+    // column of a returned row is made again from its line (the evidence), so no page of them
+    // is decoded.
+    let descr = metadata.parquet_schema();
+    let index_of = |c: &str| schema().index_of(c).ok();
+    let filter_columns: Vec<usize> = filters
+        .columns()
+        .iter()
+        .filter_map(|c| index_of(c))
+        .collect();
+    let mut read_columns = filter_columns.clone();
+    read_columns.extend(["seq", "leaf", "line"].iter().filter_map(|c| index_of(c)));
     let mut builder =
         ParquetRecordBatchReaderBuilder::new_with_metadata(file.clone(), metadata.clone())
             .with_row_groups(selected.clone())
+            .with_projection(ProjectionMask::roots(descr, read_columns))
             .with_batch_size(8192);
     if !filters.is_empty() {
-        let descr = metadata.parquet_schema();
-        let indices: Vec<usize> = filters
-            .columns()
-            .iter()
-            .filter_map(|c| schema().index_of(c).ok())
-            .collect();
         let predicate_filters = filters.clone();
         let predicate =
-            ArrowPredicateFn::new(ProjectionMask::roots(descr, indices), move |batch| {
+            ArrowPredicateFn::new(ProjectionMask::roots(descr, filter_columns), move |batch| {
                 predicate_filters.mask(&batch)
             });
         builder = builder.with_row_filter(RowFilter::new(vec![Box::new(predicate)]));
     }
     let reader = builder.build().map_err(parquet_error)?;
+    let read_schema = reader.schema();
     let batches = reader
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| parquet_error(e.into()))?;
-    let rows =
-        arrow::compute::concat_batches(&schema(), &batches).map_err(|source| ScanError::Arrow {
+    let read = arrow::compute::concat_batches(&read_schema, &batches).map_err(|source| {
+        ScanError::Arrow {
             place: place.clone(),
             source,
-        })?;
+        }
+    })?;
+    let rows = remake_rows(&read, &place)?;
     if check {
-        check_rows(&rows, &place)?;
+        check_rows(&read, &rows, filters, &place)?;
     }
     let leaves = tile_leaves(&file, &metadata, &seal, &rows).map_err(parquet_error)?;
     let start_frontier = seal.start_frontier().ok();
@@ -188,6 +200,7 @@ pub fn scan_copy(
         tiles,
         leaves,
         last_leaf: None,
+        first_prev: None,
         read_as: "parquet",
         bytes_read: file.fetched_bytes() + note.len() as u64,
         row_groups: (row_groups.len(), selected.len()),
@@ -237,44 +250,56 @@ fn prune(
     Ok((0..groups.len()).filter(|i| keep[*i]).collect())
 }
 
-/// Every returned row's `line` hashes to its `leaf`, and its columns are the ones its line
-/// makes.
-fn check_rows(rows: &RecordBatch, place: &str) -> Result<(), ScanError> {
-    if rows.num_rows() == 0 {
-        return Ok(());
-    }
-    let lines = rows
+/// The full rows of the lines read: every column made from the journal line itself.
+fn remake_rows(read: &RecordBatch, place: &str) -> Result<RecordBatch, ScanError> {
+    let Some(lines) = read
         .column_by_name("line")
         .map(|c| c.as_string::<i32>().clone())
-        .ok_or_else(|| ScanError::Integrity {
-            place: place.to_string(),
-            detail: "no line column".into(),
-        })?;
+    else {
+        return Ok(RecordBatch::new_empty(schema()));
+    };
     let mut remade = Rows::new();
     for (i, line) in lines.iter().enumerate() {
-        let line = line.unwrap_or_default();
         remade
-            .push_line(line.as_bytes(), i)
+            .push_line(line.unwrap_or_default().as_bytes(), i)
             .map_err(|e| ScanError::Integrity {
                 place: place.to_string(),
                 detail: e.to_string(),
             })?;
     }
-    let remade = remade.finish();
-    for (index, field) in schema().fields().iter().enumerate() {
-        if rows.column(index).to_data() != remade.column(index).to_data() {
-            let seq = rows
-                .column_by_name("seq")
-                .map(|c| c.as_primitive::<arrow::datatypes::Int64Type>().value(0))
-                .unwrap_or_default();
-            return Err(ScanError::Integrity {
-                place: place.to_string(),
-                detail: format!(
-                    "a returned row (from seq {seq}) does not say what its journal line says (column {})",
-                    field.name()
-                ),
-            });
+    Ok(remade.finish())
+}
+
+/// The columns read say what the lines say: each line hashes to its `leaf`, has its `seq`, and
+/// matches the filters the copy's own columns matched.
+fn check_rows(
+    read: &RecordBatch,
+    rows: &RecordBatch,
+    filters: &Filters,
+    place: &str,
+) -> Result<(), ScanError> {
+    let integrity = |detail: String| ScanError::Integrity {
+        place: place.to_string(),
+        detail,
+    };
+    for name in ["seq", "leaf"] {
+        let (Some(read_column), Some(made)) =
+            (read.column_by_name(name), rows.column_by_name(name))
+        else {
+            return Err(integrity(format!("no {name} column")));
+        };
+        if read_column.to_data() != made.to_data() {
+            return Err(integrity(format!(
+                "a returned row's {name} is not its journal line's (the copy was changed)"
+            )));
         }
+    }
+    let mask = filters.mask(rows).map_err(|e| integrity(e.to_string()))?;
+    if mask.true_count() != rows.num_rows() {
+        return Err(integrity(
+            "a returned row's columns say what its journal line does not (the copy was changed)"
+                .into(),
+        ));
     }
     Ok(())
 }
@@ -370,6 +395,7 @@ pub fn scan_json(
     let mut matched = Vec::new();
     let mut leaves = Vec::new();
     let mut prev = prev;
+    let mut first_prev = None;
     let flush = |rows: &mut Rows, matched: &mut Vec<RecordBatch>| -> Result<(), ScanError> {
         let batch = rows.finish();
         let mask = filters.mask(&batch).map_err(|source| ScanError::Arrow {
@@ -390,6 +416,9 @@ pub fn scan_json(
             .push_line(line, index)
             .map_err(|e| integrity(e.to_string()))?;
         let expected = segment.first + index as u64;
+        if index == 0 {
+            first_prev = Some(record.header.prev.clone());
+        }
         if check {
             if record.header.seq != expected {
                 return Err(integrity(format!(
@@ -439,6 +468,7 @@ pub fn scan_json(
         tiles: Vec::new(),
         leaves: vec![(segment.first - 1, leaves)],
         last_leaf: prev,
+        first_prev,
         read_as: "json",
         bytes_read: bytes.len() as u64,
         row_groups: (0, 0),

@@ -163,7 +163,12 @@ fn event(rng: &mut Rng, patients: &Zipf, users: &Zipf, node: &str) -> Event {
             user: format!("u{user:05}"),
             issuer: "https://idp.hospital.example/realms/clinical".into(),
             name: Some(format!("Clinician {user}")),
-            roles: vec![if user % 5 == 0 { "nurse" } else { "physician" }.into()],
+            roles: vec![if user.is_multiple_of(5) {
+                "nurse"
+            } else {
+                "physician"
+            }
+            .into()],
             client_id: Some(["ehr-viewer", "mobile-rounds", "lab-portal"][user % 3].into()),
             purpose_of_use: vec!["TREAT".into()],
             jti: Some(format!("{:016x}", rng.next())),

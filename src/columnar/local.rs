@@ -18,6 +18,8 @@
 
 use std::path::{Path, PathBuf};
 
+use sha2::Digest as _;
+
 use super::seal::{Seal, SealError};
 use super::write::{write_segment, WriteError, WriteOptions};
 use crate::durable::FileError;
@@ -230,5 +232,3 @@ pub fn make_copy(
     metrics.columnar_bytes.inc_by(copy.parquet.len() as u64);
     Ok(MadeCopy::Ready(copy.parquet, note))
 }
-
-use sha2::Digest as _;

@@ -128,11 +128,16 @@ pub enum RangeError {
 
 /// Known pieces of one tree: blocks (from frontiers and segments' compact ranges) and runs of
 /// leaves (segments read whole). Answers any subtree hash those pieces determine.
+///
+/// Subtrees it folds from blocks are remembered: the proofs of many records of one log share
+/// most of their upper siblings (a subtree spanning many segments is folded once).
 #[derive(Debug, Default)]
 pub struct Subtrees {
     blocks: HashMap<Block, Hash>,
     /// Runs of consecutive leaves: (first leaf index, leaves), sorted by start, disjoint.
     runs: Vec<(u64, Vec<Hash>)>,
+    /// Subtrees computed so far.
+    computed: std::cell::RefCell<HashMap<Block, Hash>>,
 }
 
 impl Subtrees {
@@ -188,21 +193,29 @@ impl Subtrees {
         if let Some(hash) = self.blocks.get(&block) {
             return Some(*hash);
         }
+        // Inside a run of leaves (a tile holding a returned record, or a segment read whole):
+        // computed from them, not remembered (such subtrees are rarely asked twice).
         if let Some(leaves) = self.leaves(block.start(), block.end()) {
             return Some(perfect_root(leaves));
         }
-        if block.level == 0 {
-            return None;
+        if let Some(hash) = self.computed.borrow().get(&block) {
+            return Some(*hash);
         }
-        let left = self.subtree(Block {
-            level: block.level - 1,
-            n: block.n * 2,
-        })?;
-        let right = self.subtree(Block {
-            level: block.level - 1,
-            n: block.n * 2 + 1,
-        })?;
-        Some(tlog_tiles::node_hash(left, right))
+        let hash = if block.level == 0 {
+            return None;
+        } else {
+            let left = self.subtree(Block {
+                level: block.level - 1,
+                n: block.n * 2,
+            })?;
+            let right = self.subtree(Block {
+                level: block.level - 1,
+                n: block.n * 2 + 1,
+            })?;
+            tlog_tiles::node_hash(left, right)
+        };
+        self.computed.borrow_mut().insert(block, hash);
+        Some(hash)
     }
 
     /// The RFC 6962 inclusion proof of leaf `index` in the tree of `size` leaves, if the known

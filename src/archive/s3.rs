@@ -70,6 +70,30 @@ impl S3Store {
     }
 }
 
+impl S3Store {
+    /// GET an object's bytes, or a `Range` of them (`bytes=A-B`).
+    async fn get_bytes(&self, key: &str, range: Option<String>) -> Result<Vec<u8>, ArchiveError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_range(range)
+            .send()
+            .await
+            .map_err(|e| self.error(key, e))?;
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| ArchiveError::Unreachable {
+                target: self.target(),
+                detail: e.to_string(),
+            })?;
+        Ok(body.into_bytes().to_vec())
+    }
+}
+
 #[async_trait]
 impl ArchiveStore for S3Store {
     fn target(&self) -> String {
@@ -181,47 +205,15 @@ impl ArchiveStore for S3Store {
     }
 
     async fn get(&self, key: &str) -> Result<Vec<u8>, ArchiveError> {
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| self.error(key, e))?;
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| ArchiveError::Unreachable {
-                target: self.target(),
-                detail: e.to_string(),
-            })?;
-        Ok(body.into_bytes().to_vec())
+        self.get_bytes(key, None).await
     }
 
     async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>, ArchiveError> {
         if len == 0 {
             return Ok(Vec::new());
         }
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .range(format!("bytes={start}-{}", start + len - 1))
-            .send()
-            .await
-            .map_err(|e| self.error(key, e))?;
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| ArchiveError::Unreachable {
-                target: self.target(),
-                detail: e.to_string(),
-            })?;
-        Ok(body.into_bytes().to_vec())
+        let range = format!("bytes={start}-{}", start + len - 1);
+        self.get_bytes(key, Some(range)).await
     }
 
     async fn list_versions(&self, prefix: &str) -> Result<Vec<ListedVersion>, ArchiveError> {

@@ -409,20 +409,13 @@ impl CheckpointVerifier {
     /// Open any signed note of this node (a columnar seal): its body, once its signature by
     /// this key is checked.
     pub fn open_text(&self, note: &[u8]) -> Result<String, CheckpointError> {
-        let parsed =
-            Note::from_bytes(note).map_err(|e| CheckpointError::Malformed(e.to_string()))?;
-        parsed
-            .verify(&self.verifiers)
-            .map_err(|e| CheckpointError::BadSignature {
-                key: self.text.clone(),
-                reason: e.to_string(),
-            })?;
+        let parsed = self.verified_note(note)?;
         String::from_utf8(parsed.text().to_vec())
             .map_err(|e| CheckpointError::Malformed(e.to_string()))
     }
 
-    /// Parse a signed checkpoint and check its signature and origin.
-    pub fn open(&self, note: &[u8]) -> Result<SignedCheckpoint, CheckpointError> {
+    /// A signed note whose signature by this key was checked.
+    fn verified_note(&self, note: &[u8]) -> Result<Note, CheckpointError> {
         let parsed =
             Note::from_bytes(note).map_err(|e| CheckpointError::Malformed(e.to_string()))?;
         parsed
@@ -431,6 +424,12 @@ impl CheckpointVerifier {
                 key: self.text.clone(),
                 reason: e.to_string(),
             })?;
+        Ok(parsed)
+    }
+
+    /// Parse a signed checkpoint and check its signature and origin.
+    pub fn open(&self, note: &[u8]) -> Result<SignedCheckpoint, CheckpointError> {
+        let parsed = self.verified_note(note)?;
         let checkpoint = parse_body(parsed.text())?;
         if checkpoint.origin != self.name() {
             return Err(CheckpointError::BadSignature {

@@ -141,7 +141,17 @@ pub struct CopyMaker {
 /// Failures are logged and counted; the next round tries again.
 pub async fn keep_copies(dir: PathBuf, maker: CopyMaker, poll: std::time::Duration) {
     loop {
-        let segments = list_segments(&dir).unwrap_or_default();
+        let segments = match list_segments(&dir) {
+            Ok(segments) => segments,
+            Err(e) => {
+                crate::metrics::global()
+                    .columnar_copies
+                    .with_label_values(&["failed"])
+                    .inc();
+                tracing::error!(error = %e, "listing the journal for columnar copies failed; tried again at the next round");
+                Vec::new()
+            }
+        };
         for (name, path) in segments {
             let SegmentName::Sealed { first, last } = name else {
                 continue;
@@ -155,17 +165,16 @@ pub async fn keep_copies(dir: PathBuf, maker: CopyMaker, poll: std::time::Durati
                 make_copy(&dir, first, last, &segment, &maker.signer, &maker.options)
             })
             .await;
-            match made {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    crate::metrics::global()
-                        .columnar_copies
-                        .with_label_values(&["failed"])
-                        .inc();
-                    tracing::error!(error = %e, category = e.category(), "making a columnar copy failed; tried again at the next round");
-                }
-                Err(e) => tracing::error!(error = %e, "the columnar copy thread failed"),
-            }
+            let failed = match made {
+                Ok(Ok(_)) => continue,
+                Ok(Err(e)) => format!("{e} ({})", e.category()),
+                Err(e) => format!("the copy thread failed: {e}"),
+            };
+            crate::metrics::global()
+                .columnar_copies
+                .with_label_values(&["failed"])
+                .inc();
+            tracing::error!(error = %failed, "making a columnar copy failed; tried again at the next round");
         }
         tokio::time::sleep(poll).await;
     }

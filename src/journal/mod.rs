@@ -73,6 +73,6 @@ pub use config::{JournalConfig, MAX_SEGMENT_BYTES};
 pub use error::JournalError;
 pub use handle::{CloseReport, Journal, JournalStats, Receipt, RecoveryReport};
 pub use reader::read_leaf_hashes;
-pub use segment::{list_segments, used_len, SegmentName};
+pub use segment::{list_segments, node_of_segments, used_len, SegmentName};
 pub use writer::{CheckpointTiming, Checkpointing};
 pub mod shipped;

@@ -86,6 +86,20 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(SegmentName, PathBuf)>, JournalE
     Ok(found)
 }
 
+/// The node whose records `segments` hold: the `node` of the first record of the first segment
+/// that has one (`None`: no segment holds a record).
+pub fn node_of_segments(segments: &[(SegmentName, PathBuf)]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct NodeOf {
+        node: String,
+    }
+    segments.iter().find_map(|(_, path)| {
+        let bytes = fs::read(path).ok()?;
+        let line = bytes.split(|&b| b == b'\n').next()?;
+        serde_json::from_slice::<NodeOf>(line).ok().map(|n| n.node)
+    })
+}
+
 /// A zero-filled file ready to become the next open segment (see [`JournalConfig::preallocate`]).
 pub(super) const SPARE: &str = "spare.prealloc";
 /// The spare while it is being filled; never used, removed on open.

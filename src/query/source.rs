@@ -147,27 +147,11 @@ impl Fetcher {
     }
 }
 
-/// The node of a journal directory: its records' `node` (from the first line of its first
-/// segment).
+/// The node of a journal directory: its records' `node`.
 pub fn node_of_journal(dir: &Path) -> Result<Option<String>, SourceError> {
     let segments =
         list_segments(dir).map_err(|e| FileError::on(dir)(std::io::Error::other(e.to_string())))?;
-    for (_, path) in segments {
-        let bytes = std::fs::read(&path).map_err(FileError::on(&path))?;
-        if let Some(line) = bytes
-            .split(|&b| b == b'\n')
-            .find(|l| !l.is_empty() && l[0] == b'{')
-        {
-            #[derive(serde::Deserialize)]
-            struct Node {
-                node: String,
-            }
-            if let Ok(n) = serde_json::from_slice::<Node>(line) {
-                return Ok(Some(n.node));
-            }
-        }
-    }
-    Ok(None)
+    Ok(crate::journal::node_of_segments(&segments))
 }
 
 /// `YYYY-MM-DD` of the first record of a local segment file.

@@ -53,7 +53,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::chain::{read_checkpoint_notes, ChainCheck, CheckpointCheck};
 use super::columnar::{ColumnarCheck, CopyFiles};
@@ -217,18 +217,6 @@ fn read_progress(dir: &Path, target: &str) -> Result<Option<ShipState>, JournalE
 }
 
 /// The `node` of the journal's first record.
-fn node_of_journal(segments: &[(SegmentName, PathBuf)]) -> Option<String> {
-    #[derive(Deserialize)]
-    struct NodeOf {
-        node: String,
-    }
-    segments.iter().find_map(|(_, path)| {
-        let bytes = fs::read(path).ok()?;
-        let line = bytes.split(|&b| b == b'\n').next()?;
-        serde_json::from_slice::<NodeOf>(line).ok().map(|n| n.node)
-    })
-}
-
 /// Read a local segment; an open segment sealed (renamed) since the listing is found again by
 /// its first seq.
 fn read_local(dir: &Path, name: &SegmentName, path: &Path) -> Result<Vec<u8>, JournalError> {
@@ -376,7 +364,7 @@ pub async fn verify_archive(
             let segments = list_segments(dir)?;
             let node = match &options.node {
                 Some(node) => node.clone(),
-                None => node_of_journal(&segments).ok_or_else(|| {
+                None => crate::journal::node_of_segments(&segments).ok_or_else(|| {
                     ArchiveVerifyError::Usage(format!(
                         "cannot tell which node the journal {} belongs to (it holds no record): give --node",
                         dir.display()

@@ -47,7 +47,7 @@ fn traffic(gw: &Gateway, n: usize) {
     }
 }
 
-fn sealed(journal: &Path) -> Vec<(u64, u64)> {
+pub(crate) fn sealed(journal: &Path) -> Vec<(u64, u64)> {
     auditgate::journal::list_segments(journal)
         .unwrap()
         .into_iter()
@@ -59,7 +59,7 @@ fn sealed(journal: &Path) -> Vec<(u64, u64)> {
 }
 
 /// Wait until every segment sealed now is shipped; returns them.
-fn wait_until_shipped(gw: &Gateway) -> Vec<(u64, u64)> {
+pub(crate) fn wait_until_shipped(gw: &Gateway) -> Vec<(u64, u64)> {
     let segments = sealed(&gw.journal);
     let last = segments.last().expect("traffic sealed a segment").1;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -112,6 +112,22 @@ fn kinds(report: &Value) -> Vec<String> {
         collect(&node["findings"]);
     }
     all
+}
+
+/// A `query --format jsonl` that answered (exit 0): the seqs of its records, and its summary.
+fn answered_seqs(out: &std::process::Output) -> (Vec<u64>, String) {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let seqs = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<auditgate::record::Record>(l)
+                .unwrap()
+                .header
+                .seq
+        })
+        .collect();
+    (seqs, stderr)
 }
 
 fn dir_archive_gateway(fhir: &FhirServer, archive: &Path, columnar: bool) -> Gateway {
@@ -293,17 +309,7 @@ fn each_sealed_segment_ships_with_a_locked_columnar_copy_and_seal_that_verify_ch
         .envs(aws_env())
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    let got: Vec<u64> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<auditgate::record::Record>(l)
-                .unwrap()
-                .header
-                .seq
-        })
-        .collect();
+    let (got, stderr) = answered_seqs(&out);
     let want: Vec<u64> = gw
         .records()
         .into_iter()
@@ -358,17 +364,7 @@ fn a_query_over_a_journal_that_crashed_and_recovered_equals_its_records() {
         .args(["--user", "dr-columnar", "--format", "jsonl"])
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    let got: Vec<u64> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<auditgate::record::Record>(l)
-                .unwrap()
-                .header
-                .seq
-        })
-        .collect();
+    let (got, stderr) = answered_seqs(&out);
     let want: Vec<u64> = gw
         .records()
         .into_iter()

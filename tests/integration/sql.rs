@@ -5,10 +5,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use auditgate::journal::shipped::ShipState;
-use auditgate::journal::SegmentName;
 use auditgate::record::Record;
 use serde_json::{json, Value};
 
@@ -161,17 +159,6 @@ fn traffic(gw: &Gateway) {
     }
 }
 
-fn sealed(journal: &Path) -> Vec<(u64, u64)> {
-    auditgate::journal::list_segments(journal)
-        .unwrap()
-        .into_iter()
-        .filter_map(|(name, _)| match name {
-            SegmentName::Sealed { first, last } => Some((first, last)),
-            SegmentName::Open { .. } => None,
-        })
-        .collect()
-}
-
 /// `auditgate query --format jsonl` over the archive alone: the records.
 fn query(archive: &Path, key: &Path, args: &[&str]) -> Vec<Record> {
     let out = Command::new(env!("CARGO_BIN_EXE_auditgate"))
@@ -218,18 +205,7 @@ fn the_standard_questions_give_the_same_answers_in_duckdb_spark_and_auditgate_qu
     let mut gw = Gateway::start(opts);
     traffic(&gw);
     // Everything sealed is shipped with its copy; then stop (the archive is what is asked).
-    let last = sealed(&gw.journal).last().expect("segments sealed").1;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while ShipState::read(&gw.journal)
-        .ok()
-        .flatten()
-        .unwrap_or_default()
-        .segments_through_seq
-        < last
-    {
-        assert!(Instant::now() < deadline, "not shipped:\n{}", gw.log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    crate::columnar::wait_until_shipped(&gw);
     gw.terminate(Duration::from_secs(20));
     let key = public_key_of(&gw.journal);
     let root = archive.path().join(PREFIX);

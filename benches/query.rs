@@ -19,9 +19,12 @@
 //!    compared.
 //! 3. **Copy cost**: per segment, write time (median) and bytes of Parquet against the JSON and
 //!    its zstd archive copy.
-//! 4. **Append throughput** with 64 appenders on the real disk for 8 s, with a thread making
-//!    columnar copies of the segments as they seal (8 MiB segments, so several seal) and
-//!    without, interleaved, 2 rounds each.
+//! 4. **Append throughput** with 64 appenders on the real disk for 10 s, with the gateway's
+//!    copy loop (`keep_copies`, idle priority) making columnar copies of the segments as they
+//!    seal (8 MiB segments, so many seal) and without, alternated, 3 rounds each (medians);
+//!    the CPU the process used, how many copies were made during the load and how long the
+//!    rest took after it. `AUDITGATE_BENCH_ONLY=append` runs this part alone (no archive;
+//!    `target/bench-results/query-append.json`).
 //!
 //! Results: a table on stdout and `target/bench-results/query.json`.
 #![allow(
@@ -33,11 +36,12 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use auditgate::archive::{Layout, SegmentCompression};
+use auditgate::columnar::local::{keep_copies, CopyMaker};
 use auditgate::columnar::{write_segment, WriteOptions};
 use auditgate::journal::{CheckpointTiming, Checkpointing, Journal, JournalConfig};
 use auditgate::record::*;
@@ -442,14 +446,17 @@ struct Question {
     duckdb_where: String,
 }
 
-fn append_throughput(with_copies: bool, root: &Path, round: usize) -> f64 {
+/// One run of [`APPENDERS`] appenders for [`APPEND_SECS`] on a fresh journal, with the
+/// gateway's copy loop ([`auditgate::columnar::local::keep_copies`], the real one: idle
+/// priority) running beside it or not.
+fn append_throughput(with_copies: bool, root: &Path, round: usize) -> AppendRun {
     let dir = root.join(format!("append-{with_copies}-{round}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let key = dir.join("k");
     write_key_pair(&key, "auditgate/bench").unwrap();
     let cfg = JournalConfig {
-        segment_max_bytes: 8 * 1024 * 1024,
+        segment_max_bytes: APPEND_SEGMENT_BYTES,
         ..JournalConfig::default()
     };
     let checkpointing = Checkpointing {
@@ -462,36 +469,24 @@ fn append_throughput(with_copies: bool, root: &Path, round: usize) -> f64 {
     let journal_dir = dir.join("journal");
     let (journal, _) =
         Journal::open_with_checkpoints(&journal_dir, "bench", &cfg, Some(checkpointing)).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let copies_made = Arc::new(AtomicU64::new(0));
+    let (stop_copies, copies_stopped) = tokio::sync::oneshot::channel::<()>();
     let copier = with_copies.then(|| {
-        let (stop, made, dir) = (stop.clone(), copies_made.clone(), journal_dir.clone());
-        let signer = CheckpointSigner::load(&key, false, "").unwrap();
+        let maker = CopyMaker {
+            signer: Arc::new(CheckpointSigner::load(&key, false, "").unwrap()),
+            options: WriteOptions::default(),
+        };
+        let dir = journal_dir.clone();
         std::thread::spawn(move || {
-            auditgate::background::lower_this_threads_priority(auditgate::background::NICENESS);
-            while !stop.load(Ordering::Relaxed) {
-                for (name, path) in auditgate::journal::list_segments(&dir).unwrap() {
-                    if let auditgate::journal::SegmentName::Sealed { first, last } = name {
-                        if auditgate::columnar::local::seal_path(&dir, first, last).exists() {
-                            continue;
-                        }
-                        let bytes = std::fs::read(&path).unwrap();
-                        if let Ok(auditgate::columnar::local::MadeCopy::Ready(..)) =
-                            auditgate::columnar::local::make_copy(
-                                &dir,
-                                first,
-                                last,
-                                &bytes,
-                                &signer,
-                                &WriteOptions::default(),
-                            )
-                        {
-                            made.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                tokio::select! {
+                    _ = keep_copies(dir, maker, Duration::from_millis(200)) => {}
+                    _ = copies_stopped => {}
                 }
-                std::thread::sleep(Duration::from_millis(200));
-            }
+            });
         })
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -500,13 +495,14 @@ fn append_throughput(with_copies: bool, root: &Path, round: usize) -> f64 {
         .build()
         .unwrap();
     let appended = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(8);
+    let deadline = Instant::now() + APPEND_SECS;
     let patients = Arc::new(Zipf::new(10_000, 0.9));
     let users = Arc::new(Zipf::new(USERS, 1.1));
+    let cpu_before = process_cpu_secs();
     let t = Instant::now();
     rt.block_on(async {
         let mut tasks = Vec::new();
-        for task in 0..64u64 {
+        for task in 0..APPENDERS {
             let (j, n, p, u) = (
                 journal.clone(),
                 appended.clone(),
@@ -526,31 +522,149 @@ fn append_throughput(with_copies: bool, root: &Path, round: usize) -> f64 {
             t.await.unwrap();
         }
     });
-    let rate = appended.load(Ordering::Relaxed) as f64 / t.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    if let Some(c) = copier {
-        c.join().unwrap();
-    }
+    let elapsed = t.elapsed().as_secs_f64();
+    let cpu_busy = (process_cpu_secs() - cpu_before) / elapsed / cores();
+    let rate = appended.load(Ordering::Relaxed) as f64 / elapsed;
+    let sealed_at_end = count_sealed(&journal_dir);
+    let copied_at_end = count_files(&journal_dir, ".seal");
     drop(journal);
+    // After the load: how long the copies of every segment sealed during it take to be made.
+    let mut catch_up_secs = 0.0;
+    if let Some(copier) = copier {
+        let t = Instant::now();
+        while count_files(&journal_dir, ".seal") < sealed_at_end
+            && t.elapsed() < Duration::from_secs(600)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        catch_up_secs = t.elapsed().as_secs_f64();
+        let _ = stop_copies.send(());
+        copier.join().unwrap();
+    }
     println!(
-        "append, 64 appenders, {}: {rate:.0} records/s ({} copies made during the run)",
+        "append, {APPENDERS} appenders, {}: {rate:.0} records/s, CPU {:.0}% of {} cores; {sealed_at_end} segments sealed, {copied_at_end} copied during the load{}",
         if with_copies {
-            "copies being made"
+            "copy loop running"
         } else {
             "no copies"
         },
-        copies_made.load(Ordering::Relaxed)
+        cpu_busy * 100.0,
+        cores(),
+        if with_copies {
+            format!(", the rest {catch_up_secs:.1} s after it")
+        } else {
+            String::new()
+        }
     );
     let _ = std::fs::remove_dir_all(&dir);
-    rate
+    AppendRun {
+        rate,
+        sealed: sealed_at_end,
+        copied_during: copied_at_end,
+        catch_up_secs,
+    }
+}
+
+/// Appenders in the throughput runs (the journal's group commit fills up).
+const APPENDERS: u64 = 64;
+/// How long each throughput run appends.
+const APPEND_SECS: Duration = Duration::from_secs(10);
+/// Segment size in the throughput runs: small, so that several seal and want copies.
+const APPEND_SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
+/// Rounds of (without, with) runs, alternated.
+const APPEND_ROUNDS: usize = 3;
+
+/// What one throughput run measured.
+struct AppendRun {
+    rate: f64,
+    sealed: usize,
+    copied_during: usize,
+    catch_up_secs: f64,
+}
+
+fn count_sealed(dir: &Path) -> usize {
+    auditgate::journal::list_segments(dir)
+        .unwrap()
+        .iter()
+        .filter(|(name, _)| matches!(name, auditgate::journal::SegmentName::Sealed { .. }))
+        .count()
+}
+
+fn count_files(dir: &Path, suffix: &str) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(suffix))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// CPU seconds (user + system) this process has used, from `/proc/self/stat`.
+fn process_cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name, in clock
+    // ticks (USER_HZ, 100 on every Linux ABI).
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn cores() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+}
+
+/// Append throughput without and with the copy loop, alternated for [`APPEND_ROUNDS`].
+fn append_part(target: &Path) -> serde_json::Value {
+    let scratch = target.join("bench-tmp/query-append");
+    let mut with = Vec::new();
+    let mut without = Vec::new();
+    for round in 0..APPEND_ROUNDS {
+        without.push(append_throughput(false, &scratch, round));
+        with.push(append_throughput(true, &scratch, round));
+    }
+    let rates = |runs: &[AppendRun]| median(runs.iter().map(|r| r.rate).collect());
+    let (with_rate, without_rate) = (rates(&with), rates(&without));
+    let sealed: usize = with.iter().map(|r| r.sealed).sum();
+    let copied: usize = with.iter().map(|r| r.copied_during).sum();
+    let catch_up = median(with.iter().map(|r| r.catch_up_secs).collect());
+    println!(
+        "append throughput with the copy loop / without (medians of {APPEND_ROUNDS}): {with_rate:.0} / {without_rate:.0} records/s = {:.3}x; copies made during the load: {copied} of {sealed} sealed segments, the rest in {catch_up:.1} s after it (median)",
+        with_rate / without_rate
+    );
+    serde_json::json!({
+        "appenders": APPENDERS, "secs": APPEND_SECS.as_secs(), "rounds": APPEND_ROUNDS,
+        "segment_bytes": APPEND_SEGMENT_BYTES,
+        "with_copies": with_rate, "without": without_rate, "ratio": with_rate / without_rate,
+        "with_runs": with.iter().map(|r| r.rate).collect::<Vec<_>>(),
+        "without_runs": without.iter().map(|r| r.rate).collect::<Vec<_>>(),
+        "segments_sealed_with_copies": sealed, "copied_during_load": copied,
+        "catch_up_secs_median": catch_up,
+    })
 }
 
 fn main() {
+    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");
+    if std::env::var("AUDITGATE_BENCH_ONLY").as_deref() == Ok("append") {
+        let append = append_part(&target);
+        let out_dir = target.join("bench-results");
+        std::fs::create_dir_all(&out_dir).unwrap();
+        let mut f = std::fs::File::create(out_dir.join("query-append.json")).unwrap();
+        writeln!(f, "{append:#}").unwrap();
+        return;
+    }
     let records: u64 = std::env::var("AUDITGATE_BENCH_RECORDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000_000);
-    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");
     let data = target.join(format!("bench-data/query-{records}"));
     let generated = generate(&data, records);
     let archive = data.join("archive");
@@ -686,20 +800,7 @@ fn main() {
         generated.parquet_bytes as f64 / generated.records as f64
     );
 
-    let scratch = target.join("bench-tmp/query-append");
-    let mut with = Vec::new();
-    let mut without = Vec::new();
-    for round in 0..2 {
-        without.push(append_throughput(false, &scratch, round));
-        with.push(append_throughput(true, &scratch, round));
-    }
-    let (with, without) = (median(with), median(without));
-    println!(
-        "append throughput with copies being made / without: {:.0} / {:.0} records/s = {:.3}x",
-        with,
-        without,
-        with / without
-    );
+    let append = append_part(&target);
     let json = serde_json::json!({
         "records": generated.records, "nodes": NODES, "days": DAYS,
         "questions": results,
@@ -708,7 +809,7 @@ fn main() {
             "json_bytes": generated.json_bytes, "zst_bytes": generated.zst_bytes,
             "parquet_bytes": generated.parquet_bytes, "seal_bytes": generated.seal_bytes,
         },
-        "append": {"with_copies": with, "without": without, "ratio": with / without},
+        "append": append,
     });
     let out_dir = target.join("bench-results");
     std::fs::create_dir_all(&out_dir).unwrap();

@@ -1,6 +1,11 @@
 //! The archiver: sealed segments and checkpoints shipped in order, each lock confirmed
 //! before the progress file says so, retried with backoff, local copies removed only after
 //! that (when configured). Crash points are commented where they are.
+//!
+//! Columnar copies ship behind their segments, with a cursor of their own: they are made at
+//! idle priority ([`columnar_local::keep_copies`]) and may lag under load, and the evidence
+//! (the segment) never waits for them. The archiver ships each copy once it is made, or gives
+//! up on it `[columnar] copy_wait_secs` after the seal (left to `auditgate backfill`).
 
 use super::compression::SegmentCompression;
 use super::dir::sync_dir;
@@ -8,13 +13,14 @@ use super::error::ArchiveError;
 use super::layout::Layout;
 use super::store::to_unix;
 use super::store::{sha256_b64, ArchiveStore, PutResult};
-use crate::columnar::local::{self as columnar_local, CopyMaker, MadeCopy};
+use crate::columnar::local as columnar_local;
 use crate::durable::FileError;
 use crate::journal::shipped::{ShipState, SHIP_STATE_FILE};
 use crate::journal::{self, SegmentName};
 use crate::tlog::checkpoint;
 use serde::Deserialize;
 use std::fs;
+use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -59,8 +65,9 @@ pub struct Archiver {
     /// The first pending segment of this process was looked for under the other compression's
     /// key (see [`Archiver::ship_pending`]).
     pub(super) looked_for_other_compression: bool,
-    /// Make and ship each segment's columnar copy and seal (`[columnar] enabled`).
-    pub(super) columnar: Option<CopyMaker>,
+    /// Ship each segment's columnar copy and seal once made, waiting this long after the seal
+    /// (`[columnar] enabled`, `copy_wait_secs`).
+    pub(super) copy_wait: Option<Duration>,
 }
 
 /// Puts objects into a store the archive's way: create-only, checksummed, locked until now +
@@ -192,8 +199,8 @@ impl Uploader {
     }
 }
 
-/// How long after its seal a segment waits for the tree state its columnar copy needs before
-/// it ships without one (counted as a failed copy; `auditgate backfill` makes it later).
+/// How long after its seal a segment's copy waits for the tree state it needs before the
+/// archiver gives up on it (counted as a failed copy; `auditgate backfill` makes it later).
 pub const TREE_STATE_WAIT: Duration = Duration::from_secs(60);
 
 /// How far a confirmed retain-until date may fall short of upload time + retention (clock
@@ -209,8 +216,10 @@ impl Archiver {
         store: Arc<dyn ArchiveStore>,
         retention: Duration,
     ) -> Result<Self, ArchiveError> {
-        let state = ShipState::load(journal_dir, &store.target())
+        let mut state = ShipState::load(journal_dir, &store.target())
             .map_err(FileError::on(&journal_dir.join(SHIP_STATE_FILE)))?;
+        // A file from before the copies' cursor: every shipped segment's copy shipped with it.
+        state.columnar_through_seq = Some(state.columnar_through());
         let stats = Arc::new(ArchiveStats::default());
         stats
             .shipped_through_seq
@@ -230,7 +239,7 @@ impl Archiver {
             compression: SegmentCompression::default(),
             ready: false,
             looked_for_other_compression: false,
-            columnar: None,
+            copy_wait: None,
         })
     }
 
@@ -240,9 +249,11 @@ impl Archiver {
         self
     }
 
-    /// Make a columnar copy (Parquet and seal) of each segment beside it and ship both with it.
-    pub fn columnar(mut self, columnar: Option<CopyMaker>) -> Self {
-        self.columnar = columnar;
+    /// Ship each segment's columnar copy (Parquet and seal, made beside it by
+    /// [`columnar_local::keep_copies`]) after it, waiting up to `copy_wait` after its seal.
+    /// `None`: copies are off.
+    pub fn columnar_copies(mut self, copy_wait: Option<Duration>) -> Self {
+        self.copy_wait = copy_wait;
         self
     }
 
@@ -319,32 +330,6 @@ impl Archiver {
         for (i, (first, last, path)) in pending.iter().enumerate() {
             let (plain, compressed) = read_and_compress(path, self.compression).await?;
             let date = first_record_date(&plain).unwrap_or_else(|| "unknown".into());
-            let (plain, copy) = match self.columnar.clone() {
-                None => (plain, None),
-                Some(columnar) => {
-                    let (plain, made) = self.copy_of(&columnar, *first, *last, plain).await?;
-                    match made {
-                        Some(MadeCopy::Ready(parquet, seal)) => (plain, Some((parquet, seal))),
-                        Some(MadeCopy::NotYet) if sealed_within(path, TREE_STATE_WAIT) => {
-                            // The checkpointer stores the tree state at the seal; wait for it.
-                            break;
-                        }
-                        Some(MadeCopy::NotYet) => {
-                            crate::metrics::global()
-                                .columnar_copies
-                                .with_label_values(&["failed"])
-                                .inc();
-                            tracing::error!(
-                                first_seq = first,
-                                last_seq = last,
-                                "no tree state before this segment: it ships without a columnar copy; run `auditgate backfill` to make it"
-                            );
-                            (plain, None)
-                        }
-                        None => (plain, None),
-                    }
-                }
-            };
             let key = self
                 .layout
                 .segment(&self.node, &date, *first, *last, self.compression);
@@ -365,18 +350,13 @@ impl Archiver {
             } else {
                 self.ship("segment", &key, compressed, Some(&plain)).await?;
             }
-            if let Some((parquet, seal)) = copy {
-                // Crash point (here and between the two): the segment is shipped, its copy
-                // not yet; progress is not recorded, so the next pass ships all three again
-                // and finds the first ones present with the same content.
-                let key = self.layout.columnar(&self.node, &date, *first, *last);
-                self.ship("columnar", &key, parquet, None).await?;
-                let key = self.layout.seal(&self.node, *first, *last);
-                self.ship("seal", &key, seal, None).await?;
-            }
             // Crash point: shipped and lock confirmed, progress not yet recorded: the next run
             // ships it again and finds it present with the same content.
             self.state.segments_through_seq = *last;
+            if self.copy_wait.is_none() {
+                // Copies are off: none is owed for this segment.
+                self.state.columnar_through_seq = Some(*last);
+            }
             self.state
                 .store(&self.journal_dir)
                 .map_err(FileError::on(&self.journal_dir.join(SHIP_STATE_FILE)))?;
@@ -389,6 +369,9 @@ impl Archiver {
                 .set(*last as i64);
             self.update_backlog(&pending[i + 1..]);
             shipped += 1;
+        }
+        if let Some(wait) = self.copy_wait {
+            shipped += self.ship_copies(wait).await?;
         }
         if self.delete_local {
             self.delete_shipped_segments()?;
@@ -449,7 +432,11 @@ impl Archiver {
             .map_or(0, |s| s.size);
         let mut removed = false;
         for (last, path) in &sealed {
-            if last < newest && *last <= self.state.segments_through_seq && *last <= tree_state {
+            if last < newest
+                && *last <= self.state.segments_through_seq
+                && *last <= self.state.columnar_through()
+                && *last <= tree_state
+            {
                 // Crash point: the progress file already says shipped and locked; a segment
                 // that survives a crash here is deleted on the next pass.
                 fs::remove_file(path).map_err(FileError::on(path))?;
@@ -472,55 +459,118 @@ impl Archiver {
                 }
             }
         }
+        // A copy finished after its segment was removed (the archiver gave up waiting for
+        // it): nothing ships it any more.
+        let entries = fs::read_dir(&self.journal_dir).map_err(FileError::on(&self.journal_dir))?;
+        for entry in entries {
+            let entry = entry.map_err(FileError::on(&self.journal_dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((first, last)) = columnar_local::parse_file_name(&name, "parquet")
+                .or_else(|| columnar_local::parse_file_name(&name, "seal"))
+            else {
+                continue;
+            };
+            let segment = self
+                .journal_dir
+                .join(SegmentName::Sealed { first, last }.file_name());
+            if last <= self.state.columnar_through() && !segment.exists() {
+                fs::remove_file(entry.path()).map_err(FileError::on(&entry.path()))?;
+                removed = true;
+            }
+        }
         if removed {
             sync_dir(&self.journal_dir)?;
         }
         Ok(())
     }
 
-    /// The columnar copy of a segment (made on a background thread), and the segment's bytes
-    /// back. `None`: making it failed (logged and counted); the segment ships without it. An
-    /// error: the thread could not run; the pass stops and is retried.
-    async fn copy_of(
-        &self,
-        columnar: &CopyMaker,
-        first: u64,
-        last: u64,
-        plain: Vec<u8>,
-    ) -> Result<(Vec<u8>, Option<MadeCopy>), ArchiveError> {
-        let dir = self.journal_dir.clone();
-        let columnar = columnar.clone();
-        let made = crate::background::run_niced("columnar-copy", move || {
-            let made = columnar_local::make_copy(
-                &dir,
-                first,
-                last,
-                &plain,
-                &columnar.signer,
-                &columnar.options,
-            );
-            (plain, made)
-        })
-        .await;
-        let result = match made {
-            Ok((plain, Ok(made))) => (plain, Some(made)),
-            Ok((plain, Err(e))) => {
-                crate::metrics::global()
-                    .columnar_copies
-                    .with_label_values(&["failed"])
-                    .inc();
-                tracing::error!(error = %e, category = e.category(), "making a columnar copy failed: the segment ships without it; run `auditgate backfill` to make it");
-                (plain, None)
+    /// Ship the columnar copies (Parquet and seal) of shipped segments, in order, as
+    /// [`columnar_local::keep_copies`] makes them; stops at the first one not made yet. A copy
+    /// that cannot come (no tree state `TREE_STATE_WAIT` after the seal, not made `wait` after
+    /// it, or its segment gone) is given up: counted as failed, logged, left to
+    /// `auditgate backfill`. Returns how many objects were shipped.
+    async fn ship_copies(&mut self, wait: Duration) -> Result<usize, ArchiveError> {
+        let mut shipped = 0;
+        let owed: Vec<(u64, u64)> = journal::list_segments(&self.journal_dir)
+            .map_err(|e| {
+                ArchiveError::Io(FileError {
+                    path: self.journal_dir.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })?
+            .into_iter()
+            .filter_map(|(name, _)| match name {
+                SegmentName::Sealed { first, last }
+                    if last > self.state.columnar_through()
+                        && last <= self.state.segments_through_seq =>
+                {
+                    Some((first, last))
+                }
+                _ => None,
+            })
+            .collect();
+        for (first, last) in owed {
+            let dir = self.journal_dir.clone();
+            let segment = dir.join(SegmentName::Sealed { first, last }.file_name());
+            let looked = crate::background::run_niced("archive-read-copy", move || {
+                look_for_copy(&dir, first, last)
+            })
+            .await
+            .and_then(|r| r)
+            .map_err(FileError::on(&segment))?;
+            match looked {
+                CopyLook::Ready {
+                    date,
+                    parquet,
+                    seal,
+                } => {
+                    // Crash point (here and between the two): the copy is not recorded as
+                    // shipped; the next pass ships both again and finds them present with the
+                    // same content.
+                    let key = self.layout.columnar(&self.node, &date, first, last);
+                    self.ship("columnar", &key, parquet, None).await?;
+                    let key = self.layout.seal(&self.node, first, last);
+                    self.ship("seal", &key, seal, None).await?;
+                    shipped += 2;
+                }
+                CopyLook::Waiting {
+                    sealed_ago,
+                    tree_state_known,
+                } => {
+                    let gave_up = if sealed_ago >= wait {
+                        "not made within [columnar] copy_wait_secs of the seal (the CPU was busy or making it failed)"
+                    } else if sealed_ago >= TREE_STATE_WAIT && !tree_state_known {
+                        "no tree state before this segment"
+                    } else {
+                        break;
+                    };
+                    self.give_up_copy(first, last, gave_up);
+                }
+                CopyLook::SegmentGone => {
+                    self.give_up_copy(first, last, "the sealed segment is not in the journal");
+                }
             }
-            Err(e) => {
-                // The thread could not start (or died): the pass stops and is retried.
-                let path = self
-                    .journal_dir
-                    .join(SegmentName::Sealed { first, last }.file_name());
-                return Err(FileError::on(&path)(e).into());
-            }
-        };
-        Ok(result)
+            // Crash point: shipped (or given up), not recorded: the next pass does it again.
+            self.state.columnar_through_seq = Some(last);
+            self.state
+                .store(&self.journal_dir)
+                .map_err(FileError::on(&self.journal_dir.join(SHIP_STATE_FILE)))?;
+        }
+        Ok(shipped)
+    }
+
+    /// Count and log a copy the archiver will not ship (no PHI: seq numbers only).
+    fn give_up_copy(&self, first: u64, last: u64, why: &str) {
+        crate::metrics::global()
+            .columnar_copies
+            .with_label_values(&["failed"])
+            .inc();
+        tracing::error!(
+            first_seq = first,
+            last_seq = last,
+            reason = why,
+            "the segment's columnar copy is not shipped; run `auditgate backfill` to make it"
+        );
     }
 
     pub(super) fn update_backlog(&self, pending: &[(u64, u64, PathBuf)]) {
@@ -611,13 +661,50 @@ pub(super) async fn read_and_compress(
     Ok(read)
 }
 
-/// True when the file at `path` was modified (a sealed segment: sealed) less than `window` ago.
-fn sealed_within(path: &Path, window: Duration) -> bool {
-    fs::metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.elapsed().ok())
-        .is_some_and(|age| age < window)
+/// What the journal directory holds of a shipped segment's columnar copy.
+enum CopyLook {
+    /// The copy and its seal are made: ship them under the segment's date.
+    Ready {
+        date: String,
+        parquet: Vec<u8>,
+        seal: Vec<u8>,
+    },
+    /// Not made yet.
+    Waiting {
+        /// Since the segment was sealed (its modification time).
+        sealed_ago: Duration,
+        /// The tree before the segment is stored, so the copy can be made.
+        tree_state_known: bool,
+    },
+    /// The segment itself is not there.
+    SegmentGone,
+}
+
+/// Look for the copy of segment `first..=last` in `dir` (blocking: reads the files).
+fn look_for_copy(dir: &Path, first: u64, last: u64) -> std::io::Result<CopyLook> {
+    let segment = dir.join(SegmentName::Sealed { first, last }.file_name());
+    let sealed_at = match fs::metadata(&segment) {
+        Ok(m) => m.modified()?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(CopyLook::SegmentGone),
+        Err(e) => return Err(e),
+    };
+    if let Some((parquet, seal)) = columnar_local::ready_copy(dir, first, last) {
+        let mut first_line = Vec::new();
+        std::io::BufReader::new(fs::File::open(&segment)?).read_until(b'\n', &mut first_line)?;
+        let date = first_record_date(&first_line).unwrap_or_else(|| "unknown".into());
+        return Ok(CopyLook::Ready {
+            date,
+            parquet,
+            seal,
+        });
+    }
+    let tree_state_known = columnar_local::frontier_before(dir, first)
+        .map_err(std::io::Error::other)?
+        .is_some();
+    Ok(CopyLook::Waiting {
+        sealed_ago: sealed_at.elapsed().unwrap_or_default(),
+        tree_state_known,
+    })
 }
 
 /// `YYYY-MM-DD` of a segment's first record (its `ts`).

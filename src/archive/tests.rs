@@ -111,3 +111,230 @@ fn the_date_partition_comes_from_the_first_record() {
     );
     assert_eq!(first_record_date(b"garbage"), None);
 }
+
+/// A signed journal of `n` records in 4 KiB segments (blocking appends off the test's
+/// runtime): (temp dir, journal dir, private key).
+fn small_signed_journal(n: usize) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (journal, key) = std::thread::scope(|scope| {
+        scope
+            .spawn(|| crate::fixtures::signed_journal(tmp.path(), "n1", n))
+            .join()
+            .unwrap()
+    });
+    (tmp, journal, key)
+}
+
+fn sealed_segments(journal: &Path) -> Vec<(u64, u64)> {
+    journal::list_segments(journal)
+        .unwrap()
+        .into_iter()
+        .filter_map(|(name, _)| match name {
+            SegmentName::Sealed { first, last } => Some((first, last)),
+            SegmentName::Open { .. } => None,
+        })
+        .collect()
+}
+
+/// Make the columnar copy of sealed segment `first..=last` as the gateway's copy loop does.
+fn make_copy_of(journal: &Path, key: &Path, (first, last): (u64, u64)) {
+    let segment = fs::read(journal.join(SegmentName::Sealed { first, last }.file_name())).unwrap();
+    let signer = checkpoint::CheckpointSigner::load(key, false, "").unwrap();
+    let made = crate::columnar::local::make_copy(
+        journal,
+        first,
+        last,
+        &segment,
+        &signer,
+        &crate::columnar::WriteOptions::default(),
+    )
+    .unwrap();
+    assert!(matches!(made, crate::columnar::local::MadeCopy::Ready(..)));
+}
+
+/// The archived copies (`.parquet`) and seals, as `(first, last)` of their file names.
+fn archived_copies(archive: &Path) -> (Vec<(u64, u64)>, Vec<(u64, u64)>) {
+    let mut copies = Vec::new();
+    let mut seals = Vec::new();
+    let mut stack = vec![archive.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Some(range) = crate::columnar::local::parse_file_name(&name, "parquet") {
+                copies.push(range);
+            } else if let Some(range) = crate::columnar::local::parse_file_name(&name, "seal") {
+                seals.push(range);
+            }
+        }
+    }
+    copies.sort();
+    seals.sort();
+    (copies, seals)
+}
+
+#[tokio::test]
+async fn segments_ship_without_waiting_for_their_copies_which_follow_in_order_once_made() {
+    let (tmp, journal, key) = small_signed_journal(60);
+    let archive = tmp.path().join("archive");
+    let mut archiver = Archiver::new(
+        &journal,
+        "n1",
+        "audit",
+        Arc::new(DirStore::new(&archive)),
+        Duration::from_secs(86_400),
+    )
+    .unwrap()
+    .columnar_copies(Some(Duration::from_secs(3600)));
+    let sealed = sealed_segments(&journal);
+    assert!(sealed.len() >= 3, "{sealed:?}");
+    let newest = sealed.last().unwrap().1;
+
+    // No copy is made yet (the copy loop is idle-priority and may lag): every segment ships.
+    archiver.ship_pending().await.unwrap();
+    assert_eq!(archiver.state().segments_through_seq, newest);
+    assert_eq!(archiver.state().columnar_through(), 0);
+    assert_eq!(archived_copies(&archive), (vec![], vec![]));
+
+    // The first and third copies are made: only the first ships; the third waits its turn.
+    make_copy_of(&journal, &key, sealed[0]);
+    make_copy_of(&journal, &key, sealed[2]);
+    archiver.ship_pending().await.unwrap();
+    assert_eq!(archiver.state().columnar_through(), sealed[0].1);
+    assert_eq!(
+        archived_copies(&archive),
+        (vec![sealed[0]], vec![sealed[0]])
+    );
+    let stored = ShipState::read(&journal).unwrap().unwrap();
+    assert_eq!(stored.columnar_through_seq, Some(sealed[0].1));
+
+    // The second is made: the second and third ship, in order.
+    make_copy_of(&journal, &key, sealed[1]);
+    archiver.ship_pending().await.unwrap();
+    assert_eq!(archiver.state().columnar_through(), sealed[2].1);
+    assert_eq!(archived_copies(&archive).0, sealed[..3].to_vec());
+
+    // A restart continues from the progress file (nothing is shipped twice as new).
+    let restarted = Archiver::new(
+        &journal,
+        "n1",
+        "audit",
+        Arc::new(DirStore::new(&archive)),
+        Duration::from_secs(86_400),
+    )
+    .unwrap();
+    assert_eq!(restarted.state().columnar_through(), sealed[2].1);
+}
+
+#[tokio::test]
+async fn a_copy_not_made_within_the_wait_is_given_up_and_local_removal_waits_for_the_copies() {
+    let (tmp, journal, key) = small_signed_journal(60);
+    let archive = tmp.path().join("archive");
+    let worm = |archive: &Path| {
+        let mut store = crate::fixtures::FaultStore::new(DirStore::new(archive));
+        store.dressed_as_worm = true;
+        Arc::new(store)
+    };
+    let sealed = sealed_segments(&journal);
+    let newest = sealed.last().unwrap().1;
+    let mut archiver = Archiver::new(
+        &journal,
+        "n1",
+        "audit",
+        worm(&archive),
+        Duration::from_secs(86_400),
+    )
+    .unwrap()
+    .columnar_copies(Some(Duration::from_secs(3600)))
+    .delete_local_after_ship(true);
+
+    // Shipped, but their copies are owed: the local segments stay.
+    archiver.ship_pending().await.unwrap();
+    assert_eq!(archiver.state().segments_through_seq, newest);
+    assert_eq!(sealed_segments(&journal), sealed, "removed before its copy");
+
+    // The first copy ships: its segment (and its local copy) may go.
+    make_copy_of(&journal, &key, sealed[0]);
+    archiver.ship_pending().await.unwrap();
+    let left = sealed_segments(&journal);
+    assert_eq!(left, sealed[1..].to_vec());
+    assert!(!crate::columnar::local::parquet_path(&journal, sealed[0].0, sealed[0].1).exists());
+
+    // The wait is over for the others (a wait of zero): given up, counted, removed but the
+    // newest; the archive holds only the copy that was made.
+    let failed_before = crate::metrics::global()
+        .columnar_copies
+        .with_label_values(&["failed"])
+        .get();
+    let mut impatient = Archiver::new(
+        &journal,
+        "n1",
+        "audit",
+        worm(&archive),
+        Duration::from_secs(86_400),
+    )
+    .unwrap()
+    .columnar_copies(Some(Duration::ZERO))
+    .delete_local_after_ship(true);
+    impatient.ship_pending().await.unwrap();
+    assert_eq!(impatient.state().columnar_through(), newest);
+    assert_eq!(sealed_segments(&journal), vec![*sealed.last().unwrap()]);
+    assert_eq!(archived_copies(&archive).0, vec![sealed[0]]);
+    let failed = crate::metrics::global()
+        .columnar_copies
+        .with_label_values(&["failed"])
+        .get();
+    assert!(
+        failed >= failed_before + (sealed.len() - 1) as u64,
+        "{failed_before} -> {failed}"
+    );
+}
+
+#[tokio::test]
+async fn with_copies_off_no_copy_is_owed_and_a_file_from_before_the_cursor_owes_none() {
+    let (tmp, journal, _key) = small_signed_journal(40);
+    let archive = tmp.path().join("archive");
+    let sealed = sealed_segments(&journal);
+    let newest = sealed.last().unwrap().1;
+    let mut off = Archiver::new(
+        &journal,
+        "n1",
+        "audit",
+        Arc::new(DirStore::new(&archive)),
+        Duration::from_secs(86_400),
+    )
+    .unwrap();
+    off.ship_pending().await.unwrap();
+    assert_eq!(off.state().columnar_through(), newest);
+    assert_eq!(
+        ShipState::read(&journal)
+            .unwrap()
+            .unwrap()
+            .columnar_through_seq,
+        Some(newest)
+    );
+
+    // A progress file written before the copies had a cursor: its shipped segments' copies
+    // shipped with them; a gateway with copies on owes none of them.
+    let mut legacy = ShipState::read(&journal).unwrap().unwrap();
+    legacy.columnar_through_seq = None;
+    legacy.store(&journal).unwrap();
+    let mut on = Archiver::new(
+        &journal,
+        "n1",
+        "audit",
+        Arc::new(DirStore::new(&archive)),
+        Duration::from_secs(86_400),
+    )
+    .unwrap()
+    .columnar_copies(Some(Duration::ZERO));
+    assert_eq!(on.state().columnar_through(), newest);
+    on.ship_pending().await.unwrap();
+    assert_eq!(on.state().columnar_through(), newest);
+    assert_eq!(archived_copies(&archive).0, vec![]);
+}

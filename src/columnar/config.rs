@@ -11,7 +11,7 @@ use crate::config::error::ConfigError;
 #[serde(deny_unknown_fields)]
 pub struct ColumnarConfig {
     /// Write a Parquet copy and its signed seal beside each sealed segment, and ship both
-    /// with it. Off: queries read the JSON segments (slower, same answers).
+    /// after it. Off: queries read the JSON segments (slower, same answers).
     #[serde(default = "default_enabled")]
     pub enabled: bool,
     /// Records per row group: the unit a bloom-filter lookup (patient, user, client IP,
@@ -25,6 +25,13 @@ pub struct ColumnarConfig {
     /// zstd level of every column, 1 to 19.
     #[serde(default = "default_zstd_level")]
     pub zstd_level: i32,
+    /// Copies are made at idle priority, when the CPU and disk have time: under a load that
+    /// takes every core they fall behind and catch up afterwards. This long after its seal,
+    /// the archiver stops waiting for a segment's copy: the copy is counted as failed and left
+    /// to `auditgate backfill`, and the local segment may be removed after shipping
+    /// (`archive.delete_local_after_ship`). 60 to 604800 seconds.
+    #[serde(default = "default_copy_wait_secs")]
+    pub copy_wait_secs: u64,
 }
 
 fn default_enabled() -> bool {
@@ -39,6 +46,9 @@ fn default_line_page_records() -> usize {
 fn default_zstd_level() -> i32 {
     WriteOptions::default().zstd_level
 }
+fn default_copy_wait_secs() -> u64 {
+    3600
+}
 
 impl Default for ColumnarConfig {
     fn default() -> Self {
@@ -47,6 +57,7 @@ impl Default for ColumnarConfig {
             row_group_records: default_row_group_records(),
             line_page_records: default_line_page_records(),
             zstd_level: default_zstd_level(),
+            copy_wait_secs: default_copy_wait_secs(),
         }
     }
 }
@@ -72,7 +83,18 @@ impl ColumnarConfig {
                 format!("{} is outside 1 to 19", self.zstd_level),
             ));
         }
+        if !(60..=604_800).contains(&self.copy_wait_secs) {
+            return Err(ConfigError::invalid(
+                "columnar.copy_wait_secs",
+                format!("{} is outside 60 to 604800", self.copy_wait_secs),
+            ));
+        }
         Ok(())
+    }
+
+    /// How long the archiver waits for a segment's copy after its seal.
+    pub fn copy_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.copy_wait_secs)
     }
 
     /// The writer options this section sets.

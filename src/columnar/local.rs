@@ -1,5 +1,6 @@
 //! The columnar copies in the journal directory: their names, making them once a segment is
-//! sealed, and reading them back for shipping.
+//! sealed ([`keep_copies`], at idle priority), and reading them back for shipping
+//! ([`ready_copy`]; the archiver ships each after its segment).
 //!
 //! ```text
 //! JOURNAL/seg-F-L.jsonl      the sealed segment
@@ -136,9 +137,12 @@ pub struct CopyMaker {
     pub options: WriteOptions,
 }
 
-/// Without an archive: make the copy of every sealed segment that has none, every `poll`,
-/// forever (with an archive, the archiver makes each copy before it ships the segment).
-/// Failures are logged and counted; the next round tries again.
+/// Make the copy of every sealed segment that has none, every `poll`, forever, oldest first,
+/// each on a thread at idle priority ([`crate::background::run_idle`]): copies never take
+/// CPU or disk the journal wants, and under a load that takes every core they wait. With an
+/// archive, the archiver ships each copy once it is made. A segment whose copy cannot be made
+/// yet (the tree before it is not stored) is not read. Failures are logged and counted; the
+/// next round tries again.
 pub async fn keep_copies(dir: PathBuf, maker: CopyMaker, poll: std::time::Duration) {
     loop {
         let segments = match list_segments(&dir) {
@@ -160,7 +164,10 @@ pub async fn keep_copies(dir: PathBuf, maker: CopyMaker, poll: std::time::Durati
                 continue;
             }
             let (dir, maker) = (dir.clone(), maker.clone());
-            let made = crate::background::run_niced("columnar-copy", move || {
+            let made = crate::background::run_idle("columnar-copy", move || {
+                if frontier_before(&dir, first)?.is_none() {
+                    return Ok(MadeCopy::NotYet);
+                }
                 let segment = std::fs::read(&path).map_err(FileError::on(&path))?;
                 make_copy(&dir, first, last, &segment, &maker.signer, &maker.options)
             })
@@ -178,6 +185,22 @@ pub async fn keep_copies(dir: PathBuf, maker: CopyMaker, poll: std::time::Durati
         }
         tokio::time::sleep(poll).await;
     }
+}
+
+/// The copy of segment `first..=last` in `dir` and its seal, if both are there and the seal
+/// is for these records and this file (its signature is checked by whoever reads the copy
+/// later: `verify`, `query`).
+pub fn ready_copy(dir: &Path, first: u64, last: u64) -> Option<(Vec<u8>, Vec<u8>)> {
+    // The seal first: it is written after the copy, so a seal means a complete copy.
+    let note = std::fs::read(seal_path(dir, first, last)).ok()?;
+    let seal = Seal::open_unverified(&note).ok()?;
+    if seal.first != first || seal.last != last {
+        return None;
+    }
+    let parquet = std::fs::read(parquet_path(dir, first, last)).ok()?;
+    let fits = seal.file_size == parquet.len() as u64
+        && seal.file_sha256 == <[u8; 32]>::from(sha2::Sha256::digest(&parquet));
+    fits.then_some((parquet, note))
 }
 
 /// What [`make_copy`] did.
@@ -200,19 +223,11 @@ pub fn make_copy(
     signer: &CheckpointSigner,
     options: &WriteOptions,
 ) -> Result<MadeCopy, ColumnarError> {
+    if let Some((parquet, note)) = ready_copy(dir, first, last) {
+        return Ok(MadeCopy::Ready(parquet, note));
+    }
     let parquet_file = parquet_path(dir, first, last);
     let seal_file = seal_path(dir, first, last);
-    if let (Ok(parquet), Ok(note)) = (std::fs::read(&parquet_file), std::fs::read(&seal_file)) {
-        let fits = Seal::open_unverified(&note).is_ok_and(|seal| {
-            seal.first == first
-                && seal.last == last
-                && seal.file_size == parquet.len() as u64
-                && seal.file_sha256 == <[u8; 32]>::from(sha2::Sha256::digest(&parquet))
-        });
-        if fits {
-            return Ok(MadeCopy::Ready(parquet, note));
-        }
-    }
     let Some(frontier) = frontier_before(dir, first)? else {
         return Ok(MadeCopy::NotYet);
     };

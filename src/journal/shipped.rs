@@ -8,8 +8,13 @@
 //!
 //! ```text
 //! DIR/archive-state.json   {"target":"s3:bucket/prefix","segments_through_seq":4096,
-//!                           "checkpoints_through":"00000000000000004096-20261126T0600..."}
+//!                           "checkpoints_through":"00000000000000004096-20261126T0600...",
+//!                           "columnar_through_seq":2048}
 //! ```
+//!
+//! The columnar copies ship behind their segments (they are made at idle priority, when the
+//! CPU has time), so they have a cursor of their own; a file written before it existed has
+//! none, and then every shipped segment's copy shipped with it.
 
 use std::fs;
 use std::io;
@@ -29,6 +34,11 @@ pub struct ShipState {
     pub segments_through_seq: u64,
     /// Every checkpoint file up to this name is shipped and its lock confirmed.
     pub checkpoints_through: String,
+    /// Every shipped segment up to this seq is done with its columnar copy: shipped and
+    /// locked, or given up for `auditgate backfill` (or copies are off). Read through
+    /// [`ShipState::columnar_through`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columnar_through_seq: Option<u64>,
 }
 
 impl ShipState {
@@ -54,6 +64,14 @@ impl ShipState {
                 ..ShipState::default()
             },
         })
+    }
+
+    /// Every shipped segment up to this seq is done with its columnar copy (a file from before
+    /// the cursor existed: every shipped one).
+    pub fn columnar_through(&self) -> u64 {
+        self.columnar_through_seq
+            .unwrap_or(self.segments_through_seq)
+            .min(self.segments_through_seq)
     }
 
     /// Replace the progress file durably.
@@ -87,6 +105,7 @@ mod tests {
             target: "dir:/a".into(),
             segments_through_seq: 42,
             checkpoints_through: "x".into(),
+            columnar_through_seq: Some(7),
         };
         state.store(dir.path()).unwrap();
         assert_eq!(ShipState::load(dir.path(), "dir:/a").unwrap(), state);
@@ -94,6 +113,30 @@ mod tests {
         let other = ShipState::load(dir.path(), "dir:/b").unwrap();
         assert_eq!(other.segments_through_seq, 0);
         assert_eq!(other.target, "dir:/b");
+    }
+
+    #[test]
+    fn a_file_without_the_columnar_cursor_had_every_copy_shipped_with_its_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join(SHIP_STATE_FILE),
+            br#"{"target":"dir:/a","segments_through_seq":42,"checkpoints_through":"x"}"#,
+        )
+        .unwrap();
+        let state = ShipState::load(dir.path(), "dir:/a").unwrap();
+        assert_eq!(state.columnar_through_seq, None);
+        assert_eq!(state.columnar_through(), 42);
+        let behind = ShipState {
+            columnar_through_seq: Some(40),
+            ..state.clone()
+        };
+        assert_eq!(behind.columnar_through(), 40);
+        // Never ahead of the segments it follows.
+        let ahead = ShipState {
+            columnar_through_seq: Some(50),
+            ..state
+        };
+        assert_eq!(ahead.columnar_through(), 42);
     }
 
     #[test]

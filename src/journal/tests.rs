@@ -161,6 +161,7 @@ fn a_missing_first_segment_is_accepted_only_when_the_archive_shipped_it() {
         target: "s3://b/p".into(),
         segments_through_seq: *last,
         checkpoints_through: String::new(),
+        columnar_through_seq: None,
     };
     fs::write(
         tmp.path().join(shipped::SHIP_STATE_FILE),

@@ -269,7 +269,8 @@ pub fn prepare(
     } else {
         None
     };
-    if let (None, Some(maker)) = (&archive_store, &copy_maker) {
+    if let Some(maker) = &copy_maker {
+        // At idle priority; with an archive, the archiver ships each copy once it is made.
         background.spawn(crate::columnar::local::keep_copies(
             config.journal.dir.clone(),
             maker.clone(),
@@ -289,7 +290,7 @@ pub fn prepare(
                 config.archive.retention(),
             )?
             .compression(config.archive.compression)
-            .columnar(copy_maker.clone())
+            .columnar_copies(copy_maker.is_some().then(|| config.columnar.copy_wait()))
             .delete_local_after_ship(config.archive.delete_local_after_ship)
             .store_checked(archive_checked);
             let stats = archiver.stats();

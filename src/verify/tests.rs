@@ -463,6 +463,7 @@ mod checkpoints {
             target: "s3://b/p".into(),
             segments_through_seq: sealed[1].0,
             checkpoints_through: String::new(),
+            columnar_through_seq: None,
         };
         fs::write(
             j.dir.join(crate::journal::shipped::SHIP_STATE_FILE),

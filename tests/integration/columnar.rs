@@ -58,7 +58,8 @@ pub(crate) fn sealed(journal: &Path) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// Wait until every segment sealed now is shipped; returns them.
+/// Wait until every segment sealed now is shipped, and its columnar copy too (made at idle
+/// priority, shipped behind it) when copies are on; returns them.
 pub(crate) fn wait_until_shipped(gw: &Gateway) -> Vec<(u64, u64)> {
     let segments = sealed(&gw.journal);
     let last = segments.last().expect("traffic sealed a segment").1;
@@ -68,7 +69,7 @@ pub(crate) fn wait_until_shipped(gw: &Gateway) -> Vec<(u64, u64)> {
             .ok()
             .flatten()
             .unwrap_or_default();
-        if state.segments_through_seq >= last {
+        if state.segments_through_seq >= last && state.columnar_through() >= last {
             return segments;
         }
         assert!(

@@ -494,8 +494,14 @@ impl<S: ArchiveStore> ArchiveStore for FaultStore<S> {
         }
         Ok(Some(ObjectInfo {
             lock_mode: Some("COMPLIANCE".into()),
-            retain_until: Some(1_000_000_000 + 2192 * 86_400),
-            last_modified: Some(1_000_000_000),
+            // Six years from the object's upload (or now, if the store does not say).
+            retain_until: Some(
+                stored.last_modified.unwrap_or_else(|| {
+                    SystemTime::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs() as i64)
+                }) + 2192 * 86_400,
+            ),
             ..stored
         }))
     }

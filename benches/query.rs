@@ -19,12 +19,17 @@
 //!    compared.
 //! 3. **Copy cost**: per segment, write time (median) and bytes of Parquet against the JSON and
 //!    its zstd archive copy.
-//! 4. **Append throughput** with 64 appenders on the real disk for 10 s, with the gateway's
-//!    copy loop (`keep_copies`, idle priority) making columnar copies of the segments as they
-//!    seal (8 MiB segments, so many seal) and without, alternated, 3 rounds each (medians);
-//!    the CPU the process used, how many copies were made during the load and how long the
-//!    rest took after it. `AUDITGATE_BENCH_ONLY=append` runs this part alone (no archive;
-//!    `target/bench-results/query-append.json`).
+//! 4. **Appends with and without copies being made**: 64 appenders on the real disk for 10 s,
+//!    8 MiB segments (so many seal and want copies), alternated, 3 rounds each (medians):
+//!    nothing beside them (the peer), the gateway's copy loop (`keep_copies`, idle priority),
+//!    and a thread at the same priority that only spins (what using the spare core costs by
+//!    itself). First closed loop (each appender appends again once its record is durable: the
+//!    journal's top speed), then open loop at half of the peer's top speed (a fixed schedule,
+//!    as requests arrive; latency counted from each record's due time). Rate, latency
+//!    percentiles, the process's CPU, copies made during the load and how long the rest took
+//!    after it. `AUDITGATE_BENCH_ONLY=append` runs this part alone (no archive;
+//!    `target/bench-results/query-append.json`); `AUDITGATE_BENCH_OFFERED=RATE` runs only the
+//!    open loop, at that rate.
 //!
 //! Results: a table on stdout and `target/bench-results/query.json`.
 #![allow(
@@ -448,9 +453,13 @@ struct Question {
 
 /// One run of [`APPENDERS`] appenders for [`APPEND_SECS`] on a fresh journal, with the
 /// gateway's copy loop ([`auditgate::columnar::local::keep_copies`], the real one: idle
-/// priority) running beside it or not.
-fn append_throughput(with_copies: bool, root: &Path, round: usize) -> AppendRun {
-    let dir = root.join(format!("append-{with_copies}-{round}"));
+/// priority) running beside it or not. `offered`: `None`, each appender appends again as
+/// soon as its last append is durable (closed loop: the journal's top speed); `Some(rate)`,
+/// the appenders together offer `rate` records a second on a fixed schedule (open loop, as
+/// requests arrive), each append's latency counted from its scheduled time.
+fn append_run(beside: Beside, offered: Option<f64>, root: &Path, round: usize) -> AppendRun {
+    let with_copies = beside == Beside::CopyLoop;
+    let dir = root.join(format!("append-{beside:?}-{round}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let key = dir.join("k");
@@ -489,18 +498,33 @@ fn append_throughput(with_copies: bool, root: &Path, round: usize) -> AppendRun 
             });
         })
     });
+    let spinning = Arc::new(std::sync::atomic::AtomicBool::new(
+        beside == Beside::Spinner,
+    ));
+    let spinner = (beside == Beside::Spinner).then(|| {
+        let spinning = spinning.clone();
+        std::thread::spawn(move || {
+            auditgate::background::make_this_thread_idle();
+            let mut x = 0u64;
+            while spinning.load(Ordering::Relaxed) {
+                for _ in 0..10_000 {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            }
+        })
+    });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let appended = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + APPEND_SECS;
     let patients = Arc::new(Zipf::new(10_000, 0.9));
     let users = Arc::new(Zipf::new(USERS, 1.1));
     let cpu_before = process_cpu_secs();
     let t = Instant::now();
-    rt.block_on(async {
+    let deadline = t + APPEND_SECS;
+    let mut latencies: Vec<Duration> = rt.block_on(async {
         let mut tasks = Vec::new();
         for task in 0..APPENDERS {
             let (j, n, p, u) = (
@@ -511,20 +535,49 @@ fn append_throughput(with_copies: bool, root: &Path, round: usize) -> AppendRun 
             );
             tasks.push(tokio::spawn(async move {
                 let mut rng = Rng(task + 1);
+                let mut latencies = Vec::new();
+                // Open loop: this appender's k-th record is due at start + offset + k * gap.
+                let gap = offered.map(|rate| Duration::from_secs_f64(APPENDERS as f64 / rate));
+                let mut due = t + gap.map_or(Duration::ZERO, |g| {
+                    g.mul_f64(task as f64 / APPENDERS as f64)
+                });
                 while Instant::now() < deadline {
+                    if gap.is_some() {
+                        tokio::time::sleep_until(due.into()).await;
+                    } else {
+                        due = Instant::now();
+                    }
                     let e = event(&mut rng, &p, &u, "bench");
                     j.append(&e).await.unwrap();
+                    latencies.push(due.elapsed());
                     n.fetch_add(1, Ordering::Relaxed);
+                    if let Some(gap) = gap {
+                        due += gap;
+                    }
                 }
+                latencies
             }));
         }
+        let mut all = Vec::new();
         for t in tasks {
-            t.await.unwrap();
+            all.extend(t.await.unwrap());
         }
+        all
     });
     let elapsed = t.elapsed().as_secs_f64();
+    latencies.sort();
+    let percentile = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    let (p50, p99, p999) = (percentile(0.5), percentile(0.99), percentile(0.999));
     let cpu_busy = (process_cpu_secs() - cpu_before) / elapsed / cores();
     let rate = appended.load(Ordering::Relaxed) as f64 / elapsed;
+    spinning.store(false, Ordering::Relaxed);
+    if let Some(spinner) = spinner {
+        spinner.join().unwrap();
+    }
     let sealed_at_end = count_sealed(&journal_dir);
     let copied_at_end = count_files(&journal_dir, ".seal");
     drop(journal);
@@ -542,11 +595,12 @@ fn append_throughput(with_copies: bool, root: &Path, round: usize) -> AppendRun 
         copier.join().unwrap();
     }
     println!(
-        "append, {APPENDERS} appenders, {}: {rate:.0} records/s, CPU {:.0}% of {} cores; {sealed_at_end} segments sealed, {copied_at_end} copied during the load{}",
-        if with_copies {
-            "copy loop running"
-        } else {
-            "no copies"
+        "append, {APPENDERS} appenders, {}, {}: {rate:.0} records/s, latency p50 {p50:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, CPU {:.0}% of {} cores; {sealed_at_end} segments sealed, {copied_at_end} copied during the load{}",
+        offered.map_or("closed loop".to_string(), |r| format!("{r:.0} records/s offered")),
+        match beside {
+            Beside::Nothing => "no copies",
+            Beside::CopyLoop => "copy loop running",
+            Beside::Spinner => "an idle-priority spinner",
         },
         cpu_busy * 100.0,
         cores(),
@@ -559,6 +613,9 @@ fn append_throughput(with_copies: bool, root: &Path, round: usize) -> AppendRun 
     let _ = std::fs::remove_dir_all(&dir);
     AppendRun {
         rate,
+        p50,
+        p99,
+        p999,
         sealed: sealed_at_end,
         copied_during: copied_at_end,
         catch_up_secs,
@@ -574,9 +631,25 @@ const APPEND_SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
 /// Rounds of (without, with) runs, alternated.
 const APPEND_ROUNDS: usize = 3;
 
+/// What runs beside the appenders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Beside {
+    /// Nothing: the peer.
+    Nothing,
+    /// The gateway's copy loop.
+    CopyLoop,
+    /// A thread at the copy loop's priority that only spins (no memory, no I/O): what using
+    /// the spare core at idle priority costs by itself.
+    Spinner,
+}
+
 /// What one throughput run measured.
 struct AppendRun {
     rate: f64,
+    /// Append latency percentiles, milliseconds.
+    p50: f64,
+    p99: f64,
+    p999: f64,
     sealed: usize,
     copied_during: usize,
     catch_up_secs: f64,
@@ -622,34 +695,75 @@ fn cores() -> f64 {
     std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
 }
 
-/// Append throughput without and with the copy loop, alternated for [`APPEND_ROUNDS`].
+/// Appends without and with the copy loop, alternated for [`APPEND_ROUNDS`]: at top speed
+/// (closed loop), then at [`OFFERED_SHARE`] of the top speed without copies (open loop).
 fn append_part(target: &Path) -> serde_json::Value {
     let scratch = target.join("bench-tmp/query-append");
-    let mut with = Vec::new();
-    let mut without = Vec::new();
-    for round in 0..APPEND_ROUNDS {
-        without.push(append_throughput(false, &scratch, round));
-        with.push(append_throughput(true, &scratch, round));
+    let mut results = serde_json::Map::new();
+    // `AUDITGATE_BENCH_OFFERED=RATE`: only the open loop, at that rate.
+    let fixed: Option<f64> = std::env::var("AUDITGATE_BENCH_OFFERED")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let mut top_speed = 0.0;
+    for (name, share) in [("closed_loop", None), ("open_loop", Some(OFFERED_SHARE))] {
+        if fixed.is_some() && share.is_none() {
+            continue;
+        }
+        let offered = fixed.or(share.map(|s| s * top_speed));
+        let mut with = Vec::new();
+        let mut without = Vec::new();
+        let mut spinner = Vec::new();
+        for round in 0..APPEND_ROUNDS {
+            without.push(append_run(Beside::Nothing, offered, &scratch, round));
+            with.push(append_run(Beside::CopyLoop, offered, &scratch, round));
+            spinner.push(append_run(Beside::Spinner, offered, &scratch, round));
+        }
+        let med =
+            |runs: &[AppendRun], f: fn(&AppendRun) -> f64| median(runs.iter().map(f).collect());
+        let (with_rate, without_rate) = (med(&with, |r| r.rate), med(&without, |r| r.rate));
+        if share.is_none() {
+            top_speed = without_rate;
+        }
+        let sealed: usize = with.iter().map(|r| r.sealed).sum();
+        let copied: usize = with.iter().map(|r| r.copied_during).sum();
+        let catch_up = med(&with, |r| r.catch_up_secs);
+        println!(
+            "{name}: with the copy loop / without (medians of {APPEND_ROUNDS}): {with_rate:.0} / {without_rate:.0} records/s = {:.3}x; latency p50 {:.2} / {:.2} ms, p99 {:.2} / {:.2} ms, p99.9 {:.2} / {:.2} ms; copies made during the load: {copied} of {sealed} sealed segments, the rest in {catch_up:.1} s after it (median)",
+            with_rate / without_rate,
+            med(&with, |r| r.p50), med(&without, |r| r.p50),
+            med(&with, |r| r.p99), med(&without, |r| r.p99),
+            med(&with, |r| r.p999), med(&without, |r| r.p999),
+        );
+        let spin_rate = med(&spinner, |r| r.rate);
+        println!(
+            "{name}: an idle-priority spinner / without: {spin_rate:.0} / {without_rate:.0} records/s = {:.3}x; latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
+            spin_rate / without_rate,
+            med(&spinner, |r| r.p50), med(&spinner, |r| r.p99), med(&spinner, |r| r.p999),
+        );
+        let runs = |runs: &[AppendRun]| {
+            runs.iter()
+                .map(|r| serde_json::json!({"rate": r.rate, "p50_ms": r.p50, "p99_ms": r.p99, "p999_ms": r.p999}))
+                .collect::<Vec<_>>()
+        };
+        results.insert(name.into(), serde_json::json!({
+            "offered": offered,
+            "with_copies": with_rate, "without": without_rate, "ratio": with_rate / without_rate,
+            "with_runs": runs(&with), "without_runs": runs(&without),
+            "spinner": spin_rate, "spinner_ratio": spin_rate / without_rate,
+            "spinner_runs": runs(&spinner),
+            "segments_sealed_with_copies": sealed, "copied_during_load": copied,
+            "catch_up_secs_median": catch_up,
+        }));
     }
-    let rates = |runs: &[AppendRun]| median(runs.iter().map(|r| r.rate).collect());
-    let (with_rate, without_rate) = (rates(&with), rates(&without));
-    let sealed: usize = with.iter().map(|r| r.sealed).sum();
-    let copied: usize = with.iter().map(|r| r.copied_during).sum();
-    let catch_up = median(with.iter().map(|r| r.catch_up_secs).collect());
-    println!(
-        "append throughput with the copy loop / without (medians of {APPEND_ROUNDS}): {with_rate:.0} / {without_rate:.0} records/s = {:.3}x; copies made during the load: {copied} of {sealed} sealed segments, the rest in {catch_up:.1} s after it (median)",
-        with_rate / without_rate
-    );
-    serde_json::json!({
-        "appenders": APPENDERS, "secs": APPEND_SECS.as_secs(), "rounds": APPEND_ROUNDS,
-        "segment_bytes": APPEND_SEGMENT_BYTES,
-        "with_copies": with_rate, "without": without_rate, "ratio": with_rate / without_rate,
-        "with_runs": with.iter().map(|r| r.rate).collect::<Vec<_>>(),
-        "without_runs": without.iter().map(|r| r.rate).collect::<Vec<_>>(),
-        "segments_sealed_with_copies": sealed, "copied_during_load": copied,
-        "catch_up_secs_median": catch_up,
-    })
+    results.insert("appenders".into(), APPENDERS.into());
+    results.insert("secs".into(), APPEND_SECS.as_secs().into());
+    results.insert("rounds".into(), APPEND_ROUNDS.into());
+    results.insert("segment_bytes".into(), APPEND_SEGMENT_BYTES.into());
+    serde_json::Value::Object(results)
 }
+
+/// The open-loop runs offer this share of the closed loop's top speed without copies.
+const OFFERED_SHARE: f64 = 0.5;
 
 fn main() {
     let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");

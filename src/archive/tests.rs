@@ -152,8 +152,11 @@ fn make_copy_of(journal: &Path, key: &Path, (first, last): (u64, u64)) {
     assert!(matches!(made, crate::columnar::local::MadeCopy::Ready(..)));
 }
 
+/// Segments by their first and last seq.
+type Ranges = Vec<(u64, u64)>;
+
 /// The archived copies (`.parquet`) and seals, as `(first, last)` of their file names.
-fn archived_copies(archive: &Path) -> (Vec<(u64, u64)>, Vec<(u64, u64)>) {
+fn archived_copies(archive: &Path) -> (Ranges, Ranges) {
     let mut copies = Vec::new();
     let mut seals = Vec::new();
     let mut stack = vec![archive.to_path_buf()];

@@ -203,6 +203,12 @@ pub fn ready_copy(dir: &Path, first: u64, last: u64) -> Option<(Vec<u8>, Vec<u8>
     fits.then_some((parquet, note))
 }
 
+/// A copy goes to disk this many bytes at a time ([`crate::durable::replace_paced`]). In
+/// `cargo bench --bench query` (64 appenders at top speed, copies made all along), appends
+/// ran at 0.93x-0.94x of appends without copies with 256 KiB, as with a copy that wrote
+/// nothing; 0.92x with 64 KiB, 0.88x with 1 MiB, 0.87x with one fsync of the whole file.
+pub const PACED_WRITE_BYTES: usize = 256 << 10;
+
 /// What [`make_copy`] did.
 #[derive(Debug)]
 pub enum MadeCopy {
@@ -245,7 +251,9 @@ pub fn make_copy(
             last,
             source,
         })?;
-    crate::durable::replace(&parquet_file, &copy.parquet).map_err(FileError::on(&parquet_file))?;
+    // Paced: the journal's fdatasync never waits behind more than two chunks of the copy.
+    crate::durable::replace_paced(&parquet_file, &copy.parquet, PACED_WRITE_BYTES)
+        .map_err(FileError::on(&parquet_file))?;
     // Crash point: the copy is durable, its seal not yet: the next attempt makes both again.
     crate::durable::replace(&seal_file, &note).map_err(FileError::on(&seal_file))?;
     let metrics = crate::metrics::global();

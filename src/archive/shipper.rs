@@ -304,21 +304,7 @@ impl Archiver {
     /// failure (the next pass starts there). Returns how many objects were shipped.
     pub async fn ship_pending(&mut self) -> Result<usize, ArchiveError> {
         let mut shipped = 0;
-        let segments = journal::list_segments(&self.journal_dir).map_err(|e| {
-            ArchiveError::Io(FileError {
-                path: self.journal_dir.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })
-        })?;
-        let pending: Vec<(u64, u64, PathBuf)> = segments
-            .into_iter()
-            .filter_map(|(name, path)| match name {
-                SegmentName::Sealed { first, last } if last > self.state.segments_through_seq => {
-                    Some((first, last, path))
-                }
-                _ => None,
-            })
-            .collect();
+        let pending = self.unshipped_segments()?;
         // The backlog is known (and exported) even while the store cannot be reached.
         self.update_backlog(&pending);
         if !self.ready {
@@ -573,6 +559,33 @@ impl Archiver {
         );
     }
 
+    /// List the journal again and export the backlog: after a failed pass, whose own count
+    /// is from its start (segments sealed while it was uploading, e.g. copies, are in it).
+    fn refresh_backlog(&self) {
+        if let Ok(pending) = self.unshipped_segments() {
+            self.update_backlog(&pending);
+        }
+    }
+
+    /// The sealed segments not shipped yet, oldest first: (first, last, path).
+    fn unshipped_segments(&self) -> Result<Vec<(u64, u64, PathBuf)>, ArchiveError> {
+        let segments = journal::list_segments(&self.journal_dir).map_err(|e| {
+            ArchiveError::Io(FileError {
+                path: self.journal_dir.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })
+        })?;
+        Ok(segments
+            .into_iter()
+            .filter_map(|(name, path)| match name {
+                SegmentName::Sealed { first, last } if last > self.state.segments_through_seq => {
+                    Some((first, last, path))
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
     pub(super) fn update_backlog(&self, pending: &[(u64, u64, PathBuf)]) {
         self.stats
             .backlog_segments
@@ -620,6 +633,7 @@ impl Archiver {
                 Err(e) => {
                     failing = true;
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    self.refresh_backlog();
                     if matches!(e, ArchiveError::Conflict { .. }) {
                         tracing::error!(error = %e, category = e.category(), "ARCHIVE CONFLICT: an archived object differs from the local journal; it is not overwritten; investigate");
                     } else {

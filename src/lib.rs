@@ -55,6 +55,7 @@ pub mod network;
 pub mod proxy;
 pub mod query;
 pub mod record;
+pub mod report;
 pub mod rules;
 pub mod server;
 pub mod tlog;

@@ -14,9 +14,11 @@ pub mod outcome;
 pub mod print;
 mod proofs;
 mod query;
+mod report;
 mod rules;
 mod run;
 pub mod token;
+mod trail;
 mod verify;
 
 use std::path::PathBuf;
@@ -95,6 +97,15 @@ pub enum Command {
     /// all hold. Exit 0 with an answer, 1 when it was refused or a columnar copy did not check
     /// out (the answer then comes from the segments, and says so), 2 if it could not run.
     Query(Box<query::QueryArgs>),
+    /// The auditor's reports over journals and archives: `access` (every access to one
+    /// patient's data), `activity` (what one user touched, per day), `breach` (the timeline
+    /// of a suspect user, IP, device or client app in a window, and the patients exposed).
+    ///
+    /// Each is verified and proven as `query` answers are, and says which nodes and which
+    /// records it covers; `--format json` (or `--proof FILE`) carries the completeness proof
+    /// that `auditgate verify-report` re-checks offline. Exit 0 with a report, 1 when it was
+    /// refused or a columnar copy did not check out, 2 if it could not run.
+    Report(Box<report::ReportArgs>),
     /// Check a query's proof file offline with the nodes' public keys: each node's scanned
     /// range is a contiguous piece of the log its checkpoint signs, and each returned record
     /// is in that log. Exit 0 when it holds, 1 when not, 2 if it could not be read.
@@ -284,6 +295,7 @@ pub fn main() -> ExitCode {
         Command::Verify(args) => ("verify", verify::run(args)),
         Command::Backfill(args) => ("backfill", backfill::run(args)),
         Command::Query(args) => ("query", query::run(*args)),
+        Command::Report(args) => ("report", report::run(*args)),
         Command::VerifyReport { file, key, json } => {
             ("verify-report", query::verify_report(&file, &key, json))
         }

@@ -3,31 +3,19 @@
 
 use std::path::PathBuf;
 
-use super::archive_args::{open_store, ArchiveLocation};
 use super::outcome::{CliError, Verdict};
-use crate::archive::Layout;
-use crate::query::answer::{answer, Request, SortKey};
+use super::trail::{Asked, Trail, TrailArgs};
+use crate::query::answer::{Request, SortKey};
 use crate::query::filter::{parse_time, Filters, StatusFilter};
 use crate::query::output::{self, Format};
-use crate::query::run::QueryError;
-use crate::query::source::{self, Fetcher, NodeSources};
-use crate::tlog::checkpoint::{CheckpointSigner, CheckpointVerifier};
+use crate::tlog::checkpoint::CheckpointVerifier;
 
 /// `auditgate query`'s arguments.
 #[derive(Debug, clap::Args)]
 pub struct QueryArgs {
-    /// Read the journal, the archive and the key of this gateway configuration.
-    #[arg(long, short, env = "AUDITGATE_CONFIG", conflicts_with_all = ["journal", "archive"])]
-    pub config: Option<PathBuf>,
-    /// A local journal directory (one node's; repeatable). Its open segment is read too.
-    #[arg(long)]
-    pub journal: Vec<PathBuf>,
-    /// The archive (`s3://BUCKET/PREFIX` or a directory archive).
+    /// Where the trail is and how it is checked.
     #[command(flatten)]
-    pub location: ArchiveLocation,
-    /// Only these nodes (repeatable; default: every node found).
-    #[arg(long)]
-    pub node: Vec<String>,
+    pub trail: TrailArgs,
     /// Records naming this patient (repeatable: any of them).
     #[arg(long)]
     pub patient: Vec<String>,
@@ -92,19 +80,13 @@ pub struct QueryArgs {
     /// device_id).
     #[arg(long, value_delimiter = ',')]
     pub columns: Vec<String>,
-    /// A node's checkpoint public key (a `.pub` file or the key text; one per node, matched
-    /// by its name `auditgate/NODE`). With `--config`, the gateway's own key is used.
-    #[arg(long, value_name = "PUBKEY")]
-    pub key: Vec<String>,
-    /// Answer without checking chains, seals, checkpoints or proofs (said in the output).
-    #[arg(long)]
-    pub no_verify: bool,
     /// Write the answer's proof here (checked offline with `auditgate verify-report`).
     #[arg(long, value_name = "FILE", conflicts_with = "no_verify")]
     pub proof: Option<PathBuf>,
 }
 
-fn parse_net(text: &str) -> Result<ipnet::IpNet, String> {
+/// An IP address or CIDR network as `--ip` takes it.
+pub(super) fn parse_net(text: &str) -> Result<ipnet::IpNet, String> {
     if let Ok(net) = text.parse::<ipnet::IpNet>() {
         return Ok(net);
     }
@@ -147,93 +129,16 @@ pub fn run(args: QueryArgs) -> Result<Verdict, CliError> {
         args.columns.clone()
     };
     output::check_columns(&columns).map_err(CliError::Usage)?;
-    let mut keys = Vec::new();
-    for key in &args.key {
-        keys.push(CheckpointVerifier::load(key).map_err(|e| CliError::part("--key", e))?);
-    }
-    let mut journals = args.journal.clone();
-    let mut archive = match &args.location.archive {
-        Some(a) => Some(args.location.config(a).map_err(CliError::Usage)?),
-        None => None,
-    };
-    if let Some(path) = &args.config {
-        let config = crate::config::Config::load(path)?;
-        journals.push(config.journal.dir.clone());
-        if config.archive.kind != crate::archive::ArchiveKind::None {
-            archive = Some(config.archive.clone());
-        }
-        let signer = CheckpointSigner::load(&config.checkpoint.key_file, false, "")
-            .map_err(|e| CliError::part("checkpoint key", e))?;
-        keys.push(
-            CheckpointVerifier::from_text(signer.public_key())
-                .map_err(|e| CliError::part("checkpoint key", e))?,
-        );
-    }
-    if journals.is_empty() && archive.is_none() {
-        return Err(CliError::Usage(
-            "give --journal DIR, --archive ARCHIVE, or --config FILE".into(),
-        ));
-    }
+    let trail = Trail::open(&args.trail)?;
     let request = Request {
         filters: args.filters(),
         sort: args.sort.clone(),
         limit: args.limit,
-        verify: !args.no_verify,
+        verify: trail.verify,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::part("cannot start the async runtime", e))?;
-    let store = archive
-        .as_ref()
-        .map(|cfg| runtime.block_on(open_store(cfg)));
-    let fetcher = Fetcher {
-        store: store.clone(),
-        runtime: runtime.handle().clone(),
-    };
-    // Every node's sources: the archive's, and each journal's (the local copy wins).
-    let mut nodes: std::collections::BTreeMap<String, NodeSources> = match (&store, &archive) {
-        (Some(store), Some(cfg)) => runtime
-            .block_on(source::archive_sources(
-                store,
-                &Layout::new(&cfg.prefix),
-                &args.node,
-            ))
-            .map_err(CliError::failed)?,
-        _ => Default::default(),
-    };
-    for dir in &journals {
-        let node = source::node_of_journal(dir)
-            .map_err(CliError::failed)?
-            .ok_or_else(|| {
-                CliError::Usage(format!(
-                    "{}: holds no record (not a journal?)",
-                    dir.display()
-                ))
-            })?;
-        let local = source::local_sources(dir, &node).map_err(CliError::failed)?;
-        let merged = match nodes.remove(&node) {
-            Some(archived) => source::merge(archived, local),
-            None => local,
-        };
-        nodes.insert(node, merged);
-    }
-    let sources: Vec<NodeSources> = nodes
-        .into_values()
-        .filter(|n| args.node.is_empty() || args.node.contains(&n.node))
-        .collect();
-    // Blocking reads call into the runtime from this thread (not one of its workers).
-    let answer = match answer(&request, &sources, &fetcher, &keys) {
-        Ok(answer) => answer,
-        Err(
-            e @ (QueryError::Unverified { .. }
-            | QueryError::Scan(crate::query::scan::ScanError::Integrity { .. })),
-        ) => {
-            println!("REFUSED: {e}");
-            println!("the answer cannot be proven from the trail; `auditgate verify` says what is wrong (or --no-verify to see it anyway)");
-            return Ok(Verdict::Findings);
-        }
-        Err(e) => return Err(CliError::failed(e)),
+    let answer = match trail.ask(&request)? {
+        Asked::Answered(answer) => answer,
+        Asked::Refused => return Ok(Verdict::Findings),
     };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

@@ -27,6 +27,7 @@ mod network;
 mod operations;
 mod proofs;
 mod query;
+mod report;
 mod s3_kit;
 mod sql;
 mod tamper;

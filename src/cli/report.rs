@@ -215,10 +215,8 @@ pub fn run(args: ReportArgs) -> Result<Verdict, CliError> {
     ));
     let mut report = Report::over(kind, title, parameters, &answer, query, trail.verify);
     match &args.kind {
-        ReportKind::Access { patient, .. } => {
-            reports::access::build(&mut report, patient, &accesses)
-        }
-        ReportKind::Activity { user, .. } => reports::activity::build(&mut report, user, &accesses),
+        ReportKind::Access { .. } => reports::access::build(&mut report, &accesses),
+        ReportKind::Activity { .. } => reports::activity::build(&mut report, &accesses),
         ReportKind::Breach { .. } => reports::breach::build(&mut report, &accesses),
     }
     if !common.sort.is_empty() {

@@ -47,10 +47,9 @@ pub fn row(a: &Access) -> Vec<String> {
     ]
 }
 
-/// Fill `report` (made over the answer to "records naming `patient`") with the accesses.
-pub fn build(report: &mut Report, patient: &str, accesses: &[Access]) {
+/// Fill `report` (made over the answer to "records naming the patient") with the accesses.
+pub fn build(report: &mut Report, accesses: &[Access]) {
     let users: std::collections::BTreeSet<String> = accesses.iter().map(Access::user).collect();
-    report.fact("patient", patient);
     report.fact("accesses", accesses.len());
     report.fact("distinct users", users.len());
     report.fact(

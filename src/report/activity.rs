@@ -36,8 +36,8 @@ pub const REQUEST_COLUMNS: &[&str] = &[
     "evidence",
 ];
 
-/// Fill `report` (made over the answer to "records of `user`") with the days and requests.
-pub fn build(report: &mut Report, user: &str, accesses: &[Access]) {
+/// Fill `report` (made over the answer to "records of the user") with the days and requests.
+pub fn build(report: &mut Report, accesses: &[Access]) {
     #[derive(Default)]
     struct Day {
         requests: usize,
@@ -58,7 +58,6 @@ pub fn build(report: &mut Report, user: &str, accesses: &[Access]) {
             day.refused += 1;
         }
     }
-    report.fact("user", user);
     report.fact("requests", accesses.len());
     report.fact("days with activity", days.len());
     report.fact("distinct patients", all_patients.len());

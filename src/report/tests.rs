@@ -138,7 +138,7 @@ fn html_escapes_every_recorded_value_and_csv_quotes_them() {
         serde_json::Value::Null,
         false,
     );
-    access::build(&mut report, "p<script>", &list);
+    access::build(&mut report, &list);
     let mut html = Vec::new();
     render(&report, ReportFormat::Html, &mut html).unwrap();
     let html = String::from_utf8(html).unwrap();

@@ -98,8 +98,9 @@ pub enum Command {
     /// out (the answer then comes from the segments, and says so), 2 if it could not run.
     Query(Box<query::QueryArgs>),
     /// The auditor's reports over journals and archives: `access` (every access to one
-    /// patient's data), `activity` (what one user touched, per day), `breach` (the timeline
-    /// of a suspect user, IP, device or client app in a window, and the patients exposed).
+    /// patient's data), `disclosures` (the HIPAA 164.528 accounting of one patient's record),
+    /// `activity` (what one user touched, per day), `breach` (the timeline of a suspect user,
+    /// IP, device or client app in a window, and the patients exposed).
     ///
     /// Each is verified and proven as `query` answers are, and says which nodes and which
     /// records it covers; `--format json` (or `--proof FILE`) carries the completeness proof

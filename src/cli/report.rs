@@ -8,6 +8,7 @@ use super::outcome::{CliError, Verdict};
 use super::trail::{Asked, Trail, TrailArgs};
 use crate::query::answer::Request;
 use crate::query::filter::{day_start_micros, parse_time, Filters};
+use crate::report::config::ReportsConfig;
 use crate::report::render::{self, ReportFormat};
 use crate::report::{self as reports, requests, Report};
 
@@ -29,6 +30,21 @@ pub enum ReportKind {
         /// The patient's ID (as recorded: the FHIR Patient id).
         #[arg(long)]
         patient: String,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// The HIPAA 164.528 accounting of disclosures of one patient's record: date, recipient
+    /// (client app and organisation, from the `[reports]` registry), what, and why. An access
+    /// is a disclosure when it may have given data out and its client app is marked external,
+    /// or its purpose of use is not treatment, payment or operations.
+    Disclosures {
+        /// The patient's ID.
+        #[arg(long)]
+        patient: String,
+        /// The client registry and TPO purposes: a file with the keys of `[reports]`
+        /// (default: the `[reports]` section of `--config`, else none).
+        #[arg(long, value_name = "FILE")]
+        registry: Option<PathBuf>,
         #[command(flatten)]
         common: CommonArgs,
     },
@@ -113,6 +129,16 @@ fn shown(micros: i64) -> String {
 /// `auditgate report KIND`.
 pub fn run(args: ReportArgs) -> Result<Verdict, CliError> {
     let (kind, mut filters, common) = match &args.kind {
+        ReportKind::Disclosures {
+            patient, common, ..
+        } => (
+            "disclosures",
+            Filters {
+                patients: vec![patient.clone()],
+                ..Filters::default()
+            },
+            common,
+        ),
         ReportKind::Access { patient, common } => (
             "access",
             Filters {
@@ -178,6 +204,10 @@ pub fn run(args: ReportArgs) -> Result<Verdict, CliError> {
             title = format!("Accesses to the record of patient {patient}");
             parameters.push(("patient".into(), patient.clone()));
         }
+        ReportKind::Disclosures { patient, .. } => {
+            title = format!("Accounting of disclosures of the record of patient {patient}");
+            parameters.push(("patient".into(), patient.clone()));
+        }
         ReportKind::Activity { user, .. } => {
             title = format!("Activity of user {user}");
             parameters.push(("user".into(), user.clone()));
@@ -216,6 +246,14 @@ pub fn run(args: ReportArgs) -> Result<Verdict, CliError> {
     let mut report = Report::over(kind, title, parameters, &answer, query, trail.verify);
     match &args.kind {
         ReportKind::Access { .. } => reports::access::build(&mut report, &accesses),
+        ReportKind::Disclosures { registry, .. } => {
+            let registry = match (registry, &trail.config) {
+                (Some(path), _) => ReportsConfig::load(path)?,
+                (None, Some(config)) => config.reports.clone(),
+                (None, None) => ReportsConfig::default(),
+            };
+            reports::disclosures::build(&mut report, &accesses, &registry)
+        }
         ReportKind::Activity { .. } => reports::activity::build(&mut report, &accesses),
         ReportKind::Breach { .. } => reports::breach::build(&mut report, &accesses),
     }

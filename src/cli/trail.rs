@@ -48,6 +48,8 @@ pub struct Trail {
     keys: Vec<CheckpointVerifier>,
     /// Answers are verified and proven (not `--no-verify`).
     pub verify: bool,
+    /// The gateway configuration it was opened from (`--config`).
+    pub config: Option<crate::config::Config>,
 }
 
 /// What asking the trail gave.
@@ -70,6 +72,7 @@ impl Trail {
             Some(a) => Some(args.location.config(a).map_err(CliError::Usage)?),
             None => None,
         };
+        let mut gateway_config = None;
         if let Some(path) = &args.config {
             let config = crate::config::Config::load(path)?;
             journals.push(config.journal.dir.clone());
@@ -82,6 +85,7 @@ impl Trail {
                 CheckpointVerifier::from_text(signer.public_key())
                     .map_err(|e| CliError::part("checkpoint key", e))?,
             );
+            gateway_config = Some(config);
         }
         if journals.is_empty() && archive.is_none() {
             return Err(CliError::Usage(
@@ -136,6 +140,7 @@ impl Trail {
             sources,
             keys,
             verify: !args.no_verify,
+            config: gateway_config,
         })
     }
 

@@ -79,6 +79,10 @@ pub struct Config {
     /// How much one request may write into the journal; the flood summary.
     #[serde(default)]
     pub records: records::RecordsConfig,
+    /// What the auditor's reports need to know: the client application registry, TPO
+    /// purposes.
+    #[serde(default)]
+    pub reports: crate::report::config::ReportsConfig,
 }
 
 /// Log output format.
@@ -182,6 +186,7 @@ impl Config {
         self.clock.validate()?;
         self.tls.validate()?;
         self.records.validate()?;
+        self.reports.validate()?;
         for addr in &self.tls.listen {
             if self.server.listen.contains(addr)
                 || (self.admin.enabled && self.admin.listen == *addr)

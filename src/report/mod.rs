@@ -15,6 +15,8 @@
 pub mod access;
 pub mod activity;
 pub mod breach;
+pub mod config;
+pub mod disclosures;
 pub mod render;
 pub mod requests;
 

@@ -165,3 +165,56 @@ fn html_escapes_every_recorded_value_and_csv_quotes_them() {
     assert_eq!(json["verified"], false);
     assert!(json["proof"].is_null());
 }
+
+#[test]
+fn the_reports_section_parses_validates_and_rejects_unknown_keys() {
+    let parsed: config::ReportsConfig = toml::from_str(
+        "tpo_purposes = [\"TREAT\"]\n[clients.portal]\nname = \"Portal\"\nexternal = true\n",
+    )
+    .unwrap();
+    parsed.validate().unwrap();
+    assert!(parsed.client("portal").unwrap().external);
+    assert!(parsed.is_tpo("treat"), "codes compare without case");
+    assert!(!parsed.is_tpo("HPAYMT"), "the list replaces the default");
+    let defaults = config::ReportsConfig::default();
+    assert!(defaults.is_tpo("HOPERAT") && !defaults.is_tpo("HRESCH"));
+    assert!(
+        toml::from_str::<config::ReportsConfig>("[clients.p]\nname = \"P\"\nextern = 1\n").is_err()
+    );
+    let unnamed: config::ReportsConfig = toml::from_str("[clients.p]\nname = \" \"\n").unwrap();
+    let e = unnamed.validate().unwrap_err().to_string();
+    assert!(e.contains("reports.clients.p.name"), "{e}");
+}
+
+#[test]
+fn a_disclosure_may_have_given_data_out_to_an_external_app_or_for_a_purpose_beyond_tpo() {
+    let registry: config::ReportsConfig = toml::from_str(
+        "[clients.portal]\nname = \"Portal\"\nexternal = true\n[clients.ehr]\nname = \"EHR\"\n",
+    )
+    .unwrap();
+    let with = |client: &str, purpose: &[&str], status: u16| {
+        let mut r = record(1, "a", Phase::Outcome, Some(status), &["p1"]);
+        if let Who::Authenticated(actor) = &mut r.event.who {
+            actor.client_id = Some(client.into());
+            actor.purpose_of_use = purpose.iter().map(|p| p.to_string()).collect();
+        }
+        let list = accesses(&answer_of(&[r])).unwrap();
+        disclosures::why_disclosed(&list[0], &registry)
+    };
+    assert_eq!(with("ehr", &["TREAT"], 200), None);
+    assert_eq!(with("ehr", &[], 200), None);
+    assert_eq!(
+        with("portal", &["TREAT"], 200).as_deref(),
+        Some("external client application")
+    );
+    assert_eq!(
+        with("portal", &["TREAT"], 403),
+        None,
+        "a refused access gave nothing out"
+    );
+    assert_eq!(
+        with("ehr", &["TREAT", "HRESCH"], 200).as_deref(),
+        Some("purpose other than treatment, payment or operations (HRESCH)")
+    );
+    assert!(with("unknown", &["PUBHLTH"], 200).is_some());
+}

@@ -29,6 +29,8 @@ struct Made {
     patients: &'static [&'static str],
     status: u16,
     break_glass: bool,
+    /// The declared purpose of use.
+    purpose: &'static str,
     /// A change: an intent record one second before the outcome.
     change: bool,
 }
@@ -53,6 +55,7 @@ const fn made(
         patients,
         status,
         break_glass: false,
+        purpose: "TREAT",
         change: false,
     }
 }
@@ -149,6 +152,19 @@ fn requests() -> Vec<Made> {
             &["p1"],
             200,
         ),
+        Made {
+            client: "research-portal",
+            purpose: "HRESCH",
+            ..made(
+                "2026-03-06T12:00:00Z",
+                "res-c",
+                "10.0.0.9",
+                Read,
+                ("Condition", Some("c1")),
+                &["p6"],
+                200,
+            )
+        },
     ]
 }
 
@@ -167,7 +183,7 @@ fn events() -> Vec<(Event, i64)> {
             issuer: "https://idp.example".into(),
             name: Some(format!("Name of {}", m.user)),
             client_id: Some(m.client.into()),
-            purpose_of_use: vec!["TREAT".into()],
+            purpose_of_use: vec![m.purpose.into()],
             break_glass: m.break_glass,
             ..Actor::default()
         });
@@ -212,7 +228,7 @@ struct Trail {
 }
 
 /// The made-up trail of node `gw-r`: the first 5 records archived (zstd, with a copy), the
-/// other 4 in the local journal (sealed, with a copy).
+/// other 5 in the local journal (sealed, with a copy).
 fn trail() -> Trail {
     let root = tempfile::tempdir().unwrap();
     let archive = root.path().join("archive");
@@ -221,7 +237,7 @@ fn trail() -> Trail {
     write_key_pair(&key, "auditgate/gw-r").unwrap();
     let signer = CheckpointSigner::load(&key, false, "").unwrap();
     let events = events();
-    assert_eq!(events.len(), 9);
+    assert_eq!(events.len(), 10);
     synthetic_trail(
         &archive,
         PREFIX,
@@ -229,7 +245,7 @@ fn trail() -> Trail {
         "gw-r",
         &signer,
         &events,
-        &[(5, Stored::ZstdWithCopy), (4, Stored::LocalWithCopy)],
+        &[(5, Stored::ZstdWithCopy), (5, Stored::LocalWithCopy)],
         &auditgate::columnar::WriteOptions::default(),
     );
     Trail {
@@ -334,7 +350,7 @@ fn a_patients_access_report_lists_every_request_that_named_them_with_its_who_wha
     // Which nodes and records it covers, and the proof of it.
     assert_eq!(report["coverage"][0]["node"], "gw-r");
     assert_eq!(report["coverage"][0]["first"], 1);
-    assert_eq!(report["coverage"][0]["last"], 9);
+    assert_eq!(report["coverage"][0]["last"], 10);
     assert_eq!(
         report["proof"]["nodes"][0]["records"]
             .as_array()
@@ -502,7 +518,7 @@ fn every_format_renders_and_the_proof_rechecks_offline() {
     );
     assert!(table.contains("Accesses (4)"), "{table}");
     assert!(
-        table.contains("node gw-r: records 1..=9 scanned") && table.contains("signed checkpoint"),
+        table.contains("node gw-r: records 1..=10 scanned") && table.contains("signed checkpoint"),
         "{table}"
     );
     let check = Command::new(env!("CARGO_BIN_EXE_auditgate"))
@@ -573,4 +589,66 @@ fn a_report_without_the_nodes_key_is_refused() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("REFUSED"));
+}
+
+#[test]
+fn the_disclosures_view_lists_external_recipients_and_purposes_other_than_tpo() {
+    let t = trail();
+    let dir = tempfile::tempdir().unwrap();
+    let registry = dir.path().join("registry.toml");
+    std::fs::write(
+        &registry,
+        "[clients.ehr-web]\nname = \"Ward EHR\"\norganisation = \"St Example\"\n\n\
+         [clients.rogue-app]\nname = \"Partner portal\"\norganisation = \"Acme Billing Ltd\"\nexternal = true\n",
+    )
+    .unwrap();
+    let with = |patient: &str| {
+        t.json(&[
+            "disclosures",
+            "--patient",
+            patient,
+            "--registry",
+            registry.to_str().unwrap(),
+        ])
+    };
+    // p1: four accesses; the one through the external partner portal is a disclosure.
+    let p1 = with("p1");
+    assert_eq!(p1["facts"]["accesses to the record"], "4");
+    assert_eq!(column(&p1, 0, "time"), ["2026-03-03T23:00:00.000000Z"]);
+    assert_eq!(column(&p1, 0, "recipient"), ["Partner portal"]);
+    assert_eq!(column(&p1, 0, "organisation"), ["Acme Billing Ltd"]);
+    assert_eq!(column(&p1, 0, "description"), ["search Patient"]);
+    assert_eq!(
+        column(&p1, 0, "why_listed"),
+        ["external client application"]
+    );
+    assert_eq!(
+        p1["facts"]["client applications not in the registry"],
+        "none"
+    );
+    // p4: both accesses through the portal; p5: its only access failed (404): none.
+    assert_eq!(column(&with("p4"), 0, "evidence"), ["gw-r:6", "gw-r:8"]);
+    assert_eq!(with("p5")["facts"]["disclosures"], "0");
+    // p6: read for research through an app the registry does not know.
+    let p6 = with("p6");
+    assert_eq!(
+        column(&p6, 0, "why_listed"),
+        ["purpose other than treatment, payment or operations (HRESCH)"]
+    );
+    assert_eq!(column(&p6, 0, "recipient"), ["research-portal"]);
+    assert_eq!(
+        p6["facts"]["client applications not in the registry"],
+        "research-portal"
+    );
+    // A registry with an unknown key is refused with the key named.
+    std::fs::write(&registry, "[clients.x]\nname = \"X\"\nexternl = true\n").unwrap();
+    let (code, _, stderr) = t.report(&[
+        "disclosures",
+        "--patient",
+        "p1",
+        "--registry",
+        registry.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("externl"), "{stderr}");
 }

@@ -44,7 +44,22 @@ pub enum ReportKind {
         /// The client registry and TPO purposes: a file with the keys of `[reports]`
         /// (default: the `[reports]` section of `--config`, else none).
         #[arg(long, value_name = "FILE")]
-        registry: Option<PathBuf>,
+        reports: Option<PathBuf>,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// Snooping flags over a window (`--from` required): bulk access, after-hours access,
+    /// break-glass, watched patients, self-access, a user's first access to a patient, access
+    /// from a new country or network. Each is a rule with its parameters in
+    /// `[reports.flags]`; the README describes them.
+    Flags {
+        /// Only these flags (repeatable; default: all).
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(crate::report::flags::KINDS))]
+        only: Vec<String>,
+        /// The flags' parameters: a file with the keys of `[reports]` (default: the
+        /// `[reports]` section of `--config`, else the defaults).
+        #[arg(long, value_name = "FILE")]
+        reports: Option<PathBuf>,
         #[command(flatten)]
         common: CommonArgs,
     },
@@ -129,6 +144,7 @@ fn shown(micros: i64) -> String {
 /// `auditgate report KIND`.
 pub fn run(args: ReportArgs) -> Result<Verdict, CliError> {
     let (kind, mut filters, common) = match &args.kind {
+        ReportKind::Flags { common, .. } => ("flags", Filters::default(), common),
         ReportKind::Disclosures {
             patient, common, ..
         } => (
@@ -177,6 +193,23 @@ pub fn run(args: ReportArgs) -> Result<Verdict, CliError> {
     filters.since_micros = common.from;
     filters.until_micros = common.to;
     let trail = Trail::open(&common.trail)?;
+    let reports_config = |file: &Option<PathBuf>| -> Result<ReportsConfig, CliError> {
+        Ok(match (file, &trail.config) {
+            (Some(path), _) => ReportsConfig::load(path)?,
+            (None, Some(config)) => config.reports.clone(),
+            (None, None) => ReportsConfig::default(),
+        })
+    };
+    // Flags read the lookback before the window too (first access, new country or network).
+    let mut flags_config = None;
+    if let ReportKind::Flags { reports, .. } = &args.kind {
+        let config = reports_config(reports)?;
+        let from = common.from.ok_or_else(|| {
+            CliError::Usage("report flags needs --from (the start of the window)".into())
+        })?;
+        filters.since_micros = Some(from - i64::from(config.flags.lookback_days) * 86_400_000_000);
+        flags_config = Some(config.flags);
+    }
     let request = Request {
         filters,
         sort: Vec::new(),
@@ -207,6 +240,31 @@ pub fn run(args: ReportArgs) -> Result<Verdict, CliError> {
         ReportKind::Disclosures { patient, .. } => {
             title = format!("Accounting of disclosures of the record of patient {patient}");
             parameters.push(("patient".into(), patient.clone()));
+        }
+        ReportKind::Flags { only, .. } => {
+            title = "Accesses flagged for review".to_string();
+            parameters.push((
+                "flags".into(),
+                if only.is_empty() {
+                    "all".into()
+                } else {
+                    only.join(", ")
+                },
+            ));
+            if let Some(flags) = &flags_config {
+                parameters.push((
+                    "parameters".into(),
+                    format!(
+                        "bulk above {} patients an hour; business hours {} {}{}; {} watched patients; lookback {} days",
+                        flags.bulk_patients_per_hour,
+                        flags.business_hours,
+                        flags.time_zone,
+                        if flags.weekends_after_hours { ", weekends after hours" } else { "" },
+                        flags.watch_patients.len(),
+                        flags.lookback_days
+                    ),
+                ));
+            }
         }
         ReportKind::Activity { user, .. } => {
             title = format!("Activity of user {user}");
@@ -246,13 +304,17 @@ pub fn run(args: ReportArgs) -> Result<Verdict, CliError> {
     let mut report = Report::over(kind, title, parameters, &answer, query, trail.verify);
     match &args.kind {
         ReportKind::Access { .. } => reports::access::build(&mut report, &accesses),
-        ReportKind::Disclosures { registry, .. } => {
-            let registry = match (registry, &trail.config) {
-                (Some(path), _) => ReportsConfig::load(path)?,
-                (None, Some(config)) => config.reports.clone(),
-                (None, None) => ReportsConfig::default(),
-            };
+        ReportKind::Disclosures { reports, .. } => {
+            let registry = reports_config(reports)?;
             reports::disclosures::build(&mut report, &accesses, &registry)
+        }
+        ReportKind::Flags { only, .. } => {
+            let from = common.from.unwrap_or_default();
+            let (history, window): (Vec<_>, Vec<_>) = accesses
+                .into_iter()
+                .partition(|a| crate::columnar::rows::micros_of(a.ts()).is_some_and(|t| t < from));
+            let flags = flags_config.unwrap_or_default();
+            reports::flags::build(&mut report, &window, &history, &flags, only)?;
         }
         ReportKind::Activity { .. } => reports::activity::build(&mut report, &accesses),
         ReportKind::Breach { .. } => reports::breach::build(&mut report, &accesses),

@@ -21,6 +21,122 @@ pub struct ReportsConfig {
     /// client application is external.
     #[serde(default = "default_tpo_purposes")]
     pub tpo_purposes: Vec<String>,
+    /// The snooping flags' parameters: `[reports.flags]`.
+    #[serde(default)]
+    pub flags: FlagsConfig,
+}
+
+/// `[reports.flags]`: the parameters of `auditgate report flags`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlagsConfig {
+    /// Bulk access: a user reaching more distinct patients than this in one clock hour.
+    #[serde(default = "default_bulk_patients_per_hour")]
+    pub bulk_patients_per_hour: usize,
+    /// The site's business hours, local time, `HH:MM-HH:MM`; accesses outside are after-hours.
+    #[serde(default = "default_business_hours")]
+    pub business_hours: String,
+    /// The site's time zone (IANA name, e.g. `Europe/London`, `America/New_York`).
+    #[serde(default = "default_time_zone")]
+    pub time_zone: String,
+    /// Saturdays and Sundays are after-hours all day.
+    #[serde(default = "default_true")]
+    pub weekends_after_hours: bool,
+    /// Patients whose every access is flagged (VIPs, staff, people in the news).
+    #[serde(default)]
+    pub watch_patients: Vec<String>,
+    /// Users' own patient IDs (`user = "patient id"`): a user opening their own record is
+    /// flagged, as is one whose token names the patient (`fhirUser` `Patient/ID`, `patient`).
+    #[serde(default)]
+    pub staff_patients: BTreeMap<String, String>,
+    /// How far before the window the first-access and new-country/network flags look for a
+    /// user's earlier accesses, in days.
+    #[serde(default = "default_lookback_days")]
+    pub lookback_days: u32,
+}
+
+fn default_bulk_patients_per_hour() -> usize {
+    50
+}
+fn default_business_hours() -> String {
+    "07:00-19:00".into()
+}
+fn default_time_zone() -> String {
+    "UTC".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_lookback_days() -> u32 {
+    90
+}
+
+impl Default for FlagsConfig {
+    fn default() -> Self {
+        FlagsConfig {
+            bulk_patients_per_hour: default_bulk_patients_per_hour(),
+            business_hours: default_business_hours(),
+            time_zone: default_time_zone(),
+            weekends_after_hours: true,
+            watch_patients: Vec::new(),
+            staff_patients: BTreeMap::new(),
+            lookback_days: default_lookback_days(),
+        }
+    }
+}
+
+impl FlagsConfig {
+    /// Check the values are usable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.bulk_patients_per_hour == 0 {
+            return Err(ConfigError::invalid(
+                "reports.flags.bulk_patients_per_hour",
+                "must be at least 1",
+            ));
+        }
+        self.business_hours()?;
+        self.tz()?;
+        if !(1..=3650).contains(&self.lookback_days) {
+            return Err(ConfigError::invalid(
+                "reports.flags.lookback_days",
+                format!("{} is outside 1 to 3650", self.lookback_days),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The business hours: (start, end), local time; start before end.
+    pub fn business_hours(&self) -> Result<(chrono::NaiveTime, chrono::NaiveTime), ConfigError> {
+        let invalid = |why: &str| {
+            ConfigError::invalid(
+                "reports.flags.business_hours",
+                format!("{:?}: {why}", self.business_hours),
+            )
+        };
+        let (start, end) = self
+            .business_hours
+            .split_once('-')
+            .ok_or_else(|| invalid("give HH:MM-HH:MM"))?;
+        let time = |t: &str| {
+            chrono::NaiveTime::parse_from_str(t.trim(), "%H:%M")
+                .map_err(|_| invalid("give HH:MM-HH:MM"))
+        };
+        let (start, end) = (time(start)?, time(end)?);
+        if start >= end {
+            return Err(invalid("the start must be before the end"));
+        }
+        Ok((start, end))
+    }
+
+    /// The time zone.
+    pub fn tz(&self) -> Result<chrono_tz::Tz, ConfigError> {
+        self.time_zone.parse::<chrono_tz::Tz>().map_err(|_| {
+            ConfigError::invalid(
+                "reports.flags.time_zone",
+                format!("{:?} is not an IANA time zone name", self.time_zone),
+            )
+        })
+    }
 }
 
 /// One client application of the registry.
@@ -49,6 +165,7 @@ impl Default for ReportsConfig {
         ReportsConfig {
             clients: BTreeMap::new(),
             tpo_purposes: default_tpo_purposes(),
+            flags: FlagsConfig::default(),
         }
     }
 }
@@ -76,7 +193,7 @@ impl ReportsConfig {
                 format!("{p:?} is empty"),
             ));
         }
-        Ok(())
+        self.flags.validate()
     }
 
     /// The registry entry of `client_id`.
@@ -91,7 +208,8 @@ impl ReportsConfig {
             .any(|p| p.eq_ignore_ascii_case(purpose))
     }
 
-    /// Load a file holding only these keys (`[clients.ID]`, `tpo_purposes`), validated.
+    /// Load a file holding only these keys (`tpo_purposes`, `[clients.ID]`, `[flags]`),
+    /// validated.
     pub fn load(path: &std::path::Path) -> Result<ReportsConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigError::invalid(path.display().to_string(), format!("cannot read: {e}"))

@@ -17,6 +17,7 @@ pub mod activity;
 pub mod breach;
 pub mod config;
 pub mod disclosures;
+pub mod flags;
 pub mod render;
 pub mod requests;
 

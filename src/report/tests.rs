@@ -184,6 +184,33 @@ fn the_reports_section_parses_validates_and_rejects_unknown_keys() {
     let unnamed: config::ReportsConfig = toml::from_str("[clients.p]\nname = \" \"\n").unwrap();
     let e = unnamed.validate().unwrap_err().to_string();
     assert!(e.contains("reports.clients.p.name"), "{e}");
+    for (bad, key) in [
+        (
+            "[flags]\ntime_zone = \"Mars/Olympus\"\n",
+            "reports.flags.time_zone",
+        ),
+        (
+            "[flags]\nbusiness_hours = \"19:00-07:00\"\n",
+            "reports.flags.business_hours",
+        ),
+        (
+            "[flags]\nbusiness_hours = \"9-5\"\n",
+            "reports.flags.business_hours",
+        ),
+        (
+            "[flags]\nbulk_patients_per_hour = 0\n",
+            "reports.flags.bulk_patients_per_hour",
+        ),
+        (
+            "[flags]\nlookback_days = 0\n",
+            "reports.flags.lookback_days",
+        ),
+    ] {
+        let parsed: config::ReportsConfig = toml::from_str(bad).unwrap();
+        let e = parsed.validate().unwrap_err().to_string();
+        assert!(e.contains(key), "{bad}: {e}");
+    }
+    assert!(toml::from_str::<config::ReportsConfig>("[flags]\nbulk = 3\n").is_err());
 }
 
 #[test]
@@ -217,4 +244,225 @@ fn a_disclosure_may_have_given_data_out_to_an_external_app_or_for_a_purpose_beyo
         Some("purpose other than treatment, payment or operations (HRESCH)")
     );
     assert!(with("unknown", &["PUBHLTH"], 200).is_some());
+}
+
+/// An authenticated, successful access by `user` to `patients` at `ts` from `ip`.
+fn access_at(seq: u64, ts: &str, user: &str, patients: &[&str], ip: &str) -> Record {
+    let mut r = record(seq, &format!("r{seq}"), Phase::Outcome, Some(200), patients);
+    r.header.ts = ts.into();
+    if let Who::Authenticated(actor) = &mut r.event.who {
+        actor.user = user.into();
+    }
+    r.event.net.client_ip = ip.into();
+    r
+}
+
+/// The flags raised: (flag, user, patient) of each row, for `window` given `history`.
+fn flags_of(
+    window: &[Record],
+    history: &[Record],
+    config: &config::FlagsConfig,
+) -> Vec<(String, String, String)> {
+    let answer = answer_of(window);
+    let window = accesses(&answer).unwrap();
+    let history = accesses(&answer_of(history)).unwrap();
+    let mut report = Report::over(
+        "flags",
+        "t".into(),
+        vec![],
+        &answer,
+        serde_json::Value::Null,
+        false,
+    );
+    flags::build(&mut report, &window, &history, config, &[]).unwrap();
+    report.sections[0]
+        .rows
+        .iter()
+        .map(|r| (r[0].clone(), r[2].clone(), r[3].clone()))
+        .collect()
+}
+
+fn only(flags: &[(String, String, String)], kind: &str) -> Vec<(String, String)> {
+    flags
+        .iter()
+        .filter(|f| f.0 == kind)
+        .map(|f| (f.1.clone(), f.2.clone()))
+        .collect()
+}
+
+fn pair(user: &str, patient: &str) -> (String, String) {
+    (user.to_string(), patient.to_string())
+}
+
+#[test]
+fn bulk_access_is_more_distinct_patients_in_one_clock_hour_than_the_threshold() {
+    let window = [
+        access_at(
+            1,
+            "2026-03-02T09:00:00.000000Z",
+            "u",
+            &["p1", "p2"],
+            "10.0.0.1",
+        ),
+        access_at(2, "2026-03-02T09:59:00.000000Z", "u", &["p3"], "10.0.0.1"),
+        // Another user: two in one hour, one in the next.
+        access_at(
+            3,
+            "2026-03-02T09:10:00.000000Z",
+            "v",
+            &["p1", "p2"],
+            "10.0.0.1",
+        ),
+        access_at(4, "2026-03-02T10:00:00.000000Z", "v", &["p3"], "10.0.0.1"),
+    ];
+    let config = config::FlagsConfig {
+        bulk_patients_per_hour: 2,
+        business_hours: "00:00-23:59".into(),
+        weekends_after_hours: false,
+        ..Default::default()
+    };
+    let flags = flags_of(&window, &[], &config);
+    assert_eq!(only(&flags, "bulk_access"), [pair("u", "")]);
+    let higher = config::FlagsConfig {
+        bulk_patients_per_hour: 3,
+        ..config
+    };
+    assert!(only(&flags_of(&window, &[], &higher), "bulk_access").is_empty());
+}
+
+#[test]
+fn after_hours_follows_the_sites_time_zone_daylight_saving_and_weekends() {
+    let config = config::FlagsConfig {
+        time_zone: "America/New_York".into(),
+        business_hours: "07:00-19:00".into(),
+        ..Default::default()
+    };
+    let window = [
+        // Mon 2 March 18:30 EST: inside.
+        access_at(1, "2026-03-02T23:30:00.000000Z", "a", &["p1"], "10.0.0.1"),
+        // Mon 19:30 EST: after hours.
+        access_at(2, "2026-03-03T00:30:00.000000Z", "b", &["p1"], "10.0.0.1"),
+        // Wed 1 July 07:30 EDT (06:30 if daylight saving were ignored): inside.
+        access_at(3, "2026-07-01T11:30:00.000000Z", "c", &["p1"], "10.0.0.1"),
+        // Sat 7 March noon EST: a weekend.
+        access_at(4, "2026-03-07T17:00:00.000000Z", "d", &["p1"], "10.0.0.1"),
+    ];
+    let flags = flags_of(&window, &[], &config);
+    assert_eq!(
+        only(&flags, "after_hours"),
+        [pair("b", "p1"), pair("d", "p1")]
+    );
+    let weekdays_only = config::FlagsConfig {
+        weekends_after_hours: false,
+        ..config
+    };
+    assert_eq!(
+        only(&flags_of(&window, &[], &weekdays_only), "after_hours"),
+        [pair("b", "p1")]
+    );
+}
+
+#[test]
+fn break_glass_watch_list_and_self_access_flag_each_access_that_matches_only() {
+    let mut glass = access_at(1, "2026-03-02T09:00:00.000000Z", "a", &["p1"], "10.0.0.1");
+    let mut own = access_at(2, "2026-03-02T09:01:00.000000Z", "b", &["p7"], "10.0.0.1");
+    let mut other = access_at(3, "2026-03-02T09:02:00.000000Z", "b", &["p8"], "10.0.0.1");
+    let staff = access_at(
+        4,
+        "2026-03-02T09:03:00.000000Z",
+        "nurse",
+        &["p9"],
+        "10.0.0.1",
+    );
+    let mut refused = access_at(5, "2026-03-02T09:04:00.000000Z", "e", &["vip"], "10.0.0.1");
+    let watched = access_at(
+        6,
+        "2026-03-02T09:05:00.000000Z",
+        "f",
+        &["vip", "p2"],
+        "10.0.0.1",
+    );
+    if let Who::Authenticated(actor) = &mut glass.event.who {
+        actor.break_glass = true;
+    }
+    for r in [&mut own, &mut other] {
+        if let Who::Authenticated(actor) = &mut r.event.who {
+            actor.fhir_user = Some("Patient/p7".into());
+        }
+    }
+    refused.event.outcome = Some(Outcome {
+        status: 403,
+        ..Outcome::default()
+    });
+    let config = config::FlagsConfig {
+        business_hours: "00:00-23:59".into(),
+        weekends_after_hours: false,
+        watch_patients: vec!["vip".into()],
+        staff_patients: [("nurse".to_string(), "p9".to_string())].into(),
+        ..Default::default()
+    };
+    let flags = flags_of(&[glass, own, other, staff, refused, watched], &[], &config);
+    assert_eq!(only(&flags, "break_glass"), [pair("a", "p1")]);
+    assert_eq!(
+        only(&flags, "self_access"),
+        [pair("b", "p7"), pair("nurse", "p9")]
+    );
+    assert_eq!(
+        only(&flags, "watch_list"),
+        [pair("f", "vip")],
+        "a refused access reached no data"
+    );
+    assert!(only(&flags, "after_hours").is_empty());
+}
+
+#[test]
+fn first_access_and_new_country_or_network_compare_with_the_users_history() {
+    let mut history = vec![access_at(
+        1,
+        "2026-02-01T09:00:00.000000Z",
+        "u",
+        &["p1"],
+        "10.0.0.5",
+    )];
+    let set_country = |r: &mut Record, country: &str| {
+        r.event.net.geo = Some(Some(crate::record::Geo {
+            country: Some(country.into()),
+            ..Default::default()
+        }));
+    };
+    set_country(&mut history[0], "US");
+    let mut same = access_at(2, "2026-03-02T09:00:00.000000Z", "u", &["p1"], "10.0.0.77");
+    set_country(&mut same, "US");
+    let mut abroad = access_at(
+        3,
+        "2026-03-02T10:00:00.000000Z",
+        "u",
+        &["p2"],
+        "198.51.100.4",
+    );
+    set_country(&mut abroad, "FR");
+    let mut newcomer = access_at(
+        4,
+        "2026-03-02T11:00:00.000000Z",
+        "w",
+        &["p1"],
+        "198.51.100.4",
+    );
+    set_country(&mut newcomer, "FR");
+    let config = config::FlagsConfig {
+        business_hours: "00:00-23:59".into(),
+        weekends_after_hours: false,
+        ..Default::default()
+    };
+    let flags = flags_of(&[same, abroad, newcomer], &history, &config);
+    assert_eq!(
+        only(&flags, "first_access"),
+        [pair("u", "p2"), pair("w", "p1")]
+    );
+    assert_eq!(only(&flags, "new_country"), [pair("u", "")]);
+    assert_eq!(
+        only(&flags, "new_network"),
+        [pair("u", "")],
+        "10.0.0.77 is in the /24 of the history's 10.0.0.5; a user without history is not compared"
+    );
 }

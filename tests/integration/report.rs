@@ -607,7 +607,7 @@ fn the_disclosures_view_lists_external_recipients_and_purposes_other_than_tpo() 
             "disclosures",
             "--patient",
             patient,
-            "--registry",
+            "--reports",
             registry.to_str().unwrap(),
         ])
     };
@@ -646,9 +646,71 @@ fn the_disclosures_view_lists_external_recipients_and_purposes_other_than_tpo() 
         "disclosures",
         "--patient",
         "p1",
-        "--registry",
+        "--reports",
         registry.to_str().unwrap(),
     ]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("externl"), "{stderr}");
+}
+
+#[test]
+fn the_flags_report_raises_each_rule_on_the_made_up_trail() {
+    let t = trail();
+    let dir = tempfile::tempdir().unwrap();
+    let reports = dir.path().join("reports.toml");
+    std::fs::write(
+        &reports,
+        "[flags]\nwatch_patients = [\"p4\"]\ntime_zone = \"UTC\"\nbusiness_hours = \"07:00-19:00\"\n",
+    )
+    .unwrap();
+    let report = t.json(&[
+        "flags",
+        "--from",
+        "2026-03-03",
+        "--to",
+        "2026-03-04",
+        "--reports",
+        reports.to_str().unwrap(),
+    ]);
+    let rows: Vec<(String, String, String)> = report["sections"][0]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["flag"].as_str().unwrap().to_string(),
+                r["time"].as_str().unwrap()[..16].to_string(),
+                r["patient"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let row = |flag: &str, time: &str, patient: &str| {
+        (flag.to_string(), time.to_string(), patient.to_string())
+    };
+    // dr-a's refused read at 22:00 and mallory's 404 at 01:00 reached no data: not flagged.
+    // mallory had no access in the lookback: each of her patients is a first access.
+    assert_eq!(
+        rows,
+        [
+            row("after_hours", "2026-03-03T23:00", "p1 p3 p4"),
+            row("break_glass", "2026-03-03T23:00", "p1 p3 p4"),
+            row("first_access", "2026-03-03T23:00", "p1"),
+            row("first_access", "2026-03-03T23:00", "p3"),
+            row("first_access", "2026-03-03T23:00", "p4"),
+            row("watch_list", "2026-03-03T23:00", "p4"),
+            row("after_hours", "2026-03-04T02:00", "p4"),
+            row("watch_list", "2026-03-04T02:00", "p4"),
+        ]
+    );
+    assert_eq!(report["facts"]["accesses in the window"], "4");
+    // --only, and --from is required.
+    let only = t.json(&["flags", "--from", "2026-03-03", "--only", "watch_list"]);
+    assert_eq!(
+        only["sections"][0]["rows"].as_array().unwrap().len(),
+        0,
+        "no watch list by default"
+    );
+    let (code, _, stderr) = t.report(&["flags"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--from"), "{stderr}");
 }

@@ -1084,6 +1084,7 @@ async fn verify_node(
         }
     }
 
+    columnar.finish();
     report.chain.columnar_copies = columnar.copies;
     report.chain.segments_without_columnar = columnar.without_copy;
     let (head_seq, head_leaf) = chain.head;

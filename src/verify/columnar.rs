@@ -3,7 +3,10 @@
 //!
 //! For each segment in seq order (fed whether it has a copy or not, so the tree is known):
 //!
-//! * a copy and a seal come in pairs ([`Finding::ColumnarUnpaired`] otherwise);
+//! * a copy and a seal come in pairs ([`Finding::ColumnarUnpaired`] otherwise), but for the
+//!   last copy of all when its seal is missing: copies are made one at a time, in seq order,
+//!   the Parquet file first, so that is the copy a crash (or the archiver's next pass)
+//!   interrupted; it counts as a segment without a copy, and is made (shipped) again;
 //! * the seal opens with the node's key (when one is given) and names the segment's records;
 //!   its tree hashes (range blocks, tiles) are those of the records' leaves, and its tree
 //!   before the records is the journal's, when the check has seen every record since seq 1
@@ -47,6 +50,8 @@ pub(super) struct ColumnarCheck<'k> {
     pub(super) copies: usize,
     /// Segments fed without a copy.
     pub(super) without_copy: usize,
+    /// A Parquet file without its seal, a finding unless no later segment has a copy.
+    unpaired_parquet: Option<Finding>,
 }
 
 impl<'k> ColumnarCheck<'k> {
@@ -57,6 +62,15 @@ impl<'k> ColumnarCheck<'k> {
             tree: Some(Frontier::new()),
             copies: 0,
             without_copy: 0,
+            unpaired_parquet: None,
+        }
+    }
+
+    /// After the last segment: a Parquet file without its seal that no later copy followed is
+    /// the copy being made when the writer stopped, a segment without a copy.
+    pub(super) fn finish(&mut self) {
+        if self.unpaired_parquet.take().is_some() {
+            self.without_copy += 1;
         }
     }
 
@@ -80,6 +94,10 @@ impl<'k> ColumnarCheck<'k> {
         let leaves: Vec<Hash> = write::lines(segment)
             .map(|line| Hash(crate::record::leaf_hash(line)))
             .collect();
+        if files.parquet.is_some() || files.seal.is_some() {
+            // A later copy was made: the unpaired one before it was not interrupted.
+            findings.extend(self.unpaired_parquet.take());
+        }
         match files {
             CopyFiles {
                 parquet: Some((copy_label, parquet)),
@@ -101,10 +119,12 @@ impl<'k> ColumnarCheck<'k> {
             CopyFiles {
                 parquet: Some((present, _)),
                 seal: None,
-            } => findings.push(Finding::ColumnarUnpaired {
-                missing: crate::columnar::local::file_name(first, last, "seal"),
-                present,
-            }),
+            } => {
+                self.unpaired_parquet = Some(Finding::ColumnarUnpaired {
+                    missing: crate::columnar::local::file_name(first, last, "seal"),
+                    present,
+                })
+            }
             CopyFiles {
                 parquet: None,
                 seal: Some((present, _)),
@@ -284,5 +304,60 @@ fn check_rows(
             field.name()
         )));
         return;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment(first: u64, last: u64) -> Vec<u8> {
+        let events: Vec<_> = (first..=last)
+            .map(|n| crate::fixtures::event(n as usize))
+            .collect();
+        crate::fixtures::segment_bytes("n1", first, &"00".repeat(32), &events, 1_000)
+    }
+
+    fn parquet_only() -> CopyFiles {
+        CopyFiles {
+            parquet: Some(("copy".into(), Vec::new())),
+            seal: None,
+        }
+    }
+
+    #[test]
+    fn only_the_last_copy_may_lack_its_seal_as_an_interrupted_copy_does() {
+        // The last copy without its seal: the one being made when the writer stopped.
+        let mut check = ColumnarCheck::new(None);
+        let mut findings = Vec::new();
+        check.segment(1, 2, &segment(1, 2), parquet_only(), &mut findings);
+        check.segment(3, 4, &segment(3, 4), CopyFiles::default(), &mut findings);
+        check.finish();
+        assert!(findings.is_empty(), "{findings:?}");
+        assert_eq!(check.without_copy, 2);
+
+        // One followed by another copy's file: a finding (copies are made in order).
+        let mut check = ColumnarCheck::new(None);
+        let mut findings = Vec::new();
+        check.segment(1, 2, &segment(1, 2), parquet_only(), &mut findings);
+        check.segment(3, 4, &segment(3, 4), parquet_only(), &mut findings);
+        check.finish();
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert!(matches!(
+            &findings[0],
+            Finding::ColumnarUnpaired { missing, .. } if missing.ends_with("00000000000000000002.seal")
+        ));
+        assert_eq!(check.without_copy, 1);
+
+        // A seal without its copy is never a crash state.
+        let mut check = ColumnarCheck::new(None);
+        let mut findings = Vec::new();
+        let seal_only = CopyFiles {
+            parquet: None,
+            seal: Some(("seal".into(), Vec::new())),
+        };
+        check.segment(1, 2, &segment(1, 2), seal_only, &mut findings);
+        check.finish();
+        assert_eq!(findings.len(), 1, "{findings:?}");
     }
 }

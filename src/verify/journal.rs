@@ -160,6 +160,7 @@ fn verify_once(dir: &Path, options: &Options) -> Result<Report, JournalError> {
             columnar.segment(*first, *last, &bytes, files, &mut report.chain.findings);
         }
     }
+    columnar.finish();
     report.chain.columnar_copies = columnar.copies;
     report.chain.segments_without_columnar = columnar.without_copy;
     drop(ahead);

@@ -8,6 +8,7 @@
 mod archive_args;
 mod backfill;
 pub mod demo;
+mod export;
 mod geoip;
 pub mod logging;
 pub mod outcome;
@@ -108,6 +109,11 @@ pub enum Command {
     /// that `auditgate verify-report` re-checks offline. Exit 0 with a report, 1 when it was
     /// refused or a columnar copy did not check out, 2 if it could not run.
     Report(Box<report::ReportArgs>),
+    /// Export the trail's records as FHIR R4 `AuditEvent` resources following IHE BALP
+    /// (Basic Audit Log Patterns), one per line (NDJSON): one event per patient a request
+    /// named, searches and operations as action E. Takes `query`'s trail and filters; the
+    /// records are verified first, as `query` verifies them.
+    Export(Box<export::ExportArgs>),
     /// Check a query's proof file offline with the nodes' public keys: each node's scanned
     /// range is a contiguous piece of the log its checkpoint signs, and each returned record
     /// is in that log. Exit 0 when it holds, 1 when not, 2 if it could not be read.
@@ -298,6 +304,7 @@ pub fn main() -> ExitCode {
         Command::Backfill(args) => ("backfill", backfill::run(args)),
         Command::Query(args) => ("query", query::run(*args)),
         Command::Report(args) => ("report", report::run(*args)),
+        Command::Export(args) => ("export", export::run(*args)),
         Command::VerifyReport { file, key, json } => {
             ("verify-report", query::verify_report(&file, &key, json))
         }

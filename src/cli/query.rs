@@ -16,6 +16,33 @@ pub struct QueryArgs {
     /// Where the trail is and how it is checked.
     #[command(flatten)]
     pub trail: TrailArgs,
+    /// Which records.
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Sort by these columns, comma-separated; `-` before one sorts it largest first
+    /// (default: ts). Ties are broken by time, node and seq.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    pub sort: Vec<SortKey>,
+    /// Return at most this many records (after sorting).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// table, jsonl (the journal lines themselves) or csv.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// The columns of a table or CSV, comma-separated (default: ts, node, seq, user_id,
+    /// action, interaction, resource_type, resource_id, patient_ids, status, client_ip,
+    /// device_id).
+    #[arg(long, value_delimiter = ',')]
+    pub columns: Vec<String>,
+    /// Write the answer's proof here (checked offline with `auditgate verify-report`).
+    #[arg(long, value_name = "FILE", conflicts_with = "no_verify")]
+    pub proof: Option<PathBuf>,
+}
+
+/// The filters of `query` and `export`: one given twice means either value; different ones
+/// must all hold.
+#[derive(Debug, clap::Args)]
+pub struct FilterArgs {
     /// Records naming this patient (repeatable: any of them).
     #[arg(long)]
     pub patient: Vec<String>,
@@ -65,24 +92,6 @@ pub struct QueryArgs {
     /// Records before this time.
     #[arg(long, value_parser = parse_time)]
     pub until: Option<i64>,
-    /// Sort by these columns, comma-separated; `-` before one sorts it largest first
-    /// (default: ts). Ties are broken by time, node and seq.
-    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
-    pub sort: Vec<SortKey>,
-    /// Return at most this many records (after sorting).
-    #[arg(long)]
-    pub limit: Option<usize>,
-    /// table, jsonl (the journal lines themselves) or csv.
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    pub format: Format,
-    /// The columns of a table or CSV, comma-separated (default: ts, node, seq, user_id,
-    /// action, interaction, resource_type, resource_id, patient_ids, status, client_ip,
-    /// device_id).
-    #[arg(long, value_delimiter = ',')]
-    pub columns: Vec<String>,
-    /// Write the answer's proof here (checked offline with `auditgate verify-report`).
-    #[arg(long, value_name = "FILE", conflicts_with = "no_verify")]
-    pub proof: Option<PathBuf>,
 }
 
 /// An IP address or CIDR network as `--ip` takes it.
@@ -95,8 +104,9 @@ pub(super) fn parse_net(text: &str) -> Result<ipnet::IpNet, String> {
         .map_err(|_| format!("{text:?} is not an IP address or CIDR network"))
 }
 
-impl QueryArgs {
-    fn filters(&self) -> Filters {
+impl FilterArgs {
+    /// The filters these arguments give.
+    pub fn filters(&self) -> Filters {
         Filters {
             patients: self.patient.clone(),
             users: self.user.clone(),
@@ -131,7 +141,7 @@ pub fn run(args: QueryArgs) -> Result<Verdict, CliError> {
     output::check_columns(&columns).map_err(CliError::Usage)?;
     let trail = Trail::open(&args.trail)?;
     let request = Request {
-        filters: args.filters(),
+        filters: args.filter.filters(),
         sort: args.sort.clone(),
         limit: args.limit,
         verify: trail.verify,

@@ -14,6 +14,7 @@
 
 pub mod access;
 pub mod activity;
+pub mod auditevent;
 pub mod breach;
 pub mod config;
 pub mod disclosures;

@@ -213,6 +213,7 @@ fn events() -> Vec<(Event, i64)> {
         }
         e.outcome = Some(Outcome {
             status: m.status,
+            code: Outcome::code_for_status(m.status),
             ..Outcome::default()
         });
         out.push((e, at));
@@ -713,4 +714,163 @@ fn the_flags_report_raises_each_rule_on_the_made_up_trail() {
     let (code, _, stderr) = t.report(&["flags"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--from"), "{stderr}");
+}
+
+/// Validates every line of an NDJSON file as an R4 `AuditEvent` with two FHIR libraries:
+/// fhirclient's R4 models (strict) and fhir.resources' R4B model (pydantic; AuditEvent is the
+/// same in R4 and R4B). Prints the count.
+const VALIDATE_AUDIT_EVENTS: &str = r#"
+import json, sys
+from fhirclient.models.auditevent import AuditEvent as R4AuditEvent
+from fhir.resources.R4B.auditevent import AuditEvent as R4BAuditEvent
+n = 0
+for line in open(sys.argv[1]):
+    event = json.loads(line)
+    R4AuditEvent(event, strict=True)
+    R4BAuditEvent.model_validate(event)
+    n += 1
+print(n)
+"#;
+
+#[test]
+fn exported_audit_events_are_valid_r4_and_carry_what_balp_requires() {
+    use base64::Engine as _;
+    let t = trail();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("events.ndjson");
+    let run = Command::new(env!("CARGO_BIN_EXE_auditgate"))
+        .args([
+            "export",
+            "--format",
+            "fhir",
+            "--server-address",
+            "ehr.example",
+        ])
+        .args(["--archive", t.archive.to_str().unwrap(), "--prefix", PREFIX])
+        .args(["--journal", t.journal.to_str().unwrap()])
+        .args(["--key", t.key.to_str().unwrap()])
+        .args(["-o", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let text = std::fs::read_to_string(&out).unwrap();
+    let events: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // One event per patient: the 9 requests name 1+2+1+1+3+1+1+1+1 patients.
+    assert_eq!(events.len(), 12);
+    let validated =
+        crate::support::python::run_python(VALIDATE_AUDIT_EVENTS, &[out.to_str().unwrap()], &[]);
+    let printed = crate::support::python::assert_success(&validated, "AuditEvent validation");
+    assert_eq!(printed.trim(), "12");
+
+    for e in &events {
+        // The BALP required elements, checked one by one.
+        assert_eq!(e["resourceType"], "AuditEvent");
+        assert_eq!(e["type"]["code"], "rest", "{e}");
+        assert!(e["subtype"][0]["code"].is_string(), "{e}");
+        assert!(e["recorded"].as_str().unwrap().ends_with('Z'), "{e}");
+        assert!(
+            ["0", "4", "8", "12"].contains(&e["outcome"].as_str().unwrap()),
+            "{e}"
+        );
+        let agents = e["agent"].as_array().unwrap();
+        let role = |code: &str| {
+            agents
+                .iter()
+                .find(|a| a["type"]["coding"][0]["code"] == code)
+                .unwrap_or_else(|| panic!("no {code} agent: {e}"))
+        };
+        assert!(
+            role("110153")["network"]["address"].is_string(),
+            "client address: {e}"
+        );
+        assert_eq!(role("110152")["network"]["address"], "ehr.example");
+        let user = role("IRCP");
+        assert_eq!(user["requestor"], true);
+        assert_eq!(user["who"]["identifier"]["system"], "https://idp.example");
+        assert!(e["source"]["observer"]["display"]
+            .as_str()
+            .unwrap()
+            .contains("gw-r"));
+        let entities = e["entity"].as_array().unwrap();
+        assert!(
+            entities.iter().any(|x| x["type"]["code"] == "XrequestId"),
+            "request id: {e}"
+        );
+        let patients: Vec<&Value> = entities
+            .iter()
+            .filter(|x| x["role"]["code"] == "1")
+            .collect();
+        assert_eq!(patients.len(), 1, "one patient per event: {e}");
+        assert!(e["meta"]["profile"][0].as_str().unwrap().starts_with(
+            "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.Patient"
+        ));
+    }
+    // Mallory's search returned three patients: three PatientQuery events, action E, each
+    // with the query (base64) and its own patient.
+    let search: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["recorded"] == "2026-03-03T23:00:00.000000Z")
+        .collect();
+    assert_eq!(search.len(), 3);
+    let mut named = Vec::new();
+    for e in &search {
+        assert_eq!(e["action"], "E");
+        assert!(e["meta"]["profile"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("IHE.BasicAudit.PatientQuery"));
+        let query = e["entity"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["role"]["code"] == "24")
+            .unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(query["query"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(String::from_utf8(decoded).unwrap(), "/fhir/metadata");
+        let user = e["agent"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["requestor"] == true)
+            .unwrap();
+        assert_eq!(user["who"]["identifier"]["value"], "mallory");
+        named.push(
+            e["entity"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["role"]["code"] == "1")
+                .unwrap()["what"]["reference"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(named, ["Patient/p1", "Patient/p3", "Patient/p4"]);
+    // The update keeps U and the read R; a refused read's outcome is a failure.
+    let update = events
+        .iter()
+        .find(|e| e["recorded"] == "2026-03-02T10:00:01.000000Z")
+        .unwrap();
+    assert_eq!(update["action"], "U");
+    assert!(update["meta"]["profile"][0]
+        .as_str()
+        .unwrap()
+        .ends_with("PatientUpdate"));
+    let refused = events
+        .iter()
+        .find(|e| e["recorded"] == "2026-03-03T22:00:00.000000Z")
+        .unwrap();
+    assert_eq!(refused["action"], "R");
+    assert_eq!(refused["outcome"], "4");
+    assert_eq!(refused["outcomeDesc"], "HTTP 403");
 }

@@ -125,15 +125,11 @@ fn small_signed_journal(n: usize) -> (tempfile::TempDir, PathBuf, PathBuf) {
     (tmp, journal, key)
 }
 
-fn sealed_segments(journal: &Path) -> Vec<(u64, u64)> {
-    journal::list_segments(journal)
-        .unwrap()
-        .into_iter()
-        .filter_map(|(name, _)| match name {
-            SegmentName::Sealed { first, last } => Some((first, last)),
-            SegmentName::Open { .. } => None,
-        })
-        .collect()
+use crate::fixtures::sealed_segments;
+
+/// An archiver of node `n1`'s journal under prefix `audit`, objects kept a day.
+fn archiver_of(journal: &Path, store: Arc<dyn ArchiveStore>) -> Archiver {
+    Archiver::new(journal, "n1", "audit", store, Duration::from_secs(86_400)).unwrap()
 }
 
 /// Make the columnar copy of sealed segment `first..=last` as the gateway's copy loop does.
@@ -185,15 +181,8 @@ fn archived_copies(archive: &Path) -> (Ranges, Ranges) {
 async fn segments_ship_without_waiting_for_their_copies_which_follow_in_order_once_made() {
     let (tmp, journal, key) = small_signed_journal(60);
     let archive = tmp.path().join("archive");
-    let mut archiver = Archiver::new(
-        &journal,
-        "n1",
-        "audit",
-        Arc::new(DirStore::new(&archive)),
-        Duration::from_secs(86_400),
-    )
-    .unwrap()
-    .columnar_copies(Some(Duration::from_secs(3600)));
+    let mut archiver = archiver_of(&journal, Arc::new(DirStore::new(&archive)))
+        .columnar_copies(Some(Duration::from_secs(3600)));
     let sealed = sealed_segments(&journal);
     assert!(sealed.len() >= 3, "{sealed:?}");
     let newest = sealed.last().unwrap().1;
@@ -223,14 +212,7 @@ async fn segments_ship_without_waiting_for_their_copies_which_follow_in_order_on
     assert_eq!(archived_copies(&archive).0, sealed[..3].to_vec());
 
     // A restart continues from the progress file (nothing is shipped twice as new).
-    let restarted = Archiver::new(
-        &journal,
-        "n1",
-        "audit",
-        Arc::new(DirStore::new(&archive)),
-        Duration::from_secs(86_400),
-    )
-    .unwrap();
+    let restarted = archiver_of(&journal, Arc::new(DirStore::new(&archive)));
     assert_eq!(restarted.state().columnar_through(), sealed[2].1);
 }
 
@@ -245,16 +227,9 @@ async fn a_copy_not_made_within_the_wait_is_given_up_and_local_removal_waits_for
     };
     let sealed = sealed_segments(&journal);
     let newest = sealed.last().unwrap().1;
-    let mut archiver = Archiver::new(
-        &journal,
-        "n1",
-        "audit",
-        worm(&archive),
-        Duration::from_secs(86_400),
-    )
-    .unwrap()
-    .columnar_copies(Some(Duration::from_secs(3600)))
-    .delete_local_after_ship(true);
+    let mut archiver = archiver_of(&journal, worm(&archive))
+        .columnar_copies(Some(Duration::from_secs(3600)))
+        .delete_local_after_ship(true);
 
     // Shipped, but their copies are owed: the local segments stay.
     archiver.ship_pending().await.unwrap();
@@ -274,16 +249,9 @@ async fn a_copy_not_made_within_the_wait_is_given_up_and_local_removal_waits_for
         .columnar_copies
         .with_label_values(&["failed"])
         .get();
-    let mut impatient = Archiver::new(
-        &journal,
-        "n1",
-        "audit",
-        worm(&archive),
-        Duration::from_secs(86_400),
-    )
-    .unwrap()
-    .columnar_copies(Some(Duration::ZERO))
-    .delete_local_after_ship(true);
+    let mut impatient = archiver_of(&journal, worm(&archive))
+        .columnar_copies(Some(Duration::ZERO))
+        .delete_local_after_ship(true);
     impatient.ship_pending().await.unwrap();
     assert_eq!(impatient.state().columnar_through(), newest);
     assert_eq!(sealed_segments(&journal), vec![*sealed.last().unwrap()]);
@@ -304,14 +272,7 @@ async fn with_copies_off_no_copy_is_owed_and_a_file_from_before_the_cursor_owes_
     let archive = tmp.path().join("archive");
     let sealed = sealed_segments(&journal);
     let newest = sealed.last().unwrap().1;
-    let mut off = Archiver::new(
-        &journal,
-        "n1",
-        "audit",
-        Arc::new(DirStore::new(&archive)),
-        Duration::from_secs(86_400),
-    )
-    .unwrap();
+    let mut off = archiver_of(&journal, Arc::new(DirStore::new(&archive)));
     off.ship_pending().await.unwrap();
     assert_eq!(off.state().columnar_through(), newest);
     assert_eq!(
@@ -327,15 +288,8 @@ async fn with_copies_off_no_copy_is_owed_and_a_file_from_before_the_cursor_owes_
     let mut legacy = ShipState::read(&journal).unwrap().unwrap();
     legacy.columnar_through_seq = None;
     legacy.store(&journal).unwrap();
-    let mut on = Archiver::new(
-        &journal,
-        "n1",
-        "audit",
-        Arc::new(DirStore::new(&archive)),
-        Duration::from_secs(86_400),
-    )
-    .unwrap()
-    .columnar_copies(Some(Duration::ZERO));
+    let mut on = archiver_of(&journal, Arc::new(DirStore::new(&archive)))
+        .columnar_copies(Some(Duration::ZERO));
     assert_eq!(on.state().columnar_through(), newest);
     on.ship_pending().await.unwrap();
     assert_eq!(on.state().columnar_through(), newest);

@@ -7,8 +7,7 @@ use std::path::PathBuf;
 
 use super::outcome::{CliError, Verdict};
 use super::query::FilterArgs;
-use super::trail::{Asked, Trail, TrailArgs};
-use crate::query::answer::Request;
+use super::trail::{Trail, TrailArgs};
 use crate::report::auditevent::{events, ExportContext};
 use crate::report::requests;
 
@@ -43,15 +42,8 @@ pub struct ExportArgs {
 /// `auditgate export`.
 pub fn run(args: ExportArgs) -> Result<Verdict, CliError> {
     let trail = Trail::open(&args.trail)?;
-    let request = Request {
-        filters: args.filter.filters(),
-        sort: Vec::new(),
-        limit: None,
-        verify: trail.verify,
-    };
-    let answer = match trail.ask(&request)? {
-        Asked::Answered(answer) => answer,
-        Asked::Refused => return Ok(Verdict::Findings),
+    let Some((_, answer)) = trail.ask_all(args.filter.filters())? else {
+        return Ok(Verdict::Findings);
     };
     let context = ExportContext {
         server_address: args

@@ -5,8 +5,7 @@
 use std::path::PathBuf;
 
 use super::outcome::{CliError, Verdict};
-use super::trail::{Asked, Trail, TrailArgs};
-use crate::query::answer::Request;
+use super::trail::{Trail, TrailArgs};
 use crate::query::filter::{day_start_micros, parse_time, Filters};
 use crate::report::config::ReportsConfig;
 use crate::report::render::{self, ReportFormat};
@@ -210,15 +209,8 @@ pub fn run(args: ReportArgs) -> Result<Verdict, CliError> {
         filters.since_micros = Some(from - i64::from(config.flags.lookback_days) * 86_400_000_000);
         flags_config = Some(config.flags);
     }
-    let request = Request {
-        filters,
-        sort: Vec::new(),
-        limit: None,
-        verify: trail.verify,
-    };
-    let answer = match trail.ask(&request)? {
-        Asked::Answered(answer) => answer,
-        Asked::Refused => return Ok(Verdict::Findings),
+    let Some((request, answer)) = trail.ask_all(filters)? else {
+        return Ok(Verdict::Findings);
     };
     let accesses = requests::accesses(&answer).map_err(CliError::failed)?;
     let mut parameters = Vec::new();

@@ -10,6 +10,7 @@ use super::archive_args::{open_store, ArchiveLocation};
 use super::outcome::CliError;
 use crate::archive::Layout;
 use crate::query::answer::{answer, Answer, Request};
+use crate::query::filter::Filters;
 use crate::query::run::QueryError;
 use crate::query::source::{self, Fetcher, NodeSources};
 use crate::tlog::checkpoint::{CheckpointSigner, CheckpointVerifier};
@@ -141,6 +142,21 @@ impl Trail {
             keys,
             verify: !args.no_verify,
             config: gateway_config,
+        })
+    }
+
+    /// Every record matching `filters`, unsorted and unlimited, verified as this trail is:
+    /// the request asked and its answer, or `None` when it was refused (said on stdout).
+    pub fn ask_all(&self, filters: Filters) -> Result<Option<(Request, Answer)>, CliError> {
+        let request = Request {
+            filters,
+            sort: Vec::new(),
+            limit: None,
+            verify: self.verify,
+        };
+        Ok(match self.ask(&request)? {
+            Asked::Answered(answer) => Some((request, answer)),
+            Asked::Refused => None,
         })
     }
 

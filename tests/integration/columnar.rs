@@ -48,14 +48,7 @@ fn traffic(gw: &Gateway, n: usize) {
 }
 
 pub(crate) fn sealed(journal: &Path) -> Vec<(u64, u64)> {
-    auditgate::journal::list_segments(journal)
-        .unwrap()
-        .into_iter()
-        .filter_map(|(name, _)| match name {
-            SegmentName::Sealed { first, last } => Some((first, last)),
-            SegmentName::Open { .. } => None,
-        })
-        .collect()
+    crate::support::fixtures::sealed_segments(journal)
 }
 
 /// Wait until every segment sealed now is shipped, and its columnar copy too (made at idle

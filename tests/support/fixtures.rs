@@ -408,6 +408,18 @@ pub fn signed_journal(root: &Path, node: &str, records: usize) -> (PathBuf, Path
     (dir, key)
 }
 
+/// The sealed segments of a journal directory, as (first, last), oldest first.
+pub fn sealed_segments(journal: &Path) -> Vec<(u64, u64)> {
+    auditgate::journal::list_segments(journal)
+        .unwrap()
+        .into_iter()
+        .filter_map(|(name, _)| match name {
+            auditgate::journal::SegmentName::Sealed { first, last } => Some((first, last)),
+            auditgate::journal::SegmentName::Open { .. } => None,
+        })
+        .collect()
+}
+
 /// An archive store that forwards to `inner` and injects the faults a test sets:
 ///
 /// * `lose_next_put_answer`: the next PUT stores the object, then reports a failure (the

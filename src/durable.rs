@@ -89,8 +89,13 @@ fn write_synced(tmp: &Path, bytes: &[u8]) -> io::Result<()> {
 pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     write_synced(&tmp, bytes)?;
+    install(&tmp, path)
+}
+
+/// Give the complete, synced `tmp` the name `path`, durably.
+fn install(tmp: &Path, path: &Path) -> io::Result<()> {
     // Crash point: the temp file is complete but has no final name; the next write replaces it.
-    fs::rename(&tmp, path)?;
+    fs::rename(tmp, path)?;
     // Crash point: renamed, directory not synced: after power loss the old or the new file is
     // found under the name; either is complete.
     sync_dir(parent_of(path))
@@ -118,9 +123,7 @@ pub fn replace_paced(path: &Path, bytes: &[u8], chunk: usize) -> io::Result<()> 
     }
     file.sync_all()?;
     drop(file);
-    // Crash point: as in `replace`.
-    fs::rename(&tmp, path)?;
-    sync_dir(parent_of(path))
+    install(&tmp, path)
 }
 
 /// Start writing `len` bytes of `file` at `offset` back to disk, and with `wait`, wait until

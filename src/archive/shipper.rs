@@ -394,20 +394,8 @@ impl Archiver {
 
     /// Remove shipped sealed segments but the newest sealed one.
     pub(super) fn delete_shipped_segments(&self) -> Result<(), ArchiveError> {
-        let segments = journal::list_segments(&self.journal_dir).map_err(|e| {
-            ArchiveError::Io(FileError {
-                path: self.journal_dir.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })
-        })?;
-        let sealed: Vec<(u64, PathBuf)> = segments
-            .into_iter()
-            .filter_map(|(name, path)| match name {
-                SegmentName::Sealed { last, .. } => Some((last, path)),
-                SegmentName::Open { .. } => None,
-            })
-            .collect();
-        let Some((newest, _)) = sealed.last() else {
+        let sealed = self.sealed_segments()?;
+        let Some((_, newest, _)) = sealed.last() else {
             return Ok(());
         };
         // A restart continues the Merkle tree from the saved state: never remove records it
@@ -417,7 +405,7 @@ impl Archiver {
             .flatten()
             .map_or(0, |s| s.size);
         let mut removed = false;
-        for (last, path) in &sealed {
+        for (_, last, path) in &sealed {
             if last < newest
                 && *last <= self.state.segments_through_seq
                 && *last <= self.state.columnar_through()
@@ -427,26 +415,10 @@ impl Archiver {
                 // that survives a crash here is deleted on the next pass.
                 fs::remove_file(path).map_err(FileError::on(path))?;
                 removed = true;
-                if let SegmentName::Sealed { first, last } =
-                    SegmentName::parse(&path.file_name().unwrap_or_default().to_string_lossy())
-                        .unwrap_or(SegmentName::Open { first: 0 })
-                {
-                    for copy in [
-                        columnar_local::parquet_path(&self.journal_dir, first, last),
-                        columnar_local::seal_path(&self.journal_dir, first, last),
-                    ] {
-                        match fs::remove_file(&copy) {
-                            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                                return Err(FileError::on(&copy)(e).into())
-                            }
-                            _ => {}
-                        }
-                    }
-                }
             }
         }
-        // A copy finished after its segment was removed (the archiver gave up waiting for
-        // it): nothing ships it any more.
+        // The copies of removed segments go too: shipped, or given up (a copy finished after
+        // the archiver stopped waiting for it); nothing ships them any more.
         let entries = fs::read_dir(&self.journal_dir).map_err(FileError::on(&self.journal_dir))?;
         for entry in entries {
             let entry = entry.map_err(FileError::on(&self.journal_dir))?;
@@ -477,25 +449,12 @@ impl Archiver {
     /// `auditgate backfill`. Returns how many objects were shipped.
     async fn ship_copies(&mut self, wait: Duration) -> Result<usize, ArchiveError> {
         let mut shipped = 0;
-        let owed: Vec<(u64, u64)> = journal::list_segments(&self.journal_dir)
-            .map_err(|e| {
-                ArchiveError::Io(FileError {
-                    path: self.journal_dir.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })
-            })?
-            .into_iter()
-            .filter_map(|(name, _)| match name {
-                SegmentName::Sealed { first, last }
-                    if last > self.state.columnar_through()
-                        && last <= self.state.segments_through_seq =>
-                {
-                    Some((first, last))
-                }
-                _ => None,
-            })
-            .collect();
-        for (first, last) in owed {
+        let (after, through) = (
+            self.state.columnar_through(),
+            self.state.segments_through_seq,
+        );
+        let owed = self.sealed_segments()?.into_iter();
+        for (first, last, _) in owed.filter(|(_, last, _)| *last > after && *last <= through) {
             let dir = self.journal_dir.clone();
             let segment = dir.join(SegmentName::Sealed { first, last }.file_name());
             let looked = crate::background::run_niced("archive-read-copy", move || {
@@ -569,6 +528,13 @@ impl Archiver {
 
     /// The sealed segments not shipped yet, oldest first: (first, last, path).
     fn unshipped_segments(&self) -> Result<Vec<(u64, u64, PathBuf)>, ArchiveError> {
+        let mut sealed = self.sealed_segments()?;
+        sealed.retain(|(_, last, _)| *last > self.state.segments_through_seq);
+        Ok(sealed)
+    }
+
+    /// The journal's sealed segments, oldest first: (first, last, path).
+    fn sealed_segments(&self) -> Result<Vec<(u64, u64, PathBuf)>, ArchiveError> {
         let segments = journal::list_segments(&self.journal_dir).map_err(|e| {
             ArchiveError::Io(FileError {
                 path: self.journal_dir.clone(),
@@ -578,10 +544,8 @@ impl Archiver {
         Ok(segments
             .into_iter()
             .filter_map(|(name, path)| match name {
-                SegmentName::Sealed { first, last } if last > self.state.segments_through_seq => {
-                    Some((first, last, path))
-                }
-                _ => None,
+                SegmentName::Sealed { first, last } => Some((first, last, path)),
+                SegmentName::Open { .. } => None,
             })
             .collect())
     }

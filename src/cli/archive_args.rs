@@ -88,3 +88,11 @@ pub async fn open_store(cfg: &ArchiveConfig) -> Arc<dyn ArchiveStore> {
         _ => Arc::new(crate::archive::DirStore::new(&cfg.dir)),
     }
 }
+
+/// The runtime archive reads and writes run on (multi-threaded: S3 requests and scans).
+pub fn runtime() -> Result<tokio::runtime::Runtime, super::outcome::CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| super::outcome::CliError::part("cannot start the async runtime", e))
+}

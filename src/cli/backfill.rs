@@ -90,10 +90,7 @@ pub fn run(args: BackfillArgs) -> Result<Verdict, CliError> {
     } else {
         node
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::part("cannot start the async runtime", e))?;
+    let runtime = super::archive_args::runtime()?;
     let report = runtime
         .block_on(async {
             let store = open_store(&archive).await;

@@ -192,22 +192,25 @@ pub fn run(args: ReportArgs) -> Result<Verdict, CliError> {
     filters.since_micros = common.from;
     filters.until_micros = common.to;
     let trail = Trail::open(&common.trail)?;
-    let reports_config = |file: &Option<PathBuf>| -> Result<ReportsConfig, CliError> {
-        Ok(match (file, &trail.config) {
-            (Some(path), _) => ReportsConfig::load(path)?,
-            (None, Some(config)) => config.reports.clone(),
-            (None, None) => ReportsConfig::default(),
-        })
+    // The registry and flags' parameters: `--reports FILE`, else the gateway config's.
+    let reports_file = match &args.kind {
+        ReportKind::Disclosures { reports, .. } | ReportKind::Flags { reports, .. } => {
+            reports.as_ref()
+        }
+        _ => None,
     };
+    let reports_config = match (reports_file, &trail.config) {
+        (Some(path), _) => ReportsConfig::load(path)?,
+        (None, Some(config)) => config.reports.clone(),
+        (None, None) => ReportsConfig::default(),
+    };
+    let flags = &reports_config.flags;
     // Flags read the lookback before the window too (first access, new country or network).
-    let mut flags_config = None;
-    if let ReportKind::Flags { reports, .. } = &args.kind {
-        let config = reports_config(reports)?;
+    if let ReportKind::Flags { .. } = &args.kind {
         let from = common.from.ok_or_else(|| {
             CliError::Usage("report flags needs --from (the start of the window)".into())
         })?;
-        filters.since_micros = Some(from - i64::from(config.flags.lookback_days) * 86_400_000_000);
-        flags_config = Some(config.flags);
+        filters.since_micros = Some(from - i64::from(flags.lookback_days) * 86_400_000_000);
     }
     let Some((request, answer)) = trail.ask_all(filters)? else {
         return Ok(Verdict::Findings);
@@ -243,20 +246,18 @@ pub fn run(args: ReportArgs) -> Result<Verdict, CliError> {
                     only.join(", ")
                 },
             ));
-            if let Some(flags) = &flags_config {
-                parameters.push((
-                    "parameters".into(),
-                    format!(
-                        "bulk above {} patients an hour; business hours {} {}{}; {} watched patients; lookback {} days",
-                        flags.bulk_patients_per_hour,
-                        flags.business_hours,
-                        flags.time_zone,
-                        if flags.weekends_after_hours { ", weekends after hours" } else { "" },
-                        flags.watch_patients.len(),
-                        flags.lookback_days
-                    ),
-                ));
-            }
+            parameters.push((
+                "parameters".into(),
+                format!(
+                    "bulk above {} patients an hour; business hours {} {}{}; {} watched patients; lookback {} days",
+                    flags.bulk_patients_per_hour,
+                    flags.business_hours,
+                    flags.time_zone,
+                    if flags.weekends_after_hours { ", weekends after hours" } else { "" },
+                    flags.watch_patients.len(),
+                    flags.lookback_days
+                ),
+            ));
         }
         ReportKind::Activity { user, .. } => {
             title = format!("Activity of user {user}");
@@ -296,17 +297,15 @@ pub fn run(args: ReportArgs) -> Result<Verdict, CliError> {
     let mut report = Report::over(kind, title, parameters, &answer, query, trail.verify);
     match &args.kind {
         ReportKind::Access { .. } => reports::access::build(&mut report, &accesses),
-        ReportKind::Disclosures { reports, .. } => {
-            let registry = reports_config(reports)?;
-            reports::disclosures::build(&mut report, &accesses, &registry)
+        ReportKind::Disclosures { .. } => {
+            reports::disclosures::build(&mut report, &accesses, &reports_config)
         }
         ReportKind::Flags { only, .. } => {
             let from = common.from.unwrap_or_default();
             let (history, window): (Vec<_>, Vec<_>) = accesses
                 .into_iter()
                 .partition(|a| crate::columnar::rows::micros_of(a.ts()).is_some_and(|t| t < from));
-            let flags = flags_config.unwrap_or_default();
-            reports::flags::build(&mut report, &window, &history, &flags, only)?;
+            reports::flags::build(&mut report, &window, &history, flags, only)?;
         }
         ReportKind::Activity { .. } => reports::activity::build(&mut report, &accesses),
         ReportKind::Breach { .. } => reports::breach::build(&mut report, &accesses),

@@ -93,10 +93,7 @@ impl Trail {
                 "give --journal DIR, --archive ARCHIVE, or --config FILE".into(),
             ));
         }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| CliError::part("cannot start the async runtime", e))?;
+        let runtime = super::archive_args::runtime()?;
         let store = archive
             .as_ref()
             .map(|cfg| runtime.block_on(open_store(cfg)));

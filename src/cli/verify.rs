@@ -102,10 +102,7 @@ pub fn verify_archive(archive: &str, args: &VerifyArgs) -> Result<Verdict, CliEr
         min_retention_days: args.min_retention_days,
         node: args.node.clone(),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::part("cannot start the async runtime", e))?;
+    let runtime = super::archive_args::runtime()?;
     let report = runtime
         .block_on(async {
             let store = super::archive_args::open_store(&cfg).await;

@@ -71,33 +71,17 @@ pub fn build(
         }
         let patients = a.patients.iter().cloned().collect::<Vec<_>>().join(" ");
         if wanted("after_hours") {
-            if let Some(micros) = crate::columnar::rows::micros_of(a.ts()) {
-                let local = tz.timestamp_micros(micros).single();
-                if let Some(local) = local {
-                    let weekend =
-                        matches!(local.weekday(), chrono::Weekday::Sat | chrono::Weekday::Sun);
-                    let time = local.time();
-                    let outside = time < open || time >= close;
-                    if outside || (weekend && config.weekends_after_hours) {
-                        let when = format!(
-                            "{} {:02}:{:02} {}",
-                            local.weekday(),
-                            local.hour(),
-                            local.minute(),
-                            config.time_zone
-                        );
-                        rows.push(flag_row(
-                            "after_hours",
-                            a,
-                            &patients,
-                            1,
-                            format!(
-                                "local time {when}; business hours {}",
-                                config.business_hours
-                            ),
-                        ));
-                    }
-                }
+            if let Some(when) = after_hours(a, &tz, (open, close), config) {
+                rows.push(flag_row(
+                    "after_hours",
+                    a,
+                    &patients,
+                    1,
+                    format!(
+                        "local time {when}; business hours {}",
+                        config.business_hours
+                    ),
+                ));
             }
         }
         if wanted("break_glass") && a.break_glass() {
@@ -253,6 +237,29 @@ pub fn build(
     section.rows = rows;
     report.sections.push(section);
     Ok(())
+}
+
+/// The site's local time of an access (`Tue 23:00 Europe/London`) when it falls outside
+/// business hours or on a weekend counted as after hours.
+fn after_hours(
+    a: &Access,
+    tz: &chrono_tz::Tz,
+    (open, close): (chrono::NaiveTime, chrono::NaiveTime),
+    config: &FlagsConfig,
+) -> Option<String> {
+    let micros = crate::columnar::rows::micros_of(a.ts())?;
+    let local = tz.timestamp_micros(micros).single()?;
+    let weekend = matches!(local.weekday(), chrono::Weekday::Sat | chrono::Weekday::Sun);
+    let outside = local.time() < open || local.time() >= close;
+    (outside || (weekend && config.weekends_after_hours)).then(|| {
+        format!(
+            "{} {:02}:{:02} {}",
+            local.weekday(),
+            local.hour(),
+            local.minute(),
+            config.time_zone
+        )
+    })
 }
 
 fn authenticated(a: &Access) -> bool {

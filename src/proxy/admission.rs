@@ -9,25 +9,22 @@
 //! an untrusted clock, a failed token, an unacceptable path, a protocol upgrade, a missing
 //! device, an unmatched route under `deny`.
 
-use std::net::IpAddr;
-
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
-use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::proxy::Session;
 
 use super::bounds::clip;
-use super::gateway::{peer_ip, Gateway, RequestCtx};
+use super::gateway::{Gateway, RequestCtx};
 use super::live::Snapshot;
+use super::origin::{claim_device, listener_name, network_vector, peer_ip, redact_query_tokens};
 use super::refusal::Refusal;
 use crate::clock;
 use crate::config::records::RecordsConfig;
 use crate::identity::{AuthFailure, Authenticated};
 use crate::journal::JournalError;
 use crate::metrics;
-use crate::network::geoip::GeoAnswer;
 use crate::record::{
-    Action, Attribution, ClientCert, Event, GatewayId, InteractionKind, NetworkVector, Phase, Who,
+    Action, Attribution, Event, GatewayId, InteractionKind, NetworkVector, Phase, Who,
 };
 use crate::rules::{Classification, RequestRejection, METHOD_OVERRIDE_HEADERS};
 
@@ -122,7 +119,11 @@ impl Gateway {
         let snap = ctx.snap.clone();
         let peer = peer_ip(session);
         let line = RequestLine::of(session.req_header());
-        let mut net = self.network_vector(session, &snap, peer);
+        let gateway = GatewayId {
+            node: self.node.clone(),
+            listener: listener_name(session, &self.listeners),
+        };
+        let mut net = network_vector(session, &snap, peer, gateway);
         let headers = &session.req_header().headers;
         if line.rewritten {
             ctx.upstream_target = Some(line.target.clone());
@@ -134,13 +135,7 @@ impl Gateway {
             .await;
         let who = match &auth {
             Ok(a) => {
-                // A signed device claim ranks below a client certificate, above the header.
-                if net.device_id_source.as_deref() != Some("client_cert") {
-                    if let Some(device) = &a.device_id {
-                        net.device_id = Some(device.clone());
-                        net.device_id_source = Some("claim".into());
-                    }
-                }
+                claim_device(&mut net, a.device_id.as_ref());
                 Who::Authenticated(a.actor.clone())
             }
             Err(f) => Who::Unauthenticated {
@@ -195,85 +190,6 @@ impl Gateway {
             }
         }
     }
-
-    /// From where: peer and client IP (trusted-proxy walk), user agent, GeoIP, this gateway,
-    /// and the device, most trustworthy first: a client certificate the TLS handshake
-    /// verified, then a signed token claim (set after authentication, above this), then the
-    /// configured header, believed only from a trusted proxy (anyone else could name any
-    /// workstation). The record's `device_id_source` says which.
-    fn network_vector(&self, session: &Session, snap: &Snapshot, peer: IpAddr) -> NetworkVector {
-        let headers = &session.req_header().headers;
-        let addr = snap.net.client_addr(peer, headers);
-        let mut net = NetworkVector {
-            client_ip: addr.client_ip.to_string(),
-            peer_ip: peer.to_string(),
-            forwarded_chain: addr.forwarded_chain,
-            device_id: None,
-            device_id_source: None,
-            user_agent: headers
-                .get(http::header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
-            geo: None,
-            geo_unavailable: None,
-            client_cert: None,
-            gateway: GatewayId {
-                node: self.node.clone(),
-                listener: self.listener_name(session),
-            },
-        };
-        if let Some(geo) = &snap.geo {
-            match geo.lookup(addr.client_ip) {
-                GeoAnswer::Found(found) => net.geo = Some(Some(found)),
-                GeoAnswer::Unavailable(why) => {
-                    net.geo = Some(None);
-                    net.geo_unavailable = Some(why.to_string());
-                }
-            }
-        }
-        if let Some(cert) = verified_client_cert(session) {
-            net.device_id = Some(format!("sha256:{}", cert.sha256));
-            net.device_id_source = Some("client_cert".into());
-            net.client_cert = Some(cert);
-        } else if let Some(device) = snap
-            .net
-            .device_id(headers)
-            .filter(|_| snap.net.is_trusted(peer))
-        {
-            net.device_id = Some(device);
-            net.device_id_source = Some("header".into());
-        }
-        net
-    }
-
-    /// The configured name of the listener the request came in on.
-    fn listener_name(&self, session: &Session) -> String {
-        if let Some(PingoraAddr::Inet(local)) = session.server_addr() {
-            for (addr, name) in &self.listeners {
-                if addr.port() == local.port()
-                    && (addr.ip().is_unspecified() || addr.ip() == local.ip())
-                {
-                    return name.clone();
-                }
-            }
-        }
-        "unknown".into()
-    }
-}
-
-/// The client certificate the TLS handshake verified, if any.
-fn verified_client_cert(session: &Session) -> Option<ClientCert> {
-    let tls = session
-        .digest()
-        .and_then(|d| d.ssl_digest.as_ref())
-        .filter(|t| !t.cert_digest.is_empty())?;
-    Some(ClientCert {
-        sha256: hex::encode(&tls.cert_digest),
-        subject: tls
-            .extension
-            .get::<crate::network::tls::PeerCertificate>()
-            .map(|p| p.subject.chars().take(512).collect()),
-    })
 }
 
 /// The record before the rules' answer is known: refused until proven otherwise.
@@ -412,33 +328,9 @@ pub(super) fn apply_classification(event: &mut Event, c: &Classification) {
     }
 }
 
-/// The query string with the value of every `access_token` parameter (however encoded)
-/// replaced, so a token sent where it must not be is never written to the journal.
-fn redact_query_tokens(query: &str) -> String {
-    if !query.to_ascii_lowercase().contains("token") && !query.contains('%') {
-        return query.to_string();
-    }
-    query
-        .split('&')
-        .map(|pair| {
-            let key = pair.split('=').next().unwrap_or("");
-            let decoded: String = form_urlencoded::parse(key.as_bytes())
-                .next()
-                .map(|(k, _)| k.into_owned())
-                .unwrap_or_default();
-            if decoded.eq_ignore_ascii_case("access_token") {
-                format!("{key}=[redacted]")
-            } else {
-                pair.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
 #[cfg(test)]
 mod tests {
-    use super::redact_query_tokens;
+    use super::super::origin::redact_query_tokens;
 
     #[test]
     fn tokens_in_the_query_never_reach_the_record() {

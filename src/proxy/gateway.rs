@@ -2,14 +2,13 @@
 //! the buffered path's slots) and each request's context ([`RequestCtx`]), carried across
 //! pingora's phases; and the upstream peer both paths use.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
-use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpUpstreamRequestPolicy;
 
@@ -190,7 +189,7 @@ impl Gateway {
             let decodable = decodable_codings(&offered.join(","));
             upstream_request.insert_header(http::header::ACCEPT_ENCODING, decodable)?;
         }
-        let peer = peer_ip(session).to_string();
+        let peer = super::origin::peer_ip(session).to_string();
         let xff = match upstream_request
             .headers
             .get("x-forwarded-for")
@@ -260,13 +259,6 @@ pub(super) fn decodable_codings(accept_encoding: &str) -> String {
 }
 
 /// The TCP peer's address (0.0.0.0 for a Unix socket).
-pub(super) fn peer_ip(session: &Session) -> IpAddr {
-    match session.client_addr() {
-        Some(PingoraAddr::Inet(addr)) => addr.ip(),
-        _ => IpAddr::from([0, 0, 0, 0]),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::decodable_codings;

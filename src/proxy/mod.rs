@@ -32,6 +32,7 @@ mod buffered;
 mod exchange;
 mod gateway;
 pub mod live;
+pub mod origin;
 mod progressive;
 mod refusal;
 

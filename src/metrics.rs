@@ -25,6 +25,17 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// The results `auditgate_audit_api_requests_total` counts.
+pub const AUDIT_API_RESULTS: [&str; 7] = [
+    "ok",
+    "unauthenticated",
+    "forbidden",
+    "bad_request",
+    "not_found",
+    "unavailable",
+    "failed",
+];
+
 /// Every metric the gateway exports.
 pub struct Metrics {
     registry: Registry,
@@ -146,6 +157,8 @@ pub struct Metrics {
     pub jwks_last_success: Gauge,
     /// `auditgate_config_reloads_total{result}`.
     pub config_reloads: IntCounterVec,
+    /// `auditgate_audit_api_requests_total{result}`.
+    pub audit_api_requests: IntCounterVec,
     /// `auditgate_config_last_reload_success_timestamp_seconds`.
     pub config_last_reload_success: Gauge,
     /// `auditgate_geoip_build_timestamp_seconds{database}`.
@@ -498,6 +511,12 @@ impl Metrics {
                 "Configuration reloads (SIGHUP), by result (ok, rejected).",
                 &["result"],
             ),
+            audit_api_requests: counter_vec(
+                &r,
+                "auditgate_audit_api_requests_total",
+                "Requests to the audit listener, by result (ok, unauthenticated, forbidden, bad_request, not_found, unavailable, failed).",
+                &["result"],
+            ),
             config_last_reload_success: gauge(
                 &r,
                 "auditgate_config_last_reload_success_timestamp_seconds",
@@ -606,6 +625,9 @@ impl Metrics {
         }
         for result in ["ok", "rejected"] {
             m.config_reloads.with_label_values(&[result]);
+        }
+        for result in crate::metrics::AUDIT_API_RESULTS {
+            m.audit_api_requests.with_label_values(&[result]);
         }
         for database in ["city", "asn"] {
             for result in ["ok", "failed"] {

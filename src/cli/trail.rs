@@ -165,6 +165,7 @@ impl Trail {
             Ok(answer) => Ok(Asked::Answered(answer)),
             Err(
                 e @ (QueryError::Unverified { .. }
+                | QueryError::NotYetCheckpointed { .. }
                 | QueryError::Scan(crate::query::scan::ScanError::Integrity { .. })),
             ) => {
                 println!("REFUSED: {e}");

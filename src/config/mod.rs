@@ -19,7 +19,9 @@ pub use error::ConfigError;
 
 use crate::archive::ArchiveConfig;
 use crate::clock::ClockConfig;
-use crate::config::server::{is_safe_token, AdminConfig, ServerConfig};
+use crate::config::server::{
+    is_safe_token, AdminConfig, AuditApiConfig, AuditorsConfig, ServerConfig,
+};
 use crate::config::upstream::UpstreamConfig;
 use crate::identity::IdentityConfig;
 use crate::journal::JournalConfig;
@@ -83,6 +85,12 @@ pub struct Config {
     /// purposes.
     #[serde(default)]
     pub reports: crate::report::config::ReportsConfig,
+    /// Who may read the audit trail through the gateway (the audit API, the console).
+    #[serde(default)]
+    pub auditors: AuditorsConfig,
+    /// The audit listener: the trail as FHIR `AuditEvent`s (IHE ITI-81), for auditors.
+    #[serde(default)]
+    pub audit_api: AuditApiConfig,
 }
 
 /// Log output format.
@@ -187,6 +195,25 @@ impl Config {
         self.tls.validate()?;
         self.records.validate()?;
         self.reports.validate()?;
+        self.auditors.validate()?;
+        self.audit_api.validate()?;
+        if self.audit_api.enabled {
+            let taken = self.server.listen.contains(&self.audit_api.listen)
+                || self.tls.listen.contains(&self.audit_api.listen)
+                || (self.admin.enabled && self.admin.listen == self.audit_api.listen);
+            if taken {
+                return Err(ConfigError::invalid(
+                    "audit_api.listen",
+                    "must differ from every server, tls and admin listener",
+                ));
+            }
+            if self.audit_api.tls && (self.tls.cert_file.is_none() || self.tls.key_file.is_none()) {
+                return Err(ConfigError::invalid(
+                    "audit_api.tls",
+                    "a TLS audit listener needs tls.cert_file and tls.key_file",
+                ));
+            }
+        }
         for addr in &self.tls.listen {
             if self.server.listen.contains(addr)
                 || (self.admin.enabled && self.admin.listen == *addr)

@@ -148,3 +148,133 @@ pub fn is_safe_token(s: &str) -> bool {
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
+
+/// `[auditors]`: who may read the audit trail through the gateway's listeners (the audit API,
+/// and the console). A token the proxy's issuers verify, with any of these roles or any of
+/// these scopes; everyone else is refused (403), and the refusal is recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditorsConfig {
+    /// Roles (the `identity.claims.roles` claim) that make a user an auditor.
+    #[serde(default = "default_auditor_grants")]
+    pub roles: Vec<String>,
+    /// Scopes (the `identity.claims.scope` claim) that make a token an auditor's.
+    #[serde(default = "default_auditor_grants")]
+    pub scopes: Vec<String>,
+}
+
+fn default_auditor_grants() -> Vec<String> {
+    vec!["audit.read".into()]
+}
+
+impl Default for AuditorsConfig {
+    fn default() -> Self {
+        AuditorsConfig {
+            roles: default_auditor_grants(),
+            scopes: default_auditor_grants(),
+        }
+    }
+}
+
+impl AuditorsConfig {
+    /// Check the values are usable: someone must be able to be an auditor, and no grant is
+    /// empty (an empty role would match a token without roles).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.roles.is_empty() && self.scopes.is_empty() {
+            return Err(ConfigError::invalid(
+                "auditors",
+                "name at least one role or scope that makes a user an auditor",
+            ));
+        }
+        for (key, grants) in [
+            ("auditors.roles", &self.roles),
+            ("auditors.scopes", &self.scopes),
+        ] {
+            if grants.iter().any(|g| g.trim().is_empty()) {
+                return Err(ConfigError::invalid(key, "a grant cannot be empty"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a token with these roles and scopes belongs to an auditor.
+    pub fn admits(&self, roles: &[String], scopes: &[String]) -> bool {
+        roles.iter().any(|r| self.roles.contains(r))
+            || scopes.iter().any(|s| self.scopes.contains(s))
+    }
+}
+
+/// `[audit_api]`: the audit listener, serving the trail as FHIR `AuditEvent`s (IHE ITI-81
+/// `GET /AuditEvent?...`) to auditors ([`AuditorsConfig`]). Every request to it is recorded in
+/// the journal, in the same chain as the proxy's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditApiConfig {
+    /// Serve the audit API at all (off by default).
+    #[serde(default)]
+    pub enabled: bool,
+    /// `IP:port` of the audit listener. Its answers name patients: keep it on loopback or a
+    /// management network, or set `tls`.
+    #[serde(default = "default_audit_api_listen")]
+    pub listen: String,
+    /// Serve it with TLS, with the `[tls]` certificate (and client certificates, when
+    /// `tls.client_ca_file` asks for them).
+    #[serde(default)]
+    pub tls: bool,
+    /// Events per page when the search does not say (`_count`).
+    #[serde(default = "default_audit_api_page_size")]
+    pub page_size: usize,
+    /// The most events one page may hold (a larger `_count` is cut to this).
+    #[serde(default = "default_audit_api_max_page_size")]
+    pub max_page_size: usize,
+}
+
+fn default_audit_api_listen() -> String {
+    "127.0.0.1:9465".into()
+}
+fn default_audit_api_page_size() -> usize {
+    100
+}
+fn default_audit_api_max_page_size() -> usize {
+    1000
+}
+
+impl Default for AuditApiConfig {
+    fn default() -> Self {
+        AuditApiConfig {
+            enabled: false,
+            listen: default_audit_api_listen(),
+            tls: false,
+            page_size: default_audit_api_page_size(),
+            max_page_size: default_audit_api_max_page_size(),
+        }
+    }
+}
+
+impl AuditApiConfig {
+    /// Check the values are usable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        self.listen.parse::<std::net::SocketAddr>().map_err(|_| {
+            ConfigError::invalid(
+                "audit_api.listen",
+                format!("`{}` is not an IP:port address", self.listen),
+            )
+        })?;
+        if self.max_page_size == 0 || self.max_page_size > 10_000 {
+            return Err(ConfigError::invalid(
+                "audit_api.max_page_size",
+                "must be 1 to 10000",
+            ));
+        }
+        if self.page_size == 0 || self.page_size > self.max_page_size {
+            return Err(ConfigError::invalid(
+                "audit_api.page_size",
+                "must be at least 1 and at most audit_api.max_page_size",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -9,7 +9,6 @@ use lru::LruCache;
 use sha2::{Digest, Sha256};
 
 use super::claims::Authenticated;
-use crate::record::Actor;
 
 /// Counters of the verified-token cache, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -23,9 +22,9 @@ pub struct CacheStats {
 }
 
 struct CacheEntry {
-    /// The actor with `break_glass` from the claim only (the header is read per request).
-    actor: Actor,
-    device_id: Option<String>,
+    /// What the token says, with `break_glass` from the claim only (the header is read per
+    /// request).
+    verified: Authenticated,
     exp: u64,
 }
 
@@ -74,10 +73,7 @@ impl TokenCache {
         let now = now_secs();
         let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
         let fresh = match cache.get(digest) {
-            Some(entry) if now < entry.exp => Some(Authenticated {
-                actor: entry.actor.clone(),
-                device_id: entry.device_id.clone(),
-            }),
+            Some(entry) if now < entry.exp => Some(entry.verified.clone()),
             Some(_) => {
                 cache.pop(digest);
                 None
@@ -102,8 +98,7 @@ impl TokenCache {
         }
         if let Some(cache) = &self.entries {
             let entry = CacheEntry {
-                actor: verified.actor.clone(),
-                device_id: verified.device_id.clone(),
+                verified: verified.clone(),
                 exp,
             };
             cache

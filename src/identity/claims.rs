@@ -99,7 +99,12 @@ pub(super) fn map_claims(
         break_glass: opt_bool(claims, &m.break_glass)?,
     };
     let device_id = opt_string(claims, &m.device_id, true)?;
-    Ok(Authenticated { actor, device_id })
+    let scopes = string_list(claims, &m.scope, true)?;
+    Ok(Authenticated {
+        actor,
+        device_id,
+        scopes,
+    })
 }
 
 /// A verified request: the actor for the journal, and the device id claim when one is mapped.
@@ -109,4 +114,6 @@ pub struct Authenticated {
     pub actor: Actor,
     /// The device id from the configured claim (the network vector records it).
     pub device_id: Option<String>,
+    /// The token's scopes (not recorded: they decide who may read the audit trail).
+    pub scopes: Vec<String>,
 }

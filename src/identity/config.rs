@@ -150,6 +150,10 @@ pub struct ClaimMapping {
     /// The user's roles: an array of strings or one space-separated string.
     #[serde(default = "default_roles_claim")]
     pub roles: String,
+    /// The token's scopes (OAuth 2.0 `scope`: one space-separated string, or an array). Not
+    /// recorded; read to decide who is an auditor (`[auditors] scopes`).
+    #[serde(default = "default_scope_claim")]
+    pub scope: String,
     /// The client application: the first of these claims that is present.
     #[serde(default = "default_client_id_claims")]
     pub client_id: Vec<String>,
@@ -183,6 +187,9 @@ pub(super) fn default_name_claim() -> String {
 pub(super) fn default_roles_claim() -> String {
     "roles".into()
 }
+pub(super) fn default_scope_claim() -> String {
+    "scope".into()
+}
 pub(super) fn default_client_id_claims() -> Vec<String> {
     vec!["client_id".into(), "azp".into()]
 }
@@ -208,6 +215,7 @@ impl Default for ClaimMapping {
             user: default_user_claim(),
             name: default_name_claim(),
             roles: default_roles_claim(),
+            scope: default_scope_claim(),
             client_id: default_client_id_claims(),
             purpose_of_use: default_purpose_of_use_claim(),
             jti: default_jti_claim(),

@@ -13,13 +13,12 @@ use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
-use super::bounds::clip;
+use super::bounds::bound_fields;
 use super::gateway::{Gateway, RequestCtx};
 use super::live::Snapshot;
 use super::origin::{claim_device, listener_name, network_vector, peer_ip, redact_query_tokens};
 use super::refusal::Refusal;
 use crate::clock;
-use crate::config::records::RecordsConfig;
 use crate::identity::{AuthFailure, Authenticated};
 use crate::journal::JournalError;
 use crate::metrics;
@@ -234,43 +233,6 @@ fn new_event(
         clock: clock::current(),
         received,
     }
-}
-
-/// Cut every field copied from the request to its `[records]` bound, and note in the record
-/// what was cut (its original length; for the forwarded chain, the number of hops).
-fn bound_fields(event: &mut Event, bounds: &RecordsConfig) {
-    let mut cut = std::collections::BTreeMap::new();
-    let mut bound = |name: &str, value: &mut String, max: usize| {
-        let (kept, original) = clip(value, max);
-        if let Some(len) = original {
-            *value = kept;
-            let longest = cut.entry(name.to_string()).or_insert(0u64);
-            *longest = (*longest).max(len);
-        }
-    };
-    bound("path", &mut event.path, bounds.max_path_bytes);
-    if let Some(q) = event.query.as_mut() {
-        bound("query", q, bounds.max_query_bytes);
-    }
-    if let Some(q) = event.forwarded_query.as_mut() {
-        bound("forwarded_query", q, bounds.max_query_bytes);
-    }
-    if let Some(ua) = event.net.user_agent.as_mut() {
-        bound("user_agent", ua, bounds.max_header_bytes);
-    }
-    for hop in &mut event.net.forwarded_chain {
-        bound("forwarded_hop", hop, bounds.max_header_bytes);
-    }
-    let hops = event.net.forwarded_chain.len();
-    if hops > bounds.max_forwarded_hops {
-        // The hops nearest the gateway are the ones the trusted proxies wrote.
-        event
-            .net
-            .forwarded_chain
-            .drain(..hops - bounds.max_forwarded_hops);
-        cut.insert("forwarded_chain".to_string(), hops as u64);
-    }
-    event.truncated = cut;
 }
 
 /// The refusal ladder, in order: an untrusted clock, a failed token, an unacceptable path, a

@@ -44,6 +44,19 @@ pub enum QueryError {
     /// A source could not be read.
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// No signed checkpoint covers the window yet (a journal younger than its first
+    /// checkpoint): the answer can be proven once the gateway signs one.
+    #[error("node {node}: no checkpoint signed by {signer} covers records {first}..={last}: the gateway signs one every few seconds; try again, or use --no-verify")]
+    NotYetCheckpointed {
+        /// The node.
+        node: String,
+        /// The checkpoint key's name.
+        signer: String,
+        /// The window's first seq.
+        first: u64,
+        /// Its last seq.
+        last: u64,
+    },
     /// The answer cannot be proven: refused (run with `--no-verify` to see it anyway).
     #[error("node {node}: {detail}")]
     Unverified {
@@ -258,13 +271,11 @@ pub fn query_node(
     }
     // The signed checkpoint covering the window.
     let (cp, cp_text) = covering_checkpoint(sources, fetcher, key, first, coverage.last)?
-        .ok_or_else(|| {
-            unverified(format!(
-                "no checkpoint signed by {} covers records {}..={}: the gateway signs one every few seconds; try again, or use --no-verify",
-                key.name(),
-                first,
-                coverage.last
-            ))
+        .ok_or_else(|| QueryError::NotYetCheckpointed {
+            node: sources.node.clone(),
+            signer: key.name().to_string(),
+            first,
+            last: coverage.last,
         })?;
     let mut pieces = Subtrees::new();
     pieces.add_frontier(&before);

@@ -21,6 +21,7 @@ pub mod disclosures;
 pub mod flags;
 pub mod render;
 pub mod requests;
+pub mod search;
 
 use serde::Serialize;
 

@@ -6,6 +6,7 @@
 //! the listener open, so the gateway never accepts a request it cannot record.
 
 pub mod admin;
+pub mod audit_api;
 pub mod refused_heads;
 pub mod reload;
 pub mod signals;
@@ -26,6 +27,7 @@ use crate::proxy::bounds::{FloodGuard, SummaryWriter};
 use crate::proxy::live::Live;
 use crate::proxy::Gateway;
 use crate::server::admin::{AdminApp, Readiness};
+use crate::server::audit_api::{AuditApi, TrailSources};
 use crate::server::reload::Reloader;
 use crate::tlog::checkpoint::CheckpointSigner;
 use signals::{close_journal, DrainMonitor, Signals, JOURNAL_CLOSE_TIMEOUT};
@@ -99,6 +101,9 @@ pub fn check_listen_addresses(config: &Config) -> Result<(), StartError> {
     if config.admin.enabled {
         addresses.push((config.admin.listen.as_str(), "admin.listen"));
     }
+    if config.audit_api.enabled {
+        addresses.push((config.audit_api.listen.as_str(), "audit_api.listen"));
+    }
     for (addr, what) in addresses {
         std::net::TcpListener::bind(addr).map_err(|source| StartError::Listen {
             addr: addr.to_string(),
@@ -125,6 +130,8 @@ pub struct Prepared {
     pub tls_certs: Option<Arc<crate::network::tls::ServerCerts>>,
     /// Writes the flood summaries (also once more before the journal closes).
     pub summaries: SummaryWriter,
+    /// The audit listener's application, when `[audit_api]` is enabled.
+    pub audit_api: Option<AuditApi>,
 }
 
 /// Open the journal, load keys and rules: everything but the listener. With `config_path`,
@@ -146,13 +153,14 @@ pub fn prepare(
         background.block_on(crate::server::reload::load_snapshot(config, base_dir))?,
     ));
     // TLS listeners' certificate: checked now, reloaded on SIGHUP.
-    let tls_certs = if config.tls.listen.is_empty() {
-        None
-    } else {
-        crate::network::tls::TlsMaterial::load(&config.tls)
-            .map_err(crate::server::reload::ReloadError::from)?
-            .map(|m| Arc::new(crate::network::tls::ServerCerts::new(m)))
-    };
+    let tls_certs =
+        if config.tls.listen.is_empty() && !(config.audit_api.enabled && config.audit_api.tls) {
+            None
+        } else {
+            crate::network::tls::TlsMaterial::load(&config.tls)
+                .map_err(crate::server::reload::ReloadError::from)?
+                .map(|m| Arc::new(crate::network::tls::ServerCerts::new(m)))
+        };
     let reloader = Arc::new(
         Reloader::new(
             config_path.unwrap_or(std::path::Path::new("")),
@@ -259,6 +267,7 @@ pub fn prepare(
             other => break other?,
         }
     };
+    let audit_key = load_signer(false)?.public_key().to_string();
     // Columnar copies are signed with the checkpoint key (loaded again: the checkpointer owns
     // its instance).
     let copy_maker = if config.columnar.enabled {
@@ -277,6 +286,14 @@ pub fn prepare(
             Duration::from_secs(config.archive.poll_interval_secs),
         ));
     }
+    let audit_trail = Arc::new(TrailSources {
+        journal_dir: config.journal.dir.clone(),
+        archive: archive_store
+            .clone()
+            .map(|store| (store, crate::archive::Layout::new(&config.archive.prefix))),
+        runtime: background.handle().clone(),
+        key: audit_key,
+    });
     let archive_stats = match archive_store {
         Some(store) => {
             if !store.is_worm() {
@@ -343,6 +360,24 @@ pub fn prepare(
         record_bounds: config.records.clone(),
         flood: flood.clone(),
     };
+    let audit_api = config.audit_api.enabled.then(|| AuditApi {
+        live: gateway.live.clone(),
+        journal: gateway.journal.clone(),
+        node: config.server.node.clone(),
+        listeners: config
+            .audit_api
+            .listen
+            .parse::<SocketAddr>()
+            .map(|a| vec![(a, "audit".to_string())])
+            .unwrap_or_default(),
+        tls: config.audit_api.tls,
+        config: config.audit_api.clone(),
+        auditors: config.auditors.clone(),
+        trail: audit_trail,
+        server_address: Some(config.upstream.url.host.clone()),
+        flood: flood.clone(),
+        record_bounds: config.records.clone(),
+    });
     let summaries = SummaryWriter {
         flood,
         journal: gateway.journal.clone(),
@@ -361,6 +396,7 @@ pub fn prepare(
         admin,
         tls_certs,
         summaries,
+        audit_api,
     })
 }
 
@@ -449,6 +485,25 @@ pub fn run_with(
         admin.add_tcp(&config.admin.listen);
         server.add_service(admin);
     }
+    if let Some(app) = prepared.audit_api {
+        let mut audit = pingora::services::listening::Service::new("auditgate-audit".into(), app);
+        match (&prepared.tls_certs, config.audit_api.tls) {
+            (Some(certs), true) => {
+                match crate::network::tls::listener_settings(&config.tls, certs.clone()) {
+                    Ok(settings) => {
+                        audit.add_tls_with_settings(&config.audit_api.listen, None, settings)
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot set up the audit listener's TLS");
+                        eprintln!("auditgate: cannot start: audit_api.tls: {e}");
+                        std::process::exit(2);
+                    }
+                }
+            }
+            _ => audit.add_tcp(&config.audit_api.listen),
+        }
+        server.add_service(audit);
+    }
     server.add_service(pingora::services::background::background_service(
         "drain monitor",
         DrainMonitor {
@@ -464,6 +519,7 @@ pub fn run_with(
         node = %config.server.node,
         listeners = ?config.server.listen,
         admin = if config.admin.enabled { config.admin.listen.as_str() } else { "off" },
+        audit_api = if config.audit_api.enabled { config.audit_api.listen.as_str() } else { "off" },
         head_seq = prepared.recovery.head_seq,
         "auditgate listening"
     );

@@ -301,3 +301,70 @@ fn a_journal_that_fails_while_a_response_is_in_flight_releases_nothing() {
     let (code, out) = verify_cli(copy.path(), false);
     assert_eq!(code, 0, "{out}");
 }
+
+#[test]
+fn the_audit_listener_answers_503_with_no_event_once_the_journal_cannot_record_the_search() {
+    let fhir = FhirServer::seeded();
+    let disk = SmallDisk::new(96);
+    let audit_port = crate::support::free_port();
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
+    opts.journal_dir = Some(disk.path().join("journal"));
+    opts.journal_toml = "segment_max_bytes = 16384".into();
+    opts.extra_toml = format!("[audit_api]\nenabled = true\nlisten = \"127.0.0.1:{audit_port}\"\n");
+    let gw = Gateway::start(opts);
+    let mut claims =
+        crate::support::gateway::claims_for(crate::support::gateway::ISS_RSA, "auditor-1");
+    claims["scope"] = json!("audit.read");
+    let auditor = crate::support::mint(
+        crate::support::KeyKind::Rsa.default_alg(),
+        &gw.keys.rsa,
+        &claims,
+    );
+    let client = http_client();
+    let search = || {
+        let resp = client
+            .get(format!(
+                "http://127.0.0.1:{audit_port}/AuditEvent?patient=example"
+            ))
+            .bearer_auth(&auditor)
+            .send()
+            .unwrap();
+        (resp.status().as_u16(), resp.text().unwrap())
+    };
+    let token = gw.token("dr.full");
+    let read = || {
+        client
+            .get(gw.url("/fhir/Patient/example"))
+            .bearer_auth(&token)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(read(), 200);
+    // While the journal takes records, the auditor gets the read (once a checkpoint covers it).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = search();
+        if status == 200 && body.contains("\"AuditEvent\"") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status} {body}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Fill the disk through the proxy until the journal refuses.
+    let mut filled = false;
+    for _ in 0..5000 {
+        if read() == 503 {
+            filled = true;
+            break;
+        }
+    }
+    assert!(filled, "the disk never filled up");
+    let (status, body) = search();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        !body.contains("\"AuditEvent\"") && !body.contains("Patient/"),
+        "a search that cannot be recorded answers nothing: {body}"
+    );
+}

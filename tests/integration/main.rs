@@ -14,6 +14,7 @@ mod archive;
 mod archive_verify;
 mod attacks;
 mod attribution;
+mod audit_api;
 mod cli;
 mod columnar;
 mod corpus;

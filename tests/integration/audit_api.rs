@@ -1,0 +1,284 @@
+//! The audit listener (IHE ITI-81 `GET /AuditEvent?...`): real traffic through a real gateway
+//! in front of the FHIR server, then searched by auditors with real FHIR clients (fhirpy, and
+//! fhirclient, whose models check every event against R4). An auditor's search is recorded in
+//! the same chain with the patients it returned; a user who is not an auditor is refused (403)
+//! and recorded; a request without a token is refused (401) and recorded.
+
+use std::time::{Duration, Instant};
+
+use auditgate::record::{PatientSource, Record, Who};
+use serde_json::{json, Value};
+
+use crate::support::gateway::{claims_for, Gateway, GatewayOptions, ISS_RSA};
+use crate::support::{
+    assert_success, free_port, http_client, mint, run_python, FhirServer, KeyKind,
+};
+
+/// A token for `sub` with these roles and this `scope`.
+fn token(gw: &Gateway, sub: &str, roles: &[&str], scope: Option<&str>) -> String {
+    let mut claims = claims_for(ISS_RSA, sub);
+    claims["roles"] = json!(roles);
+    if let Some(scope) = scope {
+        claims["scope"] = json!(scope);
+    }
+    mint(KeyKind::Rsa.default_alg(), &gw.keys.rsa, &claims)
+}
+
+fn audit_get(port: u16, query: &str, token: Option<&str>) -> (u16, Value) {
+    let mut req = http_client().get(format!("http://127.0.0.1:{port}/AuditEvent?{query}"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap_or(Value::Null))
+}
+
+fn audit_records(gw: &Gateway) -> Vec<Record> {
+    gw.records()
+        .into_iter()
+        .filter(|r| r.event.rule == "audit-api.search")
+        .collect()
+}
+
+fn user_of(r: &Record) -> &str {
+    match &r.event.who {
+        Who::Authenticated(a) => &a.user,
+        Who::Unauthenticated { reason } => reason,
+    }
+}
+
+const SCRIPT: &str = r#"
+import json, sys, warnings
+warnings.simplefilter("ignore")
+base, token, day = sys.argv[1], sys.argv[2], sys.argv[3]
+from fhirpy import SyncFHIRClient
+from fhirpy.base.exceptions import OperationOutcome
+c = SyncFHIRClient(base, authorization="Bearer " + token)
+ae = lambda: c.resources("AuditEvent")
+def ids(found):
+    return sorted(r["id"] for r in found if r["resourceType"] == "AuditEvent")
+def summary(found):
+    out = []
+    for r in found:
+        if r["resourceType"] != "AuditEvent":
+            continue
+        user = [a["who"]["identifier"]["value"] for a in r["agent"] if a.get("requestor")]
+        pats = [e["what"]["reference"] for e in r.get("entity", []) if e.get("role", {}).get("code") == "1"]
+        out.append({"id": r["id"], "user": user, "patients": pats, "action": r["action"],
+                    "subtype": [s["code"] for s in r.get("subtype", [])], "outcome": r["outcome"]})
+    return sorted(out, key=lambda e: e["id"])
+out = {}
+out["aud3_by_alice"] = summary(ae().search(patient="aud-3", agent="alice").fetch_all())
+out["aud2_by_users"] = summary(ae().search(patient="Patient/aud-2", subtype="read,search", type="rest", agent="alice,bob").fetch_all())
+out["alice_searches_paged"] = ids(ae().search(agent="alice", subtype="search").limit(1).fetch_all())
+out["alice_searches"] = ids(ae().search(agent="alice", subtype="search").fetch_all())
+out["today"] = len(ae().search(date__ge=day, agent="alice").fetch_all())
+out["before"] = len(ae().search(date__lt=day, agent="alice").fetch_all())
+out["address"] = len(ae().search(address="127.0.0.1", agent="alice").fetch_all())
+out["failed"] = len(ae().search(outcome="4,8,12", agent="alice").fetch_all())
+out["entity"] = len(ae().search(entity="Patient/aud-1", agent="bob").fetch_all())
+try:
+    ae().search(patinet="aud-1").fetch()
+    out["unknown"] = "answered"
+except OperationOutcome as e:
+    out["unknown"] = "refused"
+# fhirclient: its R4 models check each event strictly.
+from fhirclient import client
+from fhirclient.models.auditevent import AuditEvent
+fc = client.FHIRClient(settings={"app_id": "audit-test", "api_base": base})
+fc.server.session.headers["Authorization"] = "Bearer " + token
+found = [r for r in AuditEvent.where(struct={"patient": "aud-3", "agent": "alice"}).perform_resources_iter(fc.server) if r.resource_type == "AuditEvent"]
+out["fhirclient"] = sorted(r.id for r in found)
+print(json.dumps(out))
+"#;
+
+#[test]
+fn auditors_search_the_trail_with_fhir_clients_and_every_search_is_recorded() {
+    let fhir = FhirServer::seeded();
+    for id in ["aud-1", "aud-2", "aud-3"] {
+        fhir.put_resource(&json!({"resourceType": "Patient", "id": id, "name": [{"family": id}]}));
+    }
+    let audit_port = free_port();
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
+    opts.extra_toml = format!(
+        "[audit_api]\nenabled = true\nlisten = \"127.0.0.1:{audit_port}\"\npage_size = 50\n\n[auditors]\nroles = [\"privacy-officer\"]\nscopes = [\"audit.read\"]\n"
+    );
+    let gw = Gateway::start(opts);
+    let client = http_client();
+    let get = |path: &str, sub: &str| {
+        let resp = client
+            .get(gw.url(path))
+            .bearer_auth(token(&gw, sub, &["physician"], None))
+            .send()
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{path}");
+    };
+    get("/fhir/Patient/aud-1", "alice");
+    get("/fhir/Patient?_id=aud-1,aud-2,aud-3", "alice");
+    get("/fhir/Patient/aud-2", "bob");
+    get("/fhir/Patient/aud-1", "bob");
+
+    let auditor = token(&gw, "auditor-1", &["staff"], Some("openid audit.read"));
+    let officer = token(&gw, "officer-1", &["privacy-officer"], None);
+    // The newest records are served once a signed checkpoint covers them (interval 1 s).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, bundle) = audit_get(audit_port, "agent=bob", Some(&officer));
+        // 503: no checkpoint signed yet.
+        assert!(
+            status == 200 || status == 503,
+            "{status} {bundle}\n{}",
+            gw.log()
+        );
+        if bundle["total"] == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bob's reads never appeared: {bundle:#}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let day = &time::OffsetDateTime::now_utc().date().to_string();
+    let base = format!("http://127.0.0.1:{audit_port}");
+    let out = run_python(SCRIPT, &[&base, &auditor, day], &[]);
+    let out: Value = serde_json::from_str(assert_success(&out, "fhirpy and fhirclient").trim())
+        .expect("the script prints one JSON object");
+
+    // Alice's search named three patients: one event each (BALP); aud-3's is one event.
+    let aud3 = out["aud3_by_alice"].as_array().unwrap();
+    assert_eq!(aud3.len(), 1, "{out:#}");
+    assert_eq!(aud3[0]["user"], json!(["alice"]));
+    assert_eq!(aud3[0]["patients"], json!(["Patient/aud-3"]));
+    assert_eq!(aud3[0]["action"], "E");
+    assert_eq!(aud3[0]["subtype"], json!(["search"]));
+    assert_eq!(aud3[0]["outcome"], "0");
+    // aud-2: alice's search and bob's read (the officer's searches that returned bob's read
+    // of it name it too: those are left out by `agent`).
+    let aud2 = out["aud2_by_users"].as_array().unwrap();
+    let mut users: Vec<&str> = aud2
+        .iter()
+        .map(|e| e["user"][0].as_str().unwrap())
+        .collect();
+    users.sort();
+    assert_eq!(users, ["alice", "bob"], "{out:#}");
+    // Paging (one event a page, the client following `next`) gives the same three events.
+    assert_eq!(
+        out["alice_searches"].as_array().unwrap().len(),
+        3,
+        "{out:#}"
+    );
+    assert_eq!(out["alice_searches_paged"], out["alice_searches"]);
+    assert_eq!(
+        out["today"], 4,
+        "alice's read and her search's three events"
+    );
+    assert_eq!(out["before"], 0);
+    assert_eq!(out["address"], 4);
+    assert_eq!(out["failed"], 0);
+    assert_eq!(out["entity"], 1, "bob's read of aud-1");
+    assert_eq!(
+        out["unknown"], "refused",
+        "a misspelt parameter is an error"
+    );
+    assert_eq!(out["fhirclient"].as_array().unwrap().len(), 1);
+    assert_eq!(out["fhirclient"][0], aud3[0]["id"]);
+
+    // A user who is not an auditor, and a request without a token: refused, and recorded.
+    let physician = token(&gw, "carol", &["physician"], Some("openid patient/*.read"));
+    let (status, body) = audit_get(audit_port, "patient=aud-1", Some(&physician));
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["resourceType"], "OperationOutcome");
+    assert!(
+        !body.to_string().contains("aud-1\""),
+        "a refusal names no event: {body}"
+    );
+    let (status, _) = audit_get(audit_port, "patient=aud-1", None);
+    assert_eq!(status, 401);
+
+    let records = audit_records(&gw);
+    let carol = records
+        .iter()
+        .find(|r| user_of(r) == "carol")
+        .expect("the refused search is recorded");
+    let outcome = carol.event.outcome.as_ref().unwrap();
+    assert_eq!(
+        (outcome.status, outcome.error.as_deref()),
+        (403, Some("forbidden"))
+    );
+    assert_eq!(carol.event.query.as_deref(), Some("patient=aud-1"));
+    let nobody = records
+        .iter()
+        .find(|r| matches!(&r.event.who, Who::Unauthenticated { .. }))
+        .expect("the request without a token is recorded");
+    assert_eq!(nobody.event.outcome.as_ref().unwrap().status, 401);
+    assert_eq!(nobody.event.net.gateway.listener, "audit");
+
+    // The auditor's searches are in the chain: who, the search as sent, and each page's
+    // patients (from the answer) besides the patients it asked for.
+    let mine: Vec<&Record> = records
+        .iter()
+        .filter(|r| user_of(r) == "auditor-1")
+        .collect();
+    assert!(
+        mine.len() >= 13,
+        "every search and every page: {}",
+        mine.len()
+    );
+    let aud3_search = mine
+        .iter()
+        .find(|r| {
+            let q = r.event.query.as_deref().unwrap_or("");
+            q.contains("patient=aud-3") && q.contains("agent=alice")
+        })
+        .expect("the auditor's search for aud-3");
+    let patients: Vec<(&str, PatientSource)> = aud3_search
+        .event
+        .patients
+        .iter()
+        .map(|p| (p.id.as_str(), p.source))
+        .collect();
+    assert_eq!(patients, [("aud-3", PatientSource::Response)]);
+    let pages: Vec<&&Record> = mine
+        .iter()
+        .filter(|r| r.event.query.as_deref().unwrap_or("").contains("_count=1"))
+        .collect();
+    assert_eq!(pages.len(), 3, "one record per page");
+    for page in pages {
+        assert_eq!(
+            page.event.patients.len(),
+            1,
+            "each page names its one event's patient"
+        );
+        assert_eq!(page.event.outcome.as_ref().unwrap().status, 200);
+    }
+    // And an auditor can see who searched the trail: the auditor's own searches are events.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, bundle) = audit_get(audit_port, "agent=auditor-1&subtype=search", Some(&officer));
+        let total = bundle["total"].as_u64().unwrap_or(0);
+        if total >= 13 {
+            let first = &bundle["entry"][0]["resource"];
+            assert!(
+                first["entity"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e["description"] == "search of AuditEvent"),
+                "{first:#}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the auditor's searches never appeared: {bundle:#}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let metrics = gw.admin_get("/metrics").1;
+    assert!(
+        metrics.contains("auditgate_audit_api_requests_total{result=\"forbidden\"} 1"),
+        "{metrics}"
+    );
+}

@@ -159,6 +159,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// `auditgate_audit_api_requests_total{result}`.
     pub audit_api_requests: IntCounterVec,
+    /// `auditgate_config_change_records_total{result}`.
+    pub config_change_records: IntCounterVec,
     /// `auditgate_config_last_reload_success_timestamp_seconds`.
     pub config_last_reload_success: Gauge,
     /// `auditgate_geoip_build_timestamp_seconds{database}`.
@@ -511,6 +513,12 @@ impl Metrics {
                 "Configuration reloads (SIGHUP), by result (ok, rejected).",
                 &["result"],
             ),
+            config_change_records: counter_vec(
+                &r,
+                "auditgate_config_change_records_total",
+                "Records of the gateway's own configuration (start, reload, key change) written to the journal, by result (ok, failed).",
+                &["result"],
+            ),
             audit_api_requests: counter_vec(
                 &r,
                 "auditgate_audit_api_requests_total",
@@ -625,6 +633,9 @@ impl Metrics {
         }
         for result in ["ok", "rejected"] {
             m.config_reloads.with_label_values(&[result]);
+        }
+        for result in ["ok", "failed"] {
+            m.config_change_records.with_label_values(&[result]);
         }
         for result in crate::metrics::AUDIT_API_RESULTS {
             m.audit_api_requests.with_label_values(&[result]);

@@ -264,6 +264,9 @@ pub enum Who {
         /// Why: a fixed code (`missing_token`, `expired`, ...), never token contents.
         reason: String,
     },
+    /// The gateway itself: a record of its own configuration (see [`Event::config_change`]),
+    /// not a request.
+    Gateway,
 }
 
 /// The network vector of a request.
@@ -424,6 +427,47 @@ pub struct RequestSummary {
     pub reasons: BTreeMap<String, u64>,
 }
 
+/// A change to what decides the trail: the configuration, the rules, the keys that verify
+/// tokens and sign checkpoints (ONC 170.315(d)(3): changes to the audit log's configuration
+/// are themselves audited). See [`Event::config_change`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigChange {
+    /// What happened: `start` (the configuration a process started with), `reload` (SIGHUP,
+    /// applied or rejected), `keys` (a JWKS refresh changed the token verification keys).
+    pub cause: String,
+    /// False when a reload was rejected: the previous configuration keeps serving.
+    pub applied: bool,
+    /// Why a reload was rejected (the loader's message: config keys and file paths, no PHI).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+    /// SHA-256 (hex) of the configuration file's bytes.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub config_sha256: Option<String>,
+    /// The sections a reload changed and applied.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub changed: Vec<String>,
+    /// The sections a reload changed that need a restart (not applied).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub not_applied: Vec<String>,
+    /// Each rule file in effect: `PATH sha256:HEX`.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub rules: Vec<String>,
+    /// Every token verification key in effect: `ISSUER kid=KID sha256:HEX`.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub keys: Vec<String>,
+    /// Keys in effect now that were not at the previous record of this kind.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub keys_added: Vec<String>,
+    /// Keys no longer in effect.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub keys_removed: Vec<String>,
+    /// The checkpoint signing key's public half (`auditgate/NODE+HASH+KEY`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub checkpoint_key: Option<String>,
+    /// The gateway's version.
+    pub software: String,
+}
+
 /// Everything a record says except the chain header. Serialised by appenders.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -497,6 +541,10 @@ pub struct Event {
     /// `[records]`'s rate, counted here instead of recorded one by one.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub summary: Option<RequestSummary>,
+    /// A record of the gateway's own configuration (`who` is `gateway`): what was in effect
+    /// at start, what a reload changed, a change of keys.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub config_change: Option<ConfigChange>,
     /// The kernel's NTP state when the record was made: is `ts` trustworthy, and how far off.
     pub clock: ClockState,
     /// When the gateway read the request's head (UTC, microseconds); the chain's `ts` is when
@@ -627,6 +675,7 @@ mod tests {
             truncated: Default::default(),
             part: None,
             summary: None,
+            config_change: None,
             clock: ClockState::default(),
             received: String::new(),
         }

@@ -372,6 +372,7 @@ enabled = false
             let user = match &e.who {
                 crate::record::Who::Authenticated(a) => a.user.clone(),
                 crate::record::Who::Unauthenticated { reason } => format!("({reason})"),
+                crate::record::Who::Gateway => "(gateway)".into(),
             };
             let patients: Vec<&str> = e.patients.iter().map(|p| p.id.as_str()).collect();
             let status = e

@@ -102,7 +102,8 @@ pub enum Command {
     /// patient's data), `disclosures` (the HIPAA 164.528 accounting of one patient's record),
     /// `activity` (what one user touched, per day), `breach` (the timeline of a suspect user,
     /// IP, device or client app in a window, and the patients exposed), `flags` (snooping
-    /// flags over a window).
+    /// flags over a window), `changes` (the gateway's own configuration: starts, reloads, key
+    /// changes).
     ///
     /// Each is verified and proven as `query` answers are, and says which nodes and which
     /// records it covers; `--format json` (or `--proof FILE`) carries the completeness proof

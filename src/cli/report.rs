@@ -1,4 +1,5 @@
-//! `auditgate report KIND`: the auditor's reports (`access`, `activity`, `breach`) over
+//! `auditgate report KIND`: the auditor's reports (`access`, `disclosures`, `flags`,
+//! `changes`, `activity`, `breach`) over
 //! journals and archives, verified and proven like `query`, as a table, CSV, JSON or
 //! printable HTML.
 
@@ -59,6 +60,14 @@ pub enum ReportKind {
         /// `[reports]` section of `--config`, else the defaults).
         #[arg(long, value_name = "FILE")]
         reports: Option<PathBuf>,
+        #[command(flatten)]
+        common: CommonArgs,
+    },
+    /// The gateway's own configuration (ONC 170.315(d)(3)): what each node started with (the
+    /// configuration file's hash, the rule files', the keys in effect), every reload (applied
+    /// with the sections it changed, or rejected with why), and every change of the keys that
+    /// verify tokens.
+    Changes {
         #[command(flatten)]
         common: CommonArgs,
     },
@@ -144,6 +153,14 @@ fn shown(micros: i64) -> String {
 pub fn run(args: ReportArgs) -> Result<Verdict, CliError> {
     let (kind, mut filters, common) = match &args.kind {
         ReportKind::Flags { common, .. } => ("flags", Filters::default(), common),
+        ReportKind::Changes { common } => (
+            "changes",
+            Filters {
+                rules: vec![crate::server::changes::CONFIG_CHANGE_RULE.into()],
+                ..Filters::default()
+            },
+            common,
+        ),
         ReportKind::Disclosures {
             patient, common, ..
         } => (
@@ -259,6 +276,9 @@ pub fn run(args: ReportArgs) -> Result<Verdict, CliError> {
                 ),
             ));
         }
+        ReportKind::Changes { .. } => {
+            title = "Changes to the audit configuration".to_string();
+        }
         ReportKind::Activity { user, .. } => {
             title = format!("Activity of user {user}");
             parameters.push(("user".into(), user.clone()));
@@ -307,6 +327,7 @@ pub fn run(args: ReportArgs) -> Result<Verdict, CliError> {
                 .partition(|a| crate::columnar::rows::micros_of(a.ts()).is_some_and(|t| t < from));
             reports::flags::build(&mut report, &window, &history, flags, only)?;
         }
+        ReportKind::Changes { .. } => reports::changes::build(&mut report, &accesses),
         ReportKind::Activity { .. } => reports::activity::build(&mut report, &accesses),
         ReportKind::Breach { .. } => reports::breach::build(&mut report, &accesses),
     }

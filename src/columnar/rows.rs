@@ -398,9 +398,14 @@ impl Rows {
                     .append_option(actor.smart_patient.as_deref());
                 self.break_glass.append_value(actor.break_glass);
             }
-            Who::Unauthenticated { reason } => {
+            Who::Unauthenticated { .. } | Who::Gateway => {
                 self.authenticated.append_value(false);
-                self.unauthenticated_reason.append_value(reason);
+                match &event.who {
+                    Who::Unauthenticated { reason } => {
+                        self.unauthenticated_reason.append_value(reason)
+                    }
+                    _ => self.unauthenticated_reason.append_null(),
+                }
                 self.user_id.append_null();
                 self.issuer.append_null();
                 self.user_name.append_null();

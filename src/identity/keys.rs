@@ -22,12 +22,23 @@ pub(super) struct VerifyKey {
     /// A JWK's `alg`: when set, the only algorithm this key verifies.
     pub(super) alg: Option<Algorithm>,
     pub(super) key: DecodingKey,
-    /// SHA-256 of the key's JWK JSON, to tell which keys a new JWKS dropped. Keys
-    /// from PEM files and secrets never change and carry zeros.
+    /// SHA-256 of the key's JWK JSON (to tell which keys a new JWKS dropped), of a PEM
+    /// file's bytes, or of an HMAC secret (the trail shows only its first 8 bytes).
     pub(super) fingerprint: [u8; 32],
 }
 
 impl VerifyKey {
+    /// How the trail names this key: `kid=KID sha256:HEX` (an HMAC secret's first 8 bytes of
+    /// its hash only).
+    pub(super) fn describe(&self) -> String {
+        let hash = if self.key.family() == AlgorithmFamily::Hmac {
+            format!("hmac-sha256:{}", hex::encode(&self.fingerprint[..8]))
+        } else {
+            format!("sha256:{}", hex::encode(self.fingerprint))
+        };
+        format!("kid={} {hash}", self.kid.as_deref().unwrap_or("-"))
+    }
+
     pub(super) fn serves(&self, alg: Algorithm) -> bool {
         self.key.family() == alg.family() && self.alg.is_none_or(|a| a == alg)
     }
@@ -269,7 +280,7 @@ fn pem_keys(
         static_keys.push(Arc::new(VerifyKey {
             kid: pem.kid.clone(),
             alg: None,
-            fingerprint: [0; 32],
+            fingerprint: Sha256::digest(&bytes).into(),
             key: decoded,
         }));
     }
@@ -314,10 +325,11 @@ fn hmac_keys(ic: &IssuerConfig, key: &str) -> Result<Vec<Arc<VerifyKey>>, Identi
                 min_bytes,
             });
         }
+        let fingerprint = Sha256::digest(decoded.try_get_as_bytes().unwrap_or_default()).into();
         static_keys.push(Arc::new(VerifyKey {
             kid: secret.kid.clone(),
             alg: None,
-            fingerprint: [0; 32],
+            fingerprint,
             key: decoded,
         }));
     }

@@ -135,6 +135,24 @@ impl Identity {
         }
     }
 
+    /// Every verification key in effect now, as the trail names them
+    /// (`ISSUER kid=KID sha256:HEX`), sorted.
+    pub fn key_inventory(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .issuers
+            .iter()
+            .flat_map(|i| {
+                i.all_keys()
+                    .iter()
+                    .map(|k| format!("{} {}", i.iss, k.describe()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
     /// How many verification keys are loaded now (static keys, secrets and JWKS keys).
     pub fn key_count(&self) -> usize {
         self.issuers.iter().map(|i| i.all_keys().len()).sum()

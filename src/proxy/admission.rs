@@ -230,6 +230,7 @@ fn new_event(
         truncated: Default::default(),
         part: None,
         summary: None,
+        config_change: None,
         clock: clock::current(),
         received,
     }

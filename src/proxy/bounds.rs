@@ -286,6 +286,7 @@ fn summary_event(node: &str, ip: Option<IpAddr>, s: &Summary) -> Event {
             last: format_ts(s.last),
             reasons: s.reasons.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         }),
+        config_change: None,
         clock: crate::clock::current(),
         received: format_ts(s.first),
     }

@@ -322,7 +322,7 @@ mod tests {
         use crate::record::Who;
         let actor = |r: &crate::record::Record| match &r.event.who {
             Who::Authenticated(a) => Some(a.clone()),
-            Who::Unauthenticated { .. } => None,
+            Who::Unauthenticated { .. } | Who::Gateway => None,
         };
         let f = Filters {
             patients: vec!["p3".into(), "p7".into()],

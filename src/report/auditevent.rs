@@ -11,7 +11,9 @@
 //! identified by issuer and subject, the token's `jti` as `policy`, the purposes of use);
 //! `source` the gateway node; entities for the patient (role Patient), the resource
 //! (Domain Resource), the query (base64 of the query string, role Query) and the request ID
-//! (BALP `XrequestId`). The id is stable: `node-seq-k`.
+//! (BALP `XrequestId`). The id is stable: `node-seq-k`. A record of the gateway's own
+//! configuration (a start, a reload, a key change) is one DICOM Application Start or Security
+//! Configuration event.
 
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -91,8 +93,76 @@ fn fhir_id(text: &str) -> String {
     id
 }
 
+/// The event of a record of the gateway's own configuration: DICOM Application Start
+/// (type 110100 Application Activity) for a start, else Security Configuration (type 110113
+/// Security Alert, subtype 110129); outcome 0, or 4 for a rejected reload; the configuration
+/// file's hash as the entity, with what changed as its details.
+fn config_event(access: &Access, change: &crate::record::ConfigChange) -> Value {
+    let node = access.node();
+    let first_seq = access.seqs.first().copied().unwrap_or(0);
+    let (kind, sub) = if change.cause == "start" {
+        (
+            ("110100", "Application Activity"),
+            ("110120", "Application Start"),
+        )
+    } else {
+        (
+            ("110113", "Security Alert"),
+            ("110129", "Security Configuration"),
+        )
+    };
+    let mut details = vec![json!({"type": "cause", "valueString": change.cause})];
+    for (name, values) in [
+        ("changed", &change.changed),
+        ("not_applied", &change.not_applied),
+        ("rules", &change.rules),
+        ("keys_added", &change.keys_added),
+        ("keys_removed", &change.keys_removed),
+    ] {
+        if !values.is_empty() {
+            details.push(json!({"type": name, "valueString": values.join("; ")}));
+        }
+    }
+    if let Some(error) = &change.error {
+        details.push(json!({"type": "error", "valueString": error}));
+    }
+    let mut entity = json!({
+        "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
+        "description": "the gateway's configuration",
+        "detail": details,
+    });
+    if let Some(hash) = &change.config_sha256 {
+        entity["what"] =
+            json!({"identifier": {"system": "urn:auditgate:config-sha256", "value": hash}});
+    }
+    json!({
+        "resourceType": "AuditEvent",
+        "id": fhir_id(&format!("{node}-{first_seq}-0")),
+        "type": {"system": DCM, "code": kind.0, "display": kind.1},
+        "subtype": [{"system": DCM, "code": sub.0, "display": sub.1}],
+        "action": "E",
+        "recorded": access.ts(),
+        "outcome": if change.applied { "0" } else { "4" },
+        "outcomeDesc": if change.applied { format!("{} applied", change.cause) } else { "reload rejected: the previous configuration keeps serving".to_string() },
+        "agent": [{
+            "type": {"coding": [{"system": DCM, "code": "110150", "display": "Application"}]},
+            "who": {"display": format!("auditgate node {node} ({})", change.software)},
+            "requestor": false,
+        }],
+        "source": {
+            "site": node,
+            "observer": {"display": format!("auditgate node {node}")},
+            "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}],
+        },
+        "entity": [entity],
+    })
+}
+
 /// The events of one access.
 pub fn events(access: &Access, context: &ExportContext) -> Vec<Value> {
+    if let Some(change) = &access.record.event.config_change {
+        return vec![config_event(access, change)];
+    }
     let e = &access.record.event;
     let (profile, action) = pattern(e.interaction, e.action);
     let status = e.outcome.as_ref().filter(|_| access.has_outcome);
@@ -133,6 +203,9 @@ pub fn events(access: &Access, context: &ExportContext) -> Vec<Value> {
         }
         Who::Unauthenticated { reason } => {
             user_agent["who"] = json!({"display": format!("unauthenticated ({reason})")});
+        }
+        Who::Gateway => {
+            user_agent["who"] = json!({"display": format!("auditgate node {node}")});
         }
     }
     let client_id = access.client();

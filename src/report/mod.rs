@@ -16,6 +16,7 @@ pub mod access;
 pub mod activity;
 pub mod auditevent;
 pub mod breach;
+pub mod changes;
 pub mod config;
 pub mod disclosures;
 pub mod flags;

@@ -49,6 +49,7 @@ impl Access {
         match &self.record.event.who {
             Who::Authenticated(actor) => actor.user.clone(),
             Who::Unauthenticated { reason } => format!("(unauthenticated: {reason})"),
+            Who::Gateway => "(the gateway)".into(),
         }
     }
 

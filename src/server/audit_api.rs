@@ -309,6 +309,7 @@ impl AuditApi {
             truncated: Default::default(),
             part: None,
             summary: None,
+            config_change: None,
             clock: crate::clock::current(),
             received: crate::record::format_ts(received),
         };

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod audit_api;
+pub mod changes;
 pub mod refused_heads;
 pub mod reload;
 pub mod signals;
@@ -268,6 +269,16 @@ pub fn prepare(
         }
     };
     let audit_key = load_signer(false)?.public_key().to_string();
+    // The configuration this process starts with, in the trail before any request.
+    let changes = Arc::new(crate::server::changes::ChangeRecorder::new(
+        journal.clone(),
+        &config.server.node,
+        config_path,
+        audit_key.clone(),
+    ));
+    background.block_on(changes.started(config, &live.identity()));
+    reloader.record_changes_with(changes);
+    background.spawn(reloader.clone().watch_keys(KEY_CHECK_INTERVAL));
     // Columnar copies are signed with the checkpoint key (loaded again: the checkpointer owns
     // its instance).
     let copy_maker = if config.columnar.enabled {
@@ -399,6 +410,10 @@ pub fn prepare(
         audit_api,
     })
 }
+
+/// How often the token verification keys in effect are compared with the last recorded ones
+/// (a JWKS refresh may change them between reloads).
+const KEY_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Idle connections to the upstream kept by the buffered path (pingora's default pool size).
 const UPSTREAM_POOL_SIZE: usize = 128;

@@ -27,6 +27,7 @@ use crate::network::geoip::GeoIp;
 use crate::network::vector::NetPolicy;
 use crate::proxy::live::{Live, Snapshot};
 use crate::rules::RuleSet;
+use crate::server::changes::{applied_changes, ChangeRecorder, ReloadOutcome};
 
 /// Why a reload was rejected (the old configuration keeps serving).
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +134,15 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if differs(&old.log, &new.log) {
         changed.push("log");
     }
+    if differs(&old.columnar, &new.columnar) {
+        changed.push("columnar");
+    }
+    if differs(&old.auditors, &new.auditors) {
+        changed.push("auditors");
+    }
+    if differs(&old.audit_api, &new.audit_api) {
+        changed.push("audit_api");
+    }
     // The buffered path's slots are made once, at start.
     if old.attribution.max_buffered_requests != new.attribution.max_buffered_requests {
         changed.push("attribution.max_buffered_requests");
@@ -163,6 +173,11 @@ pub struct Reloader {
     refresher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The TLS listeners' certificate, when there are TLS listeners.
     tls_certs: Option<Arc<crate::network::tls::ServerCerts>>,
+    /// Records each reload and key change in the journal (set once the journal is open).
+    changes: std::sync::OnceLock<Arc<ChangeRecorder>>,
+    /// One reload or key check at a time, so a key change a reload brings is recorded once,
+    /// with the reload.
+    serial: tokio::sync::Mutex<()>,
 }
 
 impl Reloader {
@@ -175,6 +190,8 @@ impl Reloader {
             current: Mutex::new(config),
             refresher: Mutex::new(None),
             tls_certs: None,
+            changes: std::sync::OnceLock::new(),
+            serial: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -182,6 +199,36 @@ impl Reloader {
     pub fn with_tls_certs(mut self, certs: Option<Arc<crate::network::tls::ServerCerts>>) -> Self {
         self.tls_certs = certs;
         self
+    }
+
+    /// Record every reload and key change from now on with `recorder` (once the journal is
+    /// open; a second call changes nothing).
+    pub fn record_changes_with(&self, recorder: Arc<ChangeRecorder>) {
+        let _ = self.changes.set(recorder);
+    }
+
+    /// The configuration in effect (restart-only sections as the process started).
+    pub fn current(&self) -> Config {
+        self.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Check every `every` whether the token verification keys changed (a JWKS refresh), and
+    /// record each change. Spawn once, after [`Reloader::record_changes_with`].
+    pub async fn watch_keys(self: Arc<Self>, every: std::time::Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(recorder) = self.changes.get() else {
+                continue;
+            };
+            let _one_at_a_time = self.serial.lock().await;
+            let identity = self.live.identity();
+            if recorder.keys_changed(&identity) {
+                recorder.keys_refreshed(&self.current(), &identity).await;
+            }
+        }
     }
 
     /// Start (or restart) the JWKS refresher of the identity in effect. Call inside a tokio
@@ -201,6 +248,31 @@ impl Reloader {
     /// Load the file again and swap it in if every part loads. Returns the restart-only
     /// sections that changed (not applied).
     pub async fn reload(&self) -> Result<Vec<&'static str>, ReloadError> {
+        let _one_at_a_time = self.serial.lock().await;
+        let before = self.current();
+        let result = self.reload_now().await;
+        if let Some(recorder) = self.changes.get() {
+            let after = self.current();
+            let outcome = match &result {
+                Ok(ignored) => ReloadOutcome {
+                    config: &after,
+                    changed: applied_changes(&before, &after),
+                    not_applied: ignored.clone(),
+                    error: None,
+                },
+                Err(e) => ReloadOutcome {
+                    config: &after,
+                    changed: Vec::new(),
+                    not_applied: Vec::new(),
+                    error: Some(e.to_string()),
+                },
+            };
+            recorder.reloaded(outcome, &self.live.identity()).await;
+        }
+        result
+    }
+
+    async fn reload_now(&self) -> Result<Vec<&'static str>, ReloadError> {
         let metrics = crate::metrics::global();
         let result = async {
             let config = Config::load(&self.config_path)?;

@@ -45,6 +45,7 @@ fn user_of(r: &Record) -> &str {
     match &r.event.who {
         Who::Authenticated(a) => &a.user,
         Who::Unauthenticated { reason } => reason,
+        Who::Gateway => "(gateway)",
     }
 }
 

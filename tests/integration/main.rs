@@ -15,6 +15,7 @@ mod archive_verify;
 mod attacks;
 mod attribution;
 mod audit_api;
+mod changes;
 mod cli;
 mod columnar;
 mod corpus;

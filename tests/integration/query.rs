@@ -169,7 +169,7 @@ fn oracle(trail: &Trail, keep: impl Fn(&Record) -> bool) -> Vec<(String, u64)> {
 fn actor(r: &Record) -> Option<&auditgate::record::Actor> {
     match &r.event.who {
         Who::Authenticated(a) => Some(a),
-        Who::Unauthenticated { .. } => None,
+        Who::Unauthenticated { .. } | Who::Gateway => None,
     }
 }
 

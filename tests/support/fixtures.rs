@@ -49,6 +49,7 @@ pub fn event(n: usize) -> Event {
         truncated: Default::default(),
         part: None,
         summary: None,
+        config_change: None,
         clock: ClockState::default(),
         received: String::new(),
     }

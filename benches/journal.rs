@@ -105,6 +105,7 @@ fn event(n: u64) -> Event {
         truncated: Default::default(),
         part: None,
         summary: None,
+        config_change: None,
         clock: ClockState {
             synced: true,
             max_error_ms: 12,

@@ -231,6 +231,7 @@ fn event(rng: &mut Rng, patients: &Zipf, users: &Zipf, node: &str) -> Event {
         truncated: Default::default(),
         part: None,
         summary: None,
+        config_change: None,
         clock: ClockState {
             synced: true,
             max_error_ms: 8,

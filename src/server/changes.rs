@@ -178,7 +178,18 @@ impl ChangeRecorder {
     pub async fn reloaded(&self, outcome: ReloadOutcome<'_>, identity: &Identity) {
         let mut change = self.change("reload", outcome.config, identity);
         change.applied = outcome.error.is_none();
-        change.error = outcome.error;
+        // One line (a TOML error quotes the file around the fault), at most 1 KiB.
+        change.error = outcome.error.map(|e| {
+            let mut line = e.split_whitespace().collect::<Vec<_>>().join(" ");
+            if line.len() > 1024 {
+                let mut cut = 1024;
+                while !line.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                line.truncate(cut);
+            }
+            line
+        });
         change.changed = outcome.changed.iter().map(|s| s.to_string()).collect();
         change.not_applied = outcome.not_applied.iter().map(|s| s.to_string()).collect();
         self.write(change).await;

@@ -49,7 +49,10 @@ fn records_are_proven_offline_against_signed_checkpoints() {
         assert_eq!(resp.status(), 200);
     }
     let records = gw.records().len() as u64;
-    assert_eq!(records, 15);
+    assert_eq!(
+        records, 16,
+        "the start's configuration record and the 15 reads"
+    );
     wait_until_covered(&gw.journal, records);
 
     let journal = gw.journal.to_str().unwrap();

@@ -31,6 +31,9 @@
 //!    `target/bench-results/query-append.json`); `AUDITGATE_BENCH_OFFERED=RATE` runs only the
 //!    open loop, at that rate.
 //!
+//! 5. **Reports and the BALP export**: see [`reports_part`]; `AUDITGATE_BENCH_ONLY=reports`
+//!    runs this part alone (`target/bench-results/query-reports.json`).
+//!
 //! Results: a table on stdout and `target/bench-results/query.json`.
 #![allow(
     clippy::unwrap_used,
@@ -766,6 +769,134 @@ fn append_part(target: &Path) -> serde_json::Value {
 /// The open-loop runs offer this share of the closed loop's top speed without copies.
 const OFFERED_SHARE: f64 = 0.5;
 
+/// One report (or export) against the `query` that reads the same records, both timed as whole
+/// processes (3 runs each, medians) with their peak RSS.
+struct ReportRun {
+    name: &'static str,
+    /// The report's or export's arguments after the trail's.
+    report: Vec<String>,
+    /// `query`'s filter arguments for the same records.
+    query: Vec<String>,
+}
+
+/// 5. **Reports and the BALP export** (`AUDITGATE_BENCH_ONLY=reports` runs this part alone, over
+///    the same archive): a typical patient's access report, a one-week breach report of a
+///    busy user (rank 100), and the FHIR export of that user's ten days, each against the
+///    `auditgate query` of the same records (the peer: what the report adds to the verified
+///    answer). The export's rate is events a second over the whole process.
+fn reports_part(auditgate_bin: &str, trail: &[String], generated: &Generated) -> serde_json::Value {
+    let typical = patient_id(400_000);
+    // 2026-11-02 .. 2026-11-08 (seven whole days of the ten).
+    let runs = [
+        ReportRun {
+            name: "patient access report",
+            report: vec![
+                "report".into(),
+                "access".into(),
+                "--patient".into(),
+                typical.clone(),
+            ],
+            query: vec!["--patient".into(), typical.clone()],
+        },
+        ReportRun {
+            name: "one-week breach report",
+            report: vec![
+                "report".into(),
+                "breach".into(),
+                "--user".into(),
+                generated.user.clone(),
+                "--from".into(),
+                "2026-11-02".into(),
+                "--to".into(),
+                "2026-11-08".into(),
+            ],
+            query: vec![
+                "--user".into(),
+                generated.user.clone(),
+                "--since".into(),
+                "2026-11-02".into(),
+                "--until".into(),
+                "2026-11-09".into(),
+            ],
+        },
+        ReportRun {
+            name: "BALP export, one user",
+            report: vec![
+                "export".into(),
+                "--format".into(),
+                "fhir".into(),
+                "--user".into(),
+                generated.user.clone(),
+            ],
+            query: vec!["--user".into(), generated.user.clone()],
+        },
+    ];
+    println!();
+    println!(
+        "{:24} {:>9} {:>10} {:>10} {:>8} {:>10} {:>10}",
+        "report", "records", "report s", "query s", "ratio", "peak RSS", "events/s"
+    );
+    let mut results = Vec::new();
+    for run in &runs {
+        let measure = |head: &[String], tail: &[String]| {
+            let mut args: Vec<String> = head.to_vec();
+            args.extend(trail.iter().cloned());
+            args.extend(tail.iter().cloned());
+            let mut times = Vec::new();
+            let mut rss = 0;
+            let mut out = Vec::new();
+            for _ in 0..3 {
+                let (secs, peak, stdout) = run_measured(auditgate_bin, &args);
+                times.push(secs);
+                rss = rss.max(peak);
+                out = stdout;
+            }
+            (median(times), rss, out)
+        };
+        let mut query_head = vec!["query".to_string()];
+        query_head.extend(["--format".to_string(), "jsonl".to_string()]);
+        let (query_secs, query_rss, query_out) = measure(&query_head, &run.query);
+        let records = query_out
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count();
+        let (head, tail) = run
+            .report
+            .split_at(if run.report[0] == "report" { 2 } else { 3 });
+        let (secs, rss, out) = measure(head, tail);
+        let events = if run.report[0] == "export" {
+            out.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count()
+        } else {
+            0
+        };
+        let rate = if events > 0 {
+            events as f64 / secs
+        } else {
+            0.0
+        };
+        println!(
+            "{:24} {:>9} {:>10.3} {:>10.3} {:>8.2} {:>6} MiB {:>10}",
+            run.name,
+            records,
+            secs,
+            query_secs,
+            secs / query_secs,
+            rss / 1024,
+            if events > 0 {
+                format!("{rate:.0}")
+            } else {
+                "-".into()
+            }
+        );
+        results.push(serde_json::json!({
+            "report": run.name, "records": records, "report_secs": secs, "query_secs": query_secs,
+            "ratio": secs / query_secs, "report_peak_rss_kib": rss, "query_peak_rss_kib": query_rss,
+            "events": events, "events_per_sec": rate,
+        }));
+    }
+    serde_json::json!(results)
+}
+
 fn main() {
     let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");
     if std::env::var("AUDITGATE_BENCH_ONLY").as_deref() == Ok("append") {
@@ -794,6 +925,23 @@ fn main() {
         })
         .collect();
 
+    let trail: Vec<String> = [
+        "--archive".to_string(),
+        archive.display().to_string(),
+        "--prefix".into(),
+        "bench".into(),
+    ]
+    .into_iter()
+    .chain(keys.iter().cloned())
+    .collect();
+    if std::env::var("AUDITGATE_BENCH_ONLY").as_deref() == Ok("reports") {
+        let reports = reports_part(auditgate_bin, &trail, &generated);
+        let out_dir = target.join("bench-results");
+        std::fs::create_dir_all(&out_dir).unwrap();
+        let mut f = std::fs::File::create(out_dir.join("query-reports.json")).unwrap();
+        writeln!(f, "{reports:#}").unwrap();
+        return;
+    }
     let day_end = format!("{}T23:59:59.999999Z", generated.ip_day);
     let typical = patient_id(400_000);
     let questions = [
@@ -915,10 +1063,12 @@ fn main() {
         generated.parquet_bytes as f64 / generated.records as f64
     );
 
+    let reports = reports_part(auditgate_bin, &trail, &generated);
     let append = append_part(&target);
     let json = serde_json::json!({
         "records": generated.records, "nodes": NODES, "days": DAYS,
         "questions": results,
+        "reports": reports,
         "copy": {
             "segments": generated.segments, "median_write_secs": copy,
             "json_bytes": generated.json_bytes, "zst_bytes": generated.zst_bytes,

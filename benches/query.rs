@@ -780,8 +780,9 @@ struct ReportRun {
 }
 
 /// 5. **Reports and the BALP export** (`AUDITGATE_BENCH_ONLY=reports` runs this part alone, over
-///    the same archive): a typical patient's access report, a one-week breach report of a
-///    busy user (rank 100), and the FHIR export of that user's ten days, each against the
+///    the same archive): a typical patient's access report, one-week breach reports of a
+///    typical user (rank 1,000) and of a busy one (rank 100, about ten times the requests), and
+///    the FHIR export of the busy user's ten days, each against the
 ///    `auditgate query` of the same records (the peer: what the report adds to the verified
 ///    answer). The export's rate is events a second over the whole process.
 fn reports_part(auditgate_bin: &str, trail: &[String], generated: &Generated) -> serde_json::Value {
@@ -799,7 +800,28 @@ fn reports_part(auditgate_bin: &str, trail: &[String], generated: &Generated) ->
             query: vec!["--patient".into(), typical.clone()],
         },
         ReportRun {
-            name: "one-week breach report",
+            name: "one-week breach, typical",
+            report: vec![
+                "report".into(),
+                "breach".into(),
+                "--user".into(),
+                "u01000".into(),
+                "--from".into(),
+                "2026-11-02".into(),
+                "--to".into(),
+                "2026-11-08".into(),
+            ],
+            query: vec![
+                "--user".into(),
+                "u01000".into(),
+                "--since".into(),
+                "2026-11-02".into(),
+                "--until".into(),
+                "2026-11-09".into(),
+            ],
+        },
+        ReportRun {
+            name: "one-week breach, busy",
             report: vec![
                 "report".into(),
                 "breach".into(),

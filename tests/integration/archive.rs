@@ -19,19 +19,10 @@ use auditgate::journal::SegmentName;
 
 use crate::support::fixtures::FaultStore;
 use crate::support::gateway::{Gateway, GatewayOptions};
-use crate::support::s3::{run_boto3, S3Server, ACCESS_KEY, BOTO3_PRELUDE, REGION, SECRET_KEY};
+use crate::support::s3::{aws_env, run_boto3, S3Server, BOTO3_PRELUDE, REGION};
 use crate::support::{http_client, FhirServer};
 
 const PREFIX: &str = "itest";
-
-fn aws_env() -> Vec<(String, String)> {
-    vec![
-        ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
-        ("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()),
-        ("AWS_REGION".into(), REGION.into()),
-        ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
-    ]
-}
 
 /// The test process's own S3 clients read the same (fixed) credentials from the environment.
 fn set_aws_env() {

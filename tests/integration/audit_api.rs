@@ -10,6 +10,7 @@ use auditgate::record::{PatientSource, Record, Who};
 use serde_json::{json, Value};
 
 use crate::support::gateway::{claims_for, Gateway, GatewayOptions, ISS_RSA};
+use crate::support::s3::{aws_env, S3Server, REGION};
 use crate::support::{
     assert_success, free_port, http_client, mint, run_python, FhirServer, KeyKind,
 };
@@ -282,4 +283,69 @@ fn auditors_search_the_trail_with_fhir_clients_and_every_search_is_recorded() {
         metrics.contains("auditgate_audit_api_requests_total{result=\"forbidden\"} 1"),
         "{metrics}"
     );
+}
+
+#[test]
+fn the_audit_listener_answers_from_the_s3_archive_once_the_local_segments_are_gone() {
+    let fhir = FhirServer::seeded();
+    let s3 = S3Server::start();
+    s3.create_locked_bucket("audit-api");
+    let audit_port = free_port();
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
+    opts.journal_toml = "segment_max_bytes = 4096".into();
+    opts.extra_toml = format!(
+        "[archive]\nkind = \"s3\"\nbucket = \"audit-api\"\nprefix = \"audit\"\nregion = \"{REGION}\"\n\
+         endpoint_url = \"{}\"\nforce_path_style = true\nretention_days = 1\nallow_short_retention = true\n\
+         poll_interval_secs = 1\nretry_max_secs = 2\ndelete_local_after_ship = true\n\n\
+         [audit_api]\nenabled = true\nlisten = \"127.0.0.1:{audit_port}\"\n",
+        s3.endpoint()
+    );
+    opts.env = aws_env();
+    let gw = Gateway::start(opts);
+    let client = http_client();
+    let reader = token(&gw, "dana", &["physician"], None);
+    for _ in 0..30 {
+        let resp = client
+            .get(gw.url("/fhir/Patient/example"))
+            .bearer_auth(&reader)
+            .send()
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+    }
+    // The archiver ships the sealed segments and removes them from the journal directory.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while auditgate::journal::list_segments(&gw.journal)
+        .unwrap()
+        .first()
+        .is_some_and(|(name, _)| name.first() == 1)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the first segment never left the journal directory"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let auditor = token(&gw, "auditor-1", &[], Some("audit.read"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, bundle) = audit_get(
+            audit_port,
+            "agent=dana&patient=example&_count=100",
+            Some(&auditor),
+        );
+        if status == 200 && bundle["total"] == 30 {
+            let first = &bundle["entry"][0]["resource"];
+            assert_eq!(first["subtype"][0]["code"], "read");
+            let coverage = bundle["entry"][30]["resource"]["issue"][0]["diagnostics"]
+                .as_str()
+                .unwrap();
+            assert!(
+                coverage.contains("covered by the signed checkpoint"),
+                "{coverage}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status} {bundle:#}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }

@@ -15,19 +15,10 @@ use auditgate::journal::SegmentName;
 use serde_json::Value;
 
 use crate::support::gateway::{public_key_of, Gateway, GatewayOptions};
-use crate::support::s3::{S3Server, ACCESS_KEY, REGION, SECRET_KEY};
+use crate::support::s3::{aws_env, S3Server, REGION};
 use crate::support::{http_client, FhirServer};
 
 const PREFIX: &str = "col";
-
-fn aws_env() -> Vec<(String, String)> {
-    vec![
-        ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
-        ("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()),
-        ("AWS_REGION".into(), REGION.into()),
-        ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
-    ]
-}
 
 fn traffic(gw: &Gateway, n: usize) {
     let client = http_client();

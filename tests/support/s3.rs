@@ -69,6 +69,17 @@ pub const ACCESS_KEY: &str = "test";
 pub const SECRET_KEY: &str = "test";
 pub const REGION: &str = "us-east-1";
 
+/// The environment a gateway (or any AWS SDK client) needs to reach the test S3 server: its
+/// fixed credentials and region, and no instance-metadata lookup.
+pub fn aws_env() -> Vec<(String, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()),
+        ("AWS_REGION".into(), REGION.into()),
+        ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+    ]
+}
+
 /// How long LocalStack may take to report `"s3": "running"` (it takes about 1 s; 3.5 s without
 /// the prebuilt catalog).
 const START_TIMEOUT: Duration = Duration::from_secs(60);

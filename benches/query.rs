@@ -779,6 +779,33 @@ struct ReportRun {
     query: Vec<String>,
 }
 
+/// `report breach --user USER` over 2026-11-02 .. 2026-11-08 (seven whole days of the ten),
+/// against the query of the same records.
+fn breach_week(name: &'static str, user: &str) -> ReportRun {
+    let strings = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    ReportRun {
+        name,
+        report: strings(&[
+            "report",
+            "breach",
+            "--user",
+            user,
+            "--from",
+            "2026-11-02",
+            "--to",
+            "2026-11-08",
+        ]),
+        query: strings(&[
+            "--user",
+            user,
+            "--since",
+            "2026-11-02",
+            "--until",
+            "2026-11-09",
+        ]),
+    }
+}
+
 /// 5. **Reports and the BALP export** (`AUDITGATE_BENCH_ONLY=reports` runs this part alone, over
 ///    the same archive): a typical patient's access report, one-week breach reports of a
 ///    typical user (rank 1,000) and of a busy one (rank 100, about ten times the requests), and
@@ -787,7 +814,6 @@ struct ReportRun {
 ///    answer). The export's rate is events a second over the whole process.
 fn reports_part(auditgate_bin: &str, trail: &[String], generated: &Generated) -> serde_json::Value {
     let typical = patient_id(400_000);
-    // 2026-11-02 .. 2026-11-08 (seven whole days of the ten).
     let runs = [
         ReportRun {
             name: "patient access report",
@@ -799,48 +825,8 @@ fn reports_part(auditgate_bin: &str, trail: &[String], generated: &Generated) ->
             ],
             query: vec!["--patient".into(), typical.clone()],
         },
-        ReportRun {
-            name: "one-week breach, typical",
-            report: vec![
-                "report".into(),
-                "breach".into(),
-                "--user".into(),
-                "u01000".into(),
-                "--from".into(),
-                "2026-11-02".into(),
-                "--to".into(),
-                "2026-11-08".into(),
-            ],
-            query: vec![
-                "--user".into(),
-                "u01000".into(),
-                "--since".into(),
-                "2026-11-02".into(),
-                "--until".into(),
-                "2026-11-09".into(),
-            ],
-        },
-        ReportRun {
-            name: "one-week breach, busy",
-            report: vec![
-                "report".into(),
-                "breach".into(),
-                "--user".into(),
-                generated.user.clone(),
-                "--from".into(),
-                "2026-11-02".into(),
-                "--to".into(),
-                "2026-11-08".into(),
-            ],
-            query: vec![
-                "--user".into(),
-                generated.user.clone(),
-                "--since".into(),
-                "2026-11-02".into(),
-                "--until".into(),
-                "2026-11-09".into(),
-            ],
-        },
+        breach_week("one-week breach, typical", "u01000"),
+        breach_week("one-week breach, busy", &generated.user),
         ReportRun {
             name: "BALP export, one user",
             report: vec![

@@ -554,6 +554,48 @@ pub struct Event {
 }
 
 impl Event {
+    /// A record that stands for no single request (a flood summary, the gateway's own
+    /// configuration): an outcome of action E, `unclassified`, without method, path or
+    /// patients (attribution `none`), from `net`, with a new request ID. The caller sets what
+    /// it is about (`outcome`, `summary`, `config_change`).
+    pub fn not_a_request(
+        who: Who,
+        rule: &str,
+        net: NetworkVector,
+        clock: ClockState,
+        received: String,
+    ) -> Event {
+        Event {
+            phase: Phase::Outcome,
+            request_id: uuid::Uuid::new_v4().to_string(),
+            intent_seq: None,
+            who,
+            action: Action::E,
+            interaction: InteractionKind::Unclassified,
+            rule: rule.to_string(),
+            resource_type: None,
+            resource_id: None,
+            method: String::new(),
+            path: String::new(),
+            query: None,
+            forwarded_query: None,
+            patients: Vec::new(),
+            attribution: Attribution::None,
+            attribution_gaps: Vec::new(),
+            external_refs: Vec::new(),
+            external_refs_omitted: None,
+            bulk_files: Vec::new(),
+            net,
+            outcome: None,
+            truncated: BTreeMap::new(),
+            part: None,
+            summary: None,
+            config_change: None,
+            clock,
+            received,
+        }
+    }
+
     /// Serialise to the JSON object the writer splices after the chain header.
     #[allow(
         clippy::expect_used,

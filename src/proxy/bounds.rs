@@ -28,10 +28,7 @@ use std::time::{Instant, SystemTime};
 
 use crate::config::records::RecordsConfig;
 use crate::journal::Journal;
-use crate::record::{
-    format_ts, Action, Attribution, Event, GatewayId, InteractionKind, NetworkVector, Outcome,
-    Phase, RequestSummary, Who,
-};
+use crate::record::{format_ts, Event, GatewayId, NetworkVector, Outcome, RequestSummary, Who};
 
 /// `s` cut to at most `max` bytes at a character boundary, and its original length in bytes
 /// when it was cut.
@@ -241,55 +238,38 @@ impl SummaryWriter {
 /// The record of one client IP's summarised requests.
 fn summary_event(node: &str, ip: Option<IpAddr>, s: &Summary) -> Event {
     let client = ip.map_or_else(|| "*".to_string(), |ip| ip.to_string());
-    Event {
-        phase: Phase::Outcome,
-        request_id: uuid::Uuid::new_v4().to_string(),
-        intent_seq: None,
-        who: Who::Unauthenticated {
-            reason: "summarised".into(),
+    let net = NetworkVector {
+        client_ip: client.clone(),
+        peer_ip: client,
+        gateway: GatewayId {
+            node: node.to_string(),
+            listener: "*".into(),
         },
-        action: Action::E,
-        interaction: InteractionKind::Unclassified,
-        rule: crate::rules::REJECTED_RULE.into(),
-        resource_type: None,
-        resource_id: None,
-        method: String::new(),
-        path: String::new(),
-        query: None,
-        forwarded_query: None,
-        patients: Vec::new(),
-        attribution: Attribution::None,
-        attribution_gaps: Vec::new(),
-        external_refs: Vec::new(),
-        external_refs_omitted: None,
-        bulk_files: Vec::new(),
-        net: NetworkVector {
-            client_ip: client.clone(),
-            peer_ip: client,
-            gateway: GatewayId {
-                node: node.to_string(),
-                listener: "*".into(),
-            },
-            ..NetworkVector::default()
-        },
-        outcome: Some(Outcome {
-            status: 401,
-            code: Outcome::code_for_status(401),
-            error: Some("summarised".into()),
-            ..Outcome::default()
-        }),
-        truncated: BTreeMap::new(),
-        part: None,
-        summary: Some(RequestSummary {
-            count: s.count,
-            first: format_ts(s.first),
-            last: format_ts(s.last),
-            reasons: s.reasons.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-        }),
-        config_change: None,
-        clock: crate::clock::current(),
-        received: format_ts(s.first),
-    }
+        ..NetworkVector::default()
+    };
+    let who = Who::Unauthenticated {
+        reason: "summarised".into(),
+    };
+    let mut event = Event::not_a_request(
+        who,
+        crate::rules::REJECTED_RULE,
+        net,
+        crate::clock::current(),
+        format_ts(s.first),
+    );
+    event.outcome = Some(Outcome {
+        status: 401,
+        code: Outcome::code_for_status(401),
+        error: Some("summarised".into()),
+        ..Outcome::default()
+    });
+    event.summary = Some(RequestSummary {
+        count: s.count,
+        first: format_ts(s.first),
+        last: format_ts(s.last),
+        reasons: s.reasons.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+    });
+    event
 }
 
 /// Cut every field copied from the request to its `[records]` bound, and note in the record

@@ -167,7 +167,8 @@ pub struct AdminApp {
     pub readiness: Readiness,
 }
 
-fn respond(status: u16, content_type: &'static str, body: Vec<u8>) -> Response<Vec<u8>> {
+/// A complete answer: status, content type, length, `Cache-Control: no-store`, body.
+pub(crate) fn respond(status: u16, content_type: &'static str, body: Vec<u8>) -> Response<Vec<u8>> {
     let mut response = Response::new(Vec::new());
     *response.status_mut() =
         http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);

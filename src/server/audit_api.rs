@@ -200,25 +200,12 @@ impl TrailSources {
 
 fn respond(status: u16, body: &Value, headers: &[(&'static str, String)]) -> Response<Vec<u8>> {
     let bytes = serde_json::to_vec_pretty(body).unwrap_or_default();
-    let mut response = Response::new(Vec::new());
-    *response.status_mut() =
-        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-    let h = response.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static(FHIR_JSON),
-    );
-    h.insert(http::header::CONTENT_LENGTH, bytes.len().into());
-    h.insert(
-        http::header::CACHE_CONTROL,
-        http::HeaderValue::from_static("no-store"),
-    );
+    let mut response = crate::server::admin::respond(status, FHIR_JSON, bytes);
     for (name, value) in headers {
         if let Ok(v) = http::HeaderValue::from_str(value) {
-            h.insert(*name, v);
+            response.headers_mut().insert(*name, v);
         }
     }
-    *response.body_mut() = bytes;
     response
 }
 

@@ -22,9 +22,7 @@ use sha2::{Digest, Sha256};
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::journal::Journal;
-use crate::record::{
-    Action, Attribution, ConfigChange, Event, GatewayId, InteractionKind, NetworkVector, Phase, Who,
-};
+use crate::record::{ConfigChange, Event, GatewayId, NetworkVector, Who};
 
 /// The rule name of configuration records.
 pub const CONFIG_CHANGE_RULE: &str = "gateway.config";
@@ -221,40 +219,21 @@ impl ChangeRecorder {
 
 /// The record of a configuration change on `node`.
 pub fn config_event(node: &str, change: ConfigChange) -> Event {
-    let now = crate::record::format_ts(std::time::SystemTime::now());
-    Event {
-        phase: Phase::Outcome,
-        request_id: uuid::Uuid::new_v4().to_string(),
-        intent_seq: None,
-        who: Who::Gateway,
-        action: Action::E,
-        interaction: InteractionKind::Unclassified,
-        rule: CONFIG_CHANGE_RULE.into(),
-        resource_type: None,
-        resource_id: None,
-        method: String::new(),
-        path: String::new(),
-        query: None,
-        forwarded_query: None,
-        patients: Vec::new(),
-        attribution: Attribution::None,
-        attribution_gaps: Vec::new(),
-        external_refs: Vec::new(),
-        external_refs_omitted: None,
-        bulk_files: Vec::new(),
-        net: NetworkVector {
-            gateway: GatewayId {
-                node: node.to_string(),
-                listener: "-".into(),
-            },
-            ..NetworkVector::default()
+    let net = NetworkVector {
+        gateway: GatewayId {
+            node: node.to_string(),
+            listener: "-".into(),
         },
-        outcome: None,
-        truncated: Default::default(),
-        part: None,
-        summary: None,
-        config_change: Some(change),
-        clock: crate::clock::current(),
-        received: now,
-    }
+        ..NetworkVector::default()
+    };
+    let now = crate::record::format_ts(std::time::SystemTime::now());
+    let mut event = Event::not_a_request(
+        Who::Gateway,
+        CONFIG_CHANGE_RULE,
+        net,
+        crate::clock::current(),
+        now,
+    );
+    event.config_change = Some(change);
+    event
 }

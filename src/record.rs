@@ -554,11 +554,12 @@ pub struct Event {
 }
 
 impl Event {
-    /// A record that stands for no single request (a flood summary, the gateway's own
-    /// configuration): an outcome of action E, `unclassified`, without method, path or
-    /// patients (attribution `none`), from `net`, with a new request ID. The caller sets what
-    /// it is about (`outcome`, `summary`, `config_change`).
-    pub fn not_a_request(
+    /// A record with nothing but who, the rule, from where and when: an outcome of action E,
+    /// `unclassified`, without method, path or patients (attribution `none`). Records that
+    /// stand for no single request (a flood summary, the gateway's configuration) fill in what
+    /// they are about; the proxy's admission starts each request's record from it.
+    pub fn bare(
+        request_id: String,
         who: Who,
         rule: &str,
         net: NetworkVector,
@@ -567,7 +568,7 @@ impl Event {
     ) -> Event {
         Event {
             phase: Phase::Outcome,
-            request_id: uuid::Uuid::new_v4().to_string(),
+            request_id,
             intent_seq: None,
             who,
             action: Action::E,

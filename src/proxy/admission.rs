@@ -22,9 +22,7 @@ use crate::clock;
 use crate::identity::{AuthFailure, Authenticated};
 use crate::journal::JournalError;
 use crate::metrics;
-use crate::record::{
-    Action, Attribution, Event, GatewayId, InteractionKind, NetworkVector, Phase, Who,
-};
+use crate::record::{Attribution, Event, GatewayId, NetworkVector, Phase, Who};
 use crate::rules::{Classification, RequestRejection, METHOD_OVERRIDE_HEADERS};
 
 /// Whether a request may change data, and so gets an intent record before it is forwarded:
@@ -200,40 +198,23 @@ fn new_event(
     intent_needed: bool,
     received: String,
 ) -> Event {
-    Event {
-        phase: if intent_needed {
-            Phase::Intent
-        } else {
-            Phase::Outcome
-        },
+    let mut event = Event::bare(
         request_id,
-        intent_seq: None,
         who,
-        action: Action::E,
-        interaction: InteractionKind::Unclassified,
-        rule: crate::rules::REJECTED_RULE.into(),
-        resource_type: None,
-        resource_id: None,
-        method: line.method,
-        path: line.path,
-        // A token sent in the query string is refused, and must not reach the journal either.
-        query: line.query.as_deref().map(redact_query_tokens),
-        forwarded_query: None,
-        patients: Vec::new(),
-        attribution: Attribution::Partial,
-        attribution_gaps: Vec::new(),
-        external_refs: Vec::new(),
-        external_refs_omitted: None,
-        bulk_files: Vec::new(),
+        crate::rules::REJECTED_RULE,
         net,
-        outcome: None,
-        truncated: Default::default(),
-        part: None,
-        summary: None,
-        config_change: None,
-        clock: clock::current(),
+        clock::current(),
         received,
+    );
+    if intent_needed {
+        event.phase = Phase::Intent;
     }
+    event.method = line.method;
+    event.path = line.path;
+    // A token sent in the query string is refused, and must not reach the journal either.
+    event.query = line.query.as_deref().map(redact_query_tokens);
+    event.attribution = Attribution::Partial;
+    event
 }
 
 /// The refusal ladder, in order: an untrusted clock, a failed token, an unacceptable path, a

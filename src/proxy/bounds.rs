@@ -250,7 +250,8 @@ fn summary_event(node: &str, ip: Option<IpAddr>, s: &Summary) -> Event {
     let who = Who::Unauthenticated {
         reason: "summarised".into(),
     };
-    let mut event = Event::not_a_request(
+    let mut event = Event::bare(
+        uuid::Uuid::new_v4().to_string(),
         who,
         crate::rules::REJECTED_RULE,
         net,

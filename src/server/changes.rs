@@ -64,34 +64,6 @@ fn rule_files(config: &Config, base_dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The sections a reload applies (identity, rules, network policy, GeoIP, clock policy, the
-/// TLS certificate files) that differ between `old` and `new`.
-pub fn applied_changes(old: &Config, new: &Config) -> Vec<&'static str> {
-    fn differs<T: serde::Serialize>(a: &T, b: &T) -> bool {
-        serde_json::to_value(a).ok() != serde_json::to_value(b).ok()
-    }
-    let mut changed = Vec::new();
-    if differs(&old.identity, &new.identity) {
-        changed.push("identity");
-    }
-    if differs(&old.rules, &new.rules) {
-        changed.push("rules");
-    }
-    if differs(&old.network, &new.network) {
-        changed.push("network");
-    }
-    if differs(&old.geoip, &new.geoip) {
-        changed.push("geoip");
-    }
-    if differs(&old.clock, &new.clock) {
-        changed.push("clock");
-    }
-    if old.tls.cert_file != new.tls.cert_file || old.tls.key_file != new.tls.key_file {
-        changed.push("tls.cert_file");
-    }
-    changed
-}
-
 /// What a reload did, for its record.
 pub struct ReloadOutcome<'a> {
     /// The configuration now in effect (the new one when applied, else the old one).
@@ -227,7 +199,8 @@ pub fn config_event(node: &str, change: ConfigChange) -> Event {
         ..NetworkVector::default()
     };
     let now = crate::record::format_ts(std::time::SystemTime::now());
-    let mut event = Event::not_a_request(
+    let mut event = Event::bare(
+        uuid::Uuid::new_v4().to_string(),
         Who::Gateway,
         CONFIG_CHANGE_RULE,
         net,

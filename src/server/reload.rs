@@ -27,7 +27,7 @@ use crate::network::geoip::GeoIp;
 use crate::network::vector::NetPolicy;
 use crate::proxy::live::{Live, Snapshot};
 use crate::rules::RuleSet;
-use crate::server::changes::{applied_changes, ChangeRecorder, ReloadOutcome};
+use crate::server::changes::{ChangeRecorder, ReloadOutcome};
 
 /// Why a reload was rejected (the old configuration keeps serving).
 #[derive(Debug, thiserror::Error)]
@@ -104,11 +104,38 @@ pub async fn load_snapshot(config: &Config, base_dir: &Path) -> Result<Snapshot,
     })
 }
 
+/// Whether two sections differ (compared as their serialised values).
+fn differs<T: serde::Serialize>(a: &T, b: &T) -> bool {
+    serde_json::to_value(a).ok() != serde_json::to_value(b).ok()
+}
+
+/// The sections a reload applies (identity, rules, network policy, GeoIP, clock policy, the
+/// TLS certificate files) that differ between `old` and `new`.
+pub fn applied_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if differs(&old.identity, &new.identity) {
+        changed.push("identity");
+    }
+    if differs(&old.rules, &new.rules) {
+        changed.push("rules");
+    }
+    if differs(&old.network, &new.network) {
+        changed.push("network");
+    }
+    if differs(&old.geoip, &new.geoip) {
+        changed.push("geoip");
+    }
+    if differs(&old.clock, &new.clock) {
+        changed.push("clock");
+    }
+    if old.tls.cert_file != new.tls.cert_file || old.tls.key_file != new.tls.key_file {
+        changed.push("tls.cert_file");
+    }
+    changed
+}
+
 /// The sections a reload cannot apply, by name, that differ between `old` and `new`.
 pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
-    fn differs<T: serde::Serialize>(a: &T, b: &T) -> bool {
-        serde_json::to_value(a).ok() != serde_json::to_value(b).ok()
-    }
     let mut changed = Vec::new();
     if differs(&old.server, &new.server) {
         changed.push("server");

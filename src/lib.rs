@@ -35,6 +35,7 @@ pub mod cli;
 pub mod clock;
 pub mod columnar;
 pub mod config;
+pub mod console;
 pub mod durable;
 
 // Unit tests share the integration tests' fixtures, which name the crate `auditgate`.

@@ -104,6 +104,7 @@ pub(super) fn map_claims(
         actor,
         device_id,
         scopes,
+        expires_at: 0,
     })
 }
 
@@ -116,4 +117,6 @@ pub struct Authenticated {
     pub device_id: Option<String>,
     /// The token's scopes (not recorded: they decide who may read the audit trail).
     pub scopes: Vec<String>,
+    /// The token's `exp` (seconds since the epoch): a console session ends with it.
+    pub expires_at: u64,
 }

@@ -237,7 +237,8 @@ impl Identity {
             .ok_or_else(|| AuthFailure::InvalidClaim {
                 claim: "exp".into(),
             })?;
-        let verified = map_claims(&claims, &issuer.iss, &issuer.claims)?;
+        let mut verified = map_claims(&claims, &issuer.iss, &issuer.claims)?;
+        verified.expires_at = exp;
         Ok((verified, exp))
     }
 

@@ -26,6 +26,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde::Serialize;
 
+use crate::console::respond;
 use crate::identity::Identity;
 use crate::journal::Journal;
 use crate::rules::RuleSet;
@@ -165,25 +166,6 @@ impl Readiness {
 pub struct AdminApp {
     /// What `/readyz` checks.
     pub readiness: Readiness,
-}
-
-/// A complete answer: status, content type, length, `Cache-Control: no-store`, body.
-pub(crate) fn respond(status: u16, content_type: &'static str, body: Vec<u8>) -> Response<Vec<u8>> {
-    let mut response = Response::new(Vec::new());
-    *response.status_mut() =
-        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-    let headers = response.headers_mut();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static(content_type),
-    );
-    headers.insert(http::header::CONTENT_LENGTH, body.len().into());
-    headers.insert(
-        http::header::CACHE_CONTROL,
-        http::HeaderValue::from_static("no-store"),
-    );
-    *response.body_mut() = body;
-    response
 }
 
 #[async_trait]

@@ -6,7 +6,7 @@
 //! the listener open, so the gateway never accepts a request it cannot record.
 
 pub mod admin;
-pub mod audit_api;
+
 pub mod changes;
 pub mod refused_heads;
 pub mod reload;
@@ -23,12 +23,14 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 
 use crate::config::Config;
+use crate::console::api::AuditApi;
+use crate::console::guard::Guard;
+use crate::console::trail::TrailSources;
 use crate::journal::{CheckpointTiming, Checkpointing, Journal, JournalError, RecoveryReport};
 use crate::proxy::bounds::{FloodGuard, SummaryWriter};
 use crate::proxy::live::Live;
 use crate::proxy::Gateway;
 use crate::server::admin::{AdminApp, Readiness};
-use crate::server::audit_api::{AuditApi, TrailSources};
 use crate::server::reload::Reloader;
 use crate::tlog::checkpoint::CheckpointSigner;
 use signals::{close_journal, DrainMonitor, Signals, JOURNAL_CLOSE_TIMEOUT};
@@ -372,22 +374,24 @@ pub fn prepare(
         flood: flood.clone(),
     };
     let audit_api = config.audit_api.enabled.then(|| AuditApi {
-        live: gateway.live.clone(),
-        journal: gateway.journal.clone(),
-        node: config.server.node.clone(),
-        listeners: config
-            .audit_api
-            .listen
-            .parse::<SocketAddr>()
-            .map(|a| vec![(a, "audit".to_string())])
-            .unwrap_or_default(),
+        guard: Guard {
+            live: gateway.live.clone(),
+            journal: gateway.journal.clone(),
+            node: config.server.node.clone(),
+            listeners: config
+                .audit_api
+                .listen
+                .parse::<SocketAddr>()
+                .map(|a| vec![(a, "audit".to_string())])
+                .unwrap_or_default(),
+            auditors: config.auditors.clone(),
+            flood: flood.clone(),
+            record_bounds: config.records.clone(),
+        },
         tls: config.audit_api.tls,
         config: config.audit_api.clone(),
-        auditors: config.auditors.clone(),
         trail: audit_trail,
         server_address: Some(config.upstream.url.host.clone()),
-        flood: flood.clone(),
-        record_bounds: config.records.clone(),
     });
     let summaries = SummaryWriter {
         flood,

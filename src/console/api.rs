@@ -3,9 +3,9 @@
 //!
 //! Owns who may read the trail through the gateway and the record that they did. Guarantees:
 //!
-//! * **Only auditors.** A token the proxy's issuers verify ([`crate::identity`]), carrying a
-//!   role or scope of `[auditors]`. No token or a bad one: 401; a valid token without the
-//!   grant: 403. Both are recorded.
+//! * **Only auditors** ([`super::guard`]): a token the proxy's issuers verify, carrying a role
+//!   or scope of `[auditors]`. No token or a bad one: 401; a valid token without the grant:
+//!   403. Both are recorded.
 //! * **Reading the trail is itself recorded, in the same chain.** Every request to this
 //!   listener (but `/metadata`, which says what the server can do and names nobody) gets an
 //!   outcome record before its answer leaves: who asked, from where, the search as sent, and
@@ -21,8 +21,6 @@
 //! * **No PHI in the gateway's own log or metrics**: the log names the request ID and the
 //!   result; `auditgate_audit_api_requests_total{result}` counts fixed results.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -31,27 +29,13 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::{json, Value};
 
-use crate::archive::{ArchiveStore, Layout};
-use crate::config::records::RecordsConfig;
-use crate::config::server::{AuditApiConfig, AuditorsConfig};
+use super::guard::{Guard, Served};
+use super::trail::{TrailError, TrailSources};
+use crate::config::server::AuditApiConfig;
 use crate::identity::AuthFailure;
-use crate::journal::Journal;
-use crate::proxy::bounds::FloodGuard;
-use crate::proxy::live::Live;
-use crate::proxy::origin::{
-    claim_device, listener_name, network_vector, peer_ip, redact_query_tokens,
-};
-use crate::query::answer::{answer, Request};
-use crate::query::source::{self, Fetcher, NodeSources};
-use crate::record::{
-    Action, Attribution, Event, GatewayId, InteractionKind, Outcome, PatientRef, PatientSource,
-    Phase, Who,
-};
-use crate::report::auditevent::{events, ExportContext};
-use crate::report::render::coverage_line;
-use crate::report::requests;
+use crate::record::{InteractionKind, PatientRef, PatientSource, Who};
+use crate::report::auditevent::ExportContext;
 use crate::report::search::{bundle, event_patients, operation_outcome, AuditSearch, Page};
-use crate::tlog::checkpoint::CheckpointVerifier;
 
 /// The rule name the audit listener's records carry (no rule file names it).
 pub const AUDIT_SEARCH_RULE: &str = "audit-api.search";
@@ -59,42 +43,18 @@ pub const AUDIT_SEARCH_RULE: &str = "audit-api.search";
 /// The FHIR JSON media type of every answer.
 const FHIR_JSON: &str = "application/fhir+json";
 
-/// Where the trail is, for the query plane.
-pub struct TrailSources {
-    /// This node's journal directory.
-    pub journal_dir: PathBuf,
-    /// The archive and its layout, when one is configured.
-    pub archive: Option<(Arc<dyn ArchiveStore>, Layout)>,
-    /// The runtime the archive's calls run on.
-    pub runtime: tokio::runtime::Handle,
-    /// This node's checkpoint public key (its text: a verifier is made per search).
-    pub key: String,
-}
-
 /// The audit listener's application.
 pub struct AuditApi {
-    /// The identity the proxy verifies tokens with (a reload is seen at once).
-    pub live: Arc<Live>,
-    /// The journal its records go to.
-    pub journal: Journal,
-    /// This gateway's node name.
-    pub node: String,
-    /// The audit listener's address, named `audit` in records.
-    pub listeners: Vec<(SocketAddr, String)>,
+    /// Who may ask, and the record that they did.
+    pub guard: Guard,
     /// Whether it is served with TLS (for its links).
     pub tls: bool,
     /// Paging.
     pub config: AuditApiConfig,
-    /// Who is an auditor.
-    pub auditors: AuditorsConfig,
     /// The trail.
     pub trail: Arc<TrailSources>,
     /// The EHR's address, for each event's server agent.
     pub server_address: Option<String>,
-    /// The proxy's flood guard: unauthenticated floods are summarised, not recorded one by one.
-    pub flood: Arc<FloodGuard>,
-    /// Bounds of recorded fields.
-    pub record_bounds: RecordsConfig,
 }
 
 /// What the listener answers: status, body, extra headers, the patients it named, and the
@@ -105,7 +65,7 @@ struct Answered {
     headers: Vec<(&'static str, String)>,
     patients: Vec<PatientRef>,
     result: &'static str,
-    error: Option<&'static str>,
+    error: Option<String>,
 }
 
 impl Answered {
@@ -116,91 +76,14 @@ impl Answered {
             headers: Vec::new(),
             patients: Vec::new(),
             result,
-            error: Some(code),
+            error: Some(code.to_string()),
         }
-    }
-}
-
-/// Why a search could not be answered (a 500 or 503, logged without PHI).
-#[derive(Debug, thiserror::Error)]
-enum TrailError {
-    #[error("the trail cannot be read: {0}")]
-    Sources(#[from] crate::query::source::SourceError),
-    #[error("the archive cannot be listed: {0}")]
-    Archive(#[from] crate::archive::ArchiveError),
-    #[error("the answer cannot be proven: {0}")]
-    Query(#[from] crate::query::run::QueryError),
-    #[error("a record cannot be read: {0}")]
-    Report(#[from] crate::report::ReportError),
-    #[error("the checkpoint key cannot be read: {0}")]
-    Key(String),
-    #[error("the search stopped: {0}")]
-    Join(String),
-}
-
-impl TrailSources {
-    /// This node's sources now: the archive's, merged with the local journal's (which wins).
-    fn node_sources(&self, node: &str) -> Result<(Vec<NodeSources>, Fetcher), TrailError> {
-        let local = source::local_sources(&self.journal_dir, node)?;
-        let merged = match &self.archive {
-            Some((store, layout)) => {
-                let mut archived = self.runtime.block_on(source::archive_sources(
-                    store,
-                    layout,
-                    &[node.to_string()],
-                ))?;
-                match archived.remove(node) {
-                    Some(a) => source::merge(a, local),
-                    None => local,
-                }
-            }
-            None => local,
-        };
-        let fetcher = Fetcher {
-            store: self.archive.as_ref().map(|(s, _)| s.clone()),
-            runtime: self.runtime.clone(),
-        };
-        Ok((vec![merged], fetcher))
-    }
-
-    /// Every event of this node's trail that `search` matches, in the trail's order, and the
-    /// coverage lines of the answer. Blocking.
-    fn search(
-        &self,
-        node: &str,
-        search: &AuditSearch,
-        context: &ExportContext,
-    ) -> Result<(Vec<Value>, Vec<String>), TrailError> {
-        let (sources, fetcher) = self.node_sources(node)?;
-        let request = Request {
-            filters: search.filters.clone(),
-            sort: Vec::new(),
-            limit: None,
-            verify: true,
-        };
-        let key =
-            CheckpointVerifier::from_text(&self.key).map_err(|e| TrailError::Key(e.to_string()))?;
-        let answer = answer(&request, &sources, &fetcher, std::slice::from_ref(&key))?;
-        let mut found = Vec::new();
-        for access in requests::accesses(&answer)? {
-            found.extend(
-                events(&access, context)
-                    .into_iter()
-                    .filter(|e| search.matches(e)),
-            );
-        }
-        let coverage = answer
-            .coverage
-            .iter()
-            .map(|c| coverage_line(c, true))
-            .collect();
-        Ok((found, coverage))
     }
 }
 
 fn respond(status: u16, body: &Value, headers: &[(&'static str, String)]) -> Response<Vec<u8>> {
     let bytes = serde_json::to_vec_pretty(body).unwrap_or_default();
-    let mut response = crate::server::admin::respond(status, FHIR_JSON, bytes);
+    let mut response = super::respond(status, FHIR_JSON, bytes);
     for (name, value) in headers {
         if let Ok(v) = http::HeaderValue::from_str(value) {
             response.headers_mut().insert(*name, v);
@@ -240,70 +123,6 @@ fn capability_statement() -> Value {
 }
 
 impl AuditApi {
-    /// The record of one request to this listener, as answered.
-    fn record(
-        &self,
-        session: &ServerSession,
-        request_id: String,
-        who: Who,
-        received: std::time::SystemTime,
-        answered: &Answered,
-        body_len: usize,
-    ) -> Event {
-        let snap = self.live.current();
-        let peer = peer_ip(session);
-        let gateway = GatewayId {
-            node: self.node.clone(),
-            listener: listener_name(session, &self.listeners),
-        };
-        let net = network_vector(session, &snap, peer, gateway);
-        let req = session.req_header();
-        let path = req.uri.path().to_string();
-        let query = req.uri.query().map(redact_query_tokens);
-        let mut event = Event {
-            phase: Phase::Outcome,
-            request_id,
-            intent_seq: None,
-            who,
-            action: Action::R,
-            interaction: InteractionKind::Search,
-            rule: AUDIT_SEARCH_RULE.into(),
-            resource_type: Some("AuditEvent".into()),
-            resource_id: None,
-            method: req.method.as_str().to_string(),
-            path,
-            query,
-            forwarded_query: None,
-            patients: answered.patients.clone(),
-            attribution: if answered.patients.is_empty() {
-                Attribution::None
-            } else {
-                Attribution::Complete
-            },
-            attribution_gaps: Vec::new(),
-            external_refs: Vec::new(),
-            external_refs_omitted: None,
-            bulk_files: Vec::new(),
-            net,
-            outcome: Some(Outcome {
-                status: answered.status,
-                code: Outcome::code_for_status(answered.status),
-                error: answered.error.map(str::to_string),
-                bytes_out: Some(body_len as u64),
-                upstream_ms: None,
-                content_type: Some(FHIR_JSON.into()),
-            }),
-            truncated: Default::default(),
-            part: None,
-            summary: None,
-            config_change: None,
-            clock: crate::clock::current(),
-            received: crate::record::format_ts(received),
-        };
-        crate::proxy::bounds::bound_fields(&mut event, &self.record_bounds);
-        event
-    }
-
     /// The answer to an auditor's search.
     async fn search(&self, query: &str, base: String) -> Answered {
         let search =
@@ -312,7 +131,7 @@ impl AuditApi {
                 Err(e) => return Answered::error(400, "bad_request", "invalid", &e.to_string()),
             };
         let trail = self.trail.clone();
-        let node = self.node.clone();
+        let node = self.guard.node.clone();
         let context = ExportContext {
             server_address: self.server_address.clone(),
         };
@@ -347,24 +166,7 @@ impl AuditApi {
         let start = search.offset.min(all.len());
         let end = (start + search.count).min(all.len());
         let page = &all[start..end];
-        let mut patients: Vec<PatientRef> = Vec::new();
-        let mut seen = std::collections::BTreeSet::new();
-        for id in page.iter().flat_map(event_patients) {
-            if seen.insert(id.clone()) {
-                patients.push(PatientRef {
-                    id,
-                    source: PatientSource::Response,
-                });
-            }
-        }
-        for id in search.patients() {
-            if seen.insert(id.clone()) {
-                patients.push(PatientRef {
-                    id,
-                    source: PatientSource::Query,
-                });
-            }
-        }
+        let patients = named_patients(page.iter().flat_map(event_patients), search.patients());
         let body = bundle(
             &search,
             &Page {
@@ -399,22 +201,38 @@ impl AuditApi {
     }
 }
 
+/// The patients an answer named (source `response`), then those the request asked for and the
+/// answer did not name (source `query`), each once.
+pub fn named_patients(
+    answered: impl IntoIterator<Item = String>,
+    asked: impl IntoIterator<Item = String>,
+) -> Vec<PatientRef> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut patients = Vec::new();
+    for (id, source) in answered
+        .into_iter()
+        .map(|id| (id, PatientSource::Response))
+        .chain(asked.into_iter().map(|id| (id, PatientSource::Query)))
+    {
+        if seen.insert(id.clone()) {
+            patients.push(PatientRef { id, source });
+        }
+    }
+    patients
+}
+
 #[async_trait]
 impl ServeHttp for AuditApi {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let received = std::time::SystemTime::now();
-        let snap = self.live.current();
-        let peer = peer_ip(session);
         let req = session.req_header();
-        let path = req.uri.path().to_string();
-        let query = req.uri.query().unwrap_or("").to_string();
         let get = req.method == http::Method::GET;
-        let request_id = snap.net.request_id(peer, &req.headers);
-        if get && path == "/metadata" {
+        if get && req.uri.path() == "/metadata" {
             return respond(200, &capability_statement(), &[]);
         }
-        let auth = snap.identity.authenticate(&req.headers, Some(&query)).await;
-        let (who, mut answered) = match &auth {
+        let arrival = self.guard.arrive(session);
+        let query = req.uri.query().unwrap_or("").to_string();
+        let auth = self.guard.authenticate(&req.headers, Some(&query)).await;
+        let (who, answered) = match &auth {
             Err(failure) => {
                 let who = Who::Unauthenticated {
                     reason: failure.reason().to_string(),
@@ -422,8 +240,7 @@ impl ServeHttp for AuditApi {
                 (who, unauthenticated(failure))
             }
             Ok(a) => {
-                let who = Who::Authenticated(a.actor.clone());
-                let answered = if !self.auditors.admits(&a.actor.roles, &a.scopes) {
+                let answered = if !self.guard.is_auditor(a) {
                     Answered::error(
                         403,
                         "forbidden",
@@ -432,47 +249,35 @@ impl ServeHttp for AuditApi {
                     )
                 } else if !get {
                     Answered::error(405, "bad_request", "not-supported", "only GET is served")
-                } else if path == "/AuditEvent" {
+                } else if arrival.path == "/AuditEvent" {
                     self.search(&query, self.base_url(session)).await
                 } else {
                     Answered::error(404, "not_found", "not-found", "served: GET /AuditEvent?...")
                 };
-                (who, answered)
+                (Who::Authenticated(a.actor.clone()), answered)
             }
         };
+        if let Err(failure) = &auth {
+            if self.guard.flooded(&arrival, failure) {
+                // Counted into this client's flood summary instead of a record of its own.
+                count(answered.result);
+                return respond(answered.status, &answered.body, &answered.headers);
+            }
+        }
         let body = serde_json::to_vec_pretty(&answered.body).unwrap_or_default();
-        let flooded = match &auth {
-            Err(failure) => !self.flood.admit(peer, failure.reason()),
-            Ok(_) => false,
+        let request_id = arrival.request_id.clone();
+        let served = Served {
+            rule: AUDIT_SEARCH_RULE,
+            interaction: InteractionKind::Search,
+            status: answered.status,
+            error: answered.error.clone(),
+            patients: answered.patients.clone(),
+            bytes_out: body.len(),
+            content_type: FHIR_JSON,
         };
-        if flooded {
-            // Counted into this client's flood summary instead of a record of its own.
-            count(answered.result);
-            return respond(answered.status, &answered.body, &answered.headers);
-        }
-        let mut event = self.record(
-            session,
-            request_id.clone(),
-            who,
-            received,
-            &answered,
-            body.len(),
-        );
-        if let Ok(a) = &auth {
-            claim_device(&mut event.net, a.device_id.as_ref());
-        }
-        if self.journal.has_failed() {
-            answered = Answered::error(
-                503,
-                "unavailable",
-                "transient",
-                "the audit trail cannot record this request now; nothing was answered",
-            );
-            count(answered.result);
-            return respond(503, &answered.body, &[("Retry-After", "5".into())]);
-        }
-        match self.journal.append(&event).await {
-            Ok(_) => {
+        let device = auth.as_ref().ok().and_then(|a| a.device_id.as_ref());
+        match self.guard.record(arrival, who, device, served).await {
+            Ok(()) => {
                 count(answered.result);
                 tracing::info!(request_id = %request_id, status = answered.status, result = answered.result, "audit API request");
                 respond(answered.status, &answered.body, &answered.headers)
@@ -505,7 +310,7 @@ fn unauthenticated(failure: &AuthFailure) -> Answered {
         "login",
         "an auditor's bearer token is needed",
     );
-    answered.error = Some(failure.reason());
+    answered.error = Some(failure.reason().to_string());
     answered
         .headers
         .push(("WWW-Authenticate", failure.www_authenticate()));

@@ -1,0 +1,116 @@
+//! The trail as the auditor's listeners read it: this node's journal (its open segment too)
+//! merged with the archive's copy of it, verified against the node's checkpoint key, turned
+//! into FHIR `AuditEvent`s (IHE BALP) and matched against a search.
+//!
+//! Guarantees: every answer is verified and proven as `auditgate query` verifies; an answer
+//! that cannot be proven is an error, never an unverified list; records after the newest
+//! signed checkpoint are left out and said in the coverage.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::archive::{ArchiveStore, Layout};
+use crate::query::answer::{answer, Request};
+use crate::query::source::{self, Fetcher, NodeSources};
+use crate::report::auditevent::{events, ExportContext};
+use crate::report::render::coverage_line;
+use crate::report::requests;
+use crate::report::search::AuditSearch;
+use crate::tlog::checkpoint::CheckpointVerifier;
+
+/// Where the trail is, for the query plane.
+pub struct TrailSources {
+    /// This node's journal directory.
+    pub journal_dir: PathBuf,
+    /// The archive and its layout, when one is configured.
+    pub archive: Option<(Arc<dyn ArchiveStore>, Layout)>,
+    /// The runtime the archive's calls run on.
+    pub runtime: tokio::runtime::Handle,
+    /// This node's checkpoint public key (its text: a verifier is made per search).
+    pub key: String,
+}
+
+/// Why a search could not be answered (a 500 or 503, logged without PHI).
+#[derive(Debug, thiserror::Error)]
+pub enum TrailError {
+    /// A local file or archive object could not be read.
+    #[error("the trail cannot be read: {0}")]
+    Sources(#[from] crate::query::source::SourceError),
+    /// The archive could not be listed.
+    #[error("the archive cannot be listed: {0}")]
+    Archive(#[from] crate::archive::ArchiveError),
+    /// The query plane refused or failed (unprovable, not yet checkpointed, unreadable).
+    #[error("the answer cannot be proven: {0}")]
+    Query(#[from] crate::query::run::QueryError),
+    /// A returned record does not parse.
+    #[error("a record cannot be read: {0}")]
+    Report(#[from] crate::report::ReportError),
+    /// The node's checkpoint key does not parse.
+    #[error("the checkpoint key cannot be read: {0}")]
+    Key(String),
+    /// The blocking task running the search did not finish.
+    #[error("the search stopped: {0}")]
+    Join(String),
+}
+
+impl TrailSources {
+    /// This node's sources now: the archive's, merged with the local journal's (which wins).
+    pub fn node_sources(&self, node: &str) -> Result<(Vec<NodeSources>, Fetcher), TrailError> {
+        let local = source::local_sources(&self.journal_dir, node)?;
+        let merged = match &self.archive {
+            Some((store, layout)) => {
+                let mut archived = self.runtime.block_on(source::archive_sources(
+                    store,
+                    layout,
+                    &[node.to_string()],
+                ))?;
+                match archived.remove(node) {
+                    Some(a) => source::merge(a, local),
+                    None => local,
+                }
+            }
+            None => local,
+        };
+        let fetcher = Fetcher {
+            store: self.archive.as_ref().map(|(s, _)| s.clone()),
+            runtime: self.runtime.clone(),
+        };
+        Ok((vec![merged], fetcher))
+    }
+
+    /// Every event of this node's trail that `search` matches, in the trail's order, and the
+    /// coverage lines of the answer. Blocking.
+    pub fn search(
+        &self,
+        node: &str,
+        search: &AuditSearch,
+        context: &ExportContext,
+    ) -> Result<(Vec<Value>, Vec<String>), TrailError> {
+        let (sources, fetcher) = self.node_sources(node)?;
+        let request = Request {
+            filters: search.filters.clone(),
+            sort: Vec::new(),
+            limit: None,
+            verify: true,
+        };
+        let key =
+            CheckpointVerifier::from_text(&self.key).map_err(|e| TrailError::Key(e.to_string()))?;
+        let answer = answer(&request, &sources, &fetcher, std::slice::from_ref(&key))?;
+        let mut found = Vec::new();
+        for access in requests::accesses(&answer)? {
+            found.extend(
+                events(&access, context)
+                    .into_iter()
+                    .filter(|e| search.matches(e)),
+            );
+        }
+        let coverage = answer
+            .coverage
+            .iter()
+            .map(|c| coverage_line(c, true))
+            .collect();
+        Ok((found, coverage))
+    }
+}

@@ -10,7 +10,8 @@
 #        OpenSSL headers (the TLS backend links the system OpenSSL: .cargo/config.toml).
 # test:  build, plus Python >= 3.11 with venv (the FHIR server, LocalStack, the deploy checkers),
 #        npm (the HL7 R4 examples), prometheus and promtool (metrics and alert-rule tests),
-#        systemd-analyze (the systemd unit's check).
+#        systemd-analyze (the systemd unit's check), Chromium and ChromeDriver (the console's
+#        browser tests).
 # The Rust toolchain itself comes from rustup (https://rustup.rs); this script does not install it.
 set -euo pipefail
 
@@ -62,6 +63,9 @@ if [[ "$scope" == test ]]; then
         need "prometheus and promtool" prometheus
     fi
     have systemd-analyze || need "systemd-analyze" systemd
+    # The console's browser tests: headless Chromium and its WebDriver.
+    have chromium || need "Chromium (headless browser)" chromium
+    have chromedriver || need "ChromeDriver" chromium-driver
     # Spark (the documented SQL's test in local mode) needs Java 17 or newer.
     if ! have java || ! java -version 2>&1 | grep -qE 'version "(1[7-9]|[2-9][0-9])'; then
         need "a Java 17+ runtime (java)" openjdk-17-jre-headless
@@ -77,8 +81,8 @@ for m in "${missing[@]}"; do say "missing: $m"; done
 # One package may cover two lines (python3-venv, libssl-dev): install each once.
 mapfile -t packages < <(printf '%s\n' "${packages[@]}" | sort -u)
 
-fedora="sudo dnf install -y cmake gcc gcc-c++ make pkgconf-pkg-config openssl-devel python3 npm golang-github-prometheus systemd"
-macos="brew install cmake pkg-config openssl@3 python@3.12 node prometheus"
+fedora="sudo dnf install -y cmake gcc gcc-c++ make pkgconf-pkg-config openssl-devel python3 npm golang-github-prometheus systemd chromium chromedriver"
+macos="brew install cmake pkg-config openssl@3 python@3.12 node prometheus chromium chromedriver"
 debian="sudo apt-get update && sudo apt-get install -y --no-install-recommends ${packages[*]}"
 
 if [[ "$mode" == --check ]]; then

@@ -94,7 +94,7 @@ ensure_venv() {
 
 check_fhir_venv() {
     "$1/bin/sekmet" --version >/dev/null || die "sekmet does not run from $1"
-    "$1/bin/python" -c 'import fhirclient, fhirpy' || die "fhirclient/fhirpy do not import"
+    "$1/bin/python" -c 'import fhirclient, fhirpy, selenium' || die "fhirclient/fhirpy/selenium do not import"
 }
 
 # Also prebuilds LocalStack's service catalog (an index of every botocore service spec) into

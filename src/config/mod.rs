@@ -20,7 +20,7 @@ pub use error::ConfigError;
 use crate::archive::ArchiveConfig;
 use crate::clock::ClockConfig;
 use crate::config::server::{
-    is_safe_token, AdminConfig, AuditApiConfig, AuditorsConfig, ServerConfig,
+    is_safe_token, AdminConfig, AuditApiConfig, AuditorsConfig, ConsoleConfig, ServerConfig,
 };
 use crate::config::upstream::UpstreamConfig;
 use crate::identity::IdentityConfig;
@@ -91,6 +91,9 @@ pub struct Config {
     /// The audit listener: the trail as FHIR `AuditEvent`s (IHE ITI-81), for auditors.
     #[serde(default)]
     pub audit_api: AuditApiConfig,
+    /// The audit console: web pages for auditors.
+    #[serde(default)]
+    pub console: ConsoleConfig,
 }
 
 /// Log output format.
@@ -197,6 +200,25 @@ impl Config {
         self.reports.validate()?;
         self.auditors.validate()?;
         self.audit_api.validate()?;
+        self.console.validate()?;
+        if self.console.enabled {
+            let taken = self.server.listen.contains(&self.console.listen)
+                || self.tls.listen.contains(&self.console.listen)
+                || (self.admin.enabled && self.admin.listen == self.console.listen)
+                || (self.audit_api.enabled && self.audit_api.listen == self.console.listen);
+            if taken {
+                return Err(ConfigError::invalid(
+                    "console.listen",
+                    "must differ from every server, tls, admin and audit_api listener",
+                ));
+            }
+            if self.console.tls && (self.tls.cert_file.is_none() || self.tls.key_file.is_none()) {
+                return Err(ConfigError::invalid(
+                    "console.tls",
+                    "a TLS console needs tls.cert_file and tls.key_file",
+                ));
+            }
+        }
         if self.audit_api.enabled {
             let taken = self.server.listen.contains(&self.audit_api.listen)
                 || self.tls.listen.contains(&self.audit_api.listen)

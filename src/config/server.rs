@@ -278,3 +278,81 @@ impl AuditApiConfig {
         Ok(())
     }
 }
+
+/// `[console]`: the audit console, web pages for privacy officers and compliance staff: search
+/// by patient, user, IP or device over a window; the access report and breach timeline; charts;
+/// CSV and FHIR downloads; the verification state of every answer. For `[auditors]` only; every
+/// page view, search and download is recorded in the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Serve the console at all (off by default).
+    #[serde(default)]
+    pub enabled: bool,
+    /// `IP:port` of the console. Its pages name patients: keep it on loopback or a management
+    /// network, or set `tls`.
+    #[serde(default = "default_console_listen")]
+    pub listen: String,
+    /// Serve it with TLS, with the `[tls]` certificate. Session cookies are then `Secure`.
+    #[serde(default)]
+    pub tls: bool,
+    /// The site's IANA time zone: pages show times in it (UTC on hover).
+    #[serde(default = "default_console_time_zone")]
+    pub time_zone: String,
+    /// Rows per page of a table.
+    #[serde(default = "default_console_page_rows")]
+    pub page_rows: usize,
+}
+
+fn default_console_listen() -> String {
+    "127.0.0.1:9466".into()
+}
+fn default_console_time_zone() -> String {
+    "UTC".into()
+}
+fn default_console_page_rows() -> usize {
+    50
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            enabled: false,
+            listen: default_console_listen(),
+            tls: false,
+            time_zone: default_console_time_zone(),
+            page_rows: default_console_page_rows(),
+        }
+    }
+}
+
+impl ConsoleConfig {
+    /// Check the values are usable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.time_zone.parse::<chrono_tz::Tz>().is_err() {
+            return Err(ConfigError::invalid(
+                "console.time_zone",
+                format!(
+                    "`{}` is not an IANA time zone name (e.g. Europe/London)",
+                    self.time_zone
+                ),
+            ));
+        }
+        if !self.enabled {
+            return Ok(());
+        }
+        self.listen.parse::<std::net::SocketAddr>().map_err(|_| {
+            ConfigError::invalid(
+                "console.listen",
+                format!("`{}` is not an IP:port address", self.listen),
+            )
+        })?;
+        if self.page_rows == 0 || self.page_rows > 1000 {
+            return Err(ConfigError::invalid(
+                "console.page_rows",
+                "must be 1 to 1000",
+            ));
+        }
+        Ok(())
+    }
+}

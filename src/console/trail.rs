@@ -12,7 +12,8 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::archive::{ArchiveStore, Layout};
-use crate::query::answer::{answer, Request};
+use crate::query::answer::{answer, Answer, Request};
+use crate::query::filter::Filters;
 use crate::query::source::{self, Fetcher, NodeSources};
 use crate::report::auditevent::{events, ExportContext};
 use crate::report::render::coverage_line;
@@ -80,6 +81,25 @@ impl TrailSources {
         Ok((vec![merged], fetcher))
     }
 
+    /// Every record of this node's trail that `filters` match, verified and proven. Blocking.
+    pub fn answer(&self, node: &str, filters: Filters) -> Result<Answer, TrailError> {
+        let (sources, fetcher) = self.node_sources(node)?;
+        let request = Request {
+            filters,
+            sort: Vec::new(),
+            limit: None,
+            verify: true,
+        };
+        let key =
+            CheckpointVerifier::from_text(&self.key).map_err(|e| TrailError::Key(e.to_string()))?;
+        Ok(answer(
+            &request,
+            &sources,
+            &fetcher,
+            std::slice::from_ref(&key),
+        )?)
+    }
+
     /// Every event of this node's trail that `search` matches, in the trail's order, and the
     /// coverage lines of the answer. Blocking.
     pub fn search(
@@ -88,16 +108,7 @@ impl TrailSources {
         search: &AuditSearch,
         context: &ExportContext,
     ) -> Result<(Vec<Value>, Vec<String>), TrailError> {
-        let (sources, fetcher) = self.node_sources(node)?;
-        let request = Request {
-            filters: search.filters.clone(),
-            sort: Vec::new(),
-            limit: None,
-            verify: true,
-        };
-        let key =
-            CheckpointVerifier::from_text(&self.key).map_err(|e| TrailError::Key(e.to_string()))?;
-        let answer = answer(&request, &sources, &fetcher, std::slice::from_ref(&key))?;
+        let answer = self.answer(node, search.filters.clone())?;
         let mut found = Vec::new();
         for access in requests::accesses(&answer)? {
             found.extend(

@@ -107,6 +107,9 @@ pub fn check_listen_addresses(config: &Config) -> Result<(), StartError> {
     if config.audit_api.enabled {
         addresses.push((config.audit_api.listen.as_str(), "audit_api.listen"));
     }
+    if config.console.enabled {
+        addresses.push((config.console.listen.as_str(), "console.listen"));
+    }
     for (addr, what) in addresses {
         std::net::TcpListener::bind(addr).map_err(|source| StartError::Listen {
             addr: addr.to_string(),
@@ -135,6 +138,8 @@ pub struct Prepared {
     pub summaries: SummaryWriter,
     /// The audit listener's application, when `[audit_api]` is enabled.
     pub audit_api: Option<AuditApi>,
+    /// The console's application, when `[console]` is enabled.
+    pub console: Option<crate::console::web::Console>,
 }
 
 /// Open the journal, load keys and rules: everything but the listener. With `config_path`,
@@ -156,14 +161,16 @@ pub fn prepare(
         background.block_on(crate::server::reload::load_snapshot(config, base_dir))?,
     ));
     // TLS listeners' certificate: checked now, reloaded on SIGHUP.
-    let tls_certs =
-        if config.tls.listen.is_empty() && !(config.audit_api.enabled && config.audit_api.tls) {
-            None
-        } else {
-            crate::network::tls::TlsMaterial::load(&config.tls)
-                .map_err(crate::server::reload::ReloadError::from)?
-                .map(|m| Arc::new(crate::network::tls::ServerCerts::new(m)))
-        };
+    let tls_certs = if config.tls.listen.is_empty()
+        && !(config.audit_api.enabled && config.audit_api.tls)
+        && !(config.console.enabled && config.console.tls)
+    {
+        None
+    } else {
+        crate::network::tls::TlsMaterial::load(&config.tls)
+            .map_err(crate::server::reload::ReloadError::from)?
+            .map(|m| Arc::new(crate::network::tls::ServerCerts::new(m)))
+    };
     let reloader = Arc::new(
         Reloader::new(
             config_path.unwrap_or(std::path::Path::new("")),
@@ -373,21 +380,31 @@ pub fn prepare(
         record_bounds: config.records.clone(),
         flood: flood.clone(),
     };
+    let guard_for = |listen: &str, name: &str| Guard {
+        live: gateway.live.clone(),
+        journal: gateway.journal.clone(),
+        node: config.server.node.clone(),
+        listeners: listen
+            .parse::<SocketAddr>()
+            .map(|a| vec![(a, name.to_string())])
+            .unwrap_or_default(),
+        auditors: config.auditors.clone(),
+        flood: flood.clone(),
+        record_bounds: config.records.clone(),
+    };
+    let console = config
+        .console
+        .enabled
+        .then(|| crate::console::web::Console {
+            guard: guard_for(&config.console.listen, "console"),
+            trail: audit_trail.clone(),
+            sessions: Default::default(),
+            config: config.console.clone(),
+            zone: config.console.time_zone.parse().unwrap_or(chrono_tz::UTC),
+            server_address: Some(config.upstream.url.host.clone()),
+        });
     let audit_api = config.audit_api.enabled.then(|| AuditApi {
-        guard: Guard {
-            live: gateway.live.clone(),
-            journal: gateway.journal.clone(),
-            node: config.server.node.clone(),
-            listeners: config
-                .audit_api
-                .listen
-                .parse::<SocketAddr>()
-                .map(|a| vec![(a, "audit".to_string())])
-                .unwrap_or_default(),
-            auditors: config.auditors.clone(),
-            flood: flood.clone(),
-            record_bounds: config.records.clone(),
-        },
+        guard: guard_for(&config.audit_api.listen, "audit"),
         tls: config.audit_api.tls,
         config: config.audit_api.clone(),
         trail: audit_trail,
@@ -412,7 +429,38 @@ pub fn prepare(
         tls_certs,
         summaries,
         audit_api,
+        console,
     })
+}
+
+/// An auditor listener (the audit API, the console) on `listen`, with TLS when `tls`; exits
+/// the process (code 2) when its TLS settings cannot be made.
+fn auditor_service<A>(
+    name: &str,
+    app: A,
+    listen: &str,
+    tls: bool,
+    certs: &Option<Arc<crate::network::tls::ServerCerts>>,
+    config: &Config,
+) -> pingora::services::listening::Service<A>
+where
+    A: pingora::apps::http_app::ServeHttp + Send + Sync + 'static,
+{
+    let mut service = pingora::services::listening::Service::new(name.into(), app);
+    match (certs, tls) {
+        (Some(certs), true) => {
+            match crate::network::tls::listener_settings(&config.tls, certs.clone()) {
+                Ok(settings) => service.add_tls_with_settings(listen, None, settings),
+                Err(e) => {
+                    tracing::error!(error = %e, listener = name, "cannot set up the listener's TLS");
+                    eprintln!("auditgate: cannot start: {name}: tls: {e}");
+                    std::process::exit(2);
+                }
+            }
+        }
+        _ => service.add_tcp(listen),
+    }
+    service
 }
 
 /// How often the token verification keys in effect are compared with the last recorded ones
@@ -505,23 +553,26 @@ pub fn run_with(
         server.add_service(admin);
     }
     if let Some(app) = prepared.audit_api {
-        let mut audit = pingora::services::listening::Service::new("auditgate-audit".into(), app);
-        match (&prepared.tls_certs, config.audit_api.tls) {
-            (Some(certs), true) => {
-                match crate::network::tls::listener_settings(&config.tls, certs.clone()) {
-                    Ok(settings) => {
-                        audit.add_tls_with_settings(&config.audit_api.listen, None, settings)
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot set up the audit listener's TLS");
-                        eprintln!("auditgate: cannot start: audit_api.tls: {e}");
-                        std::process::exit(2);
-                    }
-                }
-            }
-            _ => audit.add_tcp(&config.audit_api.listen),
-        }
-        server.add_service(audit);
+        let service = auditor_service(
+            "auditgate-audit",
+            app,
+            &config.audit_api.listen,
+            config.audit_api.tls,
+            &prepared.tls_certs,
+            config,
+        );
+        server.add_service(service);
+    }
+    if let Some(app) = prepared.console {
+        let service = auditor_service(
+            "auditgate-console",
+            app,
+            &config.console.listen,
+            config.console.tls,
+            &prepared.tls_certs,
+            config,
+        );
+        server.add_service(service);
     }
     server.add_service(pingora::services::background::background_service(
         "drain monitor",
@@ -539,6 +590,7 @@ pub fn run_with(
         listeners = ?config.server.listen,
         admin = if config.admin.enabled { config.admin.listen.as_str() } else { "off" },
         audit_api = if config.audit_api.enabled { config.audit_api.listen.as_str() } else { "off" },
+        console = if config.console.enabled { config.console.listen.as_str() } else { "off" },
         head_seq = prepared.recovery.head_seq,
         "auditgate listening"
     );

@@ -170,6 +170,9 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if differs(&old.audit_api, &new.audit_api) {
         changed.push("audit_api");
     }
+    if differs(&old.console, &new.console) {
+        changed.push("console");
+    }
     // The buffered path's slots are made once, at start.
     if old.attribution.max_buffered_requests != new.attribution.max_buffered_requests {
         changed.push("attribution.max_buffered_requests");

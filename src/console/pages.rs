@@ -19,7 +19,8 @@ const STYLE: &str = r#"
 body { margin: 0; }
 header { background: #1f3a5f; color: #fff; padding: .6rem 1rem; display: flex; gap: 1rem; align-items: center; flex-wrap: wrap; }
 header h1 { font-size: 1.1rem; margin: 0; flex: 1; }
-header a, header button { color: #fff; }
+header a { color: #fff; }
+header button { color: #fff; background: transparent; border: 1px solid #fff; border-radius: 4px; }
 main { padding: 1rem; max-width: 1200px; margin: 0 auto; }
 form.search { display: grid; grid-template-columns: repeat(auto-fit, minmax(11rem, 1fr)); gap: .6rem; align-items: end; background: #fff; padding: 1rem; border-radius: 6px; }
 label { display: flex; flex-direction: column; font-size: .9rem; gap: .2rem; }
@@ -129,6 +130,10 @@ pub struct SearchForm {
     pub sort: String,
     /// The page of the first table, from 1.
     pub page: usize,
+    /// The result holds the trail as it was at this time (µs since the epoch; empty: now).
+    /// Set by the first search and carried by its sort, page and download forms, so pages
+    /// stay the same pages while the trail grows (the auditor's own searches among it).
+    pub as_of: String,
 }
 
 impl SearchForm {
@@ -140,6 +145,7 @@ impl SearchForm {
             input type="hidden" name="value" value=(self.value);
             input type="hidden" name="from" value=(self.from);
             input type="hidden" name="to" value=(self.to);
+            input type="hidden" name="as_of" value=(self.as_of);
         }
     }
 }
@@ -189,6 +195,14 @@ pub fn local_time(time: &str, zone: chrono_tz::Tz) -> Markup {
         }
         Err(_) => html! { (time) },
     }
+}
+
+/// `as_of` (µs since the epoch) as RFC 3339.
+fn as_of_time(as_of: &str) -> Option<String> {
+    let micros: u64 = as_of.parse().ok()?;
+    Some(crate::record::format_ts(
+        std::time::UNIX_EPOCH + std::time::Duration::from_micros(micros),
+    ))
 }
 
 fn is_time_column(name: &str) -> bool {
@@ -303,7 +317,12 @@ pub fn result_page(
             (badge(state))
             @if let Some(r) = result {
                 h2 #title { (r.report.title) }
-                dl.facts { @for (name, value) in &r.report.facts { div { dt { (name) } dd data-fact=(name) { (value) } } } }
+                @if let Some(t) = as_of_time(&form.as_of) {
+                    p #as-of { "The trail as of " (local_time(&t, r.zone)) ". Search again for anything newer." }
+                }
+                dl.facts { @for (name, value) in &r.report.facts { div { dt { (name) } dd data-fact=(name) {
+                    @if chrono::DateTime::parse_from_rfc3339(value).is_ok() { (local_time(value, r.zone)) } @else { (value) }
+                } } } }
                 div.charts { @for chart in &r.charts { (chart) } }
                 div.downloads {
                     @for (what, label) in download_kinds(r.report) {

@@ -165,6 +165,7 @@ impl SearchForm {
             to: field(fields, "to"),
             sort: field(fields, "sort"),
             page: field(fields, "page").parse().unwrap_or(1).max(1),
+            as_of: field(fields, "as_of"),
         }
     }
 
@@ -177,6 +178,7 @@ impl SearchForm {
             .append_pair("to", &self.to)
             .append_pair("sort", &self.sort)
             .append_pair("page", &self.page.to_string())
+            .append_pair("as_of", &self.as_of)
             .finish()
     }
 
@@ -217,6 +219,9 @@ impl SearchForm {
         }
         if !self.to.is_empty() {
             filters.until_micros = Some(day(&self.to, "To")? + 86_400_000_000);
+        }
+        if let Ok(as_of) = self.as_of.parse::<i64>() {
+            filters.until_micros = Some(filters.until_micros.map_or(as_of, |u| u.min(as_of)));
         }
         Ok(filters)
     }
@@ -651,7 +656,15 @@ impl ServeHttp for Console {
                 .await;
         }
         let who = Who::Authenticated(s.actor.clone());
-        let form = SearchForm::from_fields(&fields);
+        let mut form = SearchForm::from_fields(&fields);
+        if form.as_of.is_empty() {
+            // A new search: its sort, pages and downloads show the trail as of now.
+            form.as_of = crate::columnar::rows::micros_of(&crate::record::format_ts(
+                std::time::SystemTime::now(),
+            ))
+            .map(|m| m.to_string())
+            .unwrap_or_default();
+        }
         match path.as_str() {
             "/logout" => {
                 self.sessions.close(&id);

@@ -18,6 +18,7 @@ mod audit_api;
 mod changes;
 mod cli;
 mod columnar;
+mod console;
 mod corpus;
 mod crash;
 mod deploy;

@@ -1,0 +1,402 @@
+//! The console in a real browser: headless Chromium driven by selenium against a real gateway
+//! in front of the FHIR server, after traffic the test made on purpose (known users and
+//! patients). Sign-in with a token, a patient search, sorting, paging, the breach timeline of a
+//! user, the CSV download against `auditgate report breach`, the charts against the report's
+//! counts, a refused non-auditor, and every look recorded in the journal. Screenshots go to
+//! `target/console-screenshots/`.
+
+use std::time::{Duration, Instant};
+
+use auditgate::record::{PatientSource, Record, Who};
+use serde_json::{json, Value};
+
+use crate::support::gateway::{claims_for, public_key_of, Gateway, GatewayOptions, ISS_RSA};
+use crate::support::{
+    assert_success, free_port, http_client, mint, repo_root, run_auditgate,
+    run_python_with_timeout, FhirServer, KeyKind,
+};
+
+fn token(gw: &Gateway, sub: &str, roles: &[&str], scope: Option<&str>) -> String {
+    let mut claims = claims_for(ISS_RSA, sub);
+    claims["roles"] = json!(roles);
+    if let Some(scope) = scope {
+        claims["scope"] = json!(scope);
+    }
+    mint(KeyKind::Rsa.default_alg(), &gw.keys.rsa, &claims)
+}
+
+fn user_of(r: &Record) -> &str {
+    match &r.event.who {
+        Who::Authenticated(a) => &a.user,
+        Who::Unauthenticated { reason } => reason,
+        Who::Gateway => "(gateway)",
+    }
+}
+
+const SCRIPT: &str = r##"
+import json, os, sys, time
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select, WebDriverWait
+from selenium.webdriver.chrome.service import Service
+
+base, auditor, outsider, shots, downloads = sys.argv[1:6]
+options = webdriver.ChromeOptions()
+for a in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,800"]:
+    options.add_argument(a)
+options.add_experimental_option("prefs", {"download.default_directory": downloads, "download.prompt_for_download": False})
+driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+wait = WebDriverWait(driver, 20)
+out = {}
+def shot(name):
+    driver.save_screenshot(os.path.join(shots, name + ".png"))
+def rows():
+    table = driver.find_elements(By.CSS_SELECTOR, "table")[0]
+    heads = [th.text.replace(" ▲", "").replace(" ▼", "") for th in table.find_elements(By.CSS_SELECTOR, "thead th")]
+    body = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")] for tr in table.find_elements(By.CSS_SELECTOR, "tbody tr")]
+    return [dict(zip(heads, r)) for r in body]
+def gone(element):
+    # Chromium reports a replaced page's node as stale, or as "not in the document".
+    try:
+        element.is_enabled()
+        return False
+    except Exception:
+        return True
+def submit(element):
+    # Click, and wait until the page it replaces is gone.
+    old = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+    wait.until(lambda d: gone(old))
+def sign_in(token):
+    driver.get(base + "/")
+    driver.find_element(By.ID, "token").send_keys(token)
+    submit(driver.find_element(By.ID, "sign-in"))
+def search(by, value, frm="", to=""):
+    Select(driver.find_element(By.ID, "by")).select_by_value(by)
+    field = driver.find_element(By.ID, "value")
+    field.clear(); field.send_keys(value)
+    for name, v in (("from", frm), ("to", to)):
+        if v:
+            driver.execute_script("arguments[0].value = arguments[1]", driver.find_element(By.ID, name), v)
+    submit(driver.find_element(By.ID, "search"))
+    wait.until(lambda d: d.find_elements(By.ID, "verification"))
+def text(how, what):
+    # The page may be replaced while it is read (a form was just sent): then, not yet.
+    try:
+        return driver.find_element(how, what).text
+    except Exception:
+        return ""
+def chart(cid):
+    return {g.get_attribute("data-label"): int(g.get_attribute("data-value"))
+            for g in driver.find_elements(By.CSS_SELECTOR, "#" + cid + " g.bar")}
+
+try:
+    # A user who is not an auditor is refused with a page that says so.
+    sign_in(outsider)
+    out["outsider"] = driver.find_element(By.ID, "problem").text
+    shot("refused")
+    # The auditor signs in and searches a patient.
+    sign_in(auditor)
+    wait.until(lambda d: d.find_elements(By.ID, "who"))
+    out["who"] = driver.find_element(By.ID, "who").text
+    shot("search")
+    search("patient", "con-1")
+    out["badge"] = driver.find_element(By.ID, "verification").get_attribute("data-state")
+    out["patient_rows"] = rows()
+    out["patient_days"] = chart("chart-days")
+    shot("patient")
+    # Sort by user (twice: descending), then page through with 2 rows a page.
+    driver.find_element(By.CSS_SELECTOR, "button[data-sort='user']").click()
+    wait.until(lambda d: "▲" in text(By.CSS_SELECTOR, "button[data-sort='user']"))
+    out["by_user"] = [r["user"] for r in rows()]
+    driver.find_element(By.CSS_SELECTOR, "button[data-sort='user']").click()
+    wait.until(lambda d: "▼" in text(By.CSS_SELECTOR, "button[data-sort='user']"))
+    out["by_user_desc"] = [r["user"] for r in rows()]
+    out["page_of"] = driver.find_element(By.ID, "page-of").text
+    pages = [[r["user"] for r in rows()]]
+    while True:
+        nxt = [b for b in driver.find_elements(By.CSS_SELECTOR, "nav.pager button") if b.text == "Next page"][0]
+        if not nxt.is_enabled():
+            break
+        before = text(By.ID, "page-of")
+        nxt.click()
+        wait.until(lambda d: text(By.ID, "page-of") not in ("", before))
+        pages.append([r["user"] for r in rows()])
+    out["pages"] = pages
+    # The breach timeline of a user over a window, its chart and its CSV.
+    search("user", "alice", "2020-01-01", "2100-12-31")
+    out["breach_badge"] = driver.find_element(By.ID, "verification").get_attribute("data-state")
+    out["breach_rows"] = rows()
+    out["breach_days"] = chart("chart-days")
+    out["facts"] = {dd.get_attribute("data-fact"): dd.text for dd in driver.find_elements(By.CSS_SELECTOR, "dd[data-fact]")}
+    shot("breach")
+    driver.find_element(By.CSS_SELECTOR, "button[data-download='patients']").click()
+    deadline = time.time() + 20
+    while time.time() < deadline and not [f for f in os.listdir(downloads) if f.endswith(".csv")]:
+        time.sleep(0.2)
+    out["downloads"] = sorted(os.listdir(downloads))
+    # The reads of the trail: the auditor's own searches are there.
+    submit(driver.find_element(By.XPATH, "//button[text()='Who read the trail']"))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "table"))
+    out["reads"] = rows()
+    shot("reads")
+finally:
+    driver.quit()
+print(json.dumps(out))
+"##;
+
+#[test]
+fn an_auditor_uses_the_console_in_a_real_browser_and_every_look_is_recorded() {
+    let fhir = FhirServer::seeded();
+    for id in ["con-1", "con-2", "con-3"] {
+        fhir.put_resource(&json!({"resourceType": "Patient", "id": id, "name": [{"family": id}]}));
+    }
+    let console_port = free_port();
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
+    opts.extra_toml = format!(
+        "[console]\nenabled = true\nlisten = \"127.0.0.1:{console_port}\"\npage_rows = 2\n\n[auditors]\nroles = [\"privacy-officer\"]\nscopes = []\n"
+    );
+    let gw = Gateway::start(opts);
+    let client = http_client();
+    let get = |path: &str, sub: &str| {
+        let resp = client
+            .get(gw.url(path))
+            .bearer_auth(token(&gw, sub, &["physician"], None))
+            .send()
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{path}");
+    };
+    // con-1: alice twice, bob, carol, dave (5 accesses, 4 users); alice also searches.
+    get("/fhir/Patient/con-1", "alice");
+    get("/fhir/Patient/con-1", "bob");
+    get("/fhir/Patient/con-1", "dave");
+    get("/fhir/Patient?_id=con-1,con-2,con-3", "alice");
+    get("/fhir/Patient/con-1", "carol");
+    get("/fhir/Patient/con-2", "alice");
+    // Wait until a signed checkpoint covers the traffic.
+    let journal = gw.journal.display().to_string();
+    let key = public_key_of(&gw.journal).display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, out, _) = run_auditgate(&[
+            "report",
+            "breach",
+            "--user",
+            "alice",
+            "--journal",
+            &journal,
+            "--key",
+            &key,
+            "--format",
+            "json",
+        ]);
+        if code == 0
+            && serde_json::from_str::<Value>(&out).unwrap()["sections"][0]["rows"]
+                .as_array()
+                .unwrap()
+                .len()
+                == 3
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the traffic never came under a checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    let shots = repo_root().join("target/console-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let downloads = tempfile::tempdir().unwrap();
+    let auditor = token(&gw, "privacy-1", &["privacy-officer"], None);
+    let outsider = token(&gw, "mallory", &["physician"], Some("openid"));
+    let base = format!("http://127.0.0.1:{console_port}");
+    let out = run_python_with_timeout(
+        SCRIPT,
+        &[
+            &base,
+            &auditor,
+            &outsider,
+            shots.to_str().unwrap(),
+            downloads.path().to_str().unwrap(),
+        ],
+        &[],
+        Duration::from_secs(180),
+    );
+    let out: Value = serde_json::from_str(assert_success(&out, "selenium").trim()).unwrap();
+
+    assert!(
+        out["outsider"]
+            .as_str()
+            .unwrap()
+            .contains("does not have an auditor's role"),
+        "{out:#}"
+    );
+    assert!(out["who"].as_str().unwrap().contains("privacy-1"));
+    assert_eq!(out["badge"], "verified");
+    // con-1's accesses: 6 requests (alice read and search, bob, dave, carol) and 4 users.
+    let users: Vec<&str> = out["patient_rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["user"].as_str().unwrap())
+        .collect();
+    assert_eq!(users.len(), 2, "two rows a page: {out:#}");
+    assert_eq!(out["by_user"], json!(["alice", "alice"]));
+    assert!(
+        out["page_of"].as_str().unwrap().starts_with("Page 1 of "),
+        "{out:#}"
+    );
+    // Paged through, sorted by user descending: the same pages although the auditor's own
+    // searches of con-1 join the trail meanwhile (the result holds the trail as of its search).
+    let pages: Vec<Vec<String>> = serde_json::from_value(out["pages"].clone()).unwrap();
+    assert_eq!(
+        pages,
+        [vec!["dave", "carol"], vec!["bob", "alice"], vec!["alice"]]
+    );
+    assert_eq!(out["by_user_desc"], json!(["dave", "carol"]));
+    assert_eq!(out["page_of"], "Page 1 of 3");
+    let day_total: u64 = out["patient_days"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(day_total, 5);
+
+    // The breach timeline equals `auditgate report breach` on the same data: its per-day
+    // counts, its figures, and the downloaded patients CSV byte for byte.
+    assert_eq!(out["breach_badge"], "verified");
+    let (code, report, err) = run_auditgate(&[
+        "report",
+        "breach",
+        "--user",
+        "alice",
+        "--from",
+        "2020-01-01",
+        "--to",
+        "2100-12-31",
+        "--journal",
+        &journal,
+        "--key",
+        &key,
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let report: Value = serde_json::from_str(&report).unwrap();
+    let per_day = report["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["title"] == "Per day")
+        .unwrap();
+    for row in per_day["rows"].as_array().unwrap() {
+        let day = row["day"].as_str().unwrap();
+        assert_eq!(
+            out["breach_days"][day].to_string(),
+            row["requests"].as_str().unwrap(),
+            "{day}"
+        );
+    }
+    assert_eq!(out["facts"]["patients exposed"], "3");
+    let csv_path = downloads.path().join("patients.csv");
+    let (code, _, err) = run_auditgate(&[
+        "report",
+        "breach",
+        "--user",
+        "alice",
+        "--from",
+        "2020-01-01",
+        "--to",
+        "2100-12-31",
+        "--journal",
+        &journal,
+        "--key",
+        &key,
+        "--patients-csv",
+        csv_path.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let downloaded: Vec<String> = serde_json::from_value(out["downloads"].clone()).unwrap();
+    assert_eq!(downloaded, ["auditgate-breach-affected-patients.csv"]);
+    assert_eq!(
+        std::fs::read_to_string(downloads.path().join(&downloaded[0])).unwrap(),
+        std::fs::read_to_string(&csv_path).unwrap()
+    );
+    // The reads page lists the auditor's searches.
+    let reads = out["reads"].as_array().unwrap();
+    assert!(
+        reads
+            .iter()
+            .any(|r| r["user"] == "privacy-1" && r["what"] == "console.search"),
+        "{out:#}"
+    );
+
+    // Every look is in the journal: the refusal, the sign-in, each search and page, the
+    // download with the patients it named.
+    let records: Vec<Record> = gw
+        .records()
+        .into_iter()
+        .filter(|r| r.event.rule.starts_with("console."))
+        .collect();
+    let refused = records
+        .iter()
+        .find(|r| user_of(r) == "mallory")
+        .expect("the refusal is recorded");
+    assert_eq!(refused.event.outcome.as_ref().unwrap().status, 403);
+    assert_eq!(refused.event.rule, "console.login");
+    let mine: Vec<&Record> = records
+        .iter()
+        .filter(|r| user_of(r) == "privacy-1")
+        .collect();
+    let searches = mine
+        .iter()
+        .filter(|r| r.event.rule == "console.search")
+        .count();
+    assert_eq!(
+        searches,
+        1 + 2 + (pages.len() - 1) + 1,
+        "the patient search, two sorts, each next page, the breach search"
+    );
+    let first = mine
+        .iter()
+        .find(|r| r.event.rule == "console.search")
+        .unwrap();
+    assert!(first
+        .event
+        .query
+        .as_deref()
+        .unwrap()
+        .contains("value=con-1"));
+    assert!(first
+        .event
+        .patients
+        .iter()
+        .any(|p| p.id == "con-1" && p.source == PatientSource::Response));
+    let download = mine
+        .iter()
+        .find(|r| r.event.rule == "console.download")
+        .expect("the download is recorded");
+    let mut named: Vec<&str> = download
+        .event
+        .patients
+        .iter()
+        .map(|p| p.id.as_str())
+        .collect();
+    named.sort();
+    assert_eq!(named, ["con-1", "con-2", "con-3"]);
+    assert!(mine.iter().any(|r| r.event.rule == "console.view"));
+    // No patient or user in a URL: every console record's path is a fixed page.
+    for r in &records {
+        assert!(
+            ["/", "/login", "/search", "/download", "/reads"].contains(&r.event.path.as_str()),
+            "{}",
+            r.event.path
+        );
+    }
+    for name in ["refused", "search", "patient", "breach", "reads"] {
+        assert!(shots.join(format!("{name}.png")).exists(), "{name}.png");
+    }
+}

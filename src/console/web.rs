@@ -31,6 +31,7 @@ use super::pages::{self, SearchForm, Verification};
 use super::session::{clear_cookie, cookie_session, set_cookie, Session, Sessions};
 use super::trail::{TrailError, TrailSources};
 use crate::config::server::ConsoleConfig;
+use crate::identity::AuthFailure;
 use crate::query::filter::{day_start_micros, Filters};
 use crate::query::run::QueryError;
 use crate::record::{InteractionKind, PatientRef, Who};
@@ -500,8 +501,9 @@ impl Console {
         }
     }
 
-    /// Sign in with a pasted token.
-    async fn login(&self, fields: &Fields) -> (Who, Option<String>, Page) {
+    /// Sign in with a pasted token: who, their device claim, the page, and why the token was
+    /// refused (if it was).
+    async fn login(&self, fields: &Fields) -> (Who, Option<String>, Page, Option<AuthFailure>) {
         let token = field(fields, "token");
         let mut headers = http::HeaderMap::new();
         if let Ok(v) = http::HeaderValue::from_str(&format!("Bearer {token}")) {
@@ -513,7 +515,8 @@ impl Console {
                     reason: failure.reason().to_string(),
                 };
                 let page = Page::html(401, pages::sign_in(Some("That token was not accepted: it may have expired, or come from an identity provider this gateway does not trust. Get a new one and try again.")));
-                (who, None, page.failed(failure.reason()))
+                let reason = failure.reason();
+                (who, None, page.failed(reason), Some(failure))
             }
             Ok(a) if !self.guard.is_auditor(&a) => {
                 let page = Page::html(
@@ -529,6 +532,7 @@ impl Console {
                     Who::Authenticated(a.actor),
                     a.device_id,
                     page.failed("forbidden"),
+                    None,
                 )
             }
             Ok(a) => {
@@ -543,7 +547,7 @@ impl Console {
                 let mut page = Page::redirect("/");
                 page.headers
                     .push(("Set-Cookie", set_cookie(&id, seconds, self.config.tls)));
-                (Who::Authenticated(a.actor), a.device_id, page)
+                (Who::Authenticated(a.actor), a.device_id, page, None)
             }
         }
     }
@@ -630,8 +634,12 @@ impl ServeHttp for Console {
             .respond();
         };
         if path == "/login" {
-            let (who, device, page) = self.login(&fields).await;
+            let (who, device, page, refused) = self.login(&fields).await;
             arrival.asked = None;
+            if refused.is_some_and(|f| self.guard.flooded(&arrival, &f)) {
+                // Counted into this client's flood summary instead of a record of its own.
+                return page.respond();
+            }
             return self
                 .recorded(arrival, who, device.as_ref(), RULE_LOGIN, page)
                 .await;
@@ -703,5 +711,60 @@ impl ServeHttp for Console {
             )
             .respond(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(by: &str, value: &str, from: &str, to: &str, as_of: &str) -> SearchForm {
+        SearchForm {
+            by: by.into(),
+            value: value.into(),
+            from: from.into(),
+            to: to.into(),
+            as_of: as_of.into(),
+            ..SearchForm::default()
+        }
+    }
+
+    #[test]
+    fn a_form_becomes_the_query_planes_filters() {
+        let day = |d: &str| day_start_micros(d).unwrap();
+        let f = form("patient", "p1", "2026-03-01", "2026-03-02", "")
+            .filters()
+            .unwrap();
+        assert_eq!(f.patients, ["p1"]);
+        assert_eq!(f.since_micros, Some(day("2026-03-01")));
+        assert_eq!(
+            f.until_micros,
+            Some(day("2026-03-03")),
+            "the last day is included"
+        );
+        // A result holds the trail as of its search: the earlier of the two ends wins.
+        let as_of = day("2026-03-02").to_string();
+        let f = form("user", "u", "", "2026-03-02", &as_of)
+            .filters()
+            .unwrap();
+        assert_eq!(
+            (f.users.as_slice(), f.until_micros),
+            (["u".to_string()].as_slice(), Some(day("2026-03-02")))
+        );
+        let f = form("ip", "10.0.0.0/8", "", "", "").filters().unwrap();
+        assert_eq!(f.client_ips.len(), 1);
+        for bad in [
+            form("ip", "ten", "", "", ""),
+            form("patient", "", "", "", ""),
+            form("patient", "p", "yesterday", "", ""),
+            form("nothing", "p", "", "", ""),
+        ] {
+            assert!(bad.filters().is_err(), "{bad:?}");
+        }
+        let recorded = form("patient", "p 1", "", "", "5").recorded();
+        assert_eq!(
+            recorded,
+            "by=patient&value=p+1&from=&to=&sort=&page=0&as_of=5"
+        );
     }
 }

@@ -9,21 +9,11 @@ use std::time::{Duration, Instant};
 use auditgate::record::{PatientSource, Record, Who};
 use serde_json::{json, Value};
 
-use crate::support::gateway::{claims_for, Gateway, GatewayOptions, ISS_RSA};
-use crate::support::s3::{aws_env, S3Server, REGION};
-use crate::support::{
-    assert_success, free_port, http_client, mint, run_python, FhirServer, KeyKind,
+use crate::support::gateway::{
+    put_patients, read_as, token_with as token, user_of, Gateway, GatewayOptions,
 };
-
-/// A token for `sub` with these roles and this `scope`.
-fn token(gw: &Gateway, sub: &str, roles: &[&str], scope: Option<&str>) -> String {
-    let mut claims = claims_for(ISS_RSA, sub);
-    claims["roles"] = json!(roles);
-    if let Some(scope) = scope {
-        claims["scope"] = json!(scope);
-    }
-    mint(KeyKind::Rsa.default_alg(), &gw.keys.rsa, &claims)
-}
+use crate::support::s3::{aws_env, S3Server, REGION};
+use crate::support::{assert_success, free_port, http_client, run_python, FhirServer};
 
 fn audit_get(port: u16, query: &str, token: Option<&str>) -> (u16, Value) {
     let mut req = http_client().get(format!("http://127.0.0.1:{port}/AuditEvent?{query}"));
@@ -40,14 +30,6 @@ fn audit_records(gw: &Gateway) -> Vec<Record> {
         .into_iter()
         .filter(|r| r.event.rule == "audit-api.search")
         .collect()
-}
-
-fn user_of(r: &Record) -> &str {
-    match &r.event.who {
-        Who::Authenticated(a) => &a.user,
-        Who::Unauthenticated { reason } => reason,
-        Who::Gateway => "(gateway)",
-    }
 }
 
 const SCRIPT: &str = r#"
@@ -98,24 +80,14 @@ print(json.dumps(out))
 #[test]
 fn auditors_search_the_trail_with_fhir_clients_and_every_search_is_recorded() {
     let fhir = FhirServer::seeded();
-    for id in ["aud-1", "aud-2", "aud-3"] {
-        fhir.put_resource(&json!({"resourceType": "Patient", "id": id, "name": [{"family": id}]}));
-    }
+    put_patients(fhir, &["aud-1", "aud-2", "aud-3"]);
     let audit_port = free_port();
     let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
     opts.extra_toml = format!(
         "[audit_api]\nenabled = true\nlisten = \"127.0.0.1:{audit_port}\"\npage_size = 50\n\n[auditors]\nroles = [\"privacy-officer\"]\nscopes = [\"audit.read\"]\n"
     );
     let gw = Gateway::start(opts);
-    let client = http_client();
-    let get = |path: &str, sub: &str| {
-        let resp = client
-            .get(gw.url(path))
-            .bearer_auth(token(&gw, sub, &["physician"], None))
-            .send()
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 200, "{path}");
-    };
+    let get = |path: &str, sub: &str| read_as(&gw, path, sub);
     get("/fhir/Patient/aud-1", "alice");
     get("/fhir/Patient?_id=aud-1,aud-2,aud-3", "alice");
     get("/fhir/Patient/aud-2", "bob");

@@ -9,7 +9,9 @@ use jsonwebtoken::Algorithm;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::support::gateway::{claims_for, public_key_of, Gateway, GatewayOptions, ISS_JWKS};
+use crate::support::gateway::{
+    claims_for, public_key_of, report_json, Gateway, GatewayOptions, ISS_JWKS,
+};
 use crate::support::keys::jwks;
 use crate::support::{http_client, mint, run_auditgate, FhirServer, TestKey};
 
@@ -185,18 +187,8 @@ fn starts_reloads_and_key_rotations_are_recorded_in_the_chain_and_reported() {
     let key = public_key_of(&gw.journal).display().to_string();
     let deadline = Instant::now() + Duration::from_secs(20);
     let report: Value = loop {
-        let (code, out, err) = run_auditgate(&[
-            "report",
-            "changes",
-            "--journal",
-            &journal,
-            "--key",
-            &key,
-            "--format",
-            "json",
-        ]);
-        assert_eq!(code, 0, "{out}{err}");
-        let report: Value = serde_json::from_str(&out).unwrap();
+        let (code, report, err) = report_json(&["changes"], &gw.journal);
+        assert_eq!(code, 0, "{err}");
         if report["sections"][0]["rows"].as_array().unwrap().len() == 4 {
             break report;
         }

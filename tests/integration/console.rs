@@ -7,31 +7,13 @@
 
 use std::time::{Duration, Instant};
 
-use auditgate::record::{PatientSource, Record, Who};
+use auditgate::record::{PatientSource, Record};
 use serde_json::{json, Value};
 
-use crate::support::gateway::{claims_for, public_key_of, Gateway, GatewayOptions, ISS_RSA};
-use crate::support::{
-    assert_success, free_port, http_client, mint, repo_root, run_auditgate,
-    run_python_with_timeout, FhirServer, KeyKind,
+use crate::support::gateway::{
+    put_patients, read_as, report_json, token_with as token, user_of, Gateway, GatewayOptions,
 };
-
-fn token(gw: &Gateway, sub: &str, roles: &[&str], scope: Option<&str>) -> String {
-    let mut claims = claims_for(ISS_RSA, sub);
-    claims["roles"] = json!(roles);
-    if let Some(scope) = scope {
-        claims["scope"] = json!(scope);
-    }
-    mint(KeyKind::Rsa.default_alg(), &gw.keys.rsa, &claims)
-}
-
-fn user_of(r: &Record) -> &str {
-    match &r.event.who {
-        Who::Authenticated(a) => &a.user,
-        Who::Unauthenticated { reason } => reason,
-        Who::Gateway => "(gateway)",
-    }
-}
+use crate::support::{assert_success, free_port, repo_root, run_python_with_timeout, FhirServer};
 
 const SCRIPT: &str = r##"
 import json, os, sys, time
@@ -148,24 +130,14 @@ print(json.dumps(out))
 #[test]
 fn an_auditor_uses_the_console_in_a_real_browser_and_every_look_is_recorded() {
     let fhir = FhirServer::seeded();
-    for id in ["con-1", "con-2", "con-3"] {
-        fhir.put_resource(&json!({"resourceType": "Patient", "id": id, "name": [{"family": id}]}));
-    }
+    put_patients(fhir, &["con-1", "con-2", "con-3"]);
     let console_port = free_port();
     let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
     opts.extra_toml = format!(
         "[console]\nenabled = true\nlisten = \"127.0.0.1:{console_port}\"\npage_rows = 2\n\n[auditors]\nroles = [\"privacy-officer\"]\nscopes = []\n"
     );
     let gw = Gateway::start(opts);
-    let client = http_client();
-    let get = |path: &str, sub: &str| {
-        let resp = client
-            .get(gw.url(path))
-            .bearer_auth(token(&gw, sub, &["physician"], None))
-            .send()
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 200, "{path}");
-    };
+    let get = |path: &str, sub: &str| read_as(&gw, path, sub);
     // con-1: alice twice, bob, carol, dave (5 accesses, 4 users); alice also searches.
     get("/fhir/Patient/con-1", "alice");
     get("/fhir/Patient/con-1", "bob");
@@ -174,29 +146,10 @@ fn an_auditor_uses_the_console_in_a_real_browser_and_every_look_is_recorded() {
     get("/fhir/Patient/con-1", "carol");
     get("/fhir/Patient/con-2", "alice");
     // Wait until a signed checkpoint covers the traffic.
-    let journal = gw.journal.display().to_string();
-    let key = public_key_of(&gw.journal).display().to_string();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (code, out, _) = run_auditgate(&[
-            "report",
-            "breach",
-            "--user",
-            "alice",
-            "--journal",
-            &journal,
-            "--key",
-            &key,
-            "--format",
-            "json",
-        ]);
-        if code == 0
-            && serde_json::from_str::<Value>(&out).unwrap()["sections"][0]["rows"]
-                .as_array()
-                .unwrap()
-                .len()
-                == 3
-        {
+        let (code, report, _) = report_json(&["breach", "--user", "alice"], &gw.journal);
+        if code == 0 && report["sections"][0]["rows"].as_array().map(Vec::len) == Some(3) {
             break;
         }
         assert!(
@@ -268,8 +221,8 @@ fn an_auditor_uses_the_console_in_a_real_browser_and_every_look_is_recorded() {
     // The breach timeline equals `auditgate report breach` on the same data: its per-day
     // counts, its figures, and the downloaded patients CSV byte for byte.
     assert_eq!(out["breach_badge"], "verified");
-    let (code, report, err) = run_auditgate(&[
-        "report",
+    let csv_path = downloads.path().join("patients.csv");
+    let window = [
         "breach",
         "--user",
         "alice",
@@ -277,15 +230,11 @@ fn an_auditor_uses_the_console_in_a_real_browser_and_every_look_is_recorded() {
         "2020-01-01",
         "--to",
         "2100-12-31",
-        "--journal",
-        &journal,
-        "--key",
-        &key,
-        "--format",
-        "json",
-    ]);
+    ];
+    let mut args = window.to_vec();
+    args.extend(["--patients-csv", csv_path.to_str().unwrap()]);
+    let (code, report, err) = report_json(&args, &gw.journal);
     assert_eq!(code, 0, "{err}");
-    let report: Value = serde_json::from_str(&report).unwrap();
     let per_day = report["sections"]
         .as_array()
         .unwrap()
@@ -301,24 +250,6 @@ fn an_auditor_uses_the_console_in_a_real_browser_and_every_look_is_recorded() {
         );
     }
     assert_eq!(out["facts"]["patients exposed"], "3");
-    let csv_path = downloads.path().join("patients.csv");
-    let (code, _, err) = run_auditgate(&[
-        "report",
-        "breach",
-        "--user",
-        "alice",
-        "--from",
-        "2020-01-01",
-        "--to",
-        "2100-12-31",
-        "--journal",
-        &journal,
-        "--key",
-        &key,
-        "--patients-csv",
-        csv_path.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
     let downloaded: Vec<String> = serde_json::from_value(out["downloads"].clone()).unwrap();
     assert_eq!(downloaded, ["auditgate-breach-affected-patients.csv"]);
     assert_eq!(

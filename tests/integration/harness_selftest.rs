@@ -364,3 +364,12 @@ fn jwks_document_lists_every_key() {
         assert!(set.find(&key.kid).is_some(), "{} missing", key.kid);
     }
 }
+
+#[test]
+fn the_log_check_finds_tokens_and_not_base64_that_happens_to_hold_eyj() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_line = r#"{"public_key":"auditgate/test-gw+3b1f040a+AYOXjVJfJlAB/QJ/bBPHCR+RsZ+KQhR7452EeyJV0+g8"}"#;
+    assert!(crate::support::gateway::check_log_has_no_phi(key_line, dir.path()).is_ok());
+    let token_line = "Authorization: Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln";
+    assert!(crate::support::gateway::check_log_has_no_phi(token_line, dir.path()).is_err());
+}

@@ -474,8 +474,9 @@ impl Drop for Gateway {
 /// the journal may. Checked against everything the journal says the traffic carried.
 pub fn check_log_has_no_phi(log: &str, journal: &Path) -> Result<(), String> {
     use auditgate::record::Who;
-    // Any JWT (a base64url JSON header starts with `eyJ`).
-    if let Some(at) = log.find("eyJ") {
+    // Any JWT: a base64url JSON header (`eyJ...`), a dot, a payload, a dot. (`eyJ` alone turns
+    // up by chance in base64 text such as the checkpoint public key the log names.)
+    if let Some(at) = find_jwt(log) {
         return Err(format!("a token: ...{}...", excerpt(log, at)));
     }
     // Leniently: tamper tests leave records that no longer parse.
@@ -534,6 +535,23 @@ pub fn check_log_has_no_phi(log: &str, journal: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Where a JWT-shaped string starts in `text`: `eyJ` opening a run of base64url characters and
+/// dots that holds at least a header and a payload (`eyJ...` `.` `...`).
+fn find_jwt(text: &str) -> Option<usize> {
+    let in_run = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    let mut from = 0;
+    while let Some(i) = text[from..].find("eyJ") {
+        let at = from + i;
+        let run: String = text[at..].chars().take_while(|c| in_run(*c)).collect();
+        let parts: Vec<&str> = run.split('.').collect();
+        if parts.len() >= 2 && parts[0].len() >= 10 && !parts[1].is_empty() {
+            return Some(at);
+        }
+        from = at + 3;
+    }
+    None
+}
+
 fn excerpt(text: &str, at: usize) -> String {
     let mut start = at.saturating_sub(80);
     while !text.is_char_boundary(start) {
@@ -568,6 +586,54 @@ pub fn public_key_of(dir: &Path) -> PathBuf {
     let mut name = dir.as_os_str().to_owned();
     name.push(".checkpoint.key.pub");
     PathBuf::from(name)
+}
+
+/// A token from the RS256 issuer for `sub` with these roles and, when given, this `scope`.
+pub fn token_with(gw: &Gateway, sub: &str, roles: &[&str], scope: Option<&str>) -> String {
+    let mut claims = claims_for(ISS_RSA, sub);
+    claims["roles"] = json!(roles);
+    if let Some(scope) = scope {
+        claims["scope"] = json!(scope);
+    }
+    keys::mint(KeyKind::Rsa.default_alg(), &gw.keys.rsa, &claims)
+}
+
+/// Who a record names: the user, why it has none, or `(gateway)`.
+pub fn user_of(r: &Record) -> &str {
+    match &r.event.who {
+        auditgate::record::Who::Authenticated(a) => &a.user,
+        auditgate::record::Who::Unauthenticated { reason } => reason,
+        auditgate::record::Who::Gateway => "(gateway)",
+    }
+}
+
+/// GET `path` through the gateway as `sub` (a physician's token); panics unless 200.
+pub fn read_as(gw: &Gateway, path: &str, sub: &str) {
+    let resp = super::http_client()
+        .get(gw.url(path))
+        .bearer_auth(token_with(gw, sub, &["physician"], None))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "{path}");
+}
+
+/// Put `ids` on the FHIR server as Patients (idempotent: PUT).
+pub fn put_patients(fhir: &super::FhirServer, ids: &[&str]) {
+    for id in ids {
+        fhir.put_resource(&json!({"resourceType": "Patient", "id": id, "name": [{"family": id}]}));
+    }
+}
+
+/// Run `auditgate report ARGS --journal DIR --key ITS.pub --format json`: (exit code, the
+/// report as JSON, stderr).
+pub fn report_json(args: &[&str], journal: &Path) -> (i32, Value, String) {
+    let journal_arg = journal.display().to_string();
+    let key = public_key_of(journal).display().to_string();
+    let mut all: Vec<&str> = vec!["report"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--journal", &journal_arg, "--key", &key, "--format", "json"]);
+    let (code, out, err) = super::run_auditgate(&all);
+    (code, serde_json::from_str(&out).unwrap_or(Value::Null), err)
 }
 
 /// Run `auditgate verify --journal DIR [--json]`, with `--key` when the harness made a key for

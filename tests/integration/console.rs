@@ -331,3 +331,85 @@ fn an_auditor_uses_the_console_in_a_real_browser_and_every_look_is_recorded() {
         assert!(shots.join(format!("{name}.png")).exists(), "{name}.png");
     }
 }
+
+const BADGE_SCRIPT: &str = r##"
+import json, sys
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.chrome.service import Service
+
+base, auditor, patient = sys.argv[1:4]
+options = webdriver.ChromeOptions()
+for a in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1024,768"]:
+    options.add_argument(a)
+driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+try:
+    driver.get(base + "/")
+    driver.find_element(By.ID, "token").send_keys(auditor)
+    driver.find_element(By.ID, "sign-in").click()
+    WebDriverWait(driver, 20).until(lambda d: d.find_elements(By.ID, "value"))
+    driver.find_element(By.ID, "value").send_keys(patient)
+    driver.find_element(By.ID, "search").click()
+    WebDriverWait(driver, 20).until(lambda d: d.find_elements(By.ID, "verification"))
+    badge = driver.find_element(By.ID, "verification")
+    print(json.dumps({"state": badge.get_attribute("data-state"), "text": badge.text,
+                      "tables": len(driver.find_elements(By.CSS_SELECTOR, "table"))}))
+finally:
+    driver.quit()
+"##;
+
+#[test]
+fn the_verification_badge_fails_and_names_the_segment_when_the_trail_was_tampered_with() {
+    let fhir = FhirServer::seeded();
+    put_patients(fhir, &["con-9"]);
+    let console_port = free_port();
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
+    opts.journal_toml = "segment_max_bytes = 4096".into();
+    opts.extra_toml = format!(
+        "[console]\nenabled = true\nlisten = \"127.0.0.1:{console_port}\"\n\n[columnar]\nenabled = false\n"
+    );
+    let gw = Gateway::start(opts);
+    for _ in 0..12 {
+        read_as(&gw, "/fhir/Patient/con-9", "erin");
+    }
+    let auditor = token(&gw, "auditor-9", &[], Some("audit.read"));
+    let base = format!("http://127.0.0.1:{console_port}");
+    let badge = || {
+        let out = run_python_with_timeout(
+            BADGE_SCRIPT,
+            &[&base, &auditor, "con-9"],
+            &[],
+            Duration::from_secs(120),
+        );
+        serde_json::from_str::<Value>(assert_success(&out, "selenium").trim()).unwrap()
+    };
+    // Untouched: verified (once a checkpoint covers the reads).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = badge();
+        if seen["state"] == "verified" {
+            assert!(seen["tables"].as_u64().unwrap() >= 1);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{seen:#}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // One byte of one sealed segment changed (a read's status): the badge fails, says which
+    // segment, and no table is shown.
+    let (first, last) = crate::support::fixtures::sealed_segments(&gw.journal)[0];
+    let name = format!("seg-{first:020}-{last:020}.jsonl");
+    let path = gw.journal.join(&name);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("\"status\":200"), "{text}");
+    std::fs::write(&path, text.replacen("\"status\":200", "\"status\":204", 1)).unwrap();
+    let seen = badge();
+    assert_eq!(seen["state"], "failed", "{seen:#}");
+    let said = seen["text"].as_str().unwrap();
+    assert!(said.contains("Verification FAILED"), "{said}");
+    assert!(
+        said.contains(&format!("{first:020}")),
+        "the page names the segment: {said}"
+    );
+    assert_eq!(seen["tables"], 0, "nothing unproven is shown");
+}

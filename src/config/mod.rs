@@ -277,6 +277,9 @@ impl Config {
             abs(ca);
         }
         self.tls.resolve_paths(base);
+        for key in &mut self.auditors.node_keys {
+            abs(key);
+        }
     }
 
     /// The directory relative paths in the file were resolved against.

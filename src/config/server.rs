@@ -161,6 +161,11 @@ pub struct AuditorsConfig {
     /// Scopes (the `identity.claims.scope` claim) that make a token an auditor's.
     #[serde(default = "default_auditor_grants")]
     pub scopes: Vec<String>,
+    /// The checkpoint public keys (`.pub` files) of the other gateway nodes that share this
+    /// node's archive: the audit API and the console answer for their archived trails too,
+    /// each verified with its key. Default: none (this node's trail only).
+    #[serde(default)]
+    pub node_keys: Vec<std::path::PathBuf>,
 }
 
 fn default_auditor_grants() -> Vec<String> {
@@ -172,6 +177,7 @@ impl Default for AuditorsConfig {
         AuditorsConfig {
             roles: default_auditor_grants(),
             scopes: default_auditor_grants(),
+            node_keys: Vec::new(),
         }
     }
 }

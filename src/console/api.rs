@@ -131,12 +131,11 @@ impl AuditApi {
                 Err(e) => return Answered::error(400, "bad_request", "invalid", &e.to_string()),
             };
         let trail = self.trail.clone();
-        let node = self.guard.node.clone();
         let context = ExportContext {
             server_address: self.server_address.clone(),
         };
         let asked = search.clone();
-        let found = tokio::task::spawn_blocking(move || trail.search(&node, &asked, &context))
+        let found = tokio::task::spawn_blocking(move || trail.search(&asked, &context))
             .await
             .unwrap_or_else(|e| Err(TrailError::Join(e.to_string())));
         let (all, coverage) = match found {

@@ -29,8 +29,13 @@ pub struct TrailSources {
     pub archive: Option<(Arc<dyn ArchiveStore>, Layout)>,
     /// The runtime the archive's calls run on.
     pub runtime: tokio::runtime::Handle,
-    /// This node's checkpoint public key (its text: a verifier is made per search).
-    pub key: String,
+    /// This node's name.
+    pub node: String,
+    /// The checkpoint public keys (their text: verifiers are made per search) of this node and
+    /// of the other nodes whose archived trails are answered for (`[auditors] node_keys`).
+    pub keys: Vec<String>,
+    /// The other nodes (named by their keys), read from the archive.
+    pub other_nodes: Vec<String>,
 }
 
 /// Why a search could not be answered (a 500 or 503, logged without PHI).
@@ -57,58 +62,58 @@ pub enum TrailError {
 }
 
 impl TrailSources {
-    /// This node's sources now: the archive's, merged with the local journal's (which wins).
-    pub fn node_sources(&self, node: &str) -> Result<(Vec<NodeSources>, Fetcher), TrailError> {
-        let local = source::local_sources(&self.journal_dir, node)?;
-        let merged = match &self.archive {
+    /// Every node's sources now: this node's journal merged with its archived trail (the
+    /// journal's copy wins), and the other nodes' archived trails.
+    pub fn sources(&self) -> Result<(Vec<NodeSources>, Fetcher), TrailError> {
+        let local = source::local_sources(&self.journal_dir, &self.node)?;
+        let mut nodes = vec![];
+        match &self.archive {
             Some((store, layout)) => {
-                let mut archived = self.runtime.block_on(source::archive_sources(
-                    store,
-                    layout,
-                    &[node.to_string()],
-                ))?;
-                match archived.remove(node) {
+                let mut wanted = vec![self.node.clone()];
+                wanted.extend(self.other_nodes.iter().cloned());
+                let mut archived = self
+                    .runtime
+                    .block_on(source::archive_sources(store, layout, &wanted))?;
+                nodes.push(match archived.remove(&self.node) {
                     Some(a) => source::merge(a, local),
                     None => local,
-                }
+                });
+                nodes.extend(archived.into_values());
             }
-            None => local,
-        };
+            None => nodes.push(local),
+        }
         let fetcher = Fetcher {
             store: self.archive.as_ref().map(|(s, _)| s.clone()),
             runtime: self.runtime.clone(),
         };
-        Ok((vec![merged], fetcher))
+        Ok((nodes, fetcher))
     }
 
-    /// Every record of this node's trail that `filters` match, verified and proven. Blocking.
-    pub fn answer(&self, node: &str, filters: Filters) -> Result<Answer, TrailError> {
-        let (sources, fetcher) = self.node_sources(node)?;
+    /// Every record of the trail that `filters` match, verified and proven. Blocking.
+    pub fn answer(&self, filters: Filters) -> Result<Answer, TrailError> {
+        let (sources, fetcher) = self.sources()?;
         let request = Request {
             filters,
             sort: Vec::new(),
             limit: None,
             verify: true,
         };
-        let key =
-            CheckpointVerifier::from_text(&self.key).map_err(|e| TrailError::Key(e.to_string()))?;
-        Ok(answer(
-            &request,
-            &sources,
-            &fetcher,
-            std::slice::from_ref(&key),
-        )?)
+        let keys = self
+            .keys
+            .iter()
+            .map(|k| CheckpointVerifier::from_text(k).map_err(|e| TrailError::Key(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(answer(&request, &sources, &fetcher, &keys)?)
     }
 
-    /// Every event of this node's trail that `search` matches, in the trail's order, and the
-    /// coverage lines of the answer. Blocking.
+    /// Every event of the trail that `search` matches, in the trail's order, and the coverage
+    /// lines of the answer. Blocking.
     pub fn search(
         &self,
-        node: &str,
         search: &AuditSearch,
         context: &ExportContext,
     ) -> Result<(Vec<Value>, Vec<String>), TrailError> {
-        let answer = self.answer(node, search.filters.clone())?;
+        let answer = self.answer(search.filters.clone())?;
         let mut found = Vec::new();
         for access in requests::accesses(&answer)? {
             found.extend(

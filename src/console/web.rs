@@ -251,9 +251,8 @@ impl Console {
     async fn run(&self, form: &SearchForm) -> Result<Found, Unanswered> {
         let filters = form.filters().map_err(Unanswered::Form)?;
         let trail = self.trail.clone();
-        let node = self.guard.node.clone();
         let asked = filters.clone();
-        let answer = tokio::task::spawn_blocking(move || trail.answer(&node, asked))
+        let answer = tokio::task::spawn_blocking(move || trail.answer(asked))
             .await
             .unwrap_or_else(|e| Err(TrailError::Join(e.to_string())))
             .map_err(Unanswered::Trail)?;
@@ -457,8 +456,7 @@ impl Console {
             ..Filters::default()
         };
         let trail = self.trail.clone();
-        let node = self.guard.node.clone();
-        let answer = tokio::task::spawn_blocking(move || trail.answer(&node, filters))
+        let answer = tokio::task::spawn_blocking(move || trail.answer(filters))
             .await
             .unwrap_or_else(|e| Err(TrailError::Join(e.to_string())));
         let accesses = answer.and_then(|a| requests::accesses(&a).map_err(TrailError::from));

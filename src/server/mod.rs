@@ -32,7 +32,7 @@ use crate::proxy::live::Live;
 use crate::proxy::Gateway;
 use crate::server::admin::{AdminApp, Readiness};
 use crate::server::reload::Reloader;
-use crate::tlog::checkpoint::CheckpointSigner;
+use crate::tlog::checkpoint::{CheckpointSigner, CheckpointVerifier};
 use signals::{close_journal, DrainMonitor, Signals, JOURNAL_CLOSE_TIMEOUT};
 
 /// Why the gateway could not start.
@@ -306,13 +306,35 @@ pub fn prepare(
             Duration::from_secs(config.archive.poll_interval_secs),
         ));
     }
+    // The other nodes the auditor listeners answer for, by their public keys.
+    let mut other_keys = Vec::new();
+    for path in &config.auditors.node_keys {
+        let key = CheckpointVerifier::load(&path.to_string_lossy()).map_err(JournalError::from)?;
+        let node = key.name().trim_start_matches("auditgate/").to_string();
+        other_keys.push((
+            node,
+            std::fs::read_to_string(path)
+                .map_err(|e| {
+                    StartError::Runtime(std::io::Error::new(
+                        e.kind(),
+                        format!("auditors.node_keys {}: {e}", path.display()),
+                    ))
+                })?
+                .trim()
+                .to_string(),
+        ));
+    }
     let audit_trail = Arc::new(TrailSources {
         journal_dir: config.journal.dir.clone(),
         archive: archive_store
             .clone()
             .map(|store| (store, crate::archive::Layout::new(&config.archive.prefix))),
         runtime: background.handle().clone(),
-        key: audit_key,
+        node: config.server.node.clone(),
+        keys: std::iter::once(audit_key)
+            .chain(other_keys.iter().map(|(_, text)| text.clone()))
+            .collect(),
+        other_nodes: other_keys.into_iter().map(|(node, _)| node).collect(),
     });
     let archive_stats = match archive_store {
         Some(store) => {

@@ -321,3 +321,60 @@ fn the_audit_listener_answers_from_the_s3_archive_once_the_local_segments_are_go
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+#[test]
+fn the_audit_listener_answers_for_the_other_nodes_of_its_archive_whose_keys_it_is_given() {
+    let fhir = FhirServer::seeded();
+    put_patients(fhir, &["multi-1"]);
+    let archive = tempfile::tempdir().unwrap();
+    let archive_toml = format!(
+        "[archive]\nkind = \"dir\"\ndir = \"{}\"\nprefix = \"shared\"\npoll_interval_secs = 1\n",
+        archive.path().display()
+    );
+    // Node gw-b serves frank; its sealed segments and checkpoints go to the shared archive.
+    let mut b = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
+    b.node = "gw-b".into();
+    b.journal_toml = "segment_max_bytes = 4096".into();
+    b.extra_toml = archive_toml.clone();
+    let gw_b = Gateway::start(b);
+    for _ in 0..12 {
+        read_as(&gw_b, "/fhir/Patient/multi-1", "frank");
+    }
+    // Node test-gw, on the same archive, is given gw-b's public key.
+    let audit_port = free_port();
+    let mut a = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
+    a.extra_toml = format!(
+        "{archive_toml}\n[auditors]\nnode_keys = [\"{}\"]\n\n[audit_api]\nenabled = true\nlisten = \"127.0.0.1:{audit_port}\"\n",
+        crate::support::gateway::public_key_of(&gw_b.journal).display()
+    );
+    let gw_a = Gateway::start(a);
+    let auditor = token(&gw_a, "auditor-1", &[], Some("audit.read"));
+    // frank's reads that reached the archive (sealed segments, under a shipped checkpoint)
+    // are answered by test-gw, from gw-b's archived trail, verified with gw-b's key.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, bundle) = audit_get(audit_port, "agent=frank&_count=100", Some(&auditor));
+        let total = bundle["total"].as_u64().unwrap_or(0);
+        if status == 200 && total > 0 {
+            let sites: Vec<&str> = bundle["entry"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|e| e["resource"]["source"]["site"].as_str())
+                .collect();
+            assert!(sites.iter().all(|s| *s == "gw-b"), "{sites:?}");
+            let coverage = bundle.to_string();
+            assert!(
+                coverage.contains("node gw-b:") && coverage.contains("node test-gw:"),
+                "{bundle:#}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{status} {bundle:#}\n{}",
+            gw_a.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

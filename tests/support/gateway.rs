@@ -99,6 +99,8 @@ pub struct GatewayOptions {
     pub extra_toml: String,
     /// Extra environment variables for the gateway process (e.g. AWS credentials).
     pub env: Vec<(String, String)>,
+    /// `server.node` (default `test-gw`).
+    pub node: String,
 }
 
 impl GatewayOptions {
@@ -118,6 +120,7 @@ impl GatewayOptions {
             port: None,
             extra_toml: String::new(),
             env: Vec::new(),
+            node: "test-gw".into(),
         }
     }
 }
@@ -168,7 +171,7 @@ impl Gateway {
         let config = format!(
             r#"
 [server]
-node = "test-gw"
+node = "{node}"
 listen = ["127.0.0.1:{port}"]
 threads = 2
 drain_timeout_secs = 10
@@ -239,6 +242,7 @@ listen = "127.0.0.1:{admin_port}"
 {extra_toml}
 "#,
             dir = dir.path().display(),
+            node = opts.node,
             upstream = opts.upstream,
             journal = journal.display(),
             journal_toml = opts.journal_toml,

@@ -130,14 +130,14 @@ impl AuditApi {
                 Ok(s) => s,
                 Err(e) => return Answered::error(400, "bad_request", "invalid", &e.to_string()),
             };
-        let trail = self.trail.clone();
         let context = ExportContext {
             server_address: self.server_address.clone(),
         };
         let asked = search.clone();
-        let found = tokio::task::spawn_blocking(move || trail.search(&asked, &context))
-            .await
-            .unwrap_or_else(|e| Err(TrailError::Join(e.to_string())));
+        let found = self
+            .trail
+            .run(move |trail| trail.search(&asked, &context))
+            .await;
         let (all, coverage) = match found {
             Ok(found) => found,
             Err(TrailError::Query(crate::query::run::QueryError::NotYetCheckpointed {

@@ -36,6 +36,9 @@ pub struct TrailSources {
     pub keys: Vec<String>,
     /// The other nodes (named by their keys), read from the archive.
     pub other_nodes: Vec<String>,
+    /// Searches running at once, at most (one per core): each holds its readers' buffers, so
+    /// this bounds the listeners' memory; more wait their turn.
+    pub running: tokio::sync::Semaphore,
 }
 
 /// Why a search could not be answered (a 500 or 503, logged without PHI).
@@ -104,6 +107,22 @@ impl TrailSources {
             .map(|k| CheckpointVerifier::from_text(k).map_err(|e| TrailError::Key(e.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(answer(&request, &sources, &fetcher, &keys)?)
+    }
+
+    /// Run `work` on the trail on a blocking thread, once a search permit is free.
+    pub async fn run<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&TrailSources) -> Result<T, TrailError> + Send + 'static,
+    ) -> Result<T, TrailError> {
+        let _permit = self
+            .running
+            .acquire()
+            .await
+            .map_err(|e| TrailError::Join(e.to_string()))?;
+        let trail = self.clone();
+        tokio::task::spawn_blocking(move || work(&trail))
+            .await
+            .unwrap_or_else(|e| Err(TrailError::Join(e.to_string())))
     }
 
     /// Every event of the trail that `search` matches, in the trail's order, and the coverage

@@ -250,11 +250,11 @@ impl Console {
     /// Run `form` over the trail: the report it asks for, sorted as it asks.
     async fn run(&self, form: &SearchForm) -> Result<Found, Unanswered> {
         let filters = form.filters().map_err(Unanswered::Form)?;
-        let trail = self.trail.clone();
         let asked = filters.clone();
-        let answer = tokio::task::spawn_blocking(move || trail.answer(asked))
+        let answer = self
+            .trail
+            .run(move |trail| trail.answer(asked))
             .await
-            .unwrap_or_else(|e| Err(TrailError::Join(e.to_string())))
             .map_err(Unanswered::Trail)?;
         let accesses = requests::accesses(&answer).map_err(|e| Unanswered::Trail(e.into()))?;
         let window = format!(
@@ -455,10 +455,7 @@ impl Console {
             .collect(),
             ..Filters::default()
         };
-        let trail = self.trail.clone();
-        let answer = tokio::task::spawn_blocking(move || trail.answer(filters))
-            .await
-            .unwrap_or_else(|e| Err(TrailError::Join(e.to_string())));
+        let answer = self.trail.run(move |trail| trail.answer(filters)).await;
         let accesses = answer.and_then(|a| requests::accesses(&a).map_err(TrailError::from));
         match accesses {
             Ok(mut accesses) => {

@@ -335,6 +335,9 @@ pub fn prepare(
             .chain(other_keys.iter().map(|(_, text)| text.clone()))
             .collect(),
         other_nodes: other_keys.into_iter().map(|(node, _)| node).collect(),
+        running: tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(2, usize::from),
+        ),
     });
     let archive_stats = match archive_store {
         Some(store) => {

@@ -64,6 +64,23 @@ pub enum TrailError {
     Join(String),
 }
 
+/// Whether a local file among `sources` is gone (sealed under another name, or shipped and
+/// removed).
+fn local_file_gone(sources: &[NodeSources]) -> bool {
+    let gone = |place: &source::Place| match place {
+        source::Place::Local(path) => !path.exists(),
+        source::Place::Archived(_) => false,
+    };
+    sources.iter().any(|node| {
+        node.segments.iter().any(|s| {
+            gone(&s.json)
+                || s.copy
+                    .as_ref()
+                    .is_some_and(|(copy, seal)| gone(copy) || gone(seal))
+        }) || node.checkpoints.values().any(gone)
+    })
+}
+
 impl TrailSources {
     /// Every node's sources now: this node's journal merged with its archived trail (the
     /// journal's copy wins), and the other nodes' archived trails.
@@ -93,20 +110,42 @@ impl TrailSources {
     }
 
     /// Every record of the trail that `filters` match, verified and proven. Blocking.
+    ///
+    /// The journal directory changes under a query: the open segment is sealed (renamed), and
+    /// with `delete_local_after_ship` a shipped segment leaves for the archive. An answer that
+    /// failed while a local file it was given went away is asked again (at most twice more),
+    /// from the sources as they are then; any other failure stands.
     pub fn answer(&self, filters: Filters) -> Result<Answer, TrailError> {
-        let (sources, fetcher) = self.sources()?;
+        let keys = self
+            .keys
+            .iter()
+            .map(|k| CheckpointVerifier::from_text(k).map_err(|e| TrailError::Key(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
         let request = Request {
             filters,
             sort: Vec::new(),
             limit: None,
             verify: true,
         };
-        let keys = self
-            .keys
-            .iter()
-            .map(|k| CheckpointVerifier::from_text(k).map_err(|e| TrailError::Key(e.to_string())))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(answer(&request, &sources, &fetcher, &keys)?)
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let asked = self.sources().and_then(|(sources, fetcher)| {
+                let answered =
+                    answer(&request, &sources, &fetcher, &keys).map_err(TrailError::from);
+                Ok((answered, sources))
+            });
+            match asked {
+                Ok((Ok(answer), _)) => return Ok(answer),
+                Ok((Err(e), sources)) if attempt < 3 && local_file_gone(&sources) => {
+                    tracing::debug!(error = %e, "a journal file moved during a search; asking again");
+                }
+                Err(TrailError::Sources(e)) if attempt < 3 => {
+                    tracing::debug!(error = %e, "a journal file moved while it was listed; asking again");
+                }
+                Ok((Err(e), _)) | Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Run `work` on the trail on a blocking thread, once a search permit is free.

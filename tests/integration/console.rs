@@ -413,3 +413,126 @@ fn the_verification_badge_fails_and_names_the_segment_when_the_trail_was_tampere
     );
     assert_eq!(seen["tables"], 0, "nothing unproven is shown");
 }
+
+const KEYBOARD_SCRIPT: &str = r##"
+import json, os, sys
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.chrome.service import Service
+
+base, auditor, patient, shots = sys.argv[1:5]
+options = webdriver.ChromeOptions()
+# A tablet held upright.
+for a in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=768,1024"]:
+    options.add_argument(a)
+driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+wait = WebDriverWait(driver, 20)
+keys = lambda *k: ActionChains(driver).send_keys(*k).perform()
+active = lambda: driver.switch_to.active_element
+out = {}
+try:
+    driver.get(base + "/")
+    # Keyboard only: the token field has the focus; Tab reaches the button; Enter signs in.
+    out["first_focus"] = active().get_attribute("id")
+    keys(auditor)
+    keys(Keys.TAB)
+    out["second_focus"] = active().get_attribute("id")
+    keys(Keys.ENTER)
+    wait.until(lambda d: d.find_elements(By.ID, "value"))
+    # Tab from the top of the page to the search field, type, Enter.
+    driver.execute_script("document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0)")
+    out["tabbed"] = []
+    for _ in range(12):
+        keys(Keys.TAB)
+        el = active()
+        out["tabbed"].append(el.tag_name + "#" + (el.get_attribute("id") or el.get_attribute("name") or el.text))
+        if el.get_attribute("id") == "value":
+            break
+    out["reached"] = active().get_attribute("id")
+    keys(patient, Keys.ENTER)
+    wait.until(lambda d: d.find_elements(By.ID, "verification"))
+    out["badge"] = driver.find_element(By.ID, "verification").get_attribute("data-state")
+    out["badge_text"] = driver.find_element(By.ID, "verification").text
+    facts = driver.find_elements(By.CSS_SELECTOR, "dd[data-fact='accesses']")
+    out["accesses"] = facts[0].text if facts else ""
+    out["overflow"] = driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+    times = driver.find_elements(By.CSS_SELECTOR, "td time")
+    out["time_title"] = times[0].get_attribute("title") if times else ""
+    driver.save_screenshot(os.path.join(shots, "tablet.png"))
+finally:
+    driver.quit()
+print(json.dumps(out))
+"##;
+
+#[test]
+fn the_console_works_from_the_s3_archive_by_keyboard_on_a_tablet_sized_screen() {
+    let fhir = FhirServer::seeded();
+    put_patients(fhir, &["con-s3"]);
+    let s3 = crate::support::s3::S3Server::start();
+    s3.create_locked_bucket("console");
+    let console_port = free_port();
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
+    opts.journal_toml = "segment_max_bytes = 4096".into();
+    opts.extra_toml = format!(
+        "[archive]\nkind = \"s3\"\nbucket = \"console\"\nprefix = \"console\"\nregion = \"{}\"\n\
+         endpoint_url = \"{}\"\nforce_path_style = true\nretention_days = 1\nallow_short_retention = true\n\
+         poll_interval_secs = 1\nretry_max_secs = 2\ndelete_local_after_ship = true\n\n\
+         [console]\nenabled = true\nlisten = \"127.0.0.1:{console_port}\"\ntime_zone = \"America/New_York\"\n",
+        crate::support::s3::REGION,
+        s3.endpoint()
+    );
+    opts.env = crate::support::s3::aws_env();
+    let gw = Gateway::start(opts);
+    for _ in 0..20 {
+        read_as(&gw, "/fhir/Patient/con-s3", "gina");
+    }
+    // The first segments leave the journal directory once shipped: they are in S3 only.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while auditgate::journal::list_segments(&gw.journal)
+        .unwrap()
+        .first()
+        .is_some_and(|(name, _)| name.first() == 1)
+    {
+        assert!(Instant::now() < deadline, "nothing was pruned");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let auditor = token(&gw, "auditor-s3", &[], Some("audit.read"));
+    let shots = repo_root().join("target/console-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let base = format!("http://127.0.0.1:{console_port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let out = loop {
+        let out = run_python_with_timeout(
+            KEYBOARD_SCRIPT,
+            &[&base, &auditor, "con-s3", shots.to_str().unwrap()],
+            &[],
+            Duration::from_secs(120),
+        );
+        let out: Value = serde_json::from_str(assert_success(&out, "selenium").trim()).unwrap();
+        // Never a false alarm while segments move from the journal directory to S3.
+        assert_ne!(out["badge"], "failed", "{out:#}");
+        if out["badge"] == "verified" && out["accesses"] == "20" {
+            break out;
+        }
+        assert!(Instant::now() < deadline, "{out:#}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(out["first_focus"], "token", "the token field has the focus");
+    assert_eq!(
+        out["second_focus"], "sign-in",
+        "Tab reaches the sign-in button"
+    );
+    assert_eq!(out["reached"], "value", "Tab reaches the search field");
+    assert!(
+        out["overflow"].as_i64().unwrap() <= 0,
+        "no sideways scrolling at 768 px: {out:#}"
+    );
+    assert!(
+        out["time_title"].as_str().unwrap().ends_with("(UTC)"),
+        "UTC on hover: {out:#}"
+    );
+    assert!(shots.join("tablet.png").exists());
+}

@@ -130,10 +130,10 @@ impl TrailSources {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let asked = self.sources().and_then(|(sources, fetcher)| {
+            let asked = self.sources().map(|(sources, fetcher)| {
                 let answered =
                     answer(&request, &sources, &fetcher, &keys).map_err(TrailError::from);
-                Ok((answered, sources))
+                (answered, sources)
             });
             match asked {
                 Ok((Ok(answer), _)) => return Ok(answer),

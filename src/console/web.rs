@@ -583,6 +583,85 @@ impl Console {
     }
 }
 
+impl Console {
+    /// A GET: the sign-in page, or (signed in) the empty search form, recorded as a view.
+    async fn get(
+        &self,
+        http: &ServerSession,
+        path: &str,
+        session: Option<&(String, Session)>,
+    ) -> Response<Vec<u8>> {
+        match (path, session) {
+            ("/", None) => Page::html(200, pages::sign_in(None)).respond(),
+            ("/", Some((_, s))) => {
+                let arrival = self.guard.arrive(http);
+                let page = Page::html(200, pages::search_page(s, &SearchForm::default()));
+                let who = Who::Authenticated(s.actor.clone());
+                self.recorded(arrival, who, s.device.as_ref(), RULE_VIEW, page)
+                    .await
+            }
+            _ => not_found(None),
+        }
+    }
+
+    /// A signed-in POST with its session's form token: search, download, reads, sign-out.
+    async fn post(
+        &self,
+        mut arrival: super::guard::Arrival,
+        path: &str,
+        (id, s): (String, Session),
+        fields: &Fields,
+    ) -> Response<Vec<u8>> {
+        let who = Who::Authenticated(s.actor.clone());
+        let mut form = SearchForm::from_fields(fields);
+        if form.as_of.is_empty() {
+            // A new search: its sort, pages and downloads show the trail as of now.
+            form.as_of = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros().to_string())
+                .unwrap_or_default();
+        }
+        let (rule, page) = match path {
+            "/logout" => {
+                self.sessions.close(&id);
+                let mut page = Page::redirect("/");
+                page.headers
+                    .push(("Set-Cookie", clear_cookie(self.config.tls)));
+                return page.respond();
+            }
+            "/search" => {
+                arrival.asked = Some(form.recorded());
+                (RULE_SEARCH, self.search(&s, &form).await)
+            }
+            "/download" => {
+                let what = match field(fields, "what").as_str() {
+                    "fhir" => "fhir",
+                    "patients" => "patients",
+                    _ => "csv",
+                };
+                arrival.asked = Some(format!("{}&what={what}", form.recorded()));
+                (RULE_DOWNLOAD, self.download(&s, &form, what).await)
+            }
+            "/reads" => {
+                arrival.asked = None;
+                (RULE_VIEW, self.reads(&s).await)
+            }
+            _ => return not_found(Some(&s)),
+        };
+        self.recorded(arrival, who, s.device.as_ref(), rule, page)
+            .await
+    }
+}
+
+fn not_found(session: Option<&Session>) -> Response<Vec<u8>> {
+    let token = session.map_or("", |s| s.form_token.as_str());
+    Page::html(
+        404,
+        pages::problem("Not found", session, token, "There is no such page."),
+    )
+    .respond()
+}
+
 #[async_trait]
 impl ServeHttp for Console {
     async fn response(&self, http: &mut ServerSession) -> Response<Vec<u8>> {
@@ -592,41 +671,16 @@ impl ServeHttp for Console {
         let session =
             cookie_session(&req.headers).and_then(|id| self.sessions.get(&id).map(|s| (id, s)));
         if method == http::Method::GET {
-            return match (path.as_str(), &session) {
-                ("/", None) => Page::html(200, pages::sign_in(None)).respond(),
-                ("/", Some((_, s))) => {
-                    let arrival = self.guard.arrive(http);
-                    let page = Page::html(200, pages::search_page(s, &SearchForm::default()));
-                    self.recorded(
-                        arrival,
-                        Who::Authenticated(s.actor.clone()),
-                        s.device.as_ref(),
-                        RULE_VIEW,
-                        page,
-                    )
-                    .await
-                }
-                _ => Page::html(
-                    404,
-                    pages::problem("Not found", None, "", "There is no such page."),
-                )
-                .respond(),
-            };
+            return self.get(http, &path, session.as_ref()).await;
         }
         if method != http::Method::POST {
-            return Page::html(
-                405,
-                pages::problem("Not allowed", None, "", "Use the console's buttons."),
-            )
-            .respond();
+            let page = pages::problem("Not allowed", None, "", "Use the console's buttons.");
+            return Page::html(405, page).respond();
         }
         let mut arrival = self.guard.arrive(http);
         let Some(fields) = read_form(http).await else {
-            return Page::html(
-                413,
-                pages::problem("Too large", None, "", "The form was too large."),
-            )
-            .respond();
+            let page = pages::problem("Too large", None, "", "The form was too large.");
+            return Page::html(413, page).respond();
         };
         if path == "/login" {
             let (who, device, page, refused) = self.login(&fields).await;
@@ -640,72 +694,23 @@ impl ServeHttp for Console {
                 .await;
         }
         let Some((id, s)) = session else {
-            let page = Page::html(
-                401,
-                pages::sign_in(Some("Your session has ended. Sign in again.")),
-            );
-            return page.respond();
+            let message = "Your session has ended. Sign in again.";
+            return Page::html(401, pages::sign_in(Some(message))).respond();
         };
         if field(&fields, "form_token") != s.form_token {
-            let page = Page::html(403, pages::problem("Form expired", Some(&s), &s.form_token, "This form does not belong to your session. Go back to the search and try again."));
+            let message =
+                "This form does not belong to your session. Go back to the search and try again.";
+            let page = Page::html(
+                403,
+                pages::problem("Form expired", Some(&s), &s.form_token, message),
+            );
+            let who = Who::Authenticated(s.actor.clone());
+            let page = page.failed("bad_form_token");
             return self
-                .recorded(
-                    arrival,
-                    Who::Authenticated(s.actor.clone()),
-                    s.device.as_ref(),
-                    RULE_VIEW,
-                    page.failed("bad_form_token"),
-                )
+                .recorded(arrival, who, s.device.as_ref(), RULE_VIEW, page)
                 .await;
         }
-        let who = Who::Authenticated(s.actor.clone());
-        let mut form = SearchForm::from_fields(&fields);
-        if form.as_of.is_empty() {
-            // A new search: its sort, pages and downloads show the trail as of now.
-            form.as_of = crate::columnar::rows::micros_of(&crate::record::format_ts(
-                std::time::SystemTime::now(),
-            ))
-            .map(|m| m.to_string())
-            .unwrap_or_default();
-        }
-        match path.as_str() {
-            "/logout" => {
-                self.sessions.close(&id);
-                let mut page = Page::redirect("/");
-                page.headers
-                    .push(("Set-Cookie", clear_cookie(self.config.tls)));
-                page.respond()
-            }
-            "/search" => {
-                arrival.asked = Some(form.recorded());
-                let page = self.search(&s, &form).await;
-                self.recorded(arrival, who, s.device.as_ref(), RULE_SEARCH, page)
-                    .await
-            }
-            "/download" => {
-                let what = field(&fields, "what");
-                arrival.asked = Some(format!("{}&what={what}", form.recorded()));
-                let page = self.download(&s, &form, &what).await;
-                self.recorded(arrival, who, s.device.as_ref(), RULE_DOWNLOAD, page)
-                    .await
-            }
-            "/reads" => {
-                arrival.asked = None;
-                let page = self.reads(&s).await;
-                self.recorded(arrival, who, s.device.as_ref(), RULE_VIEW, page)
-                    .await
-            }
-            _ => Page::html(
-                404,
-                pages::problem(
-                    "Not found",
-                    Some(&s),
-                    &s.form_token,
-                    "There is no such page.",
-                ),
-            )
-            .respond(),
-        }
+        self.post(arrival, &path, (id, s), &fields).await
     }
 }
 

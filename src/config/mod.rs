@@ -201,6 +201,19 @@ impl Config {
         self.auditors.validate()?;
         self.audit_api.validate()?;
         self.console.validate()?;
+        if let Some(oidc) = &self.console.oidc {
+            if !self
+                .identity
+                .issuers
+                .iter()
+                .any(|i| i.issuer == oidc.issuer)
+            {
+                return Err(ConfigError::invalid(
+                    "console.oidc.issuer",
+                    "must be one of the [identity] issuers (the console verifies its tokens as the proxy does)",
+                ));
+            }
+        }
         if self.console.enabled {
             let taken = self.server.listen.contains(&self.console.listen)
                 || self.tls.listen.contains(&self.console.listen)

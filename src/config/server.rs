@@ -308,6 +308,35 @@ pub struct ConsoleConfig {
     /// Rows per page of a table.
     #[serde(default = "default_console_page_rows")]
     pub page_rows: usize,
+    /// Sign-in with OpenID Connect (authorisation code with PKCE) against one of the
+    /// `[identity]` issuers, beside the pasted token. Default: none.
+    #[serde(default)]
+    pub oidc: Option<OidcConfig>,
+}
+
+/// `[console.oidc]`: the console as an OpenID Connect client of an `[identity]` issuer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The issuer (as in `[identity]`); its endpoints come from
+    /// `ISSUER/.well-known/openid-configuration`.
+    pub issuer: String,
+    /// The console's client ID at the issuer.
+    pub client_id: String,
+    /// The environment variable holding the client secret, for a confidential client; empty:
+    /// a public client (PKCE alone).
+    #[serde(default)]
+    pub client_secret_env: String,
+    /// The console's `/callback` as the browser reaches it (registered at the issuer), e.g.
+    /// `https://audit.example.org:9466/callback`.
+    pub redirect_url: String,
+    /// The scopes asked for. Default `["openid"]`.
+    #[serde(default = "default_oidc_scopes")]
+    pub scopes: Vec<String>,
+}
+
+fn default_oidc_scopes() -> Vec<String> {
+    vec!["openid".into()]
 }
 
 fn default_console_listen() -> String {
@@ -328,6 +357,7 @@ impl Default for ConsoleConfig {
             tls: false,
             time_zone: default_console_time_zone(),
             page_rows: default_console_page_rows(),
+            oidc: None,
         }
     }
 }

@@ -3,13 +3,15 @@
 //!
 //! * [`api`]: IHE ITI-81 `GET /AuditEvent?...` for FHIR tooling (`[audit_api]`).
 //! * [`web`]: the console, pages for privacy officers (`[console]`), with [`session`] (sign-in
-//!   bound to the token's expiry), [`pages`] (the HTML) and [`chart`] (SVG bars).
+//!   bound to the token's expiry), [`oidc`] (sign-in with OpenID Connect), [`pages`] (the
+//!   HTML) and [`chart`] (SVG bars).
 //! * [`guard`]: who may ask (`[auditors]`), and the record of each request.
 //! * [`trail`]: this node's journal and archive, verified, as `AuditEvent`s.
 
 pub mod api;
 pub mod chart;
 pub mod guard;
+pub mod oidc;
 pub mod pages;
 pub mod session;
 pub mod trail;

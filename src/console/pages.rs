@@ -83,8 +83,8 @@ pub fn layout(title: &str, session: Option<&Session>, form_token: &str, body: Ma
     }
 }
 
-/// The sign-in page: paste a bearer token.
-pub fn sign_in(message: Option<&str>) -> Markup {
+/// The sign-in page: the identity provider's button (`oidc`), and pasting a bearer token.
+pub fn sign_in(message: Option<&str>, oidc: bool) -> Markup {
     layout(
         "Sign in",
         None,
@@ -92,7 +92,13 @@ pub fn sign_in(message: Option<&str>) -> Markup {
         html! {
             h2 { "Sign in" }
             @if let Some(m) = message { p.error role="alert" { (m) } }
-            p { "Paste an access token from your identity provider. Only users with an auditor's role or scope may read the audit trail; every search is itself recorded." }
+            p { "Only users with an auditor's role or scope may read the audit trail; every search is itself recorded." }
+            @if oidc {
+                p { a #oidc-sign-in href="/oidc/start" style="display:inline-block;padding:.5rem 1rem;background:#1f3a5f;color:#fff;border-radius:4px" { "Sign in with your identity provider" } }
+                p { "Or paste an access token:" }
+            } @else {
+                p { "Paste an access token from your identity provider:" }
+            }
             form method="post" action="/login" {
                 label { "Access token" textarea #token name="token" rows="4" cols="80" required autofocus {} }
                 p { button type="submit" #sign-in { "Sign in" } }
@@ -162,9 +168,10 @@ pub fn search_form(form: &SearchForm, form_token: &str) -> Markup {
                     option value="user" selected[by("user")] { "User (breach timeline)" }
                     option value="ip" selected[by("ip")] { "IP or network (breach timeline)" }
                     option value="device" selected[by("device")] { "Device (breach timeline)" }
+                    option value="flags" selected[by("flags")] { "Snooping flags (give From)" }
                 }
             }
-            label { "Patient ID, user, IP or device" input #value name="value" value=(form.value) required; }
+            label { "Patient ID, user, IP or device" input #value name="value" value=(form.value); }
             label { "From (day)" input #from type="date" name="from" value=(form.from); }
             label { "To (day, included)" input #to type="date" name="to" value=(form.to); }
             button #search type="submit" { "Search" }

@@ -67,6 +67,10 @@ pub struct Console {
     pub zone: chrono_tz::Tz,
     /// The EHR's address, for exported events.
     pub server_address: Option<String>,
+    /// Sign-in with OpenID Connect, when `[console.oidc]` is set.
+    pub oidc: Option<super::oidc::Oidc>,
+    /// The snooping flags' rules (`[reports.flags]`).
+    pub flags: crate::report::config::FlagsConfig,
 }
 
 /// An answer before it is recorded: status, body, headers, the patients it names.
@@ -183,13 +187,20 @@ impl SearchForm {
             .finish()
     }
 
-    /// The query plane's filters, or what is wrong with the form.
-    fn filters(&self) -> Result<Filters, String> {
+    /// The query plane's filters, or what is wrong with the form. `lookback_days`: how far
+    /// before the window the flags read history.
+    fn filters(&self, lookback_days: u32) -> Result<Filters, String> {
         let mut filters = Filters::default();
-        if self.value.is_empty() {
+        if self.value.is_empty() && self.by != "flags" {
             return Err("Give a patient ID, user, IP or device to search for.".into());
         }
+        if self.by == "flags" && self.from.is_empty() {
+            return Err(
+                "Snooping flags need a first day (From): they are raised over a window.".into(),
+            );
+        }
         match self.by.as_str() {
+            "flags" => {}
             "patient" | "" => filters.patients = vec![self.value.clone()],
             "user" => filters.users = vec![self.value.clone()],
             "device" => filters.devices = vec![self.value.clone()],
@@ -217,6 +228,12 @@ impl SearchForm {
         };
         if !self.from.is_empty() {
             filters.since_micros = Some(day(&self.from, "From")?);
+            if self.by == "flags" {
+                // First access, new country or network: the history before the window counts.
+                filters.since_micros = filters
+                    .since_micros
+                    .map(|s| s - i64::from(lookback_days) * 86_400_000_000);
+            }
         }
         if !self.to.is_empty() {
             filters.until_micros = Some(day(&self.to, "To")? + 86_400_000_000);
@@ -249,7 +266,9 @@ enum Unanswered {
 impl Console {
     /// Run `form` over the trail: the report it asks for, sorted as it asks.
     async fn run(&self, form: &SearchForm) -> Result<Found, Unanswered> {
-        let filters = form.filters().map_err(Unanswered::Form)?;
+        let filters = form
+            .filters(self.flags.lookback_days)
+            .map_err(Unanswered::Form)?;
         let asked = filters.clone();
         let answer = self
             .trail
@@ -271,6 +290,8 @@ impl Console {
                 "access",
                 format!("Accesses to the record of patient {}", form.value),
             )
+        } else if form.by == "flags" {
+            ("flags", "Accesses flagged for review".to_string())
         } else {
             ("breach", format!("Timeline of {} {}", form.by, form.value))
         };
@@ -280,10 +301,22 @@ impl Console {
             ("window".to_string(), window),
         ];
         let mut report = Report::over(kind, title, parameters, &answer, query, true);
-        if kind == "access" {
-            reports::access::build(&mut report, &accesses);
-        } else {
-            reports::breach::build(&mut report, &accesses);
+        let mut accesses = accesses;
+        match kind {
+            "access" => reports::access::build(&mut report, &accesses),
+            "flags" => {
+                let from = filters.since_micros.unwrap_or_default()
+                    + i64::from(self.flags.lookback_days) * 86_400_000_000;
+                let (history, window): (Vec<Access>, Vec<Access>) =
+                    accesses.into_iter().partition(|a| {
+                        crate::columnar::rows::micros_of(a.ts()).is_some_and(|t| t < from)
+                    });
+                reports::flags::build(&mut report, &window, &history, &self.flags, &[])
+                    .map_err(|e| Unanswered::Form(e.to_string()))?;
+                // What the page shows (and records) is the window, not the history.
+                accesses = window;
+            }
+            _ => reports::breach::build(&mut report, &accesses),
         }
         if !form.sort.is_empty() {
             if let Some(first) = report.sections.first_mut() {
@@ -499,7 +532,11 @@ impl Console {
     /// Sign in with a pasted token: who, their device claim, the page, and why the token was
     /// refused (if it was).
     async fn login(&self, fields: &Fields) -> (Who, Option<String>, Page, Option<AuthFailure>) {
-        let token = field(fields, "token");
+        self.sign_in_with(&field(fields, "token")).await
+    }
+
+    /// Sign in with a token (pasted, or from the OpenID Connect flow).
+    async fn sign_in_with(&self, token: &str) -> (Who, Option<String>, Page, Option<AuthFailure>) {
         let mut headers = http::HeaderMap::new();
         if let Ok(v) = http::HeaderValue::from_str(&format!("Bearer {token}")) {
             headers.insert(http::header::AUTHORIZATION, v);
@@ -509,7 +546,7 @@ impl Console {
                 let who = Who::Unauthenticated {
                     reason: failure.reason().to_string(),
                 };
-                let page = Page::html(401, pages::sign_in(Some("That token was not accepted: it may have expired, or come from an identity provider this gateway does not trust. Get a new one and try again.")));
+                let page = Page::html(401, self.sign_in_page(Some("That token was not accepted: it may have expired, or come from an identity provider this gateway does not trust. Get a new one and try again.")));
                 let reason = failure.reason();
                 (who, None, page.failed(reason), Some(failure))
             }
@@ -584,6 +621,35 @@ impl Console {
 }
 
 impl Console {
+    /// The sign-in page, with the identity provider's button when OpenID Connect is set.
+    fn sign_in_page(&self, message: Option<&str>) -> Markup {
+        pages::sign_in(message, self.oidc.is_some())
+    }
+
+    /// The identity provider sends the browser back: exchange the code, then sign in with the
+    /// token as if it were pasted (recorded as `console.login`).
+    async fn callback(&self, http: &ServerSession) -> Response<Vec<u8>> {
+        let Some(oidc) = &self.oidc else {
+            return not_found(None);
+        };
+        let query = http.req_header().uri.query().unwrap_or("").to_string();
+        let token = match oidc.finish(&query).await {
+            Ok(token) => token,
+            Err(e) => {
+                tracing::warn!(error = %e, "OpenID Connect sign-in did not complete");
+                return Page::html(400, self.sign_in_page(Some(&e.to_string()))).respond();
+            }
+        };
+        let mut arrival = self.guard.arrive(http);
+        arrival.asked = None;
+        let (who, device, page, refused) = self.sign_in_with(&token).await;
+        if refused.is_some_and(|f| self.guard.flooded(&arrival, &f)) {
+            return page.respond();
+        }
+        self.recorded(arrival, who, device.as_ref(), RULE_LOGIN, page)
+            .await
+    }
+
     /// A GET: the sign-in page, or (signed in) the empty search form, recorded as a view.
     async fn get(
         &self,
@@ -592,7 +658,18 @@ impl Console {
         session: Option<&(String, Session)>,
     ) -> Response<Vec<u8>> {
         match (path, session) {
-            ("/", None) => Page::html(200, pages::sign_in(None)).respond(),
+            ("/", None) => Page::html(200, self.sign_in_page(None)).respond(),
+            ("/oidc/start", _) => match &self.oidc {
+                Some(oidc) => match oidc.start().await {
+                    Ok(url) => Page::redirect(&url).respond(),
+                    Err(e) => {
+                        tracing::error!(error = %e, "OpenID Connect sign-in could not start");
+                        Page::html(502, self.sign_in_page(Some(&e.to_string()))).respond()
+                    }
+                },
+                None => not_found(None),
+            },
+            ("/callback", _) => self.callback(http).await,
             ("/", Some((_, s))) => {
                 let arrival = self.guard.arrive(http);
                 let page = Page::html(200, pages::search_page(s, &SearchForm::default()));
@@ -695,7 +772,7 @@ impl ServeHttp for Console {
         }
         let Some((id, s)) = session else {
             let message = "Your session has ended. Sign in again.";
-            return Page::html(401, pages::sign_in(Some(message))).respond();
+            return Page::html(401, self.sign_in_page(Some(message))).respond();
         };
         if field(&fields, "form_token") != s.form_token {
             let message =
@@ -733,7 +810,7 @@ mod tests {
     fn a_form_becomes_the_query_planes_filters() {
         let day = |d: &str| day_start_micros(d).unwrap();
         let f = form("patient", "p1", "2026-03-01", "2026-03-02", "")
-            .filters()
+            .filters(90)
             .unwrap();
         assert_eq!(f.patients, ["p1"]);
         assert_eq!(f.since_micros, Some(day("2026-03-01")));
@@ -745,13 +822,13 @@ mod tests {
         // A result holds the trail as of its search: the earlier of the two ends wins.
         let as_of = day("2026-03-02").to_string();
         let f = form("user", "u", "", "2026-03-02", &as_of)
-            .filters()
+            .filters(90)
             .unwrap();
         assert_eq!(
             (f.users.as_slice(), f.until_micros),
             (["u".to_string()].as_slice(), Some(day("2026-03-02")))
         );
-        let f = form("ip", "10.0.0.0/8", "", "", "").filters().unwrap();
+        let f = form("ip", "10.0.0.0/8", "", "", "").filters(90).unwrap();
         assert_eq!(f.client_ips.len(), 1);
         for bad in [
             form("ip", "ten", "", "", ""),
@@ -759,7 +836,7 @@ mod tests {
             form("patient", "p", "yesterday", "", ""),
             form("nothing", "p", "", "", ""),
         ] {
-            assert!(bad.filters().is_err(), "{bad:?}");
+            assert!(bad.filters(90).is_err(), "{bad:?}");
         }
         let recorded = form("patient", "p 1", "", "", "5").recorded();
         assert_eq!(

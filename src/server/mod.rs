@@ -427,6 +427,12 @@ pub fn prepare(
             config: config.console.clone(),
             zone: config.console.time_zone.parse().unwrap_or(chrono_tz::UTC),
             server_address: Some(config.upstream.url.host.clone()),
+            oidc: config
+                .console
+                .oidc
+                .clone()
+                .map(crate::console::oidc::Oidc::new),
+            flags: config.reports.flags.clone(),
         });
     let audit_api = config.audit_api.enabled.then(|| AuditApi {
         guard: guard_for(&config.audit_api.listen, "audit"),

@@ -95,6 +95,15 @@ try:
     wait.until(lambda d: "▼" in text(By.CSS_SELECTOR, "button[data-sort='user']"))
     out["by_user_desc"] = [r["user"] for r in rows()]
     out["page_of"] = driver.find_element(By.ID, "page-of").text
+    # Sort by time (oldest first): the UTC times behind the local ones, in order.
+    driver.find_element(By.CSS_SELECTOR, "button[data-sort='time']").click()
+    wait.until(lambda d: "▲" in text(By.CSS_SELECTOR, "button[data-sort='time']"))
+    out["by_time"] = [t.get_attribute("datetime") for t in driver.find_elements(By.CSS_SELECTOR, "table")[0].find_elements(By.CSS_SELECTOR, "td time")]
+    # Back to the user order for paging.
+    driver.find_element(By.CSS_SELECTOR, "button[data-sort='user']").click()
+    wait.until(lambda d: "▲" in text(By.CSS_SELECTOR, "button[data-sort='user']"))
+    driver.find_element(By.CSS_SELECTOR, "button[data-sort='user']").click()
+    wait.until(lambda d: "▼" in text(By.CSS_SELECTOR, "button[data-sort='user']"))
     pages = [[r["user"] for r in rows()]]
     while True:
         nxt = [b for b in driver.find_elements(By.CSS_SELECTOR, "nav.pager button") if b.text == "Next page"][0]
@@ -117,6 +126,11 @@ try:
     while time.time() < deadline and not [f for f in os.listdir(downloads) if f.endswith(".csv")]:
         time.sleep(0.2)
     out["downloads"] = sorted(os.listdir(downloads))
+    # The snooping flags over a window.
+    search("flags", "", "2020-01-01", "2100-12-31")
+    out["flags_badge"] = driver.find_element(By.ID, "verification").get_attribute("data-state")
+    out["flags"] = [r["flag"] for r in rows()]
+    shot("flags")
     # The reads of the trail: the auditor's own searches are there.
     submit(driver.find_element(By.XPATH, "//button[text()='Who read the trail']"))
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "table"))
@@ -203,6 +217,9 @@ fn an_auditor_uses_the_console_in_a_real_browser_and_every_look_is_recorded() {
     );
     // Paged through, sorted by user descending: the same pages although the auditor's own
     // searches of con-1 join the trail meanwhile (the result holds the trail as of its search).
+    let by_time: Vec<String> = serde_json::from_value(out["by_time"].clone()).unwrap();
+    assert_eq!(by_time.len(), 2, "{out:#}");
+    assert!(by_time[0] <= by_time[1], "oldest first: {by_time:?}");
     let pages: Vec<Vec<String>> = serde_json::from_value(out["pages"].clone()).unwrap();
     assert_eq!(
         pages,
@@ -256,6 +273,9 @@ fn an_auditor_uses_the_console_in_a_real_browser_and_every_look_is_recorded() {
         std::fs::read_to_string(downloads.path().join(&downloaded[0])).unwrap(),
         std::fs::read_to_string(&csv_path).unwrap()
     );
+    assert_eq!(out["flags_badge"], "verified");
+    let flags: Vec<String> = serde_json::from_value(out["flags"].clone()).unwrap();
+    assert!(flags.iter().any(|f| f == "first_access"), "{flags:?}");
     // The reads page lists the auditor's searches.
     let reads = out["reads"].as_array().unwrap();
     assert!(
@@ -288,8 +308,8 @@ fn an_auditor_uses_the_console_in_a_real_browser_and_every_look_is_recorded() {
         .count();
     assert_eq!(
         searches,
-        1 + 2 + (pages.len() - 1) + 1,
-        "the patient search, two sorts, each next page, the breach search"
+        1 + 5 + (pages.len() - 1) + 1 + 1,
+        "the patient search, five sorts, each next page, the breach search, the flags"
     );
     let first = mine
         .iter()
@@ -327,7 +347,7 @@ fn an_auditor_uses_the_console_in_a_real_browser_and_every_look_is_recorded() {
             r.event.path
         );
     }
-    for name in ["refused", "search", "patient", "breach", "reads"] {
+    for name in ["refused", "search", "patient", "breach", "flags", "reads"] {
         assert!(shots.join(format!("{name}.png")).exists(), "{name}.png");
     }
 }
@@ -535,4 +555,76 @@ fn the_console_works_from_the_s3_archive_by_keyboard_on_a_tablet_sized_screen() 
         "UTC on hover: {out:#}"
     );
     assert!(shots.join("tablet.png").exists());
+}
+
+const OIDC_SCRIPT: &str = r##"
+import json, sys
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.chrome.service import Service
+
+base = sys.argv[1]
+options = webdriver.ChromeOptions()
+for a in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,800"]:
+    options.add_argument(a)
+driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+out = {}
+try:
+    driver.get(base + "/")
+    driver.find_element(By.ID, "oidc-sign-in").click()
+    # Through the identity provider (it approves at once) and back to the console.
+    WebDriverWait(driver, 20).until(lambda d: d.find_elements(By.ID, "who") or d.find_elements(By.CSS_SELECTOR, ".error"))
+    out["who"] = " ".join(e.text for e in driver.find_elements(By.ID, "who"))
+    out["error"] = " ".join(e.text for e in driver.find_elements(By.CSS_SELECTOR, ".error"))
+    out["url"] = driver.current_url
+finally:
+    driver.quit()
+print(json.dumps(out))
+"##;
+
+#[test]
+fn an_auditor_signs_in_with_openid_connect_code_and_pkce() {
+    let fhir = FhirServer::seeded();
+    let issuer = crate::support::oidc::OidcIssuer::start(
+        "oidc-auditor",
+        &["privacy-officer"],
+        crate::support::gateway::AUDIENCE,
+    );
+    let console_port = free_port();
+    let mut opts = GatewayOptions::new(format!("127.0.0.1:{}", fhir.port()));
+    opts.extra_toml = format!(
+        "[console]\nenabled = true\nlisten = \"127.0.0.1:{console_port}\"\n\n\
+         [console.oidc]\nissuer = \"{iss}\"\nclient_id = \"auditgate-console\"\n\
+         redirect_url = \"http://127.0.0.1:{console_port}/callback\"\n\n\
+         [auditors]\nroles = [\"privacy-officer\"]\n\n\
+         [[identity.issuers]]\nissuer = \"{iss}\"\naudiences = [\"{aud}\"]\nalgorithms = [\"RS256\"]\n\
+         jwks_urls = [\"{jwks}\"]\n",
+        iss = issuer.issuer(),
+        aud = crate::support::gateway::AUDIENCE,
+        jwks = issuer.jwks_url(),
+    );
+    let gw = Gateway::start(opts);
+    let base = format!("http://127.0.0.1:{console_port}");
+    let out = run_python_with_timeout(OIDC_SCRIPT, &[&base], &[], Duration::from_secs(120));
+    let out: Value = serde_json::from_str(assert_success(&out, "selenium").trim()).unwrap();
+    assert!(
+        out["who"].as_str().unwrap().contains("oidc-auditor"),
+        "{out:#}\n{}",
+        gw.log()
+    );
+    assert_eq!(
+        issuer.refused(),
+        0,
+        "the code was exchanged with its verifier"
+    );
+    let login = gw
+        .records()
+        .into_iter()
+        .find(|r| r.event.rule == "console.login")
+        .expect("the sign-in is recorded");
+    assert_eq!(user_of(&login), "oidc-auditor");
+    assert_eq!(login.event.outcome.as_ref().unwrap().status, 303);
+    // The callback's code and state are not kept in the record.
+    assert_eq!(login.event.query, None);
 }

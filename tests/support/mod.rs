@@ -37,6 +37,7 @@ pub mod geoip;
 pub mod held;
 pub mod jwks;
 pub mod keys;
+pub mod oidc;
 pub mod oracle;
 pub mod permissive;
 pub mod prometheus;

@@ -250,6 +250,8 @@ fn auditors_search_the_trail_with_fhir_clients_and_every_search_is_recorded() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+    crate::support::gateway::check_log_has_no_phi(&gw.log(), &gw.journal)
+        .unwrap_or_else(|e| panic!("the gateway's log holds {e}"));
     let metrics = gw.admin_get("/metrics").1;
     assert!(
         metrics.contains("auditgate_audit_api_requests_total{result=\"forbidden\"} 1"),

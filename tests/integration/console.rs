@@ -347,6 +347,9 @@ fn an_auditor_uses_the_console_in_a_real_browser_and_every_look_is_recorded() {
             r.event.path
         );
     }
+    // No patient, user, path or token of the trail in the gateway's own log.
+    crate::support::gateway::check_log_has_no_phi(&gw.log(), &gw.journal)
+        .unwrap_or_else(|e| panic!("the gateway's log holds {e}"));
     for name in ["refused", "search", "patient", "breach", "flags", "reads"] {
         assert!(shots.join(format!("{name}.png")).exists(), "{name}.png");
     }

@@ -16,7 +16,7 @@ use crate::query::source::{self, Fetcher, NodeSources};
 use crate::tlog::checkpoint::{CheckpointSigner, CheckpointVerifier};
 
 /// Where the trail is and how it is checked.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct TrailArgs {
     /// Read the journal, the archive and the key of this gateway configuration.
     #[arg(long, short, env = "AUDITGATE_CONFIG", conflicts_with_all = ["journal", "archive"])]
@@ -51,6 +51,8 @@ pub struct Trail {
     pub verify: bool,
     /// The gateway configuration it was opened from (`--config`).
     pub config: Option<crate::config::Config>,
+    /// What it was opened from (to list the sources again when a live journal moved).
+    args: TrailArgs,
 }
 
 /// What asking the trail gave.
@@ -139,6 +141,7 @@ impl Trail {
             keys,
             verify: !args.no_verify,
             config: gateway_config,
+            args: args.clone(),
         })
     }
 
@@ -160,8 +163,19 @@ impl Trail {
     /// Answer `request` (its `verify` is this trail's). A trail that cannot prove the answer
     /// prints why and gives [`Asked::Refused`].
     pub fn ask(&self, request: &Request) -> Result<Asked, CliError> {
+        self.ask_again(request, 2)
+    }
+
+    /// [`Trail::ask`], listing the sources again (at most `tries` times) when the answer
+    /// failed while a live journal's file moved (its open segment sealed, a shipped segment
+    /// removed): such a failure is the listing's age, not the trail's.
+    fn ask_again(&self, request: &Request, tries: u32) -> Result<Asked, CliError> {
         // Blocking reads call into the runtime from this thread (not one of its workers).
-        match answer(request, &self.sources, &self.fetcher, &self.keys) {
+        let answered = answer(request, &self.sources, &self.fetcher, &self.keys);
+        if answered.is_err() && tries > 0 && source::local_file_gone(&self.sources) {
+            return Trail::open(&self.args)?.ask_again(request, tries - 1);
+        }
+        match answered {
             Ok(answer) => Ok(Asked::Answered(answer)),
             Err(
                 e @ (QueryError::Unverified { .. }

@@ -64,23 +64,6 @@ pub enum TrailError {
     Join(String),
 }
 
-/// Whether a local file among `sources` is gone (sealed under another name, or shipped and
-/// removed).
-fn local_file_gone(sources: &[NodeSources]) -> bool {
-    let gone = |place: &source::Place| match place {
-        source::Place::Local(path) => !path.exists(),
-        source::Place::Archived(_) => false,
-    };
-    sources.iter().any(|node| {
-        node.segments.iter().any(|s| {
-            gone(&s.json)
-                || s.copy
-                    .as_ref()
-                    .is_some_and(|(copy, seal)| gone(copy) || gone(seal))
-        }) || node.checkpoints.values().any(gone)
-    })
-}
-
 impl TrailSources {
     /// Every node's sources now: this node's journal merged with its archived trail (the
     /// journal's copy wins), and the other nodes' archived trails.
@@ -137,7 +120,7 @@ impl TrailSources {
             });
             match asked {
                 Ok((Ok(answer), _)) => return Ok(answer),
-                Ok((Err(e), sources)) if attempt < 3 && local_file_gone(&sources) => {
+                Ok((Err(e), sources)) if attempt < 3 && source::local_file_gone(&sources) => {
                     tracing::debug!(error = %e, "a journal file moved during a search; asking again");
                 }
                 Err(TrailError::Sources(e)) if attempt < 3 => {

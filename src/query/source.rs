@@ -344,3 +344,44 @@ pub fn merge(archived: NodeSources, local: NodeSources) -> NodeSources {
         journal: local.journal,
     }
 }
+
+/// Whether a local file among `sources` is gone since they were listed: the open segment was
+/// sealed (renamed), or a shipped segment was removed for the archive. A query that failed
+/// then is asked again from the sources as they are now.
+pub fn local_file_gone(sources: &[NodeSources]) -> bool {
+    let gone = |place: &Place| match place {
+        Place::Local(path) => !path.exists(),
+        Place::Archived(_) => false,
+    };
+    sources.iter().any(|node| {
+        node.segments.iter().any(|s| {
+            gone(&s.json)
+                || s.copy
+                    .as_ref()
+                    .is_some_and(|(copy, seal)| gone(copy) || gone(seal))
+        }) || node.checkpoints.values().any(gone)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{local_file_gone, local_sources};
+
+    #[test]
+    fn a_segment_that_left_the_journal_directory_is_noticed() {
+        let root = tempfile::tempdir().unwrap();
+        let (journal, _key) = crate::fixtures::signed_journal(root.path(), "n1", 40);
+        let sources = vec![local_sources(&journal, "n1").unwrap()];
+        assert!(!local_file_gone(&sources));
+        let first = sources[0]
+            .segments
+            .iter()
+            .find_map(|s| match &s.json {
+                super::Place::Local(path) => Some(path.clone()),
+                super::Place::Archived(_) => None,
+            })
+            .unwrap();
+        std::fs::remove_file(first).unwrap();
+        assert!(local_file_gone(&sources), "a removed segment is noticed");
+    }
+}

@@ -637,7 +637,7 @@ impl Metrics {
         for result in ["ok", "failed"] {
             m.config_change_records.with_label_values(&[result]);
         }
-        for result in crate::metrics::AUDIT_API_RESULTS {
+        for result in AUDIT_API_RESULTS {
             m.audit_api_requests.with_label_values(&[result]);
         }
         for database in ["city", "asn"] {

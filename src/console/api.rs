@@ -47,8 +47,6 @@ const FHIR_JSON: &str = "application/fhir+json";
 pub struct AuditApi {
     /// Who may ask, and the record that they did.
     pub guard: Guard,
-    /// Whether it is served with TLS (for its links).
-    pub tls: bool,
     /// Paging.
     pub config: AuditApiConfig,
     /// The trail.
@@ -153,7 +151,10 @@ impl AuditApi {
                 return answered;
             }
             Err(e) => {
-                tracing::error!(error = %e, "the audit API could not answer a search");
+                tracing::error!(
+                    category = e.category(),
+                    "the audit API could not answer a search"
+                );
                 return Answered::error(
                     500,
                     "failed",
@@ -195,7 +196,7 @@ impl AuditApi {
             .map(str::to_string)
             .or_else(|| req.uri.authority().map(|a| a.to_string()))
             .unwrap_or_else(|| self.config.listen.clone());
-        let scheme = if self.tls { "https" } else { "http" };
+        let scheme = if self.config.tls { "https" } else { "http" };
         format!("{scheme}://{host}/AuditEvent")
     }
 }

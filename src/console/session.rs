@@ -92,11 +92,11 @@ impl Sessions {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(id);
     }
+}
 
-    /// Seconds left of a session.
-    pub fn seconds_left(session: &Session) -> u64 {
-        session.expires_at.saturating_sub(now_secs())
-    }
+/// Seconds from now until `expires_at` (seconds since the epoch), 0 if past.
+pub fn seconds_until(expires_at: u64) -> u64 {
+    expires_at.saturating_sub(now_secs())
 }
 
 /// The session ID a request's `Cookie` headers carry.

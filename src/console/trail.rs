@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::archive::{ArchiveStore, Layout};
 use crate::query::answer::{answer, Answer, Request};
 use crate::query::filter::Filters;
+use crate::query::run::QueryError;
 use crate::query::source::{self, Fetcher, NodeSources};
 use crate::report::auditevent::{events, ExportContext};
 use crate::report::render::coverage_line;
@@ -62,6 +63,25 @@ pub enum TrailError {
     /// The blocking task running the search did not finish.
     #[error("the search stopped: {0}")]
     Join(String),
+}
+
+impl TrailError {
+    /// A fixed name of the kind of failure, for the gateway's own log: the message itself may
+    /// quote a record (a parse error shows the value it choked on), so it goes only to the
+    /// auditor's answer.
+    pub fn category(&self) -> &'static str {
+        match self {
+            TrailError::Sources(_) => "sources",
+            TrailError::Archive(_) => "archive",
+            TrailError::Query(QueryError::NotYetCheckpointed { .. }) => "not_yet_checkpointed",
+            TrailError::Query(QueryError::Unverified { .. }) => "unverified",
+            TrailError::Query(QueryError::Scan(_)) => "scan",
+            TrailError::Query(QueryError::Source(_)) => "sources",
+            TrailError::Report(_) => "record",
+            TrailError::Key(_) => "key",
+            TrailError::Join(_) => "join",
+        }
+    }
 }
 
 impl TrailSources {
@@ -121,10 +141,16 @@ impl TrailSources {
             match asked {
                 Ok((Ok(answer), _)) => return Ok(answer),
                 Ok((Err(e), sources)) if attempt < 3 && source::local_file_gone(&sources) => {
-                    tracing::debug!(error = %e, "a journal file moved during a search; asking again");
+                    tracing::debug!(
+                        category = e.category(),
+                        "a journal file moved during a search; asking again"
+                    );
                 }
                 Err(TrailError::Sources(e)) if attempt < 3 => {
-                    tracing::debug!(error = %e, "a journal file moved while it was listed; asking again");
+                    tracing::debug!(
+                        category = TrailError::Sources(e).category(),
+                        "a journal file moved while it was listed; asking again"
+                    );
                 }
                 Ok((Err(e), _)) | Err(e) => return Err(e),
             }

@@ -328,10 +328,10 @@ impl Console {
         Ok(Found { report, accesses })
     }
 
-    fn verification(&self, report: &Report) -> Verification {
+    /// A verified answer's badge: what each node's part covered.
+    fn verified(coverage: &[crate::query::run::Coverage]) -> Verification {
         Verification::Verified(
-            report
-                .coverage
+            coverage
                 .iter()
                 .map(|c| crate::report::render::coverage_line(c, true))
                 .collect(),
@@ -343,7 +343,10 @@ impl Console {
         match e {
             TrailError::Query(QueryError::NotYetCheckpointed { .. }) => (503, Verification::NotYet),
             other => {
-                tracing::error!(error = %other, "the console could not answer a search");
+                tracing::error!(
+                    category = other.category(),
+                    "the console could not answer a search"
+                );
                 (500, Verification::Failed(other.to_string()))
             }
         }
@@ -387,7 +390,7 @@ impl Console {
         match self.run(form).await {
             Ok(found) => {
                 let charts = Self::charts(&found.accesses);
-                let state = self.verification(&found.report);
+                let state = Self::verified(&found.report.coverage);
                 let result = pages::Result {
                     report: &found.report,
                     page_rows: self.config.page_rows,
@@ -401,7 +404,14 @@ impl Console {
                 page.patients = Self::answer_patients(&found.accesses, form);
                 page
             }
-            Err(Unanswered::Form(message)) => Page::html(
+            Err(unanswered) => self.unanswered(session, form, unanswered),
+        }
+    }
+
+    /// The page of a search that gave no result: what to fix in the form, or the trail's state.
+    fn unanswered(&self, session: &Session, form: &SearchForm, why: Unanswered) -> Page {
+        match why {
+            Unanswered::Form(message) => Page::html(
                 400,
                 pages::problem(
                     "Check the search",
@@ -411,7 +421,7 @@ impl Console {
                 ),
             )
             .failed("bad_form"),
-            Err(Unanswered::Trail(e)) => {
+            Unanswered::Trail(e) => {
                 let (status, state) = Self::trail_problem(&e);
                 let mut page = Page::html(status, pages::result_page(session, form, &state, None));
                 page.patients =
@@ -428,8 +438,9 @@ impl Console {
     async fn download(&self, session: &Session, form: &SearchForm, what: &str) -> Page {
         let found = match self.run(form).await {
             Ok(found) => found,
-            Err(_) => return self.search(session, form).await,
+            Err(why) => return self.unanswered(session, form, why),
         };
+        // Written into memory: a Vec takes every write, so the writers' io::Results are Ok.
         let mut body = Vec::new();
         let (content_type, name) = match what {
             "fhir" => {
@@ -489,9 +500,12 @@ impl Console {
             ..Filters::default()
         };
         let answer = self.trail.run(move |trail| trail.answer(filters)).await;
-        let accesses = answer.and_then(|a| requests::accesses(&a).map_err(TrailError::from));
+        let accesses = answer.and_then(|a| {
+            let accesses = requests::accesses(&a).map_err(TrailError::from)?;
+            Ok((accesses, a.coverage))
+        });
         match accesses {
-            Ok(mut accesses) => {
+            Ok((mut accesses, coverage)) => {
                 accesses.reverse();
                 let mut section = Section::new(
                     "Reads of the trail, newest first",
@@ -513,7 +527,7 @@ impl Console {
                         a.evidence(),
                     ]);
                 }
-                let state = Verification::Verified(Vec::new());
+                let state = Self::verified(&coverage);
                 let mut page = Page::html(
                     200,
                     pages::reads_page(session, self.zone, &state, Some(&section)),
@@ -571,11 +585,7 @@ impl Console {
                 let id = self
                     .sessions
                     .open(a.actor.clone(), a.device_id.clone(), a.expires_at);
-                let seconds = self
-                    .sessions
-                    .get(&id)
-                    .map(|s| Sessions::seconds_left(&s))
-                    .unwrap_or(0);
+                let seconds = super::session::seconds_until(a.expires_at);
                 let mut page = Page::redirect("/");
                 page.headers
                     .push(("Set-Cookie", set_cookie(&id, seconds, self.config.tls)));

@@ -99,7 +99,7 @@ pub(super) fn map_claims(
         break_glass: opt_bool(claims, &m.break_glass)?,
     };
     let device_id = opt_string(claims, &m.device_id, true)?;
-    let scopes = string_list(claims, &m.scope, true)?;
+    let scopes = string_list(claims, &m.scope, true)?.into();
     Ok(Authenticated {
         actor,
         device_id,
@@ -115,8 +115,9 @@ pub struct Authenticated {
     pub actor: Actor,
     /// The device id from the configured claim (the network vector records it).
     pub device_id: Option<String>,
-    /// The token's scopes (not recorded: they decide who may read the audit trail).
-    pub scopes: Vec<String>,
+    /// The token's scopes (not recorded: they decide who may read the audit trail). Shared, so
+    /// the cache hands them to each request without copying them.
+    pub scopes: std::sync::Arc<[String]>,
     /// The token's `exp` (seconds since the epoch): a console session ends with it.
     pub expires_at: u64,
 }

@@ -165,12 +165,11 @@ impl ChangeRecorder {
         self.write(change).await;
     }
 
-    /// The record of a change of token verification keys (a JWKS refresh), if there is one.
+    /// The record of a change of token verification keys (a JWKS refresh; the caller saw
+    /// [`ChangeRecorder::keys_changed`]).
     pub async fn keys_refreshed(&self, config: &Config, identity: &Identity) {
-        if self.keys_changed(identity) {
-            let change = self.change("keys", config, identity);
-            self.write(change).await;
-        }
+        let change = self.change("keys", config, identity);
+        self.write(change).await;
     }
 
     async fn write(&self, change: ConfigChange) {

@@ -250,11 +250,10 @@ pub fn prepare(
         },
     };
     let signer = load_signer(config.checkpoint.create_key_if_missing)?;
-    // The verifier key is public: auditors need it to check checkpoints and proofs.
-    tracing::info!(
-        public_key = signer.public_key(),
-        "checkpoints are signed with this key"
-    );
+    // The verifier key is public: auditors need it to check checkpoints and proofs (and the
+    // auditor listeners verify this node's trail with it).
+    let public_key = signer.public_key().to_string();
+    tracing::info!(public_key, "checkpoints are signed with this key");
     let mut signer = Some(signer);
     let wait_until = std::time::Instant::now() + journal_wait;
     let (journal, recovery) = loop {
@@ -277,13 +276,12 @@ pub fn prepare(
             other => break other?,
         }
     };
-    let audit_key = load_signer(false)?.public_key().to_string();
     // The configuration this process starts with, in the trail before any request.
     let changes = Arc::new(crate::server::changes::ChangeRecorder::new(
         journal.clone(),
         &config.server.node,
         config_path,
-        audit_key.clone(),
+        public_key.clone(),
     ));
     background.block_on(changes.started(config, &live.identity()));
     reloader.record_changes_with(changes);
@@ -331,7 +329,7 @@ pub fn prepare(
             .map(|store| (store, crate::archive::Layout::new(&config.archive.prefix))),
         runtime: background.handle().clone(),
         node: config.server.node.clone(),
-        keys: std::iter::once(audit_key)
+        keys: std::iter::once(public_key)
             .chain(other_keys.iter().map(|(_, text)| text.clone()))
             .collect(),
         other_nodes: other_keys.into_iter().map(|(node, _)| node).collect(),
@@ -436,7 +434,6 @@ pub fn prepare(
         });
     let audit_api = config.audit_api.enabled.then(|| AuditApi {
         guard: guard_for(&config.audit_api.listen, "audit"),
-        tls: config.audit_api.tls,
         config: config.audit_api.clone(),
         trail: audit_trail,
         server_address: Some(config.upstream.url.host.clone()),

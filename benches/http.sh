@@ -43,6 +43,8 @@ PACED_RATE=${PACED_RATE:-2000}
 THREADS=${THREADS:-2}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_TMP=${KEEP_TMP:-0}
+PROFILE=${PROFILE:-0}
+PROFILE_FREQ=${PROFILE_FREQ:-499}
 REQUEST_PATH=/fhir/Patient/example
 BODY_BYTES=1024
 # (f) and (g): a search whose answer is a Bundle of 100 Observations (about 200 KiB).
@@ -72,6 +74,11 @@ if ((${#missing[@]})); then
     die "missing: ${missing[*]}${hint:+ (install: $hint)}"
 fi
 [[ -r /proc/self/stat ]] || die "needs Linux /proc"
+if [[ $PROFILE == 1 ]]; then
+    for tool in perf inferno-collapse-perf inferno-flamegraph python3; do
+        command -v "$tool" >/dev/null 2>&1 || die "PROFILE=1 needs $tool (Debian: apt-get install -y linux-perf python3; cargo install inferno)"
+    done
+fi
 CLK_TCK=$(getconf CLK_TCK)
 
 # --- build -----------------------------------------------------------------------------------
@@ -634,6 +641,41 @@ for ((round = 1; round <= ROUNDS; round++)); do
         done
     done
 done
+
+# --- profiles (PROFILE=1) ----------------------------------------------------------------------
+# After the measured rounds, one more run of (c), (d) and (f) at each load, with the same wrk
+# settings, while `perf record` samples the process under test (cpu-clock, PROFILE_FREQ Hz,
+# DWARF call graphs). Each profile becomes a flame graph (inferno) and a table of CPU per
+# request by stage (benches/profile_stages.py): each stage's share of the samples times the
+# median CPU per request of the measured rounds, so perf's own overhead is not counted.
+PROFILED=()
+profile_run() { # profile_run LOAD TARGET
+    local load=$1 t=$2 script=$RUN/report.lua name=$1-$2 out data
+    [[ $load == paced ]] && script=$RUN/paced.lua
+    data=$RUN/perf-$name.data
+    out=$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s "$RUN/report.lua" -H "$AUTH" \
+        "${URL[$t]}${PATH_OF[$t]}")
+    count_sent "$t" "$(sed -n 's/.* requests=\([0-9]*\) .*/\1/p' <<<"$(grep '^WRKRESULT' <<<"$out")")"
+    wait_quiet
+    perf record -q -e cpu-clock -F "$PROFILE_FREQ" --call-graph dwarf,32768 -p "${PID_OF[$t]}" \
+        -o "$data" -- sleep "${DURATION%s}" 2>>"$RUN/perf.log" &
+    local perf_pid=$!
+    out=$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" -s "$script" -H "$AUTH" \
+        "${URL[$t]}${PATH_OF[$t]}")
+    wait "$perf_pid" || die "perf record failed: $(cat "$RUN/perf.log")"
+    count_sent "$t" "$(sed -n 's/.* requests=\([0-9]*\) .*/\1/p' <<<"$(grep '^WRKRESULT' <<<"$out")")"
+    perf script -i "$data" --no-inline 2>>"$RUN/perf.log" |
+        inferno-collapse-perf --all >"$RESULTS_DIR/profile-$name.folded"
+    inferno-flamegraph --title "${LABEL[$t]}, $load: auditgate $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)" \
+        <"$RESULTS_DIR/profile-$name.folded" >"$RESULTS_DIR/flame-$name.svg"
+    PROFILED+=("$name")
+    say "profiled $load ${LABEL[$t]}: $RESULTS_DIR/flame-$name.svg"
+}
+if [[ $PROFILE == 1 ]]; then
+    for load in saturation paced; do
+        for t in c d f; do profile_run "$load" "$t"; done
+    done
+fi
 
 # --- journal check and verify ------------------------------------------------------------------
 ag_log_errors=$(grep -c '"level":"ERROR"' "$RUN/auditgate.log" || true)

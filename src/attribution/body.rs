@@ -302,13 +302,22 @@ pub fn inspect_response_body(
         }
         Ok(bytes) if body_format(media.as_deref(), &bytes).is_some() => {
             let started = std::time::Instant::now();
-            let read = match body_format(media.as_deref(), &bytes) {
+            let format = body_format(media.as_deref(), &bytes);
+            let read = match format {
                 Some(BodyFormat::Xml) => crate::attribution::extract::response_patients_xml,
                 Some(BodyFormat::Ndjson) => crate::attribution::extract::ndjson_patients,
                 _ => crate::attribution::extract::response_patients,
             };
-            inspection.response = Some(read(&bytes, local));
-            if let Some(files) = crate::attribution::extract::bulk_manifest_files(&bytes, local) {
+            let findings = read(&bytes, local);
+            // A Bulk Data manifest is a JSON object without `resourceType`: a body the extractor
+            // read as a resource is not one, and is not parsed a second time.
+            let maybe_manifest =
+                matches!(format, Some(BodyFormat::Json)) && findings.document_type.is_none();
+            inspection.response = Some(findings);
+            if let Some(files) = maybe_manifest
+                .then(|| crate::attribution::extract::bulk_manifest_files(&bytes, local))
+                .flatten()
+            {
                 if files.iter().any(|f| !f.through_gateway) {
                     inspection.gaps.insert(Gap::BulkFilesElsewhere);
                 }

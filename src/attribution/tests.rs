@@ -289,3 +289,29 @@ fn media_types() {
     );
     assert_eq!(body_format(Some("application/pdf"), b"%PDF"), None);
 }
+
+#[test]
+fn only_a_body_without_resource_type_is_read_as_a_bulk_manifest() {
+    let local = LocalBases::new(&["ehr.example"], &["/fhir".to_string()], &[]);
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    let inspect = |body: &[u8]| {
+        let mut inspection = Inspection::default();
+        inspect_response_body(&headers, body, false, 1 << 20, &local, &mut inspection);
+        inspection
+    };
+    let manifest = br#"{"transactionTime": "2026-12-04T00:00:00Z", "request": "x",
+        "output": [{"type": "Patient", "url": "https://files.example/p.ndjson"}]}"#;
+    let read = inspect(manifest);
+    assert_eq!(read.bulk_files.len(), 1);
+    assert!(read.gaps.contains(&Gap::BulkFilesElsewhere));
+    // A resource is not a manifest, whatever other fields it carries.
+    let resource = br#"{"resourceType": "Parameters", "transactionTime": "2026-12-04T00:00:00Z",
+        "output": [{"url": "https://files.example/p.ndjson"}]}"#;
+    let read = inspect(resource);
+    assert!(read.bulk_files.is_empty());
+    assert!(!read.gaps.contains(&Gap::BulkFilesElsewhere));
+}

@@ -1033,13 +1033,22 @@ async fn verify_node(
                 match (plain, local_copy) {
                     (Some(plain), local_copy) => {
                         let before = chain.records;
-                        blocking(|| chain.feed(&key, &name, &plain, findings));
+                        let line_leaves = blocking(|| chain.feed(&key, &name, &plain, findings));
                         report.chain.segments += 1;
                         report.chain.records += chain.records - before;
                         let files =
                             archived_copy_files(store, &survey, &heads, (first, last), findings)
                                 .await?;
-                        blocking(|| columnar.segment(first, last, &plain, files, findings));
+                        let plain = bytes::Bytes::from(plain);
+                        blocking(|| {
+                            columnar.segment(
+                                (first, last),
+                                plain.clone(),
+                                line_leaves,
+                                files,
+                                findings,
+                            )
+                        });
                         if let (Some(path), Some(l)) = (local_copy, local) {
                             let local_bytes = read_local(&l.dir, &name, &path)?;
                             if let Some(r) = report.local.as_mut() {
@@ -1073,10 +1082,11 @@ async fn verify_node(
         let bytes = read_local(dir, &name, &path)?;
         let before = chain.records;
         let label = path.display().to_string();
-        blocking(|| chain.feed(&label, &name, &bytes, findings));
+        let line_leaves = blocking(|| chain.feed(&label, &name, &bytes, findings));
         if let SegmentName::Sealed { first, last } = name {
             let files = super::journal::local_copy_files(dir, first, last);
-            blocking(|| columnar.segment(first, last, &bytes, files, findings));
+            let bytes = bytes::Bytes::from(bytes);
+            blocking(|| columnar.segment((first, last), bytes, line_leaves, files, findings));
         }
         if let Some(r) = report.local.as_mut() {
             r.segments_not_archived += 1;
@@ -1084,7 +1094,7 @@ async fn verify_node(
         }
     }
 
-    columnar.finish();
+    blocking(|| columnar.finish(findings));
     report.chain.columnar_copies = columnar.copies;
     report.chain.segments_without_columnar = columnar.without_copy;
     let (head_seq, head_leaf) = chain.head;

@@ -17,6 +17,14 @@
 //!   seq and column).
 //!
 //! So a report read from a verified copy says exactly what the chain says.
+//!
+//! The row comparison (every line parsed into its row, the Parquet file decoded) is most of a
+//! `verify`'s work when copies exist. It runs on its own threads, one segment each (at most one
+//! per core in flight, so memory stays bounded by that many segments); its findings follow the
+//! others, in segment order, whatever the number of cores.
+
+use std::collections::VecDeque;
+use std::thread::JoinHandle;
 
 use arrow::array::{Array, RecordBatch};
 use bytes::Bytes;
@@ -52,6 +60,12 @@ pub(super) struct ColumnarCheck<'k> {
     pub(super) without_copy: usize,
     /// A Parquet file without its seal, a finding unless no later segment has a copy.
     unpaired_parquet: Option<Finding>,
+    /// Row comparisons running, oldest first.
+    rows_running: VecDeque<JoinHandle<Vec<Finding>>>,
+    /// Findings of the row comparisons that ended, in segment order.
+    rows_found: Vec<Finding>,
+    /// How many row comparisons may run at once.
+    rows_parallel: usize,
 }
 
 impl<'k> ColumnarCheck<'k> {
@@ -63,14 +77,59 @@ impl<'k> ColumnarCheck<'k> {
             copies: 0,
             without_copy: 0,
             unpaired_parquet: None,
+            rows_running: VecDeque::new(),
+            rows_found: Vec::new(),
+            rows_parallel: super::chain::hashing_threads(),
         }
     }
 
-    /// After the last segment: a Parquet file without its seal that no later copy followed is
-    /// the copy being made when the writer stopped, a segment without a copy.
-    pub(super) fn finish(&mut self) {
+    /// After the last segment: wait for the row comparisons and add their findings. A Parquet
+    /// file without its seal that no later copy followed is the copy being made when the
+    /// writer stopped, a segment without a copy.
+    pub(super) fn finish(&mut self, findings: &mut Vec<Finding>) {
+        while self.join_oldest_rows() {}
+        findings.append(&mut self.rows_found);
         if self.unpaired_parquet.take().is_some() {
             self.without_copy += 1;
+        }
+    }
+
+    /// Wait for the oldest row comparison still running; `false` when none is.
+    fn join_oldest_rows(&mut self) -> bool {
+        let Some(oldest) = self.rows_running.pop_front() else {
+            return false;
+        };
+        match oldest.join() {
+            Ok(found) => self.rows_found.extend(found),
+            // A panic in the comparison is a bug: surface it as the serial check did.
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+        true
+    }
+
+    /// Compare the rows of a copy on a thread of its own, waiting first for the oldest when
+    /// as many run as there are cores.
+    fn compare_rows(&mut self, job: RowJob) {
+        while self.rows_running.len() >= self.rows_parallel.max(1) {
+            self.join_oldest_rows();
+        }
+        // The job is handed over only once the thread exists, so it can still run here.
+        let (hand_over, take) = std::sync::mpsc::channel::<RowJob>();
+        let spawned = std::thread::Builder::new()
+            .name("verify-rows".into())
+            .spawn(move || take.recv().map(RowJob::run).unwrap_or_default());
+        match spawned {
+            Ok(handle) => {
+                // The thread waits on `take`: the send cannot fail.
+                let _ = hand_over.send(job);
+                self.rows_running.push_back(handle);
+            }
+            // No thread to be had: compare here, after the others (the findings keep their
+            // order).
+            Err(_) => {
+                while self.join_oldest_rows() {}
+                self.rows_found.extend(job.run());
+            }
         }
     }
 
@@ -82,18 +141,22 @@ impl<'k> ColumnarCheck<'k> {
     }
 
     /// Check the copy (if any) of the sealed segment `first..=last` whose bytes are `segment`.
+    /// `line_leaves`: the leaf hash of each of its lines, when the chain check has them
+    /// ([`super::chain::ChainCheck::feed`]); otherwise they are computed here.
     pub(super) fn segment(
         &mut self,
-        first: u64,
-        last: u64,
-        segment: &[u8],
+        (first, last): (u64, u64),
+        segment: Bytes,
+        line_leaves: Option<Vec<Hash>>,
         files: CopyFiles,
         findings: &mut Vec<Finding>,
     ) {
         self.skip_to(first);
-        let leaves: Vec<Hash> = write::lines(segment)
-            .map(|line| Hash(crate::record::leaf_hash(line)))
-            .collect();
+        let leaves: Vec<Hash> = line_leaves.unwrap_or_else(|| {
+            write::lines(&segment)
+                .map(|line| Hash(crate::record::leaf_hash(line)))
+                .collect()
+        });
         if files.parquet.is_some() || files.seal.is_some() {
             // A later copy was made: the unpaired one before it was not interrupted.
             findings.extend(self.unpaired_parquet.take());
@@ -114,7 +177,13 @@ impl<'k> ColumnarCheck<'k> {
                     (&copy_label, &parquet),
                     findings,
                 );
-                check_rows(first, last, segment, &copy_label, &parquet, findings);
+                self.compare_rows(RowJob {
+                    first,
+                    last,
+                    segment,
+                    label: copy_label,
+                    parquet,
+                });
             }
             CopyFiles {
                 parquet: Some((present, _)),
@@ -225,20 +294,44 @@ fn check_seal(
     }
 }
 
+/// One copy's row comparison, for [`ColumnarCheck::compare_rows`].
+struct RowJob {
+    first: u64,
+    last: u64,
+    segment: Bytes,
+    label: String,
+    parquet: Vec<u8>,
+}
+
+impl RowJob {
+    fn run(self) -> Vec<Finding> {
+        let mut found = Vec::new();
+        check_rows(
+            self.first,
+            self.last,
+            &self.segment,
+            &self.label,
+            self.parquet,
+            &mut found,
+        );
+        found
+    }
+}
+
 /// Every row of the file against the row made from its journal line.
 fn check_rows(
     first: u64,
     last: u64,
     segment: &[u8],
     label: &str,
-    parquet: &[u8],
+    parquet: Vec<u8>,
     findings: &mut Vec<Finding>,
 ) {
     let mismatch = |detail: String| Finding::ColumnarMismatch {
         copy: label.to_string(),
         detail,
     };
-    let read = ParquetRecordBatchReaderBuilder::try_new(Bytes::copy_from_slice(parquet)).and_then(
+    let read = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(parquet)).and_then(
         |builder| {
             let metadata = builder.metadata().clone();
             let batches = builder.build()?.collect::<Result<Vec<RecordBatch>, _>>()?;
@@ -326,22 +419,53 @@ mod tests {
     }
 
     #[test]
+    fn row_findings_come_after_the_others_in_segment_order_however_many_run_at_once() {
+        let broken_copy = |n: u64| CopyFiles {
+            parquet: Some((format!("copy-{n}"), b"not parquet".to_vec())),
+            seal: Some((format!("seal-{n}"), b"not a seal".to_vec())),
+        };
+        let findings_with = |parallel: usize| {
+            let mut check = ColumnarCheck::new(None);
+            check.rows_parallel = parallel;
+            let mut findings = Vec::new();
+            for first in [1u64, 3, 5] {
+                let last = first + 1;
+                let copy = broken_copy(first);
+                check.segment((first, last), segment(first, last).into(), None, copy, &mut findings);
+            }
+            check.finish(&mut findings);
+            findings
+        };
+        let serial = findings_with(1);
+        assert_eq!(serial, findings_with(4));
+        let labels: Vec<String> = serial
+            .iter()
+            .map(|f| match f {
+                Finding::SealInvalid { seal, .. } => seal.clone(),
+                Finding::ColumnarMismatch { copy, .. } => copy.clone(),
+                other => panic!("unexpected finding {other:?}"),
+            })
+            .collect();
+        assert_eq!(labels, ["seal-1", "seal-3", "seal-5", "copy-1", "copy-3", "copy-5"]);
+    }
+
+    #[test]
     fn only_the_last_copy_may_lack_its_seal_as_an_interrupted_copy_does() {
         // The last copy without its seal: the one being made when the writer stopped.
         let mut check = ColumnarCheck::new(None);
         let mut findings = Vec::new();
-        check.segment(1, 2, &segment(1, 2), parquet_only(), &mut findings);
-        check.segment(3, 4, &segment(3, 4), CopyFiles::default(), &mut findings);
-        check.finish();
+        check.segment((1, 2), segment(1, 2).into(), None, parquet_only(), &mut findings);
+        check.segment((3, 4), segment(3, 4).into(), None, CopyFiles::default(), &mut findings);
+        check.finish(&mut findings);
         assert!(findings.is_empty(), "{findings:?}");
         assert_eq!(check.without_copy, 2);
 
         // One followed by another copy's file: a finding (copies are made in order).
         let mut check = ColumnarCheck::new(None);
         let mut findings = Vec::new();
-        check.segment(1, 2, &segment(1, 2), parquet_only(), &mut findings);
-        check.segment(3, 4, &segment(3, 4), parquet_only(), &mut findings);
-        check.finish();
+        check.segment((1, 2), segment(1, 2).into(), None, parquet_only(), &mut findings);
+        check.segment((3, 4), segment(3, 4).into(), None, parquet_only(), &mut findings);
+        check.finish(&mut findings);
         assert_eq!(findings.len(), 1, "{findings:?}");
         assert!(matches!(
             &findings[0],
@@ -356,8 +480,8 @@ mod tests {
             parquet: None,
             seal: Some(("seal".into(), Vec::new())),
         };
-        check.segment(1, 2, &segment(1, 2), seal_only, &mut findings);
-        check.finish();
+        check.segment((1, 2), segment(1, 2).into(), None, seal_only, &mut findings);
+        check.finish(&mut findings);
         assert_eq!(findings.len(), 1, "{findings:?}");
     }
 }

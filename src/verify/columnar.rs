@@ -294,6 +294,9 @@ fn check_seal(
     }
 }
 
+/// Rows per batch the journal's lines are turned into for the comparison.
+const COMPARE_ROWS: usize = 8192;
+
 /// One copy's row comparison, for [`ColumnarCheck::compare_rows`].
 struct RowJob {
     first: u64,
@@ -331,13 +334,11 @@ fn check_rows(
         copy: label.to_string(),
         detail,
     };
-    let read = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(parquet)).and_then(
-        |builder| {
-            let metadata = builder.metadata().clone();
-            let batches = builder.build()?.collect::<Result<Vec<RecordBatch>, _>>()?;
-            Ok((metadata, batches))
-        },
-    );
+    let read = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(parquet)).and_then(|builder| {
+        let metadata = builder.metadata().clone();
+        let batches = builder.build()?.collect::<Result<Vec<RecordBatch>, _>>()?;
+        Ok((metadata, batches))
+    });
     let (metadata, batches) = match read {
         Ok(read) => read,
         Err(e) => {
@@ -359,44 +360,67 @@ fn check_rows(
             stated.0, stated.1
         )));
     }
-    let (_, _, expected, _) = match write::segment_batches(segment, usize::MAX) {
+    let (_, _, expected, _) = match write::segment_batches(segment, COMPARE_ROWS) {
         Ok(rows) => rows,
         // The segment itself is broken: the chain check reports it.
         Err(_) => return,
     };
-    let concat = |batches: &[RecordBatch]| arrow::compute::concat_batches(&schema(), batches);
-    let (read, expected) = match (concat(&batches), concat(&expected)) {
-        (Ok(read), Ok(expected)) => (read, expected),
-        (Err(e), _) | (_, Err(e)) => {
-            findings.push(mismatch(format!(
-                "its columns are not those of schema version {}: {e}",
-                crate::columnar::SCHEMA_VERSION
-            )));
-            return;
-        }
-    };
-    if read.num_rows() != expected.num_rows() {
+    let fields = schema().fields().clone();
+    let unlike_schema = batches.iter().find_map(|batch| {
+        let types_match = batch.num_columns() == fields.len()
+            && fields
+                .iter()
+                .zip(batch.columns())
+                .all(|(field, column)| field.data_type() == column.data_type());
+        (!types_match).then_some(())
+    });
+    if unlike_schema.is_some() {
         findings.push(mismatch(format!(
-            "{} rows for {} records",
-            read.num_rows(),
-            expected.num_rows()
+            "its columns are not those of schema version {}",
+            crate::columnar::SCHEMA_VERSION
         )));
         return;
     }
-    for (index, field) in schema().fields().iter().enumerate() {
-        let (got, want) = (read.column(index), expected.column(index));
-        if got.to_data() == want.to_data() {
-            continue;
-        }
-        let row = (0..want.len())
-            .find(|&row| got.slice(row, 1).to_data() != want.slice(row, 1).to_data())
-            .unwrap_or(0);
+    let count = |batches: &[RecordBatch]| batches.iter().map(RecordBatch::num_rows).sum::<usize>();
+    let (read_rows, expected_rows) = (count(&batches), count(&expected));
+    if read_rows != expected_rows {
         findings.push(mismatch(format!(
-            "the row of seq {} differs from its journal line in column {}",
-            first + row as u64,
-            field.name()
+            "{read_rows} rows for {expected_rows} records"
         )));
         return;
+    }
+    // Window by window, wherever either side's batches end: no column is copied whole.
+    let (mut read_at, mut expected_at) = ((0usize, 0usize), (0usize, 0usize));
+    let mut row = 0usize;
+    while read_at.0 < batches.len() && expected_at.0 < expected.len() {
+        let (got_batch, want_batch) = (&batches[read_at.0], &expected[expected_at.0]);
+        let n = (got_batch.num_rows() - read_at.1).min(want_batch.num_rows() - expected_at.1);
+        for (index, field) in fields.iter().enumerate() {
+            let got = got_batch.column(index).slice(read_at.1, n);
+            let want = want_batch.column(index).slice(expected_at.1, n);
+            if got.to_data() == want.to_data() {
+                continue;
+            }
+            let within = (0..n)
+                .find(|&r| got.slice(r, 1).to_data() != want.slice(r, 1).to_data())
+                .unwrap_or(0);
+            findings.push(mismatch(format!(
+                "the row of seq {} differs from its journal line in column {}",
+                first + (row + within) as u64,
+                field.name()
+            )));
+            return;
+        }
+        row += n;
+        for (at, len) in [
+            (&mut read_at, got_batch.num_rows()),
+            (&mut expected_at, want_batch.num_rows()),
+        ] {
+            at.1 += n;
+            if at.1 == len {
+                *at = (at.0 + 1, 0);
+            }
+        }
     }
 }
 
@@ -431,7 +455,13 @@ mod tests {
             for first in [1u64, 3, 5] {
                 let last = first + 1;
                 let copy = broken_copy(first);
-                check.segment((first, last), segment(first, last).into(), None, copy, &mut findings);
+                check.segment(
+                    (first, last),
+                    segment(first, last).into(),
+                    None,
+                    copy,
+                    &mut findings,
+                );
             }
             check.finish(&mut findings);
             findings
@@ -446,7 +476,10 @@ mod tests {
                 other => panic!("unexpected finding {other:?}"),
             })
             .collect();
-        assert_eq!(labels, ["seal-1", "seal-3", "seal-5", "copy-1", "copy-3", "copy-5"]);
+        assert_eq!(
+            labels,
+            ["seal-1", "seal-3", "seal-5", "copy-1", "copy-3", "copy-5"]
+        );
     }
 
     #[test]
@@ -454,8 +487,20 @@ mod tests {
         // The last copy without its seal: the one being made when the writer stopped.
         let mut check = ColumnarCheck::new(None);
         let mut findings = Vec::new();
-        check.segment((1, 2), segment(1, 2).into(), None, parquet_only(), &mut findings);
-        check.segment((3, 4), segment(3, 4).into(), None, CopyFiles::default(), &mut findings);
+        check.segment(
+            (1, 2),
+            segment(1, 2).into(),
+            None,
+            parquet_only(),
+            &mut findings,
+        );
+        check.segment(
+            (3, 4),
+            segment(3, 4).into(),
+            None,
+            CopyFiles::default(),
+            &mut findings,
+        );
         check.finish(&mut findings);
         assert!(findings.is_empty(), "{findings:?}");
         assert_eq!(check.without_copy, 2);
@@ -463,8 +508,20 @@ mod tests {
         // One followed by another copy's file: a finding (copies are made in order).
         let mut check = ColumnarCheck::new(None);
         let mut findings = Vec::new();
-        check.segment((1, 2), segment(1, 2).into(), None, parquet_only(), &mut findings);
-        check.segment((3, 4), segment(3, 4).into(), None, parquet_only(), &mut findings);
+        check.segment(
+            (1, 2),
+            segment(1, 2).into(),
+            None,
+            parquet_only(),
+            &mut findings,
+        );
+        check.segment(
+            (3, 4),
+            segment(3, 4).into(),
+            None,
+            parquet_only(),
+            &mut findings,
+        );
         check.finish(&mut findings);
         assert_eq!(findings.len(), 1, "{findings:?}");
         assert!(matches!(

@@ -328,7 +328,7 @@ impl Rows {
 
     /// Append one journal line (without its newline), parsed; `index` names it in errors.
     pub fn push_line(&mut self, line: &[u8], index: usize) -> Result<Record, RowError> {
-        let record: Record = serde_json::from_slice(line).map_err(|e| RowError::NotARecord {
+        let record = Record::parse_line(line).map_err(|e| RowError::NotARecord {
             index,
             reason: e.to_string(),
         })?;

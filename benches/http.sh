@@ -646,9 +646,10 @@ done
 # After the measured rounds, one more run of (c), (d) and (f) at each load, with the same wrk
 # settings, while `perf record` samples the process under test (cpu-clock, PROFILE_FREQ Hz,
 # DWARF call graphs). Each profile becomes a flame graph (inferno) and a table of CPU per
-# request by stage (benches/profile_stages.py): each stage's share of the samples times the
-# median CPU per request of the measured rounds, so perf's own overhead is not counted.
+# request by stage (benches/profile_stages.py): the CPU time of each stage's samples divided by
+# the requests answered during the profiled run.
 PROFILED=()
+declare -A PROFILE_REQUESTS
 profile_run() { # profile_run LOAD TARGET
     local load=$1 t=$2 script=$RUN/report.lua name=$1-$2 out data
     [[ $load == paced ]] && script=$RUN/paced.lua
@@ -663,7 +664,8 @@ profile_run() { # profile_run LOAD TARGET
     out=$(wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$DURATION" -s "$script" -H "$AUTH" \
         "${URL[$t]}${PATH_OF[$t]}")
     wait "$perf_pid" || die "perf record failed: $(cat "$RUN/perf.log")"
-    count_sent "$t" "$(sed -n 's/.* requests=\([0-9]*\) .*/\1/p' <<<"$(grep '^WRKRESULT' <<<"$out")")"
+    PROFILE_REQUESTS[$name]=$(sed -n 's/.* requests=\([0-9]*\) .*/\1/p' <<<"$(grep '^WRKRESULT' <<<"$out")")
+    count_sent "$t" "${PROFILE_REQUESTS[$name]}"
     perf script -i "$data" --no-inline 2>>"$RUN/perf.log" |
         inferno-collapse-perf --all >"$RESULTS_DIR/profile-$name.folded"
     inferno-flamegraph --title "${LABEL[$t]}, $load: auditgate $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)" \
@@ -781,6 +783,23 @@ report=$(
     printf 'auditgate verify --journal --key (exit %s):\n%s\n' "$verify_rc" "$(sed 's/^/  /' <<<"$verify_out")"
     printf 'streaming auditgate (g) journal: %s records for %s requests sent; verify exit %s\n' \
         "$journal2_records" "$AG2_SENT" "$verify2_rc"
+    printf '\nperformance targets (medians)                          measured     target\n'
+    printf '%-52s %8sx   <= 1.25x\n' "saturation CPU/req, auditgate / bare pingora (c/d)" "$(ratio saturation cpu c d)"
+    printf '%-52s %8sx   >= 0.6x\n' "saturation req/s, auditgate / nginx + JSON log (c/b)" "$(ratio saturation rps c b)"
+    printf '%-52s %8sx   <= 1.15x\n' "paced CPU/req over the durability floor (c/h)" "$(ratio paced cpu c h)"
+    printf '%-52s %7s ms   <= +0.3 ms\n' "paced p50 added over bare pingora (c-d)" \
+        "+$(calc .3f "$(med paced c p50) - $(med paced d p50)")"
+    printf '%-52s %8sx   <= 1.8x\n' "200 KiB search, buffered / streaming CPU (f/g, sat.)" "$(ratio saturation cpu f g)"
+    printf '%-52s %8sx\n' "for scale: bare pingora / nginx + JSON log req/s (d/b)" "$(ratio saturation rps d b)"
+    if ((${#PROFILED[@]})); then
+        printf '\nCPU us per request by stage (PROFILE=1: perf record -e cpu-clock -F %s, DWARF call\n' "$PROFILE_FREQ"
+        printf 'graphs; flame graphs: target/bench-results/flame-LOAD-TARGET.svg)\n\n'
+        args=()
+        for name in "${PROFILED[@]}"; do
+            args+=("$name=$RESULTS_DIR/profile-$name.folded:${PROFILE_REQUESTS[$name]}:$(med "${name%-*}" "${name##*-}" cpu)")
+        done
+        python3 "$ROOT/benches/profile_stages.py" "${args[@]}"
+    fi
 )
 printf '%s\n' "$report"
 printf '%s\n' "$report" >"$RESULTS_DIR/http.txt"

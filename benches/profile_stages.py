@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """CPU per request by stage, from perf profiles folded by inferno-collapse-perf.
 
-    benches/profile_stages.py LABEL=FOLDED:CPU_US_PER_REQ [LABEL=FOLDED:CPU_US_PER_REQ ...]
+    benches/profile_stages.py LABEL=FOLDED:REQUESTS:CPU_US_PER_REQ [...]
 
 Each sample is given to one stage: the stage of the innermost frame (nearest the leaf) that a
 stage's pattern matches, so an allocation or a system call counts for the code that asked for
 it. Samples of the journal writer's thread that match no writer stage are "writer: queue and
 loop"; any other unmatched sample is pingora's own proxying (what the bare proxy also does).
-A stage's figure is its share of the profile's samples times the process's CPU per request
-measured without the profiler (CPU_US_PER_REQ), so perf's own overhead is not counted.
+A stage's figure is the CPU time its samples stand for (perf's cpu-clock weights) divided by
+the REQUESTS answered while perf sampled. Sampling has a cost of its own, charged to whatever
+was running, so the profiled total is somewhat above CPU_US_PER_REQ, the process's CPU per
+request measured without the profiler, which the last rows print for comparison.
 
 Prints one Markdown table, one column per profile. Standard library only.
 """
@@ -36,7 +38,7 @@ STAGES = [
         r"auditgate::journal::handle::Journal::submit|std::sync::mpmc::.*::(try_)?send"
         r"|tokio::sync::oneshot::channel",
     ),
-    ("await durability (wake-up)", r"tokio::sync::oneshot::Receiver"),
+    ("await durability (wake-up)", r"tokio::sync::oneshot::Receiver.*poll"),
     ("writer: hashing and Merkle", r"auditgate::record::leaf_hash|auditgate::tlog::merkle|sha2::"),
     ("writer: format the lines", r"auditgate::journal::writer::Writer::stamp|auditgate::record::splice_parts"),
     ("writer: write + fdatasync", r"sync_data|write_all_at|fdatasync|__libc_pwrite"),
@@ -44,25 +46,29 @@ STAGES = [
     ("metrics", r"^prometheus::|auditgate::metrics::"),
     ("logging (tracing)", r"^tracing|^<tracing|^log::|tracing_log"),
     ("buffered: exchange with the upstream", r"auditgate::proxy::exchange::"),
-    (
-        "buffered: answer the client",
-        r"auditgate::proxy::budget::Pace::client|pingora_proxy::Session::write_response_",
-    ),
+    ("buffered: answer the client", r"auditgate::proxy::budget::Pace::client"),
 ]
+# Stages that only count in some stacks: pingora uses the same channels for its own work.
+ONLY_WITHIN = {
+    "await durability (wake-up)": re.compile(r"auditgate::"),
+    "writer: wake the waiters": re.compile(r"^journal-writer;"),
+}
 COMPILED = [(name, re.compile(p)) for name, p in STAGES]
 WRITER_THREAD = "journal-writer"
 BACKGROUND_THREADS = {"checkpointer", "columnar-copy", "journal-spare", "archiver"}
 HASH_SUFFIX = re.compile(r"::h[0-9a-f]{16}$")
 
 
-def stage_of(frames):
+def stage_of(stack):
+    frames = stack.split(";")
     thread = frames[0]
     if thread in BACKGROUND_THREADS:
         return "background: checkpoints, columnar copy, spare segment"
     for frame in reversed(frames[1:]):
         frame = HASH_SUFFIX.sub("", frame)
         for name, pattern in COMPILED:
-            if pattern.search(frame):
+            within = ONLY_WITHIN.get(name)
+            if pattern.search(frame) and (within is None or within.search(stack)):
                 return name
     if thread == WRITER_THREAD:
         return "writer: queue and loop"
@@ -79,7 +85,7 @@ def profile(path):
                 continue
             n = int(count)
             total += n
-            stage = stage_of(stack.split(";"))
+            stage = stage_of(stack)
             by_stage[stage] = by_stage.get(stage, 0) + n
     return by_stage, total
 
@@ -91,9 +97,9 @@ def main(argv):
     columns = []
     for arg in argv[1:]:
         label, _, rest = arg.partition("=")
-        path, _, cpu = rest.rpartition(":")
+        path, requests, cpu = rest.rsplit(":", 2)
         by_stage, total = profile(path)
-        columns.append((label, by_stage, total, float(cpu)))
+        columns.append((label, by_stage, total, int(requests), float(cpu)))
     order = [name for name, _ in STAGES] + [
         "writer: queue and loop",
         "background: checkpoints, columnar copy, spare segment",
@@ -102,17 +108,22 @@ def main(argv):
     header = "| stage | " + " | ".join(f"{label} µs/req" for label, *_ in columns) + " |"
     print(header)
     print("| --- |" + " ---: |" * len(columns))
+    def us_per_request(ns, requests):
+        return ns / 1e3 / requests if requests else 0.0
+
     for stage in order:
         cells = []
-        for _, by_stage, total, cpu in columns:
-            share = by_stage.get(stage, 0) / total if total else 0.0
-            cells.append(f"{share * cpu:.1f}" if share else "-")
+        for _, by_stage, _, requests, _ in columns:
+            ns = by_stage.get(stage, 0)
+            cells.append(f"{us_per_request(ns, requests):.1f}" if ns else "-")
         if any(c != "-" for c in cells):
             print(f"| {stage} | " + " | ".join(cells) + " |")
-    totals = " | ".join(f"**{cpu:.1f}**" for *_, cpu in columns)
-    print(f"| **total (measured without perf)** | {totals} |")
-    samples = " | ".join(f"{total / 1e9:.2f} s" for _, _, total, _ in columns)
-    print(f"| CPU time sampled | {samples} |")
+    totals = " | ".join(f"**{us_per_request(t, r):.1f}**" for _, _, t, r, _ in columns)
+    print(f"| **total, profiled run** | {totals} |")
+    measured = " | ".join(f"{cpu:.1f}" for *_, cpu in columns)
+    print(f"| total measured without perf (median of the rounds) | {measured} |")
+    requests = " | ".join(str(r) for _, _, _, r, _ in columns)
+    print(f"| requests in the profiled run | {requests} |")
     return 0
 
 

@@ -115,6 +115,22 @@ pub(super) fn scan_segment(bytes: &[u8], threads: usize) -> (Vec<LineScan>, usiz
     (scans, torn)
 }
 
+/// One segment's own lines, checked on `threads` threads, before stitching: an open segment's
+/// trailing zeros are preallocated space and are left out; a sealed segment is cut to its
+/// records, so zeros there are reported (as a torn tail).
+pub(super) fn scan_whole_segment(
+    label: &str,
+    name: &SegmentName,
+    bytes: &[u8],
+    threads: usize,
+) -> SegmentResult {
+    let bytes = match name {
+        SegmentName::Open { .. } => &bytes[..crate::journal::used_len(bytes)],
+        SegmentName::Sealed { .. } => bytes,
+    };
+    check_segment(label, bytes, threads)
+}
+
 pub(super) fn check_segment(name: &str, bytes: &[u8], threads: usize) -> SegmentResult {
     let mut result = SegmentResult {
         findings: Vec::new(),
@@ -428,11 +444,19 @@ impl ChainCheck {
         bytes: &[u8],
         findings: &mut Vec<Finding>,
     ) -> Option<Vec<Hash>> {
-        let bytes = match name {
-            SegmentName::Open { .. } => &bytes[..crate::journal::used_len(bytes)],
-            SegmentName::Sealed { .. } => bytes,
-        };
-        let seg = check_segment(label, bytes, self.threads);
+        let seg = scan_whole_segment(label, name, bytes, self.threads);
+        self.stitch(label, name, seg, findings)
+    }
+
+    /// Stitch a segment scanned by [`scan_whole_segment`] (on any thread) to the chain, in seq
+    /// order; as [`ChainCheck::feed`].
+    pub(super) fn stitch(
+        &mut self,
+        label: &str,
+        name: &SegmentName,
+        seg: SegmentResult,
+        findings: &mut Vec<Finding>,
+    ) -> Option<Vec<Hash>> {
         self.segments += 1;
         if self.seen_open {
             findings.push(Finding::Layout {

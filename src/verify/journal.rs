@@ -7,7 +7,14 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::chain::{file_label, read_checkpoint_notes, ChainCheck, CheckpointCheck};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Mutex};
+
+use super::chain::{
+    file_label, hashing_threads, read_checkpoint_notes, scan_whole_segment, ChainCheck,
+    CheckpointCheck, SegmentResult,
+};
 use super::columnar::{ColumnarCheck, CopyFiles};
 use super::finding::Finding;
 use super::report::ChainReport;
@@ -79,6 +86,113 @@ pub(super) fn local_copy_files(dir: &Path, first: u64, last: u64) -> CopyFiles {
     }
 }
 
+/// A segment read and its lines checked by a worker: its bytes and what they hold.
+type Scanned = Result<(bytes::Bytes, SegmentResult), JournalError>;
+
+/// Check every segment: one worker per core reads a whole segment and checks its lines (at
+/// most one segment more than there are workers is held at a time, so memory stays bounded by
+/// a few segments), and this thread stitches each to the chain and checks its columnar copy,
+/// in seq order. A worker's buffer is handed back once its segment is done (a fresh buffer per
+/// segment would cost a page fault and a zeroed page for every 4 KiB read).
+fn check_segments(
+    dir: &Path,
+    segments: &[(SegmentName, PathBuf)],
+    chain: &mut ChainCheck,
+    columnar: &mut ColumnarCheck<'_>,
+    findings: &mut Vec<Finding>,
+) -> Result<(), JournalError> {
+    let workers = hashing_threads().min(segments.len()).max(1);
+    // One segment alone is checked on every core; more, one core each.
+    let threads_per_segment = (hashing_threads() / segments.len().max(1)).max(1);
+    let next = AtomicUsize::new(0);
+    let (ticket, tickets) = mpsc::channel::<()>();
+    let tickets = Mutex::new(tickets);
+    let recycled = Mutex::new(Vec::<Vec<u8>>::new());
+    let (done, scanned) = mpsc::channel::<(usize, Scanned)>();
+    let worker = |done: mpsc::Sender<(usize, Scanned)>| loop {
+        // A ticket per segment read ahead; none left (the check ended): stop.
+        if lock(&tickets).recv().is_err() {
+            return;
+        }
+        let index = next.fetch_add(1, Ordering::Relaxed);
+        let Some((name, path)) = segments.get(index) else {
+            return;
+        };
+        let buffer = lock(&recycled).pop().unwrap_or_default();
+        let failed = |source| {
+            JournalError::Io(FileError {
+                path: path.clone(),
+                source,
+            })
+        };
+        // A panic must still answer for its segment, or the check would wait for it forever.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            read_into(path, buffer).map_err(failed).map(|bytes| {
+                let seg = scan_whole_segment(&file_label(path), name, &bytes, threads_per_segment);
+                (bytes::Bytes::from(bytes), seg)
+            })
+        }))
+        .unwrap_or_else(|_| {
+            Err(failed(std::io::Error::other(
+                "checking this segment failed (a bug: please report it)",
+            )))
+        });
+        if done.send((index, result)).is_err() {
+            return;
+        }
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            let done = done.clone();
+            scope.spawn(move || worker(done));
+        }
+        drop(done);
+        let recycled = &recycled;
+        // Owns the ticket sender: however it returns, the workers stop.
+        let mut stitch = move || -> Result<(), JournalError> {
+            for _ in 0..=workers {
+                let _ = ticket.send(());
+            }
+            let mut early = BTreeMap::new();
+            for (index, (name, path)) in segments.iter().enumerate() {
+                let (bytes, seg) = loop {
+                    if let Some(result) = early.remove(&index) {
+                        break result?;
+                    }
+                    // Every worker gone before this segment came back: one panicked.
+                    let (at, result) = scanned.recv().map_err(|_| {
+                        JournalError::Io(FileError {
+                            path: path.clone(),
+                            source: std::io::Error::other("a segment checking thread stopped"),
+                        })
+                    })?;
+                    early.insert(at, result);
+                };
+                let line_leaves = chain.stitch(&file_label(path), name, seg, findings);
+                if let SegmentName::Sealed { first, last } = name {
+                    let files = local_copy_files(dir, *first, *last);
+                    columnar.segment((*first, *last), bytes.clone(), line_leaves, files, findings);
+                }
+                // Unless a row comparison still holds them, the bytes' buffer reads a later
+                // segment.
+                if let Ok(buffer) = bytes.try_into_mut() {
+                    lock(&recycled).push(buffer.into());
+                }
+                let _ = ticket.send(());
+            }
+            Ok(())
+        };
+        stitch()
+    })
+}
+
+/// A lock whose holder cannot leave its data half-changed (a queue of buffers or tickets).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Read a whole file into `buffer` (cleared first, its allocation kept).
 fn read_into(path: &Path, mut buffer: Vec<u8>) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
@@ -123,8 +237,6 @@ fn verify_once(dir: &Path, options: &Options) -> Result<Report, JournalError> {
         }
         None => None,
     };
-    // Segments one at a time (memory stays bounded by the segment size), the lines of each on
-    // every core.
     let mut chain = ChainCheck::new(checkpoints);
     let mut columnar = ColumnarCheck::new(options.key.as_ref());
     // Segments shipped to the archive and then removed locally: the chain starts after them,
@@ -147,52 +259,18 @@ fn verify_once(dir: &Path, options: &Options) -> Result<Report, JournalError> {
             }
         }
     }
-    // A reader thread reads the next segment while this one is hashed (at most one ahead),
-    // into a buffer handed back when its segment is done (a fresh buffer per segment would
-    // cost a page fault and a zeroed page for every 4 KiB read).
-    let (ahead_tx, ahead) = std::sync::mpsc::sync_channel(1);
-    let (recycle, recycled) = std::sync::mpsc::channel::<Vec<u8>>();
-    let reader_segments: Vec<PathBuf> = segments.iter().map(|(_, p)| p.clone()).collect();
-    let reader = std::thread::spawn(move || {
-        for path in reader_segments {
-            let buffer = recycled.try_recv().unwrap_or_default();
-            let read = read_into(&path, buffer)
-                .map_err(|source| JournalError::Io(FileError { path, source }));
-            if ahead_tx.send(read).is_err() {
-                break;
-            }
-        }
-    });
-    for (name, path) in &segments {
-        // The reader sends one result per segment; no result means it stopped (it panicked).
-        let bytes = ahead.recv().map_err(|_| {
-            JournalError::Io(FileError {
-                path: path.clone(),
-                source: std::io::Error::other("the segment reader thread stopped"),
-            })
-        })??;
-        let bytes = bytes::Bytes::from(bytes);
-        let line_leaves = chain.feed(&file_label(path), name, &bytes, &mut report.chain.findings);
-        if let SegmentName::Sealed { first, last } = name {
-            let files = local_copy_files(dir, *first, *last);
-            columnar.segment(
-                (*first, *last),
-                bytes.clone(),
-                line_leaves,
-                files,
-                &mut report.chain.findings,
-            );
-        }
-        // Unless a row comparison still holds them, the bytes' buffer reads the next segment.
-        if let Ok(buffer) = bytes.try_into_mut() {
-            let _ = recycle.send(buffer.into());
-        }
-    }
+    // Segments are read and their lines checked on every core, a whole segment per worker;
+    // the chain is then stitched here, in seq order.
+    check_segments(
+        dir,
+        &segments,
+        &mut chain,
+        &mut columnar,
+        &mut report.chain.findings,
+    )?;
     columnar.finish(&mut report.chain.findings);
     report.chain.columnar_copies = columnar.copies;
     report.chain.segments_without_columnar = columnar.without_copy;
-    drop(ahead);
-    let _ = reader.join();
     if no_segments {
         // A journal always has an open segment once the gateway has started.
         report.chain.findings.push(Finding::Layout {

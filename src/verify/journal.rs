@@ -199,9 +199,13 @@ fn read_into(path: &Path, mut buffer: Vec<u8>) -> std::io::Result<Vec<u8>> {
     buffer.clear();
     let mut file = fs::File::open(path)?;
     let len = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
-    // Room for a somewhat larger segment after this one, so the buffer is not grown (copied
-    // and faulted in again) for every segment a little longer than the last.
-    buffer.reserve(len + len / 8);
+    // Room for a somewhat larger segment after this one, so the buffer is not grown for every
+    // segment a little longer than the last; one too small is replaced, not grown (growing
+    // copies its whole old allocation).
+    let want = len + len / 8;
+    if buffer.capacity() < want {
+        buffer = Vec::with_capacity(want);
+    }
     file.read_to_end(&mut buffer)?;
     Ok(buffer)
 }

@@ -176,7 +176,7 @@ fn check_segments(
                 // Unless a row comparison still holds them, the bytes' buffer reads a later
                 // segment.
                 if let Ok(buffer) = bytes.try_into_mut() {
-                    lock(&recycled).push(buffer.into());
+                    lock(recycled).push(buffer.into());
                 }
                 let _ = ticket.send(());
             }

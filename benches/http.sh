@@ -32,8 +32,8 @@
 # worker_processes), QUIET_WAIT (10: seconds at most to wait for an idle machine before each
 # run), QUIET_BUDGET (60: seconds at most for all those waits together),
 # SKIP_BUILD=1 (use the existing release binaries), KEEP_TMP=1 (keep the run directory),
-# PROFILE=1 (perf profiles and flame graphs, see benches/README.md), COMMIT_DELAY_US (200:
-# the gateway's journal.commit_delay_us; 0 compares without it).
+# PROFILE=1 (perf profiles and flame graphs, see benches/README.md), COMMIT_DELAY_US (0: the
+# gateway's journal.commit_delay_us, the default; 200 measures with a commit delay).
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -46,7 +46,7 @@ THREADS=${THREADS:-2}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_TMP=${KEEP_TMP:-0}
 PROFILE=${PROFILE:-0}
-COMMIT_DELAY_US=${COMMIT_DELAY_US:-200} # journal.commit_delay_us of (c), (e), (f) (0: off)
+COMMIT_DELAY_US=${COMMIT_DELAY_US:-0} # journal.commit_delay_us of (c), (e), (f) (0: off)
 PROFILE_FREQ=${PROFILE_FREQ:-499}
 REQUEST_PATH=/fhir/Patient/example
 BODY_BYTES=1024

@@ -231,7 +231,13 @@ fn main() {
     }
     let fsync_rate = report("peer: write 4KiB + fdatasync", n, t.elapsed(), "syncs");
 
-    let cfg = JournalConfig::default();
+    // AUDITGATE_BENCH_COMMIT_DELAY_US sets journal.commit_delay_us (default 0: off).
+    let cfg = JournalConfig {
+        commit_delay_us: std::env::var("AUDITGATE_BENCH_COMMIT_DELAY_US")
+            .map(|v| v.parse().expect("AUDITGATE_BENCH_COMMIT_DELAY_US: microseconds"))
+            .unwrap_or(0),
+        ..JournalConfig::default()
+    };
     let dir = tmp.path().join("journal-single");
     let (journal, _) = Journal::open(&dir, "bench", &cfg).unwrap();
 

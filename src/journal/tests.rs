@@ -463,16 +463,15 @@ fn the_commit_delay_is_bounded_and_applies_only_after_a_crowd() {
         Ok(c)
     };
     let c = parse("").unwrap();
-    assert_eq!((c.commit_delay_us, c.commit_delay_min_batch), (200, 4));
+    assert_eq!((c.commit_delay_us, c.commit_delay_min_batch), (0, 4));
+    assert!(!c.delays_commit_after(4096), "off by default");
+    let c = parse("commit_delay_us = 200").unwrap();
     assert!(!c.delays_commit_after(0));
     assert!(
         !c.delays_commit_after(3),
         "a lone request or a few are never delayed"
     );
     assert!(c.delays_commit_after(4));
-    assert!(!parse("commit_delay_us = 0")
-        .unwrap()
-        .delays_commit_after(4096));
     assert!(parse("commit_delay_us = 10001")
         .unwrap_err()
         .contains("journal.commit_delay_us"));

@@ -234,7 +234,10 @@ fn main() {
     // AUDITGATE_BENCH_COMMIT_DELAY_US sets journal.commit_delay_us (default 0: off).
     let cfg = JournalConfig {
         commit_delay_us: std::env::var("AUDITGATE_BENCH_COMMIT_DELAY_US")
-            .map(|v| v.parse().expect("AUDITGATE_BENCH_COMMIT_DELAY_US: microseconds"))
+            .map(|v| {
+                v.parse()
+                    .expect("AUDITGATE_BENCH_COMMIT_DELAY_US: microseconds")
+            })
             .unwrap_or(0),
         ..JournalConfig::default()
     };

@@ -435,6 +435,17 @@ mod tests {
         crate::fixtures::segment_bytes("n1", first, &"00".repeat(32), &events, 1_000)
     }
 
+    /// Feed the two-record segment starting at `first`, with `files`.
+    fn feed(
+        check: &mut ColumnarCheck<'_>,
+        first: u64,
+        files: CopyFiles,
+        findings: &mut Vec<Finding>,
+    ) {
+        let segment = segment(first, first + 1).into();
+        check.segment((first, first + 1), segment, None, files, findings);
+    }
+
     fn parquet_only() -> CopyFiles {
         CopyFiles {
             parquet: Some(("copy".into(), Vec::new())),
@@ -453,15 +464,7 @@ mod tests {
             check.rows_parallel = parallel;
             let mut findings = Vec::new();
             for first in [1u64, 3, 5] {
-                let last = first + 1;
-                let copy = broken_copy(first);
-                check.segment(
-                    (first, last),
-                    segment(first, last).into(),
-                    None,
-                    copy,
-                    &mut findings,
-                );
+                feed(&mut check, first, broken_copy(first), &mut findings);
             }
             check.finish(&mut findings);
             findings
@@ -487,20 +490,8 @@ mod tests {
         // The last copy without its seal: the one being made when the writer stopped.
         let mut check = ColumnarCheck::new(None);
         let mut findings = Vec::new();
-        check.segment(
-            (1, 2),
-            segment(1, 2).into(),
-            None,
-            parquet_only(),
-            &mut findings,
-        );
-        check.segment(
-            (3, 4),
-            segment(3, 4).into(),
-            None,
-            CopyFiles::default(),
-            &mut findings,
-        );
+        feed(&mut check, 1, parquet_only(), &mut findings);
+        feed(&mut check, 3, CopyFiles::default(), &mut findings);
         check.finish(&mut findings);
         assert!(findings.is_empty(), "{findings:?}");
         assert_eq!(check.without_copy, 2);
@@ -508,20 +499,8 @@ mod tests {
         // One followed by another copy's file: a finding (copies are made in order).
         let mut check = ColumnarCheck::new(None);
         let mut findings = Vec::new();
-        check.segment(
-            (1, 2),
-            segment(1, 2).into(),
-            None,
-            parquet_only(),
-            &mut findings,
-        );
-        check.segment(
-            (3, 4),
-            segment(3, 4).into(),
-            None,
-            parquet_only(),
-            &mut findings,
-        );
+        feed(&mut check, 1, parquet_only(), &mut findings);
+        feed(&mut check, 3, parquet_only(), &mut findings);
         check.finish(&mut findings);
         assert_eq!(findings.len(), 1, "{findings:?}");
         assert!(matches!(
@@ -537,7 +516,7 @@ mod tests {
             parquet: None,
             seal: Some(("seal".into(), Vec::new())),
         };
-        check.segment((1, 2), segment(1, 2).into(), None, seal_only, &mut findings);
+        feed(&mut check, 1, seal_only, &mut findings);
         check.finish(&mut findings);
         assert_eq!(findings.len(), 1, "{findings:?}");
     }

@@ -1,5 +1,7 @@
 //! The one writer thread: group commit (a batch, one write, one fdatasync, then every waiter
-//! woken), sealing segments, and asking the checkpoint thread for signed checkpoints.
+//! woken; optionally, under load, a short sleep first so more records share the fdatasync:
+//! `journal.commit_delay_us`), sealing segments, and asking the checkpoint thread for signed
+//! checkpoints.
 
 use super::config::JournalConfig;
 use super::error::{sync_dir, JournalError};

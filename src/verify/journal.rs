@@ -90,9 +90,9 @@ pub(super) fn local_copy_files(dir: &Path, first: u64, last: u64) -> CopyFiles {
 type Scanned = Result<(bytes::Bytes, SegmentResult), JournalError>;
 
 /// Check every segment: one worker per core reads a whole segment and checks its lines (at
-/// most one segment more than there are workers is held at a time, so memory stays bounded by
-/// a few segments), and this thread stitches each to the chain and checks its columnar copy,
-/// in seq order. A worker's buffer is handed back once its segment is done (a fresh buffer per
+/// most one segment more than there are workers is held at a time, besides those whose copies
+/// are being compared, so memory stays bounded by a few segments), and this thread stitches
+/// each to the chain and checks its columnar copy, in seq order. A worker's buffer is handed back once its segment is done (a fresh buffer per
 /// segment would cost a page fault and a zeroed page for every 4 KiB read).
 fn check_segments(
     dir: &Path,
@@ -159,7 +159,8 @@ fn check_segments(
                     if let Some(result) = early.remove(&index) {
                         break result?;
                     }
-                    // Every worker gone before this segment came back: one panicked.
+                    // Every worker gone before this segment came back (cannot happen: a worker
+                    // answers for each segment it takes, even when its check panics).
                     let (at, result) = scanned.recv().map_err(|_| {
                         JournalError::Io(FileError {
                             path: path.clone(),

@@ -15,8 +15,11 @@
 //! holds (a cut tail), and gaps between checkpoints longer than the heartbeat allows. Records
 //! after the newest checkpoint are not covered by any signature yet; the report counts them.
 //!
-//! Segments are read one at a time; the lines of each are parsed and hashed on every core, then
-//! the chain is checked in order and stitched across segment boundaries.
+//! A journal's segments are read and their lines parsed and hashed on every core, one segment
+//! per worker (a lone segment on every core), at most one more segment than workers held at a
+//! time; the chain is then checked in order and stitched across segment boundaries on one
+//! thread. Each line is hashed once: the columnar check and the checkpoint roots reuse the
+//! hashes, and columnar copies are compared row by row on threads of their own.
 //!
 //! The checks work on segment bytes and checkpoint notes from any source: [`archive`] feeds
 //! them the WORM archive's objects (`verify --archive`), which adds the archive's own findings

@@ -35,10 +35,10 @@ pub(super) struct SegmentResult {
     pub(super) records: u64,
     /// seq and leaf of every parseable line, in file order (for the Merkle tree).
     pub(super) leaves: Vec<(u64, LeafHash)>,
-    /// The leaf hash of every line, when the segment's lines are exactly the ones the columnar
-    /// check reads ([`crate::columnar::write::lines`]: newline-terminated, none empty, no
-    /// trailing zeros), so that check need not hash them again; `None` otherwise.
-    pub(super) line_leaves: Option<Vec<Hash>>,
+    /// Every line is a record and none is torn: `leaves` then holds every line's hash, in the
+    /// lines the columnar check reads ([`crate::columnar::write::lines`]), so that check need
+    /// not hash them again.
+    pub(super) every_line_a_record: bool,
 }
 
 pub(super) fn decode_prev(prev: &str) -> Option<LeafHash> {
@@ -79,16 +79,19 @@ pub(super) fn fast_head(line: &[u8]) -> Option<(u64, Option<LeafHash>)> {
     Some((seq, prev))
 }
 
-/// What one line says: its own leaf hash, and its seq and `prev` (if it decodes); `None` for
+/// What one line says: its seq, its `prev` (if it decodes), and its own leaf hash. `None` for
 /// a line that is not a record.
-pub(super) type LineScan = (LeafHash, Option<(u64, Option<LeafHash>)>);
+pub(super) type LineScan = Option<(u64, Option<LeafHash>, LeafHash)>;
 
 pub(super) fn scan_line(line: &[u8]) -> LineScan {
-    let head = fast_head(line).or_else(|| {
-        let head = serde_json::from_slice::<LineHead>(line).ok()?;
-        Some((head.seq, decode_prev(head.prev)))
-    });
-    (record::leaf_hash(line), head)
+    let (seq, prev) = match fast_head(line) {
+        Some(head) => head,
+        None => {
+            let head = serde_json::from_slice::<LineHead>(line).ok()?;
+            (head.seq, decode_prev(head.prev))
+        }
+    };
+    Some((seq, prev, record::leaf_hash(line)))
 }
 
 /// Hash and parse every line of a segment on `threads` threads; the chain is then checked in
@@ -101,7 +104,7 @@ pub(super) fn scan_segment(bytes: &[u8], threads: usize) -> (Vec<LineScan>, usiz
         start = i + 1;
     }
     let torn = bytes.len() - start;
-    let mut scans = vec![([0u8; 32], None); lines.len()];
+    let mut scans = vec![None; lines.len()];
     let chunk = lines.len().div_ceil(threads.max(1)).max(1);
     std::thread::scope(|scope| {
         for (out, input) in scans.chunks_mut(chunk).zip(lines.chunks(chunk)) {
@@ -138,20 +141,16 @@ pub(super) fn check_segment(name: &str, bytes: &[u8], threads: usize) -> Segment
         last: None,
         records: 0,
         leaves: Vec::new(),
-        line_leaves: None,
+        every_line_a_record: false,
     };
     let (scans, torn) = scan_segment(bytes, threads);
-    let same_lines_as_columnar = torn == 0
-        && crate::journal::used_len(bytes) == bytes.len()
-        && !bytes.windows(2).any(|w| w == b"\n\n")
-        && bytes.first() != Some(&b'\n');
-    if same_lines_as_columnar {
-        result.line_leaves = Some(scans.iter().map(|(leaf, _)| Hash(*leaf)).collect());
-    }
+    // An empty line is not a record, and without a torn tail the bytes end on a newline (no
+    // trailing zeros): these are exactly the lines the columnar check reads.
+    result.every_line_a_record = torn == 0 && scans.iter().all(Option::is_some);
     result.leaves.reserve(scans.len());
-    for (i, (leaf, head)) in scans.into_iter().enumerate() {
+    for (i, scan) in scans.into_iter().enumerate() {
         let line_no = i as u64 + 1;
-        let Some((seq, prev)) = head else {
+        let Some((seq, prev, leaf)) = scan else {
             result.findings.push(Finding::Unparseable {
                 segment: name.to_string(),
                 line: line_no,
@@ -436,7 +435,7 @@ impl ChainCheck {
     /// segment is cut to its records, so zeros there are reported (as a torn tail).
     ///
     /// Returns the leaf hash of every line when they are the lines the columnar check reads
-    /// (see [`SegmentResult::line_leaves`]).
+    /// (see [`SegmentResult::every_line_a_record`]).
     pub(super) fn feed(
         &mut self,
         label: &str,
@@ -519,7 +518,8 @@ impl ChainCheck {
             SegmentName::Sealed { last, .. } => last.saturating_add(1),
             SegmentName::Open { .. } => seg.last.map(|(s, _)| s + 1).unwrap_or(name.first()),
         };
-        seg.line_leaves
+        seg.every_line_a_record
+            .then(|| seg.leaves.iter().map(|(_, leaf)| Hash(*leaf)).collect())
     }
 
     /// The records before `first` that were not fed are accounted for by a finding already

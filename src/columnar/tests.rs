@@ -216,6 +216,69 @@ fn the_same_segment_gives_the_same_file() {
     assert_eq!(a.seal, b.seal);
 }
 
+/// A copy made again by a later version must be the same object: the footer's pairs stay in
+/// the order the first versions wrote them (the properties' own, then Arrow's schema).
+#[test]
+fn the_footer_names_the_records_in_the_order_of_the_first_versions() {
+    let bytes = segment(2500);
+    let options = WriteOptions {
+        row_group_records: 1000,
+        ..WriteOptions::default()
+    };
+    let copy = write_segment(&bytes, &Frontier::new(), &options).unwrap();
+    let metadata = write::read_metadata(&copy.parquet).unwrap();
+    let pairs: Vec<(String, String)> = metadata
+        .file_metadata()
+        .key_value_metadata()
+        .unwrap()
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.value.clone().unwrap_or_default()))
+        .filter(|(key, _)| key != "ARROW:schema")
+        .collect();
+    let keys: Vec<&str> = metadata
+        .file_metadata()
+        .key_value_metadata()
+        .unwrap()
+        .iter()
+        .map(|kv| kv.key.as_str())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            write::keys::VERSION,
+            write::keys::NODE,
+            write::keys::FIRST,
+            write::keys::LAST,
+            "ARROW:schema"
+        ]
+    );
+    assert_eq!(pairs[2].1, "1");
+    assert_eq!(pairs[3].1, "2500");
+    assert_eq!(metadata.num_row_groups(), 3);
+}
+
+#[test]
+fn lines_are_counted_as_they_are_split() {
+    for bytes in [
+        &b""[..],
+        b"\n",
+        b"a",
+        b"a\n",
+        b"a\n\nb",
+        b"\n\na\nbb\n\n",
+        b"a\nb\n\0\0\0",
+        b"a\nb\0\0",
+        b"\0\0",
+    ] {
+        assert_eq!(
+            write::line_count(bytes),
+            write::lines(bytes).count(),
+            "{:?}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+}
+
 #[test]
 fn a_segment_with_a_gap_or_a_foreign_line_is_refused() {
     let events: Vec<_> = (0..4).map(rich_event).collect();

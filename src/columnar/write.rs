@@ -189,40 +189,85 @@ pub fn lines(segment: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|l| !l.is_empty())
 }
 
+/// How many lines [`lines`] yields, counted without splitting them out.
+pub fn line_count(segment: &[u8]) -> usize {
+    let used = &segment[..crate::journal::used_len(segment)];
+    let (mut count, mut start) = (0, 0);
+    for end in memchr::memchr_iter(b'\n', used) {
+        if end > start {
+            count += 1;
+        }
+        start = end + 1;
+    }
+    if used.len() > start {
+        count += 1;
+    }
+    count
+}
+
+/// Where a segment's records start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentStart {
+    /// The node that wrote them.
+    pub node: String,
+    /// The first record's seq.
+    pub first: u64,
+}
+
+/// The rows of a segment, in batches of `batch_rows`, each handed to `take` as soon as it is
+/// full: one batch is held at a time, and its memory serves the next (a copy that held every
+/// batch of a 64 MiB segment touched as much fresh memory again, a page fault per 4 KiB).
+/// Checks that the records are one node's consecutive seqs. Returns where they start and the
+/// leaf hashes.
+pub fn each_batch<E: From<WriteError>>(
+    segment: &[u8],
+    batch_rows: usize,
+    mut take: impl FnMut(&SegmentStart, RecordBatch) -> Result<(), E>,
+) -> Result<(SegmentStart, Vec<Hash>), E> {
+    let mut rows = Rows::new();
+    let mut leaves = Vec::new();
+    let mut start: Option<SegmentStart> = None;
+    for (index, line) in lines(segment).enumerate() {
+        let (record, leaf) = rows.push_line(line, index).map_err(WriteError::from)?;
+        let start = start.get_or_insert_with(|| SegmentStart {
+            node: record.header.node.clone(),
+            first: record.header.seq,
+        });
+        let expected = start.first + index as u64;
+        if record.header.seq != expected || record.header.node != start.node {
+            return Err(WriteError::NotConsecutive {
+                index,
+                found: record.header.seq,
+                node: record.header.node,
+                expected,
+                expected_node: start.node.clone(),
+            }
+            .into());
+        }
+        leaves.push(Hash(leaf));
+        if rows.len() >= batch_rows {
+            take(start, rows.finish())?;
+        }
+    }
+    let start = start.ok_or(WriteError::Empty)?;
+    if !rows.is_empty() {
+        take(&start, rows.finish())?;
+    }
+    Ok((start, leaves))
+}
+
 /// The rows of a segment, in batches of `batch_rows`, with the leaf hashes; checks that the
 /// records are one node's consecutive seqs. Returns (node, first seq, batches, leaves).
 pub fn segment_batches(
     segment: &[u8],
     batch_rows: usize,
 ) -> Result<(String, u64, Vec<RecordBatch>, Vec<Hash>), WriteError> {
-    let mut rows = Rows::new();
     let mut batches = Vec::new();
-    let mut leaves = Vec::new();
-    let mut start: Option<(String, u64)> = None;
-    for (index, line) in lines(segment).enumerate() {
-        let record = rows.push_line(line, index)?;
-        let (node, first) =
-            start.get_or_insert_with(|| (record.header.node.clone(), record.header.seq));
-        let expected = *first + index as u64;
-        if record.header.seq != expected || record.header.node != *node {
-            return Err(WriteError::NotConsecutive {
-                index,
-                found: record.header.seq,
-                node: record.header.node,
-                expected,
-                expected_node: node.clone(),
-            });
-        }
-        leaves.push(Hash(crate::record::leaf_hash(line)));
-        if rows.len() >= batch_rows {
-            batches.push(rows.finish());
-        }
-    }
-    if !rows.is_empty() {
-        batches.push(rows.finish());
-    }
-    let (node, first) = start.ok_or(WriteError::Empty)?;
-    Ok((node, first, batches, leaves))
+    let (start, leaves) = each_batch(segment, batch_rows, |_, batch| {
+        batches.push(batch);
+        Ok::<(), WriteError>(())
+    })?;
+    Ok((start.node, start.first, batches, leaves))
 }
 
 /// Write the columnar copy of a sealed segment whose records follow the tree `frontier`
@@ -233,21 +278,33 @@ pub fn write_segment(
     options: &WriteOptions,
 ) -> Result<ColumnarCopy, WriteError> {
     let rows_per_group = options.row_group_records.max(1);
-    let (node, first, batches, leaves) = segment_batches(segment, rows_per_group)?;
-    if frontier.size() + 1 != first {
-        return Err(WriteError::TreeMismatch {
-            tree: frontier.size(),
-            first,
-        });
-    }
-    let last = first + leaves.len() as u64 - 1;
-    let props = writer_properties(options, &node, first, last)?;
-    let mut writer = ArrowWriter::try_new(Vec::new(), schema(), Some(props))?;
-    for batch in &batches {
-        writer.write(batch)?;
+    // The footer names the last seq, and the writer takes the footer's pairs before the first
+    // row: counted up front (the records are checked to be consecutive as they are read).
+    let records = line_count(segment) as u64;
+    let mut writer: Option<ArrowWriter<Vec<u8>>> = None;
+    let (start, leaves) = each_batch(segment, rows_per_group, |start, batch| {
+        let writer = match &mut writer {
+            Some(writer) => writer,
+            None => {
+                if frontier.size() + 1 != start.first {
+                    return Err(WriteError::TreeMismatch {
+                        tree: frontier.size(),
+                        first: start.first,
+                    });
+                }
+                let last = start.first + records.saturating_sub(1);
+                let props = writer_properties(options, &start.node, start.first, last)?;
+                writer.insert(ArrowWriter::try_new(Vec::new(), schema(), Some(props))?)
+            }
+        };
+        writer.write(&batch)?;
         // One row group per batch, whatever the writer's own byte limits would do.
         writer.flush()?;
-    }
+        Ok(())
+    })?;
+    let SegmentStart { node, first } = start;
+    // each_batch hands over at least one batch or fails with Empty.
+    let mut writer = writer.ok_or(WriteError::Empty)?;
     let parquet = writer.into_inner()?;
     let boundaries = unit_boundaries(&parquet)?;
     let seal = Seal::make(&node, first, frontier, &leaves, &parquet, &boundaries);

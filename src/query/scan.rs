@@ -412,7 +412,7 @@ pub fn scan_json(
         Ok(())
     };
     for (index, line) in crate::columnar::write::lines(complete).enumerate() {
-        let record = rows
+        let (record, leaf) = rows
             .push_line(line, index)
             .map_err(|e| integrity(e.to_string()))?;
         let expected = segment.first + index as u64;
@@ -436,7 +436,6 @@ pub fn scan_json(
                 }
             }
         }
-        let leaf = crate::record::leaf_hash(line);
         leaves.push(Hash(leaf));
         prev = Some(leaf);
         if rows.len() >= 8192 {

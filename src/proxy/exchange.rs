@@ -262,7 +262,15 @@ async fn read_body(
         .response_header()
         .cloned()
         .ok_or_else(|| Error::explain(InvalidHTTPHeader, "no response header"))?;
-    let mut body = Vec::new();
+    // Sized from Content-Length when the upstream states it (bounded by what is buffered at
+    // most): a large answer is not copied again at every doubling of the buffer.
+    let stated = header
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = Vec::with_capacity(stated.min(limit.saturating_add(1)));
     loop {
         let read = tokio::time::timeout_at(pace.deadline(), up.read_response_body())
             .await

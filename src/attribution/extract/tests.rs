@@ -330,6 +330,27 @@ fn invalid_and_odd_documents() {
     assert_eq!(ids(&f), ["e1"]);
 }
 
+/// A UTF-8 document is read as text, any other as bytes: bytes that are not UTF-8 in a string
+/// attribution skips (the narrative) still leave every patient found, as they always did,
+/// and in a string it reads they are still unreadable.
+#[test]
+fn documents_that_are_not_utf8_are_read_as_before() {
+    let mut body = br#"{"resourceType":"Observation","text":{"div":"<div>"#.to_vec();
+    body.extend_from_slice(&[0xff, 0xfe]);
+    body.extend_from_slice(br#"</div>"},"subject":{"reference":"Patient/u1"}}"#);
+    assert!(std::str::from_utf8(&body).is_err());
+    let f = response_patients(&body);
+    assert_eq!(ids(&f), ["u1"]);
+    assert!(f.gaps.is_empty());
+    let valid = r#"{"resourceType":"Observation","text":{"div":"<div>\u00e9é</div>"},"subject":{"reference":"Patient/u1"}}"#;
+    assert_eq!(response_patients(valid.as_bytes()), f);
+
+    let mut bad_id = br#"{"resourceType":"Observation","subject":{"reference":"Patient/u"#.to_vec();
+    bad_id.extend_from_slice(&[0xff]);
+    bad_id.extend_from_slice(br#""}}"#);
+    assert_eq!(gaps(&response_patients(&bad_id)), ["invalid_json"]);
+}
+
 #[test]
 fn references_to_other_servers_are_external_never_local_patients() {
     let f = response(json!({
@@ -430,6 +451,17 @@ mod props {
                     prop_assert!(is_fhir_id(p));
                 }
             }
+        }
+
+        /// A UTF-8 document is read as text; read as bytes it gives the same findings.
+        #[test]
+        fn text_and_bytes_readers_agree(v in arb_json()) {
+            let bytes = serde_json::to_vec(&v).unwrap();
+            let bases = super::test_bases();
+            let scope = super::Scope::response(&bases);
+            let doc = super::parse_with(serde_json::Deserializer::from_slice(&bytes)).ok();
+            let as_bytes = super::interpret(doc, super::Gap::InvalidJson, &scope);
+            prop_assert_eq!(response_patients(&bytes), as_bytes);
         }
 
         /// Arbitrary bytes: no panic.

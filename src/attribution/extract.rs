@@ -725,10 +725,20 @@ struct Obj<'a> {
     id: Option<Cow<'a, str>>,
     reference: Option<Cow<'a, str>>,
     type_name: Option<Cow<'a, str>>,
+    url: Option<Cow<'a, str>>,
     identifier: bool,
+    /// The keys of Bundle entries and their parts, and `contained`: boxed, because most
+    /// objects (codings, quantities, periods) have none of them, and every object is moved up
+    /// the parse by value (at its full size this was a sixth of the extractor's time).
+    rare: Option<Box<Rare<'a>>>,
+    acc: Acc<'a>,
+}
+
+/// The keys few objects carry (see [`Obj::rare`]).
+#[derive(Debug, Default)]
+struct Rare<'a> {
     full_url: Option<Cow<'a, str>>,
     method: Option<Cow<'a, str>>,
-    url: Option<Cow<'a, str>>,
     location: Option<Cow<'a, str>>,
     resource: Option<Box<Obj<'a>>>,
     request: Option<Box<Obj<'a>>>,
@@ -737,18 +747,9 @@ struct Obj<'a> {
     /// Each element of an `entry` array, reduced as soon as it is read (a Bundle of 100,000
     /// entries never holds them all as parsed objects).
     entry: Vec<Entry<'a>>,
-    acc: Acc<'a>,
 }
 
-impl<'a> Obj<'a> {
-    /// Merge this (non-resource) object into its parent's accumulator.
-    fn merge_into(self, acc: &mut Acc<'a>) {
-        match self.into_found() {
-            Found::Resource(r) => acc.resources.push(r),
-            Found::Plain(plain) => acc.absorb(plain),
-        }
-    }
-
+impl<'a> Rare<'a> {
     /// Merge the `resource`, `request` and `response` objects (outside a Bundle entry, plain
     /// elements) into `acc`.
     fn merge_children_into(&mut self, acc: &mut Acc<'a>) {
@@ -760,6 +761,26 @@ impl<'a> Obj<'a> {
             .chain(self.response.take())
         {
             o.merge_into(acc);
+        }
+    }
+}
+
+impl<'a> Obj<'a> {
+    /// The rare keys, made on the first one.
+    fn rare_mut(&mut self) -> &mut Rare<'a> {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// The rare keys, taken out (empty when the object had none).
+    fn take_rare(&mut self) -> Rare<'a> {
+        self.rare.take().map(|r| *r).unwrap_or_default()
+    }
+
+    /// Merge this (non-resource) object into its parent's accumulator.
+    fn merge_into(self, acc: &mut Acc<'a>) {
+        match self.into_found() {
+            Found::Resource(r) => acc.resources.push(r),
+            Found::Plain(plain) => acc.absorb(plain),
         }
     }
 
@@ -775,12 +796,14 @@ impl<'a> Obj<'a> {
                 identifier: self.identifier,
             });
         }
-        self.merge_children_into(&mut acc);
-        for o in std::mem::take(&mut self.contained) {
-            o.merge_into(&mut acc);
-        }
-        for e in std::mem::take(&mut self.entry) {
-            e.merge_plain_into(&mut acc);
+        if let Some(mut rare) = self.rare.take() {
+            rare.merge_children_into(&mut acc);
+            for o in std::mem::take(&mut rare.contained) {
+                o.merge_into(&mut acc);
+            }
+            for e in std::mem::take(&mut rare.entry) {
+                e.merge_plain_into(&mut acc);
+            }
         }
         Found::Plain(acc)
     }
@@ -790,9 +813,10 @@ impl<'a> Obj<'a> {
         // A resource's own `type`/`identifier`/`reference` keys are its elements, not a
         // Reference (e.g. `DocumentReference` has no `reference`, but a resource called that
         // way is no Reference either).
-        self.merge_children_into(&mut acc);
+        let mut rare = self.take_rare();
+        rare.merge_children_into(&mut acc);
         let mut contained = Vec::new();
-        for o in std::mem::take(&mut self.contained) {
+        for o in std::mem::take(&mut rare.contained) {
             match o.into_found() {
                 Found::Resource(r) => contained.push(r),
                 Found::Plain(p) => acc.absorb(p),
@@ -805,10 +829,10 @@ impl<'a> Obj<'a> {
             None
         };
         if resource_type == "Bundle" {
-            entries = std::mem::take(&mut self.entry);
+            entries = std::mem::take(&mut rare.entry);
         } else {
             // `List.entry` and the like: plain elements, whose references count.
-            for e in std::mem::take(&mut self.entry) {
+            for e in std::mem::take(&mut rare.entry) {
                 e.merge_plain_into(&mut acc);
             }
         }
@@ -824,24 +848,25 @@ impl<'a> Obj<'a> {
     }
 
     fn into_entry(mut self) -> Entry<'a> {
+        let mut rare = self.take_rare();
         let mut entry = Entry {
-            full_url: self.full_url.take(),
+            full_url: rare.full_url.take(),
             ..Entry::default()
         };
         let mut acc = Acc::default();
-        if let Some(resource) = self.resource.take() {
+        if let Some(resource) = rare.resource.take() {
             match resource.into_found() {
                 Found::Resource(r) => entry.resource = Some(Box::new(r)),
                 Found::Plain(p) => acc.absorb(p),
             }
         }
-        if let Some(mut request) = self.request.take() {
-            entry.method = request.method.take();
+        if let Some(mut request) = rare.request.take() {
+            entry.method = request.rare.as_mut().and_then(|r| r.method.take());
             entry.url = request.url.take();
             request.merge_into(&mut acc);
         }
-        if let Some(mut response) = self.response.take() {
-            entry.location = response.location.take();
+        if let Some(mut response) = rare.response.take() {
+            entry.location = response.rare.as_mut().and_then(|r| r.location.take());
             response.merge_into(&mut acc);
         }
         if let Some(resource_type) = self.resource_type.take() {
@@ -862,10 +887,10 @@ impl<'a> Obj<'a> {
                     identifier: self.identifier,
                 });
             }
-            for o in std::mem::take(&mut self.contained) {
+            for o in std::mem::take(&mut rare.contained) {
                 o.merge_into(&mut acc);
             }
-            for e in std::mem::take(&mut self.entry) {
+            for e in std::mem::take(&mut rare.entry) {
                 e.merge_plain_into(&mut acc);
             }
         }
@@ -1167,6 +1192,13 @@ impl<'de> Visitor<'de> for ObjVisitor {
     }
 
     fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Obj<'de>, M::Error> {
+        // The object's rare keys, made on the first one (a field of its own, so that it can be
+        // borrowed beside `acc`).
+        macro_rules! rare {
+            ($o:ident) => {
+                $o.rare.get_or_insert_with(Box::default)
+            };
+        }
         let mut o = Obj::default();
         while let Some(key) = map.next_key::<Key>()? {
             let acc = &mut o.acc;
@@ -1175,27 +1207,33 @@ impl<'de> Visitor<'de> for ObjVisitor {
                 Key::Id => o.id = map.next_value_seed(StrSeed { acc })?,
                 Key::Reference => o.reference = map.next_value_seed(StrSeed { acc })?,
                 Key::Type => o.type_name = map.next_value_seed(StrSeed { acc })?,
-                Key::FullUrl => o.full_url = map.next_value_seed(StrSeed { acc })?,
-                Key::Method => o.method = map.next_value_seed(StrSeed { acc })?,
+                Key::FullUrl => rare!(o).full_url = map.next_value_seed(StrSeed { acc })?,
+                Key::Method => rare!(o).method = map.next_value_seed(StrSeed { acc })?,
                 Key::Url => o.url = map.next_value_seed(StrSeed { acc })?,
-                Key::Location => o.location = map.next_value_seed(StrSeed { acc })?,
+                Key::Location => rare!(o).location = map.next_value_seed(StrSeed { acc })?,
                 Key::Identifier => {
                     // An identifier is an object (or a list of them); a string is some other
                     // element that happens to be called so.
                     let s = map.next_value_seed(StrSeed { acc })?;
                     o.identifier |= s.is_none();
                 }
-                Key::Resource => o.resource = map.next_value_seed(ObjSeed { acc })?.map(Box::new),
-                Key::Request => o.request = map.next_value_seed(ObjSeed { acc })?.map(Box::new),
-                Key::Response => o.response = map.next_value_seed(ObjSeed { acc })?.map(Box::new),
+                Key::Resource => {
+                    rare!(o).resource = map.next_value_seed(ObjSeed { acc })?.map(Box::new)
+                }
+                Key::Request => {
+                    rare!(o).request = map.next_value_seed(ObjSeed { acc })?.map(Box::new)
+                }
+                Key::Response => {
+                    rare!(o).response = map.next_value_seed(ObjSeed { acc })?.map(Box::new)
+                }
                 Key::Contained => map.next_value_seed(ObjListSeed {
                     acc,
-                    out: &mut o.contained,
+                    out: &mut rare!(o).contained,
                     reduce: std::convert::identity,
                 })?,
                 Key::Entry => map.next_value_seed(ObjListSeed {
                     acc,
-                    out: &mut o.entry,
+                    out: &mut rare!(o).entry,
                     reduce: Obj::into_entry,
                 })?,
                 Key::Div => {

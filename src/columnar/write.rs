@@ -304,7 +304,7 @@ pub fn write_segment(
     })?;
     let SegmentStart { node, first } = start;
     // each_batch hands over at least one batch or fails with Empty.
-    let mut writer = writer.ok_or(WriteError::Empty)?;
+    let writer = writer.ok_or(WriteError::Empty)?;
     let parquet = writer.into_inner()?;
     let boundaries = unit_boundaries(&parquet)?;
     let seal = Seal::make(&node, first, frontier, &leaves, &parquet, &boundaries);

@@ -157,33 +157,33 @@ fn close<'a>(frame: Frame<'a>, parent: Option<&mut Frame<'a>>, top: &mut Option<
         Name::Id => Some(&mut p.id),
         Name::Reference => Some(&mut p.reference),
         Name::Type => Some(&mut p.type_name),
-        Name::FullUrl => Some(&mut p.full_url),
-        Name::Method => Some(&mut p.method),
+        Name::FullUrl => Some(&mut p.rare_mut().full_url),
+        Name::Method => Some(&mut p.rare_mut().method),
         Name::Url => Some(&mut p.url),
-        Name::Location => Some(&mut p.location),
+        Name::Location => Some(&mut p.rare_mut().location),
         // An identifier is an element with children; a primitive called so is something else.
         Name::Identifier => {
             p.identifier |= value.is_none();
             None
         }
         Name::ResourceKey => {
-            p.resource = Some(Box::new(content));
+            p.rare_mut().resource = Some(Box::new(content));
             return;
         }
         Name::Request => {
-            p.request = Some(Box::new(content));
+            p.rare_mut().request = Some(Box::new(content));
             return;
         }
         Name::Response => {
-            p.response = Some(Box::new(content));
+            p.rare_mut().response = Some(Box::new(content));
             return;
         }
         Name::Contained => {
-            p.contained.push(content);
+            p.rare_mut().contained.push(content);
             return;
         }
         Name::Entry => {
-            p.entry.push(content.into_entry());
+            p.rare_mut().entry.push(content.into_entry());
             return;
         }
         Name::Resource(_) | Name::Other => None,

@@ -242,7 +242,12 @@ enabled = false
     );
     let config = Config::parse(&text, std::path::Path::new("<demo>"))?;
     crate::cli::logging::init_logging(&config.log);
-    let prepared = crate::server::prepare(&config, &temp, None, Duration::ZERO)?;
+    let mut prepared = crate::server::prepare(&config, &temp, None, Duration::ZERO)?;
+    if keep_running {
+        // The process ends in the gateway's own shutdown (Ctrl-C, SIGTERM): the temporary
+        // directory goes then, as it does at the end of the tour otherwise.
+        prepared.remove_at_exit.push(temp.clone());
+    }
 
     // The sample upstream and the gateway run as pingora services in this process.
     let mut upstream =

@@ -140,6 +140,10 @@ pub struct Prepared {
     pub audit_api: Option<AuditApi>,
     /// The console's application, when `[console]` is enabled.
     pub console: Option<crate::console::web::Console>,
+    /// Directories removed once the gateway has stopped and closed its journal (the demo's
+    /// temporary directory: its rules, key and journal end with the process). Empty for a
+    /// configured gateway.
+    pub remove_at_exit: Vec<std::path::PathBuf>,
 }
 
 /// Open the journal, load keys and rules: everything but the listener. With `config_path`,
@@ -458,6 +462,7 @@ pub fn prepare(
         summaries,
         audit_api,
         console,
+        remove_at_exit: Vec::new(),
     })
 }
 
@@ -553,6 +558,7 @@ pub fn run_with(
     let prepared_summaries = prepared.summaries.clone();
     let in_flight = prepared.gateway.in_flight.clone();
     let draining = prepared.admin.readiness.draining.clone();
+    let remove_at_exit = prepared.remove_at_exit.clone();
     let mut service =
         pingora::proxy::ProxyServiceBuilder::new(&server.configuration, prepared.gateway)
             .name("auditgate")
@@ -610,6 +616,7 @@ pub fn run_with(
             journal: journal.clone(),
             summaries: prepared.summaries.clone(),
             drain_timeout: Duration::from_secs(config.server.drain_timeout_secs),
+            remove_at_exit: remove_at_exit.clone(),
         },
     ));
     server.add_services(extra);
@@ -644,5 +651,5 @@ pub fn run_with(
     // Reached after SIGINT, or when pingora's upper bound ran out before the drain monitor
     // finished: every request is finished or cut off.
     prepared_summaries.flush_blocking();
-    std::process::exit(close_journal(&journal))
+    signals::exit_after_close(close_journal(&journal), &remove_at_exit)
 }

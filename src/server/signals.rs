@@ -31,6 +31,18 @@ pub(super) fn close_journal(journal: &Journal) -> i32 {
     *CLOSED.get_or_init(|| close_journal_once(journal))
 }
 
+/// End the process with `code` once the journal is closed, first removing `remove` (the
+/// directories the process made for itself: the demo's). Both ways out (the drain monitor, and
+/// the path after pingora's own shutdown) end here.
+pub(super) fn exit_after_close(code: i32, remove: &[std::path::PathBuf]) -> ! {
+    for dir in remove {
+        if let Err(e) = std::fs::remove_dir_all(dir) {
+            tracing::warn!(error = %e, dir = %dir.display(), "could not remove a temporary directory");
+        }
+    }
+    std::process::exit(code)
+}
+
 fn close_journal_once(journal: &Journal) -> i32 {
     match journal.close(JOURNAL_CLOSE_TIMEOUT) {
         Ok(report) => {
@@ -109,6 +121,8 @@ pub(super) struct DrainMonitor {
     /// The flood summaries of the last interval, written before the journal closes.
     pub(super) summaries: crate::proxy::bounds::SummaryWriter,
     pub(super) drain_timeout: Duration,
+    /// Removed at the exit ([`exit_after_close`]).
+    pub(super) remove_at_exit: Vec<std::path::PathBuf>,
 }
 
 #[async_trait::async_trait]
@@ -166,6 +180,6 @@ impl BackgroundService for DrainMonitor {
         })
         .await
         .unwrap_or(1);
-        std::process::exit(code)
+        exit_after_close(code, &self.remove_at_exit)
     }
 }

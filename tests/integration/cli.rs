@@ -182,13 +182,17 @@ fn the_demo_runs_end_to_end_and_verifies() {
 }
 
 /// The newcomer's path: the demo stays up with `--keep-running`, and the curl line it prints
-/// (a real token for its gateway) gets a patient back, recorded in its journal; SIGTERM ends it.
+/// (a real token for its gateway) gets a patient back, recorded in its journal; SIGTERM ends it,
+/// and its temporary directory goes with it.
 #[test]
 fn the_demo_keeps_running_and_its_curl_line_works() {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let journal = dir.path().join("journal");
+    let temp = dir.path().join("tmp");
+    std::fs::create_dir(&temp).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_auditgate"))
+        .env("TMPDIR", &temp)
         .args([
             "demo",
             "--keep-running",
@@ -246,6 +250,11 @@ fn the_demo_keeps_running_and_its_curl_line_works() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"resourceType\":\"Patient\""), "{body}");
     assert!(exited, "the demo did not stop on SIGTERM");
+    let left: Vec<_> = std::fs::read_dir(&temp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "the demo left {left:?} in TMPDIR");
     let records = crate::support::gateway::read_journal(&journal);
     assert!(
         records

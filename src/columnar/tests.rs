@@ -227,21 +227,14 @@ fn the_footer_names_the_records_in_the_order_of_the_first_versions() {
     };
     let copy = write_segment(&bytes, &Frontier::new(), &options).unwrap();
     let metadata = write::read_metadata(&copy.parquet).unwrap();
-    let pairs: Vec<(String, String)> = metadata
+    let pairs: Vec<(&str, &str)> = metadata
         .file_metadata()
         .key_value_metadata()
         .unwrap()
         .iter()
-        .map(|kv| (kv.key.clone(), kv.value.clone().unwrap_or_default()))
-        .filter(|(key, _)| key != "ARROW:schema")
+        .map(|kv| (kv.key.as_str(), kv.value.as_deref().unwrap_or_default()))
         .collect();
-    let keys: Vec<&str> = metadata
-        .file_metadata()
-        .key_value_metadata()
-        .unwrap()
-        .iter()
-        .map(|kv| kv.key.as_str())
-        .collect();
+    let keys: Vec<&str> = pairs.iter().map(|(key, _)| *key).collect();
     assert_eq!(
         keys,
         [
@@ -252,8 +245,7 @@ fn the_footer_names_the_records_in_the_order_of_the_first_versions() {
             "ARROW:schema"
         ]
     );
-    assert_eq!(pairs[2].1, "1");
-    assert_eq!(pairs[3].1, "2500");
+    assert_eq!((pairs[2].1, pairs[3].1), ("1", "2500"));
     assert_eq!(metadata.num_row_groups(), 3);
 }
 

@@ -26,7 +26,7 @@
 use std::collections::VecDeque;
 use std::thread::JoinHandle;
 
-use arrow::array::{Array, RecordBatch};
+use arrow::array::{Array, RecordBatch, RecordBatchReader};
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use sha2::{Digest, Sha256};
@@ -321,7 +321,9 @@ impl RowJob {
     }
 }
 
-/// Every row of the file against the row made from its journal line.
+/// Every row of the file against the row made from its journal line, row group by row group:
+/// one batch of each side is held at a time (a segment's rows, built whole, took as much fresh
+/// memory again as the segment, a page fault per 4 KiB).
 fn check_rows(
     first: u64,
     last: u64,
@@ -334,15 +336,17 @@ fn check_rows(
         copy: label.to_string(),
         detail,
     };
-    let read = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(parquet)).and_then(|builder| {
-        let metadata = builder.metadata().clone();
-        let batches = builder.build()?.collect::<Result<Vec<RecordBatch>, _>>()?;
-        Ok((metadata, batches))
-    });
-    let (metadata, batches) = match read {
-        Ok(read) => read,
+    let unreadable =
+        |e: &dyn std::fmt::Display| mismatch(format!("it does not read as Parquet: {e}"));
+    let opened =
+        ParquetRecordBatchReaderBuilder::try_new(Bytes::from(parquet)).and_then(|builder| {
+            let metadata = builder.metadata().clone();
+            Ok((metadata, builder.with_batch_size(COMPARE_ROWS).build()?))
+        });
+    let (metadata, mut reader) = match opened {
+        Ok(opened) => opened,
         Err(e) => {
-            findings.push(mismatch(format!("it does not read as Parquet: {e}")));
+            findings.push(unreadable(&e));
             return;
         }
     };
@@ -360,66 +364,101 @@ fn check_rows(
             stated.0, stated.1
         )));
     }
-    let (_, _, expected, _) = match write::segment_batches(segment, COMPARE_ROWS) {
-        Ok(rows) => rows,
-        // The segment itself is broken: the chain check reports it.
-        Err(_) => return,
+    // A segment that does not parse is the chain check's finding, not a copy's: nothing more
+    // is said of its copy.
+    let segment_parses = || {
+        write::each_batch(
+            segment,
+            COMPARE_ROWS,
+            |_, _| Ok::<(), write::WriteError>(()),
+        )
+        .is_ok()
     };
     let fields = schema().fields().clone();
-    let unlike_schema = batches.iter().find_map(|batch| {
-        let types_match = batch.num_columns() == fields.len()
+    let types_match = {
+        let read = reader.schema();
+        read.fields().len() == fields.len()
             && fields
                 .iter()
-                .zip(batch.columns())
-                .all(|(field, column)| field.data_type() == column.data_type());
-        (!types_match).then_some(())
-    });
-    if unlike_schema.is_some() {
-        findings.push(mismatch(format!(
-            "its columns are not those of schema version {}",
-            crate::columnar::SCHEMA_VERSION
-        )));
+                .zip(read.fields().iter())
+                .all(|(want, got)| want.data_type() == got.data_type())
+    };
+    if !types_match {
+        if segment_parses() {
+            findings.push(mismatch(format!(
+                "its columns are not those of schema version {}",
+                crate::columnar::SCHEMA_VERSION
+            )));
+        }
         return;
     }
-    let count = |batches: &[RecordBatch]| batches.iter().map(RecordBatch::num_rows).sum::<usize>();
-    let (read_rows, expected_rows) = (count(&batches), count(&expected));
+    let read_rows = usize::try_from(metadata.file_metadata().num_rows()).unwrap_or(usize::MAX);
+    let expected_rows = write::line_count(segment);
     if read_rows != expected_rows {
-        findings.push(mismatch(format!(
-            "{read_rows} rows for {expected_rows} records"
-        )));
+        if segment_parses() {
+            findings.push(mismatch(format!(
+                "{read_rows} rows for {expected_rows} records"
+            )));
+        }
         return;
     }
-    // Window by window, wherever either side's batches end: no column is copied whole.
-    let (mut read_at, mut expected_at) = ((0usize, 0usize), (0usize, 0usize));
+    // Window by window, wherever either side's batches end: no column is copied whole. The
+    // first difference is kept, and said only if the whole segment parses (a file that stops
+    // decoding is said either way).
+    let mut found: Option<Finding> = None;
+    let mut decoding_failed = false;
+    let mut got: Option<(RecordBatch, usize)> = None;
     let mut row = 0usize;
-    while read_at.0 < batches.len() && expected_at.0 < expected.len() {
-        let (got_batch, want_batch) = (&batches[read_at.0], &expected[expected_at.0]);
-        let n = (got_batch.num_rows() - read_at.1).min(want_batch.num_rows() - expected_at.1);
-        for (index, field) in fields.iter().enumerate() {
-            let got = got_batch.column(index).slice(read_at.1, n);
-            let want = want_batch.column(index).slice(expected_at.1, n);
-            if got.to_data() == want.to_data() {
+    let compared = write::each_batch(segment, COMPARE_ROWS, |_, want_batch| {
+        let mut want_at = 0usize;
+        while found.is_none() && want_at < want_batch.num_rows() {
+            if got
+                .as_ref()
+                .is_none_or(|(batch, at)| *at == batch.num_rows())
+            {
+                got = match reader.next() {
+                    Some(Ok(batch)) => Some((batch, 0)),
+                    Some(Err(e)) => {
+                        found = Some(unreadable(&e));
+                        decoding_failed = true;
+                        break;
+                    }
+                    None => {
+                        found = Some(mismatch(format!("{row} rows for {expected_rows} records")));
+                        break;
+                    }
+                };
                 continue;
             }
-            let within = (0..n)
-                .find(|&r| got.slice(r, 1).to_data() != want.slice(r, 1).to_data())
-                .unwrap_or(0);
-            findings.push(mismatch(format!(
-                "the row of seq {} differs from its journal line in column {}",
-                first + (row + within) as u64,
-                field.name()
-            )));
-            return;
-        }
-        row += n;
-        for (at, len) in [
-            (&mut read_at, got_batch.num_rows()),
-            (&mut expected_at, want_batch.num_rows()),
-        ] {
-            at.1 += n;
-            if at.1 == len {
-                *at = (at.0 + 1, 0);
+            let Some((got_batch, got_at)) = got.as_mut() else {
+                break;
+            };
+            let n = (got_batch.num_rows() - *got_at).min(want_batch.num_rows() - want_at);
+            for (index, field) in fields.iter().enumerate() {
+                let have = got_batch.column(index).slice(*got_at, n);
+                let want = want_batch.column(index).slice(want_at, n);
+                if have.to_data() == want.to_data() {
+                    continue;
+                }
+                let within = (0..n)
+                    .find(|&r| have.slice(r, 1).to_data() != want.slice(r, 1).to_data())
+                    .unwrap_or(0);
+                found = Some(mismatch(format!(
+                    "the row of seq {} differs from its journal line in column {}",
+                    first + (row + within) as u64,
+                    field.name()
+                )));
+                break;
             }
+            row += n;
+            *got_at += n;
+            want_at += n;
+        }
+        Ok::<(), write::WriteError>(())
+    });
+    if let Some(finding) = found {
+        if compared.is_ok() || decoding_failed {
+            findings.push(finding);
         }
     }
 }
@@ -427,6 +466,86 @@ fn check_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::columnar::WriteOptions;
+    use crate::record::{Event, GENESIS_PREV};
+
+    /// Records 1..=events.len(), as the journal writes them.
+    fn records(events: &[Event]) -> Vec<u8> {
+        crate::fixtures::segment_bytes("n1", 1, GENESIS_PREV, events, 1_000)
+    }
+
+    /// The columnar copy of `segment` (records from seq 1), in row groups of 1000 rows.
+    fn copy_of(segment: &[u8]) -> Vec<u8> {
+        let options = WriteOptions {
+            row_group_records: 1000,
+            ..WriteOptions::default()
+        };
+        write::write_segment(segment, &Frontier::new(), &options)
+            .unwrap()
+            .parquet
+    }
+
+    /// The row check's findings for records 1..=last of `segment` against `parquet`.
+    fn row_findings(segment: &[u8], last: u64, parquet: Vec<u8>) -> Vec<String> {
+        let mut found = Vec::new();
+        check_rows(1, last, segment, "copy", parquet, &mut found);
+        found.iter().map(ToString::to_string).collect()
+    }
+
+    /// More records than one comparison window, so windows cross the copy's row groups and
+    /// the journal's batches: a copy of other records is named at the first difference, a
+    /// copy of the same records not at all, a broken segment is left to the chain check.
+    #[test]
+    fn every_row_of_a_copy_is_compared_with_its_journal_line() {
+        let count = COMPARE_ROWS + 300;
+        let events: Vec<Event> = (0..count).map(crate::fixtures::event).collect();
+        let segment = records(&events);
+        let last = count as u64;
+        assert_eq!(
+            row_findings(&segment, last, copy_of(&segment)),
+            Vec::<String>::new()
+        );
+
+        // Record 8300 (in the second window) says another path in the copy's source: its
+        // line, its hash and the next record's `prev` differ; `prev` is the earlier column.
+        let mut other = events.clone();
+        other[8299].path = "/fhir/Patient/other".into();
+        let found = row_findings(&segment, last, copy_of(&records(&other)));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].contains("the row of seq 8301 differs from its journal line in column prev"),
+            "{found:?}"
+        );
+        // The last record changed: no later `prev`, so its own hash is the first column to differ.
+        let mut other = events.clone();
+        other[count - 1].path = "/fhir/Patient/other".into();
+        let found = row_findings(&segment, last, copy_of(&records(&other)));
+        assert!(
+            found[0].contains(&format!(
+                "the row of seq {last} differs from its journal line in column leaf"
+            )),
+            "{found:?}"
+        );
+
+        // A copy of one record fewer: its metadata and its row count are both wrong.
+        let fewer = copy_of(&records(&events[..count - 1]));
+        let found = row_findings(&segment, last, fewer);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[1].contains(&format!("{} rows for {count} records", count - 1)),
+            "{found:?}"
+        );
+
+        // A segment that does not parse: the copy's rows are not compared with it.
+        let mut broken = segment.clone();
+        broken.extend_from_slice(b"not a record\n");
+        let mut other = events.clone();
+        other[3].path = "/fhir/Patient/other".into();
+        assert_eq!(
+            row_findings(&broken, last, copy_of(&records(&other))),
+            Vec::<String>::new()
+        );
+    }
 
     fn segment(first: u64, last: u64) -> Vec<u8> {
         let events: Vec<_> = (first..=last)

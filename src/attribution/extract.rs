@@ -871,7 +871,9 @@ impl<'a> Obj<'a> {
         }
         if let Some(resource_type) = self.resource_type.take() {
             // A resource where an entry belongs (malformed, but a lenient server may act on
-            // its `request`, taken above): the rest of it counts as the entry's resource.
+            // its `request`, taken above): the rest of it (its `contained`, its `entry` ...)
+            // counts as the entry's resource.
+            self.rare = Some(Box::new(rare));
             let r = self.into_res(resource_type);
             if entry.resource.is_none() {
                 entry.resource = Some(Box::new(r));

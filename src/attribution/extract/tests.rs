@@ -270,6 +270,14 @@ fn an_entry_that_wrongly_carries_a_resource_type_keeps_its_request_and_location(
         {"resourceType":"Patient","id":"pu","fullUrl":"urn:uuid:pu"},
         {"resource":{"resourceType":"Observation","subject":{"reference":"urn:uuid:pu"}}}]}"#;
     assert_eq!(ids(&response_patients(body)), ["pu"]);
+    // Its contained resources and its own `entry` elements still count.
+    let body = br#"{"resourceType":"Bundle","type":"searchset","entry":[
+        {"resourceType":"Basic","contained":[{"resourceType":"Observation","id":"o1",
+           "subject":{"reference":"Patient/inner"}}],
+         "response":{"status":"200 OK"}},
+        {"resourceType":"List","entry":[{"item":{"reference":"Patient/listed"}}],
+         "fullUrl":"https://ehr.example/fhir/List/l1"}]}"#;
+    assert_eq!(ids(&response_patients(body)), ["inner", "listed"]);
 }
 
 #[test]

@@ -472,6 +472,54 @@ mod props {
             prop_assert_eq!(response_patients(&bytes), as_bytes);
         }
 
+        /// An object whose `reference` is `Patient/p1` (and that is no resource itself, nor
+        /// inside an XHTML `div`) names p1 wherever it sits: nothing in the reduced tree drops
+        /// one, whatever keys surround it.
+        #[test]
+        fn no_patient_reference_is_lost(
+            v in arb_json(),
+            entries in prop::collection::vec((arb_json(), any::<bool>(), any::<bool>()), 0..4),
+        ) {
+            // Also as a Bundle of those values as entries, some marked as resources (as a
+            // malformed entry is) and some holding the next as `contained`.
+            let entries: Vec<serde_json::Value> = entries
+                .into_iter()
+                .map(|(mut value, resource, contain)| {
+                    if let serde_json::Value::Object(m) = &mut value {
+                        if resource {
+                            m.insert("resourceType".into(), "Basic".into());
+                        }
+                        if contain {
+                            let inner = serde_json::json!({"resourceType": "Observation",
+                                "subject": {"reference": "Patient/p1"}});
+                            m.insert("contained".into(), serde_json::json!([inner]));
+                        }
+                    }
+                    value
+                })
+                .collect();
+            let bundle = serde_json::json!({"resourceType": "Bundle", "type": "searchset",
+                "entry": entries});
+            fn names_p1(v: &serde_json::Value) -> bool {
+                match v {
+                    serde_json::Value::Object(m) => {
+                        (m.get("reference").and_then(|r| r.as_str()) == Some("Patient/p1")
+                            && !m.contains_key("resourceType"))
+                            || m.iter().any(|(k, v)| k != "div" && names_p1(v))
+                    }
+                    serde_json::Value::Array(items) => items.iter().any(names_p1),
+                    _ => false,
+                }
+            }
+            for v in [v, bundle] {
+                let bytes = serde_json::to_vec(&v).unwrap();
+                if names_p1(&v) {
+                    let f = response_patients(&bytes);
+                    prop_assert!(f.patients.iter().any(|p| p == "p1"), "{}", String::from_utf8_lossy(&bytes));
+                }
+            }
+        }
+
         /// Arbitrary bytes: no panic.
         #[test]
         fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {

@@ -262,15 +262,16 @@ async fn read_body(
         .response_header()
         .cloned()
         .ok_or_else(|| Error::explain(InvalidHTTPHeader, "no response header"))?;
-    // Sized from Content-Length when the upstream states it (bounded by what is buffered at
-    // most): a large answer is not copied again at every doubling of the buffer.
+    // Sized from Content-Length when the upstream states it, up to 1 MiB (a stated length is
+    // only a claim, and the byte budget counts what arrives, not what is reserved): an answer
+    // of that size is not copied again at every doubling of the buffer.
     let stated = header
         .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok())
         .unwrap_or(0);
-    let mut body = Vec::with_capacity(stated.min(limit.saturating_add(1)));
+    let mut body = Vec::with_capacity(stated.min(limit.saturating_add(1)).min(1 << 20));
     loop {
         let read = tokio::time::timeout_at(pace.deadline(), up.read_response_body())
             .await

@@ -640,7 +640,9 @@ impl Record {
     /// line, or one whose event does not parse that way, is read the general way, so the
     /// result (and any error) is the same as `serde_json::from_slice::<Record>`.
     pub fn parse_line(line: &[u8]) -> Result<Record, serde_json::Error> {
-        if let Some((header, event_at)) = writer_form_header(line) {
+        if let Some((header, event_at)) =
+            writer_form_header(line).filter(|(_, event_at)| !names_a_header_key(&line[*event_at..]))
+        {
             let mut event_json = Vec::with_capacity(line.len() - event_at + 1);
             event_json.push(b'{');
             event_json.extend_from_slice(&line[event_at..]);
@@ -650,6 +652,25 @@ impl Record {
         }
         serde_json::from_slice(line)
     }
+}
+
+/// Whether the event's fields (`rest`: from its first key) may hold one of the chain header's
+/// keys again, which the general parse refuses as a duplicate and the event's own parse would
+/// ignore. A key is found where it starts the fields or follows a comma (a `"` inside a string
+/// is escaped, so this matches keys only); a nested key of the same name only sends the line
+/// to the general parse.
+fn names_a_header_key(rest: &[u8]) -> bool {
+    const KEYS: [&[u8]; 5] = [
+        b"\"v\":",
+        b"\"node\":",
+        b"\"seq\":",
+        b"\"prev\":",
+        b"\"ts\":",
+    ];
+    KEYS.iter().any(|key| {
+        rest.starts_with(key)
+            || memchr::memmem::find_iter(rest, key).any(|at| at > 0 && rest[at - 1] == b',')
+    })
 }
 
 /// The chain header of a line in the writer's exact form, and where the event's fields start
@@ -833,12 +854,19 @@ mod tests {
         lines.push(br#"{"v":1,"node":"n","seq":1,"prev":"00","ts":"t","phase":42}"#.to_vec());
         lines.push(br#"{"v":1,"node":"n","seq":1,"prev":"00","ts":"t"}"#.to_vec());
         lines.push(b"not json".to_vec());
+        // A header key again among the event's fields.
+        let mut twice = lines[0].clone();
+        let at = writer_form_header(&twice).unwrap().1;
+        twice.splice(at..at, b"\"seq\":10,".iter().copied());
+        lines.push(twice);
         for line in &lines {
             let general = serde_json::from_slice::<Record>(line).map_err(|e| e.to_string());
             let fast = Record::parse_line(line).map_err(|e| e.to_string());
             assert_eq!(fast, general, "{}", String::from_utf8_lossy(line));
         }
-        assert!(writer_form_header(&lines[0]).is_some());
+        // The writer's own lines take the fast path.
+        let (_, at) = writer_form_header(&lines[0]).unwrap();
+        assert!(!names_a_header_key(&lines[0][at..]));
         assert!(
             writer_form_header(&lines[1]).is_none(),
             "an escaped node name"

@@ -300,35 +300,35 @@ pub fn inspect_response_body(
             inspection.gaps.insert(gap);
             None
         }
-        Ok(bytes) if body_format(media.as_deref(), &bytes).is_some() => {
-            let started = std::time::Instant::now();
-            let format = body_format(media.as_deref(), &bytes);
-            let read = match format {
-                Some(BodyFormat::Xml) => crate::attribution::extract::response_patients_xml,
-                Some(BodyFormat::Ndjson) => crate::attribution::extract::ndjson_patients,
-                _ => crate::attribution::extract::response_patients,
-            };
-            let findings = read(&bytes, local);
-            // A Bulk Data manifest is a JSON object without `resourceType`: a body the extractor
-            // read as a resource is not one, and is not parsed a second time.
-            let maybe_manifest =
-                matches!(format, Some(BodyFormat::Json)) && findings.document_type.is_none();
-            inspection.response = Some(findings);
-            if let Some(files) = maybe_manifest
-                .then(|| crate::attribution::extract::bulk_manifest_files(&bytes, local))
-                .flatten()
-            {
-                if files.iter().any(|f| !f.through_gateway) {
-                    inspection.gaps.insert(Gap::BulkFilesElsewhere);
+        Ok(bytes) => match body_format(media.as_deref(), &bytes) {
+            Some(format) => {
+                let started = std::time::Instant::now();
+                let read = match format {
+                    BodyFormat::Xml => crate::attribution::extract::response_patients_xml,
+                    BodyFormat::Ndjson => crate::attribution::extract::ndjson_patients,
+                    BodyFormat::Json => crate::attribution::extract::response_patients,
+                };
+                let findings = read(&bytes, local);
+                // A Bulk Data manifest is a JSON object without `resourceType`: a body the
+                // extractor read as a resource is not one, and is not parsed a second time.
+                let maybe_manifest = format == BodyFormat::Json && findings.document_type.is_none();
+                inspection.response = Some(findings);
+                if let Some(files) = maybe_manifest
+                    .then(|| crate::attribution::extract::bulk_manifest_files(&bytes, local))
+                    .flatten()
+                {
+                    if files.iter().any(|f| !f.through_gateway) {
+                        inspection.gaps.insert(Gap::BulkFilesElsewhere);
+                    }
+                    inspection.bulk_files = files;
                 }
-                inspection.bulk_files = files;
+                Some(started.elapsed())
             }
-            Some(started.elapsed())
-        }
-        Ok(_) => {
-            inspection.gaps.insert(Gap::NotJson);
-            None
-        }
+            None => {
+                inspection.gaps.insert(Gap::NotJson);
+                None
+            }
+        },
     };
     (media, took)
 }

@@ -92,8 +92,9 @@ type Scanned = Result<(bytes::Bytes, SegmentResult), JournalError>;
 /// Check every segment: one worker per core reads a whole segment and checks its lines (at
 /// most one segment more than there are workers is held at a time, besides those whose copies
 /// are being compared, so memory stays bounded by a few segments), and this thread stitches
-/// each to the chain and checks its columnar copy, in seq order. A worker's buffer is handed back once its segment is done (a fresh buffer per
-/// segment would cost a page fault and a zeroed page for every 4 KiB read).
+/// each to the chain and checks its columnar copy, in seq order. A segment's buffer goes back
+/// to the workers once it is done (a fresh buffer per segment would cost a page fault and a
+/// zeroed page for every 4 KiB read).
 fn check_segments(
     dir: &Path,
     segments: &[(SegmentName, PathBuf)],
